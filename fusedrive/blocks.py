@@ -1,0 +1,97 @@
+"""Blocks in the store: plaintext → keyed id → zstd (or raw) → AES-256-GCM, and back.
+
+A block's id is a keyed hash of its plaintext, so a block is uploaded once per
+volume and can never be stale. Reading verifies both the GCM tag and the id:
+bytes that fail either are an IntegrityError (EIO at the mount), never data.
+All methods block; the mount calls them from worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import zstandard
+
+from . import crypto
+from .cache import BlockCache
+from .errors import IntegrityError
+from .store import NotFound
+from .volume import Volume
+
+log = logging.getLogger(__name__)
+
+RAW, ZSTD = 0, 1
+ZSTD_LEVEL = 3
+
+
+def block_key(block_id: str) -> str:
+    return f"blocks/{block_id}"
+
+
+class BlockStore:
+    def __init__(self, volume: Volume, cache: BlockCache) -> None:
+        self.volume = volume
+        self.cache = cache
+        self._known: set[str] = set()
+        self._known_lock = threading.Lock()
+        self.bytes_uploaded = 0
+        self.bytes_downloaded = 0
+
+    def mark_known(self, block_ids) -> None:
+        """Blocks the metadata already references exist in the store: never upload them again."""
+        with self._known_lock:
+            self._known.update(block_ids)
+
+    def is_known(self, block_id: str) -> bool:
+        with self._known_lock:
+            return block_id in self._known
+
+    def _seal(self, block_id: str, plaintext: bytes) -> bytes:
+        compressed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(plaintext)
+        body = bytes([ZSTD]) + compressed if len(compressed) < len(plaintext) else bytes([RAW]) + plaintext
+        return crypto.seal(self.volume.keys.block_seal, body, block_key(block_id).encode())
+
+    def _unseal(self, block_id: str, blob: bytes) -> bytes:
+        body = crypto.unseal(self.volume.keys.block_seal, blob, block_key(block_id).encode(), f"Block {block_id}")
+        if body[0] == ZSTD:
+            try:
+                plaintext = zstandard.ZstdDecompressor().decompress(body[1:])
+            except zstandard.ZstdError as exc:
+                raise IntegrityError(f"Block {block_id} does not decompress.") from exc
+        else:
+            plaintext = body[1:]
+        if self.volume.keys.id_of(plaintext) != block_id:
+            raise IntegrityError(f"Block {block_id} does not match its id.")
+        return plaintext
+
+    def upload(self, block_id: str, plaintext: bytes) -> int:
+        """Store a block unless the volume already has it; returns bytes sent."""
+        if self.is_known(block_id):
+            return 0
+        blob = self._seal(block_id, plaintext)
+        self.volume.store.put(block_key(block_id), blob)
+        self.cache.put(block_id, plaintext)
+        self.mark_known([block_id])
+        with self._known_lock:
+            self.bytes_uploaded += len(blob)
+        return len(blob)
+
+    def fetch(self, block_id: str) -> bytes:
+        """The verified plaintext of a block, from the cache or the store."""
+        data = self.cache.get(block_id)
+        if data is not None:
+            return data
+        try:
+            blob = self.volume.store.get(block_key(block_id))
+        except NotFound:
+            raise IntegrityError(f"Block {block_id} is missing from the store.") from None
+        data = self._unseal(block_id, blob)
+        with self._known_lock:
+            self.bytes_downloaded += len(blob)
+        self.cache.put(block_id, data)
+        return data
+
+    def verify_stored(self, block_id: str) -> None:
+        """Download and fully verify one block (for `fsck --verify-blocks`)."""
+        self._unseal(block_id, self.volume.store.get(block_key(block_id)))

@@ -1,0 +1,72 @@
+"""The local block cache: plaintext blocks on disk (diskcache, size-bounded, LRU).
+
+Cached blocks are re-hashed on every disk hit, so a corrupted or truncated cache
+file is dropped and fetched again instead of being returned. A few recently used
+blocks are also kept decoded in memory, because one 4 MiB block serves dozens of
+128 KiB kernel reads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import diskcache
+
+MEMORY_BLOCKS = 16
+
+
+class BlockCache:
+    def __init__(self, directory: Path, size_limit: int, id_of: Callable[[bytes], str]) -> None:
+        self._disk = diskcache.Cache(
+            str(directory), size_limit=size_limit, eviction_policy="least-recently-used", cull_limit=16
+        )
+        self._id_of = id_of
+        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def _remember(self, block_id: str, data: bytes) -> None:
+        with self._lock:
+            self._memory[block_id] = data
+            self._memory.move_to_end(block_id)
+            while len(self._memory) > MEMORY_BLOCKS:
+                self._memory.popitem(last=False)
+
+    def memory_get(self, block_id: str) -> bytes | None:
+        """A block held decoded in memory (never blocks: safe in the trio loop)."""
+        with self._lock:
+            data = self._memory.get(block_id)
+            if data is not None:
+                self._memory.move_to_end(block_id)
+                self.hits += 1
+            return data
+
+    def get(self, block_id: str) -> bytes | None:
+        """The verified plaintext of a block, or None if it is not (or no longer validly) cached."""
+        data = self.memory_get(block_id)
+        if data is not None:
+            return data
+        data = self._disk.get(block_id)
+        if data is not None and self._id_of(data) != block_id:
+            self._disk.delete(block_id)
+            data = None
+        if data is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._remember(block_id, data)
+        return data
+
+    def put(self, block_id: str, data: bytes) -> None:
+        self._disk.set(block_id, data)
+        self._remember(block_id, data)
+
+    def volume_bytes(self) -> int:
+        return self._disk.volume()
+
+    def close(self) -> None:
+        self._disk.close()

@@ -1,0 +1,387 @@
+"""A mounted drive's moving parts, and the content operations the fs layer calls.
+
+Owns the replica, staging, block cache, block store and committer of one mount.
+Reads come from staging (a file being written) or from blocks (via the cache,
+prefetching ahead of sequential readers); writes go to staging; closing a
+written file queues its upload, and the upload records an `update` operation
+that the committer puts in the journal. See docs/concurrency.md.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import time
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from .blocks import BlockStore
+from .cache import BlockCache
+from .committer import Committer
+from .errors import FusedriveError, MountError
+from .journal import Journal
+from .replica import Inode, Replica
+from .signals import Broadcast
+from .staging import Staging
+from .uploader import StagingChanged, build_manifest
+from .volume import Volume
+
+log = logging.getLogger(__name__)
+
+UPLOAD_WORKERS = 2
+DOWNLOAD_THREADS = 16
+PREFETCH_BLOCKS = 6
+
+
+@dataclass
+class Layout:
+    """A committed file's extents with their start offsets, for bisecting reads."""
+
+    version: int
+    starts: list[int]
+    extents: list[list]
+
+
+class Drive:
+    def __init__(self, volume: Volume, cache_dir: Path, device: str, cache_size: int) -> None:
+        self.volume = volume
+        self.device = device
+        self.cache_dir = cache_dir
+        self.lookups: Counter[int] = Counter()
+        self.open_handles: Counter[str] = Counter()
+        self.replica = Replica(str(cache_dir / "replica.sqlite3"), in_use=self._in_use)
+        self.staging = Staging(cache_dir / "staging")
+        self.cache = BlockCache(cache_dir / "blocks", cache_size, volume.keys.id_of)
+        self.blocks = BlockStore(volume, self.cache)
+        self.journal = Journal(volume)
+        self.committer = Committer(self.replica, self.journal, device)
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="upload")
+        self.download_limiter = trio.CapacityLimiter(DOWNLOAD_THREADS)
+        self.changed = Broadcast()
+        self.staged: set[str] = {p.name for p in self.staging.directory.iterdir() if "." not in p.name}
+        self.staged_attrs: dict[str, tuple[int, int]] = {}
+        self.dirty: set[str] = set()
+        self._upload_send, self._upload_receive = trio.open_memory_channel(1_000_000)
+        self._queued: set[str] = set()
+        self._uploading: set[str] = set()
+        self._stage_locks: dict[str, trio.Lock] = {}
+        self._layouts: dict[int, Layout] = {}
+        self._in_flight: dict[str, trio.Event] = {}
+        self._read_end: dict[int, int] = {}
+        self.upload_error: str | None = None
+        self.errors: deque[str] = deque(maxlen=20)
+        self._nursery: trio.Nursery | None = None
+
+    def _in_use(self, ino: int) -> bool:
+        node_fid = self.replica.db.execute("SELECT fid FROM inodes WHERE ino=?", (ino,)).fetchone()
+        return self.lookups[ino] > 0 or (node_fid is not None and self.open_handles[node_fid[0]] > 0)
+
+    # --- start and stop ---------------------------------------------------------------
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Catch up with the journal, recover what a crash left, start the background tasks."""
+        self._nursery = nursery
+        await self.committer.pull()
+        if self.replica.inode(1) is None:
+            raise MountError(f"The volume at {self.volume.url} has no root directory in its journal.")
+        for orphan in self.replica.orphans():
+            self.replica.forget_inode(orphan.ino)
+            self._discard_staged(orphan.fid)
+        self.blocks.mark_known(self.replica.all_block_ids())
+        for fid in self.replica.dirty_fids():
+            if fid in self.staged:
+                st = os.stat(self.staging.path(fid))
+                self.staged_attrs[fid] = (st.st_size, st.st_mtime_ns)
+                self.dirty.add(fid)
+                self.queue_upload(fid)
+            else:
+                self.replica.set_dirty(fid, False)
+        for _ in range(UPLOAD_WORKERS):
+            nursery.start_soon(self._upload_worker)
+        nursery.start_soon(self.committer.run)
+        if self.replica.pending_count():
+            self.committer.kick()
+
+    def close(self) -> None:
+        self.staging.close_all()
+        self.pool.shutdown(wait=True)
+        self.cache.close()
+        self.replica.close()
+
+    # --- attributes of files whose content is staged ------------------------------------
+
+    def size_and_mtime(self, node: Inode) -> tuple[int, int]:
+        return self.staged_attrs.get(node.fid, (node.size, node.mtime_ns))
+
+    def set_times(self, node: Inode, mtime_ns: int) -> None:
+        """An explicit utimens on a file with staged content wins over the write time."""
+        if node.fid in self.staged_attrs:
+            size, _ = self.staged_attrs[node.fid]
+            self.staged_attrs[node.fid] = (size, mtime_ns)
+
+    # --- reading ----------------------------------------------------------------------
+
+    async def read(self, node: Inode, offset: int, size: int) -> bytes:
+        if node.fid in self.staged:
+            return self.staging.read(node.fid, offset, size)
+        file_size = node.size
+        if offset >= file_size:
+            return b""
+        size = min(size, file_size - offset)
+        layout = self._layout(node)
+        index = bisect.bisect_right(layout.starts, offset) - 1
+        sequential = self._read_end.get(node.ino) == offset
+        self._read_end[node.ino] = offset + size
+        if sequential or offset == 0:
+            self._prefetch(layout, index + 1)
+        pieces = []
+        end = offset + size
+        while offset < end:
+            start = layout.starts[index]
+            block_id, length = layout.extents[index]
+            take_from, take_to = offset - start, min(length, end - start)
+            if block_id is None:
+                pieces.append(bytes(take_to - take_from))
+            else:
+                data = await self.fetch_block(block_id, node)
+                pieces.append(data[take_from:take_to])
+            offset = start + take_to
+            index += 1
+        return b"".join(pieces)
+
+    def _layout(self, node: Inode) -> Layout:
+        layout = self._layouts.get(node.ino)
+        if layout is None or layout.version != node.version:
+            extents = node.extents()
+            starts, pos = [], 0
+            for _block, length in extents:
+                starts.append(pos)
+                pos += length
+            layout = Layout(node.version, starts, extents)
+            self._layouts[node.ino] = layout
+        return layout
+
+    def _prefetch(self, layout: Layout, index: int) -> None:
+        for block_id, _length in layout.extents[index:index + PREFETCH_BLOCKS]:
+            if block_id is not None and block_id not in self._in_flight and self._nursery is not None:
+                self._nursery.start_soon(self._prefetch_one, block_id)
+
+    async def _prefetch_one(self, block_id: str) -> None:
+        try:
+            await self.fetch_block(block_id, None)
+        except FusedriveError:
+            pass  # the reader that needs it will fetch again and report the error
+
+    async def fetch_block(self, block_id: str, node: Inode | None) -> bytes:
+        """A verified block; concurrent requests for one block share one download."""
+        data = self.cache.memory_get(block_id)
+        if data is not None:
+            return data
+        while block_id in self._in_flight:
+            await self._in_flight[block_id].wait()
+            data = self.cache.memory_get(block_id)
+            if data is not None:
+                return data
+        done = self._in_flight[block_id] = trio.Event()
+        try:
+            return await trio.to_thread.run_sync(self.blocks.fetch, block_id, limiter=self.download_limiter)
+        except FusedriveError as exc:
+            if node is not None:
+                where = self.path_of(node.ino)
+                message = f"Cannot read {where!r} (block {block_id}): {exc}"
+                log.error(message)
+                self.errors.append(message)
+            raise
+        finally:
+            del self._in_flight[block_id]
+            done.set()
+
+    def path_of(self, ino: int) -> str:
+        parts = []
+        while ino != 1:
+            row = self.replica.db.execute("SELECT parent, name FROM dentries WHERE ino=? LIMIT 1", (ino,)).fetchone()
+            if row is None:
+                return "(deleted file)"
+            ino = row[0]
+            parts.append(os.fsdecode(row[1]))
+        return "/" + "/".join(reversed(parts))
+
+    # --- writing ----------------------------------------------------------------------
+
+    async def _ensure_staged(self, node: Inode) -> None:
+        """Bring a committed file's content into staging before its first change."""
+        if node.fid in self.staged:
+            return
+        lock = self._stage_locks.setdefault(node.fid, trio.Lock())
+        async with lock:
+            if node.fid not in self.staged:
+                extents = node.extents()
+                if extents:
+                    await trio.to_thread.run_sync(
+                        self.staging.materialize, node.fid, extents, node.size, self.blocks.fetch
+                    )
+                else:
+                    self.staging.truncate(node.fid, node.size)
+                self.staged.add(node.fid)
+        self._stage_locks.pop(node.fid, None)
+
+    def _mark_dirty(self, fid: str, size: int) -> None:
+        self.staged_attrs[fid] = (size, time.time_ns())
+        if fid not in self.dirty:
+            self.replica.set_dirty(fid, True)
+            self.dirty.add(fid)
+
+    async def write(self, node: Inode, offset: int, data: bytes) -> int:
+        await self._ensure_staged(node)
+        self.staging.write(node.fid, offset, data)
+        current, _ = self.size_and_mtime(node)
+        self._mark_dirty(node.fid, max(current, offset + len(data)))
+        return len(data)
+
+    async def truncate(self, node: Inode, size: int) -> None:
+        if size == 0 and node.fid not in self.staged:
+            self.staged.add(node.fid)
+            self.staging.truncate(node.fid, 0)
+        else:
+            await self._ensure_staged(node)
+            self.staging.truncate(node.fid, size)
+        self._mark_dirty(node.fid, size)
+
+    # --- open handles and uploads -----------------------------------------------------
+
+    def opened(self, fid: str) -> None:
+        self.open_handles[fid] += 1
+
+    def flushed(self, fid: str) -> None:
+        """close(): a written file starts uploading in the background."""
+        if fid in self.dirty:
+            self.queue_upload(fid)
+
+    def released(self, fid: str) -> None:
+        self.open_handles[fid] -= 1
+        if self.open_handles[fid] <= 0:
+            del self.open_handles[fid]
+            if fid in self.dirty:
+                self.queue_upload(fid)
+            elif fid in self.staged and fid not in self._uploading:
+                self._discard_staged(fid)
+
+    def _discard_staged(self, fid: str) -> None:
+        self.staging.remove(fid)
+        self.staged.discard(fid)
+        self.staged_attrs.pop(fid, None)
+        if fid in self.dirty:
+            self.dirty.discard(fid)
+            self.replica.set_dirty(fid, False)
+
+    def forget_unlinked(self, node: Inode) -> None:
+        """The kernel let go of a file that has no name left: drop it for good."""
+        if self.lookups[node.ino] <= 0 and self.open_handles[node.fid] <= 0 and node.nlink <= 0:
+            self.replica.forget_inode(node.ino)
+            self._discard_staged(node.fid)
+            self._layouts.pop(node.ino, None)
+
+    def queue_upload(self, fid: str) -> None:
+        if fid not in self._queued:
+            self._queued.add(fid)
+            self._upload_send.send_nowait(fid)
+
+    async def _upload_worker(self) -> None:
+        delay = 1.0
+        async for fid in self._upload_receive:
+            self._queued.discard(fid)
+            if fid not in self.dirty:
+                continue
+            self._uploading.add(fid)
+            try:
+                await self._upload(fid)
+                self.upload_error, delay = None, 1.0
+            except FusedriveError as exc:
+                self.upload_error = str(exc)
+                self.errors.append(f"Upload failed, will retry: {exc}")
+                log.warning("upload of %s failed, retrying in %.0f s: %s", fid, delay, exc)
+                self.changed.fire()
+                await trio.sleep(delay)
+                delay = min(delay * 2, 30)
+                self.queue_upload(fid)
+            finally:
+                self._uploading.discard(fid)
+            self.changed.fire()
+
+    async def _upload(self, fid: str) -> None:
+        ino = self.replica.ino_of(fid)
+        node = self.replica.inode(ino) if ino is not None else None
+        if node is None or node.nlink <= 0:
+            if self.open_handles[fid] <= 0:
+                self._discard_staged(fid)
+            return
+        generation = self.staging.generation.get(fid, 0)
+        size, mtime_ns = self.size_and_mtime(node)
+        fd = self.staging.fd(fid)
+        try:
+            manifest = await trio.to_thread.run_sync(
+                build_manifest, fd, size, self.volume.chunking, self.blocks, self.pool
+            )
+        except StagingChanged:
+            return
+        if self.staging.generation.get(fid, 0) != generation:
+            return  # written again meanwhile: the next close uploads the newer content
+        node = self.replica.inode(ino)
+        if node is None or node.nlink <= 0:
+            return
+        size, mtime_ns = self.size_and_mtime(node)
+        with self.replica:
+            self.replica.record(
+                {"op": "update", "fid": fid, "manifest": manifest, "size": size, "mtime_ns": mtime_ns,
+                 "t": time.time_ns()}
+            )
+            self.replica.set_dirty(fid, False)
+        self.dirty.discard(fid)
+        self.staged_attrs.pop(fid, None)
+        if self.open_handles[fid] <= 0:
+            self._discard_staged(fid)
+        self.committer.kick()
+
+    # --- durability -------------------------------------------------------------------
+
+    async def wait_uploaded(self, fids: set[str] | None = None) -> None:
+        """Wait until the given (default: all) staged files are uploaded and recorded."""
+        while True:
+            waiting = self.dirty if fids is None else self.dirty & fids
+            if not waiting:
+                return
+            if self.upload_error:
+                raise FusedriveError(self.upload_error)
+            for fid in waiting:
+                self.queue_upload(fid)
+            await self.changed.wait()
+
+    async def fsync(self, fid: str) -> None:
+        """Return once this file's blocks and its journal commit are in the store."""
+        await self.wait_uploaded({fid})
+        await self.committer.wait_committed(self.replica.last_pending_id())
+
+    async def sync_all(self) -> None:
+        await self.wait_uploaded()
+        await self.committer.wait_committed(self.replica.last_pending_id())
+
+    def status(self) -> dict:
+        dirty_bytes = sum(self.staged_attrs.get(fid, (0, 0))[0] for fid in self.dirty)
+        return {
+            "volume": self.volume.url,
+            "device": self.device,
+            "applied_seq": self.replica.applied_seq,
+            "files_waiting": len(self.dirty),
+            "bytes_waiting": dirty_bytes,
+            "ops_waiting": self.replica.pending_count(),
+            "bytes_uploaded": self.blocks.bytes_uploaded,
+            "bytes_downloaded": self.blocks.bytes_downloaded,
+            "cache_bytes": self.cache.volume_bytes(),
+            "store_offline_since": self.committer.offline_since,
+            "errors": list(self.errors),
+        }

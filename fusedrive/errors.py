@@ -1,0 +1,47 @@
+"""User-facing errors: one clear sentence each, and an exit code scripts can trust."""
+
+
+class FusedriveError(Exception):
+    """An error the CLI reports as one sentence (no traceback) with `exit_code`."""
+
+    exit_code = 2
+
+
+class UsageError(FusedriveError):
+    """The command line or an argument is wrong."""
+
+    exit_code = 64
+
+
+class VolumeNotFound(FusedriveError):
+    exit_code = 3
+
+
+class VolumeExists(FusedriveError):
+    exit_code = 4
+
+
+class WrongPassphrase(FusedriveError):
+    exit_code = 5
+
+
+class StoreUnreachable(FusedriveError):
+    """The object store did not answer, refused our credentials, or lacks the bucket."""
+
+    exit_code = 6
+
+
+class StoreUnsupported(FusedriveError):
+    """The store does not honour put-if-absent, so the journal could fork."""
+
+    exit_code = 7
+
+
+class IntegrityError(FusedriveError):
+    """Something read from the store failed its authentication tag or hash."""
+
+    exit_code = 8
+
+
+class MountError(FusedriveError):
+    exit_code = 9

@@ -1,0 +1,392 @@
+"""The fs layer: translates FUSE requests into replica operations and drive content calls.
+
+Holds no storage logic. Every handler runs in the trio loop; the checks and the
+replica change of one request happen between two awaits, so requests never see
+each other half done. Errors: FUSEError(errno) for refused calls, EIO for
+anything the store or integrity checks fail.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+import uuid
+from itertools import count
+
+import pyfuse3
+
+from .drive import Drive
+from .errors import FusedriveError
+from .replica import ROOT_INO, Inode, b64, name_to_json
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+ATTR_TIMEOUT = 1.0
+XATTR_NAMESPACE = b"user."
+
+
+def fuse_errors(handler):
+    """Map our failures to errnos: store and integrity errors are EIO, OS errors keep theirs."""
+
+    @functools.wraps(handler)
+    async def wrapped(*args, **kwargs):
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except FusedriveError as exc:
+            log.error("%s failed: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+
+    return wrapped
+
+
+def check_name(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+
+
+class DriveOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, drive: Drive) -> None:
+        super().__init__()
+        self.drive = drive
+        self.replica = drive.replica
+        self._handles: dict[int, Inode] = {}
+        self._dir_handles: dict[int, list[tuple[bytes, int]]] = {}
+        self._next_fh = count(1)
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _node(self, ino: int) -> Inode:
+        node = self.replica.inode(ino)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def _attrs(self, node: Inode) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        size, mtime_ns = self.drive.size_and_mtime(node)
+        a.st_ino = node.ino
+        a.generation = 0
+        a.entry_timeout = ATTR_TIMEOUT
+        a.attr_timeout = ATTR_TIMEOUT
+        a.st_mode = node.mode
+        a.st_nlink = node.nlink
+        a.st_uid = node.uid
+        a.st_gid = node.gid
+        a.st_rdev = node.rdev
+        a.st_size = size
+        a.st_blksize = 128 * 1024
+        a.st_blocks = (size + 511) // 512
+        a.st_atime_ns = node.atime_ns
+        a.st_mtime_ns = mtime_ns
+        a.st_ctime_ns = max(node.ctime_ns, mtime_ns)
+        return a
+
+    def _entry(self, ino: int) -> pyfuse3.EntryAttributes:
+        self.drive.lookups[ino] += 1
+        return self._attrs(self._node(ino))
+
+    def _dir(self, ino: int) -> Inode:
+        node = self._node(ino)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return node
+
+    def _vacant(self, parent: int, name: bytes) -> Inode:
+        check_name(name)
+        parent_node = self._dir(parent)
+        if self.replica.lookup(parent, name) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        return parent_node
+
+    def _create_node(self, parent: int, name: bytes, mode: int, ctx, rdev: int = 0, target: bytes | None = None) -> int:
+        parent_node = self._vacant(parent, name)
+        gid = ctx.gid
+        if parent_node.mode & stat.S_ISGID:
+            gid = parent_node.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        fid = str(uuid.uuid4())
+        op = {"fid": fid, "parent": parent_node.fid, "name": name_to_json(name), "uid": ctx.uid, "gid": gid,
+              "t": time.time_ns()}
+        if target is not None:
+            op.update(op="symlink", target=name_to_json(target))
+        else:
+            op.update(op="mknod", mode=mode, rdev=rdev)
+        self.replica.record(op)
+        return self.replica.ino_of(fid)
+
+    # --- names ------------------------------------------------------------------------
+
+    @fuse_errors
+    async def lookup(self, parent_inode, name, ctx):
+        check_name(name)
+        if name == b".":
+            ino = parent_inode
+        elif name == b"..":
+            ino = self.replica.parent_of(parent_inode) or ROOT_INO
+        else:
+            ino = self.replica.lookup(parent_inode, name)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._entry(ino)
+
+    async def forget(self, inode_list):
+        for ino, nlookup in inode_list:
+            self.drive.lookups[ino] -= nlookup
+            if self.drive.lookups[ino] <= 0:
+                del self.drive.lookups[ino]
+                node = self.replica.inode(ino)
+                if node is not None and node.nlink <= 0:
+                    self.drive.forget_unlinked(node)
+
+    @fuse_errors
+    async def getattr(self, inode, ctx=None):
+        return self._attrs(self._node(inode))
+
+    @fuse_errors
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        node = self._node(inode)
+        now = time.time_ns()
+        if fields.update_size:
+            if node.is_dir:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            if not node.is_reg:
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            await self.drive.truncate(node, attr.st_size)
+        op = {"op": "setattr", "fid": node.fid, "t": now}
+        if fields.update_mode:
+            op["mode"] = stat.S_IFMT(node.mode) | stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            op["uid"] = attr.st_uid
+        if fields.update_gid:
+            op["gid"] = attr.st_gid
+        if fields.update_atime:
+            op["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            op["mtime_ns"] = attr.st_mtime_ns
+            self.drive.set_times(node, attr.st_mtime_ns)
+        if len(op) > 3 or not fields.update_size:
+            self.replica.record(op)
+        return self._attrs(self._node(inode))
+
+    @fuse_errors
+    async def readlink(self, inode, ctx):
+        node = self._node(inode)
+        if not stat.S_ISLNK(node.mode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return node.target
+
+    @fuse_errors
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return self._entry(self._create_node(parent_inode, name, mode, ctx, rdev=rdev))
+
+    @fuse_errors
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self._entry(self._create_node(parent_inode, name, stat.S_IFDIR | stat.S_IMODE(mode), ctx))
+
+    @fuse_errors
+    async def symlink(self, parent_inode, name, target, ctx):
+        return self._entry(self._create_node(parent_inode, name, 0, ctx, target=target))
+
+    @fuse_errors
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        node = self._node(inode)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        parent = self._vacant(new_parent_inode, new_name)
+        self.replica.record({"op": "link", "fid": node.fid, "parent": parent.fid, "name": name_to_json(new_name),
+                             "t": time.time_ns()})
+        return self._entry(inode)
+
+    def _remove(self, parent_inode: int, name: bytes, want_dir: bool) -> None:
+        check_name(name)
+        parent = self._dir(parent_inode)
+        ino = self.replica.lookup(parent_inode, name)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        node = self._node(ino)
+        if want_dir and not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if not want_dir and node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if want_dir and self.replica.has_children(ino):
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        self.replica.record({"op": "unlink", "parent": parent.fid, "name": name_to_json(name), "fid": node.fid,
+                             "t": time.time_ns()})
+
+    @fuse_errors
+    async def unlink(self, parent_inode, name, ctx):
+        self._remove(parent_inode, name, want_dir=False)
+
+    @fuse_errors
+    async def rmdir(self, parent_inode, name, ctx):
+        self._remove(parent_inode, name, want_dir=True)
+
+    @fuse_errors
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        check_name(name_old)
+        check_name(name_new)
+        old_parent, new_parent = self._dir(parent_inode_old), self._dir(parent_inode_new)
+        ino = self.replica.lookup(parent_inode_old, name_old)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        node = self._node(ino)
+        target = self.replica.lookup(parent_inode_new, name_new)
+        exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
+        if flags & pyfuse3.RENAME_NOREPLACE and target is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        if exchange and target is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if node.is_dir and self.replica.is_ancestor(ino, parent_inode_new):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if target is not None and target != ino:
+            target_node = self._node(target)
+            if exchange:
+                if target_node.is_dir and self.replica.is_ancestor(target, parent_inode_old):
+                    raise pyfuse3.FUSEError(errno.EINVAL)
+            elif node.is_dir and not target_node.is_dir:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            elif not node.is_dir and target_node.is_dir:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            elif target_node.is_dir and self.replica.has_children(target):
+                raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        op = {"op": "rename", "parent": old_parent.fid, "name": name_to_json(name_old), "newparent": new_parent.fid,
+              "newname": name_to_json(name_new), "fid": node.fid, "t": time.time_ns()}
+        if exchange:
+            op["exchange"] = True
+        self.replica.record(op)
+
+    # --- files ------------------------------------------------------------------------
+
+    def _open_handle(self, node: Inode) -> pyfuse3.FileInfo:
+        fh = next(self._next_fh)
+        self._handles[fh] = node
+        self.drive.opened(node.fid)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    def _handle_node(self, fh: int) -> Inode:
+        node = self.replica.inode(self._handles[fh].ino)
+        return node if node is not None else self._handles[fh]
+
+    @fuse_errors
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        ino = self._create_node(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
+        attrs = self._entry(ino)
+        return self._open_handle(self._node(ino)), attrs
+
+    @fuse_errors
+    async def open(self, inode, flags, ctx):
+        node = self._node(inode)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        return self._open_handle(node)
+
+    @fuse_errors
+    async def read(self, fh, off, size):
+        return await self.drive.read(self._handle_node(fh), off, size)
+
+    @fuse_errors
+    async def write(self, fh, off, buf):
+        return await self.drive.write(self._handle_node(fh), off, buf)
+
+    @fuse_errors
+    async def flush(self, fh):
+        self.drive.flushed(self._handles[fh].fid)
+
+    @fuse_errors
+    async def release(self, fh):
+        node = self._handles.pop(fh)
+        self.drive.released(node.fid)
+        current = self.replica.inode(node.ino)
+        if current is not None and current.nlink <= 0:
+            self.drive.forget_unlinked(current)
+
+    @fuse_errors
+    async def fsync(self, fh, datasync):
+        await self.drive.fsync(self._handles[fh].fid)
+
+    # --- directories ------------------------------------------------------------------
+
+    @fuse_errors
+    async def opendir(self, inode, ctx):
+        self._dir(inode)
+        fh = next(self._next_fh)
+        self._dir_handles[fh] = self.replica.children(inode)
+        return fh
+
+    @fuse_errors
+    async def readdir(self, fh, start_id, token):
+        entries = self._dir_handles[fh]
+        for index in range(start_id, len(entries)):
+            name, ino = entries[index]
+            node = self.replica.inode(ino)
+            if node is None:
+                continue
+            if not pyfuse3.readdir_reply(token, name, self._attrs(node), index + 1):
+                return
+            self.drive.lookups[ino] += 1
+
+    async def releasedir(self, fh):
+        self._dir_handles.pop(fh, None)
+
+    @fuse_errors
+    async def fsyncdir(self, fh, datasync):
+        await self.drive.committer.wait_committed(self.replica.last_pending_id())
+
+    @fuse_errors
+    async def statfs(self, ctx):
+        disk = os.statvfs(self.drive.cache_dir)
+        used = self.replica.stats()
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_bavail = s.f_bfree = disk.f_bavail * disk.f_frsize // 4096
+        s.f_blocks = s.f_bfree + (used["logical_bytes"] + 4095) // 4096
+        s.f_files = used["inodes"] + 1_000_000_000
+        s.f_ffree = s.f_favail = 1_000_000_000
+        s.f_namemax = NAME_MAX
+        return s
+
+    # --- extended attributes ----------------------------------------------------------
+
+    @fuse_errors
+    async def setxattr(self, inode, name, value, ctx):
+        node = self._node(inode)
+        if not name.startswith(XATTR_NAMESPACE) or len(name) == len(XATTR_NAMESPACE):
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+        if len(name) > NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ERANGE)
+        self.replica.record({"op": "setxattr", "fid": node.fid, "name": name_to_json(name), "value": b64(value),
+                             "t": time.time_ns()})
+
+    @fuse_errors
+    async def getxattr(self, inode, name, ctx):
+        self._node(inode)
+        value = self.replica.xattr(inode, name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    @fuse_errors
+    async def listxattr(self, inode, ctx):
+        self._node(inode)
+        return self.replica.xattr_names(inode)
+
+    @fuse_errors
+    async def removexattr(self, inode, name, ctx):
+        node = self._node(inode)
+        if self.replica.xattr(inode, name) is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        self.replica.record({"op": "rmxattr", "fid": node.fid, "name": name_to_json(name), "t": time.time_ns()})

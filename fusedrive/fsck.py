@@ -1,0 +1,130 @@
+"""fsck: check a volume's invariants from the store, and a device's replica against it.
+
+1. Replay the whole journal into a scratch replica (every entry must pass its tag
+   and apply cleanly).
+2. Check the tree: every name points at a live inode, every inode is reachable,
+   link counts are right, directories have one name, file extents cover the size.
+3. Every block the metadata references exists in the store (`--verify-blocks`:
+   and decrypts to its id).
+4. If this device has a replica of the volume, it shows the same tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+from .blocks import BlockStore, block_key
+from .errors import FusedriveError
+from .journal import Journal
+from .replica import ROOT_INO, Replica
+
+Progress = Callable[[str, int], "object"]
+
+
+def check_tree(replica: Replica) -> list[str]:
+    problems = []
+    db = replica.db
+    root = replica.inode(ROOT_INO)
+    if root is None or not root.is_dir:
+        return ["The root directory is missing."]
+    for parent, name, ino in db.execute("SELECT parent, name, ino FROM dentries"):
+        if replica.inode(ino) is None:
+            problems.append(f"The name {os.fsdecode(name)!r} points at a missing inode {ino}.")
+        parent_node = replica.inode(parent)
+        if parent_node is None or not parent_node.is_dir:
+            problems.append(f"The name {os.fsdecode(name)!r} is in a missing or non-directory parent {parent}.")
+    names = Counter(ino for (ino,) in db.execute("SELECT ino FROM dentries"))
+    subdirs = Counter(
+        parent for (parent,) in db.execute(
+            "SELECT d.parent FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE (i.mode & 61440) = 16384")
+    )
+    reachable = {node.ino for _path, node in replica.walk()}
+    for (ino,) in db.execute("SELECT ino FROM inodes"):
+        node = replica.inode(ino)
+        where = f"Inode {ino} (file id {node.fid})"
+        if ino not in reachable:
+            problems.append(f"{where} is not reachable from the root.")
+        if node.is_dir:
+            expected = 2 + subdirs[ino]
+            if ino != ROOT_INO and names[ino] != 1:
+                problems.append(f"Directory {where} has {names[ino]} names.")
+        else:
+            expected = names[ino]
+        if node.nlink != expected:
+            problems.append(f"{where} has link count {node.nlink}, expected {expected}.")
+        if node.is_reg:
+            covered = sum(length for _block, length in node.extents())
+            if covered != node.size:
+                problems.append(f"{where} has size {node.size} but its blocks cover {covered} bytes.")
+    return problems
+
+
+def snapshot(replica: Replica) -> list[tuple]:
+    """What a user sees of the tree, for comparing two replicas."""
+    rows = []
+    for path, node in replica.walk():
+        xattrs = [(name, replica.xattr(node.ino, name)) for name in replica.xattr_names(node.ino)]
+        rows.append((path, node.fid, node.mode, node.uid, node.gid, node.size, node.mtime_ns, node.atime_ns,
+                     node.nlink, node.rdev, node.target, json.loads(node.manifest), xattrs))
+    return rows
+
+
+def fsck(journal: Journal, blocks: BlockStore, local_replica: Path | None, verify_blocks: bool,
+         progress: Progress) -> list[str]:
+    """Every problem found, as one sentence each; an empty list means the volume is sound."""
+    problems: list[str] = []
+    scratch = Replica(":memory:")
+    seqs = journal.seqs_after(0)
+    bar = progress("journal", len(seqs))
+    for expected, seq in enumerate(seqs, start=1):
+        if seq != expected:
+            problems.append(f"Journal entry {expected} is missing.")
+            break
+        try:
+            entry = journal.read(seq)
+            scratch.apply_remote(seq, entry.ops)
+        except FusedriveError as exc:
+            problems.append(str(exc))
+            break
+        except Exception as exc:  # noqa: BLE001 - an entry that cannot apply is a finding, not a crash
+            problems.append(f"Journal entry {seq} does not apply: {exc!r}.")
+            break
+        bar.update(1)
+    bar.close()
+    for orphan in scratch.orphans():
+        scratch.forget_inode(orphan.ino)
+    problems += check_tree(scratch)
+
+    referenced = scratch.all_block_ids()
+    stored = {key[len("blocks/"):] for key, _size in blocks.volume.store.list("blocks/")}
+    for block_id in sorted(referenced - stored):
+        problems.append(f"Block {block_id} is referenced but missing from the store.")
+    if verify_blocks:
+        bar = progress("blocks", len(referenced & stored))
+        for block_id in sorted(referenced & stored):
+            try:
+                blocks.verify_stored(block_id)
+            except FusedriveError as exc:
+                problems.append(f"{block_key(block_id)}: {exc}")
+            bar.update(1)
+        bar.close()
+
+    if local_replica is not None and local_replica.exists():
+        local = Replica(str(local_replica))
+        try:
+            waiting = local.pending_count() + len(local.dirty_fids())
+            if waiting:
+                problems.append(f"This device has {waiting} changes not yet uploaded (mount the volume to upload them).")
+            elif local.applied_seq != scratch.applied_seq:
+                problems.append(
+                    f"This device's replica is at journal entry {local.applied_seq}, the store at {scratch.applied_seq}.")
+            elif snapshot(local) != snapshot(scratch):
+                problems.append("This device's replica differs from the journal.")
+        finally:
+            local.close()
+    scratch.close()
+    return problems

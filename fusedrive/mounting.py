@@ -1,0 +1,162 @@
+"""Running a mount: checks, the trio main loop, background start, and the drain on unmount."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from . import control
+from .drive import Drive
+from .errors import FusedriveError, MountError, StoreUnreachable
+from .fs import DriveOperations
+from .volume import Volume
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 120
+DRAIN_RETRY_SECONDS = 2
+
+
+def check_mountpoint(mountpoint: str) -> str:
+    path = os.path.realpath(mountpoint)
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: this system cannot mount FUSE file systems (load the fuse module).")
+    if os.path.ismount(path):
+        raise MountError(f"{mountpoint} is already a mount point.")
+    if not os.path.isdir(path):
+        raise MountError(f"The mount point {mountpoint} is not an existing directory.")
+    if os.listdir(path):
+        raise MountError(f"The mount point {mountpoint} is not empty.")
+    return path
+
+
+def prepare_cache_dir(cache_dir: Path, volume: Volume) -> int:
+    """Create or check the cache dir; returns a locked fd so one cache dir serves one mount."""
+    try:
+        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        marker = cache_dir / "volume-id"
+        if marker.exists() and marker.read_text().strip() != volume.volume_id:
+            raise MountError(f"The cache dir {cache_dir} belongs to another volume; choose another --cache-dir.")
+        marker.write_text(volume.volume_id + "\n")
+        lock_fd = os.open(cache_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise MountError(f"Cannot use the cache dir {cache_dir}: {exc.strerror}.") from None
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise MountError(f"The cache dir {cache_dir} is in use by another mount.") from None
+    return lock_fd
+
+
+async def _drain(drive: Drive) -> None:
+    """After unmount: upload everything closed. If the store is down, keep trying; the
+    queue is on disk, so a stop (SIGTERM) here loses nothing."""
+    while True:
+        try:
+            await drive.sync_all()
+            return
+        except FusedriveError as exc:
+            log.warning("waiting for the store to upload the last changes: %s", exc)
+            await trio.sleep(DRAIN_RETRY_SECONDS)
+
+
+def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cache_size: int,
+              ready_fd: int | None = None, debug: bool = False) -> None:
+    """Mount and serve until unmounted; then drain the upload queue and return."""
+    path = check_mountpoint(mountpoint)
+    lock_fd = prepare_cache_dir(cache_dir, volume)
+    drive = Drive(volume, cache_dir, device, cache_size)
+    operations = DriveOperations(drive)
+    options = set(pyfuse3.default_options) | {"fsname=fusedrive", "subtype=fusedrive"}
+    if debug:
+        options.add("debug")
+    registry = control.registry_path(path)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await drive.start(nursery)
+            await nursery.start(control.serve, control.socket_path(path), {
+                "status": lambda: _async(drive.status()),
+                "sync": lambda: _sync(drive),
+            })
+            pyfuse3.init(operations, path, options)
+            registry.write_text(json.dumps({
+                "mountpoint": path, "pid": os.getpid(), "cache_dir": str(cache_dir),
+                "volume": volume.url, "device": device,
+            }))
+            signal.signal(signal.SIGTERM, lambda *_: pyfuse3.terminate())
+            signal.signal(signal.SIGINT, lambda *_: pyfuse3.terminate())
+            if ready_fd is not None:
+                os.write(ready_fd, b"READY\n")
+                os.close(ready_fd)
+            try:
+                await pyfuse3.main()
+            finally:
+                pyfuse3.close(unmount=True)
+            await _drain(drive)
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        registry.unlink(missing_ok=True)
+        control.socket_path(path).unlink(missing_ok=True)
+        drive.close()
+        os.close(lock_fd)
+
+
+async def _async(value: dict) -> dict:
+    return value
+
+
+async def _sync(drive: Drive) -> dict:
+    await drive.sync_all()
+    return drive.status()
+
+
+def start_background(argv: list[str], log_path: Path, env: dict) -> None:
+    """Start `fusedrive mount --foreground` detached; return once it is mounted (or say why not)."""
+    read_fd, write_fd = os.pipe()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "fusedrive.cli", *argv, "--foreground", "--ready-fd", str(write_fd)],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, pass_fds=(write_fd,),
+            start_new_session=True, env=env,
+        )
+    os.close(write_fd)
+    deadline = time.monotonic() + READY_TIMEOUT
+    data = b""
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        while time.monotonic() < deadline:
+            piece = pipe.read(4096)
+            if not piece:
+                break
+            data += piece
+            if data.endswith(b"\n"):
+                break
+    if data.startswith(b"READY"):
+        return
+    child.wait(timeout=5) if child.poll() is None else None
+    message = data.decode(errors="replace").strip()
+    if message.startswith("ERROR "):
+        code, _, text = message[6:].partition(" ")
+        error = FusedriveError(text)
+        error.exit_code = int(code)
+        raise error
+    raise MountError(f"The mount process exited without mounting; see {log_path}.")
+
+
+def report_failure(ready_fd: int | None, exc: FusedriveError) -> None:
+    if ready_fd is not None:
+        os.write(ready_fd, f"ERROR {exc.exit_code} {exc}\n".encode())

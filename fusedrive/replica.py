@@ -1,0 +1,374 @@
+"""The metadata replica: this device's SQLite copy of the tree, built from the journal.
+
+Operations name files by stable ids (`fid`, UUIDs); inode numbers are local rows.
+`apply(op)` is the only code that changes the tree, and it is deterministic, so
+replaying the journal on a fresh device rebuilds exactly the same tree. Local
+changes are applied at once and queued in `pending` in the same transaction: the
+commit queue survives crashes because it is this table.
+
+Not thread-safe: only the trio loop thread touches it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import stat
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+ROOT_INO = 1
+ROOT_FID = "root"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS inodes(
+    ino INTEGER PRIMARY KEY, fid TEXT UNIQUE NOT NULL, mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL DEFAULT 0,
+    atime_ns INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+    nlink INTEGER NOT NULL, rdev INTEGER NOT NULL DEFAULT 0, target BLOB,
+    manifest TEXT NOT NULL DEFAULT '[]', version INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS dentries(
+    parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL, PRIMARY KEY(parent, name));
+CREATE INDEX IF NOT EXISTS dentries_by_ino ON dentries(ino);
+CREATE TABLE IF NOT EXISTS xattrs(ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY(ino, name));
+CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS pending(id INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dirty(fid TEXT PRIMARY KEY);
+"""
+
+
+def name_to_json(name: bytes) -> str:
+    """File names are arbitrary bytes; surrogateescape carries them through JSON losslessly."""
+    return name.decode("utf-8", "surrogateescape")
+
+
+def name_from_json(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@dataclass
+class Inode:
+    ino: int
+    fid: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    nlink: int
+    rdev: int
+    target: bytes | None
+    manifest: str
+    version: int
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    def extents(self) -> list[list]:
+        """The file's content: [[block id or None for a hole, length], ...]."""
+        return json.loads(self.manifest)
+
+
+class Replica:
+    def __init__(self, path: str, in_use: Callable[[int], bool] = lambda ino: False) -> None:
+        """`in_use(ino)` says whether the kernel still holds an inode whose last name is gone."""
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self.in_use = in_use
+        self._depth = 0
+
+    # --- transactions -----------------------------------------------------------------
+
+    def __enter__(self) -> "Replica":
+        if self._depth == 0:
+            self.db.execute("BEGIN IMMEDIATE")
+        self._depth += 1
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- state ------------------------------------------------------------------------
+
+    def get_state(self, key: str, default=None):
+        row = self.db.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    def set_state(self, key: str, value) -> None:
+        self.db.execute("INSERT OR REPLACE INTO state(key, value) VALUES(?, ?)", (key, value))
+
+    @property
+    def applied_seq(self) -> int:
+        return self.get_state("applied_seq", 0)
+
+    # --- queries ----------------------------------------------------------------------
+
+    def inode(self, ino: int) -> Inode | None:
+        row = self.db.execute("SELECT * FROM inodes WHERE ino=?", (ino,)).fetchone()
+        return Inode(*row) if row else None
+
+    def ino_of(self, fid: str) -> int | None:
+        row = self.db.execute("SELECT ino FROM inodes WHERE fid=?", (fid,)).fetchone()
+        return row[0] if row else None
+
+    def lookup(self, parent: int, name: bytes) -> int | None:
+        row = self.db.execute("SELECT ino FROM dentries WHERE parent=? AND name=?", (parent, name)).fetchone()
+        return row[0] if row else None
+
+    def children(self, parent: int) -> list[tuple[bytes, int]]:
+        return self.db.execute(
+            "SELECT name, ino FROM dentries WHERE parent=? ORDER BY name", (parent,)
+        ).fetchall()
+
+    def has_children(self, parent: int) -> bool:
+        return self.db.execute("SELECT 1 FROM dentries WHERE parent=? LIMIT 1", (parent,)).fetchone() is not None
+
+    def parent_of(self, ino: int) -> int | None:
+        row = self.db.execute("SELECT parent FROM dentries WHERE ino=? LIMIT 1", (ino,)).fetchone()
+        return row[0] if row else None
+
+    def is_ancestor(self, ancestor: int, ino: int) -> bool:
+        """True if `ancestor` is `ino` or one of its parent directories."""
+        while ino is not None:
+            if ino == ancestor:
+                return True
+            if ino == ROOT_INO:
+                return False
+            ino = self.parent_of(ino)
+        return False
+
+    def xattr(self, ino: int, name: bytes) -> bytes | None:
+        row = self.db.execute("SELECT value FROM xattrs WHERE ino=? AND name=?", (ino, name)).fetchone()
+        return row[0] if row else None
+
+    def xattr_names(self, ino: int) -> list[bytes]:
+        return [r[0] for r in self.db.execute("SELECT name FROM xattrs WHERE ino=? ORDER BY name", (ino,))]
+
+    def all_block_ids(self) -> set[str]:
+        ids = set()
+        for (manifest,) in self.db.execute("SELECT manifest FROM inodes WHERE manifest != '[]'"):
+            ids.update(block for block, _length in json.loads(manifest) if block)
+        return ids
+
+    def stats(self) -> dict:
+        files, logical = self.db.execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM inodes WHERE nlink > 0"
+        ).fetchone()
+        return {"inodes": files, "logical_bytes": logical}
+
+    def orphans(self) -> list[Inode]:
+        """Inodes with no name left (unlinked while open)."""
+        return [Inode(*r) for r in self.db.execute("SELECT * FROM inodes WHERE nlink=0")]
+
+    # --- the commit queue -------------------------------------------------------------
+
+    def record(self, op: dict) -> None:
+        """Apply a local operation and queue it for the journal, atomically."""
+        with self:
+            self.apply(op)
+            self.db.execute("INSERT INTO pending(op) VALUES(?)", (json.dumps(op),))
+
+    def pending_ops(self, limit: int) -> list[tuple[int, dict]]:
+        rows = self.db.execute("SELECT id, op FROM pending ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return [(i, json.loads(op)) for i, op in rows]
+
+    def pending_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM pending").fetchone()[0]
+
+    def last_pending_id(self) -> int:
+        return self.db.execute("SELECT coalesce(max(id), 0) FROM pending").fetchone()[0]
+
+    def mark_committed(self, last_id: int, seq: int) -> None:
+        with self:
+            self.db.execute("DELETE FROM pending WHERE id <= ?", (last_id,))
+            self.set_state("applied_seq", seq)
+
+    def apply_remote(self, seq: int, ops: Iterable[dict]) -> None:
+        with self:
+            for op in ops:
+                self.apply(op)
+            self.set_state("applied_seq", seq)
+
+    # --- dirty files (staged content not yet uploaded) --------------------------------
+
+    def set_dirty(self, fid: str, dirty: bool) -> None:
+        if dirty:
+            self.db.execute("INSERT OR IGNORE INTO dirty(fid) VALUES(?)", (fid,))
+        else:
+            self.db.execute("DELETE FROM dirty WHERE fid=?", (fid,))
+
+    def dirty_fids(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT fid FROM dirty")]
+
+    def set_local_content_attrs(self, ino: int, size: int, mtime_ns: int) -> None:
+        """Size and mtime of a file whose new content is still being staged (no op yet)."""
+        self.db.execute("UPDATE inodes SET size=?, mtime_ns=?, ctime_ns=? WHERE ino=?", (size, mtime_ns, mtime_ns, ino))
+
+    # --- applying operations ----------------------------------------------------------
+
+    def apply(self, op: dict) -> None:
+        getattr(self, "_op_" + op["op"])(op)
+
+    def _ino(self, fid: str) -> int:
+        ino = self.ino_of(fid)
+        if ino is None:
+            raise KeyError(f"unknown file id {fid}")
+        return ino
+
+    def _touch(self, ino: int, t: int) -> None:
+        self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=? WHERE ino=?", (t, t, ino))
+
+    def _add_dentry(self, parent: int, name: bytes, ino: int, is_dir: bool) -> None:
+        self.db.execute("INSERT INTO dentries(parent, name, ino) VALUES(?, ?, ?)", (parent, name, ino))
+        self.db.execute("UPDATE inodes SET nlink = nlink + 1 WHERE ino=?", (ino,))
+        if is_dir:
+            self.db.execute("UPDATE inodes SET nlink = nlink + 1 WHERE ino=?", (parent,))
+
+    def _drop_dentry(self, parent: int, name: bytes) -> None:
+        ino = self.lookup(parent, name)
+        node = self.inode(ino)
+        self.db.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent, name))
+        # A directory's own "." link goes with its last name.
+        drop = 2 if node.is_dir else 1
+        self.db.execute("UPDATE inodes SET nlink = max(nlink - ?, 0) WHERE ino=?", (drop, ino))
+        if node.is_dir:
+            self.db.execute("UPDATE inodes SET nlink = nlink - 1 WHERE ino=?", (parent,))
+        if node.nlink - drop <= 0 and not self.in_use(ino):
+            self.forget_inode(ino)
+
+    def forget_inode(self, ino: int) -> None:
+        self.db.execute("DELETE FROM inodes WHERE ino=?", (ino,))
+        self.db.execute("DELETE FROM xattrs WHERE ino=?", (ino,))
+
+    def _op_mkroot(self, op: dict) -> None:
+        t = op["t"]
+        self.db.execute(
+            "INSERT OR IGNORE INTO inodes(ino, fid, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, nlink)"
+            " VALUES(?, ?, ?, ?, ?, ?, ?, ?, 2)",
+            (ROOT_INO, ROOT_FID, op["mode"], op["uid"], op["gid"], t, t, t),
+        )
+
+    def _new_inode(self, op: dict, mode: int, target: bytes | None = None) -> int:
+        t = op["t"]
+        cur = self.db.execute(
+            "INSERT INTO inodes(fid, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target)"
+            " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            # A directory starts with its own "." link; its name adds the other.
+            (op["fid"], mode, op["uid"], op["gid"], t, t, t, 1 if stat.S_ISDIR(mode) else 0, op.get("rdev", 0), target),
+        )
+        return cur.lastrowid
+
+    def _op_mknod(self, op: dict) -> None:
+        parent = self._ino(op["parent"])
+        ino = self._new_inode(op, op["mode"])
+        self._add_dentry(parent, name_from_json(op["name"]), ino, stat.S_ISDIR(op["mode"]))
+        self._touch(parent, op["t"])
+
+    def _op_symlink(self, op: dict) -> None:
+        parent = self._ino(op["parent"])
+        ino = self._new_inode(op, stat.S_IFLNK | 0o777, name_from_json(op["target"]))
+        target_len = len(name_from_json(op["target"]))
+        self.db.execute("UPDATE inodes SET size=? WHERE ino=?", (target_len, ino))
+        self._add_dentry(parent, name_from_json(op["name"]), ino, False)
+        self._touch(parent, op["t"])
+
+    def _op_link(self, op: dict) -> None:
+        parent, ino = self._ino(op["parent"]), self._ino(op["fid"])
+        self._add_dentry(parent, name_from_json(op["name"]), ino, False)
+        self.db.execute("UPDATE inodes SET ctime_ns=? WHERE ino=?", (op["t"], ino))
+        self._touch(parent, op["t"])
+
+    def _op_unlink(self, op: dict) -> None:
+        parent = self._ino(op["parent"])
+        self._drop_dentry(parent, name_from_json(op["name"]))
+        self._touch(parent, op["t"])
+
+    def _op_rename(self, op: dict) -> None:
+        old_parent, new_parent = self._ino(op["parent"]), self._ino(op["newparent"])
+        old_name, new_name = name_from_json(op["name"]), name_from_json(op["newname"])
+        ino = self.lookup(old_parent, old_name)
+        target = self.lookup(new_parent, new_name)
+        t = op["t"]
+        if op.get("exchange"):
+            self.db.execute("UPDATE dentries SET ino=? WHERE parent=? AND name=?", (target, old_parent, old_name))
+            self.db.execute("UPDATE dentries SET ino=? WHERE parent=? AND name=?", (ino, new_parent, new_name))
+            for moved, frm, to in ((ino, old_parent, new_parent), (target, new_parent, old_parent)):
+                if self.inode(moved).is_dir and frm != to:
+                    self.db.execute("UPDATE inodes SET nlink = nlink - 1 WHERE ino=?", (frm,))
+                    self.db.execute("UPDATE inodes SET nlink = nlink + 1 WHERE ino=?", (to,))
+        else:
+            if target == ino:
+                return
+            if target is not None:
+                self._drop_dentry(new_parent, new_name)
+            is_dir = self.inode(ino).is_dir
+            self.db.execute(
+                "UPDATE dentries SET parent=?, name=? WHERE parent=? AND name=?",
+                (new_parent, new_name, old_parent, old_name),
+            )
+            if is_dir and old_parent != new_parent:
+                self.db.execute("UPDATE inodes SET nlink = nlink - 1 WHERE ino=?", (old_parent,))
+                self.db.execute("UPDATE inodes SET nlink = nlink + 1 WHERE ino=?", (new_parent,))
+        self.db.execute("UPDATE inodes SET ctime_ns=? WHERE ino=?", (t, ino))
+        self._touch(old_parent, t)
+        self._touch(new_parent, t)
+
+    def _op_setattr(self, op: dict) -> None:
+        ino = self._ino(op["fid"])
+        for column in ("mode", "uid", "gid", "atime_ns", "mtime_ns"):
+            if column in op:
+                self.db.execute(f"UPDATE inodes SET {column}=? WHERE ino=?", (op[column], ino))
+        self.db.execute("UPDATE inodes SET ctime_ns=? WHERE ino=?", (op["t"], ino))
+
+    def _op_update(self, op: dict) -> None:
+        ino = self._ino(op["fid"])
+        self.db.execute(
+            "UPDATE inodes SET manifest=?, size=?, mtime_ns=?, ctime_ns=?, version=version + 1 WHERE ino=?",
+            (json.dumps(op["manifest"], separators=(",", ":")), op["size"], op["mtime_ns"], op["t"], ino),
+        )
+
+    def _op_setxattr(self, op: dict) -> None:
+        ino = self._ino(op["fid"])
+        self.db.execute(
+            "INSERT OR REPLACE INTO xattrs(ino, name, value) VALUES(?, ?, ?)",
+            (ino, name_from_json(op["name"]), base64.b64decode(op["value"])),
+        )
+        self.db.execute("UPDATE inodes SET ctime_ns=? WHERE ino=?", (op["t"], ino))
+
+    def _op_rmxattr(self, op: dict) -> None:
+        ino = self._ino(op["fid"])
+        self.db.execute("DELETE FROM xattrs WHERE ino=? AND name=?", (ino, name_from_json(op["name"])))
+        self.db.execute("UPDATE inodes SET ctime_ns=? WHERE ino=?", (op["t"], ino))
+
+    # --- a comparable picture of the tree (fsck) --------------------------------------
+
+    def walk(self) -> Iterator[tuple[bytes, Inode]]:
+        """Every (path, inode) reachable from the root, depth first, in name order."""
+        stack = [(b"", ROOT_INO)]
+        while stack:
+            path, ino = stack.pop()
+            node = self.inode(ino)
+            yield path or b"/", node
+            if node.is_dir:
+                for name, child in reversed(self.children(ino)):
+                    stack.append((path + b"/" + name, child))

@@ -1,0 +1,88 @@
+"""A volume in a plain directory (`file:///dir`): the embedded default, NAS, USB disks.
+
+Same key layout as S3. put-if-absent is a hard link of a fully written, fsync'ed
+temporary file: link(2) fails with EEXIST atomically, so exactly one writer wins.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Iterator
+
+from ..errors import StoreUnreachable
+from . import NotFound
+
+
+class FileStore:
+    def __init__(self, url: str, root: str) -> None:
+        self.url = url
+        self.root = os.path.abspath(root)
+        self._tmp = os.path.join(self.root, ".tmp")
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.root, *key.split("/"))
+
+    def _write_temp(self, data: bytes) -> str:
+        try:
+            os.makedirs(self._tmp, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnreachable(f"Cannot write to the volume directory {self.root}: {exc.strerror}.") from exc
+        tmp = os.path.join(self._tmp, uuid.uuid4().hex)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return tmp
+
+    def get(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except FileNotFoundError as exc:
+            raise NotFound(key) from exc
+
+    def put(self, key: str, data: bytes) -> None:
+        dest = self._path(key)
+        tmp = self._write_temp(data)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(tmp, dest)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        dest = self._path(key)
+        tmp = self._write_temp(data)
+        try:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.link(tmp, dest)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+
+    def list(self, prefix: str, start_after: str = "") -> Iterator[tuple[str, int]]:
+        directory, _, name_prefix = prefix.rpartition("/")
+        base = self._path(directory) if directory else self.root
+        keys = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not (dirpath == self.root and d == ".tmp")]
+            rel = os.path.relpath(dirpath, self.root)
+            for name in filenames:
+                key = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
+                if key.startswith(prefix) and key > start_after:
+                    keys.append(key)
+        for key in sorted(keys):
+            try:
+                yield key, os.stat(self._path(key)).st_size
+            except FileNotFoundError:
+                continue
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass

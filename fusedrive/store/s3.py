@@ -1,0 +1,104 @@
+"""A volume in an S3 bucket (`s3://bucket/prefix`), any service with conditional writes.
+
+Endpoint, region and credentials come from wherever boto3 users already keep them
+(env vars, ~/.aws, AWS_ENDPOINT_URL) plus an explicit `--endpoint-url`. Transient
+failures (5xx, throttling, dropped connections) are retried by botocore's standard
+retry mode with exponential backoff; what still fails becomes StoreUnreachable.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from ..errors import StoreUnreachable
+from . import NotFound
+
+_PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+class S3Store:
+    def __init__(self, url: str, bucket: str, prefix: str, endpoint_url: str | None) -> None:
+        self.url = url
+        self.bucket = bucket
+        self.prefix = f"{prefix}/" if prefix else ""
+        config = Config(
+            retries={"mode": "standard", "max_attempts": 6},
+            connect_timeout=5,
+            read_timeout=30,
+            max_pool_connections=32,
+            signature_version="s3v4",
+        )
+        session = boto3.session.Session()
+        self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
+
+    def _call(self, what: str, fn, **kwargs):
+        try:
+            return fn(Bucket=self.bucket, **kwargs)
+        except botocore.exceptions.NoCredentialsError as exc:
+            raise StoreUnreachable(
+                f"No S3 credentials found for {self.url}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or configure ~/.aws."
+            ) from exc
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "NoSuchBucket":
+                raise StoreUnreachable(f"The bucket {self.bucket!r} does not exist.") from exc
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
+                raise StoreUnreachable(f"The store refused our credentials for {self.url} ({code}).") from exc
+            raise
+        except (botocore.exceptions.BotoCoreError, OSError) as exc:
+            raise StoreUnreachable(f"Cannot reach the store for {self.url} while trying to {what}: {exc}") from exc
+
+    def get(self, key: str) -> bytes:
+        try:
+            response = self._call("read", self.client.get_object, Key=self.prefix + key)
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _NOT_FOUND_CODES:
+                raise NotFound(key) from exc
+            raise StoreUnreachable(f"Reading {key} failed: {exc}") from exc
+        try:
+            return response["Body"].read()
+        except (botocore.exceptions.BotoCoreError, OSError) as exc:
+            raise StoreUnreachable(f"Reading {key} was cut off: {exc}") from exc
+
+    def put(self, key: str, data: bytes) -> None:
+        try:
+            self._call("write", self.client.put_object, Key=self.prefix + key, Body=data)
+        except botocore.exceptions.ClientError as exc:
+            raise StoreUnreachable(f"Writing {key} failed: {exc}") from exc
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        try:
+            self._call("write", self.client.put_object, Key=self.prefix + key, Body=data, IfNoneMatch="*")
+            return True
+        except botocore.exceptions.ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in _PRECONDITION_CODES or status in (409, 412):
+                return False
+            raise StoreUnreachable(f"Writing {key} failed: {exc}") from exc
+
+    def list(self, prefix: str, start_after: str = "") -> Iterator[tuple[str, int]]:
+        kwargs = {"Prefix": self.prefix + prefix}
+        if start_after:
+            kwargs["StartAfter"] = self.prefix + start_after
+        while True:
+            try:
+                page = self._call("list", self.client.list_objects_v2, **kwargs)
+            except botocore.exceptions.ClientError as exc:
+                raise StoreUnreachable(f"Listing {prefix} failed: {exc}") from exc
+            for item in page.get("Contents", []):
+                yield item["Key"][len(self.prefix):], item["Size"]
+            if not page.get("IsTruncated"):
+                return
+            kwargs["ContinuationToken"] = page["NextContinuationToken"]
+
+    def delete(self, key: str) -> None:
+        try:
+            self._call("delete", self.client.delete_object, Key=self.prefix + key)
+        except botocore.exceptions.ClientError as exc:
+            raise StoreUnreachable(f"Deleting {key} failed: {exc}") from exc

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install everything fusedrive needs on a fresh Debian/Ubuntu machine: the FUSE 3
+# system packages and a virtualenv at .venv with fusedrive and (with --test) the
+# test tools, including the SeaweedFS S3 server the tests start on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+
+need_apt=""
+command -v fusermount3 >/dev/null 2>&1 || need_apt=1
+pkg-config --exists fuse3 2>/dev/null || need_apt=1
+if [ -n "$need_apt" ]; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq fuse3 libfuse3-dev pkg-config python3-venv gcc >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e ".$extras"
+echo "fusedrive is installed: $(pwd)/.venv/bin/fusedrive"
