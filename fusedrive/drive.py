@@ -301,7 +301,7 @@ class Drive:
             try:
                 await self._upload(fid)
                 self.upload_error, delay = None, 1.0
-            except FusedriveError as exc:
+            except (FusedriveError, OSError) as exc:
                 self.upload_error = str(exc)
                 self.errors.append(f"Upload failed, will retry: {exc}")
                 log.warning("upload of %s failed, retrying in %.0f s: %s", fid, delay, exc)
@@ -322,13 +322,19 @@ class Drive:
             return
         generation = self.staging.generation.get(fid, 0)
         size, mtime_ns = self.size_and_mtime(node)
-        fd = self.staging.fd(fid)
+        try:
+            # Our own descriptor: the staging one may be closed (file deleted) while we read.
+            fd = os.open(self.staging.path(fid), os.O_RDONLY)
+        except FileNotFoundError:
+            return
         try:
             manifest = await trio.to_thread.run_sync(
                 build_manifest, fd, size, self.volume.chunking, self.blocks, self.pool
             )
         except StagingChanged:
             return
+        finally:
+            os.close(fd)
         if self.staging.generation.get(fid, 0) != generation:
             return  # written again meanwhile: the next close uploads the newer content
         node = self.replica.inode(ino)

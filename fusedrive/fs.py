@@ -292,6 +292,9 @@ class DriveOperations(pyfuse3.Operations):
         node = self._node(inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        if flags & os.O_TRUNC and node.is_reg:
+            # libfuse negotiates atomic O_TRUNC: the kernel sends no setattr, we truncate here.
+            await self.drive.truncate(node, 0)
         return self._open_handle(node)
 
     @fuse_errors

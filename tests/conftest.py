@@ -1,0 +1,213 @@
+"""Fixtures: a real SeaweedFS S3 server on loopback, volumes on it and on file://,
+and real FUSE mounts through the `fusedrive` CLI, always unmounted in teardown.
+
+Every mount fixture runs `fusedrive fsck` at the end and fails the test if it
+finds anything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fusedrive.testing.seaweed import start_seaweed
+
+PASSPHRASE = "correct horse battery staple"
+BUCKET = "fusedrive-tests"
+CLI_TIMEOUT = 300
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_home():
+    """HOME, XDG dirs and a short runtime dir of the session's own: tests never touch the user's."""
+    root = Path(tempfile.mkdtemp(prefix="fdt-"))
+    saved = dict(os.environ)
+    os.environ.update({
+        "HOME": str(root / "home"), "XDG_RUNTIME_DIR": str(root / "run"),
+        "XDG_CACHE_HOME": str(root / "home/.cache"), "XDG_DATA_HOME": str(root / "home/.local/share"),
+        "XDG_CONFIG_HOME": str(root / "home/.config"), "XDG_STATE_HOME": str(root / "home/.local/state"),
+    })
+    for var in ("FUSEDRIVE_PASSPHRASE", "AWS_PROFILE"):
+        os.environ.pop(var, None)
+    (root / "run").mkdir(mode=0o700)
+    yield root
+    os.environ.clear()
+    os.environ.update(saved)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def seaweed(isolated_home):
+    server = start_seaweed(isolated_home / "seaweed")
+    server.client().create_bucket(Bucket=BUCKET)
+    yield server
+    server.stop()
+
+
+class Cli:
+    """Runs the real `fusedrive` command with a test environment."""
+
+    def __init__(self, env: dict) -> None:
+        self.env = env
+
+    def run(self, *args: str, passphrase: str | None = PASSPHRASE, check: bool = True,
+            timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
+        env = dict(os.environ, **self.env)
+        if passphrase is not None:
+            env["FUSEDRIVE_PASSPHRASE"] = passphrase
+        result = subprocess.run([sys.executable, "-m", "fusedrive.cli", *args], env=env, capture_output=True,
+                                text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        if check and result.returncode != 0:
+            raise AssertionError(f"fusedrive {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}")
+        return result
+
+
+class Volume:
+    """One volume under test: its URL, a way to list what is stored, and mounts of it."""
+
+    def __init__(self, url: str, cli: Cli, root: Path, list_objects) -> None:
+        self.url, self.cli, self.root, self.list_objects = url, cli, root, list_objects
+        self.mounts: list[Mount] = []
+
+    def stored_bytes(self, prefix: str = "") -> int:
+        return sum(size for _key, size in self.list_objects(prefix))
+
+    def mount(self, name: str = "dev1", **options) -> "Mount":
+        mount = Mount(self, self.root / f"mnt-{name}-{uuid.uuid4().hex[:6]}", self.root / f"cache-{name}", name)
+        mount.start(**options)
+        self.mounts.append(mount)
+        return mount
+
+    def fsck(self, *extra: str) -> subprocess.CompletedProcess:
+        return self.cli.run("fsck", self.url, *extra, check=False)
+
+
+class Mount:
+    def __init__(self, volume: Volume, path: Path, cache_dir: Path, device: str) -> None:
+        self.volume, self.path, self.cache_dir, self.device = volume, path, cache_dir, device
+
+    def start(self, cache_size: str = "2G") -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.volume.cli.run("mount", self.volume.url, str(self.path), "--cache-dir", str(self.cache_dir),
+                            "--device-name", self.device, "--cache-size", cache_size)
+
+    def p(self, *parts: str) -> str:
+        return os.path.join(self.path, *parts)
+
+    def sync(self) -> None:
+        from fusedrive import control
+
+        control.request(str(self.path), "sync", timeout=CLI_TIMEOUT)
+
+    def fsck_clean(self) -> None:
+        """fsck of the volume and of this device's live replica must find nothing."""
+        result = self.volume.cli.run("fsck", self.volume.url, "--cache-dir", str(self.cache_dir), check=False)
+        assert result.returncode == 0, f"fsck found problems:\n{result.stdout}{result.stderr}"
+
+    def umount(self) -> None:
+        self.volume.cli.run("umount", str(self.path), "--timeout", "120")
+        self.volume.mounts.remove(self)
+
+    def force_unmount(self) -> None:
+        """Teardown of last resort: never leave a mount behind, even after a failed test."""
+        from fusedrive import control
+
+        entry = control.read_registry(str(self.path))
+        for command in (["fusermount3", "-u", str(self.path)], ["fusermount3", "-u", "-z", str(self.path)]):
+            if not os.path.ismount(self.path):
+                break
+            subprocess.run(command, capture_output=True, timeout=30)
+        if entry:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(entry["pid"], 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            else:
+                os.kill(entry["pid"], signal.SIGKILL)
+
+
+def _new_volume(kind: str, root: Path, request) -> Volume:
+    root.mkdir(parents=True, exist_ok=True)
+    if kind == "s3":
+        server = request.getfixturevalue("seaweed")
+        prefix = f"vol-{uuid.uuid4().hex[:12]}"
+        client = server.client()
+
+        def list_objects(sub: str = ""):
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{prefix}/{sub}"):
+                for item in page.get("Contents", []):
+                    yield item["Key"][len(prefix) + 1:], item["Size"]
+
+        volume = Volume(f"s3://{BUCKET}/{prefix}", Cli(server.env), root, list_objects)
+    else:
+        directory = root / "volume"
+
+        def list_objects(sub: str = ""):
+            for dirpath, _dirs, files in os.walk(directory):
+                for name in files:
+                    key = os.path.relpath(os.path.join(dirpath, name), directory)
+                    if key.startswith(sub) and not key.startswith(".tmp"):
+                        yield key, os.path.getsize(os.path.join(dirpath, name))
+
+        volume = Volume(directory.as_uri(), Cli({}), root, list_objects)
+    volume.cli.run("init", volume.url)
+    return volume
+
+
+def _teardown(volume: Volume) -> None:
+    failures = []
+    for mount in list(volume.mounts):
+        try:
+            mount.umount()
+        except Exception as exc:  # noqa: BLE001 - unmount no matter what, then report
+            failures.append(str(exc))
+            mount.force_unmount()
+        else:
+            mount.fsck_clean()
+    assert not failures, failures
+
+
+STORES = ["file", "s3"]
+
+
+@pytest.fixture(params=STORES)
+def volume(request, tmp_path):
+    """A fresh, empty volume on each store; every mount of it is unmounted and fsck'ed after."""
+    vol = _new_volume(request.param, tmp_path, request)
+    yield vol
+    _teardown(vol)
+
+
+@pytest.fixture(scope="module", params=STORES)
+def shared_volume(request, tmp_path_factory):
+    vol = _new_volume(request.param, tmp_path_factory.mktemp("shared"), request)
+    yield vol
+    _teardown(vol)
+
+
+@pytest.fixture(scope="module")
+def shared_mount(shared_volume):
+    """One mount shared by a module's tests (each test works in its own directory)."""
+    return shared_volume.mount()
+
+
+@pytest.fixture
+def work(shared_mount, request):
+    """A fresh directory in the shared mount; after the test, upload everything and fsck."""
+    directory = shared_mount.p(request.node.name.replace("/", "_")[:200])
+    os.mkdir(directory)
+    yield directory
+    shared_mount.sync()
+    shared_mount.fsck_clean()
