@@ -74,8 +74,9 @@ class Cli:
 class Volume:
     """One volume under test: its URL, a way to list what is stored, and mounts of it."""
 
-    def __init__(self, url: str, cli: Cli, root: Path, list_objects) -> None:
-        self.url, self.cli, self.root, self.list_objects = url, cli, root, list_objects
+    def __init__(self, url: str, cli: Cli, root: Path, list_objects, read_object) -> None:
+        self.url, self.cli, self.root = url, cli, root
+        self.list_objects, self.read_object = list_objects, read_object
         self.mounts: list[Mount] = []
 
     def stored_bytes(self, prefix: str = "") -> int:
@@ -150,7 +151,10 @@ def _new_volume(kind: str, root: Path, request) -> Volume:
                 for item in page.get("Contents", []):
                     yield item["Key"][len(prefix) + 1:], item["Size"]
 
-        volume = Volume(f"s3://{BUCKET}/{prefix}", Cli(server.env), root, list_objects)
+        def read_object(key: str) -> bytes:
+            return client.get_object(Bucket=BUCKET, Key=f"{prefix}/{key}")["Body"].read()
+
+        volume = Volume(f"s3://{BUCKET}/{prefix}", Cli(server.env), root, list_objects, read_object)
     else:
         directory = root / "volume"
 
@@ -161,7 +165,10 @@ def _new_volume(kind: str, root: Path, request) -> Volume:
                     if key.startswith(sub) and not key.startswith(".tmp"):
                         yield key, os.path.getsize(os.path.join(dirpath, name))
 
-        volume = Volume(directory.as_uri(), Cli({}), root, list_objects)
+        def read_object(key: str) -> bytes:
+            return (directory / key).read_bytes()
+
+        volume = Volume(directory.as_uri(), Cli({}), root, list_objects, read_object)
     volume.cli.run("init", volume.url)
     return volume
 
