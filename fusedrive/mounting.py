@@ -17,7 +17,7 @@ import trio
 
 from . import control
 from .drive import Drive
-from .errors import FusedriveError, MountError, StoreUnreachable
+from .errors import FusedriveError, MountError
 from .fs import DriveOperations
 from .volume import Volume
 
@@ -108,11 +108,23 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
 
     try:
         trio.run(main)
+    except BaseExceptionGroup as group:
+        raise _first_clear_error(group) from None
     finally:
         registry.unlink(missing_ok=True)
         control.socket_path(path).unlink(missing_ok=True)
         drive.close()
         os.close(lock_fd)
+
+
+def _first_clear_error(group: BaseExceptionGroup) -> BaseException:
+    """trio nurseries wrap errors in groups; the user should see our one-sentence error."""
+    matched, _rest = group.split(FusedriveError)
+    if matched is None:
+        return group
+    while isinstance(matched, BaseExceptionGroup):
+        matched = matched.exceptions[0]
+    return matched
 
 
 async def _async(value: dict) -> dict:
@@ -147,7 +159,8 @@ def start_background(argv: list[str], log_path: Path, env: dict) -> None:
                 break
     if data.startswith(b"READY"):
         return
-    child.wait(timeout=5) if child.poll() is None else None
+    if child.poll() is None:
+        child.wait(timeout=5)
     message = data.decode(errors="replace").strip()
     if message.startswith("ERROR "):
         code, _, text = message[6:].partition(" ")

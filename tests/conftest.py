@@ -74,9 +74,10 @@ class Cli:
 class Volume:
     """One volume under test: its URL, a way to list what is stored, and mounts of it."""
 
-    def __init__(self, url: str, cli: Cli, root: Path, list_objects, read_object) -> None:
+    def __init__(self, url: str, cli: Cli, root: Path, objects) -> None:
+        """`objects` = (list, read, write, delete) of raw objects, bypassing fusedrive."""
         self.url, self.cli, self.root = url, cli, root
-        self.list_objects, self.read_object = list_objects, read_object
+        self.list_objects, self.read_object, self.write_object, self.delete_object = objects
         self.mounts: list[Mount] = []
 
     def stored_bytes(self, prefix: str = "") -> int:
@@ -154,7 +155,14 @@ def _new_volume(kind: str, root: Path, request) -> Volume:
         def read_object(key: str) -> bytes:
             return client.get_object(Bucket=BUCKET, Key=f"{prefix}/{key}")["Body"].read()
 
-        volume = Volume(f"s3://{BUCKET}/{prefix}", Cli(server.env), root, list_objects, read_object)
+        def write_object(key: str, data: bytes) -> None:
+            client.put_object(Bucket=BUCKET, Key=f"{prefix}/{key}", Body=data)
+
+        def delete_object(key: str) -> None:
+            client.delete_object(Bucket=BUCKET, Key=f"{prefix}/{key}")
+
+        objects = (list_objects, read_object, write_object, delete_object)
+        volume = Volume(f"s3://{BUCKET}/{prefix}", Cli(server.env), root, objects)
     else:
         directory = root / "volume"
 
@@ -168,7 +176,14 @@ def _new_volume(kind: str, root: Path, request) -> Volume:
         def read_object(key: str) -> bytes:
             return (directory / key).read_bytes()
 
-        volume = Volume(directory.as_uri(), Cli({}), root, list_objects, read_object)
+        def write_object(key: str, data: bytes) -> None:
+            (directory / key).write_bytes(data)
+
+        def delete_object(key: str) -> None:
+            (directory / key).unlink()
+
+        objects = (list_objects, read_object, write_object, delete_object)
+        volume = Volume(directory.as_uri(), Cli({}), root, objects)
     volume.cli.run("init", volume.url)
     return volume
 
