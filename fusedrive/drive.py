@@ -69,6 +69,7 @@ class Drive:
         self._upload_send, self._upload_receive = trio.open_memory_channel(1_000_000)
         self._queued: set[str] = set()
         self._uploading: set[str] = set()
+        self._upload_again: set[str] = set()
         self._stage_locks: dict[str, trio.Lock] = {}
         self._layouts: dict[int, Layout] = {}
         self._in_flight: dict[str, trio.Event] = {}
@@ -225,6 +226,7 @@ class Drive:
                     await trio.to_thread.run_sync(
                         self.staging.materialize, node.fid, extents, node.size, self.blocks.fetch
                     )
+                    self.staging.bump(node.fid)
                 else:
                     self.staging.truncate(node.fid, node.size)
                 self.staged.add(node.fid)
@@ -297,6 +299,9 @@ class Drive:
             self._queued.discard(fid)
             if fid not in self.dirty:
                 continue
+            if fid in self._uploading:
+                self._upload_again.add(fid)  # one upload per file at a time
+                continue
             self._uploading.add(fid)
             try:
                 await self._upload(fid)
@@ -311,6 +316,9 @@ class Drive:
                 self.queue_upload(fid)
             finally:
                 self._uploading.discard(fid)
+                if fid in self._upload_again:
+                    self._upload_again.discard(fid)
+                    self.queue_upload(fid)
             self.changed.fire()
 
     async def _upload(self, fid: str) -> None:
@@ -320,7 +328,7 @@ class Drive:
             if self.open_handles[fid] <= 0:
                 self._discard_staged(fid)
             return
-        generation = self.staging.generation.get(fid, 0)
+        generation = self.staging.generation.get(fid)
         size, mtime_ns = self.size_and_mtime(node)
         try:
             # Our own descriptor: the staging one may be closed (file deleted) while we read.
@@ -335,7 +343,7 @@ class Drive:
             return
         finally:
             os.close(fd)
-        if self.staging.generation.get(fid, 0) != generation:
+        if self.staging.generation.get(fid) != generation:
             return  # written again meanwhile: the next close uploads the newer content
         node = self.replica.inode(ino)
         if node is None or node.nlink <= 0:

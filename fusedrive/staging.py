@@ -4,13 +4,15 @@ A file being written lives whole in `staging/<fid>` (sparse: holes stay holes).
 Reads of a staged file come from here, so a write is visible at once. A staged
 file stays until its content has been uploaded and recorded, so a crash loses
 nothing that was closed; the `dirty` table in the replica says which ones still
-need uploading. Each write bumps the file's generation, which lets an upload tell
-whether what it chunked is still the current content.
+need uploading. Each write gives the file a new generation from one counter that
+never repeats (not even after the staged file is dropped and made again), which
+lets an upload tell whether what it chunked is still the current content.
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 from pathlib import Path
 from typing import Callable, Iterator
@@ -24,6 +26,7 @@ class Staging:
         directory.mkdir(parents=True, exist_ok=True)
         self._fds: dict[str, int] = {}
         self.generation: dict[str, int] = {}
+        self._generations = itertools.count(1)
 
     def path(self, fid: str) -> Path:
         return self.directory / fid
@@ -39,9 +42,8 @@ class Staging:
             self._fds[fid] = fd
         return fd
 
-    def bump(self, fid: str) -> int:
-        self.generation[fid] = self.generation.get(fid, 0) + 1
-        return self.generation[fid]
+    def bump(self, fid: str) -> None:
+        self.generation[fid] = next(self._generations)
 
     def close(self, fid: str) -> None:
         fd = self._fds.pop(fid, None)
