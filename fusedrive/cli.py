@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from . import control, volume as volumes
-from .errors import FusedriveError, MountError, UsageError
+from .errors import FusedriveError, MountError
 
 DEFAULT_CACHE_SIZE = "4G"
 
@@ -168,13 +168,7 @@ def cmd_umount(args) -> int:
         return 0
     complete = _wait_for_upload(mountpoint, args.timeout)
     _unmount_kernel(mountpoint, args.lazy)
-    deadline = time.monotonic() + max(args.timeout, 30)
-    while time.monotonic() < deadline:
-        try:
-            os.kill(entry["pid"], 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
+    control.wait_for_exit(entry["pid"], max(args.timeout, 30))
     if not complete:
         print(f"Unmounted {args.mountpoint}, but some changes are still waiting to upload; they are kept "
               "in the local queue and upload on the next mount.", file=sys.stderr)

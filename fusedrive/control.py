@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import trio
@@ -58,6 +59,18 @@ def all_registered() -> list[dict]:
         except (OSError, ValueError):
             continue
     return found
+
+
+def wait_for_exit(pid: int, timeout: float) -> bool:
+    """Wait until a mount process has exited (it drains its queue first); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 async def serve(path: Path, handlers: dict, task_status=trio.TASK_STATUS_IGNORED) -> None:

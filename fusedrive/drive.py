@@ -97,7 +97,7 @@ class Drive:
         for fid in self.replica.dirty_fids():
             if fid in self.staged:
                 st = os.stat(self.staging.path(fid))
-                self.staged_attrs[fid] = (st.st_size, st.st_mtime_ns)
+                self.staged_attrs[fid] = (st.st_size, st.st_mtime_ns, st.st_mtime_ns)
                 self.dirty.add(fid)
                 self.queue_upload(fid)
             else:
@@ -117,13 +117,18 @@ class Drive:
     # --- attributes of files whose content is staged ------------------------------------
 
     def size_and_mtime(self, node: Inode) -> tuple[int, int]:
-        return self.staged_attrs.get(node.fid, (node.size, node.mtime_ns))
+        size, mtime_ns, _ctime_ns = self.staged_attrs.get(node.fid, (node.size, node.mtime_ns, 0))
+        return size, mtime_ns
+
+    def ctime(self, node: Inode) -> int:
+        """The later of the last metadata change and the last staged write."""
+        return max(node.ctime_ns, self.staged_attrs.get(node.fid, (0, 0, 0))[2])
 
     def set_times(self, node: Inode, mtime_ns: int) -> None:
         """An explicit utimens on a file with staged content wins over the write time."""
         if node.fid in self.staged_attrs:
-            size, _ = self.staged_attrs[node.fid]
-            self.staged_attrs[node.fid] = (size, mtime_ns)
+            size, _, ctime_ns = self.staged_attrs[node.fid]
+            self.staged_attrs[node.fid] = (size, mtime_ns, ctime_ns)
 
     # --- reading ----------------------------------------------------------------------
 
@@ -233,7 +238,8 @@ class Drive:
         self._stage_locks.pop(node.fid, None)
 
     def _mark_dirty(self, fid: str, size: int) -> None:
-        self.staged_attrs[fid] = (size, time.time_ns())
+        now = time.time_ns()
+        self.staged_attrs[fid] = (size, now, now)
         if fid not in self.dirty:
             self.replica.set_dirty(fid, True)
             self.dirty.add(fid)
@@ -385,7 +391,7 @@ class Drive:
         await self.committer.wait_committed(self.replica.last_pending_id())
 
     def status(self) -> dict:
-        dirty_bytes = sum(self.staged_attrs.get(fid, (0, 0))[0] for fid in self.dirty)
+        dirty_bytes = sum(self.staged_attrs.get(fid, (0, 0, 0))[0] for fid in self.dirty)
         return {
             "volume": self.volume.url,
             "device": self.device,

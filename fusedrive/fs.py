@@ -91,7 +91,7 @@ class DriveOperations(pyfuse3.Operations):
         a.st_blocks = (size + 511) // 512
         a.st_atime_ns = node.atime_ns
         a.st_mtime_ns = mtime_ns
-        a.st_ctime_ns = max(node.ctime_ns, mtime_ns)
+        a.st_ctime_ns = self.drive.ctime(node)
         return a
 
     def _entry(self, ino: int) -> pyfuse3.EntryAttributes:

@@ -244,10 +244,11 @@ class Replica:
         if is_dir:
             self.db.execute("UPDATE inodes SET nlink = nlink + 1 WHERE ino=?", (parent,))
 
-    def _drop_dentry(self, parent: int, name: bytes) -> None:
+    def _drop_dentry(self, parent: int, name: bytes, t: int) -> None:
         ino = self.lookup(parent, name)
         node = self.inode(ino)
         self.db.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent, name))
+        self.db.execute("UPDATE inodes SET ctime_ns=? WHERE ino=?", (t, ino))
         # A directory's own "." link goes with its last name.
         drop = 2 if node.is_dir else 1
         self.db.execute("UPDATE inodes SET nlink = max(nlink - ?, 0) WHERE ino=?", (drop, ino))
@@ -300,7 +301,7 @@ class Replica:
 
     def _op_unlink(self, op: dict) -> None:
         parent = self._ino(op["parent"])
-        self._drop_dentry(parent, name_from_json(op["name"]))
+        self._drop_dentry(parent, name_from_json(op["name"]), op["t"])
         self._touch(parent, op["t"])
 
     def _op_rename(self, op: dict) -> None:
@@ -320,7 +321,7 @@ class Replica:
             if target == ino:
                 return
             if target is not None:
-                self._drop_dentry(new_parent, new_name)
+                self._drop_dentry(new_parent, new_name, t)
             is_dir = self.inode(ino).is_dir
             self.db.execute(
                 "UPDATE dentries SET parent=?, name=? WHERE parent=? AND name=?",

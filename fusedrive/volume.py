@@ -20,7 +20,7 @@ from pathlib import Path
 
 from . import crypto
 from .errors import FusedriveError, StoreUnsupported, UsageError, VolumeExists, VolumeNotFound, WrongPassphrase
-from .store import NotFound, ObjectStore, open_store
+from .store import NotFound, ObjectStore
 
 FORMAT = "fusedrive-volume"
 FORMAT_VERSION = 1

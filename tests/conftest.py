@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -128,16 +127,8 @@ class Mount:
             if not os.path.ismount(self.path):
                 break
             subprocess.run(command, capture_output=True, timeout=30)
-        if entry:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(entry["pid"], 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
-            else:
-                os.kill(entry["pid"], signal.SIGKILL)
+        if entry and not control.wait_for_exit(entry["pid"], 60):
+            os.kill(entry["pid"], signal.SIGKILL)
 
 
 def _new_volume(kind: str, root: Path, request) -> Volume:

@@ -302,13 +302,29 @@ def test_chmod_chown_utimens(work, shared_mount):
     assert stat.S_IMODE(st.st_mode) == 0o4751 and st.st_mtime_ns == 2_000_000_456
 
 
-def test_mtime_moves_on_write(work):
+def test_times_move_as_posix_says(work, shared_mount):
     path = os.path.join(work, "m")
     write(path, b"1")
     os.utime(path, ns=(0, 0))
+    before = time.time_ns()
     with open(path, "ab") as f:
         f.write(b"2")
-    assert os.stat(path).st_mtime_ns > time.time_ns() - 60 * 10**9
+    st = os.stat(path)
+    assert st.st_mtime_ns >= before - 10**9 and st.st_ctime_ns >= before - 10**9
+    shared_mount.sync()
+    assert os.stat(path).st_mtime_ns == st.st_mtime_ns, "the upload keeps the write's mtime"
+    os.link(path, os.path.join(work, "m2"))
+    time.sleep(0.01)
+    ctime = os.stat(path).st_ctime_ns
+    time.sleep(0.01)
+    os.unlink(os.path.join(work, "m2"))
+    assert os.stat(path).st_ctime_ns > ctime, "unlink changes the ctime of the remaining link"
+    dir_mtime = os.stat(work).st_mtime_ns
+    time.sleep(0.01)
+    write(os.path.join(work, "new"), b"")
+    assert os.stat(work).st_mtime_ns > dir_mtime, "creating a file changes its directory's mtime"
+    os.utime(path, ns=(0, 4_000_000_000_000_000_000))  # far future mtime
+    assert os.stat(path).st_ctime_ns < 3_000_000_000_000_000_000, "ctime is the change time, not mtime"
 
 
 def test_xattrs(work, shared_mount):
