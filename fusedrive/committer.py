@@ -21,6 +21,7 @@ from .signals import Broadcast
 log = logging.getLogger(__name__)
 
 BATCH_OPS = 2000
+BATCH_DELAY_SECONDS = 0.05
 RETRY_MAX_SECONDS = 30
 
 
@@ -31,11 +32,15 @@ class Committer:
         self.device = device
         self.committed = Broadcast()
         self._wake = trio.Event()
+        self._urgent = False
         self.offline_since: float | None = None
         self.last_error: str | None = None
         self.commits = 0
 
-    def kick(self) -> None:
+    def kick(self, urgent: bool = False) -> None:
+        """Commit soon; `urgent` (someone waits, e.g. fsync) skips the batching delay."""
+        if urgent:
+            self._urgent = True
         self._wake.set()
 
     async def pull(self) -> int:
@@ -68,7 +73,13 @@ class Committer:
         delay = 1.0
         while True:
             await self._wake.wait()
+            if not self._urgent:
+                # let a burst of operations (untar, a build) gather into one journal entry
+                with trio.move_on_after(BATCH_DELAY_SECONDS):
+                    while not self._urgent:
+                        await trio.sleep(BATCH_DELAY_SECONDS / 5)
             self._wake = trio.Event()
+            self._urgent = False
             try:
                 await self.commit_pending()
                 self.offline_since, self.last_error, delay = None, None, 1.0
@@ -90,5 +101,5 @@ class Committer:
                 return
             if self.last_error:
                 raise StoreUnreachable(self.last_error)
-            self.kick()
+            self.kick(urgent=True)
             await self.committed.wait()

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 UPLOAD_WORKERS = 2
 DOWNLOAD_THREADS = 16
 PREFETCH_BLOCKS = 6
+SEQUENTIAL_WINDOW = 1024 * 1024
 
 
 @dataclass
@@ -141,8 +142,11 @@ class Drive:
         size = min(size, file_size - offset)
         layout = self._layout(node)
         index = bisect.bisect_right(layout.starts, offset) - 1
-        sequential = self._read_end.get(node.ino) == offset
-        self._read_end[node.ino] = offset + size
+        # Kernel readahead sends several reads at once and they are served concurrently,
+        # so "sequential" means near where the last read ended, not exactly there.
+        last_end = self._read_end.get(node.ino)
+        sequential = last_end is not None and abs(offset - last_end) <= SEQUENTIAL_WINDOW
+        self._read_end[node.ino] = max(offset + size, last_end or 0) if sequential else offset + size
         if sequential or offset == 0:
             self._prefetch(layout, index + 1)
         pieces = []
