@@ -100,16 +100,18 @@ def cmd_mount(args) -> int:
 
             check_mountpoint(args.mountpoint)
             argv = ["mount", args.volume, args.mountpoint, "--cache-dir", str(cache_dir),
-                    "--cache-size", str(args.cache_size), "--device-name", args.device_name]
+                    "--cache-size", str(args.cache_size), "--device-name", args.device_name,
+                    "--poll-interval", str(args.poll_interval)]
             if args.endpoint_url:
                 argv += ["--endpoint-url", args.endpoint_url]
             env = dict(os.environ, FUSEDRIVE_PASSPHRASE=volumes.get_passphrase(args.key_file))
-            start_background(argv, cache_dir.parent / f"{volume.volume_id}.log", env)
+            start_background(argv, cache_dir / "mount.log", env)
             print(f"Mounted {args.volume} at {args.mountpoint}.")
             return 0
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        run_mount(volume, args.mountpoint, cache_dir, args.device_name, args.cache_size, args.ready_fd, args.debug)
+        run_mount(volume, args.mountpoint, cache_dir, args.device_name, args.cache_size, args.ready_fd, args.debug,
+                  args.poll_interval)
         return 0
     except FusedriveError as exc:
         report_failure(args.ready_fd, exc)
@@ -249,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-size", type=parse_size, default=parse_size(DEFAULT_CACHE_SIZE),
                    help=f"block cache limit (default {DEFAULT_CACHE_SIZE})")
     p.add_argument("--device-name", default=socket.gethostname(), help="how this device is named in the journal")
+    p.add_argument("--poll-interval", type=float, default=2.0,
+                   help="seconds between checks for other devices' changes (default 2)")
     p.add_argument("--debug", action="store_true", help="log every FUSE request")
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_mount)

@@ -1,20 +1,26 @@
-"""The commit queue → journal: turns queued local operations into journal entries.
+"""The commit queue → journal, and the journal → replica.
 
-Runs as one trio task. Queued operations (the replica's `pending` table, on disk)
+Runs in the trio loop. Queued operations (the replica's `pending` table, on disk)
 are batched into one entry and appended at applied_seq + 1 with put-if-absent.
-If another device took that seq, its entries are pulled and applied first, then
-the append is tried again at the new head. Store calls run in worker threads.
+If another device took that seq, its entries are pulled and this device's queue
+is rebased onto them (conflict rules in rebase.py), then the append is tried at
+the new head. Pulling and appending share one lock, so an entry of ours is never
+applied twice; the commit id of an append in flight is kept on disk so that
+after a crash our own entry is recognized too. Store calls run in worker threads.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from typing import Callable
 
 import trio
 
 from .errors import FusedriveError, StoreUnreachable
 from .journal import Entry, Journal
+from .rebase import Revalidator
 from .replica import Replica
 from .signals import Broadcast
 
@@ -24,18 +30,39 @@ BATCH_OPS = 2000
 BATCH_DELAY_SECONDS = 0.05
 RETRY_MAX_SECONDS = 30
 
+AppliedCallback = Callable[[list[Entry], list[dict]], None]
+
 
 class Committer:
-    def __init__(self, replica: Replica, journal: Journal, device: str) -> None:
+    def __init__(self, replica: Replica, journal: Journal, device: str, on_applied: AppliedCallback) -> None:
         self.replica = replica
         self.journal = journal
         self.device = device
+        self.on_applied = on_applied
+        self.lock = trio.Lock()
         self.committed = Broadcast()
         self._wake = trio.Event()
         self._urgent = False
+        self.last_pull = float("-inf")
         self.offline_since: float | None = None
         self.last_error: str | None = None
         self.commits = 0
+        self._resumed: trio.Event | None = None
+
+    def pause(self) -> None:
+        """Hold commits (changes keep queueing locally) until resume()."""
+        if self._resumed is None:
+            self._resumed = trio.Event()
+
+    def resume(self) -> None:
+        if self._resumed is not None:
+            self._resumed.set()
+            self._resumed = None
+            self.kick(urgent=True)
+
+    @property
+    def paused(self) -> bool:
+        return self._resumed is not None
 
     def kick(self, urgent: bool = False) -> None:
         """Commit soon; `urgent` (someone waits, e.g. fsync) skips the batching delay."""
@@ -43,30 +70,57 @@ class Committer:
             self._urgent = True
         self._wake.set()
 
-    async def pull(self) -> int:
-        """Apply every journal entry this replica has not seen yet; returns how many."""
+    async def pull(self) -> None:
+        """Apply every journal entry this device has not seen, under its queued changes."""
+        async with self.lock:
+            await self._pull_locked()
+
+    async def _pull_locked(self) -> None:
+        started = trio.current_time()
         start = self.replica.applied_seq
         entries = await trio.to_thread.run_sync(lambda: list(self.journal.entries_after(start)))
-        for entry in entries:
-            if entry.seq != self.replica.applied_seq + 1:
-                break
-            self.replica.apply_remote(entry.seq, entry.ops)
-        return len(entries)
+        self.last_pull = started
+        inflight = json.loads(self.replica.get_state("inflight", "null") or "null")
+        while entries:
+            own = next((i for i, e in enumerate(entries) if inflight and e.commit_id == inflight["commit_id"]), None)
+            others = entries if own is None else entries[:own]
+            if others:
+                applied = self.replica.rebase(others, Revalidator(self.device))
+                self.on_applied(others, applied)
+            if own is None:
+                return
+            # Our own append went through before a crash or a lost answer: it is committed.
+            self.replica.mark_committed(inflight["last_id"], entries[own].seq)
+            self.replica.set_state("inflight", None)
+            entries = entries[own + 1:]
 
     async def commit_pending(self) -> None:
         """Commit everything queued now; raises StoreUnreachable if the store fails."""
-        while True:
-            batch = self.replica.pending_ops(BATCH_OPS)
-            if not batch:
-                return
-            last_id = batch[-1][0]
-            entry = Entry(seq=self.replica.applied_seq + 1, device=self.device, ops=[op for _, op in batch])
-            while not await trio.to_thread.run_sync(self.journal.append, entry):
-                await self.pull()
-                entry.seq = self.replica.applied_seq + 1
-            self.replica.mark_committed(last_id, entry.seq)
-            self.commits += 1
-            self.committed.fire()
+        while self._resumed is not None:
+            await self._resumed.wait()
+        async with self.lock:
+            while True:
+                rows = self.replica.pending_ops(BATCH_OPS)
+                if not rows:
+                    return
+                last_id = rows[-1][0]
+                ops = [op for _, row_ops in rows for op in row_ops]
+                if not ops:  # everything in these rows was dropped by a rebase
+                    self.replica.mark_committed(last_id, self.replica.applied_seq)
+                    self.committed.fire()
+                    continue
+                entry = Entry(seq=self.replica.applied_seq + 1, device=self.device, ops=ops)
+                self.replica.set_state("inflight", json.dumps({"commit_id": entry.commit_id, "last_id": last_id}))
+                if await trio.to_thread.run_sync(self.journal.append, entry):
+                    with self.replica:
+                        self.replica.mark_committed(last_id, entry.seq)
+                        self.replica.set_state("inflight", None)
+                        self.replica.reap_orphans()
+                    self.commits += 1
+                    self.committed.fire()
+                else:
+                    self.replica.set_state("inflight", None)
+                    await self._pull_locked()
 
     async def run(self) -> None:
         """Commit whenever kicked; back off while the store is unreachable."""

@@ -18,14 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyfuse3
 import trio
 
 from .blocks import BlockStore
 from .cache import BlockCache
 from .committer import Committer
 from .errors import FusedriveError, MountError
-from .journal import Journal
-from .replica import Inode, Replica
+from .journal import Entry, Journal
+from .replica import Inode, Replica, name_from_json
 from .signals import Broadcast
 from .staging import Staging
 from .uploader import StagingChanged, build_manifest
@@ -34,6 +35,7 @@ from .volume import Volume
 log = logging.getLogger(__name__)
 
 UPLOAD_WORKERS = 2
+OPEN_FRESHNESS_SECONDS = 1.0
 DOWNLOAD_THREADS = 16
 PREFETCH_BLOCKS = 6
 SEQUENTIAL_WINDOW = 1024 * 1024
@@ -49,7 +51,8 @@ class Layout:
 
 
 class Drive:
-    def __init__(self, volume: Volume, cache_dir: Path, device: str, cache_size: int) -> None:
+    def __init__(self, volume: Volume, cache_dir: Path, device: str, cache_size: int,
+                 poll_interval: float = 2.0) -> None:
         self.volume = volume
         self.device = device
         self.cache_dir = cache_dir
@@ -60,7 +63,9 @@ class Drive:
         self.cache = BlockCache(cache_dir / "blocks", cache_size, volume.keys.id_of)
         self.blocks = BlockStore(volume, self.cache)
         self.journal = Journal(volume)
-        self.committer = Committer(self.replica, self.journal, device)
+        self.committer = Committer(self.replica, self.journal, device, self._remote_applied)
+        self.poll_interval = poll_interval
+        self.mounted = False
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="upload")
         self.download_limiter = trio.CapacityLimiter(DOWNLOAD_THREADS)
         self.changed = Broadcast()
@@ -91,8 +96,7 @@ class Drive:
         await self.committer.pull()
         if self.replica.inode(1) is None:
             raise MountError(f"The volume at {self.volume.url} has no root directory in its journal.")
-        for orphan in self.replica.orphans():
-            self.replica.forget_inode(orphan.ino)
+        for orphan in self.replica.reap_orphans():
             self._discard_staged(orphan.fid)
         self.blocks.mark_known(self.replica.all_block_ids())
         for fid in self.replica.dirty_fids():
@@ -106,6 +110,7 @@ class Drive:
         for _ in range(UPLOAD_WORKERS):
             nursery.start_soon(self._upload_worker)
         nursery.start_soon(self.committer.run)
+        nursery.start_soon(self._tail_journal)
         if self.replica.pending_count():
             self.committer.kick()
 
@@ -114,6 +119,73 @@ class Drive:
         self.pool.shutdown(wait=True)
         self.cache.close()
         self.replica.close()
+
+    # --- other devices' changes --------------------------------------------------------
+
+    async def _tail_journal(self) -> None:
+        """Poll the journal for other devices' commits (the hub, when there is one, wakes it)."""
+        while True:
+            await trio.sleep(self.poll_interval)
+            try:
+                await self.committer.pull()
+            except FusedriveError as exc:
+                log.info("journal poll failed: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - an entry we cannot apply must not take the mount down
+                message = f"Cannot apply the journal after entry {self.replica.applied_seq}: {exc!r}"
+                log.error(message)
+                self.errors.append(message)
+
+    async def ensure_fresh(self) -> None:
+        """Close-to-open: before open(), see the journal head unless a check just happened."""
+        if trio.current_time() - self.committer.last_pull > OPEN_FRESHNESS_SECONDS:
+            try:
+                await self.committer.pull()
+            except FusedriveError as exc:
+                log.info("freshness check failed, serving what this device has: %s", exc)
+
+    def _remote_applied(self, entries: list[Entry], applied: list[dict]) -> None:
+        """After a rebase: drop stale staged copies and tell the kernel what changed."""
+        for entry in entries:
+            for op in entry.ops:
+                if op["op"] == "update":
+                    self.blocks.mark_known(block for block, _length in op["manifest"] if block)
+                    if op["fid"] in self.staged and op["fid"] not in self.dirty:
+                        self._discard_staged(op["fid"])
+        inodes, names = set(), set()
+        for op in applied:
+            for key in ("fid", "parent", "newparent"):
+                ino = self.replica.ino_of(op[key]) if key in op else None
+                if ino is not None:
+                    inodes.add(ino)
+                    self._layouts.pop(ino, None)
+            for parent_key, name_key in (("parent", "name"), ("newparent", "newname")):
+                ino = self.replica.ino_of(op[parent_key]) if parent_key in op else None
+                if ino is not None and name_key in op:
+                    names.add((ino, name_from_json(op[name_key])))
+        if self.mounted and self._nursery is not None and (inodes or names):
+            self._nursery.start_soon(self._invalidate, inodes, names)
+        self.changed.fire()
+
+    async def _invalidate(self, inodes: set[int], names: set[tuple[int, bytes]]) -> None:
+        """Use only the non-blocking invalidations: the blocking one can deadlock inside a request."""
+        for parent, name in names:
+            try:
+                pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+            except OSError:
+                pass
+        for ino in inodes:
+            if self.lookups[ino] > 0 or ino == 1:
+                await self.invalidate_kernel_cache(ino)
+
+    async def invalidate_kernel_cache(self, ino: int) -> None:
+        """Drop the kernel's attributes and pages of one inode, from a worker thread: called
+        in the trio thread it could wait on a page lock held by a read we have yet to serve."""
+        if not self.mounted:
+            return
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino)
+        except OSError:
+            pass
 
     # --- attributes of files whose content is staged ------------------------------------
 
@@ -241,18 +313,18 @@ class Drive:
                 self.staged.add(node.fid)
         self._stage_locks.pop(node.fid, None)
 
-    def _mark_dirty(self, fid: str, size: int) -> None:
+    def _mark_dirty(self, node: Inode, size: int) -> None:
         now = time.time_ns()
-        self.staged_attrs[fid] = (size, now, now)
-        if fid not in self.dirty:
-            self.replica.set_dirty(fid, True)
-            self.dirty.add(fid)
+        self.staged_attrs[node.fid] = (size, now, now)
+        if node.fid not in self.dirty:
+            self.replica.set_dirty(node.fid, True, base=node.version)
+            self.dirty.add(node.fid)
 
     async def write(self, node: Inode, offset: int, data: bytes) -> int:
         await self._ensure_staged(node)
         self.staging.write(node.fid, offset, data)
         current, _ = self.size_and_mtime(node)
-        self._mark_dirty(node.fid, max(current, offset + len(data)))
+        self._mark_dirty(node, max(current, offset + len(data)))
         return len(data)
 
     async def truncate(self, node: Inode, size: int) -> None:
@@ -262,7 +334,7 @@ class Drive:
         else:
             await self._ensure_staged(node)
             self.staging.truncate(node.fid, size)
-        self._mark_dirty(node.fid, size)
+        self._mark_dirty(node, size)
 
     # --- open handles and uploads -----------------------------------------------------
 
@@ -290,13 +362,16 @@ class Drive:
         if fid in self.dirty:
             self.dirty.discard(fid)
             self.replica.set_dirty(fid, False)
+            self.changed.fire()
 
     def forget_unlinked(self, node: Inode) -> None:
-        """The kernel let go of a file that has no name left: drop it for good."""
+        """The kernel let go of a file that has no name left: drop its content. The row
+        itself goes once no queued operation could bring the name back (see reap_orphans)."""
         if self.lookups[node.ino] <= 0 and self.open_handles[node.fid] <= 0 and node.nlink <= 0:
-            self.replica.forget_inode(node.ino)
             self._discard_staged(node.fid)
             self._layouts.pop(node.ino, None)
+            if not self.replica.pending_count():
+                self.replica.forget_inode(node.ino)
 
     def queue_upload(self, fid: str) -> None:
         if fid not in self._queued:
@@ -359,10 +434,11 @@ class Drive:
         if node is None or node.nlink <= 0:
             return
         size, mtime_ns = self.size_and_mtime(node)
+        base = self.replica.dirty_base(fid)
         with self.replica:
             self.replica.record(
-                {"op": "update", "fid": fid, "manifest": manifest, "size": size, "mtime_ns": mtime_ns,
-                 "t": time.time_ns()}
+                {"op": "update", "fid": fid, "base": node.version if base is None else base, "manifest": manifest,
+                 "size": size, "mtime_ns": mtime_ns, "t": time.time_ns()}
             )
             self.replica.set_dirty(fid, False)
         self.dirty.discard(fid)
@@ -407,5 +483,6 @@ class Drive:
             "bytes_downloaded": self.blocks.bytes_downloaded,
             "cache_bytes": self.cache.volume_bytes(),
             "store_offline_since": self.committer.offline_since,
+            "paused": self.committer.paused,
             "errors": list(self.errors),
         }

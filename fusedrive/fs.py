@@ -64,6 +64,7 @@ class DriveOperations(pyfuse3.Operations):
         self.replica = drive.replica
         self._handles: dict[int, Inode] = {}
         self._dir_handles: dict[int, list[tuple[bytes, int]]] = {}
+        self._opened_version: dict[int, int] = {}
         self._next_fh = count(1)
 
     # --- helpers ----------------------------------------------------------------------
@@ -139,6 +140,10 @@ class DriveOperations(pyfuse3.Operations):
             ino = self.replica.parent_of(parent_inode) or ROOT_INO
         else:
             ino = self.replica.lookup(parent_inode, name)
+            if ino is None:
+                # close-to-open for new names: another device may have just created it
+                await self.drive.ensure_fresh()
+                ino = self.replica.lookup(parent_inode, name)
         if ino is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._entry(ino)
@@ -225,7 +230,7 @@ class DriveOperations(pyfuse3.Operations):
         if want_dir and self.replica.has_children(ino):
             raise pyfuse3.FUSEError(errno.ENOTEMPTY)
         self.replica.record({"op": "unlink", "parent": parent.fid, "name": name_to_json(name), "fid": node.fid,
-                             "t": time.time_ns()})
+                             "version": node.version, "t": time.time_ns()})
 
     @fuse_errors
     async def unlink(self, parent_inode, name, ctx):
@@ -267,15 +272,19 @@ class DriveOperations(pyfuse3.Operations):
               "newname": name_to_json(name_new), "fid": node.fid, "t": time.time_ns()}
         if exchange:
             op["exchange"] = True
+        elif target is not None and target != ino:
+            replaced = self._node(target)
+            op["replaces"] = [replaced.fid, replaced.version]
         self.replica.record(op)
 
     # --- files ------------------------------------------------------------------------
 
-    def _open_handle(self, node: Inode) -> pyfuse3.FileInfo:
+    def _open_handle(self, node: Inode, keep_cache: bool = True) -> pyfuse3.FileInfo:
         fh = next(self._next_fh)
         self._handles[fh] = node
         self.drive.opened(node.fid)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        self._opened_version[node.ino] = node.version
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
 
     def _handle_node(self, fh: int) -> Inode:
         node = self.replica.inode(self._handles[fh].ino)
@@ -289,13 +298,18 @@ class DriveOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def open(self, inode, flags, ctx):
+        await self.drive.ensure_fresh()
         node = self._node(inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & os.O_TRUNC and node.is_reg:
             # libfuse negotiates atomic O_TRUNC: the kernel sends no setattr, we truncate here.
             await self.drive.truncate(node, 0)
-        return self._open_handle(node)
+        unchanged = self._opened_version.get(inode) == node.version
+        if not unchanged:
+            # close-to-open: the content changed since the kernel cached it (another device saved)
+            await self.drive.invalidate_kernel_cache(inode)
+        return self._open_handle(node, keep_cache=unchanged)
 
     @fuse_errors
     async def read(self, fh, off, size):

@@ -71,11 +71,11 @@ async def _drain(drive: Drive) -> None:
 
 
 def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cache_size: int,
-              ready_fd: int | None = None, debug: bool = False) -> None:
+              ready_fd: int | None = None, debug: bool = False, poll_interval: float = 2.0) -> None:
     """Mount and serve until unmounted; then drain the upload queue and return."""
     path = check_mountpoint(mountpoint)
     lock_fd = prepare_cache_dir(cache_dir, volume)
-    drive = Drive(volume, cache_dir, device, cache_size)
+    drive = Drive(volume, cache_dir, device, cache_size, poll_interval)
     operations = DriveOperations(drive)
     options = set(pyfuse3.default_options) | {"fsname=fusedrive", "subtype=fusedrive"}
     if debug:
@@ -88,8 +88,11 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
             await nursery.start(control.serve, control.socket_path(path), {
                 "status": lambda: _async(drive.status()),
                 "sync": lambda: _sync(drive),
+                "pause": lambda: _async(_call(drive.committer.pause, drive)),
+                "resume": lambda: _async(_call(drive.committer.resume, drive)),
             })
             pyfuse3.init(operations, path, options)
+            drive.mounted = True
             registry.write_text(json.dumps({
                 "mountpoint": path, "pid": os.getpid(), "cache_dir": str(cache_dir),
                 "volume": volume.url, "device": device,
@@ -125,6 +128,11 @@ def _first_clear_error(group: BaseExceptionGroup) -> BaseException:
     while isinstance(matched, BaseExceptionGroup):
         matched = matched.exceptions[0]
     return matched
+
+
+def _call(action, drive: Drive) -> dict:
+    action()
+    return drive.status()
 
 
 async def _async(value: dict) -> dict:

@@ -35,8 +35,40 @@ CREATE TABLE IF NOT EXISTS xattrs(ino INTEGER NOT NULL, name BLOB NOT NULL, valu
     PRIMARY KEY(ino, name));
 CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value);
 CREATE TABLE IF NOT EXISTS pending(id INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS dirty(fid TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS dirty(fid TEXT PRIMARY KEY, base INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS fid_inos(ino INTEGER PRIMARY KEY AUTOINCREMENT, fid TEXT UNIQUE NOT NULL);
+CREATE TABLE IF NOT EXISTS undo(id INTEGER PRIMARY KEY AUTOINCREMENT, pending_id INTEGER NOT NULL, sql TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS undo_flag(pending_id INTEGER NOT NULL);
+INSERT INTO undo_flag SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM undo_flag);
 """
+
+TREE_TABLES = {
+    "inodes": ["fid", "mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "ctime_ns", "nlink", "rdev", "target",
+               "manifest", "version"],
+    "dentries": ["parent", "name", "ino"],
+    "xattrs": ["ino", "name", "value"],
+}
+
+
+def _undo_triggers() -> str:
+    """Triggers that log, while a local operation is applied, the SQL that reverses each row
+    change (the classic SQLite undo log). Rebase uses it to take pending operations back."""
+    sql = []
+    flag = "(SELECT pending_id FROM undo_flag)"
+    for table, columns in TREE_TABLES.items():
+        assign = " || ',' || ".join(f"'{c}=' || quote(OLD.{c})" for c in columns)
+        values = " || ',' || ".join(f"quote(OLD.{c})" for c in columns)
+        bodies = {
+            "INSERT": f"'DELETE FROM {table} WHERE rowid=' || NEW.rowid",
+            "UPDATE": f"'UPDATE {table} SET ' || {assign} || ' WHERE rowid=' || OLD.rowid",
+            "DELETE": f"'INSERT INTO {table}(rowid,{','.join(columns)}) VALUES(' || OLD.rowid || ',' || {values} || ')'",
+        }
+        for event, body in bodies.items():
+            sql.append(
+                f"CREATE TRIGGER IF NOT EXISTS undo_{table}_{event.lower()} AFTER {event} ON {table} "
+                f"WHEN {flag} > 0 BEGIN INSERT INTO undo(pending_id, sql) VALUES({flag}, {body}); END;"
+            )
+    return "\n".join(sql)
 
 
 def name_to_json(name: bytes) -> str:
@@ -46,6 +78,10 @@ def name_to_json(name: bytes) -> str:
 
 def name_from_json(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
+
+
+def _fids_of(op: dict) -> list[str]:
+    return [op[k] for k in ("fid", "parent", "newparent") if k in op]
 
 
 def b64(data: bytes) -> str:
@@ -89,6 +125,7 @@ class Replica:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self.db.executescript(_undo_triggers())
         self.in_use = in_use
         self._depth = 0
 
@@ -180,17 +217,35 @@ class Replica:
         """Inodes with no name left (unlinked while open)."""
         return [Inode(*r) for r in self.db.execute("SELECT * FROM inodes WHERE nlink=0")]
 
+    def reap_orphans(self) -> list[Inode]:
+        """Delete nameless inodes nobody holds, once no queued operation can need them
+        (a rebase takes queued operations back, and their undo log expects the rows)."""
+        if self.pending_count():
+            return []
+        reaped = [node for node in self.orphans() if not self.in_use(node.ino)]
+        for node in reaped:
+            self.forget_inode(node.ino)
+        return reaped
+
     # --- the commit queue -------------------------------------------------------------
 
     def record(self, op: dict) -> None:
-        """Apply a local operation and queue it for the journal, atomically."""
+        """Apply a local operation and queue it for the journal, atomically (undo-logged)."""
         with self:
-            self.apply(op)
-            self.db.execute("INSERT INTO pending(op) VALUES(?)", (json.dumps(op),))
+            cur = self.db.execute("INSERT INTO pending(op) VALUES(?)", (json.dumps([op]),))
+            self._apply_logged(cur.lastrowid, op)
 
-    def pending_ops(self, limit: int) -> list[tuple[int, dict]]:
+    def _apply_logged(self, pending_id: int, op: dict) -> None:
+        self.db.execute("UPDATE undo_flag SET pending_id=?", (pending_id,))
+        try:
+            self.apply(op)
+        finally:
+            self.db.execute("UPDATE undo_flag SET pending_id=0")
+
+    def pending_ops(self, limit: int) -> list[tuple[int, list[dict]]]:
+        """Queued rows, oldest first: (id, the operations that row stands for now)."""
         rows = self.db.execute("SELECT id, op FROM pending ORDER BY id LIMIT ?", (limit,)).fetchall()
-        return [(i, json.loads(op)) for i, op in rows]
+        return [(i, json.loads(ops)) for i, ops in rows]
 
     def pending_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM pending").fetchone()[0]
@@ -201,7 +256,63 @@ class Replica:
     def mark_committed(self, last_id: int, seq: int) -> None:
         with self:
             self.db.execute("DELETE FROM pending WHERE id <= ?", (last_id,))
+            self.db.execute("DELETE FROM undo WHERE pending_id <= ?", (last_id,))
             self.set_state("applied_seq", seq)
+
+    def rebase(self, entries: Iterable, revalidate) -> list[dict]:
+        """Apply remote journal entries under this device's queued operations.
+
+        Takes every pending operation back (undo log), applies the entries, then
+        re-applies each pending operation as `revalidate(replica, op)` rewrites it
+        (the conflict rules). One transaction. Returns every operation applied,
+        remote and local, so the caller can invalidate what the kernel has cached.
+        """
+        applied: list[dict] = []
+        with self:
+            rows = self.db.execute("SELECT id, op FROM pending ORDER BY id").fetchall()
+            for (sql,) in self.db.execute("SELECT sql FROM undo ORDER BY id DESC").fetchall():
+                self.db.execute(sql)
+            self.db.execute("DELETE FROM undo")
+            referenced = {fid for _, ops in rows for op in json.loads(ops) for fid in _fids_of(op)}
+            self.base_locations = self._locations(referenced)
+            for entry in entries:
+                for op in entry.ops:
+                    self.apply(op)
+                    applied.append(op)
+                self.set_state("applied_seq", entry.seq)
+            for pending_id, ops in rows:
+                kept = []
+                for op in json.loads(ops):
+                    for new_op in revalidate(self, op):
+                        self._apply_logged(pending_id, new_op)
+                        kept.append(new_op)
+                        applied.append(new_op)
+                self.db.execute("UPDATE pending SET op=? WHERE id=?", (json.dumps(kept), pending_id))
+        return applied
+
+    def _locations(self, fids: set[str]) -> dict[str, dict]:
+        """Where each file and its ancestors are in the committed state, to bring them back."""
+        found: dict[str, dict] = {}
+        todo = list(fids)
+        while todo:
+            fid = todo.pop()
+            if fid in found or fid == ROOT_FID:
+                continue
+            row = self.db.execute(
+                "SELECT p.fid, d.name, i.mode, i.uid, i.gid FROM inodes i JOIN dentries d ON d.ino = i.ino "
+                "JOIN inodes p ON p.ino = d.parent WHERE i.fid=? LIMIT 1", (fid,)).fetchone()
+            if row:
+                found[fid] = {"parent": row[0], "name": name_to_json(row[1]), "mode": row[2], "uid": row[3],
+                              "gid": row[4]}
+                todo.append(row[0])
+        return found
+
+    def location_of(self, fid: str) -> tuple[str, bytes] | None:
+        """(parent fid, name) of one of the file's names now, or None if it has none."""
+        row = self.db.execute(
+            "SELECT p.fid, d.name FROM inodes i JOIN dentries d ON d.ino = i.ino JOIN inodes p ON p.ino = d.parent "
+            "WHERE i.fid=? LIMIT 1", (fid,)).fetchone()
+        return (row[0], row[1]) if row else None
 
     def apply_remote(self, seq: int, ops: Iterable[dict]) -> None:
         with self:
@@ -211,18 +322,19 @@ class Replica:
 
     # --- dirty files (staged content not yet uploaded) --------------------------------
 
-    def set_dirty(self, fid: str, dirty: bool) -> None:
+    def set_dirty(self, fid: str, dirty: bool, base: int = 0) -> None:
+        """`base`: the version the local edit started from, so a concurrent remote update is seen."""
         if dirty:
-            self.db.execute("INSERT OR IGNORE INTO dirty(fid) VALUES(?)", (fid,))
+            self.db.execute("INSERT OR IGNORE INTO dirty(fid, base) VALUES(?, ?)", (fid, base))
         else:
             self.db.execute("DELETE FROM dirty WHERE fid=?", (fid,))
 
+    def dirty_base(self, fid: str) -> int | None:
+        row = self.db.execute("SELECT base FROM dirty WHERE fid=?", (fid,)).fetchone()
+        return row[0] if row else None
+
     def dirty_fids(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT fid FROM dirty")]
-
-    def set_local_content_attrs(self, ino: int, size: int, mtime_ns: int) -> None:
-        """Size and mtime of a file whose new content is still being staged (no op yet)."""
-        self.db.execute("UPDATE inodes SET size=?, mtime_ns=?, ctime_ns=? WHERE ino=?", (size, mtime_ns, mtime_ns, ino))
 
     # --- applying operations ----------------------------------------------------------
 
@@ -246,8 +358,10 @@ class Replica:
 
     def _drop_dentry(self, parent: int, name: bytes, t: int) -> None:
         ino = self.lookup(parent, name)
-        node = self.inode(ino)
+        node = self.inode(ino) if ino is not None else None
         self.db.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent, name))
+        if node is None:
+            return
         self.db.execute("UPDATE inodes SET ctime_ns=? WHERE ino=?", (t, ino))
         # A directory's own "." link goes with its last name.
         drop = 2 if node.is_dir else 1
@@ -263,6 +377,7 @@ class Replica:
 
     def _op_mkroot(self, op: dict) -> None:
         t = op["t"]
+        self.db.execute("INSERT OR IGNORE INTO fid_inos(ino, fid) VALUES(?, ?)", (ROOT_INO, ROOT_FID))
         self.db.execute(
             "INSERT OR IGNORE INTO inodes(ino, fid, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, nlink)"
             " VALUES(?, ?, ?, ?, ?, ?, ?, ?, 2)",
@@ -271,13 +386,19 @@ class Replica:
 
     def _new_inode(self, op: dict, mode: int, target: bytes | None = None) -> int:
         t = op["t"]
-        cur = self.db.execute(
-            "INSERT INTO inodes(fid, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target)"
-            " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        # Inode numbers are this device's, stable per file id even when a rebase re-creates the row.
+        self.db.execute("INSERT OR IGNORE INTO fid_inos(fid) VALUES(?)", (op["fid"],))
+        ino = self.db.execute("SELECT ino FROM fid_inos WHERE fid=?", (op["fid"],)).fetchone()[0]
+        # A file that comes back may still have a nameless row here (open when it was deleted).
+        self.db.execute("DELETE FROM inodes WHERE ino=?", (ino,))
+        self.db.execute(
+            "INSERT INTO inodes(ino, fid, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target)"
+            " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             # A directory starts with its own "." link; its name adds the other.
-            (op["fid"], mode, op["uid"], op["gid"], t, t, t, 1 if stat.S_ISDIR(mode) else 0, op.get("rdev", 0), target),
+            (ino, op["fid"], mode, op["uid"], op["gid"], t, t, t, 1 if stat.S_ISDIR(mode) else 0, op.get("rdev", 0),
+             target),
         )
-        return cur.lastrowid
+        return ino
 
     def _op_mknod(self, op: dict) -> None:
         parent = self._ino(op["parent"])

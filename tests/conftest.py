@@ -22,7 +22,7 @@ from fusedrive.testing.seaweed import start_seaweed
 
 PASSPHRASE = "correct horse battery staple"
 BUCKET = "fusedrive-tests"
-CLI_TIMEOUT = 300
+CLI_TIMEOUT = 120
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -96,18 +96,22 @@ class Mount:
     def __init__(self, volume: Volume, path: Path, cache_dir: Path, device: str) -> None:
         self.volume, self.path, self.cache_dir, self.device = volume, path, cache_dir, device
 
-    def start(self, cache_size: str = "2G") -> None:
+    def start(self, cache_size: str = "2G", poll_interval: float = 2.0) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         self.volume.cli.run("mount", self.volume.url, str(self.path), "--cache-dir", str(self.cache_dir),
-                            "--device-name", self.device, "--cache-size", cache_size)
+                            "--device-name", self.device, "--cache-size", cache_size,
+                            "--poll-interval", str(poll_interval))
 
     def p(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)
 
-    def sync(self) -> None:
+    def control(self, command: str) -> dict:
         from fusedrive import control
 
-        control.request(str(self.path), "sync", timeout=CLI_TIMEOUT)
+        return control.request(str(self.path), command, timeout=CLI_TIMEOUT)
+
+    def sync(self) -> None:
+        self.control("sync")
 
     def fsck_clean(self) -> None:
         """fsck of the volume and of this device's live replica must find nothing."""
@@ -180,16 +184,18 @@ def _new_volume(kind: str, root: Path, request) -> Volume:
 
 
 def _teardown(volume: Volume) -> None:
-    failures = []
+    """Unmount every device whatever happens, then fsck each cleanly unmounted one."""
+    failures, unmounted = [], []
     for mount in list(volume.mounts):
         try:
             mount.umount()
+            unmounted.append(mount)
         except Exception as exc:  # noqa: BLE001 - unmount no matter what, then report
             failures.append(str(exc))
             mount.force_unmount()
-        else:
-            mount.fsck_clean()
     assert not failures, failures
+    for mount in unmounted:
+        mount.fsck_clean()
 
 
 STORES = ["file", "s3"]
@@ -199,6 +205,14 @@ STORES = ["file", "s3"]
 def volume(request, tmp_path):
     """A fresh, empty volume on each store; every mount of it is unmounted and fsck'ed after."""
     vol = _new_volume(request.param, tmp_path, request)
+    yield vol
+    _teardown(vol)
+
+
+@pytest.fixture
+def s3_volume(request, tmp_path):
+    """A fresh volume on the S3 server (for the multi-device tests)."""
+    vol = _new_volume("s3", tmp_path, request)
     yield vol
     _teardown(vol)
 

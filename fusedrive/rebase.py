@@ -1,0 +1,199 @@
+"""Conflict rules: re-validate this device's queued operations after remote commits.
+
+Called by `Replica.rebase` for each pending operation, against the state that
+now includes what other devices committed first. Each operation is kept,
+adjusted, or replaced by safe ones, so that nothing written and closed is lost:
+
+- the first commit wins a name; a later create, link or rename onto a name that
+  another device took first gets "NAME (conflicted copy from DEVICE DATE).EXT";
+- an update based on a version another device replaced becomes a conflicted copy
+  beside the file;
+- an update (or a create) whose file or directory another device deleted brings it
+  back where it was;
+- a rename follows the file (ids, not paths) and is dropped if it would make a cycle;
+- a delete of a file that another device changed meanwhile is dropped (their
+  version stays); removing a directory that gained entries elsewhere is dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+import uuid
+
+from .replica import ROOT_FID, Replica, name_from_json, name_to_json
+
+NAME_MAX = 255
+
+
+def conflict_name(replica: Replica, parent_fid: str, name: str, device: str) -> str:
+    """A free name "stem (conflicted copy from DEVICE YYYY-MM-DD HH.MM.SS).ext" in the parent."""
+    raw = name_from_json(name)
+    stem, ext = os.path.splitext(raw)
+    if not stem:  # ".hidden" has no extension
+        stem, ext = ext, b""
+    stamp = time.strftime("%Y-%m-%d %H.%M.%S", time.localtime())
+    parent_ino = replica.ino_of(parent_fid)
+    for n in range(1, 1000):
+        suffix = f" (conflicted copy from {device} {stamp}{'' if n == 1 else f' {n}'})".encode()
+        candidate = stem[:NAME_MAX - len(suffix) - len(ext)] + suffix + ext
+        if replica.lookup(parent_ino, candidate) is None:
+            return name_to_json(candidate)
+    raise RuntimeError("no free conflicted-copy name")
+
+
+class Revalidator:
+    """One rebase's worth of conflict resolution (remembers copies it made)."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.copies: dict[str, str] = {}  # file id → id of its conflicted copy made in this rebase
+
+    def __call__(self, replica: Replica, op: dict) -> list[dict]:
+        op = dict(op)
+        handler = getattr(self, "_" + op["op"], None)
+        return handler(replica, op) if handler else [op]
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _exists(self, r: Replica, fid: str) -> bool:
+        """Has a name. A file another device deleted may linger nameless while open here."""
+        ino = r.ino_of(fid)
+        return ino is not None and (fid == ROOT_FID or r.inode(ino).nlink > 0)
+
+    def _bring_back(self, r: Replica, fid: str, t: int) -> list[dict]:
+        """Operations that recreate a deleted directory (and its parents) where it was."""
+        if fid == ROOT_FID or self._exists(r, fid):
+            return []
+        where = r.base_locations.get(fid)
+        if where is None or not stat.S_ISDIR(where["mode"]):
+            return []
+        ops = self._bring_back(r, where["parent"], t)
+        parent = where["parent"] if self._exists(r, where["parent"]) or ops else ROOT_FID
+        mkdir = {"op": "mknod", "fid": fid, "parent": parent, "name": where["name"], "mode": where["mode"],
+                 "uid": where["uid"], "gid": where["gid"], "rdev": 0, "t": t}
+        return ops + [self._free_name(r, mkdir)]
+
+    def _free_name(self, r: Replica, op: dict, parent_key: str = "parent", name_key: str = "name") -> dict:
+        ino = r.ino_of(op[parent_key])
+        taken = r.lookup(ino, name_from_json(op[name_key])) if ino is not None else None
+        if taken is not None and r.inode(taken).fid != op.get("fid"):
+            op[name_key] = conflict_name(r, op[parent_key], op[name_key], self.device)
+        return op
+
+    def _with_parent(self, r: Replica, op: dict, parent_key: str = "parent") -> list[dict] | None:
+        """Recreate the op's directory if it was deleted; None if it cannot be brought back."""
+        if self._exists(r, op[parent_key]):
+            return []
+        back = self._bring_back(r, op[parent_key], op["t"])
+        return back if back else None
+
+    # --- rules per operation ----------------------------------------------------------
+
+    def _create(self, r: Replica, op: dict) -> list[dict]:
+        prefix = self._with_parent(r, op)
+        if prefix is None:
+            op["parent"] = ROOT_FID
+            prefix = []
+        if prefix:
+            return prefix + [op]  # names are checked again when the caller applies them in order
+        return [self._free_name(r, op)]
+
+    _mknod = _symlink = _create
+
+    def _link(self, r: Replica, op: dict) -> list[dict]:
+        if not self._exists(r, op["fid"]):
+            return []
+        return self._create(r, op)
+
+    def _unlink(self, r: Replica, op: dict) -> list[dict]:
+        fid = op.get("fid")
+        if fid is None or not self._exists(r, fid):
+            return []
+        node = r.inode(r.ino_of(fid))
+        if "version" in op and node.version != op["version"]:
+            return []  # changed on another device meanwhile: their version stays
+        if node.is_dir and r.has_children(node.ino):
+            return []  # gained entries on another device
+        parent_ino = r.ino_of(op["parent"])
+        if parent_ino is None or r.lookup(parent_ino, name_from_json(op["name"])) != node.ino:
+            where = r.location_of(fid)
+            if where is None:
+                return []
+            op["parent"], op["name"] = where[0], name_to_json(where[1])
+        return [op]
+
+    def _rename(self, r: Replica, op: dict) -> list[dict]:
+        fid = op.get("fid")
+        if fid is None or not self._exists(r, fid) or op.get("exchange"):
+            return [op] if op.get("exchange") and self._still_valid_exchange(r, op) else []
+        ino = r.ino_of(fid)
+        parent_ino = r.ino_of(op["parent"])
+        if parent_ino is None or r.lookup(parent_ino, name_from_json(op["name"])) != ino:
+            where = r.location_of(fid)
+            if where is None:
+                return []
+            op["parent"], op["name"] = where[0], name_to_json(where[1])
+        prefix = self._with_parent(r, op, "newparent")
+        if prefix is None:
+            return []
+        if prefix:
+            return prefix + [op]
+        new_parent_ino = r.ino_of(op["newparent"])
+        if r.inode(ino).is_dir and r.is_ancestor(ino, new_parent_ino):
+            return []  # would make a cycle after another device's rename
+        target = r.lookup(new_parent_ino, name_from_json(op["newname"]))
+        if target is not None and target != ino:
+            target_node = r.inode(target)
+            replaces = op.get("replaces")
+            same_target = replaces is not None and replaces[0] == target_node.fid and replaces[1] == target_node.version
+            if not same_target or (target_node.is_dir and r.has_children(target)) or \
+                    target_node.is_dir != r.inode(ino).is_dir:
+                op["newname"] = conflict_name(r, op["newparent"], op["newname"], self.device)
+        return [op]
+
+    def _still_valid_exchange(self, r: Replica, op: dict) -> bool:
+        a, b = r.ino_of(op["parent"]), r.ino_of(op["newparent"])
+        return (a is not None and b is not None and r.lookup(a, name_from_json(op["name"])) is not None
+                and r.lookup(b, name_from_json(op["newname"])) is not None)
+
+    def _setattr(self, r: Replica, op: dict) -> list[dict]:
+        return [op] if self._exists(r, op["fid"]) else []
+
+    _setxattr = _rmxattr = _setattr
+
+    def _update(self, r: Replica, op: dict) -> list[dict]:
+        fid = op["fid"]
+        if fid in self.copies:  # a later save of a file that already became a conflicted copy
+            copy = self.copies[fid]
+            op["fid"], op["base"] = copy, r.inode(r.ino_of(copy)).version
+            return [op]
+        if not self._exists(r, fid):
+            return self._revive(r, op)
+        node = r.inode(r.ino_of(fid))
+        if op.get("base", node.version) == node.version:
+            return [op]
+        # Another device saved this file first: ours becomes a conflicted copy beside it.
+        where = r.location_of(fid)
+        if where is None:
+            return []
+        copy = str(uuid.uuid4())
+        self.copies[fid] = copy
+        parent, name = where[0], name_to_json(where[1])
+        create = {"op": "mknod", "fid": copy, "parent": parent, "name": conflict_name(r, parent, name, self.device),
+                  "mode": node.mode, "uid": node.uid, "gid": node.gid, "rdev": 0, "t": op["t"]}
+        return [create, dict(op, fid=copy, base=0)]
+
+    def _revive(self, r: Replica, op: dict) -> list[dict]:
+        """An update to a file another device deleted: the file comes back where it was."""
+        where = r.base_locations.get(op["fid"])
+        if where is None:
+            return []
+        ops = self._bring_back(r, where["parent"], op["t"])
+        parent = where["parent"] if self._exists(r, where["parent"]) or ops else ROOT_FID
+        create = {"op": "mknod", "fid": op["fid"], "parent": parent, "name": where["name"], "mode": where["mode"],
+                  "uid": where["uid"], "gid": where["gid"], "rdev": 0, "t": op["t"]}
+        if not ops:
+            create = self._free_name(r, create)
+        return ops + [create, dict(op, base=0)]

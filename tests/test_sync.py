@@ -1,0 +1,241 @@
+"""Several devices on one volume: changes propagate, close-to-open holds, and every
+conflict rule keeps both sides' data. Conflicts are forced deterministically by
+holding one device's commits (`pause`) until the other device's have landed."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from treeutil import describe
+
+POLL = 0.3
+
+
+def wait_for(check, timeout: float = 15.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except OSError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def same_everywhere(*mounts) -> dict:
+    """Wait until every device shows the same tree; return it."""
+    def check():
+        trees = [describe(m.path) for m in mounts]
+        return trees[0] if all(t == trees[0] for t in trees) else None
+    return wait_for(check, what="identical trees")
+
+
+def write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.fixture
+def devices(s3_volume):
+    return [s3_volume.mount(name, poll_interval=POLL) for name in ("laptop", "desktop", "server")]
+
+
+def test_every_operation_kind_reaches_the_other_devices(devices):
+    a, b, c = devices
+    os.makedirs(a.p("docs/old"))
+    write(a.p("docs/report.txt"), b"v1")
+    write(a.p("big.bin"), os.urandom(3 * 1024 * 1024))
+    os.symlink("docs/report.txt", a.p("shortcut"))
+    os.link(a.p("big.bin"), a.p("big-link.bin"))
+    a.sync()
+    tree = same_everywhere(a, b, c)
+    assert "docs/report.txt" in tree and "shortcut" in tree
+
+    write(a.p("docs/report.txt"), b"version two")
+    os.rename(a.p("docs/old"), a.p("archive"))
+    os.chmod(a.p("big.bin"), 0o600)
+    os.setxattr(a.p("docs"), "user.tag", b"work")
+    os.utime(a.p("shortcut"), ns=(5, 5), follow_symlinks=False) if os.utime in os.supports_follow_symlinks else None
+    os.unlink(a.p("big-link.bin"))
+    a.sync()
+    tree = same_everywhere(a, b, c)
+    assert "archive" in tree and "docs/old" not in tree and "big-link.bin" not in tree
+    assert read(c.p("docs/report.txt")) == b"version two"
+    assert os.getxattr(b.p("docs"), "user.tag") == b"work"
+    assert os.stat(c.p("big.bin")).st_mode & 0o777 == 0o600
+
+    # and back the other way, from the server
+    write(c.p("from-server"), b"hello")
+    os.rmdir(c.p("archive"))
+    c.sync()
+    tree = same_everywhere(a, b, c)
+    assert "from-server" in tree and "archive" not in tree
+
+
+def test_close_to_open_without_waiting_for_a_poll(s3_volume):
+    a = s3_volume.mount("writer", poll_interval=POLL)
+    b = s3_volume.mount("reader", poll_interval=3600)  # never polls: only open() can see the change
+    write(a.p("f"), b"old")
+    a.sync()
+    time.sleep(1.2)
+    assert read(b.p("f")) == b"old"
+    for i in range(3):
+        data = os.urandom(100_000 + i)
+        with open(a.p("f"), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        time.sleep(1.1)  # B's last freshness check is older than a second
+        assert read(b.p("f")) == data
+
+
+def held(device):
+    """Hold the device's commits; changes queue locally until the block ends."""
+    class Hold:
+        def __enter__(self):
+            device.control("pause")
+
+        def __exit__(self, *exc):
+            device.control("resume")
+    return Hold()
+
+
+def names(mount) -> set[str]:
+    return set(os.listdir(mount.path))
+
+
+def conflicted(mount) -> list[str]:
+    return sorted(n for n in os.listdir(mount.path) if "(conflicted copy from" in n)
+
+
+def test_concurrent_updates_make_a_conflicted_copy(devices):
+    a, b, c = devices
+    write(a.p("notes.txt"), b"original")
+    a.sync()
+    same_everywhere(a, b, c)
+    with held(b):
+        write(b.p("notes.txt"), b"edited on desktop")
+        write(a.p("notes.txt"), b"edited on laptop")
+        a.sync()
+    b.sync()
+    same_everywhere(a, b, c)
+    assert read(c.p("notes.txt")) == b"edited on laptop", "the first commit wins the name"
+    copies = conflicted(c)
+    assert len(copies) == 1 and copies[0].startswith("notes (conflicted copy from desktop ")
+    assert copies[0].endswith(").txt")
+    assert read(c.p(copies[0])) == b"edited on desktop"
+
+
+def test_same_new_name_on_two_devices(devices):
+    a, b, c = devices
+    with held(b):
+        write(b.p("plan.md"), b"desktop plan")
+        write(a.p("plan.md"), b"laptop plan")
+        a.sync()
+    b.sync()
+    same_everywhere(a, b, c)
+    assert read(c.p("plan.md")) == b"laptop plan"
+    [copy] = conflicted(c)
+    assert copy.startswith("plan (conflicted copy from desktop ") and read(c.p(copy)) == b"desktop plan"
+
+
+def test_update_of_a_file_deleted_elsewhere_brings_it_back(devices):
+    a, b, c = devices
+    os.mkdir(a.p("d"))
+    write(a.p("d/keep.txt"), b"v1")
+    a.sync()
+    same_everywhere(a, b, c)
+    with held(b):
+        write(b.p("d/keep.txt"), b"saved on desktop")
+        os.unlink(a.p("d/keep.txt"))
+        os.rmdir(a.p("d"))
+        a.sync()
+    b.sync()
+    same_everywhere(a, b, c)
+    assert read(c.p("d/keep.txt")) == b"saved on desktop"
+
+
+def test_rename_and_concurrent_update_both_apply(devices):
+    a, b, c = devices
+    write(a.p("draft.txt"), b"v1")
+    a.sync()
+    same_everywhere(a, b, c)
+    with held(b):
+        write(b.p("draft.txt"), b"v2 from desktop")
+        os.rename(a.p("draft.txt"), a.p("final.txt"))
+        a.sync()
+    b.sync()
+    same_everywhere(a, b, c)
+    assert names(c) == {"final.txt"}
+    assert read(c.p("final.txt")) == b"v2 from desktop"
+
+
+def test_file_created_in_a_directory_deleted_elsewhere_is_kept(devices):
+    a, b, c = devices
+    os.mkdir(a.p("photos"))
+    a.sync()
+    same_everywhere(a, b, c)
+    with held(b):
+        write(b.p("photos/new.jpg"), b"jpeg bytes")
+        os.rmdir(a.p("photos"))
+        a.sync()
+    b.sync()
+    same_everywhere(a, b, c)
+    assert read(c.p("photos/new.jpg")) == b"jpeg bytes"
+
+
+def test_delete_of_a_file_changed_elsewhere_keeps_the_change(devices):
+    a, b, c = devices
+    write(a.p("shared.txt"), b"v1")
+    a.sync()
+    same_everywhere(a, b, c)
+    with held(b):
+        os.unlink(b.p("shared.txt"))
+        write(a.p("shared.txt"), b"v2 from laptop")
+        a.sync()
+    b.sync()
+    same_everywhere(a, b, c)
+    assert read(c.p("shared.txt")) == b"v2 from laptop"
+
+
+def test_crossed_directory_renames_make_no_cycle(devices):
+    a, b, c = devices
+    os.mkdir(a.p("x"))
+    os.mkdir(a.p("y"))
+    a.sync()
+    same_everywhere(a, b, c)
+    with held(b):
+        os.rename(b.p("y"), b.p("x/y"))
+        os.rename(a.p("x"), a.p("y/x"))
+        a.sync()
+    b.sync()
+    tree = same_everywhere(a, b, c)
+    assert set(tree) == {"y", "y/x"}, "the first rename wins; the crossing one is dropped"
+
+
+def test_editor_save_by_rename_over_a_file_changed_elsewhere(devices):
+    a, b, c = devices
+    write(a.p("essay.txt"), b"v1")
+    a.sync()
+    same_everywhere(a, b, c)
+    with held(b):
+        write(b.p(".essay.txt.tmp"), b"desktop save")
+        os.rename(b.p(".essay.txt.tmp"), b.p("essay.txt"))
+        write(a.p("essay.txt"), b"laptop save")
+        a.sync()
+    b.sync()
+    same_everywhere(a, b, c)
+    assert read(c.p("essay.txt")) == b"laptop save"
+    [copy] = conflicted(c)
+    assert read(c.p(copy)) == b"desktop save"
