@@ -34,7 +34,10 @@ AppliedCallback = Callable[[list[Entry], list[dict]], None]
 
 
 class Committer:
-    def __init__(self, replica: Replica, journal: Journal, device: str, on_applied: AppliedCallback) -> None:
+    def __init__(self, replica: Replica, journal: Journal, device: str, on_applied: AppliedCallback,
+                 unsaved: Callable[[], set[str]] = set) -> None:
+        """`unsaved()`: ids of files with local content not yet uploaded (kept alive by rebases)."""
+        self.unsaved = unsaved
         self.replica = replica
         self.journal = journal
         self.device = device
@@ -85,7 +88,7 @@ class Committer:
             own = next((i for i, e in enumerate(entries) if inflight and e.commit_id == inflight["commit_id"]), None)
             others = entries if own is None else entries[:own]
             if others:
-                applied = self.replica.rebase(others, Revalidator(self.device))
+                applied = self.replica.rebase(others, Revalidator(self.device), self.unsaved())
                 self.on_applied(others, applied)
             if own is None:
                 return
@@ -99,6 +102,11 @@ class Committer:
         while self._resumed is not None:
             await self._resumed.wait()
         async with self.lock:
+            if self.replica.get_state("inflight"):
+                # An append whose outcome we never learned (a crash, an error after the PUT):
+                # pulling recognizes it if it landed; either way that attempt is settled then.
+                await self._pull_locked()
+                self.replica.set_state("inflight", None)
             while True:
                 rows = self.replica.pending_ops(BATCH_OPS)
                 if not rows:
@@ -119,7 +127,7 @@ class Committer:
                     self.commits += 1
                     self.committed.fire()
                 else:
-                    self.replica.set_state("inflight", None)
+                    self.replica.set_state("inflight", None)  # 412 and not ours: settled
                     await self._pull_locked()
 
     async def run(self) -> None:

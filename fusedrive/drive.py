@@ -63,7 +63,8 @@ class Drive:
         self.cache = BlockCache(cache_dir / "blocks", cache_size, volume.keys.id_of)
         self.blocks = BlockStore(volume, self.cache)
         self.journal = Journal(volume)
-        self.committer = Committer(self.replica, self.journal, device, self._remote_applied)
+        self.committer = Committer(self.replica, self.journal, device, self._remote_applied,
+                                   unsaved=lambda: set(self.dirty))
         self.poll_interval = poll_interval
         self.mounted = False
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="upload")
@@ -86,7 +87,11 @@ class Drive:
 
     def _in_use(self, ino: int) -> bool:
         node_fid = self.replica.db.execute("SELECT fid FROM inodes WHERE ino=?", (ino,)).fetchone()
-        return self.lookups[ino] > 0 or (node_fid is not None and self.open_handles[node_fid[0]] > 0)
+        if node_fid is None:
+            return self.lookups[ino] > 0
+        fid = node_fid[0]
+        # unsaved local content keeps a file's row even when another device deletes it
+        return self.lookups[ino] > 0 or self.open_handles[fid] > 0 or fid in self.dirty
 
     # --- start and stop ---------------------------------------------------------------
 

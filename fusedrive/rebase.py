@@ -11,8 +11,9 @@ adjusted, or replaced by safe ones, so that nothing written and closed is lost:
 - an update (or a create) whose file or directory another device deleted brings it
   back where it was;
 - a rename follows the file (ids, not paths) and is dropped if it would make a cycle;
-- a delete of a file that another device changed meanwhile is dropped (their
-  version stays); removing a directory that gained entries elsewhere is dropped.
+- a delete applies only to the name the user deleted: if another device changed the
+  file meanwhile or moved it elsewhere, the delete is dropped (their work stays);
+  removing a directory that gained entries elsewhere is dropped.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ class Revalidator:
     # --- rules per operation ----------------------------------------------------------
 
     def _create(self, r: Replica, op: dict) -> list[dict]:
+        if op["op"] != "link" and self._exists(r, op["fid"]):
+            return []  # another device already brought this very file back
         prefix = self._with_parent(r, op)
         if prefix is None:
             op["parent"] = ROOT_FID
@@ -118,10 +121,7 @@ class Revalidator:
             return []  # gained entries on another device
         parent_ino = r.ino_of(op["parent"])
         if parent_ino is None or r.lookup(parent_ino, name_from_json(op["name"])) != node.ino:
-            where = r.location_of(fid)
-            if where is None:
-                return []
-            op["parent"], op["name"] = where[0], name_to_json(where[1])
+            return []  # moved elsewhere by another device: deleting it there could lose their work
         return [op]
 
     def _rename(self, r: Replica, op: dict) -> list[dict]:
@@ -187,13 +187,19 @@ class Revalidator:
 
     def _revive(self, r: Replica, op: dict) -> list[dict]:
         """An update to a file another device deleted: the file comes back where it was."""
-        where = r.base_locations.get(op["fid"])
+        ops = self.revive_file(r, op["fid"], op["t"])
+        return ops + [dict(op, base=0)] if ops else []
+
+    def revive_file(self, r: Replica, fid: str, t: int | None = None) -> list[dict]:
+        """Operations that recreate a deleted file (same id) where it was, with its directories."""
+        where = r.base_locations.get(fid)
         if where is None:
             return []
-        ops = self._bring_back(r, where["parent"], op["t"])
+        t = time.time_ns() if t is None else t
+        ops = self._bring_back(r, where["parent"], t)
         parent = where["parent"] if self._exists(r, where["parent"]) or ops else ROOT_FID
-        create = {"op": "mknod", "fid": op["fid"], "parent": parent, "name": where["name"], "mode": where["mode"],
-                  "uid": where["uid"], "gid": where["gid"], "rdev": 0, "t": op["t"]}
+        create = {"op": "mknod", "fid": fid, "parent": parent, "name": where["name"], "mode": where["mode"],
+                  "uid": where["uid"], "gid": where["gid"], "rdev": 0, "t": t}
         if not ops:
             create = self._free_name(r, create)
-        return ops + [create, dict(op, base=0)]
+        return ops + [create]

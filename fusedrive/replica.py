@@ -259,13 +259,15 @@ class Replica:
             self.db.execute("DELETE FROM undo WHERE pending_id <= ?", (last_id,))
             self.set_state("applied_seq", seq)
 
-    def rebase(self, entries: Iterable, revalidate) -> list[dict]:
+    def rebase(self, entries: Iterable, revalidate, keep_alive: set[str] = frozenset()) -> list[dict]:
         """Apply remote journal entries under this device's queued operations.
 
         Takes every pending operation back (undo log), applies the entries, then
         re-applies each pending operation as `revalidate(replica, op)` rewrites it
-        (the conflict rules). One transaction. Returns every operation applied,
-        remote and local, so the caller can invalidate what the kernel has cached.
+        (the conflict rules). Files in `keep_alive` (content written here and not
+        uploaded yet) that the entries deleted are brought back where they were.
+        One transaction. Returns every operation applied, remote and local, so the
+        caller can invalidate what the kernel has cached.
         """
         applied: list[dict] = []
         with self:
@@ -273,7 +275,7 @@ class Replica:
             for (sql,) in self.db.execute("SELECT sql FROM undo ORDER BY id DESC").fetchall():
                 self.db.execute(sql)
             self.db.execute("DELETE FROM undo")
-            referenced = {fid for _, ops in rows for op in json.loads(ops) for fid in _fids_of(op)}
+            referenced = {fid for _, ops in rows for op in json.loads(ops) for fid in _fids_of(op)} | set(keep_alive)
             self.base_locations = self._locations(referenced)
             for entry in entries:
                 for op in entry.ops:
@@ -288,6 +290,17 @@ class Replica:
                         kept.append(new_op)
                         applied.append(new_op)
                 self.db.execute("UPDATE pending SET op=? WHERE id=?", (json.dumps(kept), pending_id))
+            for fid in keep_alive:
+                ino = self.ino_of(fid)
+                if ino is not None and self.inode(ino).nlink > 0:
+                    continue
+                revival = revalidate.revive_file(self, fid)
+                if revival:
+                    pending_id = self.db.execute("INSERT INTO pending(op) VALUES(?)", (json.dumps(revival),)).lastrowid
+                    for op in revival:
+                        self._apply_logged(pending_id, op)
+                    applied.extend(revival)
+                    self.db.execute("UPDATE dirty SET base=0 WHERE fid=?", (fid,))
         return applied
 
     def _locations(self, fids: set[str]) -> dict[str, dict]:

@@ -25,8 +25,9 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def journal_versions(volume) -> set[str]:
-    """The sha256 of every file content ever committed to the volume's journal."""
+def journal_versions(volume, story: list | None = None) -> set[str]:
+    """The sha256 of every file content ever committed to the volume's journal
+    (and, into `story`, one line per operation, for explaining a failure)."""
     from fusedrive.blocks import BlockStore
     from fusedrive.cache import BlockCache
     from fusedrive.journal import Journal
@@ -44,8 +45,14 @@ def journal_versions(volume) -> set[str]:
             found = set()
             for entry in Journal(vol).entries_after(0):
                 for op in entry.ops:
+                    digest = ""
                     if op["op"] == "update":
-                        found.add(sha(b"".join(blocks.fetch(b) if b else bytes(n) for b, n in op["manifest"])))
+                        digest = sha(b"".join(blocks.fetch(b) if b else bytes(n) for b, n in op["manifest"]))
+                        found.add(digest)
+                    if story is not None:
+                        story.append(f"{entry.seq} {entry.device} {op['op']} {op.get('fid', '')[:6]} "
+                                     f"{op.get('name', '')}{'→' + op['newname'] if 'newname' in op else ''} "
+                                     f"base={op.get('base')} {digest[:8]}")
             blocks.cache.close()
             return found
     finally:
@@ -59,6 +66,19 @@ def live_versions(root) -> set[str]:
         for name in files:
             with open(os.path.join(dirpath, name), "rb") as f:
                 found.add(sha(f.read()))
+    return found
+
+
+def describe_versions(root, hashes: set[str]) -> list[str]:
+    """Which files hold these contents, and how each begins (every write starts with its step)."""
+    found = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                data = f.read()
+            if sha(data) in hashes:
+                found.append(f"{os.path.relpath(os.path.join(dirpath, name), root)}: {len(data)} bytes, "
+                             f"starts {data[:40]!r}")
     return found
 
 
@@ -91,15 +111,19 @@ def test_three_devices_random_changes_converge_and_lose_nothing(s3_volume, seed)
             if op in ("write", "append"):
                 os.makedirs(os.path.dirname(full), exist_ok=True)
                 data = f"{device.device} step {step}\n".encode() + rng.randbytes(rng.choice([10, 3000, 200_000]))
-                with open(full, "ab" if op == "append" else "wb") as f:
+                with open(full, "a+b" if op == "append" else "w+b") as f:
                     f.write(data)
-                with open(full, "rb") as f:
+                    f.seek(0)
+                    # read back through the same handle: reopening could already show a newer
+                    # version from another device once this one is uploaded
                     closed[sha(f.read())] = log[-1]
             elif device is paused:
                 continue  # a held device only writes: its deletes would race its own uploads
             elif op == "rename":
-                os.makedirs(os.path.dirname(device.p(rng.choice(FILES))) or device.path, exist_ok=True)
-                os.rename(full, device.p(rng.choice(FILES)))
+                target = rng.choice(FILES)
+                log[-1] += f" -> {target}"
+                os.makedirs(os.path.dirname(device.p(target)), exist_ok=True)
+                os.rename(full, device.p(target))
             elif op == "delete":
                 os.unlink(full)
             elif op == "mkdir":
@@ -120,8 +144,13 @@ def test_three_devices_random_changes_converge_and_lose_nothing(s3_volume, seed)
         live = live_versions(devices[0].path)
         history = journal_versions(s3_volume)
         lost = {h: where for h, where in closed.items() if h not in live and h not in history}
-        assert not lost, f"versions lost: {sorted(lost.values())}"
+        if lost:
+            journal = []
+            journal_versions(s3_volume, journal)
+            detail = [f"{where} sha {h[:8]}" for h, where in lost.items()]
+            raise AssertionError(f"versions lost: {detail}\nsteps:\n" + "\n".join(log) +
+                                 "\njournal:\n" + "\n".join(journal))
         invented = live - set(closed) - {sha(b"")}
-        assert not invented, "files hold bytes nobody wrote"
+        assert not invented, f"files hold bytes nobody wrote: {describe_versions(devices[0].path, invented)}"
     except AssertionError as exc:
         raise AssertionError(f"seed {seed}: {exc}\nlast steps: {log[-10:]}") from None
