@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from . import control, volume as volumes
-from .errors import FusedriveError, MountError
+from .errors import FusedriveError, MountError, UsageError
 
 DEFAULT_CACHE_SIZE = "4G"
 
@@ -102,6 +102,8 @@ def cmd_mount(args) -> int:
             argv = ["mount", args.volume, args.mountpoint, "--cache-dir", str(cache_dir),
                     "--cache-size", str(args.cache_size), "--device-name", args.device_name,
                     "--poll-interval", str(args.poll_interval)]
+            if args.hub:
+                argv += ["--hub", args.hub]
             if args.endpoint_url:
                 argv += ["--endpoint-url", args.endpoint_url]
             env = dict(os.environ, FUSEDRIVE_PASSPHRASE=volumes.get_passphrase(args.key_file))
@@ -111,7 +113,7 @@ def cmd_mount(args) -> int:
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         run_mount(volume, args.mountpoint, cache_dir, args.device_name, args.cache_size, args.ready_fd, args.debug,
-                  args.poll_interval)
+                  args.poll_interval, args.hub)
         return 0
     except FusedriveError as exc:
         report_failure(args.ready_fd, exc)
@@ -202,6 +204,28 @@ def cmd_status(args) -> int:
     return 1 if pending else 0
 
 
+def cmd_hub(args) -> int:
+    import trio
+
+    from .hub import serve
+
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--listen wants HOST:PORT, not {args.listen!r}.")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(serve, host, int(port))
+            print(f"fusedrive hub listening on {host}:{bound}", flush=True)
+
+    try:
+        trio.run(main)
+    except OSError as exc:
+        raise UsageError(f"Cannot listen on {args.listen}: {exc.strerror or exc}.") from None
+    return 0
+
+
 def cmd_fsck(args) -> int:
     from .blocks import BlockStore
     from .cache import BlockCache
@@ -253,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-name", default=socket.gethostname(), help="how this device is named in the journal")
     p.add_argument("--poll-interval", type=float, default=2.0,
                    help="seconds between checks for other devices' changes (default 2)")
+    p.add_argument("--hub", default=None, metavar="URL",
+                   help="a `fusedrive hub` to hear about other devices' changes at once (http://HOST:PORT)")
     p.add_argument("--debug", action="store_true", help="log every FUSE request")
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_mount)
@@ -268,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "the running mounts is in the store. Exit 0 when it is, 1 while work is pending.")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("hub", help="run a notification hub", description="Serve long-poll change "
+                       "notifications to devices (mount --hub URL). Holds no data; devices fall back to polling "
+                       "when it is down.")
+    p.add_argument("--listen", default="127.0.0.1:7780", help="HOST:PORT to listen on (default 127.0.0.1:7780)")
+    p.set_defaults(func=cmd_hub)
 
     p = sub.add_parser("fsck", help="check a volume", description="Replay the journal, check the tree and that "
                        "every referenced block exists, and compare this device's replica. Exit 1 if problems.")

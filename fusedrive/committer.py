@@ -18,6 +18,7 @@ from typing import Callable
 
 import trio
 
+from .checkpoints import CHECKPOINT_EVERY, dump_state, write_checkpoint
 from .errors import FusedriveError, StoreUnreachable
 from .journal import Entry, Journal
 from .rebase import Revalidator
@@ -38,6 +39,7 @@ class Committer:
                  unsaved: Callable[[], set[str]] = set) -> None:
         """`unsaved()`: ids of files with local content not yet uploaded (kept alive by rebases)."""
         self.unsaved = unsaved
+        self.on_commit: Callable[[int], None] = lambda seq: None
         self.replica = replica
         self.journal = journal
         self.device = device
@@ -125,10 +127,26 @@ class Committer:
                         self.replica.set_state("inflight", None)
                         self.replica.reap_orphans()
                     self.commits += 1
+                    await self._maybe_checkpoint()
                     self.committed.fire()
+                    self.on_commit(entry.seq)
                 else:
                     self.replica.set_state("inflight", None)  # 412 and not ours: settled
                     await self._pull_locked()
+
+    async def _maybe_checkpoint(self) -> None:
+        """Every CHECKPOINT_EVERY entries, save the committed state (only when nothing is
+        queued here, so the replica is exactly the committed state)."""
+        seq = self.replica.applied_seq
+        if seq - self.replica.get_state("checkpoint_seq", 0) < CHECKPOINT_EVERY or self.replica.pending_count():
+            return
+        state = dump_state(self.replica)
+        try:
+            await trio.to_thread.run_sync(write_checkpoint, self.journal.volume, state)
+        except FusedriveError as exc:
+            log.warning("could not write checkpoint %d (will try after the next commit): %s", seq, exc)
+            return
+        self.replica.set_state("checkpoint_seq", seq)
 
     async def run(self) -> None:
         """Commit whenever kicked; back off while the store is unreachable."""

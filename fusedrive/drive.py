@@ -23,8 +23,10 @@ import trio
 
 from .blocks import BlockStore
 from .cache import BlockCache
+from .checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from .committer import Committer
 from .errors import FusedriveError, MountError
+from .hub import WAIT_SECONDS, HubClient, HubError
 from .journal import Entry, Journal
 from .replica import Inode, Replica, name_from_json
 from .signals import Broadcast
@@ -52,7 +54,7 @@ class Layout:
 
 class Drive:
     def __init__(self, volume: Volume, cache_dir: Path, device: str, cache_size: int,
-                 poll_interval: float = 2.0) -> None:
+                 poll_interval: float = 2.0, hub_url: str | None = None) -> None:
         self.volume = volume
         self.device = device
         self.cache_dir = cache_dir
@@ -66,6 +68,9 @@ class Drive:
         self.committer = Committer(self.replica, self.journal, device, self._remote_applied,
                                    unsaved=lambda: set(self.dirty))
         self.poll_interval = poll_interval
+        self.hub = HubClient(hub_url, volume.volume_id) if hub_url else None
+        self.hub_connected = False
+        self.committer.on_commit = self._announce
         self.mounted = False
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="upload")
         self.download_limiter = trio.CapacityLimiter(DOWNLOAD_THREADS)
@@ -98,6 +103,8 @@ class Drive:
     async def start(self, nursery: trio.Nursery) -> None:
         """Catch up with the journal, recover what a crash left, start the background tasks."""
         self._nursery = nursery
+        if self.replica.inode(1) is None:
+            await self._start_from_checkpoint()
         await self.committer.pull()
         if self.replica.inode(1) is None:
             raise MountError(f"The volume at {self.volume.url} has no root directory in its journal.")
@@ -119,6 +126,15 @@ class Drive:
         if self.replica.pending_count():
             self.committer.kick()
 
+    async def _start_from_checkpoint(self) -> None:
+        """A new (or wiped) device starts from the newest checkpoint, then replays what follows."""
+        seqs = await trio.to_thread.run_sync(checkpoint_seqs, self.volume)
+        if not seqs:
+            return
+        state = await trio.to_thread.run_sync(read_checkpoint, self.volume, max(seqs))
+        load_state(self.replica, state)
+        log.info("started from checkpoint %d", state["seq"])
+
     def close(self) -> None:
         self.staging.close_all()
         self.pool.shutdown(wait=True)
@@ -128,9 +144,11 @@ class Drive:
     # --- other devices' changes --------------------------------------------------------
 
     async def _tail_journal(self) -> None:
-        """Poll the journal for other devices' commits (the hub, when there is one, wakes it)."""
+        """Follow other devices' commits: long-poll the hub when there is one (and it
+        answers), else list the journal every poll interval."""
         while True:
-            await trio.sleep(self.poll_interval)
+            if not await self._wait_for_hub():
+                await trio.sleep(self.poll_interval)
             try:
                 await self.committer.pull()
             except FusedriveError as exc:
@@ -139,6 +157,35 @@ class Drive:
                 message = f"Cannot apply the journal after entry {self.replica.applied_seq}: {exc!r}"
                 log.error(message)
                 self.errors.append(message)
+
+    async def _wait_for_hub(self) -> bool:
+        """True once the hub says something may have changed (or its wait timed out)."""
+        if self.hub is None:
+            return False
+        # not connected yet: a wait that answers at once tells whether the hub is there
+        timeout = WAIT_SECONDS if self.hub_connected else 0
+        try:
+            await trio.to_thread.run_sync(self.hub.wait, self.replica.applied_seq, timeout, abandon_on_cancel=True)
+        except HubError as exc:
+            if self.hub_connected:
+                log.warning("hub unreachable, polling every %.1f s: %s", self.poll_interval, exc)
+            self.hub_connected = False
+            return False
+        if not self.hub_connected:
+            log.info("hub connected")
+        self.hub_connected = True
+        return True
+
+    def _announce(self, seq: int) -> None:
+        """Tell the hub about a commit (best effort: other devices also poll)."""
+        if self.hub is not None and self._nursery is not None:
+            self._nursery.start_soon(self._notify_hub, seq)
+
+    async def _notify_hub(self, seq: int) -> None:
+        try:
+            await trio.to_thread.run_sync(self.hub.notify, seq, abandon_on_cancel=True)
+        except HubError as exc:
+            log.info("could not notify the hub: %s", exc)
 
     async def ensure_fresh(self) -> None:
         """Close-to-open: before open(), see the journal head unless a check just happened."""
@@ -489,5 +536,7 @@ class Drive:
             "cache_bytes": self.cache.volume_bytes(),
             "store_offline_since": self.committer.offline_since,
             "paused": self.committer.paused,
+            "hub": None if self.hub is None else ("connected" if self.hub_connected else "polling"),
+            "checkpoint_seq": self.replica.get_state("checkpoint_seq", 0),
             "errors": list(self.errors),
         }

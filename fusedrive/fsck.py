@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 from .blocks import BlockStore, block_key
+from .checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from .errors import FusedriveError
 from .journal import Journal
 from .replica import ROOT_INO, Replica
@@ -73,12 +74,29 @@ def snapshot(replica: Replica) -> list[tuple]:
     return rows
 
 
+def _check_checkpoint(journal: Journal, replayed: Replica, seq: int) -> list[str]:
+    """A checkpoint must show exactly the tree the journal replays to at its seq."""
+    try:
+        state = read_checkpoint(journal.volume, seq)
+    except FusedriveError as exc:
+        return [str(exc)]
+    loaded = Replica(":memory:")
+    try:
+        load_state(loaded, state)
+        if snapshot(loaded) != snapshot(replayed):
+            return [f"Checkpoint {seq} differs from the journal replayed to entry {seq}."]
+        return []
+    finally:
+        loaded.close()
+
+
 def fsck(journal: Journal, blocks: BlockStore, local_replica: Path | None, verify_blocks: bool,
          progress: Progress) -> list[str]:
     """Every problem found, as one sentence each; an empty list means the volume is sound."""
     problems: list[str] = []
     scratch = Replica(":memory:")
     seqs = journal.seqs_after(0)
+    checkpoints = set(checkpoint_seqs(journal.volume))
     bar = progress("journal", len(seqs))
     for expected, seq in enumerate(seqs, start=1):
         if seq != expected:
@@ -93,6 +111,8 @@ def fsck(journal: Journal, blocks: BlockStore, local_replica: Path | None, verif
         except Exception as exc:  # noqa: BLE001 - an entry that cannot apply is a finding, not a crash
             problems.append(f"Journal entry {seq} does not apply: {exc!r}.")
             break
+        if seq in checkpoints:
+            problems += _check_checkpoint(journal, scratch, seq)
         bar.update(1)
     bar.close()
     for orphan in scratch.orphans():

@@ -71,11 +71,12 @@ async def _drain(drive: Drive) -> None:
 
 
 def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cache_size: int,
-              ready_fd: int | None = None, debug: bool = False, poll_interval: float = 2.0) -> None:
+              ready_fd: int | None = None, debug: bool = False, poll_interval: float = 2.0,
+              hub_url: str | None = None) -> None:
     """Mount and serve until unmounted; then drain the upload queue and return."""
     path = check_mountpoint(mountpoint)
     lock_fd = prepare_cache_dir(cache_dir, volume)
-    drive = Drive(volume, cache_dir, device, cache_size, poll_interval)
+    drive = Drive(volume, cache_dir, device, cache_size, poll_interval, hub_url)
     operations = DriveOperations(drive)
     options = set(pyfuse3.default_options) | {"fsname=fusedrive", "subtype=fusedrive"}
     if debug:

@@ -96,11 +96,11 @@ class Mount:
     def __init__(self, volume: Volume, path: Path, cache_dir: Path, device: str) -> None:
         self.volume, self.path, self.cache_dir, self.device = volume, path, cache_dir, device
 
-    def start(self, cache_size: str = "2G", poll_interval: float = 2.0) -> None:
+    def start(self, cache_size: str = "2G", poll_interval: float = 2.0, hub: str | None = None) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         self.volume.cli.run("mount", self.volume.url, str(self.path), "--cache-dir", str(self.cache_dir),
                             "--device-name", self.device, "--cache-size", cache_size,
-                            "--poll-interval", str(poll_interval))
+                            "--poll-interval", str(poll_interval), *(["--hub", hub] if hub else []))
 
     def p(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)
