@@ -42,7 +42,7 @@ class Fusedrive:
     def __init__(self, root: Path, url: str, env: dict) -> None:
         self.root, self.url, self.env = root, url, dict(os.environ, **env, FUSEDRIVE_PASSPHRASE=PASSPHRASE)
         self.mountpoint, self.cache = root / "mnt", root / "cache"
-        self.mountpoint.mkdir()
+        self.mountpoint.mkdir(parents=True)
 
     def cli(self, *args: str) -> None:
         subprocess.run([sys.executable, "-m", "fusedrive.cli", *args], env=self.env, check=True,
@@ -110,12 +110,89 @@ def small_files(directory: Path, count: int) -> tuple[float, float, float]:
     return tuple(count / timed(step) for step in (create, stat, delete))
 
 
+def sync_latency(work: Path, url: str, env: dict, changes: int, hub_url: str | None) -> tuple[float, float]:
+    """p50 and p95 milliseconds from close() on device A until device B lists the file and
+    reads its bytes. B learns of it from its journal tail (polling every 2 s, or the hub)."""
+    tag = "hub" if hub_url else "poll"
+    devices = []
+    for name in ("a", "b"):
+        d = Fusedrive(work / f"sync-{tag}-{name}", url, env)
+        extra = ["--hub", hub_url] if hub_url else []
+        d.cli("mount", url, str(d.mountpoint), "--cache-dir", str(d.cache), "--device-name", f"{tag}-{name}", *extra)
+        devices.append(d)
+    a, b = devices
+    os.mkdir(a.mountpoint / f"latency-{tag}")
+    a.sync()
+    target = b.mountpoint / f"latency-{tag}"
+    while not target.is_dir():
+        time.sleep(0.05)
+    delays = []
+    try:
+        for i in range(changes):
+            payload = os.urandom(1024)
+            with open(a.mountpoint / f"latency-{tag}" / f"f{i}", "wb") as f:
+                f.write(payload)
+            start = time.perf_counter()
+            while f"f{i}" not in os.listdir(target):
+                time.sleep(0.005)
+            assert (target / f"f{i}").read_bytes() == payload
+            delays.append((time.perf_counter() - start) * 1000)
+    finally:
+        for d in devices:
+            d.umount()
+    delays.sort()
+    return delays[len(delays) // 2], delays[int(len(delays) * 0.95) - 1]
+
+
+def join_seconds(work: Path, url: str, env: dict, entries: int) -> float:
+    """Seconds for a new device to mount a volume with `entries` journal entries and a checkpoint."""
+    import stat as stat_module
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fusedrive.journal import Entry, Journal
+    from fusedrive.store import open_store
+    from fusedrive.volume import open_volume
+
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        journal = Journal(open_volume(open_store(url), PASSPHRASE))
+        first = journal.seqs_after(0)[-1] + 1
+
+        def append(seq: int) -> None:
+            op = {"op": "mknod", "fid": str(uuid.uuid4()), "parent": "root", "name": f"history-{seq:06d}",
+                  "mode": stat_module.S_IFREG | 0o644, "uid": 0, "gid": 0, "rdev": 0, "t": time.time_ns()}
+            journal.append(Entry(seq=seq, device="history", ops=[op]))
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(append, range(first, first + entries)))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    veteran = Fusedrive(work / "join-veteran", url, env)
+    veteran.mount()
+    (veteran.mountpoint / "after-history").write_bytes(b"x")
+    veteran.sync()
+    deadline = time.monotonic() + 300
+    while control.request(str(veteran.mountpoint), "status")["checkpoint_seq"] < entries and time.monotonic() < deadline:
+        time.sleep(0.2)
+    veteran.umount()
+    newcomer = Fusedrive(work / "join-newcomer", url, env)
+    seconds = timed(newcomer.mount)
+    newcomer.umount()
+    return seconds
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--store", choices=["s3", "file"], default="s3")
     parser.add_argument("--size-mib", type=int, default=1024, help="size of the sequential file")
     parser.add_argument("--files", type=int, default=2000, help="number of 4 KiB files")
     parser.add_argument("--edit-mib", type=int, default=64, help="size of the file edited in place")
+    parser.add_argument("--sync-changes", type=int, default=100, help="changes timed between two devices (0: skip)")
+    parser.add_argument("--join-entries", type=int, default=20000,
+                        help="journal entries before a new device joins (0: skip)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="fdbench-"))
@@ -175,8 +252,26 @@ def main() -> int:
         drive.sync()
         rows.append((f"bytes uploaded, 1-byte edit of {args.edit_mib} MiB", "fusedrive", drive.uploaded() - before))
         drive.umount()
+
+        if args.sync_changes:
+            print(f"sync latency over {args.sync_changes} changes (polling, then hub) ...", file=sys.stderr)
+            p50, p95 = sync_latency(work, url, env, args.sync_changes, None)
+            rows += [("sync latency p50, polling 2 s (ms)", "fusedrive", p50),
+                     ("sync latency p95, polling 2 s (ms)", "fusedrive", p95)]
+            hub = subprocess.Popen([sys.executable, "-m", "fusedrive.cli", "hub", "--listen", "127.0.0.1:0"],
+                                   stdout=subprocess.PIPE, text=True)
+            try:
+                port = hub.stdout.readline().strip().rsplit(":", 1)[1]
+                p50, p95 = sync_latency(work, url, env, args.sync_changes, f"http://127.0.0.1:{port}")
+            finally:
+                hub.kill()
+            rows += [("sync latency p50, hub (ms)", "fusedrive", p50), ("sync latency p95, hub (ms)", "fusedrive", p95)]
+        if args.join_entries:
+            print(f"new device joining after {args.join_entries} journal entries ...", file=sys.stderr)
+            seconds = join_seconds(work, url, env, args.join_entries)
+            rows.append((f"join after {args.join_entries} entries (ms)", "fusedrive", seconds * 1000))
     finally:
-        for mountpoint in (work / "mnt",):
+        for mountpoint in work.glob("**/mnt"):
             if os.path.ismount(mountpoint):
                 subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
         if server is not None:
