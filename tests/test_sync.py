@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from test_posix import read, write
 from treeutil import describe
 
 POLL = 0.3
@@ -34,16 +35,6 @@ def same_everywhere(*mounts) -> dict:
         trees = [describe(m.path) for m in mounts]
         return trees[0] if all(t == trees[0] for t in trees) else None
     return wait_for(check, what="identical trees")
-
-
-def write(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 @pytest.fixture
