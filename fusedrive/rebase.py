@@ -65,16 +65,10 @@ class Revalidator:
 
     def _bring_back(self, r: Replica, fid: str, t: int) -> list[dict]:
         """Operations that recreate a deleted directory (and its parents) where it was."""
-        if fid == ROOT_FID or self._exists(r, fid):
-            return []
         where = r.base_locations.get(fid)
-        if where is None or not stat.S_ISDIR(where["mode"]):
+        if where is not None and not stat.S_ISDIR(where["mode"]):
             return []
-        ops = self._bring_back(r, where["parent"], t)
-        parent = where["parent"] if self._exists(r, where["parent"]) or ops else ROOT_FID
-        mkdir = {"op": "mknod", "fid": fid, "parent": parent, "name": where["name"], "mode": where["mode"],
-                 "uid": where["uid"], "gid": where["gid"], "rdev": 0, "t": t}
-        return ops + [self._free_name(r, mkdir)]
+        return self.revive_file(r, fid, t)
 
     def _free_name(self, r: Replica, op: dict, parent_key: str = "parent", name_key: str = "name") -> dict:
         ino = r.ino_of(op[parent_key])
@@ -191,7 +185,10 @@ class Revalidator:
         return ops + [dict(op, base=0)] if ops else []
 
     def revive_file(self, r: Replica, fid: str, t: int | None = None) -> list[dict]:
-        """Operations that recreate a deleted file (same id) where it was, with its directories."""
+        """Operations that recreate a deleted file or directory (same id) where it was,
+        with the directories above it."""
+        if fid == ROOT_FID or self._exists(r, fid):
+            return []
         where = r.base_locations.get(fid)
         if where is None:
             return []
@@ -200,6 +197,4 @@ class Revalidator:
         parent = where["parent"] if self._exists(r, where["parent"]) or ops else ROOT_FID
         create = {"op": "mknod", "fid": fid, "parent": parent, "name": where["name"], "mode": where["mode"],
                   "uid": where["uid"], "gid": where["gid"], "rdev": 0, "t": t}
-        if not ops:
-            create = self._free_name(r, create)
-        return ops + [create]
+        return ops + [self._free_name(r, create)]
