@@ -7,6 +7,7 @@ finds anything.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -78,6 +79,21 @@ class Volume:
         self.url, self.cli, self.root = url, cli, root
         self.list_objects, self.read_object, self.write_object, self.delete_object = objects
         self.mounts: list[Mount] = []
+
+    @contextlib.contextmanager
+    def opened(self):
+        """The volume opened in this process (with its store credentials), for reaching
+        the journal and blocks directly."""
+        from fusedrive.store import open_store
+        from fusedrive.volume import open_volume
+
+        saved = dict(os.environ)
+        os.environ.update(self.cli.env)
+        try:
+            yield open_volume(open_store(self.url), PASSPHRASE)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
     def stored_bytes(self, prefix: str = "") -> int:
         return sum(size for _key, size in self.list_objects(prefix))

@@ -7,7 +7,6 @@ import stat
 import time
 import uuid
 
-from conftest import PASSPHRASE
 from test_sync import wait_for
 from treeutil import describe
 
@@ -17,22 +16,15 @@ from fusedrive.checkpoints import CHECKPOINT_EVERY
 def append_entries(volume, count: int) -> None:
     """Commit `count` small entries straight through the journal (another device's history)."""
     from fusedrive.journal import Entry, Journal
-    from fusedrive.store import open_store
-    from fusedrive.volume import open_volume
 
-    saved = dict(os.environ)
-    os.environ.update(volume.cli.env)
-    try:
-        journal = Journal(open_volume(open_store(volume.url), PASSPHRASE))
+    with volume.opened() as vol:
+        journal = Journal(vol)
         seq = journal.seqs_after(0)[-1]
         for i in range(count):
             seq += 1
             op = {"op": "mknod", "fid": str(uuid.uuid4()), "parent": "root", "name": f"old-{i:05d}",
                   "mode": stat.S_IFREG | 0o644, "uid": 0, "gid": 0, "rdev": 0, "t": time.time_ns()}
             assert journal.append(Entry(seq=seq, device="history", ops=[op]))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def test_new_device_starts_from_the_newest_checkpoint(volume):

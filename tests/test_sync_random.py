@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from conftest import PASSPHRASE
 from test_sync import POLL, same_everywhere, wait_for
 
 SEEDS = [int(s) for s in os.environ.get("FUSEDRIVE_SYNC_SEEDS", "101,202,303").split(",")]
@@ -31,33 +30,24 @@ def journal_versions(volume, story: list | None = None) -> set[str]:
     from fusedrive.blocks import BlockStore
     from fusedrive.cache import BlockCache
     from fusedrive.journal import Journal
-    from fusedrive.store import open_store
-    from fusedrive.volume import open_volume
     import tempfile
     from pathlib import Path
 
-    saved = dict(os.environ)
-    os.environ.update(volume.cli.env)
-    try:
-        vol = open_volume(open_store(volume.url), PASSPHRASE)
-        with tempfile.TemporaryDirectory() as scratch:
-            blocks = BlockStore(vol, BlockCache(Path(scratch), 1 << 30, vol.keys.id_of))
-            found = set()
-            for entry in Journal(vol).entries_after(0):
-                for op in entry.ops:
-                    digest = ""
-                    if op["op"] == "update":
-                        digest = sha(b"".join(blocks.fetch(b) if b else bytes(n) for b, n in op["manifest"]))
-                        found.add(digest)
-                    if story is not None:
-                        story.append(f"{entry.seq} {entry.device} {op['op']} {op.get('fid', '')[:6]} "
-                                     f"{op.get('name', '')}{'→' + op['newname'] if 'newname' in op else ''} "
-                                     f"base={op.get('base')} {digest[:8]}")
-            blocks.cache.close()
-            return found
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    with volume.opened() as vol, tempfile.TemporaryDirectory() as scratch:
+        blocks = BlockStore(vol, BlockCache(Path(scratch), 1 << 30, vol.keys.id_of))
+        found = set()
+        for entry in Journal(vol).entries_after(0):
+            for op in entry.ops:
+                digest = ""
+                if op["op"] == "update":
+                    digest = sha(b"".join(blocks.fetch(b) if b else bytes(n) for b, n in op["manifest"]))
+                    found.add(digest)
+                if story is not None:
+                    story.append(f"{entry.seq} {entry.device} {op['op']} {op.get('fid', '')[:6]} "
+                                 f"{op.get('name', '')}{'→' + op['newname'] if 'newname' in op else ''} "
+                                 f"base={op.get('base')} {digest[:8]}")
+        blocks.cache.close()
+        return found
 
 
 def live_versions(root) -> set[str]:
