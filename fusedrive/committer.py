@@ -36,9 +36,11 @@ AppliedCallback = Callable[[list[Entry], list[dict]], None]
 
 class Committer:
     def __init__(self, replica: Replica, journal: Journal, device: str, on_applied: AppliedCallback,
-                 unsaved: Callable[[], set[str]] = set) -> None:
-        """`unsaved()`: ids of files with local content not yet uploaded (kept alive by rebases)."""
+                 unsaved: Callable[[], set[str]] = set, open_files: Callable[[], set[str]] = set) -> None:
+        """`unsaved()`: ids of files with local content not yet uploaded (kept alive by rebases);
+        `open_files()`: ids of files open here (remembered if another device deletes them)."""
         self.unsaved = unsaved
+        self.open_files = open_files
         self.on_commit: Callable[[int], None] = lambda seq: None
         self.replica = replica
         self.journal = journal
@@ -90,7 +92,7 @@ class Committer:
             own = next((i for i, e in enumerate(entries) if inflight and e.commit_id == inflight["commit_id"]), None)
             others = entries if own is None else entries[:own]
             if others:
-                applied = self.replica.rebase(others, Revalidator(self.device), self.unsaved())
+                applied = self.replica.rebase(others, Revalidator(self.device), self.unsaved(), self.open_files())
                 self.on_applied(others, applied)
             if own is None:
                 return

@@ -28,6 +28,7 @@ from .committer import Committer
 from .errors import FusedriveError, MountError
 from .hub import WAIT_SECONDS, HubClient, HubError
 from .journal import Entry, Journal
+from .rebase import Revalidator
 from .replica import Inode, Replica, name_from_json
 from .signals import Broadcast
 from .staging import Staging
@@ -66,7 +67,7 @@ class Drive:
         self.blocks = BlockStore(volume, self.cache)
         self.journal = Journal(volume)
         self.committer = Committer(self.replica, self.journal, device, self._remote_applied,
-                                   unsaved=lambda: set(self.dirty))
+                                   unsaved=lambda: set(self.dirty), open_files=lambda: set(self.open_handles))
         self.poll_interval = poll_interval
         self.hub = HubClient(hub_url, volume.volume_id) if hub_url else None
         self.hub_connected = False
@@ -203,6 +204,10 @@ class Drive:
                     self.blocks.mark_known(block for block, _length in op["manifest"] if block)
                     if op["fid"] in self.staged and op["fid"] not in self.dirty:
                         self._discard_staged(op["fid"])
+        self._tell_kernel(applied)
+
+    def _tell_kernel(self, applied: list[dict]) -> None:
+        """Invalidate the kernel's entries, attributes and pages that `applied` operations changed."""
         inodes, names = set(), set()
         for op in applied:
             for key in ("fid", "parent", "newparent"):
@@ -404,8 +409,10 @@ class Drive:
             del self.open_handles[fid]
             if fid in self.dirty:
                 self.queue_upload(fid)
-            elif fid in self.staged and fid not in self._uploading:
-                self._discard_staged(fid)
+            else:
+                self.replica.forget_vanished(fid)  # closed unchanged: another device's delete stands
+                if fid in self.staged and fid not in self._uploading:
+                    self._discard_staged(fid)
 
     def _discard_staged(self, fid: str) -> None:
         self.staging.remove(fid)
@@ -420,6 +427,8 @@ class Drive:
         """The kernel let go of a file that has no name left: drop its content. The row
         itself goes once no queued operation could bring the name back (see reap_orphans)."""
         if self.lookups[node.ino] <= 0 and self.open_handles[node.fid] <= 0 and node.nlink <= 0:
+            if node.fid in self.dirty and self.replica.vanished_locations(node.fid):
+                return  # written after another device deleted it: the upload brings it back
             self._discard_staged(node.fid)
             self._layouts.pop(node.ino, None)
             if not self.replica.pending_count():
@@ -461,9 +470,9 @@ class Drive:
     async def _upload(self, fid: str) -> None:
         ino = self.replica.ino_of(fid)
         node = self.replica.inode(ino) if ino is not None else None
-        if node is None or node.nlink <= 0:
+        if node is None or node.nlink <= 0 and not self.replica.vanished_locations(fid):
             if self.open_handles[fid] <= 0:
-                self._discard_staged(fid)
+                self._discard_staged(fid)  # deleted here: nothing to keep
             return
         generation = self.staging.generation.get(fid)
         size, mtime_ns = self.size_and_mtime(node)
@@ -483,21 +492,36 @@ class Drive:
         if self.staging.generation.get(fid) != generation:
             return  # written again meanwhile: the next close uploads the newer content
         node = self.replica.inode(ino)
-        if node is None or node.nlink <= 0:
+        if node is None:
             return
         size, mtime_ns = self.size_and_mtime(node)
         base = self.replica.dirty_base(fid)
+        update = {"op": "update", "fid": fid, "base": node.version if base is None else base, "manifest": manifest,
+                  "size": size, "mtime_ns": mtime_ns, "t": time.time_ns()}
         with self.replica:
-            self.replica.record(
-                {"op": "update", "fid": fid, "base": node.version if base is None else base, "manifest": manifest,
-                 "size": size, "mtime_ns": mtime_ns, "t": time.time_ns()}
-            )
+            revival = self._revival(node)
+            if node.nlink <= 0 and not revival:
+                return  # deleted here meanwhile
+            self.replica.record(*revival, dict(update, base=0) if revival else update)
             self.replica.set_dirty(fid, False)
+        self._tell_kernel(revival)
         self.dirty.discard(fid)
         self.staged_attrs.pop(fid, None)
         if self.open_handles[fid] <= 0:
             self._discard_staged(fid)
         self.committer.kick()
+
+    def _revival(self, node: Inode) -> list[dict]:
+        """Operations that bring back a file another device deleted while it was open and
+        written here (the rule: an update to a deleted file brings it back)."""
+        locations = self.replica.vanished_locations(node.fid) if node.nlink <= 0 else None
+        if not locations:
+            return []
+        self.replica.forget_vanished(node.fid)
+        revival = Revalidator(self.device).revive_file(self.replica, node.fid, locations)
+        if revival:
+            log.info("%s was deleted on another device while being written here: it comes back", node.fid)
+        return revival
 
     # --- durability -------------------------------------------------------------------
 

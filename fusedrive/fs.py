@@ -300,6 +300,10 @@ class DriveOperations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         await self.drive.ensure_fresh()
         node = self._node(inode)
+        if node.nlink <= 0 and self.drive.open_handles[node.fid] <= 0:
+            # Another device deleted it and the kernel still had the name: ESTALE makes the
+            # kernel look the name up again, so open(O_CREAT) creates a new file.
+            raise pyfuse3.FUSEError(errno.ESTALE)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
         if flags & os.O_TRUNC and node.is_reg:

@@ -63,12 +63,12 @@ class Revalidator:
         ino = r.ino_of(fid)
         return ino is not None and (fid == ROOT_FID or r.inode(ino).nlink > 0)
 
-    def _bring_back(self, r: Replica, fid: str, t: int) -> list[dict]:
+    def _bring_back(self, r: Replica, fid: str, locations: dict[str, dict], t: int) -> list[dict]:
         """Operations that recreate a deleted directory (and its parents) where it was."""
-        where = r.base_locations.get(fid)
+        where = locations.get(fid)
         if where is not None and not stat.S_ISDIR(where["mode"]):
             return []
-        return self.revive_file(r, fid, t)
+        return self.revive_file(r, fid, locations, t)
 
     def _free_name(self, r: Replica, op: dict, parent_key: str = "parent", name_key: str = "name") -> dict:
         ino = r.ino_of(op[parent_key])
@@ -81,7 +81,7 @@ class Revalidator:
         """Recreate the op's directory if it was deleted; None if it cannot be brought back."""
         if self._exists(r, op[parent_key]):
             return []
-        back = self._bring_back(r, op[parent_key], op["t"])
+        back = self._bring_back(r, op[parent_key], r.base_locations, op["t"])
         return back if back else None
 
     # --- rules per operation ----------------------------------------------------------
@@ -181,19 +181,19 @@ class Revalidator:
 
     def _revive(self, r: Replica, op: dict) -> list[dict]:
         """An update to a file another device deleted: the file comes back where it was."""
-        ops = self.revive_file(r, op["fid"], op["t"])
+        ops = self.revive_file(r, op["fid"], r.known_locations(op["fid"]), op["t"])
         return ops + [dict(op, base=0)] if ops else []
 
-    def revive_file(self, r: Replica, fid: str, t: int | None = None) -> list[dict]:
-        """Operations that recreate a deleted file or directory (same id) where it was,
-        with the directories above it."""
+    def revive_file(self, r: Replica, fid: str, locations: dict[str, dict], t: int | None = None) -> list[dict]:
+        """Operations that recreate a deleted file or directory (same id) where `locations`
+        says it was, with the directories above it."""
         if fid == ROOT_FID or self._exists(r, fid):
             return []
-        where = r.base_locations.get(fid)
+        where = locations.get(fid)
         if where is None:
             return []
         t = time.time_ns() if t is None else t
-        ops = self._bring_back(r, where["parent"], t)
+        ops = self._bring_back(r, where["parent"], locations, t)
         parent = where["parent"] if self._exists(r, where["parent"]) or ops else ROOT_FID
         create = {"op": "mknod", "fid": fid, "parent": parent, "name": where["name"], "mode": where["mode"],
                   "uid": where["uid"], "gid": where["gid"], "rdev": 0, "t": t}

@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS xattrs(ino INTEGER NOT NULL, name BLOB NOT NULL, valu
 CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value);
 CREATE TABLE IF NOT EXISTS pending(id INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dirty(fid TEXT PRIMARY KEY, base INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS vanished(fid TEXT PRIMARY KEY, locations TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS fid_inos(ino INTEGER PRIMARY KEY AUTOINCREMENT, fid TEXT UNIQUE NOT NULL);
 CREATE TABLE IF NOT EXISTS undo(id INTEGER PRIMARY KEY AUTOINCREMENT, pending_id INTEGER NOT NULL, sql TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS undo_flag(pending_id INTEGER NOT NULL);
@@ -127,6 +128,7 @@ class Replica:
         self.db.executescript(SCHEMA)
         self.db.executescript(_undo_triggers())
         self.in_use = in_use
+        self.base_locations: dict[str, dict] = {}  # set by rebase, see _locations
         self._depth = 0
 
     # --- transactions -----------------------------------------------------------------
@@ -229,11 +231,12 @@ class Replica:
 
     # --- the commit queue -------------------------------------------------------------
 
-    def record(self, op: dict) -> None:
-        """Apply a local operation and queue it for the journal, atomically (undo-logged)."""
+    def record(self, *ops: dict) -> None:
+        """Apply local operations and queue them for the journal as one row, atomically (undo-logged)."""
         with self:
-            cur = self.db.execute("INSERT INTO pending(op) VALUES(?)", (json.dumps([op]),))
-            self._apply_logged(cur.lastrowid, op)
+            cur = self.db.execute("INSERT INTO pending(op) VALUES(?)", (json.dumps(list(ops)),))
+            for op in ops:
+                self._apply_logged(cur.lastrowid, op)
 
     def _apply_logged(self, pending_id: int, op: dict) -> None:
         self.db.execute("UPDATE undo_flag SET pending_id=?", (pending_id,))
@@ -259,29 +262,37 @@ class Replica:
             self.db.execute("DELETE FROM undo WHERE pending_id <= ?", (last_id,))
             self.set_state("applied_seq", seq)
 
-    def rebase(self, entries: Iterable, revalidate, keep_alive: set[str] = frozenset()) -> list[dict]:
+    def rebase(self, entries: Iterable, revalidate, keep_alive: set[str] = frozenset(),
+               watched: set[str] = frozenset()) -> list[dict]:
         """Apply remote journal entries under this device's queued operations.
 
         Takes every pending operation back (undo log), applies the entries, then
         re-applies each pending operation as `revalidate(replica, op)` rewrites it
         (the conflict rules). Files in `keep_alive` (content written here and not
         uploaded yet) that the entries deleted are brought back where they were.
-        One transaction. Returns every operation applied, remote and local, so the
-        caller can invalidate what the kernel has cached.
+        Files in `watched` (open here) that the entries deleted are remembered as
+        vanished, with where they were: a write through a handle still open brings
+        them back when it is uploaded. One transaction. Returns every operation
+        applied, remote and local, so the caller can invalidate what the kernel has cached.
         """
         applied: list[dict] = []
+        watched = set(watched) | set(keep_alive)
         with self:
+            named_here = {fid for fid in watched if self.location_of(fid) is not None}
             rows = self.db.execute("SELECT id, op FROM pending ORDER BY id").fetchall()
             for (sql,) in self.db.execute("SELECT sql FROM undo ORDER BY id DESC").fetchall():
                 self.db.execute(sql)
             self.db.execute("DELETE FROM undo")
-            referenced = {fid for _, ops in rows for op in json.loads(ops) for fid in _fids_of(op)} | set(keep_alive)
+            referenced = {fid for _, ops in rows for op in json.loads(ops) for fid in _fids_of(op)} | watched
             self.base_locations = self._locations(referenced)
             for entry in entries:
                 for op in entry.ops:
                     self.apply(op)
                     applied.append(op)
                 self.set_state("applied_seq", entry.seq)
+            for fid in named_here:
+                if fid in self.base_locations and self.location_of(fid) is None:
+                    self._remember_vanished(fid)
             for pending_id, ops in rows:
                 kept = []
                 for op in json.loads(ops):
@@ -294,14 +305,34 @@ class Replica:
                 ino = self.ino_of(fid)
                 if ino is not None and self.inode(ino).nlink > 0:
                     continue
-                revival = revalidate.revive_file(self, fid)
+                revival = revalidate.revive_file(self, fid, self.known_locations(fid))
                 if revival:
-                    pending_id = self.db.execute("INSERT INTO pending(op) VALUES(?)", (json.dumps(revival),)).lastrowid
-                    for op in revival:
-                        self._apply_logged(pending_id, op)
+                    self.record(*revival)
                     applied.extend(revival)
                     self.db.execute("UPDATE dirty SET base=0 WHERE fid=?", (fid,))
+                    self.forget_vanished(fid)
         return applied
+
+    def _remember_vanished(self, fid: str) -> None:
+        """Keep where a file (and the directories above it) was before another device deleted it."""
+        chain, at = {}, fid
+        while at in self.base_locations:
+            chain[at] = self.base_locations[at]
+            at = chain[at]["parent"]
+        self.db.execute("INSERT OR REPLACE INTO vanished(fid, locations) VALUES(?, ?)", (fid, json.dumps(chain)))
+
+    def vanished_locations(self, fid: str) -> dict[str, dict] | None:
+        """Where a file open here was before another device deleted it (see rebase)."""
+        row = self.db.execute("SELECT locations FROM vanished WHERE fid=?", (fid,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def known_locations(self, fid: str) -> dict[str, dict]:
+        """During a rebase: where files were in the committed state, and where this one was
+        before it vanished (it may have been nameless in the committed state already)."""
+        return {**(self.vanished_locations(fid) or {}), **self.base_locations}
+
+    def forget_vanished(self, fid: str) -> None:
+        self.db.execute("DELETE FROM vanished WHERE fid=?", (fid,))
 
     def _locations(self, fids: set[str]) -> dict[str, dict]:
         """Where each file and its ancestors are in the committed state, to bring them back."""
@@ -385,6 +416,7 @@ class Replica:
             self.forget_inode(ino)
 
     def forget_inode(self, ino: int) -> None:
+        self.db.execute("DELETE FROM vanished WHERE fid=(SELECT fid FROM inodes WHERE ino=?)", (ino,))
         self.db.execute("DELETE FROM inodes WHERE ino=?", (ino,))
         self.db.execute("DELETE FROM xattrs WHERE ino=?", (ino,))
 

@@ -157,6 +157,39 @@ def test_update_of_a_file_deleted_elsewhere_brings_it_back(devices):
     assert read(c.p("d/keep.txt")) == b"saved on desktop"
 
 
+def test_write_through_a_handle_open_when_another_device_deleted_the_file(devices):
+    a, b, c = devices
+    os.mkdir(a.p("d"))
+    write(a.p("d/open.txt"), b"v1")
+    a.sync()
+    same_everywhere(a, b, c)
+    with open(b.p("d/open.txt"), "r+b") as f:
+        os.unlink(a.p("d/open.txt"))
+        os.rmdir(a.p("d"))
+        a.sync()
+        wait_for(lambda: not os.path.exists(b.p("d")), what="the delete to reach the desktop")
+        f.write(b"written after the delete")
+    b.sync()
+    same_everywhere(a, b, c)
+    assert read(c.p("d/open.txt")) == b"written after the delete"
+
+
+def test_save_under_a_name_just_deleted_elsewhere_keeps_the_save(s3_volume):
+    a = s3_volume.mount("laptop", poll_interval=POLL)
+    b = s3_volume.mount("desktop", poll_interval=3600)  # only open() sees the delete
+    write(a.p("doc.txt"), b"v1")
+    a.sync()
+    time.sleep(1.2)
+    assert read(b.p("doc.txt")) == b"v1"  # the desktop's kernel now holds the name
+    os.unlink(a.p("doc.txt"))
+    a.sync()
+    time.sleep(1.2)  # the desktop's next open checks the journal
+    write(b.p("doc.txt"), b"saved on desktop")
+    b.sync()
+    same_everywhere(a, b)
+    assert read(a.p("doc.txt")) == b"saved on desktop"
+
+
 def test_rename_and_concurrent_update_both_apply(devices):
     a, b, c = devices
     write(a.p("draft.txt"), b"v1")
