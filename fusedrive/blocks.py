@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import deque
 
 import zstandard
 
@@ -25,6 +27,37 @@ RAW, ZSTD = 0, 1
 ZSTD_LEVEL = 3
 
 
+RATE_WINDOW_SECONDS = 10
+
+
+class Transfers:
+    """Bytes and blocks moved one way (for status and metrics), thread-safe."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.blocks = 0
+        self._recent: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, nbytes: int) -> None:
+        with self._lock:
+            self.bytes += nbytes
+            self.blocks += 1
+            self._recent.append((time.monotonic(), nbytes))
+            self._forget_old()
+
+    def rate(self) -> float:
+        """Bytes per second over the last RATE_WINDOW_SECONDS."""
+        with self._lock:
+            self._forget_old()
+            return sum(n for _, n in self._recent) / RATE_WINDOW_SECONDS
+
+    def _forget_old(self) -> None:
+        horizon = time.monotonic() - RATE_WINDOW_SECONDS
+        while self._recent and self._recent[0][0] < horizon:
+            self._recent.popleft()
+
+
 def block_key(block_id: str) -> str:
     return f"blocks/{block_id}"
 
@@ -35,8 +68,8 @@ class BlockStore:
         self.cache = cache
         self._known: set[str] = set()
         self._known_lock = threading.Lock()
-        self.bytes_uploaded = 0
-        self.bytes_downloaded = 0
+        self.uploaded = Transfers()
+        self.downloaded = Transfers()
 
     def mark_known(self, block_ids) -> None:
         """Blocks the metadata already references exist in the store: never upload them again."""
@@ -73,8 +106,7 @@ class BlockStore:
         self.volume.store.put(block_key(block_id), blob)
         self.cache.put(block_id, plaintext)
         self.mark_known([block_id])
-        with self._known_lock:
-            self.bytes_uploaded += len(blob)
+        self.uploaded.add(len(blob))
         return len(blob)
 
     def fetch(self, block_id: str) -> bytes:
@@ -87,8 +119,7 @@ class BlockStore:
         except NotFound:
             raise IntegrityError(f"Block {block_id} is missing from the store.") from None
         data = self._unseal(block_id, blob)
-        with self._known_lock:
-            self.bytes_downloaded += len(blob)
+        self.downloaded.add(len(blob))
         self.cache.put(block_id, data)
         return data
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from . import control, volume as volumes
-from .errors import FusedriveError, MountError, UsageError
+from .errors import FusedriveError, MountError, first_clear_error
 
 DEFAULT_CACHE_SIZE = "4G"
 
@@ -32,11 +32,12 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 500M or 4G)") from None
 
 
-def progress(description: str, total: int):
-    """A progress bar on a terminal; silent in scripts."""
+def progress(description: str, total: int, unit: str = ""):
+    """A progress bar on a terminal; silent in scripts. unit="B" counts bytes."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=description, unit="", disable=None, leave=False, file=sys.stderr)
+    return tqdm(total=total, desc=description, unit=unit, unit_scale=unit == "B", disable=None, leave=False,
+                file=sys.stderr)
 
 
 def open_volume_for(url: str, args) -> volumes.Volume:
@@ -104,6 +105,10 @@ def cmd_mount(args) -> int:
                     "--poll-interval", str(args.poll_interval)]
             if args.hub:
                 argv += ["--hub", args.hub]
+            if args.notify:
+                argv += ["--notify"]
+            if args.metrics:
+                argv += ["--metrics", args.metrics]
             if args.endpoint_url:
                 argv += ["--endpoint-url", args.endpoint_url]
             env = dict(os.environ, FUSEDRIVE_PASSPHRASE=volumes.get_passphrase(args.key_file))
@@ -113,7 +118,7 @@ def cmd_mount(args) -> int:
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         run_mount(volume, args.mountpoint, cache_dir, args.device_name, args.cache_size, args.ready_fd, args.debug,
-                  args.poll_interval, args.hub)
+                  args.poll_interval, args.hub, args.notify, args.metrics)
         return 0
     except FusedriveError as exc:
         report_failure(args.ready_fd, exc)
@@ -132,8 +137,6 @@ def _unmount_kernel(mountpoint: str, lazy: bool) -> None:
 
 def _wait_for_upload(mountpoint: str, timeout: float) -> bool:
     """Ask the mount to upload everything, showing progress; False if the timeout passed."""
-    from tqdm import tqdm
-
     outcome: dict = {}
 
     def sync() -> None:
@@ -149,8 +152,7 @@ def _wait_for_upload(mountpoint: str, timeout: float) -> bool:
     while worker.is_alive() and time.monotonic() < deadline:
         status = control.request(mountpoint, "status")
         if bar is None and status["bytes_waiting"]:
-            bar = tqdm(total=status["bytes_waiting"], unit="B", unit_scale=True, desc="uploading",
-                       disable=None, leave=False, file=sys.stderr)
+            bar = progress("uploading", status["bytes_waiting"], "B")
         if bar is not None:
             bar.n = max(0, bar.total - status["bytes_waiting"])
             bar.refresh()
@@ -182,47 +184,133 @@ def cmd_umount(args) -> int:
 
 
 def cmd_status(args) -> int:
+    import json
+
+    from . import report
+
     entries = [control.read_registry(args.mountpoint)] if args.mountpoint else control.all_registered()
     entries = [e for e in entries if e]
     if not entries:
         raise MountError("No fusedrive mount is running." if not args.mountpoint
                          else f"{args.mountpoint} is not a fusedrive mount.")
-    pending = False
-    for entry in entries:
-        status = control.request(entry["mountpoint"], "status")
-        waiting = status["files_waiting"] or status["ops_waiting"]
-        pending = pending or bool(waiting)
-        if waiting:
-            verdict = f"{status['files_waiting']} files ({status['bytes_waiting']} bytes) and " \
-                      f"{status['ops_waiting']} changes waiting to upload"
+    while True:
+        statuses = [dict(control.request(e["mountpoint"], "status"), mountpoint=e["mountpoint"]) for e in entries]
+        for status in statuses:
+            status.pop("ok", None)
+            status["verdict"] = report.verdict(status)
+        code = 1 if any(report.is_pending(s) for s in statuses) else 0
+        if args.watch and sys.stdout.isatty():
+            print("\033[H\033[J", end="")  # refresh in place
+        if args.json:
+            print(json.dumps(statuses, indent=None if args.watch else 2), flush=True)
         else:
-            verdict = "All changes are in the cloud"
-        print(f"{entry['mountpoint']}: {verdict}.")
-        print(f"  volume {status['volume']}, device {status['device']}, journal entry {status['applied_seq']}")
-        for error in status["errors"][-3:]:
-            print(f"  recent error: {error}")
-    return 1 if pending else 0
+            for status in statuses:
+                print(f"{status['mountpoint']}: {status['verdict']}")
+                for line in report.details(status):
+                    print(f"  {line}")
+            sys.stdout.flush()
+        if not args.watch:
+            return code
+        try:
+            time.sleep(args.interval)
+        except KeyboardInterrupt:
+            return code
+
+
+def cmd_events(args) -> int:
+    import json
+
+    from .events import describe
+
+    entry = control.choose_mount(args.mountpoint)
+    try:
+        for line in control.stream(entry["mountpoint"], "events", timeout=None):
+            if "listening" in line:
+                print(f"Listening for events of {entry['mountpoint']} (Ctrl-C stops).", file=sys.stderr, flush=True)
+            if "event" not in line:
+                continue
+            event = line["event"]
+            if args.json:
+                print(json.dumps(event), flush=True)
+            else:
+                print(f"{time.strftime('%H:%M:%S', time.localtime(event['time']))} {describe(event)}", flush=True)
+    except KeyboardInterrupt:
+        return 0
+    raise MountError(f"The mount at {entry['mountpoint']} went away.")
+
+
+def cmd_share(args) -> int:
+    from .sharing import parse_duration
+
+    entry = control.mount_containing(args.path)
+    expires = parse_duration(args.expires)
+    bar = None
+    answer: dict = {}
+    for answer in control.stream(entry["mountpoint"], "share", timeout=None, path=os.path.realpath(args.path),
+                                 expires=expires):
+        if "progress" in answer:
+            if bar is None:
+                bar = progress("preparing", answer["total"], "B")
+            bar.n = answer["progress"]
+            bar.refresh()
+    if bar is not None:
+        bar.close()
+    share = answer["share"]
+    print(share["url"])
+    print(f"Shared {share['path']} as {share['name']} until "
+          f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(share['expires']))} "
+          f"(fusedrive unshare {share['token']} to stop it sooner).", file=sys.stderr)
+    return 0
+
+
+def cmd_shares(args) -> int:
+    import json
+
+    entry = control.choose_mount(args.mountpoint)
+    shares = control.request(entry["mountpoint"], "shares", timeout=60)["shares"]
+    if args.json:
+        print(json.dumps(shares, indent=2))
+        return 0
+    if not shares:
+        print("No share links.")
+    for share in shares:
+        until = time.strftime("%Y-%m-%d %H:%M", time.localtime(share["expires"]))
+        state = "EXPIRED" if share["expired"] else f"until {until}"
+        print(f"{share['token']}  {share['path']}  {state}\n    {share['url']}")
+    return 0
+
+
+def cmd_unshare(args) -> int:
+    target = args.target
+    if os.path.exists(target):
+        entry = control.mount_containing(target)
+        target = os.path.realpath(target)
+    else:
+        entry = control.choose_mount(args.mountpoint)
+    removed = control.request(entry["mountpoint"], "unshare", timeout=60, target=target)["removed"]
+    for share in removed:
+        print(f"Removed the link to {share['path']} ({share['token']}).")
+    return 0
 
 
 def cmd_hub(args) -> int:
     import trio
 
+    from .httpserve import parse_listen
     from .hub import serve
 
-    host, _, port = args.listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--listen wants HOST:PORT, not {args.listen!r}.")
+    host, port = parse_listen(args.listen)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(serve, host, int(port))
+            bound = await nursery.start(serve, host, port)
             print(f"fusedrive hub listening on {host}:{bound}", flush=True)
 
     try:
         trio.run(main)
-    except OSError as exc:
-        raise UsageError(f"Cannot listen on {args.listen}: {exc.strerror or exc}.") from None
+    except BaseExceptionGroup as group:
+        raise first_clear_error(group) from None
     return 0
 
 
@@ -279,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between checks for other devices' changes (default 2)")
     p.add_argument("--hub", default=None, metavar="URL",
                    help="a `fusedrive hub` to hear about other devices' changes at once (http://HOST:PORT)")
+    p.add_argument("--notify", action="store_true",
+                   help="desktop notifications (notify-send) for conflicts and problems")
+    p.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics")
     p.add_argument("--debug", action="store_true", help="log every FUSE request")
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_mount)
@@ -291,9 +383,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_umount)
 
     p = sub.add_parser("status", help="is everything uploaded yet?", description="Show whether every change of "
-                       "the running mounts is in the store. Exit 0 when it is, 1 while work is pending.")
+                       "the running mounts (or of MOUNTPOINT) is in the store, then the details: store reachable, "
+                       "hub, journal, upload queue, transfer rates, cache, conflicted copies, recent errors. "
+                       "Exit 0 when everything is uploaded, 1 while work is pending, 2 on error.")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per mount")
+    p.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes with --watch")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("events", help="follow what happens", description="Stream events of a running mount as "
+                       "they happen: changes from other devices, conflicted copies, upload failures and "
+                       "recoveries, store offline and back. One line each; Ctrl-C stops.")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="needed when several mounts run")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("share", help="make a link to a file or folder", description="Put a copy of PATH (a zip "
+                       "for a folder) in the store and print a URL anyone can download it with until it expires. "
+                       "Only that copy becomes readable; the rest of the volume stays encrypted.")
+    p.add_argument("path", metavar="PATH", help="a file or folder inside a running mount")
+    p.add_argument("--expires", default="7d", help="how long the link works: 30m, 12h, 7d (default 7d, the "
+                   "most S3 allows)")
+    p.set_defaults(func=cmd_share)
+
+    p = sub.add_parser("shares", help="list share links", description="List the volume's share links, with "
+                       "their expiry.")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="needed when several mounts run")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_shares)
+
+    p = sub.add_parser("unshare", help="stop a share link", description="Delete the shared copy so the link "
+                       "stops working at once. TARGET is the token `shares` shows, or the shared PATH.")
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="needed for a token when several mounts run")
+    p.set_defaults(func=cmd_unshare)
 
     p = sub.add_parser("hub", help="run a notification hub", description="Serve long-poll change "
                        "notifications to devices (mount --hub URL). Holds no data; devices fall back to polling "

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Callable
 
 import trio
 
 from .checkpoints import CHECKPOINT_EVERY, dump_state, write_checkpoint
 from .errors import FusedriveError, StoreUnreachable
+from .events import StoreHealth
 from .journal import Entry, Journal
 from .rebase import Revalidator
 from .replica import Replica
@@ -31,14 +31,17 @@ BATCH_OPS = 2000
 BATCH_DELAY_SECONDS = 0.05
 RETRY_MAX_SECONDS = 30
 
-AppliedCallback = Callable[[list[Entry], list[dict]], None]
+AppliedCallback = Callable[[list[Entry], list[dict], list[dict]], None]
 
 
 class Committer:
     def __init__(self, replica: Replica, journal: Journal, device: str, on_applied: AppliedCallback,
-                 unsaved: Callable[[], set[str]] = set, open_files: Callable[[], set[str]] = set) -> None:
-        """`unsaved()`: ids of files with local content not yet uploaded (kept alive by rebases);
+                 health: StoreHealth, unsaved: Callable[[], set[str]] = set,
+                 open_files: Callable[[], set[str]] = set) -> None:
+        """`on_applied(entries, applied ops, conflicted copies made)` after each rebase;
+        `unsaved()`: ids of files with local content not yet uploaded (kept alive by rebases);
         `open_files()`: ids of files open here (remembered if another device deletes them)."""
+        self.health = health
         self.unsaved = unsaved
         self.open_files = open_files
         self.on_commit: Callable[[int], None] = lambda seq: None
@@ -51,9 +54,10 @@ class Committer:
         self._wake = trio.Event()
         self._urgent = False
         self.last_pull = float("-inf")
-        self.offline_since: float | None = None
         self.last_error: str | None = None
+        self.journal_head = 0  # the newest entry seen in the store
         self.commits = 0
+        self.commit_seconds = 0.0  # total time of successful appends (for metrics)
         self._resumed: trio.Event | None = None
 
     def pause(self) -> None:
@@ -85,15 +89,17 @@ class Committer:
     async def _pull_locked(self) -> None:
         started = trio.current_time()
         start = self.replica.applied_seq
-        entries = await trio.to_thread.run_sync(lambda: list(self.journal.entries_after(start)))
+        entries = await self._store_call(lambda: list(self.journal.entries_after(start)))
         self.last_pull = started
+        self.journal_head = max(self.journal_head, entries[-1].seq if entries else start)
         inflight = json.loads(self.replica.get_state("inflight", "null") or "null")
         while entries:
             own = next((i for i, e in enumerate(entries) if inflight and e.commit_id == inflight["commit_id"]), None)
             others = entries if own is None else entries[:own]
             if others:
-                applied = self.replica.rebase(others, Revalidator(self.device), self.unsaved(), self.open_files())
-                self.on_applied(others, applied)
+                revalidator = Revalidator(self.device)
+                applied = self.replica.rebase(others, revalidator, self.unsaved(), self.open_files())
+                self.on_applied(others, applied, revalidator.conflicts)
             if own is None:
                 return
             # Our own append went through before a crash or a lost answer: it is committed.
@@ -123,18 +129,31 @@ class Committer:
                     continue
                 entry = Entry(seq=self.replica.applied_seq + 1, device=self.device, ops=ops)
                 self.replica.set_state("inflight", json.dumps({"commit_id": entry.commit_id, "last_id": last_id}))
-                if await trio.to_thread.run_sync(self.journal.append, entry):
+                started = trio.current_time()
+                if await self._store_call(self.journal.append, entry):
+                    self.commit_seconds += trio.current_time() - started
                     with self.replica:
                         self.replica.mark_committed(last_id, entry.seq)
                         self.replica.set_state("inflight", None)
                         self.replica.reap_orphans()
                     self.commits += 1
+                    self.journal_head = max(self.journal_head, entry.seq)
                     await self._maybe_checkpoint()
                     self.committed.fire()
                     self.on_commit(entry.seq)
                 else:
                     self.replica.set_state("inflight", None)  # 412 and not ours: settled
                     await self._pull_locked()
+
+    async def _store_call(self, function, *args):
+        """Run a journal call in a worker thread, telling StoreHealth whether the store answered."""
+        try:
+            result = await trio.to_thread.run_sync(function, *args)
+        except StoreUnreachable as exc:
+            self.health.failed(exc)
+            raise
+        self.health.succeeded()
+        return result
 
     async def _maybe_checkpoint(self) -> None:
         """Every CHECKPOINT_EVERY entries, save the committed state (only when nothing is
@@ -164,14 +183,12 @@ class Committer:
             self._urgent = False
             try:
                 await self.commit_pending()
-                self.offline_since, self.last_error, delay = None, None, 1.0
+                self.last_error, delay = None, 1.0
             except FusedriveError as exc:
-                if isinstance(exc, StoreUnreachable) and self.offline_since is None:
-                    self.offline_since = time.time()
                 self.last_error = str(exc)
                 self.committed.fire()
                 log.warning("commit failed, retrying in %.0f s: %s", delay, exc)
-                await trio.sleep(delay)
+                await self.health.backoff(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
                 self.kick()
 

@@ -1,8 +1,9 @@
 """The control interface of a running mount: an owner-only unix socket, one JSON line each way.
 
 The CLI finds a mount through a small registry file named after the mountpoint
-(in the runtime dir), and asks it for `status` or to `sync` (upload everything
-waiting, then answer).
+(in the runtime dir) and sends one request line: {"cmd": NAME, ...arguments}. The
+mount may answer with any number of lines without "ok" (events, progress) before
+the final one, which has "ok" (and "error" when false).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import trio
 
-from .errors import MountError
+from .errors import FusedriveError, MountError
 
 MAX_REQUEST = 64 * 1024
 
@@ -61,6 +63,31 @@ def all_registered() -> list[dict]:
     return found
 
 
+def mount_containing(path: str) -> dict:
+    """The registry entry of the running mount that holds `path`."""
+    real = os.path.realpath(path)
+    for entry in all_registered():
+        if real == entry["mountpoint"] or real.startswith(entry["mountpoint"].rstrip("/") + "/"):
+            return entry
+    raise MountError(f"{path} is not inside a running fusedrive mount.")
+
+
+def choose_mount(mountpoint: str | None) -> dict:
+    """The named mount, or the only one running."""
+    if mountpoint:
+        entry = read_registry(mountpoint)
+        if entry is None:
+            raise MountError(f"{mountpoint} is not a fusedrive mount.")
+        return entry
+    entries = all_registered()
+    if not entries:
+        raise MountError("No fusedrive mount is running.")
+    if len(entries) > 1:
+        raise MountError("Several fusedrive mounts are running: name one ("
+                         + ", ".join(e["mountpoint"] for e in entries) + ").")
+    return entries[0]
+
+
 def wait_for_exit(pid: int, timeout: float) -> bool:
     """Wait until a mount process has exited (it drains its queue first); False on timeout."""
     deadline = time.monotonic() + timeout
@@ -74,7 +101,9 @@ def wait_for_exit(pid: int, timeout: float) -> bool:
 
 
 async def serve(path: Path, handlers: dict, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Answer control requests: {"cmd": NAME} → handlers[NAME]() (an async function)."""
+    """Answer control requests: handlers[cmd](request, send) → the final answer (a dict).
+    `send(dict)` streams a line before it; it raises trio.BrokenResourceError once the
+    client has gone, which ends a streaming handler."""
     if path.exists():
         path.unlink()
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -84,6 +113,9 @@ async def serve(path: Path, handlers: dict, task_status=trio.TASK_STATUS_IGNORED
     listener = trio.SocketListener(sock)
 
     async def handle(stream: trio.SocketStream) -> None:
+        async def send(line: dict) -> None:
+            await stream.send_all(json.dumps(line).encode() + b"\n")
+
         async with stream:
             data = b""
             while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
@@ -93,12 +125,15 @@ async def serve(path: Path, handlers: dict, task_status=trio.TASK_STATUS_IGNORED
                 data += piece
             try:
                 request = json.loads(data)
-                reply = await handlers[request["cmd"]]()
-                answer = {"ok": True, **reply}
+                answer = {"ok": True, **await handlers[request["cmd"]](request, send)}
+            except trio.BrokenResourceError:
+                return
+            except FusedriveError as exc:
+                answer = {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
             except Exception as exc:  # noqa: BLE001 - every failure goes back to the CLI as text
                 answer = {"ok": False, "error": str(exc)}
             try:
-                await stream.send_all(json.dumps(answer).encode() + b"\n")
+                await send(answer)
             except trio.BrokenResourceError:
                 pass
 
@@ -106,26 +141,35 @@ async def serve(path: Path, handlers: dict, task_status=trio.TASK_STATUS_IGNORED
     await trio.serve_listeners(handle, [listener])
 
 
-def request(mountpoint: str, cmd: str, timeout: float | None = 10.0) -> dict:
-    """Ask a running mount something; raises MountError if it does not answer."""
+def stream(mountpoint: str, cmd: str, timeout: float | None = 10.0, **arguments) -> Iterator[dict]:
+    """Send a request to a running mount and yield every line it answers, the final one
+    (with "ok") last. Raises MountError if it does not answer or the request failed."""
     path = socket_path(mountpoint)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(str(path))
-            sock.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                piece = sock.recv(65536)
-                if not piece:
+            sock.sendall(json.dumps({"cmd": cmd, **arguments}).encode() + b"\n")
+            for raw in sock.makefile("rb"):
+                try:
+                    line = json.loads(raw)
+                except ValueError:
                     break
-                data += piece
+                if "ok" in line and not line["ok"]:
+                    error = FusedriveError(line.get("error", "unknown error"))
+                    error.exit_code = line.get("exit_code", MountError.exit_code)
+                    raise error
+                yield line
+                if "ok" in line:
+                    return
     except OSError as exc:
         raise MountError(f"The fusedrive mount at {mountpoint} does not answer ({exc.strerror or exc}).") from None
-    try:
-        answer = json.loads(data)
-    except ValueError:
-        raise MountError(f"The fusedrive mount at {mountpoint} gave no answer.") from None
-    if not answer.get("ok"):
-        raise MountError(answer.get("error", "unknown error"))
+    raise MountError(f"The fusedrive mount at {mountpoint} gave no answer.")
+
+
+def request(mountpoint: str, cmd: str, timeout: float | None = 10.0, **arguments) -> dict:
+    """Ask a running mount something and return its final answer."""
+    answer: dict = {}
+    for answer in stream(mountpoint, cmd, timeout, **arguments):
+        pass
     return answer

@@ -25,10 +25,11 @@ from .blocks import BlockStore
 from .cache import BlockCache
 from .checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from .committer import Committer
-from .errors import FusedriveError, MountError
+from .errors import FusedriveError, MountError, StoreUnreachable
+from .events import EventBus, StoreHealth
 from .hub import WAIT_SECONDS, HubClient, HubError
 from .journal import Entry, Journal
-from .rebase import Revalidator
+from .rebase import Revalidator, conflict_of
 from .replica import Inode, Replica, name_from_json
 from .signals import Broadcast
 from .staging import Staging
@@ -36,6 +37,9 @@ from .uploader import StagingChanged, build_manifest
 from .volume import Volume
 
 log = logging.getLogger(__name__)
+
+CHANGE_WORDS = {"mknod": "created", "symlink": "created", "link": "linked", "unlink": "deleted",
+                "rename": "moved", "update": "changed"}  # the rest (attributes, xattrs) is "changed"
 
 UPLOAD_WORKERS = 2
 OPEN_FRESHNESS_SECONDS = 1.0
@@ -63,10 +67,14 @@ class Drive:
         self.open_handles: Counter[str] = Counter()
         self.replica = Replica(str(cache_dir / "replica.sqlite3"), in_use=self._in_use)
         self.staging = Staging(cache_dir / "staging")
+        self.cache_size = cache_size
         self.cache = BlockCache(cache_dir / "blocks", cache_size, volume.keys.id_of)
         self.blocks = BlockStore(volume, self.cache)
         self.journal = Journal(volume)
-        self.committer = Committer(self.replica, self.journal, device, self._remote_applied,
+        self.events = EventBus()
+        self.conflicts_seen = 0
+        self.health = StoreHealth(self.events)
+        self.committer = Committer(self.replica, self.journal, device, self._remote_applied, self.health,
                                    unsaved=lambda: set(self.dirty), open_files=lambda: set(self.open_handles))
         self.poll_interval = poll_interval
         self.hub = HubClient(hub_url, volume.volume_id) if hub_url else None
@@ -79,6 +87,7 @@ class Drive:
         self.staged: set[str] = {p.name for p in self.staging.directory.iterdir() if "." not in p.name}
         self.staged_attrs: dict[str, tuple[int, int]] = {}
         self.dirty: set[str] = set()
+        self.dirty_since: dict[str, float] = {}  # fid → when its unsaved content was first written
         self._upload_send, self._upload_receive = trio.open_memory_channel(1_000_000)
         self._queued: set[str] = set()
         self._uploading: set[str] = set()
@@ -88,6 +97,7 @@ class Drive:
         self._in_flight: dict[str, trio.Event] = {}
         self._read_end: dict[int, int] = {}
         self.upload_error: str | None = None
+        self._failing_uploads: set[str] = set()
         self.errors: deque[str] = deque(maxlen=20)
         self._nursery: trio.Nursery | None = None
 
@@ -117,6 +127,7 @@ class Drive:
                 st = os.stat(self.staging.path(fid))
                 self.staged_attrs[fid] = (st.st_size, st.st_mtime_ns, st.st_mtime_ns)
                 self.dirty.add(fid)
+                self.dirty_since[fid] = st.st_mtime
                 self.queue_upload(fid)
             else:
                 self.replica.set_dirty(fid, False)
@@ -155,9 +166,7 @@ class Drive:
             except FusedriveError as exc:
                 log.info("journal poll failed: %s", exc)
             except Exception as exc:  # noqa: BLE001 - an entry we cannot apply must not take the mount down
-                message = f"Cannot apply the journal after entry {self.replica.applied_seq}: {exc!r}"
-                log.error(message)
-                self.errors.append(message)
+                self._error(f"Cannot apply the journal after entry {self.replica.applied_seq}: {exc!r}")
 
     async def _wait_for_hub(self) -> bool:
         """True once the hub says something may have changed (or its wait timed out)."""
@@ -196,8 +205,8 @@ class Drive:
             except FusedriveError as exc:
                 log.info("freshness check failed, serving what this device has: %s", exc)
 
-    def _remote_applied(self, entries: list[Entry], applied: list[dict]) -> None:
-        """After a rebase: drop stale staged copies and tell the kernel what changed."""
+    def _remote_applied(self, entries: list[Entry], applied: list[dict], conflicts: list[dict]) -> None:
+        """After a rebase: drop stale staged copies, tell the kernel and the user what changed."""
         for entry in entries:
             for op in entry.ops:
                 if op["op"] == "update":
@@ -205,6 +214,36 @@ class Drive:
                     if op["fid"] in self.staged and op["fid"] not in self.dirty:
                         self._discard_staged(op["fid"])
         self._tell_kernel(applied)
+        self._publish_changes(entries, conflicts)
+
+    def _publish_changes(self, entries: list[Entry], conflicts: list[dict]) -> None:
+        """One event per file per remote entry (a new file's create and content are one
+        change), and one per conflicted copy, wherever it was made."""
+        for entry in entries:
+            seen = set()
+            for op in entry.ops:
+                fid = op.get("fid")
+                if fid is None or fid in seen or op["op"] == "mkroot":
+                    continue
+                seen.add(fid)
+                if "conflict_of" in op:
+                    self._publish_conflict(conflict_of(op), entry.device)
+                    continue
+                if op["op"] == "unlink":
+                    path = self.replica.path_of(op["parent"], name_from_json(op["name"]))
+                else:
+                    path = self.replica.path_of(fid)
+                self.events.publish("remote-change", path=path, change=CHANGE_WORDS.get(op["op"], "changed"),
+                                    device=entry.device)
+        for conflict in conflicts:
+            self._publish_conflict(conflict, self.device)
+
+    def _publish_conflict(self, conflict: dict, device: str) -> None:
+        """`device`: whose version went into the copy."""
+        self.conflicts_seen += 1
+        self.events.publish("conflict", device=device,
+                            path=self.replica.path_of(conflict["parent"], name_from_json(conflict["name"])),
+                            copy=self.replica.path_of(conflict["parent"], name_from_json(conflict["copy"])))
 
     def _tell_kernel(self, applied: list[dict]) -> None:
         """Invalidate the kernel's entries, attributes and pages that `applied` operations changed."""
@@ -331,24 +370,12 @@ class Drive:
             return await trio.to_thread.run_sync(self.blocks.fetch, block_id, limiter=self.download_limiter)
         except FusedriveError as exc:
             if node is not None:
-                where = self.path_of(node.ino)
-                message = f"Cannot read {where!r} (block {block_id}): {exc}"
-                log.error(message)
-                self.errors.append(message)
+                self._error(f"Cannot read {self.replica.path_of(node.fid) or '(deleted file)'!r} "
+                            f"(block {block_id}): {exc}")
             raise
         finally:
             del self._in_flight[block_id]
             done.set()
-
-    def path_of(self, ino: int) -> str:
-        parts = []
-        while ino != 1:
-            row = self.replica.db.execute("SELECT parent, name FROM dentries WHERE ino=? LIMIT 1", (ino,)).fetchone()
-            if row is None:
-                return "(deleted file)"
-            ino = row[0]
-            parts.append(os.fsdecode(row[1]))
-        return "/" + "/".join(reversed(parts))
 
     # --- writing ----------------------------------------------------------------------
 
@@ -374,6 +401,7 @@ class Drive:
         now = time.time_ns()
         self.staged_attrs[node.fid] = (size, now, now)
         if node.fid not in self.dirty:
+            self.dirty_since[node.fid] = now / 1e9
             self.replica.set_dirty(node.fid, True, base=node.version)
             self.dirty.add(node.fid)
 
@@ -420,6 +448,7 @@ class Drive:
         self.staged_attrs.pop(fid, None)
         if fid in self.dirty:
             self.dirty.discard(fid)
+            self.dirty_since.pop(fid, None)
             self.replica.set_dirty(fid, False)
             self.changed.fire()
 
@@ -450,14 +479,12 @@ class Drive:
                 continue
             self._uploading.add(fid)
             try:
-                await self._upload(fid)
-                self.upload_error, delay = None, 1.0
+                if await self._upload(fid):
+                    self._upload_went_through(fid)
+                delay = 1.0
             except (FusedriveError, OSError) as exc:
-                self.upload_error = str(exc)
-                self.errors.append(f"Upload failed, will retry: {exc}")
-                log.warning("upload of %s failed, retrying in %.0f s: %s", fid, delay, exc)
-                self.changed.fire()
-                await trio.sleep(delay)
+                self._upload_failed(fid, exc, delay)
+                await self.health.backoff(delay)
                 delay = min(delay * 2, 30)
                 self.queue_upload(fid)
             finally:
@@ -467,33 +494,58 @@ class Drive:
                     self.queue_upload(fid)
             self.changed.fire()
 
-    async def _upload(self, fid: str) -> None:
+    def _error(self, message: str) -> None:
+        """A problem the user should see in `fusedrive status` (the last 20 are kept)."""
+        log.error(message)
+        self.errors.append(f"{time.strftime('%H:%M:%S')} {message}")
+
+    def _upload_failed(self, fid: str, exc: Exception, retry_in: float) -> None:
+        """Say so once per file (not per retry), and mark the store offline if it is."""
+        self.upload_error = str(exc)
+        log.warning("upload of %s failed, retrying in %.0f s: %s", fid, retry_in, exc)
+        if isinstance(exc, StoreUnreachable):
+            self.health.failed(exc)
+        if fid not in self._failing_uploads:
+            self._failing_uploads.add(fid)
+            self._error(f"Upload of {self.replica.path_of(fid)} failed, retrying: {exc}")
+            self.events.publish("upload-failed", path=self.replica.path_of(fid), error=str(exc))
+
+    def _upload_went_through(self, fid: str) -> None:
+        self.upload_error = None
+        self.health.succeeded()
+        if fid in self._failing_uploads:
+            self._failing_uploads.discard(fid)
+            if not self._failing_uploads:
+                self.events.publish("upload-recovered")
+
+    async def _upload(self, fid: str) -> bool:
+        """Upload a closed file's staged content and queue its update; True if it did."""
         ino = self.replica.ino_of(fid)
         node = self.replica.inode(ino) if ino is not None else None
         if node is None or node.nlink <= 0 and not self.replica.vanished_locations(fid):
             if self.open_handles[fid] <= 0:
                 self._discard_staged(fid)  # deleted here: nothing to keep
-            return
+            return False
         generation = self.staging.generation.get(fid)
         size, mtime_ns = self.size_and_mtime(node)
         try:
             # Our own descriptor: the staging one may be closed (file deleted) while we read.
             fd = os.open(self.staging.path(fid), os.O_RDONLY)
         except FileNotFoundError:
-            return
+            return False
         try:
             manifest = await trio.to_thread.run_sync(
                 build_manifest, fd, size, self.volume.chunking, self.blocks, self.pool
             )
         except StagingChanged:
-            return
+            return False
         finally:
             os.close(fd)
         if self.staging.generation.get(fid) != generation:
-            return  # written again meanwhile: the next close uploads the newer content
+            return False  # written again meanwhile: the next close uploads the newer content
         node = self.replica.inode(ino)
         if node is None:
-            return
+            return False
         size, mtime_ns = self.size_and_mtime(node)
         base = self.replica.dirty_base(fid)
         update = {"op": "update", "fid": fid, "base": node.version if base is None else base, "manifest": manifest,
@@ -501,15 +553,17 @@ class Drive:
         with self.replica:
             revival = self._revival(node)
             if node.nlink <= 0 and not revival:
-                return  # deleted here meanwhile
+                return False  # deleted here meanwhile
             self.replica.record(*revival, dict(update, base=0) if revival else update)
             self.replica.set_dirty(fid, False)
         self._tell_kernel(revival)
         self.dirty.discard(fid)
+        self.dirty_since.pop(fid, None)
         self.staged_attrs.pop(fid, None)
         if self.open_handles[fid] <= 0:
             self._discard_staged(fid)
         self.committer.kick()
+        return True
 
     def _revival(self, node: Inode) -> list[dict]:
         """Operations that bring back a file another device deleted while it was open and
@@ -547,20 +601,31 @@ class Drive:
         await self.committer.wait_committed(self.replica.last_pending_id())
 
     def status(self) -> dict:
-        dirty_bytes = sum(self.staged_attrs.get(fid, (0, 0, 0))[0] for fid in self.dirty)
+        """Everything `fusedrive status` shows (times are Unix seconds)."""
+        waiting_since = [self.dirty_since[fid] for fid in self.dirty if fid in self.dirty_since]
+        oldest_op = self.replica.oldest_pending_time()
+        if oldest_op is not None:
+            waiting_since.append(oldest_op)
         return {
             "volume": self.volume.url,
             "device": self.device,
-            "applied_seq": self.replica.applied_seq,
             "files_waiting": len(self.dirty),
-            "bytes_waiting": dirty_bytes,
+            "bytes_waiting": sum(self.staged_attrs.get(fid, (0, 0, 0))[0] for fid in self.dirty),
             "ops_waiting": self.replica.pending_count(),
-            "bytes_uploaded": self.blocks.bytes_uploaded,
-            "bytes_downloaded": self.blocks.bytes_downloaded,
-            "cache_bytes": self.cache.volume_bytes(),
-            "store_offline_since": self.committer.offline_since,
-            "paused": self.committer.paused,
+            "waiting_since": min(waiting_since, default=None),
+            "store_offline_since": self.health.offline_since,
+            "store_error": self.health.last_error,
             "hub": None if self.hub is None else ("connected" if self.hub_connected else "polling"),
+            "journal_head": max(self.committer.journal_head, self.replica.applied_seq),
+            "applied_seq": self.replica.applied_seq,
             "checkpoint_seq": self.replica.get_state("checkpoint_seq", 0),
+            "bytes_uploaded": self.blocks.uploaded.bytes,
+            "bytes_downloaded": self.blocks.downloaded.bytes,
+            "upload_rate": self.blocks.uploaded.rate(),
+            "download_rate": self.blocks.downloaded.rate(),
+            "cache_bytes": self.cache.volume_bytes(),
+            "cache_limit": self.cache_size,
+            "conflicted_copies": self.replica.conflicted_copies(),
+            "paused": self.committer.paused,
             "errors": list(self.errors),
         }

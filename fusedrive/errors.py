@@ -45,3 +45,13 @@ class IntegrityError(FusedriveError):
 
 class MountError(FusedriveError):
     exit_code = 9
+
+
+def first_clear_error(group: BaseExceptionGroup) -> BaseException:
+    """trio nurseries wrap errors in groups; the user should see our one-sentence error."""
+    matched, _rest = group.split(FusedriveError)
+    if matched is None:
+        return group
+    while isinstance(matched, BaseExceptionGroup):
+        matched = matched.exceptions[0]
+    return matched

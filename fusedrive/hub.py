@@ -7,7 +7,7 @@ newer commit", so a change reaches other devices in well under a second.
 
 It holds no data and is never trusted for it: an answer only makes a device list
 the journal itself. When the hub is down, devices fall back to polling. One hub
-serves many devices and volumes. HTTP/1.1 parsing is h11's.
+serves many devices and volumes.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import urllib.parse
 import urllib.request
 from collections import defaultdict
 
-import h11
 import trio
+
+from .httpserve import serve_http
 
 log = logging.getLogger(__name__)
 
 WAIT_SECONDS = 30.0
-MAX_REQUEST = 16 * 1024
 
 
 class Hub:
@@ -46,70 +46,26 @@ class Hub:
                 await self.changed[volume].wait()
         return self.heads[volume]
 
-    async def handle(self, stream: trio.SocketStream) -> None:
-        connection = h11.Connection(h11.SERVER)
-        async with stream:
-            while True:
-                request = await self._next_request(connection, stream)
-                if request is None:
-                    return
-                status, body = await self._answer(request)
-                await self._send(connection, stream, status, body)
-                if connection.our_state is h11.MUST_CLOSE:
-                    return
-                connection.start_next_cycle()
-
-    async def _next_request(self, connection: h11.Connection, stream: trio.SocketStream):
-        request = None
-        while True:
-            event = connection.next_event()
-            if event is h11.NEED_DATA:
-                data = await stream.receive_some(MAX_REQUEST)
-                connection.receive_data(data)
-                if not data and request is None:
-                    return None
-                continue
-            if isinstance(event, h11.Request):
-                request = event
-            elif isinstance(event, h11.EndOfMessage):
-                return request
-            elif isinstance(event, h11.ConnectionClosed):
-                return None
-
-    async def _answer(self, request: h11.Request) -> tuple[int, dict]:
-        url = urllib.parse.urlsplit(request.target.decode())
-        query = dict(urllib.parse.parse_qsl(url.query))
+    async def answer(self, method: bytes, path: str, query: dict) -> tuple[int, str, bytes]:
         try:
             volume = query["volume"]
-            if url.path == "/notify" and request.method == b"POST":
+            if path == "/notify" and method == b"POST":
                 self.notify(volume, int(query["seq"]))
-                return 200, {"seq": self.heads[volume]}
-            if url.path == "/wait" and request.method == b"GET":
+                return _json(200, {"seq": self.heads[volume]})
+            if path == "/wait" and method == b"GET":
                 timeout = min(float(query.get("timeout", WAIT_SECONDS)), WAIT_SECONDS)
-                return 200, {"seq": await self.wait(volume, int(query["after"]), timeout)}
+                return _json(200, {"seq": await self.wait(volume, int(query["after"]), timeout)})
         except (KeyError, ValueError):
-            return 400, {"error": "volume and after (wait) or seq (notify) are required"}
-        return 404, {"error": "GET /wait or POST /notify"}
+            return _json(400, {"error": "volume and after (wait) or seq (notify) are required"})
+        return _json(404, {"error": "GET /wait or POST /notify"})
 
-    async def _send(self, connection: h11.Connection, stream: trio.SocketStream, status: int, body: dict) -> None:
-        payload = json.dumps(body).encode()
-        headers = [("content-type", "application/json"), ("content-length", str(len(payload)))]
-        for event in (h11.Response(status_code=status, headers=headers), h11.Data(data=payload), h11.EndOfMessage()):
-            await stream.send_all(connection.send(event))
+
+def _json(status: int, body: dict) -> tuple[int, str, bytes]:
+    return status, "application/json", json.dumps(body).encode()
 
 
 async def serve(host: str, port: int, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    hub = Hub()
-
-    async def handler(stream: trio.SocketStream) -> None:
-        try:
-            await hub.handle(stream)
-        except (h11.RemoteProtocolError, trio.BrokenResourceError):
-            pass
-
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    task_status.started(listeners[0].socket.getsockname()[1])
-    await trio.serve_listeners(handler, listeners)
+    await serve_http(host, port, Hub().answer, task_status=task_status)
 
 
 class HubClient:

@@ -15,9 +15,11 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import control
+from . import control, service, sharing
 from .drive import Drive
-from .errors import FusedriveError, MountError
+from .errors import FusedriveError, MountError, first_clear_error
+from .events import notify_desktop
+from .metrics import serve_metrics
 from .fs import DriveOperations
 from .volume import Volume
 
@@ -72,7 +74,7 @@ async def _drain(drive: Drive) -> None:
 
 def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cache_size: int,
               ready_fd: int | None = None, debug: bool = False, poll_interval: float = 2.0,
-              hub_url: str | None = None) -> None:
+              hub_url: str | None = None, notify: bool = False, metrics: str | None = None) -> None:
     """Mount and serve until unmounted; then drain the upload queue and return."""
     path = check_mountpoint(mountpoint)
     lock_fd = prepare_cache_dir(cache_dir, volume)
@@ -86,12 +88,12 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             await drive.start(nursery)
-            await nursery.start(control.serve, control.socket_path(path), {
-                "status": lambda: _async(drive.status()),
-                "sync": lambda: _sync(drive),
-                "pause": lambda: _async(_call(drive.committer.pause, drive)),
-                "resume": lambda: _async(_call(drive.committer.resume, drive)),
-            })
+            await nursery.start(control.serve, control.socket_path(path),
+                                service.handlers(drive, path, sharing.clean_scratch(cache_dir)))
+            if notify:
+                nursery.start_soon(notify_desktop, drive.events)
+            if metrics:
+                await nursery.start(serve_metrics, drive, metrics)
             pyfuse3.init(operations, path, options)
             drive.mounted = True
             registry.write_text(json.dumps({
@@ -113,36 +115,12 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
     try:
         trio.run(main)
     except BaseExceptionGroup as group:
-        raise _first_clear_error(group) from None
+        raise first_clear_error(group) from None
     finally:
         registry.unlink(missing_ok=True)
         control.socket_path(path).unlink(missing_ok=True)
         drive.close()
         os.close(lock_fd)
-
-
-def _first_clear_error(group: BaseExceptionGroup) -> BaseException:
-    """trio nurseries wrap errors in groups; the user should see our one-sentence error."""
-    matched, _rest = group.split(FusedriveError)
-    if matched is None:
-        return group
-    while isinstance(matched, BaseExceptionGroup):
-        matched = matched.exceptions[0]
-    return matched
-
-
-def _call(action, drive: Drive) -> dict:
-    action()
-    return drive.status()
-
-
-async def _async(value: dict) -> dict:
-    return value
-
-
-async def _sync(drive: Drive) -> dict:
-    await drive.sync_all()
-    return drive.status()
 
 
 def start_background(argv: list[str], log_path: Path, env: dict) -> None:

@@ -44,12 +44,19 @@ def conflict_name(replica: Replica, parent_fid: str, name: str, device: str) -> 
     raise RuntimeError("no free conflicted-copy name")
 
 
+def conflict_of(op: dict) -> dict:
+    """For an op that made a conflicted copy: {"parent", "name" it lost, "copy": its new name}."""
+    parent_key, name_key = ("newparent", "newname") if op["op"] == "rename" else ("parent", "name")
+    return {"parent": op[parent_key], "name": op["conflict_of"], "copy": op[name_key]}
+
+
 class Revalidator:
     """One rebase's worth of conflict resolution (remembers copies it made)."""
 
     def __init__(self, device: str) -> None:
         self.device = device
         self.copies: dict[str, str] = {}  # file id → id of its conflicted copy made in this rebase
+        self.conflicts: list[dict] = []  # {"parent", "name", "copy"} for each conflicted copy made
 
     def __call__(self, replica: Replica, op: dict) -> list[dict]:
         op = dict(op)
@@ -74,8 +81,16 @@ class Revalidator:
         ino = r.ino_of(op[parent_key])
         taken = r.lookup(ino, name_from_json(op[name_key])) if ino is not None else None
         if taken is not None and r.inode(taken).fid != op.get("fid"):
-            op[name_key] = conflict_name(r, op[parent_key], op[name_key], self.device)
+            self._rename_to_conflicted_copy(r, op, parent_key, name_key)
         return op
+
+    def _rename_to_conflicted_copy(self, r: Replica, op: dict, parent_key: str, name_key: str) -> None:
+        """Give the op's new name a conflicted-copy name; the op carries the name it lost
+        (`conflict_of`) so that every device can tell its user."""
+        wanted = op[name_key]
+        op[name_key] = conflict_name(r, op[parent_key], wanted, self.device)
+        op["conflict_of"] = wanted
+        self.conflicts.append(conflict_of(op))
 
     def _with_parent(self, r: Replica, op: dict, parent_key: str = "parent") -> list[dict] | None:
         """Recreate the op's directory if it was deleted; None if it cannot be brought back."""
@@ -144,7 +159,7 @@ class Revalidator:
             same_target = replaces is not None and replaces[0] == target_node.fid and replaces[1] == target_node.version
             if not same_target or (target_node.is_dir and r.has_children(target)) or \
                     target_node.is_dir != r.inode(ino).is_dir:
-                op["newname"] = conflict_name(r, op["newparent"], op["newname"], self.device)
+                self._rename_to_conflicted_copy(r, op, "newparent", "newname")
         return [op]
 
     def _still_valid_exchange(self, r: Replica, op: dict) -> bool:
@@ -175,8 +190,9 @@ class Revalidator:
         copy = str(uuid.uuid4())
         self.copies[fid] = copy
         parent, name = where[0], name_to_json(where[1])
-        create = {"op": "mknod", "fid": copy, "parent": parent, "name": conflict_name(r, parent, name, self.device),
+        create = {"op": "mknod", "fid": copy, "parent": parent, "name": name,
                   "mode": node.mode, "uid": node.uid, "gid": node.gid, "rdev": 0, "t": op["t"]}
+        self._rename_to_conflicted_copy(r, create, "parent", "name")
         return [create, dict(op, fid=copy, base=0)]
 
     def _revive(self, r: Replica, op: dict) -> list[dict]:

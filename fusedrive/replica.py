@@ -253,6 +253,13 @@ class Replica:
     def pending_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM pending").fetchone()[0]
 
+    def oldest_pending_time(self) -> float | None:
+        """When the oldest queued operation was made (Unix seconds), None if none is queued."""
+        for _id, ops in self.pending_ops(1):
+            times = [op["t"] for op in ops if "t" in op]
+            return min(times) / 1e9 if times else None
+        return None
+
     def last_pending_id(self) -> int:
         return self.db.execute("SELECT coalesce(max(id), 0) FROM pending").fetchone()[0]
 
@@ -350,6 +357,24 @@ class Replica:
                               "gid": row[4]}
                 todo.append(row[0])
         return found
+
+    def path_of(self, fid: str, name: bytes | None = None) -> str | None:
+        """The file's path from the root ("/docs/a.txt"), or, with `name`, the path of that
+        name inside directory `fid`. None when it has no name."""
+        parts = [] if name is None else [name]
+        at = fid
+        while at != ROOT_FID:
+            where = self.location_of(at)
+            if where is None:
+                return None
+            at = where[0]
+            parts.append(where[1])
+        return "/" + "/".join(name_to_json(p) for p in reversed(parts))
+
+    def conflicted_copies(self) -> int:
+        """Names made by the conflict rules that are still there."""
+        return self.db.execute(
+            "SELECT count(*) FROM dentries WHERE name LIKE '%(conflicted copy from %'").fetchone()[0]
 
     def location_of(self, fid: str) -> tuple[str, bytes] | None:
         """(parent fid, name) of one of the file's names now, or None if it has none."""

@@ -112,11 +112,13 @@ class Mount:
     def __init__(self, volume: Volume, path: Path, cache_dir: Path, device: str) -> None:
         self.volume, self.path, self.cache_dir, self.device = volume, path, cache_dir, device
 
-    def start(self, cache_size: str = "2G", poll_interval: float = 2.0, hub: str | None = None) -> None:
+    def start(self, cache_size: str = "2G", poll_interval: float = 2.0, hub: str | None = None,
+              args: tuple[str, ...] = ()) -> None:
+        """`args`: more `fusedrive mount` options."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.volume.cli.run("mount", self.volume.url, str(self.path), "--cache-dir", str(self.cache_dir),
                             "--device-name", self.device, "--cache-size", cache_size,
-                            "--poll-interval", str(poll_interval), *(["--hub", hub] if hub else []))
+                            "--poll-interval", str(poll_interval), *(["--hub", hub] if hub else []), *args)
 
     def p(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)
@@ -151,7 +153,8 @@ class Mount:
             os.kill(entry["pid"], signal.SIGKILL)
 
 
-def _new_volume(kind: str, root: Path, request) -> Volume:
+def _new_volume(kind: str, root: Path, request, endpoint: str | None = None) -> Volume:
+    """`endpoint`: where the mounts reach the S3 server (default: directly)."""
     root.mkdir(parents=True, exist_ok=True)
     if kind == "s3":
         server = request.getfixturevalue("seaweed")
@@ -173,7 +176,8 @@ def _new_volume(kind: str, root: Path, request) -> Volume:
             client.delete_object(Bucket=BUCKET, Key=f"{prefix}/{key}")
 
         objects = (list_objects, read_object, write_object, delete_object)
-        volume = Volume(f"s3://{BUCKET}/{prefix}", Cli(server.env), root, objects)
+        env = dict(server.env, **({"AWS_ENDPOINT_URL": endpoint} if endpoint else {}))
+        volume = Volume(f"s3://{BUCKET}/{prefix}", Cli(env), root, objects)
     else:
         directory = root / "volume"
 
@@ -230,6 +234,25 @@ def s3_volume(request, tmp_path):
     """A fresh volume on the S3 server (for the multi-device tests)."""
     vol = _new_volume("s3", tmp_path, request)
     yield vol
+    _teardown(vol)
+
+
+@pytest.fixture
+def store_proxy(seaweed):
+    """A proxy between the mounts and the S3 server that tests can take down and bring back."""
+    from faultproxy import FaultProxy
+
+    proxy = FaultProxy(int(seaweed.endpoint.rsplit(":", 1)[1]))
+    yield proxy
+    proxy.down()
+
+
+@pytest.fixture
+def proxied_volume(request, tmp_path, store_proxy):
+    """A fresh S3 volume whose mounts reach the store through `store_proxy`."""
+    vol = _new_volume("s3", tmp_path, request, endpoint=store_proxy.endpoint)
+    yield vol
+    store_proxy.up()  # so the mounts can drain and unmount
     _teardown(vol)
 
 

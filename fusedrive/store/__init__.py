@@ -1,7 +1,7 @@
 """The object store: the only layer that speaks S3 (or touches a file:// volume directory).
 
 Everything above it sees flat string keys (`volume`, `blocks/<id>`, `journal/<seq>`)
-and five blocking calls; callers in the trio loop run them in worker threads.
+and a few blocking calls; callers in the trio loop run them in worker threads.
 """
 
 from __future__ import annotations
@@ -32,6 +32,15 @@ class ObjectStore(Protocol):
         ...
 
     def delete(self, key: str) -> None: ...
+
+    def put_file(self, key: str, path: str) -> None:
+        """Store a local file of any size (multipart where the store needs it)."""
+        ...
+
+    def share_url(self, key: str, expires_in: int) -> str:
+        """A URL anyone can GET `key` with, for `expires_in` seconds (UsageError beyond
+        what the store allows)."""
+        ...
 
 
 def open_store(url: str, endpoint_url: str | None = None) -> ObjectStore:

@@ -7,7 +7,9 @@ temporary file: link(2) fails with EEXIST atomically, so exactly one writer wins
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
+from pathlib import Path
 from typing import Iterator
 
 from ..errors import StoreUnreachable
@@ -86,3 +88,15 @@ class FileStore:
             os.unlink(self._path(key))
         except FileNotFoundError:
             pass
+
+    def put_file(self, key: str, path: str) -> None:
+        dest = self._path(key)
+        tmp = self._write_temp(b"")
+        shutil.copyfile(path, tmp)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(tmp, dest)
+
+    def share_url(self, key: str, expires_in: int) -> str:
+        """A directory has no web server: the link is the copy's file:// URL, for this machine
+        and whoever mounts the same directory. `fusedrive shares` deletes it once expired."""
+        return Path(self._path(key)).as_uri()

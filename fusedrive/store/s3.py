@@ -11,14 +11,16 @@ from __future__ import annotations
 from typing import Iterator
 
 import boto3
+import boto3.exceptions
 import botocore.exceptions
 from botocore.config import Config
 
-from ..errors import StoreUnreachable
+from ..errors import StoreUnreachable, UsageError
 from . import NotFound
 
 _PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4 presigned URLs live at most a week
 
 
 class S3Store:
@@ -27,7 +29,7 @@ class S3Store:
         self.bucket = bucket
         self.prefix = f"{prefix}/" if prefix else ""
         config = Config(
-            retries={"mode": "standard", "max_attempts": 6},
+            retries={"mode": "standard", "max_attempts": 4},
             connect_timeout=5,
             read_timeout=30,
             max_pool_connections=32,
@@ -102,3 +104,16 @@ class S3Store:
             self._call("delete", self.client.delete_object, Key=self.prefix + key)
         except botocore.exceptions.ClientError as exc:
             raise StoreUnreachable(f"Deleting {key} failed: {exc}") from exc
+
+    def put_file(self, key: str, path: str) -> None:
+        try:
+            self._call("write", lambda Bucket: self.client.upload_file(path, Bucket, self.prefix + key))
+        except (botocore.exceptions.ClientError, boto3.exceptions.S3UploadFailedError) as exc:
+            raise StoreUnreachable(f"Writing {key} failed: {exc}") from exc
+
+    def share_url(self, key: str, expires_in: int) -> str:
+        if expires_in > MAX_PRESIGN_SECONDS:
+            raise UsageError("S3 share links can last at most 7 days (a limit of SigV4 presigned URLs); "
+                             "choose a shorter --expires.")
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self.prefix + key}, ExpiresIn=expires_in)

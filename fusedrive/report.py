@@ -1,0 +1,68 @@
+"""How `fusedrive status` puts a mount's state into words: a verdict first, details after."""
+
+from __future__ import annotations
+
+import time
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def clock(timestamp: float) -> str:
+    """10:42 today, else 2026-11-23 10:42."""
+    local = time.localtime(timestamp)
+    if time.strftime("%Y-%m-%d", local) == time.strftime("%Y-%m-%d"):
+        return time.strftime("%H:%M", local)
+    return time.strftime("%Y-%m-%d %H:%M", local)
+
+
+def is_pending(status: dict) -> bool:
+    return bool(status["files_waiting"] or status["ops_waiting"])
+
+
+def verdict(status: dict) -> str:
+    """The one line that answers "is my data in the cloud yet?"."""
+    if not is_pending(status):
+        line = "All changes are in the cloud"
+    else:
+        parts = []
+        if status["files_waiting"]:
+            parts.append(f"{status['files_waiting']} files ({human_bytes(status['bytes_waiting'])}) waiting to upload")
+        if status["ops_waiting"]:
+            parts.append(f"{status['ops_waiting']} changes waiting to be committed")
+        line = ", ".join(parts)
+        if status["store_offline_since"] is not None:
+            line += f" — store unreachable since {clock(status['store_offline_since'])}"
+        elif status["paused"]:
+            line += " — paused"
+    if status["conflicted_copies"]:
+        line += f"; {status['conflicted_copies']} conflicted copies to look at"
+    return line + "."
+
+
+def details(status: dict) -> list[str]:
+    lines = [f"volume      {status['volume']} (device {status['device']})"]
+    if status["store_offline_since"] is not None:
+        lines.append(f"store       OFFLINE since {clock(status['store_offline_since'])}: {status['store_error']}")
+    else:
+        lines.append("store       reachable")
+    hub = status["hub"]
+    lines.append(f"changes     {'hub ' + hub if hub else 'polling the journal'}; applied entry "
+                 f"{status['applied_seq']} of {status['journal_head']}")
+    queue = f"{status['files_waiting']} files, {human_bytes(status['bytes_waiting'])}, {status['ops_waiting']} changes"
+    if status["waiting_since"] is not None:
+        queue += f", oldest since {clock(status['waiting_since'])}"
+    lines.append(f"queue       {queue}")
+    lines.append(f"transfers   up {human_bytes(status['upload_rate'])}/s, down {human_bytes(status['download_rate'])}/s "
+                 f"(total up {human_bytes(status['bytes_uploaded'])}, down {human_bytes(status['bytes_downloaded'])})")
+    lines.append(f"cache       {human_bytes(status['cache_bytes'])} of {human_bytes(status['cache_limit'])}")
+    if status["conflicted_copies"]:
+        lines.append(f"conflicts   {status['conflicted_copies']} conflicted copies in the drive")
+    for error in status["errors"][-3:]:
+        lines.append(f"error       {error}")
+    return lines

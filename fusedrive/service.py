@@ -1,0 +1,116 @@
+"""What a running mount answers on its control socket (see control.py for the wire).
+
+Each handler runs in the trio loop as `handler(request, send) → final answer`; the
+slow parts (building and uploading a share) run in worker threads while the
+handler streams progress lines.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Awaitable, Callable
+
+import trio
+
+from . import sharing
+from .drive import Drive
+from .errors import UsageError
+
+Send = Callable[[dict], Awaitable[None]]
+PROGRESS_EVERY_SECONDS = 0.25
+
+
+def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
+    async def status(request: dict, send: Send) -> dict:
+        return drive.status()
+
+    async def sync(request: dict, send: Send) -> dict:
+        await drive.sync_all()
+        return drive.status()
+
+    async def pause(request: dict, send: Send) -> dict:
+        drive.committer.pause()
+        return drive.status()
+
+    async def resume(request: dict, send: Send) -> dict:
+        drive.committer.resume()
+        return drive.status()
+
+    async def events(request: dict, send: Send) -> dict:
+        """Stream every event from now on until the client goes away."""
+        with drive.events.subscribe() as receive:
+            await send({"listening": True})
+            async for event in receive:
+                await send({"event": event})
+        return {}
+
+    async def share(request: dict, send: Send) -> dict:
+        source = Path(request["path"])
+        inside = os.path.relpath(source, mountpoint)
+        if inside.startswith(".."):
+            raise UsageError(f"{source} is not inside the drive mounted at {mountpoint}.")
+        if not source.exists():
+            raise UsageError(f"{source} does not exist.")
+        expires_in = int(request["expires"])
+        total = await trio.to_thread.run_sync(sharing.size_of, source)
+        copy, name = await _with_progress(send, total, sharing.prepare_copy, source, scratch)
+        try:
+            made = await trio.to_thread.run_sync(sharing.publish, drive.volume, copy, name, "/" + inside,
+                                                 expires_in, drive.device)
+        finally:
+            copy.unlink(missing_ok=True)
+        return {"share": asdict(made)}
+
+    async def shares(request: dict, send: Send) -> dict:
+        found = await trio.to_thread.run_sync(sharing.list_shares, drive.volume)
+        return {"shares": [dict(asdict(s), expired=s.expired) for s in found]}
+
+    async def unshare(request: dict, send: Send) -> dict:
+        def remove() -> list[dict]:
+            target = request["target"]
+            if os.path.isabs(target):
+                target = "/" + os.path.relpath(target, mountpoint)
+            found = sharing.find(drive.volume, target)
+            for one in found:
+                sharing.remove(drive.volume, one)
+            return [asdict(s) for s in found]
+        return {"removed": await trio.to_thread.run_sync(remove)}
+
+    return {"status": status, "sync": sync, "pause": pause, "resume": resume, "events": events,
+            "share": share, "shares": shares, "unshare": unshare}
+
+
+async def _with_progress(send: Send, total: int, function, *args):
+    """Run `function(*args, progress)` in a worker thread, sending {"progress", "total"}
+    lines meanwhile (a client that went away just stops getting them)."""
+    done = [0]
+    outcome: dict = {}
+    finished = trio.Event()
+
+    def progress(n: int) -> None:
+        done[0] += n
+
+    async def work() -> None:
+        try:
+            outcome["value"] = await trio.to_thread.run_sync(function, *args, progress)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller below
+            outcome["error"] = exc
+        finally:
+            finished.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(work)
+        listening = True
+        while not finished.is_set():
+            if listening:
+                try:
+                    await send({"progress": done[0], "total": total})
+                except trio.BrokenResourceError:
+                    listening = False
+            with trio.move_on_after(PROGRESS_EVERY_SECONDS):
+                await finished.wait()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
