@@ -52,7 +52,7 @@ def test_status_counts_the_queue_while_the_store_is_offline_then_drains(proxied_
                            timeout=60, what="status to report the store offline")
     assert code == 1
     assert entry["files_waiting"] == 3 and entry["bytes_waiting"] == sum(sizes.values())
-    assert entry["verdict"].startswith("3 files (1.3 MB) waiting to upload")
+    assert entry["verdict"].startswith("3 files (1.2 MiB) waiting to upload")
     assert "store unreachable since" in entry["verdict"]
     text = status(laptop)
     assert text.returncode == 1
