@@ -76,6 +76,10 @@ class BlockStore:
         with self._known_lock:
             self._known.update(block_ids)
 
+    def reset_known(self, block_ids: set[str]) -> None:
+        with self._known_lock:
+            self._known = set(block_ids)
+
     def is_known(self, block_id: str) -> bool:
         with self._known_lock:
             return block_id in self._known

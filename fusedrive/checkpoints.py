@@ -18,6 +18,7 @@ import zstandard
 
 from . import crypto
 from .errors import IntegrityError
+from .journal import Journal
 from .replica import ROOT_FID, ROOT_INO, Replica, name_from_json, name_to_json
 from .store import NotFound
 from .volume import Volume
@@ -48,7 +49,13 @@ def dump_state(replica: Replica) -> dict:
     kept = {row[0] for row in inodes}
     xattrs = [[fid_of[i], name_to_json(n), base64.b64encode(v).decode()] for i, n, v in db.execute(
         "SELECT ino, name, value FROM xattrs") if fid_of.get(i) in kept]
-    return {"seq": replica.applied_seq, "inodes": inodes, "dentries": dentries, "xattrs": xattrs}
+    versions = [list(row) for row in db.execute(
+        "SELECT fid, version, manifest, size, mtime_ns, t, device FROM versions")]
+    trash = [[fid, parent, name_to_json(name), *rest, None if target is None else name_to_json(target), deleted]
+             for fid, parent, name, *rest, target, deleted in db.execute(
+                 "SELECT fid, parent, name, mode, uid, gid, size, mtime_ns, manifest, target, deleted_t FROM trash")]
+    return {"seq": replica.applied_seq, "inodes": inodes, "dentries": dentries, "xattrs": xattrs,
+            "versions": versions, "trash": trash}
 
 
 def load_state(replica: Replica, state: dict) -> None:
@@ -69,6 +76,12 @@ def load_state(replica: Replica, state: dict) -> None:
                        [(inos[p], name_from_json(n), inos[c]) for p, n, c in state["dentries"]])
         db.executemany("INSERT INTO xattrs(ino, name, value) VALUES(?, ?, ?)",
                        [(inos[f], name_from_json(n), base64.b64decode(v)) for f, n, v in state["xattrs"]])
+        db.executemany("INSERT INTO versions(fid, version, manifest, size, mtime_ns, t, device)"
+                       " VALUES(?, ?, ?, ?, ?, ?, ?)", state.get("versions", []))
+        db.executemany("INSERT INTO trash(fid, parent, name, mode, uid, gid, size, mtime_ns, manifest, target,"
+                       " deleted_t) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       [(fid, parent, name_from_json(name), *rest, None if target is None else name_from_json(target),
+                         deleted) for fid, parent, name, *rest, target, deleted in state.get("trash", [])])
         replica.set_state("applied_seq", state["seq"])
         replica.set_state("checkpoint_seq", state["seq"])
 
@@ -93,3 +106,14 @@ def read_checkpoint(volume: Volume, seq: int) -> dict:
     if state.get("seq") != seq:
         raise IntegrityError(f"Checkpoint {seq} is not the state at {seq}.")
     return state
+
+
+def replay_to_head(volume: Volume, replica: Replica) -> None:
+    """Fill an empty replica with the volume's committed state: the newest checkpoint,
+    then every entry after it (for commands that work without a mount)."""
+    seqs = checkpoint_seqs(volume)
+    if seqs:
+        load_state(replica, read_checkpoint(volume, max(seqs)))
+    journal = Journal(volume)
+    for entry in journal.entries_after(replica.applied_seq):
+        replica.apply_remote(entry.seq, entry.ops)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from . import control, volume as volumes
-from .errors import FusedriveError, MountError, first_clear_error
+from .errors import FusedriveError, MountError, UsageError, first_clear_error
 
 DEFAULT_CACHE_SIZE = "4G"
 
@@ -293,6 +293,116 @@ def cmd_unshare(args) -> int:
     return 0
 
 
+def _offline_replica(args):
+    """--volume: the volume's committed state replayed into memory (no mount needed)."""
+    from .checkpoints import replay_to_head
+    from .replica import Replica
+
+    volume = open_volume_for(args.volume, args)
+    replica = Replica(":memory:")
+    replay_to_head(volume, replica)
+    return volume, replica
+
+
+def _drive_path(path: str) -> str:
+    return "/" + path.strip("/")
+
+
+def cmd_history(args) -> int:
+    from . import history, report
+
+    if args.volume:
+        _volume, replica = _offline_replica(args)
+        node = replica.inode(history.resolve(replica, _drive_path(args.path)))
+        found = [dict(number=v.number, saved=v.saved_ns / 1e9, device=v.device, size=v.size, label=v.label())
+                 for v in history.versions(replica, node.fid)]
+    else:
+        entry = control.mount_containing(args.path)
+        found = control.request(entry["mountpoint"], "versions", timeout=60, path=os.path.realpath(args.path))["versions"]
+    if args.json:
+        import json
+
+        print(json.dumps(found, indent=2))
+        return 0
+    if not found:
+        print("No saved versions (the file was never written).")
+    for i, v in enumerate(found):
+        saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v["saved"]))
+        current = "  (current)" if i == len(found) - 1 else ""
+        print(f"{v['number']:>5}  {saved}  {v['device'] or '-':<12} {report.human_bytes(v['size']):>10}{current}")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    entry = control.mount_containing(args.path)
+    arguments = {"path": os.path.realpath(args.path), "version": args.version}
+    if args.to:
+        arguments["to"] = os.path.realpath(args.to)
+    answer = control.request(entry["mountpoint"], "restore", timeout=600, **arguments)
+    print(f"Restored {answer['restored']} as {'the current version of ' + args.path if not args.to else args.to}.")
+    return 0
+
+
+def cmd_cat(args) -> int:
+    import base64
+
+    from . import history
+
+    out = sys.stdout.buffer
+    if args.volume:
+        import tempfile
+
+        from .blocks import BlockStore
+        from .cache import BlockCache
+
+        volume, replica = _offline_replica(args)
+        node = replica.inode(history.resolve(replica, _drive_path(args.path)))
+        kept = history.version(replica, node.fid, args.version)
+        with tempfile.TemporaryDirectory() as scratch:
+            blocks = BlockStore(volume, BlockCache(Path(scratch), 64 << 20, volume.keys.id_of))
+            for block_id, length in kept.manifest:
+                out.write(bytes(length) if block_id is None else blocks.fetch(block_id))
+        return 0
+    entry = control.mount_containing(args.path)
+    for line in control.stream(entry["mountpoint"], "cat", timeout=600, path=os.path.realpath(args.path),
+                               version=args.version):
+        if "data" in line:
+            out.write(base64.b64decode(line["data"]))
+    out.flush()
+    return 0
+
+
+def cmd_trash(args) -> int:
+    from . import report
+
+    if args.action == "list":
+        entry = control.choose_mount(args.target)
+        items = control.request(entry["mountpoint"], "trash-list", timeout=60)["items"]
+        if args.json:
+            import json
+
+            print(json.dumps(items, indent=2))
+            return 0
+        if not items:
+            print("The trash is empty.")
+        for item in items:
+            deleted = time.strftime("%Y-%m-%d %H:%M", time.localtime(item["deleted"]))
+            what = f"folder, {item['inside']} items inside" if item["is_dir"] else report.human_bytes(item["size"])
+            print(f"{deleted}  {item['path']}  ({what})")
+        return 0
+    if args.action == "restore":
+        if not args.target:
+            raise UsageError("Which path? fusedrive trash restore PATH (as it was inside the mount).")
+        entry = control.mount_containing(args.target)
+        answer = control.request(entry["mountpoint"], "trash-restore", timeout=60, path=os.path.realpath(args.target))
+        print(f"Restored to {entry['mountpoint'].rstrip('/')}{answer['path']}.")
+        return 0
+    entry = control.choose_mount(args.target)
+    purged = control.request(entry["mountpoint"], "trash-empty", timeout=600)["purged"]
+    print(f"Emptied the trash: {purged} items are gone for good (fusedrive gc reclaims their space).")
+    return 0
+
+
 def cmd_hub(args) -> int:
     import trio
 
@@ -418,6 +528,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="TARGET")
     p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="needed for a token when several mounts run")
     p.set_defaults(func=cmd_unshare)
+
+    p = sub.add_parser("history", help="list a file's saved versions", description="List every kept version "
+                       "of a file (number, time, device, size). PATH is in a running mount, or with --volume a "
+                       "path inside the volume.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--volume", default=None, help="read the volume directly instead of a mount")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    volume_options(p)
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("restore", help="make an old version current again", description="Make version N of "
+                       "PATH current again, as a new version (instant: no block is copied), or with --to put it "
+                       "in a new file.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--version", type=int, required=True, metavar="N", help="the number `fusedrive history` shows")
+    p.add_argument("--to", default=None, metavar="NEWPATH", help="restore into a new file instead")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser("cat", help="print an old version", description="Write version N of PATH to stdout.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--version", type=int, required=True, metavar="N")
+    p.add_argument("--volume", default=None, help="read the volume directly instead of a mount")
+    volume_options(p)
+    p.set_defaults(func=cmd_cat)
+
+    p = sub.add_parser("trash", help="list, restore or empty deleted files", description="Deleted files and "
+                       "folders stay in the trash (30 days by default, see fusedrive config). `trash list "
+                       "[MOUNTPOINT]`, `trash restore PATH` (the path it had in the mount; back where it was, "
+                       "or beside it as a conflicted copy if the name is taken), `trash empty [MOUNTPOINT]`.")
+    p.add_argument("action", choices=["list", "restore", "empty"])
+    p.add_argument("target", metavar="MOUNTPOINT|PATH", nargs="?")
+    p.add_argument("--json", action="store_true", help="print JSON (list)")
+    p.set_defaults(func=cmd_trash)
 
     p = sub.add_parser("hub", help="run a notification hub", description="Serve long-poll change "
                        "notifications to devices (mount --hub URL). Holds no data; devices fall back to polling "

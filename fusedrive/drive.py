@@ -213,6 +213,9 @@ class Drive:
                     self.blocks.mark_known(block for block, _length in op["manifest"] if block)
                     if op["fid"] in self.staged and op["fid"] not in self.dirty:
                         self._discard_staged(op["fid"])
+                elif op["op"] in ("prune", "purge"):
+                    # gc may delete what nothing references now: never skip uploading those blocks
+                    self.blocks.reset_known(self.replica.all_block_ids())
         self._tell_kernel(applied)
         self._publish_changes(entries, conflicts)
 
@@ -549,7 +552,7 @@ class Drive:
         size, mtime_ns = self.size_and_mtime(node)
         base = self.replica.dirty_base(fid)
         update = {"op": "update", "fid": fid, "base": node.version if base is None else base, "manifest": manifest,
-                  "size": size, "mtime_ns": mtime_ns, "t": time.time_ns()}
+                  "size": size, "mtime_ns": mtime_ns, "t": time.time_ns(), "device": self.device}
         with self.replica:
             revival = self._revival(node)
             if node.nlink <= 0 and not revival:
@@ -564,6 +567,20 @@ class Drive:
             self._discard_staged(fid)
         self.committer.kick()
         return True
+
+    async def record_user_ops(self, ops: list[dict]) -> None:
+        """Commit operations a command made (restores, emptying the trash) as if the user
+        made them in the mount: the kernel forgets what it cached of those files."""
+        for op in ops:
+            if op["op"] == "update" and op["fid"] in self.dirty:
+                await self.wait_uploaded({op["fid"]})  # its unsaved content becomes a version first
+        self.replica.record(*ops)
+        for op in ops:
+            if op["op"] == "update" and op["fid"] in self.staged and op["fid"] not in self.dirty \
+                    and op["fid"] not in self._uploading:
+                self._discard_staged(op["fid"])
+        self._tell_kernel(ops)
+        self.committer.kick()
 
     def _revival(self, node: Inode) -> list[dict]:
         """Operations that bring back a file another device deleted while it was open and

@@ -65,8 +65,10 @@ def check_tree(replica: Replica) -> list[str]:
 
 
 def snapshot(replica: Replica) -> list[tuple]:
-    """What a user sees of the tree, for comparing two replicas."""
-    rows = []
+    """What a user sees of the tree, its history and its trash, for comparing two replicas."""
+    rows: list[tuple] = [tuple(row) for query in ("SELECT * FROM versions ORDER BY fid, version",
+                                                  "SELECT * FROM trash ORDER BY fid")
+                         for row in replica.db.execute(query)]
     for path, node in replica.walk():
         xattrs = [(name, replica.xattr(node.ino, name)) for name in replica.xattr_names(node.ino)]
         rows.append((path, node.fid, node.mode, node.uid, node.gid, node.size, node.mtime_ns, node.atime_ns,

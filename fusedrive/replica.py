@@ -36,6 +36,12 @@ CREATE TABLE IF NOT EXISTS xattrs(ino INTEGER NOT NULL, name BLOB NOT NULL, valu
 CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value);
 CREATE TABLE IF NOT EXISTS pending(id INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dirty(fid TEXT PRIMARY KEY, base INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS versions(fid TEXT NOT NULL, version INTEGER NOT NULL, manifest TEXT NOT NULL,
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, t INTEGER NOT NULL, device TEXT,
+    PRIMARY KEY(fid, version));
+CREATE TABLE IF NOT EXISTS trash(fid TEXT PRIMARY KEY, parent TEXT NOT NULL, name BLOB NOT NULL,
+    mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, manifest TEXT NOT NULL, target BLOB, deleted_t INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS vanished(fid TEXT PRIMARY KEY, locations TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS fid_inos(ino INTEGER PRIMARY KEY AUTOINCREMENT, fid TEXT UNIQUE NOT NULL);
 CREATE TABLE IF NOT EXISTS undo(id INTEGER PRIMARY KEY AUTOINCREMENT, pending_id INTEGER NOT NULL, sql TEXT NOT NULL);
@@ -48,6 +54,8 @@ TREE_TABLES = {
                "manifest", "version"],
     "dentries": ["parent", "name", "ino"],
     "xattrs": ["ino", "name", "value"],
+    "versions": ["fid", "version", "manifest", "size", "mtime_ns", "t", "device"],
+    "trash": ["fid", "parent", "name", "mode", "uid", "gid", "size", "mtime_ns", "manifest", "target", "deleted_t"],
 }
 
 
@@ -204,9 +212,11 @@ class Replica:
         return [r[0] for r in self.db.execute("SELECT name FROM xattrs WHERE ino=? ORDER BY name", (ino,))]
 
     def all_block_ids(self) -> set[str]:
+        """Every block something retained references: live files, kept versions, the trash."""
         ids = set()
-        for (manifest,) in self.db.execute("SELECT manifest FROM inodes WHERE manifest != '[]'"):
-            ids.update(block for block, _length in json.loads(manifest) if block)
+        for table in ("inodes", "versions", "trash"):
+            for (manifest,) in self.db.execute(f"SELECT manifest FROM {table} WHERE manifest != '[]'"):
+                ids.update(block for block, _length in json.loads(manifest) if block)
         return ids
 
     def stats(self) -> dict:
@@ -437,8 +447,19 @@ class Replica:
         self.db.execute("UPDATE inodes SET nlink = max(nlink - ?, 0) WHERE ino=?", (drop, ino))
         if node.is_dir:
             self.db.execute("UPDATE inodes SET nlink = nlink - 1 WHERE ino=?", (parent,))
-        if node.nlink - drop <= 0 and not self.in_use(ino):
-            self.forget_inode(ino)
+        if node.nlink - drop <= 0:
+            self._to_trash(node, parent, name, t)
+            if not self.in_use(ino):
+                self.forget_inode(ino)
+
+    def _to_trash(self, node: Inode, parent: int, name: bytes, t: int) -> None:
+        """A file's last name is gone: it goes to the trash, where it was, with its content."""
+        self.db.execute("DELETE FROM trash WHERE fid=?", (node.fid,))
+        self.db.execute(
+            "INSERT INTO trash(fid, parent, name, mode, uid, gid, size, mtime_ns, manifest, target, deleted_t)"
+            " VALUES(?, (SELECT fid FROM inodes WHERE ino=?), ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (node.fid, parent, name, node.mode, node.uid, node.gid, node.size, node.mtime_ns, node.manifest,
+             node.target, t))
 
     def forget_inode(self, ino: int) -> None:
         self.db.execute("DELETE FROM vanished WHERE fid=(SELECT fid FROM inodes WHERE ino=?)", (ino,))
@@ -459,8 +480,10 @@ class Replica:
         # Inode numbers are this device's, stable per file id even when a rebase re-creates the row.
         self.db.execute("INSERT OR IGNORE INTO fid_inos(fid) VALUES(?)", (op["fid"],))
         ino = self.db.execute("SELECT ino FROM fid_inos WHERE fid=?", (op["fid"],)).fetchone()[0]
-        # A file that comes back may still have a nameless row here (open when it was deleted).
+        # A file that comes back may still have a nameless row here (open when it was deleted),
+        # and is no longer in the trash.
         self.db.execute("DELETE FROM inodes WHERE ino=?", (ino,))
+        self.db.execute("DELETE FROM trash WHERE fid=?", (op["fid"],))
         self.db.execute(
             "INSERT INTO inodes(ino, fid, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target)"
             " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -533,11 +556,32 @@ class Replica:
         self.db.execute("UPDATE inodes SET ctime_ns=? WHERE ino=?", (op["t"], ino))
 
     def _op_update(self, op: dict) -> None:
+        """New content; every content a file ever had is also a row of `versions` (history),
+        numbered per file from 1, until gc prunes it."""
         ino = self._ino(op["fid"])
+        manifest = json.dumps(op["manifest"], separators=(",", ":"))
         self.db.execute(
             "UPDATE inodes SET manifest=?, size=?, mtime_ns=?, ctime_ns=?, version=version + 1 WHERE ino=?",
-            (json.dumps(op["manifest"], separators=(",", ":")), op["size"], op["mtime_ns"], op["t"], ino),
+            (manifest, op["size"], op["mtime_ns"], op["t"], ino),
         )
+        self.db.execute(
+            "INSERT INTO versions(fid, version, manifest, size, mtime_ns, t, device) VALUES(?, "
+            "(SELECT coalesce(max(version), 0) + 1 FROM versions WHERE fid=?), ?, ?, ?, ?, ?)",
+            (op["fid"], op["fid"], manifest, op["size"], op["mtime_ns"], op["t"], op.get("device")))
+
+    def _op_prune(self, op: dict) -> None:
+        """gc: old versions the retention policy lets go (never a file's newest)."""
+        newest = self.db.execute("SELECT max(version) FROM versions WHERE fid=?", (op["fid"],)).fetchone()[0]
+        self.db.executemany("DELETE FROM versions WHERE fid=? AND version=? AND version < ?",
+                            [(op["fid"], v, newest) for v in op["versions"]])
+
+    def _op_purge(self, op: dict) -> None:
+        """Trashed files gone for good (trash emptied, or expired in gc), with their versions."""
+        for fid in op["fids"]:
+            if self.db.execute("SELECT 1 FROM trash WHERE fid=?", (fid,)).fetchone() is None:
+                continue  # brought back meanwhile
+            self.db.execute("DELETE FROM trash WHERE fid=?", (fid,))
+            self.db.execute("DELETE FROM versions WHERE fid=?", (fid,))
 
     def _op_setxattr(self, op: dict) -> None:
         ino = self._ino(op["fid"])

@@ -7,15 +7,18 @@ handler streams progress lines.
 
 from __future__ import annotations
 
+import base64
 import os
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Awaitable, Callable
 
 import trio
 
-from . import sharing
+from . import history, sharing
 from .drive import Drive
+from .replica import Inode
 from .errors import UsageError
 
 Send = Callable[[dict], Awaitable[None]]
@@ -78,8 +81,74 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
             return [asdict(s) for s in found]
         return {"removed": await trio.to_thread.run_sync(remove)}
 
+    def inside(path: str) -> str:
+        """An absolute path in the mount → its path in the drive ("/docs/a.txt")."""
+        relative = os.path.relpath(path, mountpoint)
+        if relative.startswith(".."):
+            raise UsageError(f"{path} is not inside the drive mounted at {mountpoint}.")
+        return "/" if relative == "." else "/" + relative
+
+    def file_at(path: str) -> Inode:
+        node = drive.replica.inode(history.resolve(drive.replica, inside(path)))
+        if not node.is_reg:
+            raise UsageError(f"{path} is not a file; only files have versions.")
+        return node
+
+    async def versions(request: dict, send: Send) -> dict:
+        node = file_at(request["path"])
+        await drive.wait_uploaded({node.fid})  # what was just saved is a version too
+        found = history.versions(drive.replica, node.fid)
+        return {"versions": [dict(number=v.number, saved=v.saved_ns / 1e9, device=v.device, size=v.size,
+                                  label=v.label()) for v in found]}
+
+    async def restore(request: dict, send: Send) -> dict:
+        node = file_at(request["path"])
+        await drive.wait_uploaded({node.fid})  # the restore is based on what was saved last
+        node = drive.replica.inode(node.ino)
+        kept = history.version(drive.replica, node.fid, int(request["version"]))
+        to = None
+        if request.get("to"):
+            target = inside(request["to"])
+            parent = drive.replica.inode(history.resolve(drive.replica, os.path.dirname(target)))
+            to = (parent.fid, os.fsencode(os.path.basename(target)))
+        await drive.record_user_ops(history.restore_version_ops(drive.replica, node.fid, kept, to, drive.device))
+        return {"restored": kept.label()}
+
+    async def cat(request: dict, send: Send) -> dict:
+        node = file_at(request["path"])
+        kept = history.version(drive.replica, node.fid, int(request["version"]))
+        for block_id, length in kept.manifest:
+            data = bytes(length) if block_id is None else await drive.fetch_block(block_id, node)
+            await send({"data": base64.b64encode(data).decode()})
+        return {}
+
+    def trash_listing() -> list[dict]:
+        items = history.trash_items(drive.replica)
+        return [dict(path=i.path, deleted=i.deleted_ns / 1e9, size=i.size, is_dir=i.is_dir,
+                     inside=len(history.contents(items, i.fid))) for i in history.top_level(items)]
+
+    async def trash_list(request: dict, send: Send) -> dict:
+        return {"items": trash_listing()}
+
+    async def trash_restore(request: dict, send: Send) -> dict:
+        ops = history.trash_restore_ops(drive.replica, inside(request["path"]), drive.device)
+        await drive.record_user_ops(ops)
+        return {"path": drive.replica.path_of(_first_created(ops))}
+
+    async def trash_empty(request: dict, send: Send) -> dict:
+        fids = [i.fid for i in history.trash_items(drive.replica)]
+        if fids:
+            await drive.record_user_ops([{"op": "purge", "fids": fids, "t": time.time_ns()}])
+            await drive.sync_all()
+        return {"purged": len(fids)}
+
     return {"status": status, "sync": sync, "pause": pause, "resume": resume, "events": events,
-            "share": share, "shares": shares, "unshare": unshare}
+            "share": share, "shares": shares, "unshare": unshare, "versions": versions, "restore": restore,
+            "cat": cat, "trash-list": trash_list, "trash-restore": trash_restore, "trash-empty": trash_empty}
+
+
+def _first_created(ops: list[dict]) -> str:
+    return next(op["fid"] for op in ops if op["op"] in ("mknod", "symlink"))
 
 
 async def _with_progress(send: Send, total: int, function, *args):
