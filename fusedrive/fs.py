@@ -21,6 +21,7 @@ import pyfuse3
 
 from .drive import Drive
 from .errors import FusedriveError
+from .historyfs import CONTROL_DIR, HistoryView
 from .replica import ROOT_INO, Inode, b64, name_to_json
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,12 @@ class DriveOperations(pyfuse3.Operations):
         self._dir_handles: dict[int, list[tuple[bytes, int]]] = {}
         self._opened_version: dict[int, int] = {}
         self._next_fh = count(1)
+        self.view = HistoryView(drive.replica)  # the read-only .fusedrive/history tree
 
     # --- helpers ----------------------------------------------------------------------
 
     def _node(self, ino: int) -> Inode:
-        node = self.replica.inode(ino)
+        node = self.view.node(ino) if self.view.owns(ino) else self.replica.inode(ino)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
@@ -105,10 +107,16 @@ class DriveOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return node
 
+    def _writable(self, *inos: int) -> None:
+        """Old versions cannot be changed."""
+        if any(self.view.owns(ino) for ino in inos):
+            raise pyfuse3.FUSEError(errno.EROFS)
+
     def _vacant(self, parent: int, name: bytes) -> Inode:
         check_name(name)
+        self._writable(parent)
         parent_node = self._dir(parent)
-        if self.replica.lookup(parent, name) is not None:
+        if self.replica.lookup(parent, name) is not None or (parent == ROOT_INO and name == CONTROL_DIR):
             raise pyfuse3.FUSEError(errno.EEXIST)
         return parent_node
 
@@ -136,6 +144,8 @@ class DriveOperations(pyfuse3.Operations):
         check_name(name)
         if name == b".":
             ino = parent_inode
+        elif self.view.owns(parent_inode) or (parent_inode == ROOT_INO and name == CONTROL_DIR):
+            ino = self.view.control_ino if name == CONTROL_DIR else self.view.lookup(parent_inode, name)
         elif name == b"..":
             ino = self.replica.parent_of(parent_inode) or ROOT_INO
         else:
@@ -163,6 +173,7 @@ class DriveOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
+        self._writable(inode)
         node = self._node(inode)
         now = time.time_ns()
         if fields.update_size:
@@ -208,6 +219,7 @@ class DriveOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
+        self._writable(inode)
         node = self._node(inode)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EPERM)
@@ -218,6 +230,9 @@ class DriveOperations(pyfuse3.Operations):
 
     def _remove(self, parent_inode: int, name: bytes, want_dir: bool) -> None:
         check_name(name)
+        self._writable(parent_inode)
+        if parent_inode == ROOT_INO and name == CONTROL_DIR:
+            raise pyfuse3.FUSEError(errno.EROFS)
         parent = self._dir(parent_inode)
         ino = self.replica.lookup(parent_inode, name)
         if ino is None:
@@ -244,6 +259,9 @@ class DriveOperations(pyfuse3.Operations):
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         check_name(name_old)
         check_name(name_new)
+        self._writable(parent_inode_old, parent_inode_new)
+        if ROOT_INO in (parent_inode_old, parent_inode_new) and CONTROL_DIR in (name_old, name_new):
+            raise pyfuse3.FUSEError(errno.EROFS)
         old_parent, new_parent = self._dir(parent_inode_old), self._dir(parent_inode_new)
         ino = self.replica.lookup(parent_inode_old, name_old)
         if ino is None:
@@ -306,6 +324,8 @@ class DriveOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ESTALE)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
+        if self.view.owns(inode) and (flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
+            raise pyfuse3.FUSEError(errno.EROFS)
         if flags & os.O_TRUNC and node.is_reg:
             # libfuse negotiates atomic O_TRUNC: the kernel sends no setattr, we truncate here.
             await self.drive.truncate(node, 0)
@@ -345,7 +365,7 @@ class DriveOperations(pyfuse3.Operations):
     async def opendir(self, inode, ctx):
         self._dir(inode)
         fh = next(self._next_fh)
-        self._dir_handles[fh] = self.replica.children(inode)
+        self._dir_handles[fh] = self.view.children(inode) if self.view.owns(inode) else self.replica.children(inode)
         return fh
 
     @fuse_errors
@@ -353,7 +373,7 @@ class DriveOperations(pyfuse3.Operations):
         entries = self._dir_handles[fh]
         for index in range(start_id, len(entries)):
             name, ino = entries[index]
-            node = self.replica.inode(ino)
+            node = self.view.node(ino) if self.view.owns(ino) else self.replica.inode(ino)
             if node is None:
                 continue
             if not pyfuse3.readdir_reply(token, name, self._attrs(node), index + 1):
@@ -384,6 +404,7 @@ class DriveOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def setxattr(self, inode, name, value, ctx):
+        self._writable(inode)
         node = self._node(inode)
         if not name.startswith(XATTR_NAMESPACE) or len(name) == len(XATTR_NAMESPACE):
             raise pyfuse3.FUSEError(errno.ENOTSUP)
@@ -407,6 +428,7 @@ class DriveOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def removexattr(self, inode, name, ctx):
+        self._writable(inode)
         node = self._node(inode)
         if self.replica.xattr(inode, name) is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

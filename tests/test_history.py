@@ -134,3 +134,6 @@ def test_old_versions_are_browsable_read_only_in_the_mount(volume, what):
         with pytest.raises(OSError) as caught:
             os.unlink(os.path.join(folder, names[0]))
         assert caught.value.errno == errno.EROFS
+        with pytest.raises(OSError) as caught:
+            os.mkdir(laptop.p(".fusedrive"))
+        assert caught.value.errno == errno.EEXIST
