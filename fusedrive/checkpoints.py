@@ -93,7 +93,7 @@ def write_checkpoint(volume: Volume, state: dict) -> None:
 
 
 def checkpoint_seqs(volume: Volume) -> list[int]:
-    return [int(key[len(PREFIX):]) for key, _size in volume.store.list(PREFIX) if key[len(PREFIX):].isdigit()]
+    return [int(item.key[len(PREFIX):]) for item in volume.store.list(PREFIX) if item.key[len(PREFIX):].isdigit()]
 
 
 def read_checkpoint(volume: Volume, seq: int) -> dict:

@@ -403,6 +403,75 @@ def cmd_trash(args) -> int:
     return 0
 
 
+def cmd_gc(args) -> int:
+    from .report import human_bytes
+    from .retention import load_retention
+    from .sharing import parse_duration
+    from .space import collect
+
+    volume = open_volume_for(args.volume, args)
+    policy = load_retention(volume)
+    report = collect(volume, policy, parse_duration(args.grace) if args.grace != "0" else 0, args.dry_run, progress)
+    if args.json:
+        import json
+
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0
+    would = "would be " if args.dry_run else ""
+    print(f"gc of {args.volume} ({policy.describe()}):")
+    print(f"  {report.versions_pruned} old versions and {report.trash_purged} trashed files {would}let go")
+    print(f"  {report.blocks_deleted} blocks {would}deleted, {human_bytes(report.bytes_reclaimed)} {would}reclaimed")
+    if report.blocks_kept_young:
+        print(f"  {report.blocks_kept_young} unreferenced blocks younger than {args.grace} kept (they may belong "
+              "to a commit still on its way)")
+    return 0
+
+
+def cmd_du(args) -> int:
+    from .report import human_bytes
+    from .space import usage
+
+    numbers = usage(open_volume_for(args.volume, args))
+    if args.json:
+        import json
+
+        print(json.dumps(numbers, indent=2))
+        return 0
+    print(f"files          {human_bytes(numbers['logical_bytes'])} (what the files add up to)")
+    print(f"stored         {human_bytes(numbers['stored_bytes'])} in the bucket's blocks")
+    print(f"dedup          {numbers['dedup_ratio']:.2f}x   compression {numbers['compression_ratio']:.2f}x")
+    print(f"history        {human_bytes(numbers['history_bytes'])} only in old versions")
+    print(f"trash          {human_bytes(numbers['trash_bytes'])} only in the trash")
+    if numbers["unreferenced_stored_bytes"]:
+        print(f"reclaimable    {human_bytes(numbers['unreferenced_stored_bytes'])} (fusedrive gc)")
+    return 0
+
+
+def cmd_config(args) -> int:
+    from dataclasses import replace
+
+    from .retention import load_retention, save_retention
+    from .sharing import parse_duration
+
+    volume = open_volume_for(args.volume, args)
+    policy = load_retention(volume)
+    changes = {}
+    for option, field_name in (("keep_all", "keep_all_days"), ("keep_daily", "keep_daily_days"),
+                               ("trash_days", "trash_days")):
+        value = getattr(args, option)
+        if value is not None:
+            changes[field_name] = 0 if value == "0" else parse_duration(value) / 86400
+    if args.max_versions is not None:
+        if args.max_versions < 1:
+            raise UsageError("--max-versions must be at least 1 (the current version).")
+        changes["max_versions"] = args.max_versions
+    if changes:
+        policy = replace(policy, **changes)
+        save_retention(volume, policy)
+    print(f"Retention of {args.volume}: {policy.describe()}.")
+    return 0
+
+
 def cmd_hub(args) -> int:
     import trio
 
@@ -561,6 +630,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="MOUNTPOINT|PATH", nargs="?")
     p.add_argument("--json", action="store_true", help="print JSON (list)")
     p.set_defaults(func=cmd_trash)
+
+    p = sub.add_parser("gc", help="apply retention and reclaim space", description="Let go of old versions and "
+                       "trash as the retention policy says (see fusedrive config), then delete blocks that nothing "
+                       "kept references and that are older than the grace period. Safe while devices are mounted.")
+    p.add_argument("volume", metavar="VOLUME")
+    volume_options(p)
+    p.add_argument("--dry-run", action="store_true", help="say what would go, change nothing")
+    p.add_argument("--grace", default="24h", help="keep unreferenced blocks younger than this (default 24h; "
+                   "they may belong to a commit another device has not made yet)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_gc)
+
+    p = sub.add_parser("du", help="space used", description="Logical bytes, stored bytes, dedup and compression "
+                       "ratios, and the bytes held only by history and by the trash.")
+    p.add_argument("volume", metavar="VOLUME")
+    volume_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_du)
+
+    p = sub.add_parser("config", help="show or change the retention policy", description="The retention policy "
+                       "is stored in the volume; fusedrive gc applies it. Durations: 12h, 30d, 52w.")
+    p.add_argument("volume", metavar="VOLUME")
+    volume_options(p)
+    p.add_argument("--keep-all", default=None, metavar="DURATION", help="keep every version this long")
+    p.add_argument("--keep-daily", default=None, metavar="DURATION", help="then one version per day up to this age")
+    p.add_argument("--max-versions", type=int, default=None, metavar="N", help="at most N versions per file")
+    p.add_argument("--trash-days", default=None, metavar="DURATION", help="how long deleted files stay in the trash")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("hub", help="run a notification hub", description="Serve long-poll change "
                        "notifications to devices (mount --hub URL). Holds no data; devices fall back to polling "

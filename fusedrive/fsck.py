@@ -122,7 +122,7 @@ def fsck(journal: Journal, blocks: BlockStore, local_replica: Path | None, verif
     problems += check_tree(scratch)
 
     referenced = scratch.all_block_ids()
-    stored = {key[len("blocks/"):] for key, _size in blocks.volume.store.list("blocks/")}
+    stored = {item.key[len("blocks/"):] for item in blocks.volume.store.list("blocks/")}
     for block_id in sorted(referenced - stored):
         problems.append(f"Block {block_id} is referenced but missing from the store.")
     if verify_blocks:

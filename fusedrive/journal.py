@@ -67,7 +67,7 @@ class Journal:
     def seqs_after(self, seq: int) -> list[int]:
         """Seqs of the entries after `seq` (one list call per 1000 entries)."""
         found = []
-        for key, _size in self.store.list(PREFIX, start_after=entry_key(seq)):
+        for key, *_ in self.store.list(PREFIX, start_after=entry_key(seq)):
             suffix = key[len(PREFIX):]
             if suffix.isdigit():
                 found.append(int(suffix))

@@ -103,7 +103,7 @@ def publish(volume: Volume, copy: Path, name: str, path: str, expires_in: int, d
 
 def list_shares(volume: Volume) -> list[Share]:
     shares = []
-    for key, _size in volume.store.list(RECORDS):
+    for key, *_ in volume.store.list(RECORDS):
         try:
             shares.append(_open_record(volume, key[len(RECORDS):], volume.store.get(key)))
         except NotFound:

@@ -6,7 +6,7 @@ and a few blocking calls; callers in the trio loop run them in worker threads.
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from typing import Iterator, NamedTuple, Protocol
 from urllib.parse import urlparse
 
 from ..errors import UsageError
@@ -14,6 +14,12 @@ from ..errors import UsageError
 
 class NotFound(KeyError):
     """The key does not exist in the store."""
+
+
+class Listed(NamedTuple):
+    key: str
+    size: int
+    modified: float  # Unix seconds of the last write
 
 
 class ObjectStore(Protocol):
@@ -27,8 +33,8 @@ class ObjectStore(Protocol):
         """Create `key` only if nobody has; False when it already existed."""
         ...
 
-    def list(self, prefix: str, start_after: str = "") -> Iterator[tuple[str, int]]:
-        """Yield (key, size) for keys under `prefix`, in key order, after `start_after`."""
+    def list(self, prefix: str, start_after: str = "") -> Iterator[Listed]:
+        """Yield the keys under `prefix`, in key order, after `start_after`."""
         ...
 
     def delete(self, key: str) -> None: ...

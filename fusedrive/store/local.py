@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import StoreUnreachable
-from . import NotFound
+from . import Listed, NotFound
 
 
 class FileStore:
@@ -66,7 +66,7 @@ class FileStore:
         finally:
             os.unlink(tmp)
 
-    def list(self, prefix: str, start_after: str = "") -> Iterator[tuple[str, int]]:
+    def list(self, prefix: str, start_after: str = "") -> Iterator[Listed]:
         directory, _, name_prefix = prefix.rpartition("/")
         base = self._path(directory) if directory else self.root
         keys = []
@@ -79,7 +79,8 @@ class FileStore:
                     keys.append(key)
         for key in sorted(keys):
             try:
-                yield key, os.stat(self._path(key)).st_size
+                st = os.stat(self._path(key))
+                yield Listed(key, st.st_size, st.st_mtime)
             except FileNotFoundError:
                 continue
 

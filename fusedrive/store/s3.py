@@ -16,7 +16,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 from ..errors import StoreUnreachable, UsageError
-from . import NotFound
+from . import Listed, NotFound
 
 _PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -84,7 +84,7 @@ class S3Store:
                 return False
             raise StoreUnreachable(f"Writing {key} failed: {exc}") from exc
 
-    def list(self, prefix: str, start_after: str = "") -> Iterator[tuple[str, int]]:
+    def list(self, prefix: str, start_after: str = "") -> Iterator[Listed]:
         kwargs = {"Prefix": self.prefix + prefix}
         if start_after:
             kwargs["StartAfter"] = self.prefix + start_after
@@ -94,7 +94,7 @@ class S3Store:
             except botocore.exceptions.ClientError as exc:
                 raise StoreUnreachable(f"Listing {prefix} failed: {exc}") from exc
             for item in page.get("Contents", []):
-                yield item["Key"][len(self.prefix):], item["Size"]
+                yield Listed(item["Key"][len(self.prefix):], item["Size"], item["LastModified"].timestamp())
             if not page.get("IsTruncated"):
                 return
             kwargs["ContinuationToken"] = page["NextContinuationToken"]

@@ -1,0 +1,153 @@
+"""Space: `fusedrive gc` (retention, then unreferenced blocks) and `fusedrive du`.
+
+gc works on the volume directly and is safe while devices are mounted and writing:
+- Retention becomes journal ops (`prune` old versions, `purge` expired trash),
+  appended like any device's commit, so every device applies the same decision.
+- A block is deleted only if nothing retained references it (live files, kept
+  versions, the trash; the journal is read again right before deleting, so commits
+  that landed meanwhile count) and it is older than the grace period: a block another
+  device uploaded but has not committed yet is young, and stays.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from .checkpoints import replay_to_head
+from .journal import Entry, Journal
+from .replica import Replica
+from .retention import Retention, expired_trash, thin
+from .volume import Volume
+
+BLOCKS = "blocks/"
+APPEND_ATTEMPTS = 20
+
+Progress = Callable[[str, int], "object"]
+
+
+@dataclass
+class GcReport:
+    dry_run: bool
+    versions_pruned: int = 0
+    trash_purged: int = 0
+    blocks_deleted: int = 0
+    bytes_reclaimed: int = 0
+    blocks_kept_young: int = 0  # unreferenced, but within the grace period
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def retention_ops(replica: Replica, policy: Retention, now: float) -> list[dict]:
+    """The prune and purge operations the policy asks for at `now`."""
+    t = int(now * 1e9)
+    by_file: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for fid, number, saved in replica.db.execute("SELECT fid, version, t FROM versions"):
+        by_file[fid].append((number, saved / 1e9))
+    ops = []
+    for fid, kept in sorted(by_file.items()):
+        drop = thin(kept, max(n for n, _ in kept), policy, now)
+        if drop:
+            ops.append({"op": "prune", "fid": fid, "versions": sorted(drop), "t": t})
+    deleted_at = {fid: deleted / 1e9 for fid, deleted in replica.db.execute("SELECT fid, deleted_t FROM trash")}
+    expired = expired_trash(deleted_at, policy, now)
+    if expired:
+        ops.append({"op": "purge", "fids": sorted(expired), "t": t})
+    return ops
+
+
+def _catch_up(journal: Journal, replica: Replica) -> None:
+    for entry in journal.entries_after(replica.applied_seq):
+        replica.apply_remote(entry.seq, entry.ops)
+
+
+def collect(volume: Volume, policy: Retention, grace_seconds: float, dry_run: bool, progress: Progress,
+            now: float | None = None) -> GcReport:
+    now = time.time() if now is None else now
+    report = GcReport(dry_run=dry_run)
+    journal = Journal(volume)
+    replica = Replica(":memory:")
+    replay_to_head(volume, replica)
+    for _attempt in range(APPEND_ATTEMPTS):
+        ops = retention_ops(replica, policy, now)
+        report.versions_pruned = sum(len(op["versions"]) for op in ops if op["op"] == "prune")
+        report.trash_purged = sum(len(op["fids"]) for op in ops if op["op"] == "purge")
+        if not ops:
+            break
+        entry = Entry(seq=replica.applied_seq + 1, device="gc", ops=ops)
+        if dry_run or journal.append(entry):
+            replica.apply_remote(entry.seq, ops)  # the scratch replica only, for a dry run
+            break
+        _catch_up(journal, replica)  # another device committed first: decide again on the new state
+    else:
+        raise RuntimeError("gc could not append its retention entry; devices are committing very fast, try again")
+
+    stored = list(volume.store.list(BLOCKS))
+    if not dry_run:
+        _catch_up(journal, replica)
+    referenced = replica.all_block_ids()
+    doomed = []
+    for item in stored:
+        block_id = item.key[len(BLOCKS):]
+        if block_id in referenced:
+            continue
+        if now - item.modified < grace_seconds:
+            report.blocks_kept_young += 1
+            continue
+        doomed.append(item)
+    bar = progress("deleting blocks", len(doomed))
+    for item in doomed:
+        if not dry_run:
+            volume.store.delete(item.key)
+        report.blocks_deleted += 1
+        report.bytes_reclaimed += item.size
+        bar.update(1)
+    bar.close()
+    replica.close()
+    return report
+
+
+def usage(volume: Volume) -> dict:
+    """Logical and stored bytes, dedup and compression ratios, bytes held by history and trash."""
+    replica = Replica(":memory:")
+    replay_to_head(volume, replica)
+    block_length: dict[str, int] = {}
+
+    def blocks_of(query: str) -> set[str]:
+        found = set()
+        for (manifest,) in replica.db.execute(query):
+            for block_id, length in json.loads(manifest):
+                if block_id:
+                    found.add(block_id)
+                    block_length[block_id] = length
+        return found
+
+    live_rows = replica.db.execute("SELECT size, manifest FROM inodes WHERE nlink > 0 AND (mode & 61440) = 32768")
+    logical = data_bytes = 0
+    for size, manifest in live_rows:
+        logical += size
+        data_bytes += sum(length for block_id, length in json.loads(manifest) if block_id)
+    live = blocks_of("SELECT manifest FROM inodes WHERE nlink > 0")
+    versions = blocks_of("SELECT manifest FROM versions WHERE fid NOT IN (SELECT fid FROM trash)")
+    trash = blocks_of("SELECT manifest FROM trash UNION ALL "
+                      "SELECT manifest FROM versions WHERE fid IN (SELECT fid FROM trash)")
+    stored = {item.key[len(BLOCKS):]: item.size for item in volume.store.list(BLOCKS)}
+    referenced = live | versions | trash
+    unique_plain = sum(block_length[b] for b in referenced)
+    stored_referenced = sum(stored.get(b, 0) for b in referenced)
+    live_unique = sum(block_length[b] for b in live)
+    replica.close()
+    return {
+        "logical_bytes": logical,
+        "unique_bytes": unique_plain,
+        "stored_bytes": sum(stored.values()),
+        "dedup_ratio": data_bytes / live_unique if live_unique else 1.0,
+        "compression_ratio": unique_plain / stored_referenced if stored_referenced else 1.0,
+        "history_bytes": sum(block_length[b] for b in versions - live),
+        "trash_bytes": sum(block_length[b] for b in trash - live - versions),
+        "unreferenced_stored_bytes": sum(size for b, size in stored.items() if b not in referenced),
+    }
