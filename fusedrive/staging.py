@@ -119,7 +119,12 @@ def data_spans(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
             spans.append([offset, data_start - offset, False])
         if data_start >= size:
             break
-        hole_start = min(os.lseek(fd, data_start, os.SEEK_HOLE), size)
+        try:
+            hole_start = min(os.lseek(fd, data_start, os.SEEK_HOLE), size)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            hole_start = size  # truncated meanwhile: reading it finds out (StagingChanged)
         spans.append([data_start, hole_start - data_start, True])
         offset = hole_start
     merged: list[list] = []
