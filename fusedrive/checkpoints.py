@@ -54,8 +54,9 @@ def dump_state(replica: Replica) -> dict:
     trash = [[fid, parent, name_to_json(name), *rest, None if target is None else name_to_json(target), deleted]
              for fid, parent, name, *rest, target, deleted in db.execute(
                  "SELECT fid, parent, name, mode, uid, gid, size, mtime_ns, manifest, target, deleted_t FROM trash")]
+    archived = [list(row) for row in db.execute("SELECT block, storage_class FROM archived")]
     return {"seq": replica.applied_seq, "inodes": inodes, "dentries": dentries, "xattrs": xattrs,
-            "versions": versions, "trash": trash}
+            "versions": versions, "trash": trash, "archived": archived}
 
 
 def load_state(replica: Replica, state: dict) -> None:
@@ -82,6 +83,7 @@ def load_state(replica: Replica, state: dict) -> None:
                        " deleted_t) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        [(fid, parent, name_from_json(name), *rest, None if target is None else name_from_json(target),
                          deleted) for fid, parent, name, *rest, target, deleted in state.get("trash", [])])
+        db.executemany("INSERT INTO archived(block, storage_class) VALUES(?, ?)", state.get("archived", []))
         replica.set_state("applied_seq", state["seq"])
         replica.set_state("checkpoint_seq", state["seq"])
 

@@ -360,6 +360,9 @@ def cmd_cat(args) -> int:
         kept = history.version(replica, node.fid, args.version)
         with tempfile.TemporaryDirectory() as scratch:
             blocks = BlockStore(volume, BlockCache(Path(scratch), 64 << 20, volume.keys.id_of))
+            for block_id, _length in kept.manifest:
+                if block_id is not None:
+                    history.check_not_archived(replica, block_id, volume.url)
             for block_id, length in kept.manifest:
                 out.write(bytes(length) if block_id is None else blocks.fetch(block_id))
         return 0
@@ -469,6 +472,29 @@ def cmd_config(args) -> int:
         policy = replace(policy, **changes)
         save_retention(volume, policy)
     print(f"Retention of {args.volume}: {policy.describe()}.")
+    return 0
+
+
+def cmd_archive(args) -> int:
+    from .sharing import parse_duration
+    from .space import archive
+
+    result = archive(open_volume_for(args.volume, args), parse_duration(args.older_than), args.storage_class,
+                     progress)
+    print(f"Archived {result['blocks_archived']} blocks held only by versions older than {args.older_than} "
+          f"({args.storage_class}). Reading those versions asks for `fusedrive thaw` first.")
+    return 0
+
+
+def cmd_thaw(args) -> int:
+    from .space import thaw
+
+    result = thaw(open_volume_for(args.volume, args), progress)
+    print(f"Thawed {result['blocks_thawed']} blocks.")
+    if result["blocks_waiting"]:
+        print(f"{result['blocks_waiting']} blocks are being restored by the archive tier (this can take hours); "
+              "run fusedrive thaw again later.")
+        return 1
     return 0
 
 
@@ -658,6 +684,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-versions", type=int, default=None, metavar="N", help="at most N versions per file")
     p.add_argument("--trash-days", default=None, metavar="DURATION", help="how long deleted files stay in the trash")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("archive", help="move old versions to a cold storage class", description="Move blocks "
+                       "held only by versions older than --older-than to an archive storage class (S3 only). "
+                       "Reading such a version then says it is archived instead of hanging; fusedrive thaw "
+                       "brings it back.")
+    p.add_argument("volume", metavar="VOLUME")
+    volume_options(p)
+    p.add_argument("--older-than", default="180d", metavar="DURATION", help="default 180d")
+    p.add_argument("--storage-class", default="GLACIER", help="default GLACIER (also DEEP_ARCHIVE, GLACIER_IR, ...)")
+    p.set_defaults(func=cmd_archive)
+
+    p = sub.add_parser("thaw", help="bring archived versions back", description="Move every archived block back "
+                       "to the standard storage class (on AWS, the restore may take hours: exit 1 until done).")
+    p.add_argument("volume", metavar="VOLUME")
+    volume_options(p)
+    p.set_defaults(func=cmd_thaw)
 
     p = sub.add_parser("hub", help="run a notification hub", description="Serve long-poll change "
                        "notifications to devices (mount --hub URL). Holds no data; devices fall back to polling "

@@ -29,6 +29,7 @@ from .errors import FusedriveError, MountError, StoreUnreachable
 from .events import EventBus, StoreHealth
 from .hub import WAIT_SECONDS, HubClient, HubError
 from .journal import Entry, Journal
+from .history import check_not_archived
 from .rebase import Revalidator, conflict_of
 from .replica import Inode, Replica, name_from_json
 from .signals import Broadcast
@@ -360,6 +361,7 @@ class Drive:
 
     async def fetch_block(self, block_id: str, node: Inode | None) -> bytes:
         """A verified block; concurrent requests for one block share one download."""
+        check_not_archived(self.replica, block_id, self.volume.url)
         data = self.cache.memory_get(block_id)
         if data is not None:
             return data

@@ -37,6 +37,12 @@ class StoreUnsupported(FusedriveError):
     exit_code = 7
 
 
+class Archived(FusedriveError):
+    """A block moved to an archive storage class: `fusedrive thaw` brings it back."""
+
+    exit_code = 10
+
+
 class IntegrityError(FusedriveError):
     """Something read from the store failed its authentication tag or hash."""
 

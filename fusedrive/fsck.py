@@ -67,7 +67,8 @@ def check_tree(replica: Replica) -> list[str]:
 def snapshot(replica: Replica) -> list[tuple]:
     """What a user sees of the tree, its history and its trash, for comparing two replicas."""
     rows: list[tuple] = [tuple(row) for query in ("SELECT * FROM versions ORDER BY fid, version",
-                                                  "SELECT * FROM trash ORDER BY fid")
+                                                  "SELECT * FROM trash ORDER BY fid",
+                                                  "SELECT * FROM archived ORDER BY block")
                          for row in replica.db.execute(query)]
     for path, node in replica.walk():
         xattrs = [(name, replica.xattr(node.ino, name)) for name in replica.xattr_names(node.ino)]

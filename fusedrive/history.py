@@ -15,7 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from .errors import FusedriveError
+from .errors import Archived, FusedriveError
 from .rebase import conflict_name
 from .replica import ROOT_FID, ROOT_INO, Replica, name_from_json, name_to_json
 
@@ -189,3 +189,11 @@ def trash_restore_ops(replica: Replica, path: str, device: str) -> list[dict]:
         for inner in contents(items, item.fid):
             ops += restore_ops(replica, inner, inner.parent, inner.name, device)
     return ops
+
+
+def check_not_archived(replica: Replica, block_id: str, volume_url: str) -> None:
+    """Reading an archived block would fail or hang on a cold tier: say so instead."""
+    storage_class = replica.archived_class(block_id)
+    if storage_class is not None:
+        raise Archived(f"This version is archived in the {storage_class} storage class; run "
+                       f"`fusedrive thaw {volume_url}` to bring it back, then read it again.")

@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS versions(fid TEXT NOT NULL, version INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS trash(fid TEXT PRIMARY KEY, parent TEXT NOT NULL, name BLOB NOT NULL,
     mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, manifest TEXT NOT NULL, target BLOB, deleted_t INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS archived(block TEXT PRIMARY KEY, storage_class TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS vanished(fid TEXT PRIMARY KEY, locations TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS fid_inos(ino INTEGER PRIMARY KEY AUTOINCREMENT, fid TEXT UNIQUE NOT NULL);
 CREATE TABLE IF NOT EXISTS undo(id INTEGER PRIMARY KEY AUTOINCREMENT, pending_id INTEGER NOT NULL, sql TEXT NOT NULL);
@@ -574,6 +575,19 @@ class Replica:
         newest = self.db.execute("SELECT max(version) FROM versions WHERE fid=?", (op["fid"],)).fetchone()[0]
         self.db.executemany("DELETE FROM versions WHERE fid=? AND version=? AND version < ?",
                             [(op["fid"], v, newest) for v in op["versions"]])
+
+    def _op_archive(self, op: dict) -> None:
+        """Blocks `fusedrive archive` moved to a cold storage class (only gc-style commands
+        make this op, never a mount, so it is not undo-logged)."""
+        self.db.executemany("INSERT OR REPLACE INTO archived(block, storage_class) VALUES(?, ?)",
+                            [(block, op["storage_class"]) for block in op["blocks"]])
+
+    def _op_thaw(self, op: dict) -> None:
+        self.db.executemany("DELETE FROM archived WHERE block=?", [(block,) for block in op["blocks"]])
+
+    def archived_class(self, block_id: str) -> str | None:
+        row = self.db.execute("SELECT storage_class FROM archived WHERE block=?", (block_id,)).fetchone()
+        return row[0] if row else None
 
     def _op_purge(self, op: dict) -> None:
         """Trashed files gone for good (trash emptied, or expired in gc), with their versions."""

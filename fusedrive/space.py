@@ -18,13 +18,14 @@ from dataclasses import asdict, dataclass
 from typing import Callable
 
 from .checkpoints import replay_to_head
+from .errors import FusedriveError
 from .journal import Entry, Journal
 from .replica import Replica
 from .retention import Retention, expired_trash, thin
 from .volume import Volume
 
 BLOCKS = "blocks/"
-APPEND_ATTEMPTS = 20
+APPEND_ATTEMPTS = 20  # of appending a command's journal entry while devices commit
 
 Progress = Callable[[str, int], "object"]
 
@@ -65,6 +66,70 @@ def _catch_up(journal: Journal, replica: Replica) -> None:
         replica.apply_remote(entry.seq, entry.ops)
 
 
+def append_at_head(journal: Journal, replica: Replica, make_ops: Callable[[], list[dict]], device: str) -> list[dict]:
+    """Commit `make_ops()` as this command's journal entry at the head, deciding again
+    on the newer state whenever a device committed first. Returns what was committed."""
+    for _attempt in range(APPEND_ATTEMPTS):
+        ops = make_ops()
+        if not ops:
+            return []
+        entry = Entry(seq=replica.applied_seq + 1, device=device, ops=ops)
+        if journal.append(entry):
+            replica.apply_remote(entry.seq, ops)
+            return ops
+        _catch_up(journal, replica)
+    raise FusedriveError("Devices are committing too fast to add this command's journal entry; try again.")
+
+
+def archive(volume: Volume, older_than: float, storage_class: str, progress: Progress,
+            now: float | None = None) -> dict:
+    """Move blocks referenced only by versions older than `older_than` seconds to a cold
+    storage class, and record them so reading such a version says so instead of hanging."""
+    now = time.time() if now is None else now
+    journal, replica = Journal(volume), Replica(":memory:")
+    replay_to_head(volume, replica)
+    cutoff = int((now - older_than) * 1e9)
+    old = _blocks(replica, "SELECT manifest FROM versions WHERE t < ?", (cutoff,))
+    needed = _blocks(replica, "SELECT manifest FROM inodes WHERE nlink > 0") | \
+        _blocks(replica, "SELECT manifest FROM trash") | \
+        _blocks(replica, "SELECT manifest FROM versions WHERE t >= ?", (cutoff,))
+    moving = sorted(b for b in old - needed if replica.archived_class(b) is None)
+    moved = _set_class(volume, moving, storage_class, progress, "archiving")
+    append_at_head(journal, replica, lambda: [{"op": "archive", "blocks": moved, "storage_class": storage_class,
+                                              "t": time.time_ns()}] if moved else [], "archive")
+    replica.close()
+    return {"blocks_archived": len(moved), "storage_class": storage_class}
+
+
+def thaw(volume: Volume, progress: Progress) -> dict:
+    """Bring every archived block back to the standard class (on AWS: request the restore
+    first; blocks still on their way are counted as waiting, run thaw again later)."""
+    journal, replica = Journal(volume), Replica(":memory:")
+    replay_to_head(volume, replica)
+    archived = [b for (b,) in replica.db.execute("SELECT block FROM archived ORDER BY block")]
+    thawed = _set_class(volume, archived, "STANDARD", progress, "thawing")
+    append_at_head(journal, replica, lambda: [{"op": "thaw", "blocks": thawed, "t": time.time_ns()}]
+                   if thawed else [], "thaw")
+    replica.close()
+    return {"blocks_thawed": len(thawed), "blocks_waiting": len(archived) - len(thawed)}
+
+
+def _set_class(volume: Volume, block_ids: list[str], storage_class: str, progress: Progress, what: str) -> list[str]:
+    done = []
+    bar = progress(what, len(block_ids))
+    for block_id in block_ids:
+        if volume.store.set_storage_class(BLOCKS + block_id, storage_class):
+            done.append(block_id)
+        bar.update(1)
+    bar.close()
+    return done
+
+
+def _blocks(replica: Replica, query: str, args: tuple = ()) -> set[str]:
+    return {block for (manifest,) in replica.db.execute(query, args)
+            for block, _length in json.loads(manifest) if block}
+
+
 def collect(volume: Volume, policy: Retention, grace_seconds: float, dry_run: bool, progress: Progress,
             now: float | None = None) -> GcReport:
     now = time.time() if now is None else now
@@ -72,19 +137,13 @@ def collect(volume: Volume, policy: Retention, grace_seconds: float, dry_run: bo
     journal = Journal(volume)
     replica = Replica(":memory:")
     replay_to_head(volume, replica)
-    for _attempt in range(APPEND_ATTEMPTS):
+    if dry_run:
         ops = retention_ops(replica, policy, now)
-        report.versions_pruned = sum(len(op["versions"]) for op in ops if op["op"] == "prune")
-        report.trash_purged = sum(len(op["fids"]) for op in ops if op["op"] == "purge")
-        if not ops:
-            break
-        entry = Entry(seq=replica.applied_seq + 1, device="gc", ops=ops)
-        if dry_run or journal.append(entry):
-            replica.apply_remote(entry.seq, ops)  # the scratch replica only, for a dry run
-            break
-        _catch_up(journal, replica)  # another device committed first: decide again on the new state
+        replica.apply_remote(replica.applied_seq + 1, ops)  # the scratch replica only
     else:
-        raise RuntimeError("gc could not append its retention entry; devices are committing very fast, try again")
+        ops = append_at_head(journal, replica, lambda: retention_ops(replica, policy, now), "gc")
+    report.versions_pruned = sum(len(op["versions"]) for op in ops if op["op"] == "prune")
+    report.trash_purged = sum(len(op["fids"]) for op in ops if op["op"] == "purge")
 
     stored = list(volume.store.list(BLOCKS))
     if not dry_run:

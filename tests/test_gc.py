@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 from test_posix import read, write
 from test_sync import POLL, held, wait_for
@@ -103,3 +104,50 @@ def test_du_counts_logical_bytes_exactly_and_three_copies_dedup_three_times(volu
     assert usage["trash_bytes"] == 1000
     assert usage["history_bytes"] == 0  # a.bin's old blocks are still live in b.bin and c.bin
     assert "dedup" in volume.cli.run("du", volume.url).stdout
+
+
+def storage_class(seaweed, volume, key: str) -> str:
+    from conftest import BUCKET
+
+    prefix = volume.url.split(f"{BUCKET}/", 1)[1]
+    return seaweed.client().head_object(Bucket=BUCKET, Key=f"{prefix}/{key}").get("StorageClass", "STANDARD")
+
+
+def test_archive_moves_old_versions_cold_and_thaw_brings_them_back(s3_volume, seaweed):
+    import errno
+
+    import pytest
+
+    from test_history import subprocess_bytes
+
+    laptop = s3_volume.mount("laptop", poll_interval=POLL)
+    old = os.urandom(1_000_000)
+    write(laptop.p("thesis.txt"), old)
+    laptop.sync()
+    before = blocks(s3_volume)
+    current = os.urandom(1_000_000)
+    write(laptop.p("thesis.txt"), current)
+    laptop.sync()
+    old_blocks, live_blocks = before, blocks(s3_volume) - before
+
+    time.sleep(1.5)
+    archived = s3_volume.cli.run("archive", s3_volume.url, "--older-than", "1s").stdout
+    assert f"Archived {len(old_blocks)} blocks" in archived
+    assert {storage_class(seaweed, s3_volume, k) for k in old_blocks} == {"GLACIER"}
+    assert {storage_class(seaweed, s3_volume, k) for k in live_blocks} == {"STANDARD"}
+    cat = s3_volume.cli.run("cat", "thesis.txt", "--version", "1", "--volume", s3_volume.url, check=False)
+    assert cat.returncode == 10
+    assert "archived in the GLACIER storage class" in cat.stderr and "fusedrive thaw" in cat.stderr
+    fresh = s3_volume.mount("fresh")  # nothing cached: the history tree answers EIO at once
+    version_1 = [n for n in os.listdir(fresh.p(".fusedrive/history/thesis.txt")) if n.startswith("v1 ")][0]
+    with pytest.raises(OSError) as caught:
+        with open(fresh.p(".fusedrive/history/thesis.txt", version_1), "rb") as f:
+            f.read()
+    assert caught.value.errno == errno.EIO
+    assert read(fresh.p("thesis.txt")) == current, "the current version is not archived"
+
+    s3_volume.cli.run("thaw", s3_volume.url)
+    assert {storage_class(seaweed, s3_volume, k) for k in old_blocks} == {"STANDARD"}
+    assert subprocess_bytes(s3_volume, "cat", "thesis.txt", "--version", "1", "--volume", s3_volume.url) == old
+    wait_for(lambda: read(fresh.p(".fusedrive/history/thesis.txt", version_1)) == old,
+             what="the fresh device to apply the thaw")

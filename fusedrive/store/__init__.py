@@ -43,6 +43,11 @@ class ObjectStore(Protocol):
         """Store a local file of any size (multipart where the store needs it)."""
         ...
 
+    def set_storage_class(self, key: str, storage_class: str) -> bool:
+        """Move an object to another storage class (archive, thaw). False while a thaw
+        has been requested but the archive tier has not made the object readable yet."""
+        ...
+
     def share_url(self, key: str, expires_in: int) -> str:
         """A URL anyone can GET `key` with, for `expires_in` seconds (UsageError beyond
         what the store allows)."""

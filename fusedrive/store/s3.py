@@ -117,3 +117,21 @@ class S3Store:
                              "choose a shorter --expires.")
         return self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self.prefix + key}, ExpiresIn=expires_in)
+
+    def set_storage_class(self, key: str, storage_class: str) -> bool:
+        full = self.prefix + key
+        try:
+            self._call("change the storage class of", self.client.copy_object, Key=full, StorageClass=storage_class,
+                       CopySource={"Bucket": self.bucket, "Key": full}, MetadataDirective="REPLACE",
+                       Metadata={})  # blocks carry no metadata; REPLACE is what makes a self-copy legal everywhere
+            return True
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "InvalidObjectState":
+                raise StoreUnreachable(f"Changing the storage class of {key} failed: {exc}") from exc
+        # Archived on AWS: ask for a restore; the copy works once it is done (hours).
+        try:
+            self._call("restore", self.client.restore_object, Key=full, RestoreRequest={"Days": 7})
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "RestoreAlreadyInProgress":
+                raise StoreUnreachable(f"Restoring {key} from the archive failed: {exc}") from exc
+        return False
