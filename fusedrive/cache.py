@@ -8,12 +8,16 @@ blocks are also kept decoded in memory, because one 4 MiB block serves dozens of
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
 import diskcache
+
+log = logging.getLogger(__name__)
 
 MEMORY_BLOCKS = 16
 
@@ -62,7 +66,11 @@ class BlockCache:
         return data
 
     def put(self, block_id: str, data: bytes) -> None:
-        self._disk.set(block_id, data)
+        """Best effort: a cache that cannot grow (disk full) must not fail an upload or a read."""
+        try:
+            self._disk.set(block_id, data)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("cannot cache block %s on disk: %s", block_id, exc)
         self._remember(block_id, data)
 
     def volume_bytes(self) -> int:

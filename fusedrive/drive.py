@@ -10,6 +10,7 @@ that the committer puts in the journal. See docs/concurrency.md.
 from __future__ import annotations
 
 import bisect
+import errno
 import logging
 import os
 import time
@@ -39,6 +40,7 @@ from .volume import Volume
 
 log = logging.getLogger(__name__)
 
+DISK_RESERVE = 64 << 20  # kept free on the cache disk (at most a tenth of it)
 CHANGE_WORDS = {"mknod": "created", "symlink": "created", "link": "linked", "unlink": "deleted",
                 "rename": "moved", "update": "changed"}  # the rest (attributes, xattrs) is "changed"
 
@@ -410,8 +412,17 @@ class Drive:
             self.replica.set_dirty(node.fid, True, base=node.version)
             self.dirty.add(node.fid)
 
+    def _check_room(self, nbytes: int) -> None:
+        """ENOSPC before the cache disk is completely full: the replica, the log and the
+        block cache need a little room, or even deleting a file to make room would fail."""
+        disk = os.statvfs(self.cache_dir)
+        free, total = disk.f_bavail * disk.f_frsize, disk.f_blocks * disk.f_frsize
+        if free - nbytes < min(DISK_RESERVE, total // 10):
+            raise OSError(errno.ENOSPC, "the cache disk is full")
+
     async def write(self, node: Inode, offset: int, data: bytes) -> int:
         await self._ensure_staged(node)
+        self._check_room(len(data))
         self.staging.write(node.fid, offset, data)
         current, _ = self.size_and_mtime(node)
         self._mark_dirty(node, max(current, offset + len(data)))

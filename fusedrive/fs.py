@@ -12,6 +12,7 @@ import errno
 import functools
 import logging
 import os
+import sqlite3
 import stat
 import time
 import uuid
@@ -45,6 +46,10 @@ def fuse_errors(handler):
             raise pyfuse3.FUSEError(errno.EIO) from None
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except sqlite3.OperationalError as exc:
+            # the replica could not write: a full cache disk is ENOSPC, anything else EIO
+            log.error("%s failed: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(errno.ENOSPC if "full" in str(exc) else errno.EIO) from None
 
     return wrapped
 

@@ -98,8 +98,9 @@ class Volume:
     def stored_bytes(self, prefix: str = "") -> int:
         return sum(size for _key, size in self.list_objects(prefix))
 
-    def mount(self, name: str = "dev1", **options) -> "Mount":
-        mount = Mount(self, self.root / f"mnt-{name}-{uuid.uuid4().hex[:6]}", self.root / f"cache-{name}", name)
+    def mount(self, name: str = "dev1", cache_dir: Path | None = None, **options) -> "Mount":
+        mount = Mount(self, self.root / f"mnt-{name}-{uuid.uuid4().hex[:6]}", cache_dir or self.root / f"cache-{name}",
+                      name)
         mount.start(**options)
         self.mounts.append(mount)
         return mount
