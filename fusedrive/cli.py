@@ -105,6 +105,7 @@ def cmd_mount(args) -> int:
                     "--poll-interval", str(args.poll_interval)]
             if args.hub:
                 argv += ["--hub", args.hub]
+            argv += ["--io-timeout", str(args.io_timeout)]
             if args.notify:
                 argv += ["--notify"]
             if args.metrics:
@@ -118,7 +119,7 @@ def cmd_mount(args) -> int:
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         run_mount(volume, args.mountpoint, cache_dir, args.device_name, args.cache_size, args.ready_fd, args.debug,
-                  args.poll_interval, args.hub, args.notify, args.metrics)
+                  args.poll_interval, args.hub, args.notify, args.metrics, args.io_timeout)
         return 0
     except FusedriveError as exc:
         report_failure(args.ready_fd, exc)
@@ -572,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between checks for other devices' changes (default 2)")
     p.add_argument("--hub", default=None, metavar="URL",
                    help="a `fusedrive hub` to hear about other devices' changes at once (http://HOST:PORT)")
+    p.add_argument("--io-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="a read the cache cannot serve fails (EIO) if the store does not answer in this long "
+                        "(default 60)")
     p.add_argument("--notify", action="store_true",
                    help="desktop notifications (notify-send) for conflicts and problems")
     p.add_argument("--metrics", default=None, metavar="HOST:PORT",

@@ -89,7 +89,7 @@ class Committer:
     async def _pull_locked(self) -> None:
         started = trio.current_time()
         start = self.replica.applied_seq
-        entries = await self._store_call(lambda: list(self.journal.entries_after(start)))
+        entries = await self._store_call(lambda: list(self.journal.entries_after(start)), abandon=True)
         self.last_pull = started
         self.journal_head = max(self.journal_head, entries[-1].seq if entries else start)
         inflight = json.loads(self.replica.get_state("inflight", "null") or "null")
@@ -145,10 +145,12 @@ class Committer:
                     self.replica.set_state("inflight", None)  # 412 and not ours: settled
                     await self._pull_locked()
 
-    async def _store_call(self, function, *args):
-        """Run a journal call in a worker thread, telling StoreHealth whether the store answered."""
+    async def _store_call(self, function, *args, abandon: bool = False):
+        """Run a journal call in a worker thread, telling StoreHealth whether the store answered.
+        `abandon`: a cancelled caller may leave the thread behind (reads only: a pull that
+        is given up changes nothing)."""
         try:
-            result = await trio.to_thread.run_sync(function, *args)
+            result = await trio.to_thread.run_sync(function, *args, abandon_on_cancel=abandon)
         except StoreUnreachable as exc:
             self.health.failed(exc)
             raise

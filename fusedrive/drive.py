@@ -40,6 +40,7 @@ from .volume import Volume
 
 log = logging.getLogger(__name__)
 
+FRESHNESS_WAIT_SECONDS = 5  # an open() waits at most this long for the journal head
 DISK_RESERVE = 64 << 20  # kept free on the cache disk (at most a tenth of it)
 CHANGE_WORDS = {"mknod": "created", "symlink": "created", "link": "linked", "unlink": "deleted",
                 "rename": "moved", "update": "changed"}  # the rest (attributes, xattrs) is "changed"
@@ -62,7 +63,7 @@ class Layout:
 
 class Drive:
     def __init__(self, volume: Volume, cache_dir: Path, device: str, cache_size: int,
-                 poll_interval: float = 2.0, hub_url: str | None = None) -> None:
+                 poll_interval: float = 2.0, hub_url: str | None = None, io_timeout: float = 60.0) -> None:
         self.volume = volume
         self.device = device
         self.cache_dir = cache_dir
@@ -80,6 +81,7 @@ class Drive:
         self.committer = Committer(self.replica, self.journal, device, self._remote_applied, self.health,
                                    unsaved=lambda: set(self.dirty), open_files=lambda: set(self.open_handles))
         self.poll_interval = poll_interval
+        self.io_timeout = io_timeout
         self.hub = HubClient(hub_url, volume.volume_id) if hub_url else None
         self.hub_connected = False
         self.committer.on_commit = self._announce
@@ -204,7 +206,10 @@ class Drive:
         """Close-to-open: before open(), see the journal head unless a check just happened."""
         if trio.current_time() - self.committer.last_pull > OPEN_FRESHNESS_SECONDS:
             try:
-                await self.committer.pull()
+                with trio.move_on_after(min(self.io_timeout, FRESHNESS_WAIT_SECONDS)) as waited:
+                    await self.committer.pull()
+                if waited.cancelled_caught:
+                    log.info("freshness check took too long, serving what this device has")
             except FusedriveError as exc:
                 log.info("freshness check failed, serving what this device has: %s", exc)
 
@@ -374,7 +379,7 @@ class Drive:
                 return data
         done = self._in_flight[block_id] = trio.Event()
         try:
-            return await trio.to_thread.run_sync(self.blocks.fetch, block_id, limiter=self.download_limiter)
+            return await self._fetch_within_timeout(block_id)
         except FusedriveError as exc:
             if node is not None:
                 self._error(f"Cannot read {self.replica.path_of(node.fid) or '(deleted file)'!r} "
@@ -383,6 +388,18 @@ class Drive:
         finally:
             del self._in_flight[block_id]
             done.set()
+
+    async def _fetch_within_timeout(self, block_id: str) -> bytes:
+        """A store that does not answer makes the read fail (EIO) after --io-timeout instead
+        of holding the program (and the kernel request) forever; the thread is abandoned."""
+        try:
+            with trio.fail_after(self.io_timeout):
+                return await trio.to_thread.run_sync(self.blocks.fetch, block_id, limiter=self.download_limiter,
+                                                     abandon_on_cancel=True)
+        except trio.TooSlowError:
+            exc = StoreUnreachable(f"The store did not answer within {self.io_timeout:g} s (--io-timeout).")
+            self.health.failed(exc)
+            raise exc from None
 
     # --- writing ----------------------------------------------------------------------
 

@@ -66,6 +66,8 @@ async def _drain(drive: Drive) -> None:
     while True:
         try:
             await drive.sync_all()
+            with trio.move_on_after(drive.io_timeout):
+                await drive.committer.pull()  # leave the replica at the head for the next mount
             return
         except FusedriveError as exc:
             log.warning("waiting for the store to upload the last changes: %s", exc)
@@ -74,11 +76,12 @@ async def _drain(drive: Drive) -> None:
 
 def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cache_size: int,
               ready_fd: int | None = None, debug: bool = False, poll_interval: float = 2.0,
-              hub_url: str | None = None, notify: bool = False, metrics: str | None = None) -> None:
+              hub_url: str | None = None, notify: bool = False, metrics: str | None = None,
+              io_timeout: float = 60.0) -> None:
     """Mount and serve until unmounted; then drain the upload queue and return."""
     path = check_mountpoint(mountpoint)
     lock_fd = prepare_cache_dir(cache_dir, volume)
-    drive = Drive(volume, cache_dir, device, cache_size, poll_interval, hub_url)
+    drive = Drive(volume, cache_dir, device, cache_size, poll_interval, hub_url, io_timeout)
     operations = DriveOperations(drive)
     options = set(pyfuse3.default_options) | {"fsname=fusedrive", "subtype=fusedrive"}
     if debug:

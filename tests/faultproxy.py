@@ -1,6 +1,7 @@
 """A TCP proxy on loopback in front of the S3 server, to take the store away and bring
-it back while mounts keep running (`down()` refuses new connections and cuts open ones,
-like a server that stopped; `up()` serves again)."""
+it back while mounts keep running: `down()` refuses new connections and cuts open ones,
+like a server that stopped; `blackhole()` accepts connections and never answers, like a
+server that hangs; `up()` serves again."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._silent = False
         self.port = self._free_port()
         self.up()
 
@@ -27,9 +29,16 @@ class FaultProxy:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def up(self) -> None:
+    def blackhole(self) -> None:
+        """Keep accepting, answer nothing."""
+        self.up(silent=True)
+
+    def up(self, silent: bool = False) -> None:
         if self._listener is not None:
-            return
+            if self._silent == silent:
+                return
+            self.down()
+        self._silent = silent
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -58,6 +67,10 @@ class FaultProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self._silent:
+                with self._lock:
+                    self._connections.add(client)  # held open, never answered, cut by down()
+                continue
             try:
                 upstream = socket.create_connection(self.target)
             except OSError:

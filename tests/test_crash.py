@@ -124,3 +124,38 @@ def test_a_full_cache_disk_is_enospc_for_the_writer_and_closed_files_still_uploa
         laptop.umount()
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+def test_a_hanging_store_fails_uncached_reads_after_io_timeout_and_loses_no_write(proxied_volume, store_proxy):
+    import errno
+
+    import pytest
+
+    from test_posix import write
+    from test_sync import wait_for
+
+    writer = proxied_volume.mount("writer")
+    remote = os.urandom(2_000_000)
+    write(writer.p("remote.bin"), remote)
+    writer.sync()
+    laptop = proxied_volume.mount("laptop", args=("--io-timeout", "3"))
+    cached = os.urandom(500_000)
+    write(laptop.p("cached.bin"), cached)
+    laptop.sync()
+    store_proxy.blackhole()
+    started = time.monotonic()
+    with pytest.raises(OSError) as caught:
+        read(laptop.p("remote.bin"))  # never read on this device: not in its cache
+    assert caught.value.errno == errno.EIO
+    assert time.monotonic() - started < 30, "bounded by --io-timeout, not hanging"
+    assert read(laptop.p("cached.bin")) == cached
+    offline = os.urandom(300_000)
+    write(laptop.p("offline.bin"), offline)  # accepted into staging while the store hangs
+    status = laptop.control("status")
+    assert status["files_waiting"] == 1 and status["bytes_waiting"] == len(offline)
+    store_proxy.up()
+    wait_for(lambda: laptop.control("status")["files_waiting"] == 0 and
+             laptop.control("status")["ops_waiting"] == 0, timeout=120, what="the queue to drain")
+    fresh = proxied_volume.mount("fresh")
+    assert read(fresh.p("offline.bin")) == offline
+    assert read(laptop.p("remote.bin")) == remote
