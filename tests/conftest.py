@@ -241,7 +241,7 @@ def s3_volume(request, tmp_path):
 @pytest.fixture
 def store_proxy(seaweed):
     """A proxy between the mounts and the S3 server that tests can take down and bring back."""
-    from faultproxy import FaultProxy
+    from fusedrive.testing.faultproxy import FaultProxy
 
     proxy = FaultProxy(int(seaweed.endpoint.rsplit(":", 1)[1]))
     yield proxy

@@ -1,0 +1,128 @@
+"""Soak: two devices doing random file I/O on one volume while the store fails now and
+then (stopped, or hanging), for --minutes; then every closed version must be live or
+in the journal, both devices must agree, and fsck must be clean. Not part of CI.
+
+    .venv/bin/python scripts/soak.py --minutes 60 --seed 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fusedrive import control
+from fusedrive.testing.faultproxy import FaultProxy
+from fusedrive.testing.seaweed import start_seaweed
+
+PASSPHRASE = "soak test passphrase"
+NAMES = [f"doc{i}.txt" for i in range(12)]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=60)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    root = Path(tempfile.mkdtemp(prefix="fusedrive-soak-"))
+    server = start_seaweed(root / "seaweed")
+    server.client().create_bucket(Bucket="soak")
+    proxy = FaultProxy(int(server.endpoint.rsplit(":", 1)[1]))
+    env = dict(os.environ, **server.env, AWS_ENDPOINT_URL=proxy.endpoint, FUSEDRIVE_PASSPHRASE=PASSPHRASE,
+               XDG_RUNTIME_DIR=str(root / "run"))
+    (root / "run").mkdir()
+    os.environ.update(XDG_RUNTIME_DIR=str(root / "run"))
+    url = "s3://soak/volume"
+
+    def cli(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "fusedrive.cli", *argv], env=env, capture_output=True,
+                                text=True, timeout=600)
+        if check and result.returncode:
+            raise SystemExit(f"fusedrive {' '.join(argv)} failed: {result.stderr}")
+        return result
+
+    cli("init", url)
+    devices = []
+    for name in ("laptop", "desktop"):
+        path = root / f"mnt-{name}"
+        path.mkdir()
+        cli("mount", url, str(path), "--cache-dir", str(root / f"cache-{name}"), "--device-name", name,
+            "--poll-interval", "0.5", "--io-timeout", "5")
+        devices.append(path)
+    closed: dict[str, str] = {}
+    faults = errors = steps = 0
+    deadline = time.monotonic() + args.minutes * 60
+    next_fault = time.monotonic() + rng.uniform(10, 30)
+    try:
+        while time.monotonic() < deadline:
+            if time.monotonic() > next_fault:
+                faults += 1
+                (proxy.down if rng.random() < 0.5 else proxy.blackhole)()
+                time.sleep(rng.uniform(3, 15))
+                proxy.up()
+                next_fault = time.monotonic() + rng.uniform(10, 30)
+            device, name = rng.choice(devices), rng.choice(NAMES)
+            steps += 1
+            try:
+                if rng.random() < 0.8:
+                    data = f"{device.name} {steps}\n".encode() + rng.randbytes(rng.choice([100, 5000, 300_000]))
+                    with open(device / name, "wb") as f:
+                        f.write(data)
+                    closed[sha(data)] = f"{device.name} step {steps} {name}"
+                elif rng.random() < 0.5:
+                    os.rename(device / name, device / rng.choice(NAMES))
+                else:
+                    os.unlink(device / name)
+            except OSError:
+                errors += 1
+        proxy.up()
+        for device in devices:
+            control.request(str(device), "sync", timeout=600)
+        time.sleep(3)
+        trees = [{p.name: sha(p.read_bytes()) for p in d.iterdir() if p.is_file()} for d in devices]
+        live = set(trees[0].values())
+        kept: set[str] = set()
+        from fusedrive.blocks import BlockStore
+        from fusedrive.cache import BlockCache
+        from fusedrive.checkpoints import replay_to_head
+        from fusedrive.replica import Replica
+        from fusedrive.store import open_store
+        from fusedrive.volume import open_volume
+
+        os.environ.update(server.env)
+        volume = open_volume(open_store(url, server.endpoint), PASSPHRASE)
+        replica = Replica(":memory:")
+        replay_to_head(volume, replica)
+        blocks = BlockStore(volume, BlockCache(root / "verify-cache", 1 << 30, volume.keys.id_of))
+        for (manifest,) in replica.db.execute("SELECT manifest FROM versions"):
+            kept.add(sha(b"".join(blocks.fetch(b) if b else bytes(n) for b, n in json.loads(manifest))))
+        lost = {h: where for h, where in closed.items() if h not in live and h not in kept}
+        fsck = cli("fsck", url, check=False)
+        print(f"{steps} operations, {len(closed)} closed versions, {faults} store faults, {errors} refused "
+              f"operations (names gone, store down)")
+        print(f"devices agree: {trees[0] == trees[1]}; versions lost: {len(lost)}; fsck exit {fsck.returncode}")
+        for where in list(lost.values())[:10]:
+            print(f"  lost: {where}")
+        return 0 if trees[0] == trees[1] and not lost and fsck.returncode == 0 else 1
+    finally:
+        proxy.up()
+        for device in devices:
+            cli("umount", str(device), "--timeout", "300", check=False)
+        proxy.down()
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
