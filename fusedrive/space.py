@@ -89,11 +89,11 @@ def archive(volume: Volume, older_than: float, storage_class: str, progress: Pro
     journal, replica = Journal(volume), Replica(":memory:")
     replay_to_head(volume, replica)
     cutoff = int((now - older_than) * 1e9)
-    old = _blocks(replica, "SELECT manifest FROM versions WHERE t < ?", (cutoff,))
-    needed = _blocks(replica, "SELECT manifest FROM inodes WHERE nlink > 0") | \
-        _blocks(replica, "SELECT manifest FROM trash") | \
-        _blocks(replica, "SELECT manifest FROM versions WHERE t >= ?", (cutoff,))
-    moving = sorted(b for b in old - needed if replica.archived_class(b) is None)
+    old = _block_lengths(replica, "SELECT manifest FROM versions WHERE t < ?", (cutoff,))
+    needed = {**_block_lengths(replica, "SELECT manifest FROM inodes WHERE nlink > 0"),
+              **_block_lengths(replica, "SELECT manifest FROM trash"),
+              **_block_lengths(replica, "SELECT manifest FROM versions WHERE t >= ?", (cutoff,))}
+    moving = sorted(b for b in old.keys() - needed.keys() if replica.archived_class(b) is None)
     moved = _set_class(volume, moving, storage_class, progress, "archiving")
     append_at_head(journal, replica, lambda: [{"op": "archive", "blocks": moved, "storage_class": storage_class,
                                               "t": time.time_ns()}] if moved else [], "archive")
@@ -125,9 +125,10 @@ def _set_class(volume: Volume, block_ids: list[str], storage_class: str, progres
     return done
 
 
-def _blocks(replica: Replica, query: str, args: tuple = ()) -> set[str]:
-    return {block for (manifest,) in replica.db.execute(query, args)
-            for block, _length in json.loads(manifest) if block}
+def _block_lengths(replica: Replica, query: str, args: tuple = ()) -> dict[str, int]:
+    """Block id → plaintext length, for every block the manifests a query selects name."""
+    return {block: length for (manifest,) in replica.db.execute(query, args)
+            for block, length in json.loads(manifest) if block}
 
 
 def collect(volume: Volume, policy: Retention, grace_seconds: float, dry_run: bool, progress: Progress,
@@ -174,31 +175,21 @@ def usage(volume: Volume) -> dict:
     """Logical and stored bytes, dedup and compression ratios, bytes held by history and trash."""
     replica = Replica(":memory:")
     replay_to_head(volume, replica)
-    block_length: dict[str, int] = {}
-
-    def blocks_of(query: str) -> set[str]:
-        found = set()
-        for (manifest,) in replica.db.execute(query):
-            for block_id, length in json.loads(manifest):
-                if block_id:
-                    found.add(block_id)
-                    block_length[block_id] = length
-        return found
-
     live_rows = replica.db.execute("SELECT size, manifest FROM inodes WHERE nlink > 0 AND (mode & 61440) = 32768")
     logical = data_bytes = 0
     for size, manifest in live_rows:
         logical += size
         data_bytes += sum(length for block_id, length in json.loads(manifest) if block_id)
-    live = blocks_of("SELECT manifest FROM inodes WHERE nlink > 0")
-    versions = blocks_of("SELECT manifest FROM versions WHERE fid NOT IN (SELECT fid FROM trash)")
-    trash = blocks_of("SELECT manifest FROM trash UNION ALL "
-                      "SELECT manifest FROM versions WHERE fid IN (SELECT fid FROM trash)")
+    live = _block_lengths(replica, "SELECT manifest FROM inodes WHERE nlink > 0")
+    versions = _block_lengths(replica, "SELECT manifest FROM versions WHERE fid NOT IN (SELECT fid FROM trash)")
+    trash = _block_lengths(replica, "SELECT manifest FROM trash UNION ALL "
+                                    "SELECT manifest FROM versions WHERE fid IN (SELECT fid FROM trash)")
+    block_length = {**trash, **versions, **live}
     stored = {item.key[len(BLOCKS):]: item.size for item in volume.store.list(BLOCKS)}
-    referenced = live | versions | trash
-    unique_plain = sum(block_length[b] for b in referenced)
+    referenced = block_length.keys()
+    unique_plain = sum(block_length.values())
     stored_referenced = sum(stored.get(b, 0) for b in referenced)
-    live_unique = sum(block_length[b] for b in live)
+    live_unique = sum(live.values())
     replica.close()
     return {
         "logical_bytes": logical,
@@ -206,7 +197,7 @@ def usage(volume: Volume) -> dict:
         "stored_bytes": sum(stored.values()),
         "dedup_ratio": data_bytes / live_unique if live_unique else 1.0,
         "compression_ratio": unique_plain / stored_referenced if stored_referenced else 1.0,
-        "history_bytes": sum(block_length[b] for b in versions - live),
-        "trash_bytes": sum(block_length[b] for b in trash - live - versions),
+        "history_bytes": sum(length for b, length in versions.items() if b not in live),
+        "trash_bytes": sum(length for b, length in trash.items() if b not in live and b not in versions),
         "unreferenced_stored_bytes": sum(size for b, size in stored.items() if b not in referenced),
     }
