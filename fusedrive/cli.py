@@ -319,7 +319,8 @@ def cmd_history(args) -> int:
                  for v in history.versions(replica, node.fid)]
     else:
         entry = control.mount_containing(args.path)
-        found = control.request(entry["mountpoint"], "versions", timeout=60, path=os.path.realpath(args.path))["versions"]
+        found = control.request(entry["mountpoint"], "versions", timeout=60,
+                                path=os.path.realpath(args.path))["versions"]
     if args.json:
         import json
 
@@ -553,11 +554,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--key-file", default=None, help="read the passphrase from this file "
                        "(default: $FUSEDRIVE_PASSPHRASE, else ask)")
 
-    p = sub.add_parser("init", help="create a new volume", description="Create a new volume in an S3 bucket "
+    def volume_command(name: str, func, **texts: str) -> argparse.ArgumentParser:
+        """A command that works on VOLUME directly (no mount needed)."""
+        p = sub.add_parser(name, **texts)
+        p.add_argument("volume", metavar="VOLUME")
+        volume_options(p)
+        p.set_defaults(func=func)
+        return p
+
+    p = volume_command("init", cmd_init, help="create a new volume", description="Create a new volume in an S3 bucket "
                        "(s3://BUCKET/PREFIX) or a directory (file:///DIR). Refuses to overwrite an existing one.")
-    p.add_argument("volume", metavar="VOLUME")
-    volume_options(p)
-    p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("mount", help="mount a volume as a folder", description="Mount VOLUME at MOUNTPOINT. With "
                        "only MOUNTPOINT, mounts the default volume on this machine (created on first use).")
@@ -661,49 +667,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON (list)")
     p.set_defaults(func=cmd_trash)
 
-    p = sub.add_parser("gc", help="apply retention and reclaim space", description="Let go of old versions and "
+    p = volume_command("gc", cmd_gc, help="apply retention and reclaim space", description="Let go of old versions and "
                        "trash as the retention policy says (see fusedrive config), then delete blocks that nothing "
                        "kept references and that are older than the grace period. Safe while devices are mounted.")
-    p.add_argument("volume", metavar="VOLUME")
-    volume_options(p)
     p.add_argument("--dry-run", action="store_true", help="say what would go, change nothing")
     p.add_argument("--grace", default="24h", help="keep unreferenced blocks younger than this (default 24h; "
                    "they may belong to a commit another device has not made yet)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_gc)
 
-    p = sub.add_parser("du", help="space used", description="Logical bytes, stored bytes, dedup and compression "
+    p = volume_command("du", cmd_du, help="space used",
+                       description="Logical bytes, stored bytes, dedup and compression "
                        "ratios, and the bytes held only by history and by the trash.")
-    p.add_argument("volume", metavar="VOLUME")
-    volume_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_du)
 
-    p = sub.add_parser("config", help="show or change the retention policy", description="The retention policy "
+    p = volume_command("config", cmd_config, help="show or change the retention policy",
+                       description="The retention policy "
                        "is stored in the volume; fusedrive gc applies it. Durations: 12h, 30d, 52w.")
-    p.add_argument("volume", metavar="VOLUME")
-    volume_options(p)
     p.add_argument("--keep-all", default=None, metavar="DURATION", help="keep every version this long")
     p.add_argument("--keep-daily", default=None, metavar="DURATION", help="then one version per day up to this age")
     p.add_argument("--max-versions", type=int, default=None, metavar="N", help="at most N versions per file")
     p.add_argument("--trash-days", default=None, metavar="DURATION", help="how long deleted files stay in the trash")
-    p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("archive", help="move old versions to a cold storage class", description="Move blocks "
+    p = volume_command("archive", cmd_archive, help="move old versions to a cold storage class",
+                       description="Move blocks "
                        "held only by versions older than --older-than to an archive storage class (S3 only). "
                        "Reading such a version then says it is archived instead of hanging; fusedrive thaw "
                        "brings it back.")
-    p.add_argument("volume", metavar="VOLUME")
-    volume_options(p)
     p.add_argument("--older-than", default="180d", metavar="DURATION", help="default 180d")
     p.add_argument("--storage-class", default="GLACIER", help="default GLACIER (also DEEP_ARCHIVE, GLACIER_IR, ...)")
-    p.set_defaults(func=cmd_archive)
 
-    p = sub.add_parser("thaw", help="bring archived versions back", description="Move every archived block back "
+    p = volume_command("thaw", cmd_thaw, help="bring archived versions back",
+                       description="Move every archived block back "
                        "to the standard storage class (on AWS, the restore may take hours: exit 1 until done).")
-    p.add_argument("volume", metavar="VOLUME")
-    volume_options(p)
-    p.set_defaults(func=cmd_thaw)
 
     p = sub.add_parser("hub", help="run a notification hub", description="Serve long-poll change "
                        "notifications to devices (mount --hub URL). Holds no data; devices fall back to polling "
@@ -711,13 +706,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="127.0.0.1:7780", help="HOST:PORT to listen on (default 127.0.0.1:7780)")
     p.set_defaults(func=cmd_hub)
 
-    p = sub.add_parser("fsck", help="check a volume", description="Replay the journal, check the tree and that "
+    p = volume_command("fsck", cmd_fsck, help="check a volume",
+                       description="Replay the journal, check the tree and that "
                        "every referenced block exists, and compare this device's replica. Exit 1 if problems.")
-    p.add_argument("volume", metavar="VOLUME")
-    volume_options(p)
     p.add_argument("--cache-dir", default=None, help="the cache dir of the replica to compare")
     p.add_argument("--verify-blocks", action="store_true", help="download and verify every referenced block")
-    p.set_defaults(func=cmd_fsck)
     return parser
 
 
