@@ -540,8 +540,9 @@ class Drive:
             self.health.failed(exc)
         if fid not in self._failing_uploads:
             self._failing_uploads.add(fid)
-            self._error(f"Upload of {self.replica.path_of(fid)} failed, retrying: {exc}")
-            self.events.publish("upload-failed", path=self.replica.path_of(fid), error=str(exc))
+            path = self.replica.path_of(fid)
+            self._error(f"Upload of {path} failed, retrying: {exc}")
+            self.events.publish("upload-failed", path=path, error=str(exc))
 
     def _upload_went_through(self, fid: str) -> None:
         self.upload_error = None
@@ -598,12 +599,11 @@ class Drive:
         self.committer.kick()
         return True
 
-    async def record_user_ops(self, ops: list[dict]) -> None:
+    def record_user_ops(self, ops: list[dict]) -> None:
         """Commit operations a command made (restores, emptying the trash) as if the user
-        made them in the mount: the kernel forgets what it cached of those files."""
-        for op in ops:
-            if op["op"] == "update" and op["fid"] in self.dirty:
-                await self.wait_uploaded({op["fid"]})  # its unsaved content becomes a version first
+        made them in the mount: the kernel forgets what it cached of those files. A caller
+        restoring a file waits for its unsaved content first (wait_uploaded), since the
+        ops are based on the version it saw."""
         self.replica.record(*ops)
         for op in ops:
             if op["op"] == "update" and op["fid"] in self.staged and op["fid"] not in self.dirty \

@@ -26,6 +26,19 @@ PROGRESS_EVERY_SECONDS = 0.25
 
 
 def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
+    def inside(path: str) -> str:
+        """An absolute path in the mount → its path in the drive ("/docs/a.txt")."""
+        relative = os.path.relpath(path, mountpoint)
+        if relative.startswith(".."):
+            raise UsageError(f"{path} is not inside the drive mounted at {mountpoint}.")
+        return "/" if relative == "." else "/" + relative
+
+    def file_at(path: str) -> Inode:
+        node = drive.replica.inode(history.resolve(drive.replica, inside(path)))
+        if not node.is_reg:
+            raise UsageError(f"{path} is not a file; only files have versions.")
+        return node
+
     async def status(request: dict, send: Send) -> dict:
         return drive.status()
 
@@ -51,16 +64,14 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
 
     async def share(request: dict, send: Send) -> dict:
         source = Path(request["path"])
-        inside = os.path.relpath(source, mountpoint)
-        if inside.startswith(".."):
-            raise UsageError(f"{source} is not inside the drive mounted at {mountpoint}.")
+        in_drive = inside(str(source))
         if not source.exists():
             raise UsageError(f"{source} does not exist.")
         expires_in = int(request["expires"])
         total = await trio.to_thread.run_sync(sharing.size_of, source)
         copy, name = await _with_progress(send, total, sharing.prepare_copy, source, scratch)
         try:
-            made = await trio.to_thread.run_sync(sharing.publish, drive.volume, copy, name, "/" + inside,
+            made = await trio.to_thread.run_sync(sharing.publish, drive.volume, copy, name, in_drive,
                                                  expires_in, drive.device)
         finally:
             copy.unlink(missing_ok=True)
@@ -81,19 +92,6 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
             return [asdict(s) for s in found]
         return {"removed": await trio.to_thread.run_sync(remove)}
 
-    def inside(path: str) -> str:
-        """An absolute path in the mount → its path in the drive ("/docs/a.txt")."""
-        relative = os.path.relpath(path, mountpoint)
-        if relative.startswith(".."):
-            raise UsageError(f"{path} is not inside the drive mounted at {mountpoint}.")
-        return "/" if relative == "." else "/" + relative
-
-    def file_at(path: str) -> Inode:
-        node = drive.replica.inode(history.resolve(drive.replica, inside(path)))
-        if not node.is_reg:
-            raise UsageError(f"{path} is not a file; only files have versions.")
-        return node
-
     async def versions(request: dict, send: Send) -> dict:
         node = file_at(request["path"])
         await drive.wait_uploaded({node.fid})  # what was just saved is a version too
@@ -111,7 +109,7 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
             target = inside(request["to"])
             parent = drive.replica.inode(history.resolve(drive.replica, os.path.dirname(target)))
             to = (parent.fid, os.fsencode(os.path.basename(target)))
-        await drive.record_user_ops(history.restore_version_ops(drive.replica, node.fid, kept, to, drive.device))
+        drive.record_user_ops(history.restore_version_ops(drive.replica, node.fid, kept, to, drive.device))
         return {"restored": kept.label()}
 
     async def cat(request: dict, send: Send) -> dict:
@@ -132,13 +130,13 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
 
     async def trash_restore(request: dict, send: Send) -> dict:
         ops = history.trash_restore_ops(drive.replica, inside(request["path"]), drive.device)
-        await drive.record_user_ops(ops)
+        drive.record_user_ops(ops)
         return {"path": drive.replica.path_of(_first_created(ops))}
 
     async def trash_empty(request: dict, send: Send) -> dict:
         fids = [i.fid for i in history.trash_items(drive.replica)]
         if fids:
-            await drive.record_user_ops([{"op": "purge", "fids": fids, "t": time.time_ns()}])
+            drive.record_user_ops([{"op": "purge", "fids": fids, "t": time.time_ns()}])
             await drive.sync_all()
         return {"purged": len(fids)}
 
