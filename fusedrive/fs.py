@@ -150,7 +150,7 @@ class DriveOperations(pyfuse3.Operations):
         if name == b".":
             ino = parent_inode
         elif self.view.owns(parent_inode) or (parent_inode == ROOT_INO and name == CONTROL_DIR):
-            ino = self.view.control_ino if name == CONTROL_DIR else self.view.lookup(parent_inode, name)
+            ino = self.view.lookup(parent_inode, name) if self.view.owns(parent_inode) else self.view.control_ino
         elif name == b"..":
             ino = self.replica.parent_of(parent_inode) or ROOT_INO
         else:

@@ -127,6 +127,10 @@ def test_old_versions_are_browsable_read_only_in_the_mount(volume, what):
     if what == "read":
         assert [read(os.path.join(folder, n)) for n in names] == [b"first draft", b"second draft", b"final"]
         assert ".fusedrive" not in os.listdir(laptop.path), "hidden from listings"
+        os.makedirs(laptop.p("docs/.fusedrive"))  # only the root's name is taken
+        write(laptop.p("docs/.fusedrive/inner.txt"), b"inner")
+        laptop.sync()
+        assert len(os.listdir(laptop.p(".fusedrive/history/docs/.fusedrive/inner.txt"))) == 1
     else:
         with pytest.raises(OSError) as caught:
             open(os.path.join(folder, names[0]), "wb")
