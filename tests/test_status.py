@@ -110,12 +110,18 @@ def event_streams():
         stream.stop()
 
 
-def test_a_change_on_one_device_is_exactly_one_event_on_the_other(s3_volume, event_streams):
-    laptop = s3_volume.mount("laptop", poll_interval=POLL)
-    desktop = s3_volume.mount("desktop", poll_interval=POLL)
-    write(laptop.p("report.txt"), b"draft")
+def laptop_and_desktop_sharing(volume, name: str, data: bytes):
+    """Two devices that both see `name` with `data`."""
+    laptop = volume.mount("laptop", poll_interval=POLL)
+    desktop = volume.mount("desktop", poll_interval=POLL)
+    write(laptop.p(name), data)
     laptop.sync()
     same_everywhere(laptop, desktop)
+    return laptop, desktop
+
+
+def test_a_change_on_one_device_is_exactly_one_event_on_the_other(s3_volume, event_streams):
+    laptop, desktop = laptop_and_desktop_sharing(s3_volume, "report.txt", b"draft")
     stream = event_streams(desktop)
 
     write(laptop.p("report.txt"), b"final version")
@@ -133,11 +139,7 @@ def test_a_change_on_one_device_is_exactly_one_event_on_the_other(s3_volume, eve
 
 
 def test_a_conflict_is_an_event_naming_both_files_on_both_devices(s3_volume, event_streams):
-    laptop = s3_volume.mount("laptop", poll_interval=POLL)
-    desktop = s3_volume.mount("desktop", poll_interval=POLL)
-    write(laptop.p("notes.txt"), b"original")
-    laptop.sync()
-    same_everywhere(laptop, desktop)
+    laptop, desktop = laptop_and_desktop_sharing(s3_volume, "notes.txt", b"original")
     laptop_events, desktop_events = event_streams(laptop), event_streams(desktop)
     with held(desktop):
         write(desktop.p("notes.txt"), b"desktop edit")
