@@ -9,6 +9,7 @@ blocks are also kept decoded in memory, because one 4 MiB block serves dozens of
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -20,6 +21,15 @@ import diskcache
 log = logging.getLogger(__name__)
 
 MEMORY_BLOCKS = 16
+DISK_RESERVE = 64 << 20  # kept free on the cache disk (at most a tenth of it)
+
+
+def leaves_reserve(directory: Path, nbytes: int) -> bool:
+    """Whether `nbytes` more still leave the cache disk its reserve: the replica, the log
+    and the commit queue need a little room, or even deleting a file would fail."""
+    disk = os.statvfs(directory)
+    free, total = disk.f_bavail * disk.f_frsize, disk.f_blocks * disk.f_frsize
+    return free - nbytes >= min(DISK_RESERVE, total // 10)
 
 
 class BlockCache:
@@ -27,6 +37,7 @@ class BlockCache:
         self._disk = diskcache.Cache(
             str(directory), size_limit=size_limit, eviction_policy="least-recently-used", cull_limit=16
         )
+        self._directory = directory
         self._id_of = id_of
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
@@ -68,7 +79,8 @@ class BlockCache:
     def put(self, block_id: str, data: bytes) -> None:
         """Best effort: a cache that cannot grow (disk full) must not fail an upload or a read."""
         try:
-            self._disk.set(block_id, data)
+            if leaves_reserve(self._directory, len(data)):
+                self._disk.set(block_id, data)
         except (OSError, sqlite3.Error) as exc:
             log.warning("cannot cache block %s on disk: %s", block_id, exc)
         self._remember(block_id, data)

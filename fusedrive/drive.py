@@ -13,6 +13,7 @@ import bisect
 import errno
 import logging
 import os
+import sqlite3
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +24,7 @@ import pyfuse3
 import trio
 
 from .blocks import BlockStore
-from .cache import BlockCache
+from .cache import BlockCache, leaves_reserve
 from .checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from .committer import Committer
 from .errors import FusedriveError, MountError, StoreUnreachable
@@ -41,7 +42,6 @@ from .volume import Volume
 log = logging.getLogger(__name__)
 
 FRESHNESS_WAIT_SECONDS = 5  # an open() waits at most this long for the journal head
-DISK_RESERVE = 64 << 20  # kept free on the cache disk (at most a tenth of it)
 CHANGE_WORDS = {"mknod": "created", "symlink": "created", "link": "linked", "unlink": "deleted",
                 "rename": "moved", "update": "changed"}  # the rest (attributes, xattrs) is "changed"
 
@@ -430,11 +430,8 @@ class Drive:
             self.dirty.add(node.fid)
 
     def _check_room(self, nbytes: int) -> None:
-        """ENOSPC before the cache disk is completely full: the replica, the log and the
-        block cache need a little room, or even deleting a file to make room would fail."""
-        disk = os.statvfs(self.cache_dir)
-        free, total = disk.f_bavail * disk.f_frsize, disk.f_blocks * disk.f_frsize
-        if free - nbytes < min(DISK_RESERVE, total // 10):
+        """ENOSPC before the cache disk is completely full (see leaves_reserve)."""
+        if not leaves_reserve(self.cache_dir, nbytes):
             raise OSError(errno.ENOSPC, "the cache disk is full")
 
     async def write(self, node: Inode, offset: int, data: bytes) -> int:
@@ -489,8 +486,8 @@ class Drive:
         """The kernel let go of a file that has no name left: drop its content. The row
         itself goes once no queued operation could bring the name back (see reap_orphans)."""
         if self.lookups[node.ino] <= 0 and self.open_handles[node.fid] <= 0 and node.nlink <= 0:
-            if node.fid in self.dirty and self.replica.vanished_locations(node.fid):
-                return  # written after another device deleted it: the upload brings it back
+            if node.fid in self.dirty:
+                return  # unsaved content: the upload brings it back or puts it in the trash
             self._discard_staged(node.fid)
             self._layouts.pop(node.ino, None)
             if not self.replica.pending_count():
@@ -515,7 +512,7 @@ class Drive:
                 if await self._upload(fid):
                     self._upload_went_through(fid)
                 delay = 1.0
-            except (FusedriveError, OSError) as exc:
+            except (FusedriveError, OSError, sqlite3.OperationalError) as exc:  # store down, disk full
                 self._upload_failed(fid, exc, delay)
                 await self.health.backoff(delay)
                 delay = min(delay * 2, 30)
@@ -556,9 +553,9 @@ class Drive:
         """Upload a closed file's staged content and queue its update; True if it did."""
         ino = self.replica.ino_of(fid)
         node = self.replica.inode(ino) if ino is not None else None
-        if node is None or node.nlink <= 0 and not self.replica.vanished_locations(fid):
+        if node is None or node.nlink <= 0 and not self._keeps_nameless(fid):
             if self.open_handles[fid] <= 0:
-                self._discard_staged(fid)  # deleted here: nothing to keep
+                self._discard_staged(fid)  # the trash was emptied meanwhile: nothing to keep
             return False
         generation = self.staging.generation.get(fid)
         size, mtime_ns = self.size_and_mtime(node)
@@ -586,9 +583,13 @@ class Drive:
                   "size": size, "mtime_ns": mtime_ns, "t": time.time_ns(), "device": self.device}
         with self.replica:
             revival = self._revival(node)
-            if node.nlink <= 0 and not revival:
-                return False  # deleted here meanwhile
-            self.replica.record(*revival, dict(update, base=0) if revival else update)
+            if revival:
+                update = dict(update, base=0)
+            elif node.nlink <= 0:
+                if not self.replica.in_trash(fid):
+                    return False
+                update = dict(update, trash=True)
+            self.replica.record(*revival, update)
             self.replica.set_dirty(fid, False)
         self._tell_kernel(revival)
         self.dirty.discard(fid)
@@ -598,6 +599,11 @@ class Drive:
             self._discard_staged(fid)
         self.committer.kick()
         return True
+
+    def _keeps_nameless(self, fid: str) -> bool:
+        """A file with no name left still uploads its last save: back where it was if
+        another device deleted it while it was written here, else into its trash entry."""
+        return bool(self.replica.vanished_locations(fid)) or self.replica.in_trash(fid)
 
     def record_user_ops(self, ops: list[dict]) -> None:
         """Commit operations a command made (restores, emptying the trash) as if the user

@@ -9,7 +9,8 @@ adjusted, or replaced by safe ones, so that nothing written and closed is lost:
 - an update based on a version another device replaced becomes a conflicted copy
   beside the file;
 - an update (or a create) whose file or directory another device deleted brings it
-  back where it was;
+  back where it was; the last save of a file deleted here before it uploaded goes
+  into its trash entry (dropped if the trash was emptied meanwhile);
 - a rename follows the file (ids, not paths) and is dropped if it would make a cycle;
 - a delete applies only to the name the user deleted: if another device changed the
   file meanwhile or moved it elsewhere, the delete is dropped (their work stays);
@@ -179,7 +180,10 @@ class Revalidator:
             op["fid"], op["base"] = copy, r.inode(r.ino_of(copy)).version
             return [op]
         if not self._exists(r, fid):
+            if op.get("trash"):  # deleted here before it uploaded: into its trash entry, if still there
+                return [op] if r.in_trash(fid) else []
             return self._revive(r, op)
+        op.pop("trash", None)  # brought back from the trash meanwhile: an ordinary save
         node = r.inode(r.ino_of(fid))
         if op.get("base", node.version) == node.version:
             return [op]

@@ -558,13 +558,18 @@ class Replica:
 
     def _op_update(self, op: dict) -> None:
         """New content; every content a file ever had is also a row of `versions` (history),
-        numbered per file from 1, until gc prunes it."""
-        ino = self._ino(op["fid"])
+        numbered per file from 1, until gc prunes it. An update marked `trash` is the last
+        save of a file deleted before that save had uploaded: it lands in its trash entry."""
         manifest = json.dumps(op["manifest"], separators=(",", ":"))
-        self.db.execute(
-            "UPDATE inodes SET manifest=?, size=?, mtime_ns=?, ctime_ns=?, version=version + 1 WHERE ino=?",
-            (manifest, op["size"], op["mtime_ns"], op["t"], ino),
-        )
+        ino = self.ino_of(op["fid"]) if op.get("trash") else self._ino(op["fid"])
+        if ino is not None:
+            self.db.execute(
+                "UPDATE inodes SET manifest=?, size=?, mtime_ns=?, ctime_ns=?, version=version + 1 WHERE ino=?",
+                (manifest, op["size"], op["mtime_ns"], op["t"], ino),
+            )
+        if op.get("trash"):
+            self.db.execute("UPDATE trash SET manifest=?, size=?, mtime_ns=? WHERE fid=?",
+                            (manifest, op["size"], op["mtime_ns"], op["fid"]))
         self.db.execute(
             "INSERT INTO versions(fid, version, manifest, size, mtime_ns, t, device) VALUES(?, "
             "(SELECT coalesce(max(version), 0) + 1 FROM versions WHERE fid=?), ?, ?, ?, ?, ?)",
@@ -589,10 +594,13 @@ class Replica:
         row = self.db.execute("SELECT storage_class FROM archived WHERE block=?", (block_id,)).fetchone()
         return row[0] if row else None
 
+    def in_trash(self, fid: str) -> bool:
+        return self.db.execute("SELECT 1 FROM trash WHERE fid=?", (fid,)).fetchone() is not None
+
     def _op_purge(self, op: dict) -> None:
         """Trashed files gone for good (trash emptied, or expired in gc), with their versions."""
         for fid in op["fids"]:
-            if self.db.execute("SELECT 1 FROM trash WHERE fid=?", (fid,)).fetchone() is None:
+            if not self.in_trash(fid):
                 continue  # brought back meanwhile
             self.db.execute("DELETE FROM trash WHERE fid=?", (fid,))
             self.db.execute("DELETE FROM versions WHERE fid=?", (fid,))

@@ -159,3 +159,36 @@ def test_a_hanging_store_fails_uncached_reads_after_io_timeout_and_loses_no_writ
     fresh = proxied_volume.mount("fresh")
     assert read(fresh.p("offline.bin")) == offline
     assert read(laptop.p("remote.bin")) == remote
+
+
+def test_a_file_deleted_before_its_save_uploaded_keeps_that_save_in_the_trash(proxied_volume, store_proxy):
+    from test_history import trash
+    from test_posix import write
+    from test_sync import wait_for
+
+    laptop = proxied_volume.mount("laptop")
+    write(laptop.p("report.txt"), b"first draft")
+    write(laptop.p("plan.txt"), b"old plan")
+    laptop.sync()
+    store_proxy.down()
+    write(laptop.p("report.txt"), b"final report, never uploaded before the delete")
+    os.unlink(laptop.p("report.txt"))
+    write(laptop.p("plan.txt"), b"new plan, replaced before it uploaded")
+    write(laptop.p("other.txt"), b"renamed over plan.txt")
+    os.rename(laptop.p("other.txt"), laptop.p("plan.txt"))
+    write(laptop.p("draft.txt"), b"a new file deleted while offline")
+    os.unlink(laptop.p("draft.txt"))
+    store_proxy.up()
+    wait_for(lambda: laptop.control("status")["files_waiting"] == 0 and laptop.control("status")["ops_waiting"] == 0,
+             timeout=120, what="the queue to drain")
+    fresh = proxied_volume.mount("fresh")
+    assert sorted(item["path"] for item in trash(fresh)) == ["/draft.txt", "/plan.txt", "/report.txt"]
+    for name in ("report.txt", "draft.txt"):
+        proxied_volume.cli.run("trash", "restore", fresh.p(name))
+    restored = proxied_volume.cli.run("trash", "restore", fresh.p("plan.txt")).stdout
+    assert "conflicted copy" in restored  # plan.txt is taken by the file renamed over it
+    copy = next(n for n in os.listdir(fresh.path) if n.startswith("plan (conflicted copy"))
+    assert read(fresh.p("report.txt")) == b"final report, never uploaded before the delete"
+    assert read(fresh.p("draft.txt")) == b"a new file deleted while offline"
+    assert read(fresh.p(copy)) == b"new plan, replaced before it uploaded"
+    assert read(fresh.p("plan.txt")) == b"renamed over plan.txt"
