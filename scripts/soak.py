@@ -1,8 +1,9 @@
 """Soak: two devices doing random file I/O on one volume while the store fails now and
 then (stopped, or hanging), for --minutes; then both devices must agree, fsck must be
-clean, and every version that was closed and then synced (or was the last save of its
-name on its device) must be live or kept in history. A save overwritten on the same
-device before it uploaded is coalesced, as in every sync client. Not part of CI.
+clean, and every version that was closed and then synced, deleted or replaced (or was
+the last save of its name on its device) must be live or kept in history (the trash
+keeps its versions). A save overwritten in place on the same device before it
+uploaded is coalesced, as in every sync client. Not part of CI.
 
     .venv/bin/python scripts/soak.py --minutes 60 --seed 1
 """
@@ -86,9 +87,20 @@ def main() -> int:
                         f.write(data)
                     unsynced[(device.name, name)] = (sha(data), f"{device.name} step {steps} {name}")
                 elif rng.random() < 0.5:
-                    os.rename(device / name, device / rng.choice(NAMES))
+                    target = rng.choice(NAMES)
+                    os.rename(device / name, device / target)
+                    if target != name:
+                        moved = unsynced.pop((device.name, name), None)
+                        replaced = unsynced.pop((device.name, target), None)
+                        if replaced:  # renamed over before it uploaded: the trash keeps it
+                            closed[replaced[0]] = replaced[1]
+                        if moved:
+                            unsynced[(device.name, target)] = moved
                 else:
                     os.unlink(device / name)
+                    deleted = unsynced.pop((device.name, name), None)
+                    if deleted:  # deleted before it uploaded: the trash keeps it
+                        closed[deleted[0]] = deleted[1]
             except OSError:
                 errors += 1
             if steps % 200 == 0:

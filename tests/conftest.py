@@ -60,8 +60,9 @@ class Cli:
         self.env = env
 
     def run(self, *args: str, passphrase: str | None = PASSPHRASE, check: bool = True,
-            timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
-        env = dict(os.environ, **self.env)
+            timeout: float = CLI_TIMEOUT, endpoint: str | None = None) -> subprocess.CompletedProcess:
+        """`endpoint`: reach the S3 server there instead (through a fault proxy)."""
+        env = {**os.environ, **self.env, **({"AWS_ENDPOINT_URL": endpoint} if endpoint else {})}
         if passphrase is not None:
             env["FUSEDRIVE_PASSPHRASE"] = passphrase
         result = subprocess.run([sys.executable, "-m", "fusedrive.cli", *args], env=env, capture_output=True,
@@ -114,12 +115,13 @@ class Mount:
         self.volume, self.path, self.cache_dir, self.device = volume, path, cache_dir, device
 
     def start(self, cache_size: str = "2G", poll_interval: float = 2.0, hub: str | None = None,
-              args: tuple[str, ...] = ()) -> None:
-        """`args`: more `fusedrive mount` options."""
+              args: tuple[str, ...] = (), endpoint: str | None = None) -> None:
+        """`args`: more `fusedrive mount` options; `endpoint`: this device's way to the S3 server."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.volume.cli.run("mount", self.volume.url, str(self.path), "--cache-dir", str(self.cache_dir),
                             "--device-name", self.device, "--cache-size", cache_size,
-                            "--poll-interval", str(poll_interval), *(["--hub", hub] if hub else []), *args)
+                            "--poll-interval", str(poll_interval), *(["--hub", hub] if hub else []), *args,
+                            endpoint=endpoint)
 
     def p(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)

@@ -1,0 +1,179 @@
+"""The store misbehaving while devices keep working: answering 500 or 503, answering
+slowly, losing the answer to a commit, hanging, stopping, or unreachable from one
+device for minutes. Faults come from the HTTP proxy in front of SeaweedFS
+(fusedrive/testing/faultproxy.py). Every wait is bounded; nothing closed is lost.
+
+Replay the partition longer: FUSEDRIVE_PARTITION_SECONDS=600 scripts/test.sh -k cut_off
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+import pytest
+
+from fusedrive.journal import Journal
+from fusedrive.replica import name_from_json
+from fusedrive.testing.faultproxy import Fault
+from test_history import trash
+from test_posix import read, write
+from test_sync import wait_for
+
+PARTITION_SECONDS = float(os.environ.get("FUSEDRIVE_PARTITION_SECONDS", "120"))
+
+
+def drained(mount) -> bool:
+    status = mount.control("status")
+    return status["files_waiting"] == 0 and status["ops_waiting"] == 0
+
+
+def wait_drained(*mounts, timeout: float = 120) -> None:
+    for mount in mounts:
+        wait_for(lambda: drained(mount), timeout=timeout, what=f"{mount.device}'s queue to drain")
+
+
+def test_503_on_every_block_upload_queues_the_write_until_the_store_recovers(proxied_volume, store_proxy):
+    laptop = proxied_volume.mount("laptop")
+    refusing = store_proxy.inject(Fault(method="PUT", path="/blocks/", status=503))
+    data = os.urandom(1_500_000)
+    write(laptop.p("report.bin"), data)
+    status = wait_for(lambda: (s := laptop.control("status"))["errors"] and s, timeout=60, what="an upload error")
+    assert status["files_waiting"] == 1 and status["bytes_waiting"] == len(data)
+    assert "report.bin" in status["errors"][-1] and "SlowDown" in status["errors"][-1]
+    assert read(laptop.p("report.bin")) == data  # served from staging meanwhile
+    store_proxy.clear()
+    wait_drained(laptop)
+    assert refusing.hits >= 1
+    fresh = proxied_volume.mount("fresh")
+    assert read(fresh.p("report.bin")) == data
+
+
+def test_a_commit_whose_answer_was_lost_is_in_the_journal_exactly_once(proxied_volume, store_proxy):
+    laptop = proxied_volume.mount("laptop")
+    lost = store_proxy.inject(Fault(method="PUT", path="/journal/", lose_answer=True, times=1))
+    write(laptop.p("once.txt"), b"written once")
+    laptop.sync()
+    assert lost.hits == 1
+    with proxied_volume.opened() as volume:
+        entries = list(Journal(volume).entries_after(0))
+    assert len({entry.commit_id for entry in entries}) == len(entries)
+    creates = [op for entry in entries for op in entry.ops
+               if op["op"] == "mknod" and name_from_json(op["name"]) == b"once.txt"]
+    assert len(creates) == 1
+    fresh = proxied_volume.mount("fresh")
+    assert os.listdir(fresh.path) == ["once.txt"]
+    assert read(fresh.p("once.txt")) == b"written once"
+
+
+def test_a_slow_store_still_serves_and_500s_on_reads_are_eio_within_the_io_timeout(proxied_volume, store_proxy):
+    writer = proxied_volume.mount("writer")
+    first, second = os.urandom(3_000_000), os.urandom(2_000_000)
+    write(writer.p("first.bin"), first)
+    write(writer.p("second.bin"), second)
+    writer.sync()
+    slow = store_proxy.inject(Fault(delay=0.3))
+    reader = proxied_volume.mount("reader", args=("--io-timeout", "5"))
+    assert read(reader.p("first.bin")) == first
+    assert slow.hits > 0
+    store_proxy.clear()
+    failing = store_proxy.inject(Fault(method="GET", path="/blocks/", status=500))
+    started = time.monotonic()
+    with pytest.raises(OSError) as caught:
+        read(reader.p("second.bin"))
+    assert caught.value.errno == errno.EIO
+    assert time.monotonic() - started < 30 and failing.hits >= 1
+    store_proxy.clear()
+    assert read(reader.p("second.bin")) == second  # the failure was not remembered as data
+
+
+def test_a_hanging_store_fails_uncached_reads_after_io_timeout_and_loses_no_write(proxied_volume, store_proxy):
+    writer = proxied_volume.mount("writer")
+    remote = os.urandom(2_000_000)
+    write(writer.p("remote.bin"), remote)
+    writer.sync()
+    laptop = proxied_volume.mount("laptop", args=("--io-timeout", "3"))
+    cached = os.urandom(500_000)
+    write(laptop.p("cached.bin"), cached)
+    laptop.sync()
+    store_proxy.blackhole()
+    started = time.monotonic()
+    with pytest.raises(OSError) as caught:
+        read(laptop.p("remote.bin"))  # never read on this device: not in its cache
+    assert caught.value.errno == errno.EIO
+    assert time.monotonic() - started < 30, "bounded by --io-timeout, not hanging"
+    assert read(laptop.p("cached.bin")) == cached
+    offline = os.urandom(300_000)
+    write(laptop.p("offline.bin"), offline)  # accepted into staging while the store hangs
+    status = laptop.control("status")
+    assert status["files_waiting"] == 1 and status["bytes_waiting"] == len(offline)
+    store_proxy.up()
+    wait_drained(laptop)
+    fresh = proxied_volume.mount("fresh")
+    assert read(fresh.p("offline.bin")) == offline
+    assert read(laptop.p("remote.bin")) == remote
+
+
+def test_a_file_deleted_before_its_save_uploaded_keeps_that_save_in_the_trash(proxied_volume, store_proxy):
+    laptop = proxied_volume.mount("laptop")
+    write(laptop.p("report.txt"), b"first draft")
+    write(laptop.p("plan.txt"), b"old plan")
+    laptop.sync()
+    store_proxy.down()
+    write(laptop.p("report.txt"), b"final report, never uploaded before the delete")
+    os.unlink(laptop.p("report.txt"))
+    write(laptop.p("plan.txt"), b"new plan, replaced before it uploaded")
+    write(laptop.p("other.txt"), b"renamed over plan.txt")
+    os.rename(laptop.p("other.txt"), laptop.p("plan.txt"))
+    write(laptop.p("draft.txt"), b"a new file deleted while offline")
+    os.unlink(laptop.p("draft.txt"))
+    store_proxy.up()
+    wait_drained(laptop)
+    fresh = proxied_volume.mount("fresh")
+    assert sorted(item["path"] for item in trash(fresh)) == ["/draft.txt", "/plan.txt", "/report.txt"]
+    for name in ("report.txt", "draft.txt"):
+        proxied_volume.cli.run("trash", "restore", fresh.p(name))
+    restored = proxied_volume.cli.run("trash", "restore", fresh.p("plan.txt")).stdout
+    assert "conflicted copy" in restored  # plan.txt is taken by the file renamed over it
+    copy = next(n for n in os.listdir(fresh.path) if n.startswith("plan (conflicted copy"))
+    assert read(fresh.p("report.txt")) == b"final report, never uploaded before the delete"
+    assert read(fresh.p("draft.txt")) == b"a new file deleted while offline"
+    assert read(fresh.p(copy)) == b"new plan, replaced before it uploaded"
+    assert read(fresh.p("plan.txt")) == b"renamed over plan.txt"
+
+
+def test_a_device_cut_off_for_minutes_rejoins_without_loss(store_proxy, s3_volume):
+    laptop = s3_volume.mount("laptop", poll_interval=1)
+    desktop = s3_volume.mount("desktop", poll_interval=1, endpoint=store_proxy.endpoint)
+    write(laptop.p("shared.txt"), b"before the partition")
+    write(laptop.p("old.txt"), b"deleted on the desktop while cut off")
+    laptop.sync()
+    wait_for(lambda: read(desktop.p("shared.txt")) == b"before the partition", what="the desktop to catch up")
+    store_proxy.down()
+    written: dict[str, bytes] = {}
+    deadline, step = time.monotonic() + PARTITION_SECONDS, 0
+    while time.monotonic() < deadline:
+        for mount in (laptop, desktop):
+            name = f"{mount.device}-{step}.bin"
+            written[name] = os.urandom(10_000 + step * 1000)
+            write(mount.p(name), written[name])
+        step += 1
+        time.sleep(5)
+    write(laptop.p("shared.txt"), b"edited on the laptop")
+    laptop.sync()
+    write(desktop.p("shared.txt"), b"edited on the desktop")
+    os.unlink(desktop.p("old.txt"))
+    status = desktop.control("status")
+    assert status["store_offline_since"] is not None and status["files_waiting"] == step + 1
+    store_proxy.up()
+    wait_drained(desktop, laptop)
+    for mount in (laptop, desktop):
+        wait_for(lambda: not os.path.exists(mount.p("old.txt")), timeout=30, what="the delete to arrive")
+        names = set(os.listdir(mount.path))
+        copies = [n for n in names if n.startswith("shared (conflicted copy from desktop")]
+        assert names == set(written) | {"shared.txt", *copies} and len(copies) == 1
+        assert read(mount.p("shared.txt")) == b"edited on the laptop"  # the laptop committed first
+        assert read(mount.p(copies[0])) == b"edited on the desktop"
+        for name, data in written.items():
+            assert read(mount.p(name)) == data, name
