@@ -581,17 +581,23 @@ class Drive:
         base = self.replica.dirty_base(fid)
         update = {"op": "update", "fid": fid, "base": node.version if base is None else base, "manifest": manifest,
                   "size": size, "mtime_ns": mtime_ns, "t": time.time_ns(), "device": self.device}
+        conflicts = Revalidator(self.device)
         with self.replica:
             revival = self._revival(node)
             if revival:
-                update = dict(update, base=0)
+                ops = [*revival, dict(update, base=0)]
             elif node.nlink <= 0:
                 if not self.replica.in_trash(fid):
                     return False
-                update = dict(update, trash=True)
-            self.replica.record(*revival, update)
+                ops = [dict(update, trash=True)]
+            else:  # another device's save may have arrived since this edit began: the conflict rule
+                ops = conflicts(self.replica, update)
+            self.replica.record(*ops)
             self.replica.set_dirty(fid, False)
-        self._tell_kernel(revival)
+        if ops != [update]:  # it came back, or went to a conflicted copy: the kernel's view of it changed
+            self._tell_kernel([*ops, update])
+        for conflict in conflicts.conflicts:
+            self._publish_conflict(conflict, self.device)
         self.dirty.discard(fid)
         self.dirty_since.pop(fid, None)
         self.staged_attrs.pop(fid, None)

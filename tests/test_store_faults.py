@@ -168,12 +168,38 @@ def test_a_device_cut_off_for_minutes_rejoins_without_loss(store_proxy, s3_volum
     assert status["store_offline_since"] is not None and status["files_waiting"] == step + 1
     store_proxy.up()
     wait_drained(desktop, laptop)
+    desktop_head = desktop.control("status")["applied_seq"]
+    wait_for(lambda: laptop.control("status")["applied_seq"] >= desktop_head, timeout=30,
+             what="the laptop to apply the desktop's commits")
     for mount in (laptop, desktop):
-        wait_for(lambda: not os.path.exists(mount.p("old.txt")), timeout=30, what="the delete to arrive")
         names = set(os.listdir(mount.path))
         copies = [n for n in names if n.startswith("shared (conflicted copy from desktop")]
-        assert names == set(written) | {"shared.txt", *copies} and len(copies) == 1
+        assert names == set(written) | {"shared.txt", *copies} and len(copies) == 1  # old.txt is gone
         assert read(mount.p("shared.txt")) == b"edited on the laptop"  # the laptop committed first
         assert read(mount.p(copies[0])) == b"edited on the desktop"
         for name, data in written.items():
             assert read(mount.p(name)) == data, name
+
+
+def test_a_save_that_uploads_after_another_devices_save_arrived_becomes_a_conflicted_copy(store_proxy, s3_volume):
+    laptop = s3_volume.mount("laptop", poll_interval=1)
+    desktop = s3_volume.mount("desktop", poll_interval=1, endpoint=store_proxy.endpoint)
+    write(laptop.p("notes.txt"), b"first")
+    laptop.sync()
+    wait_for(lambda: read(desktop.p("notes.txt")) == b"first", what="the desktop to catch up")
+    store_proxy.inject(Fault(method="PUT", path="/blocks/", status=503))  # the desktop reads, cannot upload
+    write(desktop.p("notes.txt"), b"the desktop's edit")
+    write(laptop.p("notes.txt"), b"the laptop's edit")
+    laptop.sync()
+    laptop_head = laptop.control("status")["applied_seq"]
+    wait_for(lambda: desktop.control("status")["applied_seq"] >= laptop_head, timeout=30,
+             what="the desktop to apply the laptop's save before its own uploads")
+    store_proxy.clear()
+    wait_drained(desktop)
+    wait_for(lambda: laptop.control("status")["applied_seq"] >= desktop.control("status")["applied_seq"],
+             timeout=30, what="the laptop to apply the desktop's commit")
+    for mount in (laptop, desktop):
+        copies = [n for n in os.listdir(mount.path) if n.startswith("notes (conflicted copy from desktop")]
+        assert len(copies) == 1
+        assert read(mount.p("notes.txt")) == b"the laptop's edit"
+        assert read(mount.p(copies[0])) == b"the desktop's edit"
