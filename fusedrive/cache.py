@@ -24,12 +24,19 @@ MEMORY_BLOCKS = 16
 DISK_RESERVE = 64 << 20  # kept free on the cache disk (at most a tenth of it)
 
 
-def leaves_reserve(directory: Path, nbytes: int) -> bool:
-    """Whether `nbytes` more still leave the cache disk its reserve: the replica, the log
-    and the commit queue need a little room, or even deleting a file would fail."""
+def free_and_reserve(directory: Path) -> tuple[int, int]:
+    """Bytes free on the cache disk, and the part of them fusedrive keeps free: the
+    replica, the log and the commit queue need a little room, or even deleting a file
+    would fail."""
     disk = os.statvfs(directory)
     free, total = disk.f_bavail * disk.f_frsize, disk.f_blocks * disk.f_frsize
-    return free - nbytes >= min(DISK_RESERVE, total // 10)
+    return free, min(DISK_RESERVE, total // 10)
+
+
+def leaves_reserve(directory: Path, nbytes: int) -> bool:
+    """Whether `nbytes` more still leave the cache disk its reserve."""
+    free, reserve = free_and_reserve(directory)
+    return free - nbytes >= reserve
 
 
 class BlockCache:

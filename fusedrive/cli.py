@@ -86,7 +86,8 @@ def cmd_init(args) -> int:
 
 
 def cmd_mount(args) -> int:
-    from .mounting import report_failure, run_mount, start_background
+    from .mounting import (check_cache_disk, check_device_name, check_mountpoint, report_failure, run_mount,
+                           start_background)
 
     try:
         if args.mountpoint is None:
@@ -94,12 +95,12 @@ def cmd_mount(args) -> int:
         if args.volume is None:
             args.volume, default_key = ensure_default_volume(args.endpoint_url)
             args.key_file = args.key_file or str(default_key)
+        check_device_name(args.device_name)
         volume = open_volume_for(args.volume, args)
         cache_dir = Path(args.cache_dir) if args.cache_dir else volumes.cache_root() / volume.volume_id
         if not args.foreground:
-            from .mounting import check_mountpoint
-
             check_mountpoint(args.mountpoint)
+            check_cache_disk(cache_dir)
             argv = ["mount", args.volume, args.mountpoint, "--cache-dir", str(cache_dir),
                     "--cache-size", str(args.cache_size), "--device-name", args.device_name,
                     "--poll-interval", str(args.poll_interval)]

@@ -53,6 +53,18 @@ class MountError(FusedriveError):
     exit_code = 9
 
 
+class FuseUnavailable(MountError):
+    """/dev/fuse is missing: this system cannot mount FUSE file systems at all."""
+
+    exit_code = 11
+
+
+class CacheDirError(MountError):
+    """The cache dir cannot serve this mount: full disk, no access, another volume's or in use."""
+
+    exit_code = 12
+
+
 def first_clear_error(group: BaseExceptionGroup) -> BaseException:
     """trio nurseries wrap errors in groups; the user should see our one-sentence error."""
     matched, _rest = group.split(FusedriveError)

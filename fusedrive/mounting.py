@@ -16,23 +16,27 @@ import pyfuse3
 import trio
 
 from . import control, service, sharing
+from .cache import free_and_reserve
 from .drive import Drive
-from .errors import FusedriveError, MountError, first_clear_error
+from .errors import CacheDirError, FuseUnavailable, FusedriveError, MountError, UsageError, first_clear_error
 from .events import notify_desktop
 from .metrics import serve_metrics
+from .report import human_bytes
 from .fs import DriveOperations
 from .volume import Volume
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 120
+DEVICE_NAME_MAX = 64
 DRAIN_RETRY_SECONDS = 2
 
 
 def check_mountpoint(mountpoint: str) -> str:
     path = os.path.realpath(mountpoint)
     if not os.path.exists("/dev/fuse"):
-        raise MountError("/dev/fuse is missing: this system cannot mount FUSE file systems (load the fuse module).")
+        raise FuseUnavailable("/dev/fuse is missing: this system cannot mount FUSE file systems "
+                              "(load the fuse module, or give the container the device).")
     if os.path.ismount(path):
         raise MountError(f"{mountpoint} is already a mount point.")
     if not os.path.isdir(path):
@@ -42,21 +46,39 @@ def check_mountpoint(mountpoint: str) -> str:
     return path
 
 
+def check_device_name(name: str) -> str:
+    """A device's name becomes part of file names (conflicted copies, the history tree)."""
+    if not name or len(name.encode()) > DEVICE_NAME_MAX or "/" in name or any(ord(c) < 32 for c in name):
+        raise UsageError(f"Invalid device name {name!r}: use 1 to {DEVICE_NAME_MAX} bytes, "
+                         "without '/' or control characters.")
+    return name
+
+
+def check_cache_disk(cache_dir: Path) -> None:
+    """Refuse a cache dir on a full disk: every write in the mount would fail."""
+    existing = next(p for p in (cache_dir, *cache_dir.parents) if p.exists())
+    free, reserve = free_and_reserve(existing)
+    if free < reserve:
+        raise CacheDirError(f"The cache dir {cache_dir} is on a full disk ({human_bytes(free)} free, fusedrive "
+                            f"needs {human_bytes(reserve)}): free some space or choose another --cache-dir.")
+
+
 def prepare_cache_dir(cache_dir: Path, volume: Volume) -> int:
     """Create or check the cache dir; returns a locked fd so one cache dir serves one mount."""
+    check_cache_disk(cache_dir)
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         marker = cache_dir / "volume-id"
         if marker.exists() and marker.read_text().strip() != volume.volume_id:
-            raise MountError(f"The cache dir {cache_dir} belongs to another volume; choose another --cache-dir.")
+            raise CacheDirError(f"The cache dir {cache_dir} belongs to another volume; choose another --cache-dir.")
         marker.write_text(volume.volume_id + "\n")
         lock_fd = os.open(cache_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise MountError(f"Cannot use the cache dir {cache_dir}: {exc.strerror}.") from None
+        raise CacheDirError(f"Cannot use the cache dir {cache_dir}: {exc.strerror}.") from None
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise MountError(f"The cache dir {cache_dir} is in use by another mount.") from None
+        raise CacheDirError(f"The cache dir {cache_dir} is in use by another mount.") from None
     return lock_fd
 
 

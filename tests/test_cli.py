@@ -4,6 +4,7 @@ with a distinct exit code for each kind of bad input."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUCKET, Cli
+from conftest import BUCKET, PASSPHRASE, Cli
 
 from fusedrive.errors import StoreUnsupported
 from fusedrive.store import NotFound
@@ -100,7 +101,49 @@ def test_mountpoint_problems(volume, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     expect_failure(volume.cli.run("mount", volume.url, str(other), "--cache-dir", str(mount.cache_dir), check=False),
-                   9, "is in use by another mount")
+                   12, "is in use by another mount")
+
+
+@pytest.mark.parametrize("name", ["", "home/laptop", "x" * 65, "tab\there"])
+def test_invalid_device_names(volume, tmp_path, name):
+    expect_failure(volume.cli.run("mount", volume.url, str(tmp_path), "--device-name", name, check=False), 64,
+                   "Invalid device name")
+    assert not os.path.ismount(tmp_path)
+
+
+def needs_root(why: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root to {why}")
+
+
+def test_cache_dir_on_a_full_disk(volume, tmp_path):
+    needs_root("mount a small tmpfs")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], check=True)
+    try:
+        with open(disk / "filler", "wb") as filler:
+            with pytest.raises(OSError):
+                filler.write(bytes(16 << 20))
+        mountpoint = tmp_path / "mnt"
+        mountpoint.mkdir()
+        result = volume.cli.run("mount", volume.url, str(mountpoint), "--cache-dir", str(disk / "cache"), check=False)
+        expect_failure(result, 12, f"The cache dir {disk / 'cache'} is on a full disk")
+        assert not os.path.ismount(mountpoint)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_missing_dev_fuse(volume, tmp_path):
+    needs_root("hide /dev/fuse in a private mount namespace")
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    env = {**os.environ, **volume.cli.env, "FUSEDRIVE_PASSPHRASE": PASSPHRASE}
+    hide_dev = 'mount -t tmpfs tmpfs /dev && exec "$@"'
+    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", hide_dev, "sh",
+                             sys.executable, "-m", "fusedrive.cli", "mount", volume.url, str(tmp_path)],
+                            env=env, capture_output=True, text=True, timeout=120)
+    expect_failure(result, 11, "/dev/fuse is missing")
 
 
 def test_umount_of_something_else(tmp_path):
