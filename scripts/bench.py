@@ -1,64 +1,269 @@
 #!/usr/bin/env python3
-"""Benchmark fusedrive beside a local directory, the same workloads in the same run.
+"""Benchmark fusedrive beside a local directory and, with --anchors, JuiceFS and rclone
+mount on the same local S3 server: the same workloads, interleaved target by target,
+each repeated (--repeat, default 3), median reported. Not a test: it measures.
 
-Starts its own SeaweedFS on loopback (or uses a file:// volume with --store file),
-mounts fusedrive, and prints one table: each workload on the local directory and
-on fusedrive, with the ratio. Not a test: it asserts nothing, it measures.
+One command starts its own SeaweedFS on loopback, mounts every target, runs:
+sequential write (to close, and until durable in the store), cold read (kernel and
+drive caches dropped), warm read, 4 KiB random reads (cold), 2,000 small files
+(create, stat, list, delete), a 10 x 100 tree (create, walk, rename of the top, rm),
+bytes uploaded for three edits of a 64 MiB file (measured by a counting proxy in
+front of the server), sync latency between two fusedrive devices, and the RSS of
+each mount holding 100,000 files. Throughput data is random (incompressible); CPU
+seconds of each mount process and of the S3 server are recorded per workload.
 
-    .venv/bin/python scripts/bench.py [--store s3|file] [--size-mib 1024]
+    .venv/bin/pip install -e '.[bench]'      # JuiceFS, rclone, py-spy
+    .venv/bin/python scripts/bench.py --anchors [--markdown docs/benchmark.md]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fusedrive import control  # noqa: E402
-from fusedrive.testing.seaweed import start_seaweed  # noqa: E402
+from fusedrive.testing.faultproxy import FaultProxy  # noqa: E402
+from fusedrive.testing.seaweed import ACCESS_KEY, SECRET_KEY, start_seaweed  # noqa: E402
 
 MiB = 1024 * 1024
 PASSPHRASE = "benchmark passphrase"
+BIN = Path(sys.executable).parent
+QUIET_SECONDS = 10  # an anchor's uploads are over when nothing was uploaded for this long
 
 
-def drop_kernel_caches() -> bool:
+def drop_kernel_caches() -> None:
+    os.sync()
     try:
-        os.sync()
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
     except OSError:
-        return False
+        print("cannot drop the kernel's page cache (not root): cold reads are not cold", file=sys.stderr)
 
 
-class Fusedrive:
-    def __init__(self, root: Path, url: str, env: dict) -> None:
-        self.root, self.url, self.env = root, url, dict(os.environ, **env, FUSEDRIVE_PASSPHRASE=PASSPHRASE)
-        self.mountpoint, self.cache = root / "mnt", root / "cache"
-        self.mountpoint.mkdir(parents=True)
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process and its waited-for children, in seconds."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pid_serving(mountpoint: Path, program: str) -> int | None:
+    """The process serving a mount point, found by its command line (daemons fork away
+    from us; JuiceFS's supervisor and worker both match: the worker is the younger)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").split()
+        except OSError:
+            continue
+        if command and program in os.path.basename(command[0]) and str(mountpoint) in command:
+            found.append(int(proc.name))
+    return max(found, default=None)
+
+
+def wait_until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+# --- targets ----------------------------------------------------------------------------
+
+
+class Target:
+    """A directory the workloads run in: its name, how to empty its caches, how to wait
+    until a file is durable in the store, and the process that serves it."""
+
+    name = "?"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.mountpoint = root / "mnt"
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+
+    def mount(self) -> None:
+        pass
+
+    def umount(self) -> None:
+        pass
+
+    def pid(self) -> int | None:
+        return None
+
+    def drop_caches(self) -> None:
+        """Cold: nothing of the data cached by the kernel or by the drive."""
+        self.umount()
+        self._drop_own_cache()
+        drop_kernel_caches()
+        self.mount()
+
+    def _drop_own_cache(self) -> None:
+        pass
+
+    def make_durable(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def settle(self, proxy: FaultProxy | None) -> None:
+        """Wait until every change so far is in the store."""
+        os.sync()
+
+
+class LocalDir(Target):
+    name = "local dir"
+
+    def drop_caches(self) -> None:
+        drop_kernel_caches()
+
+
+class Fusedrive(Target):
+    name = "fusedrive"
+
+    def __init__(self, root: Path, url: str, env: dict, device: str = "bench") -> None:
+        super().__init__(root)
+        self.url, self.device = url, device
+        self.env = {**os.environ, **env, "FUSEDRIVE_PASSPHRASE": PASSPHRASE}
+        self.cache = root / "cache"
+        self.extra: list[str] = []
 
     def cli(self, *args: str) -> None:
         subprocess.run([sys.executable, "-m", "fusedrive.cli", *args], env=self.env, check=True,
                        stdout=subprocess.DEVNULL)
 
     def mount(self) -> None:
-        self.cli("mount", self.url, str(self.mountpoint), "--cache-dir", str(self.cache), "--cache-size", "8G")
+        self.cli("mount", self.url, str(self.mountpoint), "--cache-dir", str(self.cache), "--cache-size", "8G",
+                 "--device-name", self.device, *self.extra)
 
     def umount(self) -> None:
-        self.cli("umount", str(self.mountpoint))
+        self.cli("umount", str(self.mountpoint), "--timeout", "3600")
 
-    def sync(self) -> None:
+    def pid(self) -> int | None:
+        entry = control.read_registry(str(self.mountpoint))
+        return entry["pid"] if entry else None
+
+    def _drop_own_cache(self) -> None:
+        shutil.rmtree(self.cache / "blocks", ignore_errors=True)
+
+    def settle(self, proxy: FaultProxy | None) -> None:
         control.request(str(self.mountpoint), "sync", timeout=3600)
 
-    def uploaded(self) -> int:
-        return control.request(str(self.mountpoint), "status")["bytes_uploaded"]
+
+class JuiceFS(Target):
+    name = "JuiceFS"
+
+    def __init__(self, root: Path, endpoint: str, bucket: str) -> None:
+        super().__init__(root)
+        self.meta = f"sqlite3://{root}/meta.db"
+        self.cache = root / "cache"
+        subprocess.run([str(BIN / "juicefs"), "format", "--storage", "minio", "--bucket", f"{endpoint}/{bucket}",
+                        "--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY, self.meta, "bench"],
+                       check=True, capture_output=True)
+
+    def mount(self) -> None:
+        subprocess.run([str(BIN / "juicefs"), "mount", "-d", "--cache-dir", str(self.cache), "--log",
+                        str(self.root / "juicefs.log"), self.meta, str(self.mountpoint)],
+                       check=True, capture_output=True)
+
+    def umount(self) -> None:
+        subprocess.run([str(BIN / "juicefs"), "umount", str(self.mountpoint)], check=True, capture_output=True)
+
+    def pid(self) -> int | None:
+        return pid_serving(self.mountpoint, "juicefs")
+
+    def _drop_own_cache(self) -> None:
+        shutil.rmtree(self.cache, ignore_errors=True)
+
+    def settle(self, proxy: FaultProxy | None) -> None:
+        wait_quiet(proxy)
+
+
+class Rclone(Target):
+    name = "rclone"
+
+    def __init__(self, root: Path, endpoint: str, bucket: str, client) -> None:
+        super().__init__(root)
+        self.bucket, self.client = bucket, client
+        self.cache = root / "cache"
+        self.env = {**os.environ, "RCLONE_CONFIG_BENCH_TYPE": "s3", "RCLONE_CONFIG_BENCH_PROVIDER": "SeaweedFS",
+                    "RCLONE_CONFIG_BENCH_ENDPOINT": endpoint, "RCLONE_CONFIG_BENCH_ACCESS_KEY_ID": ACCESS_KEY,
+                    "RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY": SECRET_KEY, "RCLONE_CONFIG": "/dev/null"}
+
+    def mount(self) -> None:
+        subprocess.run([str(BIN / "rclone"), "mount", f"bench:{self.bucket}", str(self.mountpoint),
+                        "--vfs-cache-mode", "full", "--cache-dir", str(self.cache), "--daemon",
+                        "--log-file", str(self.root / "rclone.log")],
+                       env=self.env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: os.path.ismount(self.mountpoint), 30, "rclone to mount")
+
+    def umount(self) -> None:
+        pid = self.pid()
+        subprocess.run(["fusermount3", "-u", str(self.mountpoint)], check=True, capture_output=True)
+        if pid:
+            wait_until(lambda: not Path(f"/proc/{pid}").exists(), 600, "rclone to finish its uploads")
+
+    def pid(self) -> int | None:
+        return pid_serving(self.mountpoint, "rclone")
+
+    def _drop_own_cache(self) -> None:
+        shutil.rmtree(self.cache, ignore_errors=True)
+
+    def make_durable(self, path: Path) -> None:
+        """rclone uploads after close (and a write-back delay): durable once the object is whole."""
+        super().make_durable(path)
+        key = str(path.relative_to(self.mountpoint))
+        size = path.stat().st_size
+
+        def stored() -> bool:
+            try:
+                return self.client.head_object(Bucket=self.bucket, Key=key)["ContentLength"] == size
+            except Exception:  # noqa: BLE001 - not there yet
+                return False
+
+        wait_until(stored, 3600, f"rclone to upload {key}")
+
+    def settle(self, proxy: FaultProxy | None) -> None:
+        wait_quiet(proxy)
+
+
+def wait_quiet(proxy: FaultProxy) -> None:
+    """Until nothing was uploaded for QUIET_SECONDS (an anchor gives no other signal)."""
+    last, since = proxy.uploaded_bytes, time.monotonic()
+    while time.monotonic() - since < QUIET_SECONDS:
+        time.sleep(0.5)
+        if proxy.uploaded_bytes != last:
+            last, since = proxy.uploaded_bytes, time.monotonic()
+
+
+# --- workloads: each returns {metric: value} --------------------------------------------
 
 
 def timed(fn) -> float:
@@ -67,29 +272,51 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def seq_write(directory: Path, data: list[bytes]) -> tuple[float, float]:
-    """Seconds until close() returns, and until fsync() returns."""
-    path = directory / "big.bin"
-    start = time.perf_counter()
-    with open(path, "wb") as f:
-        for piece in data:
-            f.write(piece)
-    closed = time.perf_counter() - start
-    fd = os.open(path, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-    return closed, time.perf_counter() - start
-
-
 def read_all(path: Path) -> None:
     with open(path, "rb") as f:
         while f.read(4 * MiB):
             pass
 
 
-def small_files(directory: Path, count: int) -> tuple[float, float, float]:
-    """Files per second for create (4 KiB each), stat, and delete."""
-    d = directory / "small"
+def sequential(t: Target, size_mib: int) -> dict[str, float]:
+    """Write fresh random data (so nothing is deduplicated), then read it cold and warm."""
+    path = t.mountpoint / "big.bin"
+    if path.exists():
+        path.unlink()
+    chunks = [os.urandom(MiB) for _ in range(size_mib)]
+    mb = size_mib * MiB / 1e6
+    start = time.perf_counter()
+    with open(path, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+    closed = time.perf_counter() - start
+    t.make_durable(path)
+    durable = time.perf_counter() - start
+    del chunks
+    t.drop_caches()
+    cold = timed(lambda: read_all(path))
+    warm = timed(lambda: read_all(path))
+    return {"seq write to close (MB/s)": mb / closed, "seq write, durable (MB/s)": mb / durable,
+            "cold read (MB/s)": mb / cold, "warm read (MB/s)": mb / warm}
+
+
+def random_reads(t: Target, count: int) -> dict[str, float]:
+    """4 KiB reads at random offsets of the big file, its caches dropped first."""
+    path = t.mountpoint / "big.bin"
+    t.drop_caches()
+    size = path.stat().st_size
+    rng = random.Random(7)
+    offsets = [rng.randrange(0, size - 4096) & ~4095 for _ in range(count)]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        seconds = timed(lambda: [os.pread(fd, 4096, o) for o in offsets])
+    finally:
+        os.close(fd)
+    return {"4 KiB random reads, cold (reads/s)": count / seconds}
+
+
+def small_files(t: Target, count: int) -> dict[str, float]:
+    d = t.mountpoint / "small"
     d.mkdir()
     payload = os.urandom(4096)
     names = [d / f"f{i:05d}" for i in range(count)]
@@ -99,193 +326,276 @@ def small_files(directory: Path, count: int) -> tuple[float, float, float]:
             with open(name, "wb") as f:
                 f.write(payload)
 
-    def stat():
-        for name in names:
-            os.stat(name)
-
-    def delete():
-        for name in names:
-            os.unlink(name)
-
-    return tuple(count / timed(step) for step in (create, stat, delete))
+    create_s = timed(create)
+    stat_s = timed(lambda: [os.stat(n) for n in names])
+    list_s = timed(lambda: [entry.stat() for entry in os.scandir(d)])
+    delete_s = timed(lambda: [os.unlink(n) for n in names])
+    os.rmdir(d)
+    return {"4 KiB file create (files/s)": count / create_s, "stat (files/s)": count / stat_s,
+            "list + stat (entries/s)": count / list_s, "delete (files/s)": count / delete_s}
 
 
-def sync_latency(work: Path, url: str, env: dict, changes: int, hub_url: str | None) -> tuple[float, float]:
-    """p50 and p95 milliseconds from close() on device A until device B lists the file and
-    reads its bytes. B learns of it from its journal tail (polling every 2 s, or the hub)."""
-    tag = "hub" if hub_url else "poll"
+def tree(t: Target, dirs: int = 10, files: int = 100) -> dict[str, float]:
+    top = t.mountpoint / "tree"
+
+    def create():
+        for i in range(dirs):
+            sub = top / f"d{i}"
+            sub.mkdir(parents=True)
+            for j in range(files):
+                (sub / f"f{j}").write_bytes(b"x" * 100)
+
+    def walk():
+        for dirpath, _dirs, names in os.walk(top):
+            for name in names:
+                os.lstat(os.path.join(dirpath, name))
+
+    n = dirs * files
+    create_s = timed(create)
+    walk_s = timed(walk)
+    rename_s = timed(lambda: os.rename(top, t.mountpoint / "tree-renamed"))
+    rm_s = timed(lambda: remove_tree(t.mountpoint / "tree-renamed"))
+    return {"tree create (files/s)": n / create_s, "tree walk (files/s)": n / walk_s,
+            "tree rename (ms)": rename_s * 1000, "tree rm -rf (files/s)": n / rm_s}
+
+
+def remove_tree(top: Path) -> None:
+    """rm -rf (shutil.rmtree refuses a folder rclone reports as a link just after its rename)."""
+    for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+        for name in filenames:
+            os.unlink(os.path.join(dirpath, name))
+        for name in dirnames:
+            os.rmdir(os.path.join(dirpath, name))
+    os.rmdir(top)
+
+
+def edits(t: Target, proxy: FaultProxy, size_mib: int) -> dict[str, float]:
+    """Bytes uploaded for three edits of a random file, counted at the S3 server's door."""
+    path = t.mountpoint / "edited.bin"
+    content = bytearray(os.urandom(size_mib * MiB))
+    path.write_bytes(content)
+    t.settle(proxy)
+    results = {}
+
+    def measure(metric: str, edit) -> None:
+        before = proxy.uploaded_bytes
+        edit()
+        t.settle(proxy)
+        results[metric] = proxy.uploaded_bytes - before
+
+    def in_place():
+        with open(path, "r+b") as f:
+            f.seek(len(content) // 2)
+            f.write(b"!")
+
+    def editor_save():
+        middle = len(content) // 2
+        content[middle:middle] = b"?"
+        temp = t.mountpoint / ".edited.bin.tmp"
+        temp.write_bytes(content)
+        os.rename(temp, path)
+
+    def append():
+        with open(path, "ab") as f:
+            f.write(os.urandom(1024))
+
+    measure(f"uploaded: 1-byte edit in place of {size_mib} MiB (bytes)", in_place)
+    measure("uploaded: editor save, 1 byte inserted (bytes)", editor_save)
+    measure("uploaded: 1 KiB append (bytes)", append)
+    path.unlink()
+    t.settle(proxy)
+    return results
+
+
+def sync_latency(work: Path, url: str, env: dict, changes: int, hub_url: str) -> dict[str, float]:
+    """Milliseconds from close() on device A until device B lists the file and reads its bytes."""
     devices = []
     for name in ("a", "b"):
-        d = Fusedrive(work / f"sync-{tag}-{name}", url, env)
-        extra = ["--hub", hub_url] if hub_url else []
-        d.cli("mount", url, str(d.mountpoint), "--cache-dir", str(d.cache), "--device-name", f"{tag}-{name}", *extra)
+        d = Fusedrive(work / f"sync-{name}", url, env, device=f"sync-{name}")
+        d.extra = ["--hub", hub_url]
+        d.mount()
         devices.append(d)
     a, b = devices
-    os.mkdir(a.mountpoint / f"latency-{tag}")
-    a.sync()
-    target = b.mountpoint / f"latency-{tag}"
-    while not target.is_dir():
-        time.sleep(0.05)
-    delays = []
     try:
+        os.mkdir(a.mountpoint / "latency")
+        a.settle(None)
+        target = b.mountpoint / "latency"
+        wait_until(target.is_dir, 30, "the folder to arrive")
+        delays = []
         for i in range(changes):
             payload = os.urandom(1024)
-            with open(a.mountpoint / f"latency-{tag}" / f"f{i}", "wb") as f:
+            with open(a.mountpoint / "latency" / f"f{i}", "wb") as f:
                 f.write(payload)
             start = time.perf_counter()
-            while f"f{i}" not in os.listdir(target):
-                time.sleep(0.005)
+            wait_until(lambda: f"f{i}" in os.listdir(target), 60, "a change to arrive")
             assert (target / f"f{i}").read_bytes() == payload
             delays.append((time.perf_counter() - start) * 1000)
     finally:
         for d in devices:
             d.umount()
     delays.sort()
-    return delays[len(delays) // 2], delays[int(len(delays) * 0.95) - 1]
+    return {"sync latency with hub, p50 (ms)": delays[len(delays) // 2],
+            "sync latency with hub, p95 (ms)": delays[int(len(delays) * 0.95) - 1]}
 
 
-def join_seconds(work: Path, url: str, env: dict, entries: int) -> float:
-    """Seconds for a new device to mount a volume with `entries` journal entries and a checkpoint."""
-    import stat as stat_module
-    import uuid
-    from concurrent.futures import ThreadPoolExecutor
+def rss_with_files(t: Target, count: int) -> dict[str, float]:
+    """RSS of the mount after creating `count` empty files in 100 folders and stat'ing them all."""
+    top = t.mountpoint / "many"
+    for i in range(count):
+        folder = top / f"d{i % 100}"
+        if i < 100:
+            folder.mkdir(parents=True)
+        os.close(os.open(folder / f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+    for dirpath, _dirs, names in os.walk(top):
+        for name in names:
+            os.lstat(os.path.join(dirpath, name))
+    return {f"mount RSS with {count:,} files (MiB)": rss_mib(t.pid())}
 
-    from fusedrive.journal import Entry, Journal
-    from fusedrive.store import open_store
-    from fusedrive.volume import open_volume
 
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        journal = Journal(open_volume(open_store(url), PASSPHRASE))
-        first = journal.seqs_after(0)[-1] + 1
+# --- running and reporting --------------------------------------------------------------
 
-        def append(seq: int) -> None:
-            op = {"op": "mknod", "fid": str(uuid.uuid4()), "parent": "root", "name": f"history-{seq:06d}",
-                  "mode": stat_module.S_IFREG | 0o644, "uid": 0, "gid": 0, "rdev": 0, "t": time.time_ns()}
-            journal.append(Entry(seq=seq, device="history", ops=[op]))
 
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(append, range(first, first + entries)))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    veteran = Fusedrive(work / "join-veteran", url, env)
-    veteran.mount()
-    (veteran.mountpoint / "after-history").write_bytes(b"x")
-    veteran.sync()
-    deadline = time.monotonic() + 300
-    while control.request(str(veteran.mountpoint), "status")["checkpoint_seq"] < entries and time.monotonic() < deadline:
-        time.sleep(0.2)
-    veteran.umount()
-    newcomer = Fusedrive(work / "join-newcomer", url, env)
-    seconds = timed(newcomer.mount)
-    newcomer.umount()
-    return seconds
+class Results:
+    def __init__(self) -> None:
+        self.values: dict[tuple[str, str], list[float]] = defaultdict(list)
+        self.cpu: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+        self.metrics: list[str] = []
+
+    def run(self, workload: str, t: Target, server_pid: int, fn, *args) -> None:
+        print(f"  {t.name}: {workload} ...", file=sys.stderr, flush=True)
+        mount_before, server_before = cpu_seconds(t.pid()), cpu_seconds(server_pid)
+        pid_before = t.pid()
+        outcome = fn(t, *args)
+        # a remount (cold read) starts a new process: count only the one serving now
+        mount_cpu = cpu_seconds(t.pid()) - (mount_before if t.pid() == pid_before else 0)
+        self.cpu[(workload, t.name)].append((mount_cpu, cpu_seconds(server_pid) - server_before))
+        self.add(t.name, outcome)
+
+    def add(self, target: str, outcome: dict[str, float]) -> None:
+        for metric, value in outcome.items():
+            if metric not in self.metrics:
+                self.metrics.append(metric)
+            self.values[(metric, target)].append(value)
+
+    def table(self, targets: list[str], title: str) -> str:
+        """Markdown: the median of each metric per target, and each anchor's ratio to fusedrive."""
+        lines = [title, "", "| workload | " + " | ".join(targets) + " |", "|---|" + "---:|" * len(targets)]
+        for metric in self.metrics:
+            ours = self.median(metric, "fusedrive")
+            cells = []
+            for target in targets:
+                value = self.median(metric, target)
+                cell = "—" if value is None else _number(value)
+                if value is not None and ours and target != "fusedrive":
+                    cell += f" ({value / ours:.2f}×)"
+                cells.append(cell)
+            lines.append(f"| {metric} | " + " | ".join(cells) + " |")
+        lines += ["", "CPU seconds per run, mount process + S3 server (median):", "",
+                  "| workload | " + " | ".join(targets) + " |", "|---|" + "---:|" * len(targets)]
+        for workload in dict.fromkeys(w for w, _ in self.cpu):
+            cells = []
+            for target in targets:
+                runs = self.cpu.get((workload, target))
+                if not runs:
+                    cells.append("—")
+                    continue
+                cells.append(f"{statistics.median(m for m, _ in runs):.1f} + {statistics.median(s for _, s in runs):.1f}")
+            lines.append(f"| {workload} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def median(self, metric: str, target: str) -> float | None:
+        values = self.values.get((metric, target))
+        return statistics.median(values) if values else None
+
+
+def _number(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", choices=["s3", "file"], default="s3")
+    parser.add_argument("--anchors", action="store_true", help="also measure JuiceFS and rclone mount")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions of each workload (median reported)")
     parser.add_argument("--size-mib", type=int, default=1024, help="size of the sequential file")
     parser.add_argument("--files", type=int, default=2000, help="number of 4 KiB files")
-    parser.add_argument("--edit-mib", type=int, default=64, help="size of the file edited in place")
+    parser.add_argument("--random-reads", type=int, default=2000, help="number of 4 KiB random reads")
+    parser.add_argument("--edit-mib", type=int, default=64, help="size of the edited file")
     parser.add_argument("--sync-changes", type=int, default=100, help="changes timed between two devices (0: skip)")
-    parser.add_argument("--join-entries", type=int, default=20000,
-                        help="journal entries before a new device joins (0: skip)")
+    parser.add_argument("--rss-files", type=int, default=100_000, help="files for the RSS measure (0: skip)")
+    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="fdbench-"))
     os.environ.update(HOME=str(work / "home"), XDG_RUNTIME_DIR=str(work / "run"))
     (work / "run").mkdir(mode=0o700)
-    server = None
+    server = start_seaweed(work / "seaweed")
+    proxy = FaultProxy(int(server.endpoint.rsplit(":", 1)[1]))
+    client = server.client()
+    targets: list[Target] = []
+    edit_targets: list[Target] = []
     try:
-        env = {}
-        if args.store == "s3":
-            server = start_seaweed(work / "seaweed")
-            server.client().create_bucket(Bucket="bench")
-            env, url = server.env, "s3://bench/volume"
-        else:
-            url = (work / "volume").as_uri()
-        drive = Fusedrive(work, url, env)
-        drive.cli("init", url)
-        drive.mount()
-        local = work / "local"
-        local.mkdir()
-        print(f"generating {args.size_mib} MiB of random data ...", file=sys.stderr)
-        data = [os.urandom(MiB) for _ in range(args.size_mib)]
-        size_mb = args.size_mib * MiB / 1e6
-        rows = []
-
-        for name, target in (("local", local), ("fusedrive", drive.mountpoint)):
-            print(f"{name}: sequential write ...", file=sys.stderr)
-            closed, durable = seq_write(target, data)
-            rows.append(("seq write to close (MB/s)", name, size_mb / closed))
-            rows.append(("seq write to fsync (MB/s)", name, size_mb / durable))
-        del data
-
-        print("cold and warm reads ...", file=sys.stderr)
-        drop_kernel_caches()
-        rows.append(("cold read (MB/s)", "local", size_mb / timed(lambda: read_all(local / "big.bin"))))
-        rows.append(("warm read (MB/s)", "local", size_mb / timed(lambda: read_all(local / "big.bin"))))
-        drive.umount()
-        shutil.rmtree(drive.cache)
-        drop_kernel_caches()
-        drive.mount()
-        rows.append(("cold read (MB/s)", "fusedrive", size_mb / timed(lambda: read_all(drive.mountpoint / "big.bin"))))
-        rows.append(("warm read (MB/s)", "fusedrive", size_mb / timed(lambda: read_all(drive.mountpoint / "big.bin"))))
-
-        for name, target in (("local", local), ("fusedrive", drive.mountpoint)):
-            print(f"{name}: {args.files} small files ...", file=sys.stderr)
-            create, stat, delete = small_files(target, args.files)
-            rows += [("4 KiB file create (files/s)", name, create), ("stat (files/s)", name, stat),
-                     ("delete (files/s)", name, delete)]
-
-        print("1-byte in-place edit ...", file=sys.stderr)
-        edited = drive.mountpoint / "edit.bin"
-        edited.write_bytes(os.urandom(args.edit_mib * MiB))
-        drive.sync()
-        before = drive.uploaded()
-        with open(edited, "r+b") as f:
-            f.seek(args.edit_mib * MiB // 2)
-            f.write(b"!")
-        drive.sync()
-        rows.append((f"bytes uploaded, 1-byte edit of {args.edit_mib} MiB", "fusedrive", drive.uploaded() - before))
-        drive.umount()
-
+        for bucket in ("fusedrive", "fusedrive-edits", "juicefs", "juicefs-edits", "rclone", "rclone-edits"):
+            client.create_bucket(Bucket=bucket)
+        drive = Fusedrive(work / "fusedrive", "s3://fusedrive/volume", server.env)
+        drive.cli("init", drive.url)
+        edited_drive = Fusedrive(work / "fusedrive-edits", "s3://fusedrive-edits/volume",
+                                 {**server.env, "AWS_ENDPOINT_URL": proxy.endpoint})
+        edited_drive.cli("init", edited_drive.url)
+        targets += [LocalDir(work / "local"), drive]
+        edit_targets.append(edited_drive)
+        if args.anchors:
+            targets += [JuiceFS(work / "juicefs", server.endpoint, "juicefs"),
+                        Rclone(work / "rclone", server.endpoint, "rclone", client)]
+            edit_targets += [JuiceFS(work / "juicefs-edits", proxy.endpoint, "juicefs-edits"),
+                             Rclone(work / "rclone-edits", proxy.endpoint, "rclone-edits", client)]
+        for t in targets + edit_targets:
+            t.mount()
+        server_pid = server.process.pid
+        results = Results()
+        for rep in range(1, args.repeat + 1):
+            print(f"repetition {rep} of {args.repeat}", file=sys.stderr)
+            for t in targets:
+                results.run("sequential write and reads", t, server_pid, sequential, args.size_mib)
+            for t in targets:
+                results.run("random reads", t, server_pid, random_reads, args.random_reads)
+            for t in targets:
+                results.run("small files", t, server_pid, small_files, args.files)
+            for t in targets:
+                results.run("tree", t, server_pid, tree)
+            for t in edit_targets:
+                results.run("edits", t, server_pid, edits, proxy, args.edit_mib)
         if args.sync_changes:
-            print(f"sync latency over {args.sync_changes} changes (polling, then hub) ...", file=sys.stderr)
-            p50, p95 = sync_latency(work, url, env, args.sync_changes, None)
-            rows += [("sync latency p50, polling 2 s (ms)", "fusedrive", p50),
-                     ("sync latency p95, polling 2 s (ms)", "fusedrive", p95)]
+            print("sync latency between two fusedrive devices (hub) ...", file=sys.stderr)
             hub = subprocess.Popen([sys.executable, "-m", "fusedrive.cli", "hub", "--listen", "127.0.0.1:0"],
                                    stdout=subprocess.PIPE, text=True)
             try:
                 port = hub.stdout.readline().strip().rsplit(":", 1)[1]
-                p50, p95 = sync_latency(work, url, env, args.sync_changes, f"http://127.0.0.1:{port}")
+                results.add("fusedrive", sync_latency(work, "s3://fusedrive/volume", server.env, args.sync_changes,
+                                                      f"http://127.0.0.1:{port}"))
             finally:
                 hub.kill()
-            rows += [("sync latency p50, hub (ms)", "fusedrive", p50), ("sync latency p95, hub (ms)", "fusedrive", p95)]
-        if args.join_entries:
-            print(f"new device joining after {args.join_entries} journal entries ...", file=sys.stderr)
-            seconds = join_seconds(work, url, env, args.join_entries)
-            rows.append((f"join after {args.join_entries} entries (ms)", "fusedrive", seconds * 1000))
+        if args.rss_files:
+            for t in targets[1:]:
+                results.run("RSS with many files", t, server_pid, rss_with_files, args.rss_files)
     finally:
-        for mountpoint in work.glob("**/mnt"):
-            if os.path.ismount(mountpoint):
-                subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], check=False)
-        if server is not None:
-            server.stop()
+        for t in targets + edit_targets:
+            try:
+                t.umount()
+            except (subprocess.CalledProcessError, RuntimeError) as exc:
+                print(f"unmounting {t.name}: {exc}", file=sys.stderr)
+                subprocess.run(["fusermount3", "-u", "-z", str(t.mountpoint)], check=False)
+        proxy.down()
+        server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\nfusedrive benchmark — store: {args.store}, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores\n")
-    print(f"{'workload':<42} {'local dir':>12} {'fusedrive':>12} {'fusedrive/local':>16}")
-    workloads = dict.fromkeys(w for w, _, _ in rows)
-    values = {(w, t): v for w, t, v in rows}
-    for workload in workloads:
-        loc, fd = values.get((workload, "local")), values.get((workload, "fusedrive"))
-        ratio = f"{fd / loc:.2f}" if loc and fd else "—"
-        print(f"{workload:<42} {f'{loc:,.0f}' if loc else '—':>12} {f'{fd:,.0f}':>12} {ratio:>16}")
+    title = (f"fusedrive benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
+             f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB, SeaweedFS on loopback; "
+             f"median of {args.repeat}; (×) = that target's figure / fusedrive's")
+    table = results.table([t.name for t in targets], title)
+    print("\n" + table)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table + "\n")
     return 0
 
 

@@ -7,7 +7,8 @@ that stopped; `blackhole()` accepts connections and never answers, like one that
 method and path match answer an HTTP error (500, 503), wait before being forwarded, be
 cut before or after the server saw them (the answer is lost), or hang — each for a
 number of requests or until `clear()`. The proxy speaks HTTP/1.1 to both sides (h11),
-one request at a time per connection, as boto3 does.
+one request at a time per connection, as boto3 does, and counts the bytes clients
+upload (the benchmark's measure of what an edit costs).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class FaultProxy:
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
         self._silent = False
+        self.uploaded_bytes = 0  # request bodies forwarded to the server (what a client uploaded)
         self.port = self._free_port()
         self.up()
 
@@ -159,6 +161,8 @@ class FaultProxy:
                     upstream = socket.create_connection(self.target)
                     with self._lock:
                         self._connections.add(upstream)
+                with self._lock:
+                    self.uploaded_bytes += sum(len(b) for b in body)
                 upstream.sendall(to_server.send(request) + b"".join(to_server.send(h11.Data(data=b)) for b in body)
                                  + to_server.send(h11.EndOfMessage()))
                 response, answer = _receive_message(upstream, to_server)
