@@ -137,6 +137,7 @@ class Committer:
                         self.replica.set_state("inflight", None)
                         self.replica.reap_orphans()
                     self.commits += 1
+                    self.last_pull = started  # taking the next seq proves we were at the head then
                     self.journal_head = max(self.journal_head, entry.seq)
                     await self._maybe_checkpoint()
                     self.committed.fire()
