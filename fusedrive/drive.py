@@ -403,23 +403,32 @@ class Drive:
 
     # --- writing ----------------------------------------------------------------------
 
-    async def _ensure_staged(self, node: Inode) -> None:
-        """Bring a committed file's content into staging before its first change."""
-        if node.fid in self.staged:
-            return
+    async def _ensure_staged(self, node: Inode) -> Inode:
+        """Bring a committed file's content into staging before its first change; returns
+        the file as it is now. The download awaits: another device's save may arrive
+        meanwhile (then the newer content is staged instead, or the edit would silently
+        undo that save), and a truncate to zero may stage the file first (it wins)."""
         lock = self._stage_locks.setdefault(node.fid, trio.Lock())
         async with lock:
-            if node.fid not in self.staged:
+            while node.fid not in self.staged:
+                node = self.replica.inode(node.ino) or node
                 extents = node.extents()
-                if extents:
-                    await trio.to_thread.run_sync(
-                        self.staging.materialize, node.fid, extents, node.size, self.blocks.fetch
-                    )
-                    self.staging.bump(node.fid)
-                else:
+                if not extents:
                     self.staging.truncate(node.fid, node.size)
+                    self.staged.add(node.fid)
+                    break
+                version = node.version
+                materialized = await trio.to_thread.run_sync(
+                    self.staging.materialize, node.fid, extents, node.size, self.blocks.fetch
+                )
+                latest = self.replica.inode(node.ino)
+                if node.fid in self.staged or (latest is not None and latest.version != version):
+                    os.unlink(materialized)
+                    continue
+                self.staging.adopt(node.fid, materialized)
                 self.staged.add(node.fid)
         self._stage_locks.pop(node.fid, None)
+        return self.replica.inode(node.ino) or node
 
     def _mark_dirty(self, node: Inode, size: int) -> None:
         now = time.time_ns()
@@ -435,7 +444,7 @@ class Drive:
             raise OSError(errno.ENOSPC, "the cache disk is full")
 
     async def write(self, node: Inode, offset: int, data: bytes) -> int:
-        await self._ensure_staged(node)
+        node = await self._ensure_staged(node)
         self._check_room(len(data))
         self.staging.write(node.fid, offset, data)
         current, _ = self.size_and_mtime(node)
@@ -447,7 +456,7 @@ class Drive:
             self.staged.add(node.fid)
             self.staging.truncate(node.fid, 0)
         else:
-            await self._ensure_staged(node)
+            node = await self._ensure_staged(node)
             self.staging.truncate(node.fid, size)
         self._mark_dirty(node, size)
 
@@ -563,13 +572,19 @@ class Drive:
             # Our own descriptor: the staging one may be closed (file deleted) while we read.
             fd = os.open(self.staging.path(fid), os.O_RDONLY)
         except FileNotFoundError:
+            if self.open_handles[fid] <= 0:  # nothing left to upload: do not keep asking
+                self._error(f"The unsaved content of {self.replica.path_of(fid)} is gone from the cache dir.")
+                self._discard_staged(fid)
             return False
         try:
             manifest = await trio.to_thread.run_sync(
                 build_manifest, fd, size, self.volume.chunking, self.blocks, self.pool
             )
         except StagingChanged:
-            return False
+            if self.staging.generation.get(fid) == generation:  # nothing raced: a bug, say so and back off
+                raise FusedriveError(f"The staged content of {self.replica.path_of(fid)} is shorter than its "
+                                     "size; it stays in the cache dir.") from None
+            return False  # truncated meanwhile: the next close uploads again
         finally:
             os.close(fd)
         if self.staging.generation.get(fid) != generation:

@@ -62,8 +62,9 @@ class Staging:
         for fid in list(self._fds):
             self.close(fid)
 
-    def materialize(self, fid: str, extents: list[list], size: int, fetch: Callable[[str], bytes]) -> None:
-        """Write a committed file's content into staging (blocking: fetches blocks)."""
+    def materialize(self, fid: str, extents: list[list], size: int, fetch: Callable[[str], bytes]) -> Path:
+        """Write a committed file's content into a file beside staging (blocking: fetches
+        blocks); `adopt` makes it the staged file."""
         tmp = self.directory / f"{fid}.materializing"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -78,7 +79,12 @@ class Staging:
             os.unlink(tmp)
             raise
         os.close(fd)
-        os.replace(tmp, self.path(fid))
+        return tmp
+
+    def adopt(self, fid: str, materialized: Path) -> None:
+        self.close(fid)  # a descriptor of the file it replaces would write into the void
+        os.replace(materialized, self.path(fid))
+        self.bump(fid)
 
     def write(self, fid: str, offset: int, data: bytes) -> None:
         fd = self.fd(fid)
