@@ -616,7 +616,9 @@ class Drive:
         self.dirty.discard(fid)
         self.dirty_since.pop(fid, None)
         self.staged_attrs.pop(fid, None)
-        if self.open_handles[fid] <= 0:
+        if self.open_handles[fid] <= 0 or not any(op["op"] == "update" and op["fid"] == fid for op in ops):
+            # Gone to a conflicted copy: the file holds the other device's save now, so what
+            # is staged is not its content (a handle still open reads and writes that save).
             self._discard_staged(fid)
         self.committer.kick()
         return True

@@ -181,25 +181,63 @@ def test_a_device_cut_off_for_minutes_rejoins_without_loss(store_proxy, s3_volum
             assert read(mount.p(name)) == data, name
 
 
-def test_a_save_that_uploads_after_another_devices_save_arrived_becomes_a_conflicted_copy(store_proxy, s3_volume):
+def laptop_saves_before_desktop_uploads(store_proxy, s3_volume, desktop_edit) -> tuple:
+    """notes.txt on both devices; the desktop makes `desktop_edit(path)` but cannot upload
+    (503 on block PUTs) until it has applied the laptop's save of the same file."""
     laptop = s3_volume.mount("laptop", poll_interval=1)
     desktop = s3_volume.mount("desktop", poll_interval=1, endpoint=store_proxy.endpoint)
     write(laptop.p("notes.txt"), b"first")
     laptop.sync()
     wait_for(lambda: read(desktop.p("notes.txt")) == b"first", what="the desktop to catch up")
     store_proxy.inject(Fault(method="PUT", path="/blocks/", status=503))  # the desktop reads, cannot upload
-    write(desktop.p("notes.txt"), b"the desktop's edit")
-    write(laptop.p("notes.txt"), b"the laptop's edit")
+    desktop_edit(desktop.p("notes.txt"))
+    write(laptop.p("notes.txt"), b"the laptop's longer edit")
     laptop.sync()
     laptop_head = laptop.control("status")["applied_seq"]
     wait_for(lambda: desktop.control("status")["applied_seq"] >= laptop_head, timeout=30,
              what="the desktop to apply the laptop's save before its own uploads")
     store_proxy.clear()
+    return laptop, desktop
+
+
+def desktop_copies(mount) -> list[str]:
+    return [n for n in os.listdir(mount.path) if n.startswith("notes (conflicted copy from desktop")]
+
+
+def test_a_save_that_uploads_after_another_devices_save_arrived_becomes_a_conflicted_copy(store_proxy, s3_volume):
+    laptop, desktop = laptop_saves_before_desktop_uploads(
+        store_proxy, s3_volume, lambda path: write(path, b"the desktop's edit"))
     wait_drained(desktop)
     wait_for(lambda: laptop.control("status")["applied_seq"] >= desktop.control("status")["applied_seq"],
              timeout=30, what="the laptop to apply the desktop's commit")
     for mount in (laptop, desktop):
-        copies = [n for n in os.listdir(mount.path) if n.startswith("notes (conflicted copy from desktop")]
+        copies = desktop_copies(mount)
         assert len(copies) == 1
-        assert read(mount.p("notes.txt")) == b"the laptop's edit"
+        assert read(mount.p("notes.txt")) == b"the laptop's longer edit"
         assert read(mount.p(copies[0])) == b"the desktop's edit"
+
+
+def test_a_file_held_open_while_its_save_became_a_conflicted_copy_goes_on_from_the_winning_save(
+        store_proxy, s3_volume):
+    """The program keeps the file open across the upload: what it reads and writes next is the
+    file as it is now (the laptop's save), not the content that went to the copy."""
+    held = []
+
+    def edit_and_keep_open(path):
+        held.append(os.open(path, os.O_RDWR))
+        os.pwrite(held[0], b"the desktop's edit", 0)
+        os.close(os.open(path, os.O_RDONLY))  # a close elsewhere flushes: the upload starts
+
+    laptop, desktop = laptop_saves_before_desktop_uploads(store_proxy, s3_volume, edit_and_keep_open)
+    try:
+        wait_for(lambda: len(desktop_copies(desktop)) == 1, timeout=60, what="the desktop's save to upload")
+        assert read(desktop.p("notes.txt")) == b"the laptop's longer edit"
+        os.pwrite(held[0], b"!", len(b"the laptop's longer edit"))
+    finally:
+        os.close(held[0])
+    wait_drained(desktop, timeout=60)
+    wait_for(lambda: read(laptop.p("notes.txt")) == b"the laptop's longer edit!", timeout=30,
+             what="the laptop to see the desktop's later write")
+    for mount in (laptop, desktop):
+        assert read(mount.p("notes.txt")) == b"the laptop's longer edit!"
+        assert [read(mount.p(n)) for n in desktop_copies(mount)] == [b"the desktop's edit"]
