@@ -581,9 +581,8 @@ class Drive:
                 build_manifest, fd, size, self.volume.chunking, self.blocks, self.pool
             )
         except StagingChanged:
-            if self.staging.generation.get(fid) == generation:  # nothing raced: a bug, say so and back off
-                raise FusedriveError(f"The staged content of {self.replica.path_of(fid)} is shorter than its "
-                                     "size; it stays in the cache dir.") from None
+            if self.staging.generation.get(fid) == generation:
+                self._trust_staged_size(fid, os.fstat(fd).st_size, size)
             return False  # truncated meanwhile: the next close uploads again
         finally:
             os.close(fd)
@@ -622,6 +621,18 @@ class Drive:
             self._discard_staged(fid)
         self.committer.kick()
         return True
+
+    def _trust_staged_size(self, fid: str, staged: int, recorded: int) -> None:
+        """Nothing raced, yet the staged file is shorter than the size recorded for it (seen
+        in hour-long soaks, cause not found yet): the staged bytes are all there is, so
+        they upload as they are, and the user is told. Retrying the recorded size would leave
+        the file unsynced forever."""
+        self._error(f"The staged content of {self.replica.path_of(fid)} is {staged} bytes, not the {recorded} "
+                    "recorded for it; uploading what is staged.")
+        _, mtime_ns, ctime_ns = self.staged_attrs.get(fid, (0, time.time_ns(), time.time_ns()))
+        self.staged_attrs[fid] = (staged, mtime_ns, ctime_ns)
+        self._tell_kernel([{"op": "update", "fid": fid}])
+        self.queue_upload(fid)
 
     def _keeps_nameless(self, fid: str) -> bool:
         """A file with no name left still uploads its last save: back where it was if

@@ -49,6 +49,8 @@ def _chunks_of_span(fd: int, start: int, length: int, chunking: dict):
 
 def build_manifest(fd: int, size: int, chunking: dict, blocks: BlockStore, pool: ThreadPoolExecutor) -> list[list]:
     """Chunk and upload the first `size` bytes of a staged file; return its extents."""
+    if os.fstat(fd).st_size < size:  # the part past its end would otherwise pass for a hole
+        raise StagingChanged()
     extents: list[list] = []
     in_flight: deque[Future] = deque()
     ids = blocks.volume.keys

@@ -50,6 +50,24 @@ def test_503_on_every_block_upload_queues_the_write_until_the_store_recovers(pro
     assert read(fresh.p("report.bin")) == data
 
 
+def test_a_staged_file_cut_short_in_the_cache_dir_uploads_what_is_left_and_says_so(proxied_volume, store_proxy):
+    """Damage below the drive: a file waiting to upload loses its tail in the cache dir. What
+    is left uploads (the file does not stay unsynced forever) and status says so."""
+    laptop = proxied_volume.mount("laptop")
+    store_proxy.inject(Fault(method="PUT", path="/blocks/", status=503))
+    data = os.urandom(300_000)
+    write(laptop.p("draft.bin"), data)
+    wait_for(lambda: laptop.control("status")["errors"], timeout=60, what="an upload error")
+    [staged] = (laptop.cache_dir / "staging").iterdir()
+    os.truncate(staged, 1000)
+    store_proxy.clear()
+    wait_drained(laptop)
+    assert any("draft.bin is 1000 bytes, not the 300000" in e for e in laptop.control("status")["errors"])
+    assert read(laptop.p("draft.bin")) == data[:1000]
+    fresh = proxied_volume.mount("fresh")
+    assert read(fresh.p("draft.bin")) == data[:1000]
+
+
 def test_a_commit_whose_answer_was_lost_is_in_the_journal_exactly_once(proxied_volume, store_proxy):
     laptop = proxied_volume.mount("laptop")
     lost = store_proxy.inject(Fault(method="PUT", path="/journal/", lose_answer=True, times=1))
