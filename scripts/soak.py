@@ -68,6 +68,7 @@ def main() -> int:
     closed: dict[str, str] = {}  # sha → where, for every version that must survive
     unsynced: dict[tuple[str, str], tuple[str, str]] = {}  # (device, name) → its last save since a sync
     faults = errors = steps = 0
+    log = open(root / "steps.log", "a", buffering=1)  # what each step did, to trace a file that goes wrong
     deadline = time.monotonic() + args.minutes * 60
     next_fault = time.monotonic() + rng.uniform(10, 30)
     try:
@@ -86,9 +87,11 @@ def main() -> int:
                     with open(device / name, "wb") as f:
                         f.write(data)
                     unsynced[(device.name, name)] = (sha(data), f"{device.name} step {steps} {name}")
+                    log.write(f"{time.time():.3f} {device.name} {steps} write {name} {len(data)} {sha(data)[:12]}\n")
                 elif rng.random() < 0.5:
                     target = rng.choice(NAMES)
                     os.rename(device / name, device / target)
+                    log.write(f"{time.time():.3f} {device.name} {steps} rename {name} {target}\n")
                     if target != name:
                         moved = unsynced.pop((device.name, name), None)
                         replaced = unsynced.pop((device.name, target), None)
@@ -98,6 +101,7 @@ def main() -> int:
                             unsynced[(device.name, target)] = moved
                 else:
                     os.unlink(device / name)
+                    log.write(f"{time.time():.3f} {device.name} {steps} unlink {name}\n")
                     deleted = unsynced.pop((device.name, name), None)
                     if deleted:  # deleted before it uploaded: the trash keeps it
                         closed[deleted[0]] = deleted[1]
@@ -112,13 +116,16 @@ def main() -> int:
                 except FusedriveError:
                     pass  # the store is down: try again later
         proxy.up()
+        unsettled = []
         for device in devices:
-            for _attempt in range(60):  # an upload that failed during a fault is retried first
+            for _attempt in range(10):  # an upload that failed during a fault is retried first
                 try:
-                    control.request(str(device), "sync", timeout=600)
+                    control.request(str(device), "sync", timeout=120)
                     break
                 except FusedriveError:
                     time.sleep(2)
+            else:
+                unsettled.append(device.name)
         closed.update(unsynced.values())
         time.sleep(3)
         trees = [{p.name: sha(p.read_bytes()) for p in d.iterdir() if p.is_file()} for d in devices]
@@ -142,10 +149,11 @@ def main() -> int:
         fsck = cli("fsck", url, check=False)
         print(f"{steps} operations, {len(closed)} closed versions, {faults} store faults, {errors} refused "
               f"operations (names gone, store down)")
-        print(f"devices agree: {trees[0] == trees[1]}; versions lost: {len(lost)}; fsck exit {fsck.returncode}")
+        print(f"devices agree: {trees[0] == trees[1]}; versions lost: {len(lost)}; fsck exit {fsck.returncode}; "
+              f"devices that could not finish uploading in 20 minutes: {unsettled or 'none'}; steps: {log.name}")
         for where in list(lost.values())[:10]:
             print(f"  lost: {where}")
-        return 0 if trees[0] == trees[1] and not lost and fsck.returncode == 0 else 1
+        return 0 if trees[0] == trees[1] and not lost and fsck.returncode == 0 and not unsettled else 1
     finally:
         proxy.up()
         for device in devices:
