@@ -67,6 +67,10 @@ class BlockCache:
                 self.hits += 1
             return data
 
+    def in_memory(self, block_id: str) -> bool:
+        with self._lock:
+            return block_id in self._memory
+
     def get(self, block_id: str) -> bytes | None:
         """The verified plaintext of a block, or None if it is not (or no longer validly) cached."""
         data = self.memory_get(block_id)

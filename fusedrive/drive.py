@@ -356,8 +356,11 @@ class Drive:
         return layout
 
     def _prefetch(self, layout: Layout, index: int) -> None:
+        """Start fetching the next blocks a sequential reader will want. Called for every
+        kernel read, so blocks already in memory or on their way cost no task."""
         for block_id, _length in layout.extents[index:index + PREFETCH_BLOCKS]:
-            if block_id is not None and block_id not in self._in_flight and self._nursery is not None:
+            if (block_id is not None and block_id not in self._in_flight and self._nursery is not None
+                    and not self.cache.in_memory(block_id)):
                 self._nursery.start_soon(self._prefetch_one, block_id)
 
     async def _prefetch_one(self, block_id: str) -> None:
@@ -368,10 +371,10 @@ class Drive:
 
     async def fetch_block(self, block_id: str, node: Inode | None) -> bytes:
         """A verified block; concurrent requests for one block share one download."""
-        check_not_archived(self.replica, block_id, self.volume.url)
         data = self.cache.memory_get(block_id)
         if data is not None:
             return data
+        check_not_archived(self.replica, block_id, self.volume.url)
         while block_id in self._in_flight:
             await self._in_flight[block_id].wait()
             data = self.cache.memory_get(block_id)

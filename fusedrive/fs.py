@@ -69,6 +69,7 @@ class DriveOperations(pyfuse3.Operations):
         self.drive = drive
         self.replica = drive.replica
         self._handles: dict[int, Inode] = {}
+        self._handle_now: dict[int, tuple[int, Inode]] = {}  # fh -> (replica change stamp, node then)
         self._dir_handles: dict[int, list[tuple[bytes, int]]] = {}
         self._opened_version: dict[int, int] = {}
         self._next_fh = count(1)
@@ -310,8 +311,15 @@ class DriveOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
 
     def _handle_node(self, fh: int) -> Inode:
-        node = self.replica.inode(self._handles[fh].ino)
-        return node if node is not None else self._handles[fh]
+        """The open file as it is now. Re-read only when the replica changed: a query per
+        128 KiB read releases the GIL and costs the read path more than the read."""
+        stamp = self.replica.change_stamp
+        seen = self._handle_now.get(fh)
+        if seen is not None and seen[0] == stamp:
+            return seen[1]
+        node = self.replica.inode(self._handles[fh].ino) or self._handles[fh]
+        self._handle_now[fh] = (stamp, node)
+        return node
 
     @fuse_errors
     async def create(self, parent_inode, name, mode, flags, ctx):
@@ -355,6 +363,7 @@ class DriveOperations(pyfuse3.Operations):
     @fuse_errors
     async def release(self, fh):
         node = self._handles.pop(fh)
+        self._handle_now.pop(fh, None)
         self.drive.released(node.fid)
         current = self.replica.inode(node.ino)
         if current is not None and current.nlink <= 0:

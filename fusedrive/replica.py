@@ -169,6 +169,13 @@ class Replica:
     def applied_seq(self) -> int:
         return self.get_state("applied_seq", 0)
 
+    @property
+    def change_stamp(self) -> int:
+        """Grows with every row this connection writes (a rollback does not shrink it), so
+        two equal stamps taken outside a transaction mean nothing changed in between.
+        Reading it costs no query."""
+        return self.db.total_changes
+
     # --- queries ----------------------------------------------------------------------
 
     def inode(self, ino: int) -> Inode | None:
