@@ -8,6 +8,7 @@ blocks are also kept decoded in memory, because one 4 MiB block serves dozens of
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sqlite3
@@ -91,7 +92,10 @@ class BlockCache:
         """Best effort: a cache that cannot grow (disk full) must not fail an upload or a read."""
         try:
             if leaves_reserve(self._directory, len(data)):
-                self._disk.set(block_id, data)
+                # diskcache writes a large bytes value line by line (thousands of write
+                # calls per MiB of random data); as a file-like value it writes it whole.
+                large = len(data) >= self._disk.disk_min_file_size
+                self._disk.set(block_id, io.BytesIO(data) if large else data, read=large)
         except (OSError, sqlite3.Error) as exc:
             log.warning("cannot cache block %s on disk: %s", block_id, exc)
         self._remember(block_id, data)

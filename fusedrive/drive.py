@@ -411,6 +411,8 @@ class Drive:
         the file as it is now. The download awaits: another device's save may arrive
         meanwhile (then the newer content is staged instead, or the edit would silently
         undo that save), and a truncate to zero may stage the file first (it wins)."""
+        if node.fid in self.staged:
+            return node  # the common case, once per kernel write: no query
         lock = self._stage_locks.setdefault(node.fid, trio.Lock())
         async with lock:
             while node.fid not in self.staged:
