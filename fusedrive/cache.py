@@ -49,6 +49,10 @@ class BlockCache:
         self._id_of = id_of
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
+        # One thread in diskcache at a time: its SQLite transactions (one per set, and per
+        # get for the LRU time) would otherwise collide and SQLite's busy handler sleeps
+        # for milliseconds. Block files are read outside the lock.
+        self._disk_lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
@@ -77,9 +81,10 @@ class BlockCache:
         data = self.memory_get(block_id)
         if data is not None:
             return data
-        data = self._disk.get(block_id)
+        data = self._read_disk(block_id)
         if data is not None and self._id_of(data) != block_id:
-            self._disk.delete(block_id)
+            with self._disk_lock:
+                self._disk.delete(block_id)
             data = None
         if data is None:
             self.misses += 1
@@ -88,6 +93,14 @@ class BlockCache:
         self._remember(block_id, data)
         return data
 
+    def _read_disk(self, block_id: str) -> bytes | None:
+        with self._disk_lock:
+            found = self._disk.get(block_id, read=True)  # large blocks: an open file, small: bytes
+        if found is None or isinstance(found, bytes):
+            return found
+        with found:
+            return found.read()
+
     def put(self, block_id: str, data: bytes) -> None:
         """Best effort: a cache that cannot grow (disk full) must not fail an upload or a read."""
         try:
@@ -95,7 +108,8 @@ class BlockCache:
                 # diskcache writes a large bytes value line by line (thousands of write
                 # calls per MiB of random data); as a file-like value it writes it whole.
                 large = len(data) >= self._disk.disk_min_file_size
-                self._disk.set(block_id, io.BytesIO(data) if large else data, read=large)
+                with self._disk_lock:
+                    self._disk.set(block_id, io.BytesIO(data) if large else data, read=large)
         except (OSError, sqlite3.Error) as exc:
             log.warning("cannot cache block %s on disk: %s", block_id, exc)
         self._remember(block_id, data)
