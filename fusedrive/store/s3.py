@@ -8,6 +8,8 @@ retry mode with exponential backoff; what still fails becomes StoreUnreachable.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Iterator
 
 import boto3
@@ -78,7 +80,10 @@ class S3Store:
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         try:
-            self._call("write", self.client.put_object, Key=self.prefix + key, Body=data, IfNoneMatch="*")
+            # Content-MD5: a commit point (journal entry, volume header) the server took
+            # from a cut or garbled body would hold its seq forever, so the server checks it.
+            self._call("write", self.client.put_object, Key=self.prefix + key, Body=data, IfNoneMatch="*",
+                       ContentMD5=base64.b64encode(hashlib.md5(data).digest()).decode())
             return True
         except botocore.exceptions.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
