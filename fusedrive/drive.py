@@ -69,6 +69,8 @@ class Drive:
         self.cache_dir = cache_dir
         self.lookups: Counter[int] = Counter()
         self.open_handles: Counter[str] = Counter()
+        self.writers: Counter[str] = Counter()  # handles open for writing, per file
+        self._sync_requested: set[str] = set()  # files fsync or sync wants uploaded though a writer is open
         self.replica = Replica(str(cache_dir / "replica.sqlite3"), in_use=self._in_use)
         self.staging = Staging(cache_dir / "staging")
         self.cache_size = cache_size
@@ -467,16 +469,24 @@ class Drive:
 
     # --- open handles and uploads -----------------------------------------------------
 
-    def opened(self, fid: str) -> None:
+    def opened(self, fid: str, writing: bool) -> None:
         self.open_handles[fid] += 1
+        if writing:
+            self.writers[fid] += 1
 
     def flushed(self, fid: str) -> None:
         """close(): a written file starts uploading in the background."""
         if fid in self.dirty:
             self.queue_upload(fid)
 
-    def released(self, fid: str) -> None:
+    def released(self, fid: str, writing: bool) -> None:
         self.open_handles[fid] -= 1
+        if writing:
+            self.writers[fid] -= 1
+            if self.writers[fid] <= 0:
+                del self.writers[fid]
+                if fid in self.dirty:
+                    self.queue_upload(fid)  # the last writer is done: its content uploads now
         if self.open_handles[fid] <= 0:
             del self.open_handles[fid]
             if fid in self.dirty:
@@ -487,6 +497,7 @@ class Drive:
                     self._discard_staged(fid)
 
     def _discard_staged(self, fid: str) -> None:
+        self._sync_requested.discard(fid)
         self.staging.remove(fid)
         self.staged.discard(fid)
         self.staged_attrs.pop(fid, None)
@@ -564,7 +575,14 @@ class Drive:
                 self.events.publish("upload-recovered")
 
     async def _upload(self, fid: str) -> bool:
-        """Upload a closed file's staged content and queue its update; True if it did."""
+        """Upload a closed file's staged content and queue its update; True if it did.
+
+        Not while a program still has the file open for writing (unless fsync or sync asks):
+        what is staged then may be a save half made (open(O_TRUNC) has emptied the file, the
+        write has not come yet), and uploading it could lose to another device's save and
+        leave the rest of the write to land on that save's bytes."""
+        if self.writers[fid] > 0 and fid not in self._sync_requested:
+            return False  # released() queues it when the last writer closes
         ino = self.replica.ino_of(fid)
         node = self.replica.inode(ino) if ino is not None else None
         if node is None or node.nlink <= 0 and not self._keeps_nameless(fid):
@@ -620,6 +638,7 @@ class Drive:
         self.dirty.discard(fid)
         self.dirty_since.pop(fid, None)
         self.staged_attrs.pop(fid, None)
+        self._sync_requested.discard(fid)
         if self.open_handles[fid] <= 0 or not any(op["op"] == "update" and op["fid"] == fid for op in ops):
             # Gone to a conflicted copy: the file holds the other device's save now, so what
             # is staged is not its content (a handle still open reads and writes that save).
@@ -679,6 +698,7 @@ class Drive:
                 return
             if self.upload_error:
                 raise FusedriveError(self.upload_error)
+            self._sync_requested |= waiting
             for fid in waiting:
                 self.queue_upload(fid)
             await self.changed.wait()

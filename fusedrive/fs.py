@@ -70,6 +70,7 @@ class DriveOperations(pyfuse3.Operations):
         self.replica = drive.replica
         self._handles: dict[int, Inode] = {}
         self._handle_now: dict[int, tuple[int, Inode]] = {}  # fh -> (replica change stamp, node then)
+        self._writing_handles: set[int] = set()
         self._dir_handles: dict[int, list[tuple[bytes, int]]] = {}
         self._opened_version: dict[int, int] = {}
         self._next_fh = count(1)
@@ -303,12 +304,22 @@ class DriveOperations(pyfuse3.Operations):
 
     # --- files ------------------------------------------------------------------------
 
-    def _open_handle(self, node: Inode, keep_cache: bool = True) -> pyfuse3.FileInfo:
+    def _open_handle(self, node: Inode, writing: bool) -> int:
         fh = next(self._next_fh)
         self._handles[fh] = node
-        self.drive.opened(node.fid)
+        if writing:
+            self._writing_handles.add(fh)
+        self.drive.opened(node.fid, writing)
         self._opened_version[node.ino] = node.version
-        return pyfuse3.FileInfo(fh=fh, keep_cache=keep_cache)
+        return fh
+
+    def _close_handle(self, fh: int) -> Inode:
+        node = self._handles.pop(fh)
+        self._handle_now.pop(fh, None)
+        writing = fh in self._writing_handles
+        self._writing_handles.discard(fh)
+        self.drive.released(node.fid, writing)
+        return node
 
     def _handle_node(self, fh: int) -> Inode:
         """The open file as it is now. Re-read only when the replica changed: a query per
@@ -325,7 +336,7 @@ class DriveOperations(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx):
         ino = self._create_node(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
         attrs = self._entry(ino)
-        return self._open_handle(self._node(ino)), attrs
+        return pyfuse3.FileInfo(fh=self._open_handle(self._node(ino), writing=True)), attrs
 
     @fuse_errors
     async def open(self, inode, flags, ctx):
@@ -339,14 +350,21 @@ class DriveOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if self.view.owns(inode) and (flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
             raise pyfuse3.FUSEError(errno.EROFS)
-        if flags & os.O_TRUNC and node.is_reg:
-            # libfuse negotiates atomic O_TRUNC: the kernel sends no setattr, we truncate here.
-            await self.drive.truncate(node, 0)
         unchanged = self._opened_version.get(inode) == node.version
-        if not unchanged:
-            # close-to-open: the content changed since the kernel cached it (another device saved)
-            await self.drive.invalidate_kernel_cache(inode)
-        return self._open_handle(node, keep_cache=unchanged)
+        # The writer counts before the truncate: no upload may catch the file emptied with
+        # the write still to come (see Drive._upload).
+        fh = self._open_handle(node, writing=flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC))
+        try:
+            if flags & os.O_TRUNC and node.is_reg:
+                # libfuse negotiates atomic O_TRUNC: the kernel sends no setattr, we truncate here.
+                await self.drive.truncate(node, 0)
+            if not unchanged:
+                # close-to-open: the content changed since the kernel cached it (another device saved)
+                await self.drive.invalidate_kernel_cache(inode)
+        except BaseException:
+            self._close_handle(fh)
+            raise
+        return pyfuse3.FileInfo(fh=fh, keep_cache=unchanged)
 
     @fuse_errors
     async def read(self, fh, off, size):
@@ -362,9 +380,7 @@ class DriveOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def release(self, fh):
-        node = self._handles.pop(fh)
-        self._handle_now.pop(fh, None)
-        self.drive.released(node.fid)
+        node = self._close_handle(fh)
         current = self.replica.inode(node.ino)
         if current is not None and current.nlink <= 0:
             self.drive.forget_unlinked(current)
