@@ -587,6 +587,7 @@ class Drive:
         node = self.replica.inode(ino) if ino is not None else None
         if node is None or node.nlink <= 0 and not self._keeps_nameless(fid):
             if self.open_handles[fid] <= 0:
+                log.warning("the unsaved content of %s is dropped: the file has no name, no trash entry", fid)
                 self._discard_staged(fid)  # the trash was emptied meanwhile: nothing to keep
             return False
         generation = self.staging.generation.get(fid)

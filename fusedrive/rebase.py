@@ -19,12 +19,15 @@ adjusted, or replaced by safe ones, so that nothing written and closed is lost:
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import time
 import uuid
 
 from .replica import ROOT_FID, Replica, name_from_json, name_to_json
+
+log = logging.getLogger(__name__)
 
 NAME_MAX = 255
 
@@ -181,7 +184,10 @@ class Revalidator:
             return [op]
         if not self._exists(r, fid):
             if op.get("trash"):  # deleted here before it uploaded: into its trash entry, if still there
-                return [op] if r.in_trash(fid) else []
+                if r.in_trash(fid):
+                    return [op]
+                log.warning("a save of deleted file %s is dropped: its trash entry is gone", fid)
+                return []
             return self._revive(r, op)
         op.pop("trash", None)  # brought back from the trash meanwhile: an ordinary save
         node = r.inode(r.ino_of(fid))
@@ -190,6 +196,8 @@ class Revalidator:
         # Another device saved this file first: ours becomes a conflicted copy beside it.
         where = r.location_of(fid)
         if where is None:
+            log.warning("a save of %s that lost to another device's is dropped: the file has no name for a "
+                        "conflicted copy", fid)
             return []
         copy = str(uuid.uuid4())
         self.copies[fid] = copy
