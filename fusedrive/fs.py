@@ -348,12 +348,13 @@ class DriveOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ESTALE)
         if node.is_dir:
             raise pyfuse3.FUSEError(errno.EISDIR)
-        if self.view.owns(inode) and (flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC):
+        writing = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        if self.view.owns(inode) and writing:
             raise pyfuse3.FUSEError(errno.EROFS)
         unchanged = self._opened_version.get(inode) == node.version
         # The writer counts before the truncate: no upload may catch the file emptied with
         # the write still to come (see Drive._upload).
-        fh = self._open_handle(node, writing=flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC))
+        fh = self._open_handle(node, writing)
         try:
             if flags & os.O_TRUNC and node.is_reg:
                 # libfuse negotiates atomic O_TRUNC: the kernel sends no setattr, we truncate here.
