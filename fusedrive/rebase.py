@@ -12,6 +12,9 @@ adjusted, or replaced by safe ones, so that nothing written and closed is lost:
   back where it was; the last save of a file deleted here before it uploaded goes
   into its trash entry (dropped if the trash was emptied meanwhile);
 - a rename follows the file (ids, not paths) and is dropped if it would make a cycle;
+  a rename of a file another device deleted brings it back under its new name (as the
+  other way round a delete of a file moved elsewhere is dropped: the result does not
+  depend on which device commits first);
 - a delete applies only to the name the user deleted: if another device changed the
   file meanwhile or moved it elsewhere, the delete is dropped (their work stays);
   removing a directory that gained entries elsewhere is dropped.
@@ -61,6 +64,7 @@ class Revalidator:
         self.device = device
         self.copies: dict[str, str] = {}  # file id → id of its conflicted copy made in this rebase
         self.conflicts: list[dict] = []  # {"parent", "name", "copy"} for each conflicted copy made
+        self.revived: set[str] = set()  # files this rebase brought back (their versions start again)
 
     def __call__(self, replica: Replica, op: dict) -> list[dict]:
         op = dict(op)
@@ -139,32 +143,61 @@ class Revalidator:
 
     def _rename(self, r: Replica, op: dict) -> list[dict]:
         fid = op.get("fid")
-        if fid is None or not self._exists(r, fid) or op.get("exchange"):
-            return [op] if op.get("exchange") and self._still_valid_exchange(r, op) else []
-        ino = r.ino_of(fid)
-        parent_ino = r.ino_of(op["parent"])
-        if parent_ino is None or r.lookup(parent_ino, name_from_json(op["name"])) != ino:
-            where = r.location_of(fid)
-            if where is None:
+        if op.get("exchange"):
+            return [op] if self._still_valid_exchange(r, op) else []
+        if fid is None:
+            return []
+        if self._exists(r, fid):
+            ino = r.ino_of(fid)
+            is_dir = r.inode(ino).is_dir
+            parent_ino = r.ino_of(op["parent"])
+            if parent_ino is None or r.lookup(parent_ino, name_from_json(op["name"])) != ino:
+                where = r.location_of(fid)
+                if where is None:
+                    return []
+                op["parent"], op["name"] = where[0], name_to_json(where[1])
+            revival = []
+        else:
+            ino, is_dir = None, False
+            revival = self._revive_to_rename(r, op)
+            if not revival:
                 return []
-            op["parent"], op["name"] = where[0], name_to_json(where[1])
         prefix = self._with_parent(r, op, "newparent")
         if prefix is None:
             return []
         if prefix:
-            return prefix + [op]
+            return revival + prefix + [op]
         new_parent_ino = r.ino_of(op["newparent"])
-        if r.inode(ino).is_dir and r.is_ancestor(ino, new_parent_ino):
+        if is_dir and r.is_ancestor(ino, new_parent_ino):
             return []  # would make a cycle after another device's rename
         target = r.lookup(new_parent_ino, name_from_json(op["newname"]))
         if target is not None and target != ino:
             target_node = r.inode(target)
             replaces = op.get("replaces")
             same_target = replaces is not None and replaces[0] == target_node.fid and replaces[1] == target_node.version
-            if not same_target or (target_node.is_dir and r.has_children(target)) or \
-                    target_node.is_dir != r.inode(ino).is_dir:
+            if not same_target or (target_node.is_dir and r.has_children(target)) or target_node.is_dir != is_dir:
                 self._rename_to_conflicted_copy(r, op, "newparent", "newname")
-        return [op]
+        return revival + [op]
+
+    def _revive_to_rename(self, r: Replica, op: dict) -> list[dict]:
+        """Bring back a regular file another device deleted, where it was and with the content
+        it had (from its trash entry), for the rename to move it: the rename's source becomes
+        that place. A conflicted-copy name it may get there is not told to the user: it does
+        not stay under it."""
+        locations = r.known_locations(op["fid"])
+        where = locations.get(op["fid"])
+        content = r.trashed_content(op["fid"])
+        if where is None or not stat.S_ISREG(where["mode"]) or content is None:
+            return []
+        revival = self.revive_file(r, op["fid"], locations, op["t"])
+        if not revival:
+            return []
+        create = revival[-1]
+        if create.pop("conflict_of", None) is not None:
+            self.conflicts.pop()  # the file's own name comes last
+        op["parent"], op["name"] = create["parent"], create["name"]
+        restore = {"op": "update", "fid": op["fid"], "base": 0, **content, "t": op["t"], "device": self.device}
+        return [*revival, restore]
 
     def _still_valid_exchange(self, r: Replica, op: dict) -> bool:
         a, b = r.ino_of(op["parent"]), r.ino_of(op["newparent"])
@@ -181,6 +214,9 @@ class Revalidator:
         if fid in self.copies:  # a later save of a file that already became a conflicted copy
             copy = self.copies[fid]
             op["fid"], op["base"] = copy, r.inode(r.ino_of(copy)).version
+            return [op]
+        if fid in self.revived and self._exists(r, fid):  # our own saves of a file we brought back
+            op["base"] = r.inode(r.ino_of(fid)).version
             return [op]
         if not self._exists(r, fid):
             if op.get("trash"):  # deleted here before it uploaded: into its trash entry, if still there
@@ -225,4 +261,5 @@ class Revalidator:
         parent = where["parent"] if self._exists(r, where["parent"]) or ops else ROOT_FID
         create = {"op": "mknod", "fid": fid, "parent": parent, "name": where["name"], "mode": where["mode"],
                   "uid": where["uid"], "gid": where["gid"], "rdev": 0, "t": t}
+        self.revived.add(fid)
         return ops + [self._free_name(r, create)]

@@ -294,7 +294,8 @@ class Replica:
         Takes every pending operation back (undo log), applies the entries, then
         re-applies each pending operation as `revalidate(replica, op)` rewrites it
         (the conflict rules). Files in `keep_alive` (content written here and not
-        uploaded yet) that the entries deleted are brought back where they were.
+        uploaded yet) that the entries deleted are brought back where they were, unless
+        this device had deleted them too (then that save lands in their trash entry).
         Files in `watched` (open here) that the entries deleted are remembered as
         vanished, with where they were: a write through a handle still open brings
         them back when it is uploaded. One transaction. Returns every operation
@@ -326,7 +327,7 @@ class Replica:
                         kept.append(new_op)
                         applied.append(new_op)
                 self.db.execute("UPDATE pending SET op=? WHERE id=?", (json.dumps(kept), pending_id))
-            for fid in keep_alive:
+            for fid in keep_alive & named_here:  # one deleted here stays deleted: its save goes to the trash
                 ino = self.ino_of(fid)
                 if ino is not None and self.inode(ino).nlink > 0:
                     continue
@@ -334,8 +335,10 @@ class Replica:
                 if revival:
                     self.record(*revival)
                     applied.extend(revival)
-                    self.db.execute("UPDATE dirty SET base=0 WHERE fid=?", (fid,))
                     self.forget_vanished(fid)
+            for fid in revalidate.revived:  # unsaved content here continues the file brought back
+                self.db.execute("UPDATE dirty SET base=(SELECT version FROM inodes WHERE fid=?) WHERE fid=?",
+                                (fid, fid))
         return applied
 
     def _remember_vanished(self, fid: str) -> None:
@@ -603,6 +606,11 @@ class Replica:
 
     def in_trash(self, fid: str) -> bool:
         return self.db.execute("SELECT 1 FROM trash WHERE fid=?", (fid,)).fetchone() is not None
+
+    def trashed_content(self, fid: str) -> dict | None:
+        """A trashed file's last content, as the fields of an update op."""
+        row = self.db.execute("SELECT manifest, size, mtime_ns FROM trash WHERE fid=?", (fid,)).fetchone()
+        return {"manifest": json.loads(row[0]), "size": row[1], "mtime_ns": row[2]} if row else None
 
     def _op_purge(self, op: dict) -> None:
         """Trashed files gone for good (trash emptied, or expired in gc), with their versions."""

@@ -161,6 +161,38 @@ def test_a_file_deleted_before_its_save_uploaded_keeps_that_save_in_the_trash(pr
     assert read(fresh.p("plan.txt")) == b"renamed over plan.txt"
 
 
+def test_a_file_deleted_here_before_its_save_uploaded_stays_deleted_when_another_devices_change_arrives(
+        store_proxy, s3_volume):
+    """The laptop saves draft.txt and deletes it while the save still waits to upload (503).
+    The desktop's unrelated change arriving must not bring draft.txt back: the name is free,
+    a new draft.txt is a new file, and the deleted save is in the trash (seen in the soak: the
+    file came back and the next save to its name overwrote the deleted save's content)."""
+    desktop = s3_volume.mount("desktop", poll_interval=1)
+    laptop = s3_volume.mount("laptop", poll_interval=1, endpoint=store_proxy.endpoint)
+    write(laptop.p("draft.txt"), b"the first draft")
+    laptop.sync()
+    store_proxy.inject(Fault(method="PUT", path="/", status=503))  # no block and no commit goes through
+    write(laptop.p("draft.txt"), b"the deleted draft")
+    os.unlink(laptop.p("draft.txt"))
+    write(desktop.p("other.txt"), b"the desktop's unrelated change")
+    desktop.sync()
+    desktop_head = desktop.control("status")["applied_seq"]
+    wait_for(lambda: laptop.control("status")["applied_seq"] >= desktop_head, timeout=30,
+             what="the laptop to apply the desktop's change")
+    assert not os.path.exists(laptop.p("draft.txt"))
+    write(laptop.p("draft.txt"), b"a new draft")
+    store_proxy.clear()
+    laptop.sync()
+    wait_drained(laptop, timeout=60)
+    for mount in (laptop, desktop):
+        wait_for(lambda: read(mount.p("draft.txt")) == b"a new draft", timeout=30, what="the new draft everywhere")
+        assert sorted(os.listdir(mount.path)) == ["draft.txt", "other.txt"]
+    assert [item["path"] for item in trash(desktop)] == ["/draft.txt"]
+    desktop.volume.cli.run("trash", "restore", desktop.p("draft.txt"))
+    copy = next(n for n in os.listdir(desktop.path) if n.startswith("draft (conflicted copy"))
+    assert read(desktop.p(copy)) == b"the deleted draft"
+
+
 def test_a_device_cut_off_for_minutes_rejoins_without_loss(store_proxy, s3_volume):
     laptop = s3_volume.mount("laptop", poll_interval=1)
     desktop = s3_volume.mount("desktop", poll_interval=1, endpoint=store_proxy.endpoint)

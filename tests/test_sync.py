@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from fusedrive.testing.faultproxy import Fault
 from test_posix import read, write
 from treeutil import describe
 
@@ -203,6 +204,42 @@ def test_rename_and_concurrent_update_both_apply(devices):
     same_everywhere(a, b, c)
     assert names(c) == {"final.txt"}
     assert read(c.p("final.txt")) == b"v2 from desktop"
+
+
+def test_a_rename_of_a_file_deleted_elsewhere_brings_it_back_under_its_new_name(store_proxy, s3_volume):
+    """The desktop renames plan.txt, and saves draft.txt then renames it before that save
+    could upload (503); meanwhile the laptop deletes plan.txt and renames another file over
+    draft.txt. Both files live on under the desktop's new names, as they would if the
+    desktop had committed first (the laptop's delete of a file moved elsewhere is dropped).
+    Seen in the soak: the rename was dropped, the file came back under its old name, and
+    the next save to that name overwrote the save made under the new one."""
+    laptop = s3_volume.mount("laptop", poll_interval=POLL)
+    desktop = s3_volume.mount("desktop", poll_interval=POLL, endpoint=store_proxy.endpoint)
+    write(laptop.p("plan.txt"), b"the plan")
+    write(laptop.p("draft.txt"), b"first draft")
+    write(laptop.p("other.txt"), b"the laptop's other file")
+    laptop.sync()
+    same_everywhere(laptop, desktop)
+    with held(desktop):
+        os.rename(desktop.p("plan.txt"), desktop.p("plan-final.txt"))
+        store_proxy.inject(Fault(method="PUT", path="/blocks/", status=503))
+        write(desktop.p("draft.txt"), b"the desktop's final draft")
+        os.rename(desktop.p("draft.txt"), desktop.p("final.txt"))
+        os.unlink(laptop.p("plan.txt"))
+        os.rename(laptop.p("other.txt"), laptop.p("draft.txt"))
+        laptop.sync()
+        laptop_head = laptop.control("status")["applied_seq"]
+        wait_for(lambda: desktop.control("status")["applied_seq"] >= laptop_head,
+                 what="the desktop to apply the laptop's changes")
+        assert names(desktop) == {"plan-final.txt", "final.txt", "draft.txt"}
+        store_proxy.clear()
+    desktop.sync()
+    tree = same_everywhere(laptop, desktop)
+    assert set(tree) == {"plan-final.txt", "final.txt", "draft.txt"}
+    for mount in (laptop, desktop):
+        assert read(mount.p("plan-final.txt")) == b"the plan"
+        assert read(mount.p("final.txt")) == b"the desktop's final draft"
+        assert read(mount.p("draft.txt")) == b"the laptop's other file"
 
 
 def test_file_created_in_a_directory_deleted_elsewhere_is_kept(devices):
