@@ -1,9 +1,11 @@
 """Soak: two devices doing random file I/O on one volume while the store fails now and
 then (stopped, or hanging), for --minutes; then both devices must agree, fsck must be
 clean, and every version that was closed and then synced, deleted or replaced (or was
-the last save of its name on its device) must be live or kept in history (the trash
-keeps its versions). A save overwritten in place on the same device before it
-uploaded is coalesced, as in every sync client. Not part of CI.
+the last save of its file on its device) must be live or kept in history (the trash
+keeps its versions). A save overwritten on the same device before it uploaded is
+coalesced, as in every sync client: "the same file" is the same inode on that device,
+not the same name, since another device may have renamed the file meanwhile (the
+save follows the file). Not part of CI.
 
     .venv/bin/python scripts/soak.py --minutes 60 --seed 1
 """
@@ -32,6 +34,13 @@ NAMES = [f"doc{i}.txt" for i in range(12)]
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def inode_at(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
 
 
 def main() -> int:
@@ -66,7 +75,7 @@ def main() -> int:
             "--poll-interval", "0.5", "--io-timeout", "5")
         devices.append(path)
     closed: dict[str, str] = {}  # sha → where, for every version that must survive
-    unsynced: dict[tuple[str, str], tuple[str, str]] = {}  # (device, name) → its last save since a sync
+    unsynced: dict[tuple[str, int], tuple[str, str]] = {}  # (device, inode) → its last save since a sync
     faults = errors = steps = 0
     log = open(root / "steps.log", "a", buffering=1)  # what each step did, to trace a file that goes wrong
     deadline = time.monotonic() + args.minutes * 60
@@ -86,23 +95,22 @@ def main() -> int:
                     data = f"{device.name} {steps}\n".encode() + rng.randbytes(rng.choice([100, 5000, 300_000]))
                     with open(device / name, "wb") as f:
                         f.write(data)
-                    unsynced[(device.name, name)] = (sha(data), f"{device.name} step {steps} {name}")
+                        inode = os.fstat(f.fileno()).st_ino
+                    unsynced[(device.name, inode)] = (sha(data), f"{device.name} step {steps} {name}")
                     log.write(f"{time.time():.3f} {device.name} {steps} write {name} {len(data)} {sha(data)[:12]}\n")
                 elif rng.random() < 0.5:
                     target = rng.choice(NAMES)
+                    source, over = inode_at(device / name), inode_at(device / target)
                     os.rename(device / name, device / target)
                     log.write(f"{time.time():.3f} {device.name} {steps} rename {name} {target}\n")
-                    if target != name:
-                        moved = unsynced.pop((device.name, name), None)
-                        replaced = unsynced.pop((device.name, target), None)
-                        if replaced:  # renamed over before it uploaded: the trash keeps it
-                            closed[replaced[0]] = replaced[1]
-                        if moved:
-                            unsynced[(device.name, target)] = moved
+                    replaced = unsynced.pop((device.name, over), None) if over != source else None
+                    if replaced:  # renamed over before it uploaded: the trash keeps it
+                        closed[replaced[0]] = replaced[1]
                 else:
+                    inode = inode_at(device / name)
                     os.unlink(device / name)
                     log.write(f"{time.time():.3f} {device.name} {steps} unlink {name}\n")
-                    deleted = unsynced.pop((device.name, name), None)
+                    deleted = unsynced.pop((device.name, inode), None)
                     if deleted:  # deleted before it uploaded: the trash keeps it
                         closed[deleted[0]] = deleted[1]
             except OSError:
