@@ -1,6 +1,9 @@
 """Three devices doing a seeded random mix of changes on shared files, with commits
 held and released at random to interleave them. Afterwards all trees are identical,
 and every version any device closed is live, a conflicted copy, or in the journal.
+A held device goes on without waiting for its uploads (each block upload takes a
+while, through the fault proxy), so its renames and deletes race its own saves; a save it overwrote before that save uploaded (the same file, by inode:
+another device may have renamed it meanwhile) is coalesced, as in every sync client.
 
 Replay a failure with FUSEDRIVE_SYNC_SEEDS=<seed> pytest -k sync_random."""
 
@@ -13,6 +16,7 @@ import time
 
 import pytest
 
+from fusedrive.testing.faultproxy import Fault
 from test_sync import POLL, same_everywhere, wait_for
 
 SEEDS = [int(s) for s in os.environ.get("FUSEDRIVE_SYNC_SEEDS", "101,202,303").split(",")]
@@ -73,15 +77,31 @@ def describe_versions(root, hashes: set[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_three_devices_random_changes_converge_and_lose_nothing(s3_volume, seed):
-    devices = [s3_volume.mount(name, poll_interval=POLL) for name in ("laptop", "desktop", "server")]
+def test_three_devices_random_changes_converge_and_lose_nothing(store_proxy, s3_volume, seed):
+    store_proxy.inject(Fault(method="PUT", path="/blocks/", delay=0.3))
+    devices = [s3_volume.mount(name, poll_interval=POLL, endpoint=store_proxy.endpoint)
+               for name in ("laptop", "desktop", "server")]
     rng = random.Random(seed)
-    closed: dict[str, str] = {}  # sha256 → "device step path" of every version a device closed
+    closed: dict[str, str] = {}  # sha256 → "device step path" of every version that must survive
+    written: set[str] = set()  # sha256 of every version a device closed, coalesced or not
     paused = None
     log = []
+    unsynced: dict[tuple[str, int], str] = {}  # (device, inode) → sha of its save not known uploaded
 
-    def uploaded(device):
+    def inode(path: str) -> int | None:
+        try:
+            return os.stat(path).st_ino
+        except FileNotFoundError:
+            return None
+
+    def synced(device) -> None:
+        for key in [k for k in unsynced if k[0] == device.device]:
+            del unsynced[key]
+
+    def resume(device) -> None:
+        device.control("resume")
         wait_for(lambda: device.control("status")["files_waiting"] == 0, what=f"{device.device} uploads")
+        synced(device)
 
     for step in range(STEPS):
         device = rng.choice(devices)
@@ -92,7 +112,7 @@ def test_three_devices_random_changes_converge_and_lose_nothing(s3_volume, seed)
         try:
             if op == "hold":
                 if paused is not None:
-                    paused.control("resume")
+                    resume(paused)
                     paused = None
                 else:
                     paused = device
@@ -106,26 +126,34 @@ def test_three_devices_random_changes_converge_and_lose_nothing(s3_volume, seed)
                     f.seek(0)
                     # read back through the same handle: reopening could already show a newer
                     # version from another device once this one is uploaded
-                    closed[sha(f.read())] = log[-1]
-            elif device is paused:
-                continue  # a held device only writes: its deletes would race its own uploads
+                    digest = sha(f.read())
+                    key = (device.device, os.fstat(f.fileno()).st_ino)
+                closed[digest] = log[-1]
+                written.add(digest)
+                if device is paused:
+                    closed.pop(unsynced.get(key, ""), None)  # overwritten before it uploaded: coalesced
+                    unsynced[key] = digest
             elif op == "rename":
                 target = rng.choice(FILES)
                 log[-1] += f" -> {target}"
                 os.makedirs(os.path.dirname(device.p(target)), exist_ok=True)
+                source, over = inode(full), inode(device.p(target))
                 os.rename(full, device.p(target))
+                if over != source:
+                    unsynced.pop((device.device, over), None)  # replaced: the trash keeps its save
             elif op == "delete":
+                gone = inode(full)
                 os.unlink(full)
+                unsynced.pop((device.device, gone), None)  # the trash keeps its save
             elif op == "mkdir":
                 os.makedirs(device.p("dir", f"sub{step}"))
         except OSError:
             continue  # the name was not there on this device (yet): fine, as for any user
-        if device is paused:
-            uploaded(device)
-        else:
+        if device is not paused:
             device.sync()
+            synced(device)
     if paused is not None:
-        paused.control("resume")
+        resume(paused)
     for device in devices:
         device.sync()
     time.sleep(POLL * 3)
@@ -140,7 +168,7 @@ def test_three_devices_random_changes_converge_and_lose_nothing(s3_volume, seed)
             detail = [f"{where} sha {h[:8]}" for h, where in lost.items()]
             raise AssertionError(f"versions lost: {detail}\nsteps:\n" + "\n".join(log) +
                                  "\njournal:\n" + "\n".join(journal))
-        invented = live - set(closed) - {sha(b"")}
+        invented = live - written - {sha(b"")}
         assert not invented, f"files hold bytes nobody wrote: {describe_versions(devices[0].path, invented)}"
     except AssertionError as exc:
         raise AssertionError(f"seed {seed}: {exc}\nlast steps: {log[-10:]}") from None
