@@ -187,8 +187,11 @@ def test_a_file_deleted_here_before_its_save_uploaded_stays_deleted_when_another
     store_proxy.clear()
     laptop.sync()
     wait_drained(laptop, timeout=60)
+    laptop_head = laptop.control("status")["applied_seq"]
+    wait_for(lambda: desktop.control("status")["applied_seq"] >= laptop_head, timeout=30,
+             what="the desktop to apply all the laptop's changes")
     for mount in (laptop, desktop):
-        wait_for(lambda: read(mount.p("draft.txt")) == b"a new draft", timeout=30, what="the new draft everywhere")
+        assert read(mount.p("draft.txt")) == b"a new draft"
         assert sorted(os.listdir(mount.path)) == ["draft.txt", "other.txt"]
     assert [item["path"] for item in trash(desktop)] == ["/draft.txt"]
     desktop.volume.cli.run("trash", "restore", desktop.p("draft.txt"))
