@@ -481,20 +481,21 @@ class Drive:
 
     def released(self, fid: str, writing: bool) -> None:
         self.open_handles[fid] -= 1
+        last_handle = self.open_handles[fid] <= 0
+        if last_handle:
+            del self.open_handles[fid]
         if writing:
             self.writers[fid] -= 1
-            if self.writers[fid] <= 0:
-                del self.writers[fid]
-                if fid in self.dirty:
-                    self.queue_upload(fid)  # the last writer is done: its content uploads now
-        if self.open_handles[fid] <= 0:
-            del self.open_handles[fid]
-            if fid in self.dirty:
-                self.queue_upload(fid)
-            else:
-                self.replica.forget_vanished(fid)  # closed unchanged: another device's delete stands
-                if fid in self.staged and fid not in self._uploading:
-                    self._discard_staged(fid)
+        last_writer = writing and self.writers[fid] <= 0
+        if last_writer:
+            del self.writers[fid]
+        if fid in self.dirty:
+            if last_writer or last_handle:
+                self.queue_upload(fid)  # the last writer (or the last handle) is done: the content uploads now
+        elif last_handle:
+            self.replica.forget_vanished(fid)  # closed unchanged: another device's delete stands
+            if fid in self.staged and fid not in self._uploading:
+                self._discard_staged(fid)
 
     def _discard_staged(self, fid: str) -> None:
         self._sync_requested.discard(fid)
