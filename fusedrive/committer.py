@@ -31,14 +31,14 @@ BATCH_OPS = 2000
 BATCH_DELAY_SECONDS = 0.05
 RETRY_MAX_SECONDS = 30
 
-AppliedCallback = Callable[[list[Entry], list[dict], list[dict]], None]
+AppliedCallback = Callable[[list[Entry], list[dict], Revalidator], None]
 
 
 class Committer:
     def __init__(self, replica: Replica, journal: Journal, device: str, on_applied: AppliedCallback,
                  health: StoreHealth, unsaved: Callable[[], set[str]] = set,
                  open_files: Callable[[], set[str]] = set) -> None:
-        """`on_applied(entries, applied ops, conflicted copies made)` after each rebase;
+        """`on_applied(entries, applied ops, the rebase's Revalidator)` after each rebase;
         `unsaved()`: ids of files with local content not yet uploaded (kept alive by rebases);
         `open_files()`: ids of files open here (remembered if another device deletes them)."""
         self.health = health
@@ -55,6 +55,7 @@ class Committer:
         self._urgent = False
         self.last_pull = float("-inf")
         self.last_error: str | None = None
+        self.failures = 0  # commit attempts that failed, ever (see wait_committed)
         self.journal_head = 0  # the newest entry seen in the store
         self.commits = 0
         self.commit_seconds = 0.0  # total time of successful appends (for metrics)
@@ -99,7 +100,7 @@ class Committer:
             if others:
                 revalidator = Revalidator(self.device)
                 applied = self.replica.rebase(others, revalidator, self.unsaved(), self.open_files())
-                self.on_applied(others, applied, revalidator.conflicts)
+                self.on_applied(others, applied, revalidator)
             if own is None:
                 return
             # Our own append went through before a crash or a lost answer: it is committed.
@@ -189,6 +190,7 @@ class Committer:
                 self.last_error, delay = None, 1.0
             except FusedriveError as exc:
                 self.last_error = str(exc)
+                self.failures += 1
                 self.committed.fire()
                 log.warning("commit failed, retrying in %.0f s: %s", delay, exc)
                 await self.health.backoff(delay)
@@ -196,12 +198,16 @@ class Committer:
                 self.kick()
 
     async def wait_committed(self, pending_id: int) -> None:
-        """Wait until the queued operation `pending_id` (and all before it) is in the journal."""
+        """Wait until the queued operation `pending_id` (and all before it) is in the journal;
+        raises if a commit attempt fails meanwhile (an error from before the call may be
+        stale: the store may be back)."""
+        failures = self.failures
+        self.health.retry_now()
         while True:
             first = self.replica.pending_ops(1)
             if not first or first[0][0] > pending_id:
                 return
-            if self.last_error:
+            if self.failures != failures:
                 raise StoreUnreachable(self.last_error)
             self.kick(urgent=True)
             await self.committed.wait()

@@ -87,6 +87,7 @@ class Drive:
         self.hub = HubClient(hub_url, volume.volume_id) if hub_url else None
         self.hub_connected = False
         self.committer.on_commit = self._announce
+        self.replica.on_record = self.committer.kick  # a rename or delete commits on its own, not with the next upload
         self.mounted = False
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="upload")
         self.download_limiter = trio.CapacityLimiter(DOWNLOAD_THREADS)
@@ -104,6 +105,7 @@ class Drive:
         self._in_flight: dict[str, trio.Event] = {}
         self._read_end: dict[int, int] = {}
         self.upload_error: str | None = None
+        self.upload_failures = 0  # attempts that failed, ever: a sync fails on a new one, not an old error
         self._failing_uploads: set[str] = set()
         self.errors: deque[str] = deque(maxlen=20)
         self._nursery: trio.Nursery | None = None
@@ -138,6 +140,8 @@ class Drive:
                 self.queue_upload(fid)
             else:
                 self.replica.set_dirty(fid, False)
+        for fid in self.staged - self.dirty:  # nothing is open yet: staged content not unsaved is stale
+            self._discard_staged(fid)
         for _ in range(UPLOAD_WORKERS):
             nursery.start_soon(self._upload_worker)
         nursery.start_soon(self.committer.run)
@@ -215,8 +219,10 @@ class Drive:
             except FusedriveError as exc:
                 log.info("freshness check failed, serving what this device has: %s", exc)
 
-    def _remote_applied(self, entries: list[Entry], applied: list[dict], conflicts: list[dict]) -> None:
+    def _remote_applied(self, entries: list[Entry], applied: list[dict], revalidator: Revalidator) -> None:
         """After a rebase: drop stale staged copies, tell the kernel and the user what changed."""
+        for fid in revalidator.deleted_saves_brought_back:
+            self._keep_deleted_save_apart(fid, revalidator)
         for entry in entries:
             for op in entry.ops:
                 if op["op"] == "update":
@@ -227,7 +233,44 @@ class Drive:
                     # gc may delete what nothing references now: never skip uploading those blocks
                     self.blocks.reset_known(self.replica.all_block_ids())
         self._tell_kernel(applied)
-        self._publish_changes(entries, conflicts)
+        self._publish_changes(entries, revalidator.conflicts)
+
+    def _keep_deleted_save_apart(self, fid: str, revalidator: Revalidator) -> None:
+        """A file deleted here before its last save uploaded, brought back by another device's
+        save (a save beats a delete): that last save becomes a conflicted copy beside it now,
+        as it would have had it uploaded first. Left as the revived file's unsaved content,
+        it would be what the file reads here, and the next save to that name (O_TRUNC)
+        would overwrite it before it uploads. A file still open here is left as it is: the
+        program writing it goes on with the file as it came back."""
+        if fid not in self.dirty or self.open_handles[fid] > 0:
+            return
+        create = revalidator.conflicted_copy(self.replica, fid, time.time_ns())
+        if create is None:
+            return
+        copy = create["fid"]
+        # Linked first, forgotten last: a crash in between leaves both, and start() drops
+        # whichever staged file the replica does not say is unsaved.
+        try:
+            os.link(self.staging.path(fid), self.staging.path(copy))
+        except FileNotFoundError:
+            return  # gone from the cache dir: its upload says so
+        with self.replica:
+            self.replica.record(create)
+            self.replica.set_dirty(fid, False)
+            self.replica.set_dirty(copy, True, base=0)
+        self.dirty.add(copy)
+        self.dirty_since[copy] = self.dirty_since.get(fid, time.time())
+        self.staged.add(copy)
+        self.staged_attrs[copy] = self.staged_attrs[fid]
+        self.staging.bump(copy)
+        if fid in self._failing_uploads:
+            self._failing_uploads.discard(fid)
+            self._failing_uploads.add(copy)
+        self._discard_staged(fid)
+        log.info("the last save of %s, deleted here, is kept as %s: another device's save brought the file back",
+                 fid, copy)
+        self._tell_kernel([create, {"op": "update", "fid": fid}])
+        self.queue_upload(copy)
 
     def _publish_changes(self, entries: list[Entry], conflicts: list[dict]) -> None:
         """One event per file per remote entry (a new file's create and content are one
@@ -558,6 +601,7 @@ class Drive:
     def _upload_failed(self, fid: str, exc: Exception, retry_in: float) -> None:
         """Say so once per file (not per retry), and mark the store offline if it is."""
         self.upload_error = str(exc)
+        self.upload_failures += 1
         log.warning("upload of %s failed, retrying in %.0f s: %s", fid, retry_in, exc)
         if isinstance(exc, StoreUnreachable):
             self.health.failed(exc)
@@ -645,7 +689,6 @@ class Drive:
             # Gone to a conflicted copy: the file holds the other device's save now, so what
             # is staged is not its content (a handle still open reads and writes that save).
             self._discard_staged(fid)
-        self.committer.kick()
         return True
 
     def _trust_staged_size(self, fid: str, staged: int, recorded: int) -> None:
@@ -676,7 +719,6 @@ class Drive:
                     and op["fid"] not in self._uploading:
                 self._discard_staged(op["fid"])
         self._tell_kernel(ops)
-        self.committer.kick()
 
     def _revival(self, node: Inode) -> list[dict]:
         """Operations that bring back a file another device deleted while it was open and
@@ -693,12 +735,16 @@ class Drive:
     # --- durability -------------------------------------------------------------------
 
     async def wait_uploaded(self, fids: set[str] | None = None) -> None:
-        """Wait until the given (default: all) staged files are uploaded and recorded."""
+        """Wait until the given (default: all) staged files are uploaded and recorded; raises
+        if an upload attempt fails meanwhile (not for an error from before the call: the
+        store may be back)."""
+        failures = self.upload_failures
+        self.health.retry_now()
         while True:
             waiting = self.dirty if fids is None else self.dirty & fids
             if not waiting:
                 return
-            if self.upload_error:
+            if self.upload_failures != failures:
                 raise FusedriveError(self.upload_error)
             self._sync_requested |= waiting
             for fid in waiting:

@@ -83,6 +83,11 @@ class StoreHealth:
         with trio.move_on_after(seconds):
             await self.recovered.wait()
 
+    def retry_now(self) -> None:
+        """Someone waits for the store (sync, fsync): retries waiting out a backoff go now."""
+        if self.offline_since is not None:
+            self.recovered.fire()
+
     def failed(self, error: Exception) -> None:
         self.last_error = str(error)
         if self.offline_since is None:

@@ -10,7 +10,8 @@ adjusted, or replaced by safe ones, so that nothing written and closed is lost:
   beside the file;
 - an update (or a create) whose file or directory another device deleted brings it
   back where it was; the last save of a file deleted here before it uploaded goes
-  into its trash entry (dropped if the trash was emptied meanwhile);
+  into its trash entry (dropped if the trash was emptied meanwhile), or into a
+  conflicted copy if another device's save brought the file back (Drive does that one);
 - a rename follows the file (ids, not paths) and is dropped if it would make a cycle;
   a rename of a file another device deleted brings it back under its new name (as the
   other way round a delete of a file moved elsewhere is dropped: the result does not
@@ -65,6 +66,8 @@ class Revalidator:
         self.copies: dict[str, str] = {}  # file id → id of its conflicted copy made in this rebase
         self.conflicts: list[dict] = []  # {"parent", "name", "copy"} for each conflicted copy made
         self.revived: set[str] = set()  # files this rebase brought back (their versions start again)
+        # files deleted here, with a save not uploaded yet, that another device's commit brought back
+        self.deleted_saves_brought_back: set[str] = set()
 
     def __call__(self, replica: Replica, op: dict) -> list[dict]:
         op = dict(op)
@@ -230,18 +233,25 @@ class Revalidator:
         if op.get("base", node.version) == node.version:
             return [op]
         # Another device saved this file first: ours becomes a conflicted copy beside it.
-        where = r.location_of(fid)
-        if where is None:
+        create = self.conflicted_copy(r, fid, op["t"])
+        if create is None:
             log.warning("a save of %s that lost to another device's is dropped: the file has no name for a "
                         "conflicted copy", fid)
             return []
-        copy = str(uuid.uuid4())
-        self.copies[fid] = copy
-        parent, name = where[0], name_to_json(where[1])
-        create = {"op": "mknod", "fid": copy, "parent": parent, "name": name,
-                  "mode": node.mode, "uid": node.uid, "gid": node.gid, "rdev": 0, "t": op["t"]}
+        self.copies[fid] = create["fid"]
+        return [create, dict(op, fid=create["fid"], base=0)]
+
+    def conflicted_copy(self, r: Replica, fid: str, t: int) -> dict | None:
+        """The create op of a new, empty file beside `fid` under a conflicted-copy name, for a
+        save of `fid` that lost; None if `fid` has no name to put it beside."""
+        where = r.location_of(fid)
+        if where is None:
+            return None
+        node = r.inode(r.ino_of(fid))
+        create = {"op": "mknod", "fid": str(uuid.uuid4()), "parent": where[0], "name": name_to_json(where[1]),
+                  "mode": node.mode, "uid": node.uid, "gid": node.gid, "rdev": 0, "t": t}
         self._rename_to_conflicted_copy(r, create, "parent", "name")
-        return [create, dict(op, fid=copy, base=0)]
+        return create
 
     def _revive(self, r: Replica, op: dict) -> list[dict]:
         """An update to a file another device deleted: the file comes back where it was."""

@@ -138,6 +138,7 @@ class Replica:
         self.db.executescript(_undo_triggers())
         self.in_use = in_use
         self.base_locations: dict[str, dict] = {}  # set by rebase, see _locations
+        self.on_record: Callable[[], None] = lambda: None  # a mount commits what was queued (Committer.kick)
         self._depth = 0
 
     # --- transactions -----------------------------------------------------------------
@@ -255,6 +256,7 @@ class Replica:
             cur = self.db.execute("INSERT INTO pending(op) VALUES(?)", (json.dumps(list(ops)),))
             for op in ops:
                 self._apply_logged(cur.lastrowid, op)
+        self.on_record()
 
     def _apply_logged(self, pending_id: int, op: dict) -> None:
         self.db.execute("UPDATE undo_flag SET pending_id=?", (pending_id,))
@@ -295,7 +297,9 @@ class Replica:
         re-applies each pending operation as `revalidate(replica, op)` rewrites it
         (the conflict rules). Files in `keep_alive` (content written here and not
         uploaded yet) that the entries deleted are brought back where they were, unless
-        this device had deleted them too (then that save lands in their trash entry).
+        this device had deleted them too (then that save lands in their trash entry); the
+        ones deleted here that the entries brought back are noted in
+        `revalidate.deleted_saves_brought_back` (that save is not the revived file's content).
         Files in `watched` (open here) that the entries deleted are remembered as
         vanished, with where they were: a write through a handle still open brings
         them back when it is uploaded. One transaction. Returns every operation
@@ -339,6 +343,12 @@ class Replica:
             for fid in revalidate.revived:  # unsaved content here continues the file brought back
                 self.db.execute("UPDATE dirty SET base=(SELECT version FROM inodes WHERE fid=?) WHERE fid=?",
                                 (fid, fid))
+            revalidate.deleted_saves_brought_back = {
+                fid for fid in keep_alive - named_here
+                if self.vanished_locations(fid) is None and self.location_of(fid) is not None}
+            for fid in watched:  # named again: where it was before it vanished no longer matters
+                if self.location_of(fid) is not None:
+                    self.forget_vanished(fid)
         return applied
 
     def _remember_vanished(self, fid: str) -> None:

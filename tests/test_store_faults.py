@@ -16,8 +16,8 @@ import pytest
 
 from fusedrive.journal import Journal
 from fusedrive.replica import name_from_json
-from fusedrive.testing.faultproxy import Fault
-from test_history import trash
+from fusedrive.testing.faultproxy import Fault, FaultProxy
+from test_history import history, trash
 from test_posix import read, write
 from test_sync import wait_for
 
@@ -197,6 +197,63 @@ def test_a_file_deleted_here_before_its_save_uploaded_stays_deleted_when_another
     desktop.volume.cli.run("trash", "restore", desktop.p("draft.txt"))
     copy = next(n for n in os.listdir(desktop.path) if n.startswith("draft (conflicted copy"))
     assert read(desktop.p(copy)) == b"the deleted draft"
+
+
+@pytest.fixture
+def desktop_proxy(seaweed):
+    """A second proxy, so that one device's requests can fail while the other's go through."""
+    proxy = FaultProxy(int(seaweed.endpoint.rsplit(":", 1)[1]))
+    yield proxy
+    proxy.down()
+
+
+@pytest.mark.parametrize("unlink_committed", [False, True], ids=["unlink-queued", "unlink-committed"])
+def test_a_deleted_save_brought_back_by_another_devices_save_is_not_overwritten_by_the_next_save(
+        store_proxy, desktop_proxy, s3_volume, unlink_committed):
+    """The laptop saves notes.txt and deletes it while that save waits to upload (503); the
+    desktop's save of the same file beats the delete and brings notes.txt back on the
+    laptop. The laptop's next save to notes.txt (O_TRUNC) must go into the file as it came
+    back, not into the deleted save still waiting to upload: that one is kept as a
+    conflicted copy, as it would have been had it uploaded first (seen twice in the hour
+    soak: the deleted save was overwritten before it uploaded). Whether the laptop's
+    delete was still queued or already committed when the desktop's save arrived, the
+    result is the same."""
+    desktop = s3_volume.mount("desktop", poll_interval=1, endpoint=desktop_proxy.endpoint)
+    laptop = s3_volume.mount("laptop", poll_interval=1, endpoint=store_proxy.endpoint)
+    write(laptop.p("notes.txt"), b"version 1")
+    laptop.sync()
+    wait_for(lambda: os.path.exists(desktop.p("notes.txt")), what="the desktop to see notes.txt")
+    if unlink_committed:  # the desktop sees nothing new until its save is made
+        desktop_proxy.inject(Fault(method="GET", path="journal", status=503))
+        store_proxy.inject(Fault(method="PUT", path="blocks/", status=503))
+    else:  # nothing the laptop does reaches the store
+        store_proxy.inject(Fault(method="PUT", status=503))
+    write(laptop.p("notes.txt"), b"the laptop's deleted save")
+    os.unlink(laptop.p("notes.txt"))
+    if unlink_committed:
+        wait_for(lambda: laptop.control("status")["ops_waiting"] == 0, timeout=30,
+                 what="the laptop to commit the delete")
+    write(desktop.p("notes.txt"), b"the desktop's save")
+    desktop_proxy.clear()
+    desktop.sync()
+    desktop_head = desktop.control("status")["applied_seq"]
+    wait_for(lambda: laptop.control("status")["applied_seq"] >= desktop_head, timeout=30,
+             what="the laptop to apply the desktop's save")
+    assert read(laptop.p("notes.txt")) == b"the desktop's save"  # a save beats a delete
+    write(laptop.p("notes.txt"), b"the laptop's next save")
+    store_proxy.clear()
+    laptop.sync()
+    wait_drained(laptop, timeout=60)
+    laptop_head = laptop.control("status")["applied_seq"]
+    wait_for(lambda: desktop.control("status")["applied_seq"] >= laptop_head, timeout=30,
+             what="the desktop to apply the laptop's saves")
+    for mount in (laptop, desktop):
+        names = sorted(os.listdir(mount.path))
+        assert len(names) == 2 and names[1] == "notes.txt", names
+        assert names[0].startswith("notes (conflicted copy from laptop ")
+        assert read(mount.p(names[0])) == b"the laptop's deleted save"
+        assert read(mount.p("notes.txt")) == b"the laptop's next save"
+    assert "desktop" in {v["device"] for v in history(desktop, "notes.txt")}
 
 
 def test_a_device_cut_off_for_minutes_rejoins_without_loss(store_proxy, s3_volume):

@@ -75,6 +75,24 @@ def test_every_operation_kind_reaches_the_other_devices(devices):
     assert "from-server" in tree and "archive" not in tree
 
 
+def test_renames_and_deletes_alone_reach_the_other_devices_without_a_sync(devices):
+    """Changes that upload nothing (rename, mkdir, chmod, delete) still go to the journal on
+    their own: nobody calls sync and nothing else is written afterwards."""
+    a, b, _ = devices
+    write(a.p("plan.txt"), b"the plan")
+    a.sync()
+    wait_for(lambda: os.path.exists(b.p("plan.txt")), what="the desktop to see plan.txt")
+    os.rename(a.p("plan.txt"), a.p("plan-final.txt"))
+    os.mkdir(a.p("attic"))
+    os.chmod(a.p("plan-final.txt"), 0o600)
+    wait_for(lambda: os.path.isdir(b.p("attic")) and os.path.exists(b.p("plan-final.txt"))
+             and os.stat(b.p("plan-final.txt")).st_mode & 0o777 == 0o600, what="the rename, mkdir and chmod")
+    assert not os.path.exists(b.p("plan.txt"))
+    os.unlink(a.p("plan-final.txt"))
+    wait_for(lambda: not os.path.exists(b.p("plan-final.txt")), what="the delete")
+    assert a.control("status")["ops_waiting"] == 0
+
+
 def test_close_to_open_without_waiting_for_a_poll(s3_volume):
     a = s3_volume.mount("writer", poll_interval=POLL)
     b = s3_volume.mount("reader", poll_interval=3600)  # never polls: only open() can see the change
