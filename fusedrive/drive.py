@@ -607,7 +607,7 @@ class Drive:
             self.health.failed(exc)
         if fid not in self._failing_uploads:
             self._failing_uploads.add(fid)
-            path = self.replica.path_of(fid)
+            path = self.replica.path_of(fid) or f"a deleted file ({fid}, for its trash entry)"
             self._error(f"Upload of {path} failed, retrying: {exc}")
             self.events.publish("upload-failed", path=path, error=str(exc))
 

@@ -256,6 +256,48 @@ def test_a_deleted_save_brought_back_by_another_devices_save_is_not_overwritten_
     assert "desktop" in {v["device"] for v in history(desktop, "notes.txt")}
 
 
+def test_a_file_brought_back_while_open_here_and_then_deleted_here_keeps_its_last_save_in_the_trash(
+        store_proxy, s3_volume):
+    """The laptop holds notes.txt open; the desktop deletes it while the laptop's save waits
+    to commit, so that save brings it back. Later the laptop saves it once more and deletes
+    it before that save uploads: the file stays deleted and the save goes to its trash entry
+    (seen in the hour soak: where the file was before the desktop's delete was still
+    remembered, and the save brought the file back instead)."""
+    desktop = s3_volume.mount("desktop", poll_interval=1)
+    laptop = s3_volume.mount("laptop", poll_interval=1, endpoint=store_proxy.endpoint)
+    write(laptop.p("notes.txt"), b"version 1")
+    laptop.sync()
+    wait_for(lambda: os.path.exists(desktop.p("notes.txt")), what="the desktop to see notes.txt")
+    with open(laptop.p("notes.txt"), "rb"):  # held open on the laptop throughout
+        store_proxy.inject(Fault(method="PUT", path="journal/", status=503))
+        write(laptop.p("notes.txt"), b"the laptop's save")
+        wait_for(lambda: laptop.control("status")["files_waiting"] == 0, what="the laptop's save to upload")
+        os.unlink(desktop.p("notes.txt"))
+        desktop.sync()
+        desktop_head = desktop.control("status")["applied_seq"]
+        wait_for(lambda: laptop.control("status")["applied_seq"] >= desktop_head, timeout=30,
+                 what="the laptop to apply the desktop's delete")
+        assert read(laptop.p("notes.txt")) == b"the laptop's save"  # a save beats a delete
+        store_proxy.clear()
+        laptop.sync()
+        store_proxy.inject(Fault(method="PUT", path="blocks/", status=503))
+        write(laptop.p("notes.txt"), b"the laptop's last save")
+        os.unlink(laptop.p("notes.txt"))
+        wait_for(lambda: laptop.control("status")["ops_waiting"] == 0, timeout=30,
+                 what="the laptop to commit the delete")
+        store_proxy.clear()
+        laptop.sync()
+    wait_drained(laptop, timeout=60)
+    laptop_head = laptop.control("status")["applied_seq"]
+    wait_for(lambda: desktop.control("status")["applied_seq"] >= laptop_head, timeout=30,
+             what="the desktop to apply the laptop's changes")
+    for mount in (laptop, desktop):
+        assert os.listdir(mount.path) == []
+    assert [item["path"] for item in trash(desktop)] == ["/notes.txt"]
+    desktop.volume.cli.run("trash", "restore", desktop.p("notes.txt"))
+    assert read(desktop.p("notes.txt")) == b"the laptop's last save"
+
+
 def test_a_device_cut_off_for_minutes_rejoins_without_loss(store_proxy, s3_volume):
     laptop = s3_volume.mount("laptop", poll_interval=1)
     desktop = s3_volume.mount("desktop", poll_interval=1, endpoint=store_proxy.endpoint)
