@@ -512,6 +512,9 @@ def _number(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
 
 
+WORKLOADS = ["sequential write and reads", "random reads", "small files", "tree", "edits", "sync", "rss"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--anchors", action="store_true", help="also measure JuiceFS and rclone mount")
@@ -523,7 +526,10 @@ def main() -> int:
     parser.add_argument("--sync-changes", type=int, default=100, help="changes timed between two devices (0: skip)")
     parser.add_argument("--rss-files", type=int, default=100_000, help="files for the RSS measure (0: skip)")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    parser.add_argument("--only", action="append", choices=WORKLOADS,
+                        help="run only this workload group (repeatable; default: all; random reads read the sequential file)")
     args = parser.parse_args()
+    only = set(args.only or WORKLOADS)
 
     work = Path(tempfile.mkdtemp(prefix="fdbench-"))
     os.environ.update(HOME=str(work / "home"), XDG_RUNTIME_DIR=str(work / "run"))
@@ -554,17 +560,16 @@ def main() -> int:
         results = Results()
         for rep in range(1, args.repeat + 1):
             print(f"repetition {rep} of {args.repeat}", file=sys.stderr)
-            for t in targets:
-                results.run("sequential write and reads", t, server_pid, sequential, args.size_mib)
-            for t in targets:
-                results.run("random reads", t, server_pid, random_reads, args.random_reads)
-            for t in targets:
-                results.run("small files", t, server_pid, small_files, args.files)
-            for t in targets:
-                results.run("tree", t, server_pid, tree)
-            for t in edit_targets:
-                results.run("edits", t, server_pid, edits, proxy, args.edit_mib)
-        if args.sync_changes:
+            runs = {"sequential write and reads": (targets, sequential, [args.size_mib]),
+                    "random reads": (targets, random_reads, [args.random_reads]),
+                    "small files": (targets, small_files, [args.files]),
+                    "tree": (targets, tree, []),
+                    "edits": (edit_targets, edits, [proxy, args.edit_mib])}
+            for workload, (on, function, extra) in runs.items():
+                if workload in only:
+                    for t in on:
+                        results.run(workload, t, server_pid, function, *extra)
+        if args.sync_changes and "sync" in only:
             print("sync latency between two fusedrive devices (hub) ...", file=sys.stderr)
             hub = subprocess.Popen([sys.executable, "-m", "fusedrive.cli", "hub", "--listen", "127.0.0.1:0"],
                                    stdout=subprocess.PIPE, text=True)
@@ -574,7 +579,7 @@ def main() -> int:
                                                       f"http://127.0.0.1:{port}"))
             finally:
                 hub.kill()
-        if args.rss_files:  # fusedrive only: creating 100,000 files takes minutes per target
+        if args.rss_files and "rss" in only:  # fusedrive only: creating 100,000 files takes minutes per target
             results.run("RSS with many files", drive, server_pid, rss_with_files, args.rss_files)
     finally:
         for t in targets + edit_targets:

@@ -36,9 +36,12 @@ class S3Store:
             read_timeout=30,
             max_pool_connections=32,
             signature_version="s3v4",
-            # blocks carry their own GCM tag and keyed hash: transport checksums are spare CPU
+            # blocks carry their own GCM tag and keyed hash, journal entries their tag and a
+            # Content-MD5: transport checksums and SHA-256 of each body (SigV4 payload
+            # signing, which botocore does on any http:// endpoint) are spare CPU
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
+            s3={"payload_signing_enabled": False},
         )
         session = boto3.session.Session()
         self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
