@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
 import logging
@@ -30,6 +31,19 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 120
 DEVICE_NAME_MAX = 64
 DRAIN_RETRY_SECONDS = 2
+M_ARENA_MAX = -8  # glibc mallopt parameter
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas() -> None:
+    """glibc gives threads that allocate at once their own malloc arenas (up to eight per
+    core) and keeps what is freed in them: with the upload and download threads, a mount
+    that has moved a few GiB held ~40 MiB more (bench: 236 vs 196 MiB with 100,000
+    files). Two arenas are plenty for a process that holds the GIL to allocate."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+    except (OSError, AttributeError):
+        pass  # not glibc: its allocator has its own policy
 
 
 def check_mountpoint(mountpoint: str) -> str:
@@ -101,6 +115,7 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
               hub_url: str | None = None, notify: bool = False, metrics: str | None = None,
               io_timeout: float = 60.0) -> None:
     """Mount and serve until unmounted; then drain the upload queue and return."""
+    limit_malloc_arenas()  # before the first worker thread
     path = check_mountpoint(mountpoint)
     lock_fd = prepare_cache_dir(cache_dir, volume)
     drive = Drive(volume, cache_dir, device, cache_size, poll_interval, hub_url, io_timeout)
