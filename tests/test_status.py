@@ -173,7 +173,8 @@ def test_notify_raises_a_desktop_notification_for_a_conflict_only(s3_volume, tmp
         write(desktop.p("plan.md"), b"desktop")
         desktop.sync()
     laptop.sync()
-    wait_for(record.exists, what="a notification")
+    # the shell creates the file before it writes the line
+    wait_for(lambda: record.exists() and record.read_text().endswith("\n"), what="a notification")
     [line] = record.read_text().splitlines()
     assert "conflict: /plan.md" in line and "conflicted copy from laptop" in line
 
