@@ -29,6 +29,12 @@ def drained(mount) -> bool:
     return status["files_waiting"] == 0 and status["ops_waiting"] == 0
 
 
+def wait_caught_up(reader, writer, what: str) -> None:
+    """Wait until `reader` has applied every journal entry `writer` has applied so far."""
+    head = writer.control("status")["applied_seq"]
+    wait_for(lambda: reader.control("status")["applied_seq"] >= head, timeout=30, what=what)
+
+
 def wait_drained(*mounts, timeout: float = 120) -> None:
     for mount in mounts:
         wait_for(lambda: drained(mount), timeout=timeout, what=f"{mount.device}'s queue to drain")
@@ -179,17 +185,13 @@ def test_a_file_deleted_here_before_its_save_uploaded_stays_deleted_when_another
     os.unlink(laptop.p("draft.txt"))
     write(desktop.p("other.txt"), b"the desktop's unrelated change")
     desktop.sync()
-    desktop_head = desktop.control("status")["applied_seq"]
-    wait_for(lambda: laptop.control("status")["applied_seq"] >= desktop_head, timeout=30,
-             what="the laptop to apply the desktop's change")
+    wait_caught_up(laptop, desktop, what="the laptop to apply the desktop's change")
     assert not os.path.exists(laptop.p("draft.txt"))
     write(laptop.p("draft.txt"), b"a new draft")
     store_proxy.clear()
     laptop.sync()
     wait_drained(laptop, timeout=60)
-    laptop_head = laptop.control("status")["applied_seq"]
-    wait_for(lambda: desktop.control("status")["applied_seq"] >= laptop_head, timeout=30,
-             what="the desktop to apply all the laptop's changes")
+    wait_caught_up(desktop, laptop, what="the desktop to apply all the laptop's changes")
     for mount in (laptop, desktop):
         assert read(mount.p("draft.txt")) == b"a new draft"
         assert sorted(os.listdir(mount.path)) == ["draft.txt", "other.txt"]
@@ -236,17 +238,13 @@ def test_a_deleted_save_brought_back_by_another_devices_save_is_not_overwritten_
     write(desktop.p("notes.txt"), b"the desktop's save")
     desktop_proxy.clear()
     desktop.sync()
-    desktop_head = desktop.control("status")["applied_seq"]
-    wait_for(lambda: laptop.control("status")["applied_seq"] >= desktop_head, timeout=30,
-             what="the laptop to apply the desktop's save")
+    wait_caught_up(laptop, desktop, what="the laptop to apply the desktop's save")
     assert read(laptop.p("notes.txt")) == b"the desktop's save"  # a save beats a delete
     write(laptop.p("notes.txt"), b"the laptop's next save")
     store_proxy.clear()
     laptop.sync()
     wait_drained(laptop, timeout=60)
-    laptop_head = laptop.control("status")["applied_seq"]
-    wait_for(lambda: desktop.control("status")["applied_seq"] >= laptop_head, timeout=30,
-             what="the desktop to apply the laptop's saves")
+    wait_caught_up(desktop, laptop, what="the desktop to apply the laptop's saves")
     for mount in (laptop, desktop):
         names = sorted(os.listdir(mount.path))
         assert len(names) == 2 and names[1] == "notes.txt", names
@@ -274,9 +272,7 @@ def test_a_file_brought_back_while_open_here_and_then_deleted_here_keeps_its_las
         wait_for(lambda: laptop.control("status")["files_waiting"] == 0, what="the laptop's save to upload")
         os.unlink(desktop.p("notes.txt"))
         desktop.sync()
-        desktop_head = desktop.control("status")["applied_seq"]
-        wait_for(lambda: laptop.control("status")["applied_seq"] >= desktop_head, timeout=30,
-                 what="the laptop to apply the desktop's delete")
+        wait_caught_up(laptop, desktop, what="the laptop to apply the desktop's delete")
         assert read(laptop.p("notes.txt")) == b"the laptop's save"  # a save beats a delete
         store_proxy.clear()
         laptop.sync()
@@ -288,9 +284,7 @@ def test_a_file_brought_back_while_open_here_and_then_deleted_here_keeps_its_las
         store_proxy.clear()
         laptop.sync()
     wait_drained(laptop, timeout=60)
-    laptop_head = laptop.control("status")["applied_seq"]
-    wait_for(lambda: desktop.control("status")["applied_seq"] >= laptop_head, timeout=30,
-             what="the desktop to apply the laptop's changes")
+    wait_caught_up(desktop, laptop, what="the desktop to apply the laptop's changes")
     for mount in (laptop, desktop):
         assert os.listdir(mount.path) == []
     assert [item["path"] for item in trash(desktop)] == ["/notes.txt"]
@@ -323,9 +317,7 @@ def test_a_device_cut_off_for_minutes_rejoins_without_loss(store_proxy, s3_volum
     assert status["store_offline_since"] is not None and status["files_waiting"] == step + 1
     store_proxy.up()
     wait_drained(desktop, laptop)
-    desktop_head = desktop.control("status")["applied_seq"]
-    wait_for(lambda: laptop.control("status")["applied_seq"] >= desktop_head, timeout=30,
-             what="the laptop to apply the desktop's commits")
+    wait_caught_up(laptop, desktop, what="the laptop to apply the desktop's commits")
     for mount in (laptop, desktop):
         names = set(os.listdir(mount.path))
         copies = [n for n in names if n.startswith("shared (conflicted copy from desktop")]
@@ -348,9 +340,7 @@ def laptop_saves_before_desktop_uploads(store_proxy, s3_volume, desktop_edit) ->
     desktop_edit(desktop.p("notes.txt"))
     write(laptop.p("notes.txt"), b"the laptop's longer edit")
     laptop.sync()
-    laptop_head = laptop.control("status")["applied_seq"]
-    wait_for(lambda: desktop.control("status")["applied_seq"] >= laptop_head, timeout=30,
-             what="the desktop to apply the laptop's save before its own uploads")
+    wait_caught_up(desktop, laptop, what="the desktop to apply the laptop's save before its own uploads")
     store_proxy.clear()
     return laptop, desktop
 
@@ -417,9 +407,7 @@ def test_a_save_with_o_trunc_is_never_split_by_an_upload_that_loses_to_another_d
     write(laptop.p("notes.txt"), b"the laptop's first save")
     write(desktop.p("notes.txt"), b"the desktop's much longer save of the notes")
     desktop.sync()
-    desktop_head = desktop.control("status")["applied_seq"]
-    wait_for(lambda: laptop.control("status")["applied_seq"] >= desktop_head, timeout=30,
-             what="the laptop to apply the desktop's save")
+    wait_caught_up(laptop, desktop, what="the laptop to apply the desktop's save")
     fd = os.open(laptop.p("notes.txt"), os.O_WRONLY | os.O_TRUNC)
     try:
         store_proxy.clear()
