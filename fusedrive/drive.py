@@ -241,8 +241,9 @@ class Drive:
         as it would have had it uploaded first. Left as the revived file's unsaved content,
         it would be what the file reads here, and the next save to that name (O_TRUNC)
         would overwrite it before it uploads. A file still open here is left as it is: the
-        program writing it goes on with the file as it came back."""
-        if fid not in self.dirty or self.open_handles[fid] > 0:
+        program writing it goes on with the file as it came back. (Always a file in
+        `self.dirty`: the rebase took its candidates from it, with no await since.)"""
+        if self.open_handles[fid] > 0:
             return
         create = revalidator.conflicted_copy(self.replica, fid, time.time_ns())
         if create is None:

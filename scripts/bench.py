@@ -558,13 +558,13 @@ def main() -> int:
             t.mount()
         server_pid = server.process.pid
         results = Results()
+        runs = {"sequential write and reads": (targets, sequential, [args.size_mib]),
+                "random reads": (targets, random_reads, [args.random_reads]),
+                "small files": (targets, small_files, [args.files]),
+                "tree": (targets, tree, []),
+                "edits": (edit_targets, edits, [proxy, args.edit_mib])}
         for rep in range(1, args.repeat + 1):
             print(f"repetition {rep} of {args.repeat}", file=sys.stderr)
-            runs = {"sequential write and reads": (targets, sequential, [args.size_mib]),
-                    "random reads": (targets, random_reads, [args.random_reads]),
-                    "small files": (targets, small_files, [args.files]),
-                    "tree": (targets, tree, []),
-                    "edits": (edit_targets, edits, [proxy, args.edit_mib])}
             for workload, (on, function, extra) in runs.items():
                 if workload in only:
                     for t in on:

@@ -35,6 +35,14 @@ def wait_caught_up(reader, writer, what: str) -> None:
     wait_for(lambda: reader.control("status")["applied_seq"] >= head, timeout=30, what=what)
 
 
+def store_back_for(device, proxy, other) -> None:
+    """The store answers `device` again: its queue drains and `other` applies all of it."""
+    proxy.clear()
+    device.sync()
+    wait_drained(device, timeout=60)
+    wait_caught_up(other, device, what=f"{other.device} to apply all of {device.device}'s changes")
+
+
 def wait_drained(*mounts, timeout: float = 120) -> None:
     for mount in mounts:
         wait_for(lambda: drained(mount), timeout=timeout, what=f"{mount.device}'s queue to drain")
@@ -188,10 +196,7 @@ def test_a_file_deleted_here_before_its_save_uploaded_stays_deleted_when_another
     wait_caught_up(laptop, desktop, what="the laptop to apply the desktop's change")
     assert not os.path.exists(laptop.p("draft.txt"))
     write(laptop.p("draft.txt"), b"a new draft")
-    store_proxy.clear()
-    laptop.sync()
-    wait_drained(laptop, timeout=60)
-    wait_caught_up(desktop, laptop, what="the desktop to apply all the laptop's changes")
+    store_back_for(laptop, store_proxy, desktop)
     for mount in (laptop, desktop):
         assert read(mount.p("draft.txt")) == b"a new draft"
         assert sorted(os.listdir(mount.path)) == ["draft.txt", "other.txt"]
@@ -241,10 +246,7 @@ def test_a_deleted_save_brought_back_by_another_devices_save_is_not_overwritten_
     wait_caught_up(laptop, desktop, what="the laptop to apply the desktop's save")
     assert read(laptop.p("notes.txt")) == b"the desktop's save"  # a save beats a delete
     write(laptop.p("notes.txt"), b"the laptop's next save")
-    store_proxy.clear()
-    laptop.sync()
-    wait_drained(laptop, timeout=60)
-    wait_caught_up(desktop, laptop, what="the desktop to apply the laptop's saves")
+    store_back_for(laptop, store_proxy, desktop)
     for mount in (laptop, desktop):
         names = sorted(os.listdir(mount.path))
         assert len(names) == 2 and names[1] == "notes.txt", names
