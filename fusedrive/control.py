@@ -88,15 +88,29 @@ def choose_mount(mountpoint: str | None) -> dict:
     return entries[0]
 
 
+def has_exited(pid: int) -> bool:
+    """Whether a process has exited. A zombie has: it only waits for its parent (for a
+    mount started in the background, init) to collect it, which some inits do seconds later."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    except OSError:
+        return False
+
+
 def wait_for_exit(pid: int, timeout: float) -> bool:
     """Wait until a mount process has exited (it drains its queue first); False on timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if has_exited(pid):
             return True
-        time.sleep(0.1)
+        time.sleep(0.05)
     return False
 
 
