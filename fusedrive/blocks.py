@@ -119,13 +119,15 @@ class BlockStore:
             raise IntegrityError(f"Block {block_id} does not match its id.")
         return plaintext
 
-    def upload(self, block_id: str, plaintext: bytes) -> int:
-        """Store a block unless the volume already has it; returns bytes sent."""
+    def upload(self, block_id: str, plaintext: bytes, cache: bool = True) -> int:
+        """Store a block unless the volume already has it; returns bytes sent. `cache`:
+        also copy it into the block cache (not when its staged file will be kept whole)."""
         if self.is_known(block_id):
             return 0
         blob = self._seal(block_id, plaintext)
         self.volume.store.put(block_key(block_id), blob)
-        self.cache.put(block_id, plaintext)
+        if cache:
+            self.cache.put(block_id, plaintext)
         self.mark_known([block_id])
         self.uploaded.add(len(blob))
         return len(blob)

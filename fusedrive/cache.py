@@ -3,7 +3,9 @@
 Cached blocks are re-hashed on every disk hit, so a corrupted or truncated cache
 file is dropped and fetched again instead of being returned. A few recently used
 blocks are also kept decoded in memory, because one 4 MiB block serves dozens of
-128 KiB kernel reads.
+128 KiB kernel reads. Files just uploaded are kept whole beside it (`kept.py`) rather
+than copied block by block; both count against one size limit, and kept files give
+way first.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 import diskcache
+
+from .kept import KeptFiles
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,8 @@ class BlockCache:
             str(directory), size_limit=size_limit, eviction_policy="least-recently-used", cull_limit=16
         )
         self._directory = directory
+        self._size_limit = size_limit
+        self.kept = KeptFiles(directory / "kept")
         self._id_of = id_of
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
@@ -87,6 +93,11 @@ class BlockCache:
                 self._disk.delete(block_id)
             data = None
         if data is None:
+            data = self.kept.read(block_id)
+            if data is not None and self._id_of(data) != block_id:
+                self.kept.forget(block_id)
+                data = None
+        if data is None:
             self.misses += 1
             return None
         self.hits += 1
@@ -113,9 +124,29 @@ class BlockCache:
         except (OSError, sqlite3.Error) as exc:
             log.warning("cannot cache block %s on disk: %s", block_id, exc)
         self._remember(block_id, data)
+        if self.kept.total:
+            self._make_room()
+
+    def keep(self, path: Path, extents: list[list]) -> bool:
+        """Keep a just-uploaded staged file as the cached copy of its blocks (see kept.py)."""
+        try:
+            kept = self.kept.keep(path, extents)
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("cannot keep %s in the cache: %s", path, exc)
+            return False
+        if kept:
+            self._make_room()
+        return kept
+
+    def _make_room(self) -> None:
+        """Kept files get what the block cache leaves of the limit, oldest out first."""
+        with self._disk_lock:
+            used = self._disk.volume()
+        self.kept.trim(self._size_limit - used)
 
     def volume_bytes(self) -> int:
-        return self._disk.volume()
+        return self._disk.volume() + self.kept.total
 
     def close(self) -> None:
         self._disk.close()
+        self.kept.close()

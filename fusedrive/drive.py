@@ -100,6 +100,7 @@ class Drive:
         self._queued: set[str] = set()
         self._uploading: set[str] = set()
         self._upload_again: set[str] = set()
+        self._keep_on_close: dict[str, list[list]] = {}  # uploaded while open: kept whole once closed
         self._stage_locks: dict[str, trio.Lock] = {}
         self._layouts: dict[int, Layout] = {}
         self._in_flight: dict[str, trio.Event] = {}
@@ -539,10 +540,21 @@ class Drive:
         elif last_handle:
             self.replica.forget_vanished(fid)  # closed unchanged: another device's delete stands
             if fid in self.staged and fid not in self._uploading:
-                self._discard_staged(fid)
+                self._discard_staged(fid, keep_as=self._keep_on_close.get(fid))
 
-    def _discard_staged(self, fid: str) -> None:
+    def _keeps_whole(self, size: int) -> bool:
+        """Files of an average block or more are kept whole in the cache once uploaded;
+        a smaller file's one block goes into the block cache as it uploads."""
+        return size >= self.volume.chunking["avg"]
+
+    def _discard_staged(self, fid: str, keep_as: list[list] | None = None) -> None:
+        """Drop a file's staged copy; `keep_as`: the manifest it was uploaded as, to keep
+        it whole in the cache instead."""
         self._sync_requested.discard(fid)
+        self._keep_on_close.pop(fid, None)
+        if keep_as is not None:
+            self.staging.close(fid)
+            self.cache.keep(self.staging.path(fid), keep_as)  # moves it away, or leaves it to be removed
         self.staging.remove(fid)
         self.staged.discard(fid)
         self.staged_attrs.pop(fid, None)
@@ -647,8 +659,9 @@ class Drive:
                 self._discard_staged(fid)
             return False
         try:
+            keep = self._keeps_whole(size)
             manifest = await trio.to_thread.run_sync(
-                build_manifest, fd, size, self.volume.chunking, self.blocks, self.pool
+                build_manifest, fd, size, self.volume.chunking, self.blocks, self.pool, not keep
             )
         except StagingChanged:
             if self.staging.generation.get(fid) == generation:
@@ -686,10 +699,15 @@ class Drive:
         self.dirty_since.pop(fid, None)
         self.staged_attrs.pop(fid, None)
         self._sync_requested.discard(fid)
-        if self.open_handles[fid] <= 0 or not any(op["op"] == "update" and op["fid"] == fid for op in ops):
+        uploaded_as_itself = any(op["op"] == "update" and op["fid"] == fid for op in ops)
+        if not uploaded_as_itself:
             # Gone to a conflicted copy: the file holds the other device's save now, so what
             # is staged is not its content (a handle still open reads and writes that save).
             self._discard_staged(fid)
+        elif self.open_handles[fid] <= 0:
+            self._discard_staged(fid, keep_as=manifest if keep else None)
+        elif keep:
+            self._keep_on_close[fid] = manifest
         return True
 
     def _trust_staged_size(self, fid: str, staged: int, recorded: int) -> None:

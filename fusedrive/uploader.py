@@ -47,8 +47,10 @@ def _chunks_of_span(fd: int, start: int, length: int, chunking: dict):
             return
 
 
-def build_manifest(fd: int, size: int, chunking: dict, blocks: BlockStore, pool: ThreadPoolExecutor) -> list[list]:
-    """Chunk and upload the first `size` bytes of a staged file; return its extents."""
+def build_manifest(fd: int, size: int, chunking: dict, blocks: BlockStore, pool: ThreadPoolExecutor,
+                   cache_blocks: bool = True) -> list[list]:
+    """Chunk and upload the first `size` bytes of a staged file; return its extents.
+    `cache_blocks`: copy each uploaded block into the block cache too."""
     if os.fstat(fd).st_size < size:  # the part past its end would otherwise pass for a hole
         raise StagingChanged()
     extents: list[list] = []
@@ -64,7 +66,7 @@ def build_manifest(fd: int, size: int, chunking: dict, blocks: BlockStore, pool:
             extents.append([block_id, len(chunk)])
             if block_id not in submitted and not blocks.is_known(block_id):
                 submitted.add(block_id)
-                in_flight.append(pool.submit(blocks.upload, block_id, chunk))
+                in_flight.append(pool.submit(blocks.upload, block_id, chunk, cache_blocks))
                 while len(in_flight) >= MAX_IN_FLIGHT:
                     in_flight.popleft().result()
     while in_flight:

@@ -6,6 +6,8 @@ import hashlib
 import os
 import shutil
 
+from test_sync import wait_for
+
 MiB = 1024 * 1024
 
 
@@ -33,3 +35,67 @@ def test_cache_respects_its_size_limit(volume):
                 assert hashlib.sha256(f.read()).hexdigest() == digest
             # limit + one block of slack (eviction happens after the insert) + SQLite index
             assert _du(reader.cache_dir / "blocks") < 16 * MiB + 4 * MiB + 1 * MiB
+
+
+def _read_uncached(path) -> bytes:
+    """Read through fusedrive, not the kernel's page cache of the mount."""
+    with open(path, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        return f.read()
+
+
+def _uploaded(mount) -> None:
+    mount.sync()
+    wait_for(lambda: not os.listdir(mount.cache_dir / "staging"), what="the staged copies to be kept or dropped")
+
+
+def _bytes_written(pid: int) -> int:
+    with open(f"/proc/{pid}/io") as f:
+        return int(next(line for line in f if line.startswith("wchar:")).split()[1])
+
+
+def test_a_saved_file_is_written_to_the_local_disk_once_and_reads_back_with_the_store_down(
+        proxied_volume, store_proxy):
+    from fusedrive import control
+
+    mount = proxied_volume.mount("laptop", args=("--io-timeout", "5"))
+    pid = control.read_registry(str(mount.path))["pid"]
+    data = os.urandom(12 * MiB)
+    before = _bytes_written(pid)
+    with open(mount.p("video.bin"), "wb") as f:
+        f.write(data)
+    _uploaded(mount)
+    # the staged file becomes the cached copy: not written a second time block by block
+    assert _bytes_written(pid) - before < 1.2 * len(data)
+    store_proxy.down()
+    assert _read_uncached(mount.p("video.bin")) == data
+    store_proxy.up()
+
+
+def test_a_damaged_kept_file_is_fetched_again_not_returned(proxied_volume, store_proxy):
+    mount = proxied_volume.mount("laptop")
+    data = os.urandom(6 * MiB)
+    with open(mount.p("photo.raw"), "wb") as f:
+        f.write(data)
+    _uploaded(mount)
+    kept_dir = mount.cache_dir / "blocks" / "kept"
+    [kept] = [p for p in kept_dir.iterdir() if not p.name.startswith("index")]
+    with open(kept, "r+b") as f:
+        f.seek(3 * MiB)
+        f.write(b"\xff" * 4096)
+    assert _read_uncached(mount.p("photo.raw")) == data  # from the store, the damaged range unused
+    store_proxy.down()
+    assert _read_uncached(mount.p("photo.raw")) == data  # the block fetched again is cached in its place
+    store_proxy.up()
+
+
+def test_kept_files_give_way_within_the_cache_limit(volume):
+    mount = volume.mount("laptop", cache_size="16M")
+    files = {f"clip{i}.bin": os.urandom(7 * MiB) for i in range(3)}
+    for name, data in files.items():
+        with open(mount.p(name), "wb") as f:
+            f.write(data)
+        _uploaded(mount)
+        assert _du(mount.cache_dir / "blocks") < 16 * MiB + 1 * MiB  # + the SQLite indexes
+    for name, data in files.items():  # the oldest went first; it comes from the store again
+        assert _read_uncached(mount.p(name)) == data
