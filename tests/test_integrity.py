@@ -67,10 +67,10 @@ def test_corrupt_local_cache_entry_is_fetched_again(volume):
     with open(mount.p("f"), "wb") as f:
         f.write(data)
     mount.umount()
-    damaged = 0
+    damaged = 0  # block files of the cache, and files kept whole after their upload
     for dirpath, _dirs, files in os.walk(mount.cache_dir / "blocks"):
         for name in files:
-            if name.endswith(".val"):
+            if name.endswith(".val") or dirpath.endswith("kept") and not name.startswith("index"):
                 path = os.path.join(dirpath, name)
                 with open(path, "r+b") as f:
                     f.seek(100)
