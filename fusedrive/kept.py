@@ -61,7 +61,7 @@ class KeptFiles:
             if block_id is not None:
                 spans.append((block_id, name, offset, length))
             offset += length
-        size = path.stat().st_size
+        size = path.stat().st_blocks * 512  # what it takes on disk: a sparse file's holes take nothing
         with self._lock:
             try:
                 os.rename(path, self.directory / name)

@@ -99,3 +99,18 @@ def test_kept_files_give_way_within_the_cache_limit(volume):
         assert _du(mount.cache_dir / "blocks") < 16 * MiB + 1 * MiB  # + the SQLite indexes
     for name, data in files.items():  # the oldest went first; it comes from the store again
         assert _read_uncached(mount.p(name)) == data
+
+
+def test_a_sparse_files_holes_do_not_count_against_the_cache_limit(proxied_volume, store_proxy):
+    mount = proxied_volume.mount("laptop", cache_size="16M", args=("--io-timeout", "5"))
+    data = os.urandom(2 * MiB)
+    with open(mount.p("disk.img"), "wb") as f:
+        f.seek(200 * MiB)  # a 202 MiB file that takes 2 MiB
+        f.write(data)
+    _uploaded(mount)
+    store_proxy.down()
+    with open(mount.p("disk.img"), "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        f.seek(200 * MiB)
+        assert f.read() == data  # still kept: it counted as 2 MiB, not 202
+    store_proxy.up()
