@@ -127,16 +127,14 @@ class BlockCache:
         if self.kept.total:
             self._make_room()
 
-    def keep(self, path: Path, extents: list[list]) -> bool:
-        """Keep a just-uploaded staged file as the cached copy of its blocks (see kept.py)."""
+    def keep(self, path: Path, extents: list[list]) -> None:
+        """Keep a just-uploaded staged file as the cached copy of its blocks (see kept.py);
+        if it cannot be moved it stays where it was, for the caller to remove."""
         try:
-            kept = self.kept.keep(path, extents)
+            if self.kept.keep(path, extents):
+                self._make_room()
         except (OSError, sqlite3.Error) as exc:
             log.warning("cannot keep %s in the cache: %s", path, exc)
-            return False
-        if kept:
-            self._make_room()
-        return kept
 
     def _make_room(self) -> None:
         """Kept files get what the block cache leaves of the limit, oldest out first."""
