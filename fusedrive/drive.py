@@ -552,8 +552,7 @@ class Drive:
         it whole in the cache instead."""
         self._sync_requested.discard(fid)
         self._keep_on_close.pop(fid, None)
-        if keep_as is not None:
-            self.staging.close(fid)
+        if keep_as is not None:  # no await until remove() closes its descriptor: nothing writes to it moved
             self.cache.keep(self.staging.path(fid), keep_as)  # moves it away, or leaves it to be removed
         self.staging.remove(fid)
         self.staged.discard(fid)
