@@ -265,9 +265,10 @@ class Replica:
         finally:
             self.db.execute("UPDATE undo_flag SET pending_id=0")
 
-    def pending_ops(self, limit: int) -> list[tuple[int, list[dict]]]:
-        """Queued rows, oldest first: (id, the operations that row stands for now)."""
-        rows = self.db.execute("SELECT id, op FROM pending ORDER BY id LIMIT ?", (limit,)).fetchall()
+    def pending_ops(self, limit: int, through: int | None = None) -> list[tuple[int, list[dict]]]:
+        """Queued rows, oldest first (up to id `through`): (id, the operations that row stands for now)."""
+        rows = self.db.execute("SELECT id, op FROM pending WHERE id <= ? ORDER BY id LIMIT ?",
+                               (2**63 - 1 if through is None else through, limit)).fetchall()
         return [(i, json.loads(ops)) for i, ops in rows]
 
     def pending_count(self) -> int:

@@ -318,11 +318,11 @@ def random_reads(t: Target, count: int) -> dict[str, float]:
 def small_files(t: Target, count: int) -> dict[str, float]:
     d = t.mountpoint / "small"
     d.mkdir()
-    payload = os.urandom(4096)
     names = [d / f"f{i:05d}" for i in range(count)]
+    payloads = [os.urandom(4096) for _ in names]  # each its own: deduplication would upload one block
 
     def create():
-        for name in names:
+        for name, payload in zip(names, payloads):
             with open(name, "wb") as f:
                 f.write(payload)
 

@@ -154,6 +154,25 @@ def test_fsync_puts_file_and_commit_in_the_store(work, shared_mount):
     assert read(path) == data
 
 
+def test_a_burst_of_new_files_goes_into_few_journal_entries(work, shared_mount):
+    """Each journal entry is a PUT (request cost, server CPU): changes that keep coming
+    are batched by time (BATCH_DELAY_SECONDS), not appended one entry per change."""
+    from fusedrive.committer import BATCH_DELAY_SECONDS
+
+    def entries() -> int:
+        return sum(1 for _ in shared_mount.volume.list_objects("journal/"))
+
+    shared_mount.sync()
+    before = entries()
+    started = time.monotonic()
+    for i in range(300):
+        write(os.path.join(work, f"f{i}"), os.urandom(100))
+    seconds = time.monotonic() - started
+    shared_mount.sync()
+    assert entries() - before <= seconds / BATCH_DELAY_SECONDS + 5
+    assert len(os.listdir(work)) == 300
+
+
 def test_directories(work):
     d = os.path.join(work, "d")
     os.mkdir(d, 0o750)
