@@ -338,12 +338,14 @@ def small_files(t: Target, count: int) -> dict[str, float]:
 def tree(t: Target, dirs: int = 10, files: int = 100) -> dict[str, float]:
     top = t.mountpoint / "tree"
 
+    payloads = [os.urandom(100) for _ in range(dirs * files)]  # each its own, as in small_files
+
     def create():
         for i in range(dirs):
             sub = top / f"d{i}"
             sub.mkdir(parents=True)
             for j in range(files):
-                (sub / f"f{j}").write_bytes(b"x" * 100)
+                (sub / f"f{j}").write_bytes(payloads[i * files + j])
 
     def walk():
         for dirpath, _dirs, names in os.walk(top):
