@@ -76,6 +76,7 @@ class S3Store:
         return obstore.store.S3Store(
             self.bucket, prefix=self.prefix.rstrip("/") or None, region=self.client.meta.region_name,
             endpoint=None if on_aws else endpoint, virtual_hosted_style_request=on_aws,
+            unsigned_payload=True,  # no SHA-256 of every body: see payload_signing_enabled above
             credential_provider=Boto3CredentialProvider(session),
             client_options={"allow_http": endpoint.startswith("http://"),
                             "connect_timeout": timedelta(seconds=CONNECT_TIMEOUT_SECONDS),
