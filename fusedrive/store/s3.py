@@ -6,9 +6,10 @@ failures (5xx, throttling, dropped connections) are retried with exponential bac
 what still fails becomes StoreUnreachable.
 
 Two clients, one bucket: plain GETs and PUTs (blocks, journal entries: nearly every
-request) go through obstore, a Rust S3 client that spends a quarter of boto3's CPU per
-request and releases the GIL while it waits; everything else (conditional creates with
-Content-MD5, listings, deletes, presigned links, storage classes) stays on boto3.
+request) go through obstore, a Rust S3 client that spends a fifth (small PUTs) to three
+quarters (1 MiB GETs) of boto3's CPU per request and waits without the GIL
+(scripts/store_costs.py); everything else (conditional creates with Content-MD5,
+listings, deletes, presigned links, storage classes) stays on boto3.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from . import Listed, NotFound
 _PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4 presigned URLs live at most a week
 CONNECT_TIMEOUT_SECONDS = 5
-REQUEST_TIMEOUT_SECONDS = 30
+STALL_TIMEOUT_SECONDS = 30  # no byte for this long: the connection is dead, try again
+WHOLE_REQUEST_TIMEOUT_SECONDS = 300  # a 4 MiB block takes 34 s on a 1 Mbit/s uplink
 RETRIES = 3  # after the first attempt, as botocore's max_attempts=4
 
 
@@ -47,7 +49,7 @@ class S3Store:
         config = Config(
             retries={"mode": "standard", "max_attempts": RETRIES + 1},
             connect_timeout=CONNECT_TIMEOUT_SECONDS,
-            read_timeout=REQUEST_TIMEOUT_SECONDS,
+            read_timeout=STALL_TIMEOUT_SECONDS,
             max_pool_connections=32,
             signature_version="s3v4",
             # blocks carry their own GCM tag and keyed hash, journal entries their tag and a
@@ -69,8 +71,7 @@ class S3Store:
         """The obstore client for plain GET/PUT, on the endpoint, region and credentials
         boto3 resolved."""
         if session.get_credentials() is None:
-            raise StoreUnreachable(
-                f"No S3 credentials found for {self.url}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or configure ~/.aws.")
+            raise self._no_credentials()
         endpoint = self.client.meta.endpoint_url
         on_aws = endpoint.endswith(".amazonaws.com")  # there obstore finds the regional endpoint itself
         return obstore.store.S3Store(
@@ -80,8 +81,13 @@ class S3Store:
             credential_provider=Boto3CredentialProvider(session),
             client_options={"allow_http": endpoint.startswith("http://"),
                             "connect_timeout": timedelta(seconds=CONNECT_TIMEOUT_SECONDS),
-                            "timeout": timedelta(seconds=REQUEST_TIMEOUT_SECONDS)},
-            retry_config={"max_retries": RETRIES, "retry_timeout": timedelta(seconds=REQUEST_TIMEOUT_SECONDS)})
+                            "read_timeout": timedelta(seconds=STALL_TIMEOUT_SECONDS),
+                            "timeout": timedelta(seconds=WHOLE_REQUEST_TIMEOUT_SECONDS)},
+            retry_config={"max_retries": RETRIES, "retry_timeout": timedelta(seconds=STALL_TIMEOUT_SECONDS)})
+
+    def _no_credentials(self) -> StoreUnreachable:
+        return StoreUnreachable(
+            f"No S3 credentials found for {self.url}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or configure ~/.aws.")
 
     def _unreachable(self, what: str, key: str, exc: Exception) -> StoreUnreachable:
         """An obstore failure in the words the boto3 calls use (the S3 code is in its text)."""
@@ -98,9 +104,7 @@ class S3Store:
         try:
             return fn(Bucket=self.bucket, **kwargs)
         except botocore.exceptions.NoCredentialsError as exc:
-            raise StoreUnreachable(
-                f"No S3 credentials found for {self.url}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or configure ~/.aws."
-            ) from exc
+            raise self._no_credentials() from exc
         except botocore.exceptions.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code == "NoSuchBucket":
