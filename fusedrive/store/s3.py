@@ -73,10 +73,15 @@ class S3Store:
         if session.get_credentials() is None:
             raise self._no_credentials()
         endpoint = self.client.meta.endpoint_url
-        on_aws = endpoint.endswith(".amazonaws.com")  # there obstore finds the regional endpoint itself
+        if endpoint.endswith(".amazonaws.com"):  # obstore finds the regional endpoint itself
+            # bucket.s3.region.amazonaws.com, unless a dot in the name would break its TLS name
+            where = {"virtual_hosted_style_request": "." not in self.bucket}
+        else:
+            where = {"endpoint": endpoint}
+        if self.prefix:
+            where["prefix"] = self.prefix.rstrip("/")
         return obstore.store.S3Store(
-            self.bucket, prefix=self.prefix.rstrip("/") or None, region=self.client.meta.region_name,
-            endpoint=None if on_aws else endpoint, virtual_hosted_style_request=on_aws,
+            self.bucket, region=self.client.meta.region_name, **where,
             unsigned_payload=True,  # no SHA-256 of every body: see payload_signing_enabled above
             credential_provider=Boto3CredentialProvider(session),
             client_options={"allow_http": endpoint.startswith("http://"),
