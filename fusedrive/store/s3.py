@@ -90,18 +90,25 @@ class S3Store:
                             "timeout": timedelta(seconds=WHOLE_REQUEST_TIMEOUT_SECONDS)},
             retry_config={"max_retries": RETRIES, "retry_timeout": timedelta(seconds=STALL_TIMEOUT_SECONDS)})
 
+    # The messages both clients' failures end in:
     def _no_credentials(self) -> StoreUnreachable:
         return StoreUnreachable(
             f"No S3 credentials found for {self.url}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or configure ~/.aws.")
+
+    def _no_bucket(self) -> StoreUnreachable:
+        return StoreUnreachable(f"The bucket {self.bucket!r} does not exist.")
+
+    def _refused(self, code: str) -> StoreUnreachable:
+        return StoreUnreachable(f"The store refused our credentials for {self.url} ({code}).")
 
     def _unreachable(self, what: str, key: str, exc: Exception) -> StoreUnreachable:
         """An obstore failure in the words the boto3 calls use (the S3 code is in its text)."""
         found = re.search(r"<Code>(\w+)</Code>", str(exc))
         code = found.group(1) if found else ""
         if code == "NoSuchBucket":
-            return StoreUnreachable(f"The bucket {self.bucket!r} does not exist.")
+            return self._no_bucket()
         if isinstance(exc, (obstore.exceptions.PermissionDeniedError, obstore.exceptions.UnauthenticatedError)):
-            return StoreUnreachable(f"The store refused our credentials for {self.url} ({code or 'denied'}).")
+            return self._refused(code or "denied")
         return StoreUnreachable(f"Cannot reach the store for {self.url} while trying to {what} {key}: "
                                 f"{str(exc).splitlines()[0]}")
 
@@ -113,9 +120,9 @@ class S3Store:
         except botocore.exceptions.ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code == "NoSuchBucket":
-                raise StoreUnreachable(f"The bucket {self.bucket!r} does not exist.") from exc
+                raise self._no_bucket() from exc
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
-                raise StoreUnreachable(f"The store refused our credentials for {self.url} ({code}).") from exc
+                raise self._refused(code) from exc
             raise
         except (botocore.exceptions.BotoCoreError, OSError) as exc:
             raise StoreUnreachable(f"Cannot reach the store for {self.url} while trying to {what}: {exc}") from exc
