@@ -41,6 +41,13 @@ WHOLE_REQUEST_TIMEOUT_SECONDS = 300  # a 4 MiB block takes 34 s on a 1 Mbit/s up
 RETRIES = 3  # after the first attempt, as botocore's max_attempts=4
 
 
+def _s3_code(exc: Exception) -> str:
+    """The S3 error code of an obstore failure ("" if none): obstore keeps the response
+    body in the error's text."""
+    found = re.search(r"<Code>(\w+)</Code>", str(exc))
+    return found.group(1) if found else ""
+
+
 class S3Store:
     def __init__(self, url: str, bucket: str, prefix: str, endpoint_url: str | None) -> None:
         self.url = url
@@ -102,9 +109,8 @@ class S3Store:
         return StoreUnreachable(f"The store refused our credentials for {self.url} ({code}).")
 
     def _unreachable(self, what: str, key: str, exc: Exception) -> StoreUnreachable:
-        """An obstore failure in the words the boto3 calls use (the S3 code is in its text)."""
-        found = re.search(r"<Code>(\w+)</Code>", str(exc))
-        code = found.group(1) if found else ""
+        """An obstore failure in the words the boto3 calls use."""
+        code = _s3_code(exc)
         if code == "NoSuchBucket":
             return self._no_bucket()
         if isinstance(exc, (obstore.exceptions.PermissionDeniedError, obstore.exceptions.UnauthenticatedError)):
@@ -131,9 +137,9 @@ class S3Store:
         try:
             return obstore.get(self.objects, key).bytes().to_bytes()
         except FileNotFoundError as exc:  # what obstore raises for a 404
-            if "NoSuchBucket" in str(exc):
-                raise self._unreachable("read", key, exc) from exc
-            raise NotFound(key) from exc
+            if _s3_code(exc) != "NoSuchBucket":
+                raise NotFound(key) from exc
+            raise self._unreachable("read", key, exc) from exc
         except (obstore.exceptions.BaseError, OSError) as exc:
             raise self._unreachable("read", key, exc) from exc
 
