@@ -357,17 +357,17 @@ def cmd_cat(args) -> int:
 
         from .blocks import BlockStore
         from .cache import BlockCache
+        from .manifest import block_ids, contents
 
         volume, replica = _offline_replica(args)
         node = replica.inode(history.resolve(replica, _drive_path(args.path)))
         kept = history.version(replica, node.fid, args.version)
         with tempfile.TemporaryDirectory() as scratch:
             blocks = BlockStore(volume, BlockCache(Path(scratch), 64 << 20, volume.keys.id_of))
-            for block_id, _length in kept.manifest:
-                if block_id is not None:
-                    history.check_not_archived(replica, block_id, volume.url)
-            for block_id, length in kept.manifest:
-                out.write(bytes(length) if block_id is None else blocks.fetch(block_id))
+            for block_id in block_ids(kept.manifest):
+                history.check_not_archived(replica, block_id, volume.url)
+            for data in contents(kept.manifest, blocks.fetch):
+                out.write(data)
         return 0
     entry = control.mount_containing(args.path)
     for line in control.stream(entry["mountpoint"], "cat", timeout=600, path=os.path.realpath(args.path),

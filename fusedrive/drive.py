@@ -31,6 +31,7 @@ from .errors import FusedriveError, MountError, StoreUnreachable
 from .events import EventBus, StoreHealth
 from .hub import WAIT_SECONDS, HubClient, HubError
 from .journal import Entry, Journal
+from .manifest import Piece, block_ids, pieces
 from .history import check_not_archived
 from .rebase import Revalidator, conflict_of
 from .replica import Inode, Replica, name_from_json
@@ -58,7 +59,7 @@ class Layout:
 
     version: int
     starts: list[int]
-    extents: list[list]
+    pieces: list[Piece]
 
 
 class Drive:
@@ -227,7 +228,7 @@ class Drive:
         for entry in entries:
             for op in entry.ops:
                 if op["op"] == "update":
-                    self.blocks.mark_known(block for block, _length in op["manifest"] if block)
+                    self.blocks.mark_known(block_ids(op["manifest"]))
                     if op["fid"] in self.staged and op["fid"] not in self.dirty:
                         self._discard_staged(op["fid"])
                 elif op["op"] in ("prune", "purge"):
@@ -375,37 +376,36 @@ class Drive:
         self._read_end[node.ino] = max(offset + size, last_end or 0) if sequential else offset + size
         if sequential or offset == 0:
             self._prefetch(layout, index + 1)
-        pieces = []
+        parts = []
         end = offset + size
         while offset < end:
             start = layout.starts[index]
-            block_id, length = layout.extents[index]
-            take_from, take_to = offset - start, min(length, end - start)
-            if block_id is None:
-                pieces.append(bytes(take_to - take_from))
+            piece = layout.pieces[index]
+            take_from, take_to = offset - start, min(piece.length, end - start)
+            if piece.block is None:
+                parts.append(bytes(take_to - take_from))
             else:
-                data = await self.fetch_block(block_id, node)
-                pieces.append(data[take_from:take_to])
+                parts.append(piece.of(await self.fetch_block(piece.block, node), take_from, take_to))
             offset = start + take_to
             index += 1
-        return b"".join(pieces)
+        return b"".join(parts)
 
     def _layout(self, node: Inode) -> Layout:
         layout = self._layouts.get(node.ino)
         if layout is None or layout.version != node.version:
-            extents = node.extents()
+            layout_pieces = pieces(node.extents())
             starts, pos = [], 0
-            for _block, length in extents:
+            for piece in layout_pieces:
                 starts.append(pos)
-                pos += length
-            layout = Layout(node.version, starts, extents)
+                pos += piece.length
+            layout = Layout(node.version, starts, layout_pieces)
             self._layouts[node.ino] = layout
         return layout
 
     def _prefetch(self, layout: Layout, index: int) -> None:
         """Start fetching the next blocks a sequential reader will want. Called for every
         kernel read, so blocks already in memory or on their way cost no task."""
-        for block_id, _length in layout.extents[index:index + PREFETCH_BLOCKS]:
+        for block_id, *_ in layout.pieces[index:index + PREFETCH_BLOCKS]:
             if (block_id is not None and block_id not in self._in_flight and self._nursery is not None
                     and not self.cache.in_memory(block_id)):
                 self._nursery.start_soon(self._prefetch_one, block_id)
@@ -477,7 +477,7 @@ class Drive:
                 if node.fid in self.staged or (latest is not None and latest.version != version):
                     os.unlink(materialized)
                     continue
-                self.staging.adopt(node.fid, materialized)
+                self.staging.adopt(node.fid, materialized, extents, node.size)
                 self.staged.add(node.fid)
         self._stage_locks.pop(node.fid, None)
         return self.replica.inode(node.ino) or node
@@ -648,6 +648,7 @@ class Drive:
                 self._discard_staged(fid)  # the trash was emptied meanwhile: nothing to keep
             return False
         generation = self.staging.generation.get(fid)
+        patchable = self.staging.patchable(fid)
         size, mtime_ns = self.size_and_mtime(node)
         try:
             # Our own descriptor: the staging one may be closed (file deleted) while we read.
@@ -660,7 +661,7 @@ class Drive:
         try:
             keep = self._keeps_whole(size)
             manifest = await trio.to_thread.run_sync(
-                build_manifest, fd, size, self.volume.chunking, self.blocks, self.pool, not keep
+                build_manifest, fd, size, self.volume.chunking, self.blocks, self.pool, not keep, patchable
             )
         except StagingChanged:
             if self.staging.generation.get(fid) == generation:
@@ -705,8 +706,10 @@ class Drive:
             self._discard_staged(fid)
         elif self.open_handles[fid] <= 0:
             self._discard_staged(fid, keep_as=manifest if keep else None)
-        elif keep:
-            self._keep_on_close[fid] = manifest
+        else:
+            self.staging.uploaded(fid, manifest, size)  # still open: the next upload patches this one
+            if keep:
+                self._keep_on_close[fid] = manifest
         return True
 
     def _trust_staged_size(self, fid: str, staged: int, recorded: int) -> None:

@@ -3,7 +3,8 @@
 1. Replay the whole journal into a scratch replica (every entry must pass its tag
    and apply cleanly).
 2. Check the tree: every name points at a live inode, every inode is reachable,
-   link counts are right, directories have one name, file extents cover the size.
+   link counts are right, directories have one name, file extents cover the size,
+   and a piece of a block (left by an in-place edit) lies within that block.
 3. Every block the metadata references exists in the store (`--verify-blocks`:
    and decrypts to its id).
 4. If this device has a replica of the volume, it shows the same tree.
@@ -21,6 +22,7 @@ from .blocks import BlockStore, block_key
 from .checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from .errors import FusedriveError
 from .journal import Journal
+from .manifest import pieces
 from .replica import ROOT_INO, Replica
 
 Progress = Callable[[str, int], "object"]
@@ -58,10 +60,22 @@ def check_tree(replica: Replica) -> list[str]:
         if node.nlink != expected:
             problems.append(f"{where} has link count {node.nlink}, expected {expected}.")
         if node.is_reg:
-            covered = sum(length for _block, length in node.extents())
+            covered = sum(piece.length for piece in pieces(node.extents()))
             if covered != node.size:
                 problems.append(f"{where} has size {node.size} but its blocks cover {covered} bytes.")
-    return problems
+    return problems + _pieces_outside_their_blocks(replica)
+
+
+def _pieces_outside_their_blocks(replica: Replica) -> list[str]:
+    """Pieces reaching past the end of their block, where a manifest shows the whole block."""
+    manifests = [json.loads(m) for table in ("inodes", "versions", "trash")
+                 for (m,) in replica.db.execute(f"SELECT manifest FROM {table}")]
+    whole = {piece.block: piece.length for manifest in manifests for piece in pieces(manifest)
+             if piece.whole and piece.block is not None}
+    return [f"A manifest takes bytes {piece.offset}-{piece.offset + piece.length} of block {piece.block}, "
+            f"which has {whole[piece.block]}."
+            for manifest in manifests for piece in pieces(manifest)
+            if piece.block in whole and piece.offset + piece.length > whole[piece.block]]
 
 
 def snapshot(replica: Replica) -> list[tuple]:

@@ -20,6 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
+from .manifest import pieces
+
 log = logging.getLogger(__name__)
 
 
@@ -57,10 +59,10 @@ class KeptFiles:
         as [None, length]); False if it cannot be moved (it is left where it was)."""
         name = uuid.uuid4().hex
         spans, offset = [], 0
-        for block_id, length in extents:
-            if block_id is not None:
-                spans.append((block_id, name, offset, length))
-            offset += length
+        for piece in pieces(extents):
+            if piece.block is not None and piece.whole:  # a piece's range holds only part of its block
+                spans.append((piece.block, name, offset, piece.length))
+            offset += piece.length
         size = path.stat().st_blocks * 512  # what it takes on disk: a sparse file's holes take nothing
         with self._lock:
             try:

@@ -18,6 +18,8 @@ import stat
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
+from .manifest import block_ids
+
 ROOT_INO = 1
 ROOT_FID = "root"
 
@@ -225,7 +227,7 @@ class Replica:
         ids = set()
         for table in ("inodes", "versions", "trash"):
             for (manifest,) in self.db.execute(f"SELECT manifest FROM {table} WHERE manifest != '[]'"):
-                ids.update(block for block, _length in json.loads(manifest) if block)
+                ids.update(block_ids(json.loads(manifest)))
         return ids
 
     def stats(self) -> dict:

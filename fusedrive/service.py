@@ -18,6 +18,7 @@ import trio
 
 from . import history, sharing
 from .drive import Drive
+from .manifest import pieces
 from .replica import Inode
 from .errors import UsageError
 
@@ -115,8 +116,8 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
     async def cat(request: dict, send: Send) -> dict:
         node = file_at(request["path"])
         kept = history.version(drive.replica, node.fid, int(request["version"]))
-        for block_id, length in kept.manifest:
-            data = bytes(length) if block_id is None else await drive.fetch_block(block_id, node)
+        for piece in pieces(kept.manifest):
+            data = bytes(piece.length) if piece.block is None else piece.of(await drive.fetch_block(piece.block, node))
             await send({"data": base64.b64encode(data).decode()})
         return {}
 

@@ -20,6 +20,7 @@ from typing import Callable
 from .checkpoints import replay_to_head
 from .errors import FusedriveError
 from .journal import Entry, Journal
+from .manifest import known_lengths, pieces
 from .replica import Replica
 from .retention import Retention, expired_trash, thin
 from .volume import Volume
@@ -126,9 +127,13 @@ def _set_class(volume: Volume, block_ids: list[str], storage_class: str, progres
 
 
 def _block_lengths(replica: Replica, query: str, args: tuple = ()) -> dict[str, int]:
-    """Block id → plaintext length, for every block the manifests a query selects name."""
-    return {block: length for (manifest,) in replica.db.execute(query, args)
-            for block, length in json.loads(manifest) if block}
+    """Block id → plaintext length, for every block the manifests a query selects name
+    (as much of it as they show: a block kept only in part counts that part)."""
+    lengths: dict[str, int] = {}
+    for (manifest,) in replica.db.execute(query, args):
+        for block, length in known_lengths(json.loads(manifest)).items():
+            lengths[block] = max(lengths.get(block, 0), length)
+    return lengths
 
 
 def collect(volume: Volume, policy: Retention, grace_seconds: float, dry_run: bool, progress: Progress,
@@ -179,7 +184,7 @@ def usage(volume: Volume) -> dict:
     logical = data_bytes = 0
     for size, manifest in live_rows:
         logical += size
-        data_bytes += sum(length for block_id, length in json.loads(manifest) if block_id)
+        data_bytes += sum(piece.length for piece in pieces(json.loads(manifest)) if piece.block)
     live = _block_lengths(replica, "SELECT manifest FROM inodes WHERE nlink > 0")
     versions = _block_lengths(replica, "SELECT manifest FROM versions WHERE fid NOT IN (SELECT fid FROM trash)")
     trash = _block_lengths(replica, "SELECT manifest FROM trash UNION ALL "

@@ -7,6 +7,10 @@ nothing that was closed; the `dirty` table in the replica says which ones still
 need uploading. Each write gives the file a new generation from one counter that
 never repeats (not even after the staged file is dropped and made again), which
 lets an upload tell whether what it chunked is still the current content.
+
+A staged file made from committed content also remembers that content's manifest and
+which byte ranges were written since (`Patchable`), so its upload can send just those
+bytes. Anything else that changes it (a truncate, a replacement) forgets that.
 """
 
 from __future__ import annotations
@@ -14,10 +18,24 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .manifest import pieces
+
 HOLE_MIN = 64 * 1024
+MAX_WRITTEN_RANGES = 4096  # past this many separate writes, the upload re-chunks the whole file
+
+
+@dataclass
+class Patchable:
+    """A staged file was `base` (a manifest of `base_size` bytes), then the ranges
+    `written` ([start, end)) were written; nothing else changed it."""
+
+    base: list[list]
+    base_size: int
+    written: list[tuple[int, int]] = field(default_factory=list)
 
 
 class Staging:
@@ -27,6 +45,7 @@ class Staging:
         self._fds: dict[str, int] = {}
         self.generation: dict[str, int] = {}
         self._generations = itertools.count(1)
+        self._patchable: dict[str, Patchable] = {}
 
     def path(self, fid: str) -> Path:
         return self.directory / fid
@@ -53,6 +72,7 @@ class Staging:
     def remove(self, fid: str) -> None:
         self.close(fid)
         self.generation.pop(fid, None)
+        self._patchable.pop(fid, None)
         try:
             os.unlink(self.path(fid))
         except FileNotFoundError:
@@ -69,10 +89,10 @@ class Staging:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             offset = 0
-            for block_id, length in extents:
-                if block_id is not None:
-                    os.pwrite(fd, fetch(block_id), offset)
-                offset += length
+            for piece in pieces(extents):
+                if piece.block is not None:
+                    os.pwrite(fd, piece.of(fetch(piece.block)), offset)
+                offset += piece.length
             os.ftruncate(fd, size)
         except BaseException:
             os.close(fd)
@@ -81,10 +101,21 @@ class Staging:
         os.close(fd)
         return tmp
 
-    def adopt(self, fid: str, materialized: Path) -> None:
+    def adopt(self, fid: str, materialized: Path, extents: list[list], size: int) -> None:
+        """Make a materialized file (of `extents`, `size` bytes) the staged file."""
         self.close(fid)  # a descriptor of the file it replaces would write into the void
         os.replace(materialized, self.path(fid))
         self.bump(fid)
+        self._patchable[fid] = Patchable(extents, size)
+
+    def patchable(self, fid: str) -> Patchable | None:
+        """A copy of what is known of the staged file's changes, None if not known."""
+        known = self._patchable.get(fid)
+        return None if known is None else Patchable(known.base, known.base_size, list(known.written))
+
+    def uploaded(self, fid: str, manifest: list[list], size: int) -> None:
+        """The staged file, as it stands, is now stored as `manifest`."""
+        self._patchable[fid] = Patchable(manifest, size)
 
     def write(self, fid: str, offset: int, data: bytes) -> None:
         fd = self.fd(fid)
@@ -93,6 +124,16 @@ class Staging:
             written = os.pwrite(fd, view, offset)
             view, offset = view[written:], offset + written
         self.bump(fid)
+        known = self._patchable.get(fid)
+        if known is not None:
+            ranges, end = known.written, offset
+            start = end - len(data)
+            if ranges and ranges[-1][1] == start:  # a sequential writer: one range
+                ranges[-1] = (ranges[-1][0], end)
+            elif len(ranges) < MAX_WRITTEN_RANGES:
+                ranges.append((start, end))
+            else:
+                del self._patchable[fid]
 
     def read(self, fid: str, offset: int, size: int) -> bytes:
         return os.pread(self.fd(fid), size, offset)
@@ -100,6 +141,7 @@ class Staging:
     def truncate(self, fid: str, size: int) -> None:
         os.ftruncate(self.fd(fid), size)
         self.bump(fid)
+        self._patchable.pop(fid, None)
 
     def sync(self, fid: str) -> None:
         os.fsync(self.fd(fid))

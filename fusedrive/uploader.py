@@ -4,6 +4,12 @@ Runs in a worker thread. The staged file is read in windows with pread (not
 mmap: a concurrent truncate would turn an mmap read into SIGBUS); the last chunk
 of each window is carried into the next so boundaries depend only on content.
 Holes become `[None, length]` extents and are never uploaded.
+
+A file staged from committed content and then written in place (`Patchable`) uploads
+only the ranges written: the rest of its manifest is the old one, cut around them (see
+manifest.py). Once that leaves more than MAX_PATCH_EXTENTS extents beyond what whole
+blocks would need, the whole file is chunked again, which compacts the pieces back into
+content-defined blocks (the ones no edit touched are already stored and not sent).
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from .blocks import BlockStore
 from .chunker import chunk_spans
-from .staging import data_spans
+from .manifest import block_ids, patch_plan
+from .staging import Patchable, data_spans
 
 WINDOW = 16 * 1024 * 1024
 MAX_IN_FLIGHT = 8
+MAX_PATCH_EXTENTS = 64
 
 
 class StagingChanged(Exception):
@@ -47,28 +55,63 @@ def _chunks_of_span(fd: int, start: int, length: int, chunking: dict):
             return
 
 
+class _BlockUploads:
+    """Chunks to the store from the pool, each block once, at most MAX_IN_FLIGHT at a time."""
+
+    def __init__(self, blocks: BlockStore, pool: ThreadPoolExecutor, cache_blocks: bool) -> None:
+        self.blocks, self.pool, self.cache_blocks = blocks, pool, cache_blocks
+        self.in_flight: deque[Future] = deque()
+        self.submitted: set[str] = set()
+
+    def extent(self, chunk: bytes) -> list:
+        """The chunk's extent; its upload starts unless the block is stored already."""
+        block_id = self.blocks.volume.keys.id_of(chunk)
+        if block_id not in self.submitted and not self.blocks.is_known(block_id):
+            self.submitted.add(block_id)
+            self.in_flight.append(self.pool.submit(self.blocks.upload, block_id, chunk, self.cache_blocks))
+            while len(self.in_flight) >= MAX_IN_FLIGHT:
+                self.in_flight.popleft().result()
+        return [block_id, len(chunk)]
+
+    def wait(self) -> None:
+        while self.in_flight:
+            self.in_flight.popleft().result()
+
+
 def build_manifest(fd: int, size: int, chunking: dict, blocks: BlockStore, pool: ThreadPoolExecutor,
-                   cache_blocks: bool = True) -> list[list]:
+                   cache_blocks: bool = True, patchable: Patchable | None = None) -> list[list]:
     """Chunk and upload the first `size` bytes of a staged file; return its extents.
-    `cache_blocks`: copy each uploaded block into the block cache too."""
+    `cache_blocks`: copy each uploaded block into the block cache too. `patchable`: what
+    the staged file is known to be, to upload only what was written."""
     if os.fstat(fd).st_size < size:  # the part past its end would otherwise pass for a hole
         raise StagingChanged()
+    uploads = _BlockUploads(blocks, pool, cache_blocks)
+    extents = _patched(fd, size, chunking, patchable, uploads) if patchable is not None else None
+    if extents is None:
+        extents = []
+        for start, length, is_data in data_spans(fd, size):
+            if is_data:
+                extents.extend(uploads.extent(chunk) for chunk in _chunks_of_span(fd, start, length, chunking))
+            else:
+                extents.append([None, length])
+    uploads.wait()
+    return extents
+
+
+def _patched(fd: int, size: int, chunking: dict, patchable: Patchable, uploads: _BlockUploads) -> list[list] | None:
+    """The manifest from the old one and the written ranges; None if it would be too cut up,
+    or if it would keep a block not known to be stored (gc may have taken a block only
+    pruned versions held: chunking the whole file uploads such blocks again)."""
+    plan = patch_plan(patchable.base, patchable.base_size, patchable.written, size)
+    if plan is None or len(plan) > size // chunking["avg"] + MAX_PATCH_EXTENTS:
+        return None
+    if not all(uploads.blocks.is_known(block) for block in block_ids(e for e in plan if isinstance(e, list))):
+        return None
     extents: list[list] = []
-    in_flight: deque[Future] = deque()
-    ids = blocks.volume.keys
-    submitted: set[str] = set()
-    for start, length, is_data in data_spans(fd, size):
-        if not is_data:
-            extents.append([None, length])
-            continue
-        for chunk in _chunks_of_span(fd, start, length, chunking):
-            block_id = ids.id_of(chunk)
-            extents.append([block_id, len(chunk)])
-            if block_id not in submitted and not blocks.is_known(block_id):
-                submitted.add(block_id)
-                in_flight.append(pool.submit(blocks.upload, block_id, chunk, cache_blocks))
-                while len(in_flight) >= MAX_IN_FLIGHT:
-                    in_flight.popleft().result()
-    while in_flight:
-        in_flight.popleft().result()
+    for item in plan:
+        if isinstance(item, tuple):
+            start, length = item
+            extents.extend(uploads.extent(chunk) for chunk in _chunks_of_span(fd, start, length, chunking))
+        else:
+            extents.append(item)
     return extents

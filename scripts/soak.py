@@ -25,6 +25,7 @@ from pathlib import Path
 
 from fusedrive import control
 from fusedrive.errors import FusedriveError
+from fusedrive.manifest import contents
 from fusedrive.testing.faultproxy import FaultProxy
 from fusedrive.testing.seaweed import start_seaweed
 
@@ -152,7 +153,7 @@ def main() -> int:
         replay_to_head(volume, replica)
         blocks = BlockStore(volume, BlockCache(root / "verify-cache", 1 << 30, volume.keys.id_of))
         for (manifest,) in replica.db.execute("SELECT manifest FROM versions"):
-            kept.add(sha(b"".join(blocks.fetch(b) if b else bytes(n) for b, n in json.loads(manifest))))
+            kept.add(sha(b"".join(contents(json.loads(manifest), blocks.fetch))))
         lost = {h: where for h, where in closed.items() if h not in live and h not in kept}
         fsck = cli("fsck", url, check=False)
         print(f"{steps} operations, {len(closed)} closed versions, {faults} store faults, {errors} refused "

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from fusedrive.manifest import contents
 from fusedrive.testing.faultproxy import Fault
 from test_sync import POLL, same_everywhere, wait_for
 
@@ -44,7 +45,7 @@ def journal_versions(volume, story: list | None = None) -> set[str]:
             for op in entry.ops:
                 digest = ""
                 if op["op"] == "update":
-                    digest = sha(b"".join(blocks.fetch(b) if b else bytes(n) for b, n in op["manifest"]))
+                    digest = sha(b"".join(contents(op["manifest"], blocks.fetch)))
                     found.add(digest)
                 if story is not None:
                     story.append(f"{entry.seq} {entry.device} {op['op']} {op.get('fid', '')[:6]} "
