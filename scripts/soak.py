@@ -1,11 +1,11 @@
-"""Soak: two devices doing random file I/O on one volume while the store fails now and
-then (stopped, or hanging), for --minutes; then both devices must agree, fsck must be
-clean, and every version that was closed and then synced, deleted or replaced (or was
-the last save of its file on its device) must be live or kept in history (the trash
-keeps its versions). A save overwritten on the same device before it uploaded is
-coalesced, as in every sync client: "the same file" is the same inode on that device,
-not the same name, since another device may have renamed the file meanwhile (the
-save follows the file). Not part of CI.
+"""Soak: two devices doing random saves, in-place edits, renames and deletes on one volume
+while the store fails now and then (stopped, or hanging), for --minutes; then both
+devices must agree, fsck must be clean, and every version that was closed and then
+synced, deleted or replaced (or was the last save of its file on its device) must be
+live or kept in history (the trash keeps its versions). A save overwritten on the same
+device before it uploaded is coalesced, as in every sync client: "the same file" is the
+same inode on that device, not the same name, since another device may have renamed the
+file meanwhile (the save follows the file). Not part of CI.
 
     .venv/bin/python scripts/soak.py --minutes 60 --seed 1
 """
@@ -92,13 +92,24 @@ def main() -> int:
             device, name = rng.choice(devices), rng.choice(NAMES)
             steps += 1
             try:
-                if rng.random() < 0.8:
-                    data = f"{device.name} {steps}\n".encode() + rng.randbytes(rng.choice([100, 5000, 300_000]))
-                    with open(device / name, "wb") as f:
-                        f.write(data)
-                        inode = os.fstat(f.fileno()).st_ino
+                roll = rng.random()
+                if roll < 0.8:
+                    if roll < 0.6:  # a save: the whole file anew
+                        how, data = "write", f"{device.name} {steps}\n".encode() + rng.randbytes(
+                            rng.choice([100, 5000, 300_000]))
+                        with open(device / name, "wb") as f:
+                            f.write(data)
+                            inode = os.fstat(f.fileno()).st_ino
+                    else:  # an edit in place (or an append): only the bytes written upload
+                        how = "edit"
+                        with open(device / name, "r+b") as f:
+                            f.seek(rng.randrange(os.fstat(f.fileno()).st_size + 1))
+                            f.write(f"{device.name} {steps}".encode() + rng.randbytes(rng.choice([1, 100, 5000])))
+                            f.seek(0)
+                            data = f.read()
+                            inode = os.fstat(f.fileno()).st_ino
                     unsynced[(device.name, inode)] = (sha(data), f"{device.name} step {steps} {name}")
-                    log.write(f"{time.time():.3f} {device.name} {steps} write {name} {len(data)} {sha(data)[:12]}\n")
+                    log.write(f"{time.time():.3f} {device.name} {steps} {how} {name} {len(data)} {sha(data)[:12]}\n")
                 elif rng.random() < 0.5:
                     target = rng.choice(NAMES)
                     source, over = inode_at(device / name), inode_at(device / target)
