@@ -31,7 +31,7 @@ from .errors import FusedriveError, MountError, StoreUnreachable
 from .events import EventBus, StoreHealth
 from .hub import WAIT_SECONDS, HubClient, HubError
 from .journal import Entry, Journal
-from .manifest import Piece, block_ids, pieces
+from .manifest import Piece, block_ids, pieces, starts
 from .history import check_not_archived
 from .rebase import Revalidator, conflict_of
 from .replica import Inode, Replica, name_from_json
@@ -394,21 +394,17 @@ class Drive:
         layout = self._layouts.get(node.ino)
         if layout is None or layout.version != node.version:
             layout_pieces = pieces(node.extents())
-            starts, pos = [], 0
-            for piece in layout_pieces:
-                starts.append(pos)
-                pos += piece.length
-            layout = Layout(node.version, starts, layout_pieces)
+            layout = Layout(node.version, starts(layout_pieces), layout_pieces)
             self._layouts[node.ino] = layout
         return layout
 
     def _prefetch(self, layout: Layout, index: int) -> None:
         """Start fetching the next blocks a sequential reader will want. Called for every
         kernel read, so blocks already in memory or on their way cost no task."""
-        for block_id, *_ in layout.pieces[index:index + PREFETCH_BLOCKS]:
-            if (block_id is not None and block_id not in self._in_flight and self._nursery is not None
-                    and not self.cache.in_memory(block_id)):
-                self._nursery.start_soon(self._prefetch_one, block_id)
+        for piece in layout.pieces[index:index + PREFETCH_BLOCKS]:
+            if (piece.block is not None and piece.block not in self._in_flight and self._nursery is not None
+                    and not self.cache.in_memory(piece.block)):
+                self._nursery.start_soon(self._prefetch_one, piece.block)
 
     async def _prefetch_one(self, block_id: str) -> None:
         try:

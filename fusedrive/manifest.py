@@ -41,6 +41,15 @@ def pieces(manifest: Iterable[list]) -> list[Piece]:
     return [Piece(e[0], e[1], e[2] if len(e) > 2 else 0, len(e) == 2) for e in manifest]
 
 
+def starts(file_pieces: list[Piece]) -> list[int]:
+    """Where in the file each piece starts, for bisecting."""
+    offsets, pos = [], 0
+    for piece in file_pieces:
+        offsets.append(pos)
+        pos += piece.length
+    return offsets
+
+
 def block_ids(manifest: Iterable[list]) -> Iterable[str]:
     return (extent[0] for extent in manifest if extent[0] is not None)
 
@@ -51,13 +60,14 @@ def contents(manifest: Iterable[list], fetch: Callable[[str], bytes]) -> Iterato
         yield bytes(piece.length) if piece.block is None else piece.of(fetch(piece.block))
 
 
-def known_lengths(manifest: Iterable[list]) -> dict[str, int]:
-    """Block id → how much of the block the manifest shows exists (its whole length,
-    unless the manifest keeps only the front of it)."""
+def known_lengths(manifests: Iterable[list[list]]) -> dict[str, int]:
+    """Block id → how much of the block the manifests show exists (its whole length,
+    unless they keep only the front of it)."""
     lengths: dict[str, int] = {}
-    for piece in pieces(manifest):
-        if piece.block is not None:
-            lengths[piece.block] = max(lengths.get(piece.block, 0), piece.offset + piece.length)
+    for manifest in manifests:
+        for piece in pieces(manifest):
+            if piece.block is not None:
+                lengths[piece.block] = max(lengths.get(piece.block, 0), piece.offset + piece.length)
     return lengths
 
 
@@ -71,17 +81,14 @@ def patch_plan(base: list[list], base_size: int, written: list[tuple[int, int]],
     if sum(extent[1] for extent in base) != base_size or size < base_size:
         return None
     base_pieces = pieces(base)
-    starts, pos = [], 0
-    for piece in base_pieces:
-        starts.append(pos)
-        pos += piece.length
+    base_starts = starts(base_pieces)
 
     def old(lo: int, hi: int) -> list[list]:
         """Extents for [lo, hi) of the base file."""
         out: list[list] = []
-        index = bisect.bisect_right(starts, lo) - 1
+        index = bisect.bisect_right(base_starts, lo) - 1
         while lo < hi:
-            piece, start = base_pieces[index], starts[index]
+            piece, start = base_pieces[index], base_starts[index]
             end = min(hi, start + piece.length)
             if lo == start and end == start + piece.length:
                 out.append(base[index])

@@ -129,11 +129,7 @@ def _set_class(volume: Volume, block_ids: list[str], storage_class: str, progres
 def _block_lengths(replica: Replica, query: str, args: tuple = ()) -> dict[str, int]:
     """Block id → plaintext length, for every block the manifests a query selects name
     (as much of it as they show: a block kept only in part counts that part)."""
-    lengths: dict[str, int] = {}
-    for (manifest,) in replica.db.execute(query, args):
-        for block, length in known_lengths(json.loads(manifest)).items():
-            lengths[block] = max(lengths.get(block, 0), length)
-    return lengths
+    return known_lengths(json.loads(manifest) for (manifest,) in replica.db.execute(query, args))
 
 
 def collect(volume: Volume, policy: Retention, grace_seconds: float, dry_run: bool, progress: Progress,
