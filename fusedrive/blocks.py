@@ -4,21 +4,32 @@ A block's id is a keyed hash of its plaintext, so a block is uploaded once per
 volume and can never be stale. Reading verifies both the GCM tag and the id:
 bytes that fail either are an IntegrityError (EIO at the mount), never data.
 All methods block; the mount calls them from worker threads.
+
+Blocks of small files are packed: those sealed within PACK_LINGER_SECONDS of each other
+go out as one object, `packs/<random id>`, and each file's manifest says where in it its
+block is (manifest.Location; read back with a ranged GET). A PUT costs the same CPU
+and round trip whatever its size, so an untar of thousands of small files was as many
+PUTs; now it is a few, and the server's CPU goes to the files being written. A block
+that has no company within the linger is stored as its own object, as before.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import zstandard
 
 from . import crypto
 from .cache import BlockCache
 from .errors import IntegrityError
-from .store import NotFound
+from .manifest import BlockRef, Location
+from .store import NotFound, ObjectStore
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -75,31 +86,123 @@ def _compressed(plaintext: bytes) -> bytes | None:
     return compressed if len(compressed) < len(plaintext) else None
 
 
+BLOCKS = "blocks/"
+PACKS = "packs/"
+PACK_LINGER_SECONDS = 0.02
+PACK_MAX_BYTES = 8 << 20
+PACK_MAX_BLOCKS = 1000
+
+
 def block_key(block_id: str) -> str:
-    return f"blocks/{block_id}"
+    return f"{BLOCKS}{block_id}"
+
+
+def pack_key(pack: str) -> str:
+    return f"{PACKS}{pack}"
+
+
+def object_key(ref: BlockRef) -> str:
+    """The store object a block is in."""
+    block_id, location = ref
+    return block_key(block_id) if location is None else pack_key(location.pack)
+
+
+def stored_objects(refs: Iterable[BlockRef]) -> dict[str, set[str]]:
+    """The store keys the referenced blocks live in (`blocks/<id>`, `packs/<id>`), each
+    with the ids of the referenced blocks in it."""
+    objects: dict[str, set[str]] = {}
+    for ref in refs:
+        objects.setdefault(object_key(ref), set()).add(ref[0])
+    return objects
+
+
+@dataclass
+class _Pack:
+    """Sealed blocks gathering for one PUT; its first caller puts it, the others wait."""
+    id: str = field(default_factory=lambda: secrets.token_hex(16))
+    blobs: list[tuple[str, bytes]] = field(default_factory=list)
+    size: int = 0
+    lone_block: bool = False  # stored as its own object: nothing joined it
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def full(self) -> bool:
+        return self.size >= PACK_MAX_BYTES or len(self.blobs) >= PACK_MAX_BLOCKS
+
+
+class Packer:
+    """Group sealed small blocks into pack objects (thread-safe, blocking)."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self._gathering: _Pack | None = None
+        self._changed = threading.Condition()
+
+    def put(self, block_id: str, blob: bytes) -> Location | None:
+        """Store a sealed block with the others put within the linger; where it is
+        (None: alone, as `blocks/<id>`). Raises what the PUT raised, in every caller."""
+        with self._changed:
+            pack = self._gathering
+            first = pack is None or pack.full()
+            if first:
+                pack = self._gathering = _Pack()
+            start = pack.size
+            pack.blobs.append((block_id, blob))
+            pack.size += len(blob)
+            if pack.full():
+                self._changed.notify_all()
+            if first:
+                self._changed.wait_for(pack.full, timeout=PACK_LINGER_SECONDS)
+                if self._gathering is pack:
+                    self._gathering = None
+        if first:
+            self._store(pack)
+        else:
+            pack.done.wait()
+        if pack.error is not None:
+            raise pack.error
+        return None if pack.lone_block else Location(pack.id, start, len(blob))
+
+    def _store(self, pack: _Pack) -> None:
+        try:
+            if len(pack.blobs) == 1:
+                pack.lone_block = True
+                self.store.put(block_key(pack.blobs[0][0]), pack.blobs[0][1])
+            else:
+                self.store.put(pack_key(pack.id), b"".join(blob for _, blob in pack.blobs))
+        except BaseException as exc:
+            pack.error = exc
+        finally:
+            pack.done.set()
 
 
 class BlockStore:
     def __init__(self, volume: Volume, cache: BlockCache) -> None:
         self.volume = volume
         self.cache = cache
-        self._known: set[str] = set()
+        self._known: dict[str, Location | None] = {}  # block id → where it is stored
         self._known_lock = threading.Lock()
+        self.packer = Packer(volume.store)
         self.uploaded = Transfers()
         self.downloaded = Transfers()
 
-    def mark_known(self, block_ids) -> None:
+    def mark_known(self, refs: Iterable[BlockRef]) -> None:
         """Blocks the metadata already references exist in the store: never upload them again."""
         with self._known_lock:
-            self._known.update(block_ids)
+            self._known.update(refs)
 
-    def reset_known(self, block_ids: set[str]) -> None:
+    def reset_known(self, refs: Iterable[BlockRef]) -> None:
         with self._known_lock:
-            self._known = set(block_ids)
+            self._known = dict(refs)
 
     def is_known(self, block_id: str) -> bool:
         with self._known_lock:
             return block_id in self._known
+
+    def location_of(self, block_id: str) -> Location | None:
+        """Where a known block is stored (None: as its own object)."""
+        with self._known_lock:
+            return self._known.get(block_id)
 
     def _seal(self, block_id: str, plaintext: bytes) -> bytes:
         compressed = _compressed(plaintext)
@@ -119,33 +222,51 @@ class BlockStore:
             raise IntegrityError(f"Block {block_id} does not match its id.")
         return plaintext
 
-    def upload(self, block_id: str, plaintext: bytes, cache: bool = True) -> int:
-        """Store a block unless the volume already has it; returns bytes sent. `cache`:
+    def upload(self, block_id: str, plaintext: bytes, cache: bool = True) -> None:
+        """Store a block as its own object unless the volume already has it. `cache`:
         also copy it into the block cache (not when its staged file will be kept whole)."""
         if self.is_known(block_id):
-            return 0
+            return
         blob = self._seal(block_id, plaintext)
         self.volume.store.put(block_key(block_id), blob)
+        self._stored(block_id, plaintext, len(blob), None, cache)
+
+    def upload_packed(self, block_id: str, plaintext: bytes) -> Location | None:
+        """Store a small file's block with the others sealed about now (see Packer); where
+        it went. Blocks the volume already has are not sent again."""
+        if self.is_known(block_id):
+            return self.location_of(block_id)
+        blob = self._seal(block_id, plaintext)
+        location = self.packer.put(block_id, blob)
+        self._stored(block_id, plaintext, len(blob), location, cache=True)
+        return location
+
+    def _stored(self, block_id: str, plaintext: bytes, sent: int, location: Location | None, cache: bool) -> None:
         if cache:
             self.cache.put(block_id, plaintext)
-        self.mark_known([block_id])
-        self.uploaded.add(len(blob))
-        return len(blob)
+        self.mark_known([(block_id, location)])
+        self.uploaded.add(sent)
 
-    def fetch(self, block_id: str) -> bytes:
+    def fetch(self, block_id: str, location: Location | None = None) -> bytes:
         """The verified plaintext of a block, from the cache or the store."""
         data = self.cache.get(block_id)
         if data is not None:
             return data
-        try:
-            blob = self.volume.store.get(block_key(block_id))
-        except NotFound:
-            raise IntegrityError(f"Block {block_id} is missing from the store.") from None
+        blob = self._download(block_id, location)
         data = self._unseal(block_id, blob)
         self.downloaded.add(len(blob))
         self.cache.put(block_id, data)
         return data
 
-    def verify_stored(self, block_id: str) -> None:
+    def _download(self, block_id: str, location: Location | None) -> bytes:
+        try:
+            if location is None:
+                return self.volume.store.get(block_key(block_id))
+            return self.volume.store.get_range(pack_key(location.pack), location.start, location.size)
+        except NotFound:
+            where = "" if location is None else f" (in {pack_key(location.pack)})"
+            raise IntegrityError(f"Block {block_id} is missing from the store{where}.") from None
+
+    def verify_stored(self, block_id: str, location: Location | None = None) -> None:
         """Download and fully verify one block (for `fsck --verify-blocks`)."""
-        self._unseal(block_id, self.volume.store.get(block_key(block_id)))
+        self._unseal(block_id, self._download(block_id, location))

@@ -426,7 +426,8 @@ def cmd_gc(args) -> int:
     would = "would be " if args.dry_run else ""
     print(f"gc of {args.volume} ({policy.describe()}):")
     print(f"  {report.versions_pruned} old versions and {report.trash_purged} trashed files {would}let go")
-    print(f"  {report.blocks_deleted} blocks {would}deleted, {human_bytes(report.bytes_reclaimed)} {would}reclaimed")
+    print(f"  {report.blocks_deleted} blocks and {report.packs_deleted} packs of small files {would}deleted, "
+          f"{human_bytes(report.bytes_reclaimed)} {would}reclaimed")
     if report.blocks_kept_young:
         print(f"  {report.blocks_kept_young} unreferenced blocks younger than {args.grace} kept (they may belong "
               "to a commit still on its way)")

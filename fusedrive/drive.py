@@ -16,6 +16,7 @@ import os
 import sqlite3
 import time
 from collections import Counter, deque
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +32,13 @@ from .errors import FusedriveError, MountError, StoreUnreachable
 from .events import EventBus, StoreHealth
 from .hub import WAIT_SECONDS, HubClient, HubError
 from .journal import Entry, Journal
-from .manifest import Piece, block_ids, pieces, starts
+from .manifest import Location, Piece, block_refs, pieces, starts
 from .history import check_not_archived
 from .rebase import Revalidator, conflict_of
 from .replica import Inode, Replica, name_from_json
 from .signals import Broadcast
 from .staging import Staging
-from .uploader import StagingChanged, build_manifest
+from .uploader import StagingChanged, build_manifest, is_small
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,11 @@ FRESHNESS_WAIT_SECONDS = 5  # an open() waits at most this long for the journal 
 CHANGE_WORDS = {"mknod": "created", "symlink": "created", "link": "linked", "unlink": "deleted",
                 "rename": "moved", "update": "changed"}  # the rest (attributes, xattrs) is "changed"
 
-UPLOAD_WORKERS = 2
+# Small files upload from many tasks at once, so their blocks share packs (see blocks.py);
+# at most LARGE_UPLOADS files of a minimum chunk or more are chunked at a time (each holds
+# a window and up to 8 blocks in memory).
+UPLOAD_WORKERS = 32
+LARGE_UPLOADS = 2
 OPEN_FRESHNESS_SECONDS = 1.0
 DOWNLOAD_THREADS = 16
 PREFETCH_BLOCKS = 6
@@ -91,6 +96,8 @@ class Drive:
         self.replica.on_record = self.committer.kick  # a rename or delete commits on its own, not with the next upload
         self.mounted = False
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="upload")
+        self._upload_threads = trio.CapacityLimiter(UPLOAD_WORKERS)
+        self._large_uploads = trio.Semaphore(LARGE_UPLOADS)
         self.download_limiter = trio.CapacityLimiter(DOWNLOAD_THREADS)
         self.changed = Broadcast()
         self.staged: set[str] = {p.name for p in self.staging.directory.iterdir() if "." not in p.name}
@@ -132,7 +139,7 @@ class Drive:
             raise MountError(f"The volume at {self.volume.url} has no root directory in its journal.")
         for orphan in self.replica.reap_orphans():
             self._discard_staged(orphan.fid)
-        self.blocks.mark_known(self.replica.all_block_ids())
+        self.blocks.mark_known(self.replica.all_block_refs())
         for fid in self.replica.dirty_fids():
             if fid in self.staged:
                 st = os.stat(self.staging.path(fid))
@@ -228,12 +235,12 @@ class Drive:
         for entry in entries:
             for op in entry.ops:
                 if op["op"] == "update":
-                    self.blocks.mark_known(block_ids(op["manifest"]))
+                    self.blocks.mark_known(block_refs(op["manifest"]))
                     if op["fid"] in self.staged and op["fid"] not in self.dirty:
                         self._discard_staged(op["fid"])
                 elif op["op"] in ("prune", "purge"):
                     # gc may delete what nothing references now: never skip uploading those blocks
-                    self.blocks.reset_known(self.replica.all_block_ids())
+                    self.blocks.reset_known(self.replica.all_block_refs())
         self._tell_kernel(applied)
         self._publish_changes(entries, revalidator.conflicts)
 
@@ -385,7 +392,7 @@ class Drive:
             if piece.block is None:
                 parts.append(bytes(take_to - take_from))
             else:
-                parts.append(piece.of(await self.fetch_block(piece.block, node), take_from, take_to))
+                parts.append(piece.of(await self.fetch_block(piece, node), take_from, take_to))
             offset = start + take_to
             index += 1
         return b"".join(parts)
@@ -404,16 +411,17 @@ class Drive:
         for piece in layout.pieces[index:index + PREFETCH_BLOCKS]:
             if (piece.block is not None and piece.block not in self._in_flight and self._nursery is not None
                     and not self.cache.in_memory(piece.block)):
-                self._nursery.start_soon(self._prefetch_one, piece.block)
+                self._nursery.start_soon(self._prefetch_one, piece)
 
-    async def _prefetch_one(self, block_id: str) -> None:
+    async def _prefetch_one(self, piece: Piece) -> None:
         try:
-            await self.fetch_block(block_id, None)
+            await self.fetch_block(piece, None)
         except FusedriveError:
             pass  # the reader that needs it will fetch again and report the error
 
-    async def fetch_block(self, block_id: str, node: Inode | None) -> bytes:
-        """A verified block; concurrent requests for one block share one download."""
+    async def fetch_block(self, piece: Piece, node: Inode | None) -> bytes:
+        """The verified block of a piece; concurrent requests for one block share one download."""
+        block_id = piece.block
         data = self.cache.memory_get(block_id)
         if data is not None:
             return data
@@ -425,7 +433,7 @@ class Drive:
                 return data
         done = self._in_flight[block_id] = trio.Event()
         try:
-            return await self._fetch_within_timeout(block_id)
+            return await self._fetch_within_timeout(block_id, piece.location)
         except FusedriveError as exc:
             if node is not None:
                 self._error(f"Cannot read {self.replica.path_of(node.fid) or '(deleted file)'!r} "
@@ -435,12 +443,13 @@ class Drive:
             del self._in_flight[block_id]
             done.set()
 
-    async def _fetch_within_timeout(self, block_id: str) -> bytes:
+    async def _fetch_within_timeout(self, block_id: str, location: Location | None) -> bytes:
         """A store that does not answer makes the read fail (EIO) after --io-timeout instead
         of holding the program (and the kernel request) forever; the thread is abandoned."""
         try:
             with trio.fail_after(self.io_timeout):
-                return await trio.to_thread.run_sync(self.blocks.fetch, block_id, limiter=self.download_limiter,
+                return await trio.to_thread.run_sync(self.blocks.fetch, block_id, location,
+                                                     limiter=self.download_limiter,
                                                      abandon_on_cancel=True)
         except trio.TooSlowError:
             exc = StoreUnreachable(f"The store did not answer within {self.io_timeout:g} s (--io-timeout).")
@@ -656,9 +665,11 @@ class Drive:
             return False
         try:
             keep = self._keeps_whole(size)
-            manifest = await trio.to_thread.run_sync(
-                build_manifest, fd, size, self.volume.chunking, self.blocks, self.pool, not keep, patchable
-            )
+            async with nullcontext() if is_small(size, self.volume.chunking) else self._large_uploads:
+                manifest = await trio.to_thread.run_sync(
+                    build_manifest, fd, size, self.volume.chunking, self.blocks, self.pool, not keep, patchable,
+                    limiter=self._upload_threads,
+                )
         except StagingChanged:
             if self.staging.generation.get(fid) == generation:
                 self._trust_staged_size(fid, os.fstat(fd).st_size, size)

@@ -5,8 +5,8 @@
 2. Check the tree: every name points at a live inode, every inode is reachable,
    link counts are right, directories have one name, file extents cover the size,
    and a piece of a block (left by an in-place edit) lies within that block.
-3. Every block the metadata references exists in the store (`--verify-blocks`:
-   and decrypts to its id).
+3. Every block the metadata references exists in the store, as its own object or in
+   the pack its manifest names (`--verify-blocks`: and decrypts to its id).
 4. If this device has a replica of the volume, it shows the same tree.
 """
 
@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from .blocks import BlockStore, block_key
+from .blocks import BLOCKS, PACKS, BlockStore, object_key, stored_objects
 from .checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from .errors import FusedriveError
 from .journal import Journal
@@ -136,17 +136,23 @@ def fsck(journal: Journal, blocks: BlockStore, local_replica: Path | None, verif
         scratch.forget_inode(orphan.ino)
     problems += check_tree(scratch)
 
-    referenced = scratch.all_block_ids()
-    stored = {item.key[len("blocks/"):] for item in blocks.volume.store.list("blocks/")}
-    for block_id in sorted(referenced - stored):
-        problems.append(f"Block {block_id} is referenced but missing from the store.")
+    refs = scratch.all_block_refs()
+    referenced = stored_objects(refs)
+    stored = {item.key for prefix in (BLOCKS, PACKS) for item in blocks.volume.store.list(prefix)}
+    for key in sorted(referenced.keys() - stored):
+        if key.startswith(BLOCKS):
+            problems.append(f"Block {key[len(BLOCKS):]} is referenced but missing from the store.")
+        else:
+            problems.append(f"Pack {key} (holding blocks {', '.join(sorted(referenced[key]))}) is referenced "
+                            "but missing from the store.")
     if verify_blocks:
-        bar = progress("blocks", len(referenced & stored))
-        for block_id in sorted(referenced & stored):
+        present = sorted(ref for ref in refs if object_key(ref) in stored)
+        bar = progress("blocks", len(present))
+        for block_id, location in present:
             try:
-                blocks.verify_stored(block_id)
+                blocks.verify_stored(block_id, location)
             except FusedriveError as exc:
-                problems.append(f"{block_key(block_id)}: {exc}")
+                problems.append(f"{object_key((block_id, location))}: block {block_id}: {exc}")
             bar.update(1)
         bar.close()
 

@@ -6,9 +6,13 @@
   in-place edit leaves these: it uploads the bytes it wrote as a new block and keeps
   the parts of the old blocks around them (`patch_plan`), instead of re-uploading every
   block it touched. A later full upload of the file (see uploader.py) compacts them.
+- `[block_id, length, offset or None, [pack, start, size]]`: a block stored inside a
+  pack object (small files, see blocks.py) rather than as its own object: its sealed
+  bytes are `size` bytes from `start` in `packs/<pack>`. `None`: the whole block.
 
-Everything that reads extents goes through `pieces`, so the three forms are handled in
-one place.
+Everything that reads extents goes through `pieces`, so the forms are handled in one
+place. Where a block is stored travels with every extent that names it, so any manifest
+(a checkpoint's, an old version's, another device's) is enough to read its blocks.
 """
 
 from __future__ import annotations
@@ -19,11 +23,25 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 from .errors import IntegrityError
 
 
+class Location(NamedTuple):
+    """Where a packed block's sealed bytes are: `size` bytes from `start` in `packs/<pack>`."""
+    pack: str
+    start: int
+    size: int
+
+
 class Piece(NamedTuple):
     block: str | None  # None: a hole
     length: int
     offset: int  # where in the block the piece starts
     whole: bool  # the piece is the whole block
+    location: Location | None = None  # None: the block is its own object, `blocks/<id>`
+
+    def cut(self, start: int, length: int) -> list:
+        """The extent of `length` bytes of this piece from `start` in it."""
+        if self.block is None:
+            return [None, length]
+        return extent(self.block, length, self.offset + start, self.location)
 
     def of(self, block_data: bytes, start: int = 0, end: int | None = None) -> bytes:
         """Bytes [start, end) of the piece, out of its (verified) block's. A block too short
@@ -37,8 +55,22 @@ class Piece(NamedTuple):
         return block_data[self.offset + start:self.offset + end]
 
 
+def extent(block: str, length: int, offset: int | None = None, location: Location | None = None) -> list:
+    """The manifest entry for `length` bytes of a block from `offset` (None: the whole block)."""
+    if location is not None:
+        return [block, length, offset, list(location)]
+    return [block, length] if offset is None else [block, length, offset]
+
+
 def pieces(manifest: Iterable[list]) -> list[Piece]:
-    return [Piece(e[0], e[1], e[2] if len(e) > 2 else 0, len(e) == 2) for e in manifest]
+    return [_piece(e) for e in manifest]
+
+
+def _piece(e: list) -> Piece:
+    if len(e) == 2:
+        return Piece(e[0], e[1], 0, True)
+    location = Location(*e[3]) if len(e) > 3 else None
+    return Piece(e[0], e[1], e[2] or 0, e[2] is None, location)
 
 
 def starts(file_pieces: list[Piece]) -> list[int]:
@@ -54,10 +86,21 @@ def block_ids(manifest: Iterable[list]) -> Iterable[str]:
     return (extent[0] for extent in manifest if extent[0] is not None)
 
 
-def contents(manifest: Iterable[list], fetch: Callable[[str], bytes]) -> Iterator[bytes]:
+BlockRef = tuple[str, Location | None]
+
+
+def block_refs(manifest: Iterable[list]) -> Iterable[BlockRef]:
+    """(block id, where it is stored) for each block a manifest names."""
+    return ((piece.block, piece.location) for piece in pieces(manifest) if piece.block is not None)
+
+
+Fetch = Callable[[str, Location | None], bytes]
+
+
+def contents(manifest: Iterable[list], fetch: Fetch) -> Iterator[bytes]:
     """A file's bytes, piece by piece (holes as zeros), its blocks fetched with `fetch`."""
     for piece in pieces(manifest):
-        yield bytes(piece.length) if piece.block is None else piece.of(fetch(piece.block))
+        yield bytes(piece.length) if piece.block is None else piece.of(fetch(piece.block, piece.location))
 
 
 def known_lengths(manifests: Iterable[list[list]]) -> dict[str, int]:
@@ -92,10 +135,8 @@ def patch_plan(base: list[list], base_size: int, written: list[tuple[int, int]],
             end = min(hi, start + piece.length)
             if lo == start and end == start + piece.length:
                 out.append(base[index])
-            elif piece.block is None:
-                out.append([None, end - lo])
             else:
-                out.append([piece.block, end - lo, piece.offset + lo - start])
+                out.append(piece.cut(lo - start, end - lo))
             lo, index = end, index + 1
         return out
 

@@ -18,7 +18,7 @@ import stat
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
-from .manifest import block_ids
+from .manifest import BlockRef, block_refs
 
 ROOT_INO = 1
 ROOT_FID = "root"
@@ -222,13 +222,15 @@ class Replica:
     def xattr_names(self, ino: int) -> list[bytes]:
         return [r[0] for r in self.db.execute("SELECT name FROM xattrs WHERE ino=? ORDER BY name", (ino,))]
 
-    def all_block_ids(self) -> set[str]:
-        """Every block something retained references: live files, kept versions, the trash."""
-        ids = set()
+    def all_block_refs(self) -> set[BlockRef]:
+        """Every block something retained references (live files, kept versions, the
+        trash), with where it is stored: a block packed by one device and stored alone
+        by another is both."""
+        refs = set()
         for table in ("inodes", "versions", "trash"):
             for (manifest,) in self.db.execute(f"SELECT manifest FROM {table} WHERE manifest != '[]'"):
-                ids.update(block_ids(json.loads(manifest)))
-        return ids
+                refs.update(block_refs(json.loads(manifest)))
+        return refs
 
     def stats(self) -> dict:
         files, logical = self.db.execute(

@@ -117,7 +117,7 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
         node = file_at(request["path"])
         kept = history.version(drive.replica, node.fid, int(request["version"]))
         for piece in pieces(kept.manifest):
-            data = bytes(piece.length) if piece.block is None else piece.of(await drive.fetch_block(piece.block, node))
+            data = bytes(piece.length) if piece.block is None else piece.of(await drive.fetch_block(piece, node))
             await send({"data": base64.b64encode(data).decode()})
         return {}
 

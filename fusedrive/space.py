@@ -6,7 +6,10 @@ gc works on the volume directly and is safe while devices are mounted and writin
 - A block is deleted only if nothing retained references it (live files, kept
   versions, the trash; the journal is read again right before deleting, so commits
   that landed meanwhile count) and it is older than the grace period: a block another
-  device uploaded but has not committed yet is young, and stays.
+  device uploaded but has not committed yet is young, and stays. A pack (small files'
+  blocks stored together) goes once none of its blocks is referenced; until then the
+  blocks in it nothing references still take their space (packs are not rewritten).
+- Archiving moves whole objects to a cold class, so blocks in packs stay where they are.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+from .blocks import BLOCKS, PACKS, block_key, stored_objects
 from .checkpoints import replay_to_head
 from .errors import FusedriveError
 from .journal import Entry, Journal
@@ -25,7 +29,6 @@ from .replica import Replica
 from .retention import Retention, expired_trash, thin
 from .volume import Volume
 
-BLOCKS = "blocks/"
 APPEND_ATTEMPTS = 20  # of appending a command's journal entry while devices commit
 
 Progress = Callable[[str, int], "object"]
@@ -37,8 +40,9 @@ class GcReport:
     versions_pruned: int = 0
     trash_purged: int = 0
     blocks_deleted: int = 0
+    packs_deleted: int = 0  # packs of small files' blocks none of which is referenced now
     bytes_reclaimed: int = 0
-    blocks_kept_young: int = 0  # unreferenced, but within the grace period
+    blocks_kept_young: int = 0  # unreferenced blocks and packs, but within the grace period
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -94,7 +98,8 @@ def archive(volume: Volume, older_than: float, storage_class: str, progress: Pro
     needed = {**_block_lengths(replica, "SELECT manifest FROM inodes WHERE nlink > 0"),
               **_block_lengths(replica, "SELECT manifest FROM trash"),
               **_block_lengths(replica, "SELECT manifest FROM versions WHERE t >= ?", (cutoff,))}
-    moving = sorted(b for b in old.keys() - needed.keys() if replica.archived_class(b) is None)
+    packed = {block for block, location in replica.all_block_refs() if location is not None}  # part of an object
+    moving = sorted(b for b in old.keys() - needed.keys() - packed if replica.archived_class(b) is None)
     moved = _set_class(volume, moving, storage_class, progress, "archiving")
     append_at_head(journal, replica, lambda: [{"op": "archive", "blocks": moved, "storage_class": storage_class,
                                               "t": time.time_ns()}] if moved else [], "archive")
@@ -119,7 +124,7 @@ def _set_class(volume: Volume, block_ids: list[str], storage_class: str, progres
     done = []
     bar = progress(what, len(block_ids))
     for block_id in block_ids:
-        if volume.store.set_storage_class(BLOCKS + block_id, storage_class):
+        if volume.store.set_storage_class(block_key(block_id), storage_class):
             done.append(block_id)
         bar.update(1)
     bar.close()
@@ -147,14 +152,13 @@ def collect(volume: Volume, policy: Retention, grace_seconds: float, dry_run: bo
     report.versions_pruned = sum(len(op["versions"]) for op in ops if op["op"] == "prune")
     report.trash_purged = sum(len(op["fids"]) for op in ops if op["op"] == "purge")
 
-    stored = list(volume.store.list(BLOCKS))
+    stored = [item for prefix in (BLOCKS, PACKS) for item in volume.store.list(prefix)]
     if not dry_run:
         _catch_up(journal, replica)
-    referenced = replica.all_block_ids()
+    referenced = stored_objects(replica.all_block_refs())
     doomed = []
     for item in stored:
-        block_id = item.key[len(BLOCKS):]
-        if block_id in referenced:
+        if item.key in referenced:
             continue
         if now - item.modified < grace_seconds:
             report.blocks_kept_young += 1
@@ -164,7 +168,10 @@ def collect(volume: Volume, policy: Retention, grace_seconds: float, dry_run: bo
     for item in doomed:
         if not dry_run:
             volume.store.delete(item.key)
-        report.blocks_deleted += 1
+        if item.key.startswith(PACKS):
+            report.packs_deleted += 1
+        else:
+            report.blocks_deleted += 1
         report.bytes_reclaimed += item.size
         bar.update(1)
     bar.close()
@@ -186,10 +193,13 @@ def usage(volume: Volume) -> dict:
     trash = _block_lengths(replica, "SELECT manifest FROM trash UNION ALL "
                                     "SELECT manifest FROM versions WHERE fid IN (SELECT fid FROM trash)")
     block_length = {**trash, **versions, **live}
-    stored = {item.key[len(BLOCKS):]: item.size for item in volume.store.list(BLOCKS)}
-    referenced = block_length.keys()
+    stored = {item.key: item.size for prefix in (BLOCKS, PACKS) for item in volume.store.list(prefix)}
+    refs = replica.all_block_refs()
+    sealed = {block: stored.get(block_key(block), 0) if location is None else location.size
+              for block, location in refs}
+    referenced = stored_objects(refs)
     unique_plain = sum(block_length.values())
-    stored_referenced = sum(stored.get(b, 0) for b in referenced)
+    stored_referenced = sum(sealed.values())
     live_unique = sum(live.values())
     replica.close()
     return {
@@ -200,5 +210,5 @@ def usage(volume: Volume) -> dict:
         "compression_ratio": unique_plain / stored_referenced if stored_referenced else 1.0,
         "history_bytes": sum(length for b, length in versions.items() if b not in live),
         "trash_bytes": sum(length for b, length in trash.items() if b not in live and b not in versions),
-        "unreferenced_stored_bytes": sum(size for b, size in stored.items() if b not in referenced),
+        "unreferenced_stored_bytes": sum(size for key, size in stored.items() if key not in referenced),
     }

@@ -20,9 +20,9 @@ import itertools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
-from .manifest import pieces
+from .manifest import Fetch, pieces
 
 HOLE_MIN = 64 * 1024
 MAX_WRITTEN_RANGES = 4096  # past this many separate writes, the upload re-chunks the whole file
@@ -82,7 +82,7 @@ class Staging:
         for fid in list(self._fds):
             self.close(fid)
 
-    def materialize(self, fid: str, extents: list[list], size: int, fetch: Callable[[str], bytes]) -> Path:
+    def materialize(self, fid: str, extents: list[list], size: int, fetch: Fetch) -> Path:
         """Write a committed file's content into a file beside staging (blocking: fetches
         blocks); `adopt` makes it the staged file."""
         tmp = self.directory / f"{fid}.materializing"
@@ -91,7 +91,7 @@ class Staging:
             offset = 0
             for piece in pieces(extents):
                 if piece.block is not None:
-                    os.pwrite(fd, piece.of(fetch(piece.block)), offset)
+                    os.pwrite(fd, piece.of(fetch(piece.block, piece.location)), offset)
                 offset += piece.length
             os.ftruncate(fd, size)
         except BaseException:

@@ -3,7 +3,10 @@
 Runs in a worker thread. The staged file is read in windows with pread (not
 mmap: a concurrent truncate would turn an mmap read into SIGBUS); the last chunk
 of each window is carried into the next so boundaries depend only on content.
-Holes become `[None, length]` extents and are never uploaded.
+Holes become `[None, length]` extents and are never uploaded. A file smaller than the
+minimum chunk uploads its block from the calling thread into a pack with the blocks of
+other small files uploading at the same time (blocks.Packer): the caller waits out the
+pack's short linger, so small files must upload from many threads at once to share one.
 
 A file staged from committed content and then written in place (`Patchable`) uploads
 only the ranges written: the rest of its manifest is the old one, cut around them (see
@@ -20,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from .blocks import BlockStore
 from .chunker import chunk_spans
-from .manifest import block_ids, patch_plan
+from .manifest import block_ids, extent, patch_plan
 from .staging import Patchable, data_spans
 
 WINDOW = 16 * 1024 * 1024
@@ -56,26 +59,35 @@ def _chunks_of_span(fd: int, start: int, length: int, chunking: dict):
 
 
 class _BlockUploads:
-    """Chunks to the store from the pool, each block once, at most MAX_IN_FLIGHT at a time."""
+    """Chunks to the store from the pool, each block once, at most MAX_IN_FLIGHT at a time;
+    a small file's chunks go into a pack from the calling thread instead (see blocks.py)."""
 
-    def __init__(self, blocks: BlockStore, pool: ThreadPoolExecutor, cache_blocks: bool) -> None:
-        self.blocks, self.pool, self.cache_blocks = blocks, pool, cache_blocks
+    def __init__(self, blocks: BlockStore, pool: ThreadPoolExecutor, cache_blocks: bool, small: bool) -> None:
+        self.blocks, self.pool, self.cache_blocks, self.small = blocks, pool, cache_blocks, small
         self.in_flight: deque[Future] = deque()
         self.submitted: set[str] = set()
 
     def extent(self, chunk: bytes) -> list:
         """The chunk's extent; its upload starts unless the block is stored already."""
         block_id = self.blocks.volume.keys.id_of(chunk)
+        if self.small:
+            return extent(block_id, len(chunk), location=self.blocks.upload_packed(block_id, chunk))
         if block_id not in self.submitted and not self.blocks.is_known(block_id):
             self.submitted.add(block_id)
             self.in_flight.append(self.pool.submit(self.blocks.upload, block_id, chunk, self.cache_blocks))
             while len(self.in_flight) >= MAX_IN_FLIGHT:
                 self.in_flight.popleft().result()
-        return [block_id, len(chunk)]
+            return extent(block_id, len(chunk))
+        return extent(block_id, len(chunk), location=self.blocks.location_of(block_id))
 
     def wait(self) -> None:
         while self.in_flight:
             self.in_flight.popleft().result()
+
+
+def is_small(size: int, chunking: dict) -> bool:
+    """A file below the minimum chunk is one block (per run of data): packed with others."""
+    return size < chunking["min"]
 
 
 def build_manifest(fd: int, size: int, chunking: dict, blocks: BlockStore, pool: ThreadPoolExecutor,
@@ -85,7 +97,7 @@ def build_manifest(fd: int, size: int, chunking: dict, blocks: BlockStore, pool:
     the staged file is known to be, to upload only what was written."""
     if os.fstat(fd).st_size < size:  # the part past its end would otherwise pass for a hole
         raise StagingChanged()
-    uploads = _BlockUploads(blocks, pool, cache_blocks)
+    uploads = _BlockUploads(blocks, pool, cache_blocks, small=is_small(size, chunking))
     extents = _patched(fd, size, chunking, patchable, uploads) if patchable is not None else None
     if extents is None:
         extents = []

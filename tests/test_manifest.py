@@ -1,6 +1,6 @@
 """Manifests cut around in-place writes describe exactly the written file.
 
-Seeded random files (blocks, pieces of blocks, holes) get random writes, inside and
+Seeded random files (blocks, pieces of blocks, holes; blocks alone or in packs) get random writes, inside and
 past their end; the patched manifest, read back as a user would, must equal the file
 the writes made. A failure prints its seed; replay with FUSEDRIVE_SEEDS=<seed>.
 Then the uploader on a real `file://` volume: many small edits stay small uploads,
@@ -20,7 +20,7 @@ import pytest
 from fusedrive.blocks import BlockStore
 from fusedrive.cache import BlockCache
 from fusedrive.errors import IntegrityError
-from fusedrive.manifest import block_ids, contents, patch_plan, pieces
+from fusedrive.manifest import Location, block_ids, contents, extent, patch_plan, pieces
 from fusedrive.staging import Patchable
 from fusedrive.store import open_store
 from fusedrive.uploader import MAX_PATCH_EXTENTS, build_manifest
@@ -31,8 +31,19 @@ MiB = 1024 * 1024
 SEEDS = [int(s) for s in os.environ.get("FUSEDRIVE_SEEDS", "1,2,3,4,5,6,7,8").split(",")]
 
 
-def _random_file(rng: random.Random, blocks: dict[str, bytes]) -> tuple[list[list], bytearray]:
-    """A manifest of whole blocks, pieces of blocks and holes, and the bytes it stands for."""
+class Stored(dict):
+    """Block id → (bytes, where stored); fetching with another location than the block's
+    is an error, so a manifest that loses a packed block's location fails."""
+
+    def fetch(self, block_id: str, location: Location | None) -> bytes:
+        data, stored_at = self[block_id]
+        assert location == stored_at, f"block {block_id} fetched from {location}, stored at {stored_at}"
+        return data
+
+
+def _random_file(rng: random.Random, blocks: Stored) -> tuple[list[list], bytearray]:
+    """A manifest of whole blocks, pieces of blocks and holes, some of the blocks in
+    packs, and the bytes it stands for."""
     manifest, data = [], bytearray()
     for _ in range(rng.randint(0, 6)):
         kind = rng.choice(["block", "piece", "hole"])
@@ -43,13 +54,15 @@ def _random_file(rng: random.Random, blocks: dict[str, bytes]) -> tuple[list[lis
             continue
         block = rng.randbytes(length + (rng.randint(0, 50) if kind == "piece" else 0))
         block_id = hashlib.sha256(block).hexdigest()
-        blocks[block_id] = block
+        location = Location(f"pack{rng.randint(0, 3)}", rng.randint(0, 9999), len(block) + 29) if rng.random() < 0.5 \
+            else None
+        blocks[block_id] = (block, location)
         if kind == "block":
-            manifest.append([block_id, length])
+            manifest.append(extent(block_id, length, location=location))
             data += block
         else:
             offset = rng.randint(0, len(block) - length)
-            manifest.append([block_id, length, offset])
+            manifest.append(extent(block_id, length, offset, location))
             data += block[offset:offset + length]
     return manifest, data
 
@@ -58,7 +71,7 @@ def _random_file(rng: random.Random, blocks: dict[str, bytes]) -> tuple[list[lis
 def test_a_patched_manifest_reads_as_the_written_file(seed):
     rng = random.Random(seed)
     for round_ in range(200):
-        blocks: dict[str, bytes] = {}
+        blocks = Stored()
         base, data = _random_file(rng, blocks)
         staged, written = bytearray(data), []
         for _ in range(rng.randint(0, 5)):
@@ -74,12 +87,12 @@ def test_a_patched_manifest_reads_as_the_written_file(seed):
             if isinstance(item, tuple):  # uploaded from the staged file as a new block
                 start, length = item
                 block = bytes(staged[start:start + length])
-                blocks[hashlib.sha256(block).hexdigest()] = block
+                blocks[hashlib.sha256(block).hexdigest()] = (block, None)
                 patched.append([hashlib.sha256(block).hexdigest(), length])
             else:
                 patched.append(item)
         where = f"seed {seed} round {round_}: base {base}, writes {written}"
-        assert b"".join(contents(patched, blocks.__getitem__)) == staged, where
+        assert b"".join(contents(patched, blocks.fetch)) == staged, where
         assert all(piece.length > 0 for piece in pieces(patched)), where
         uploaded = sum(item[1] for item in plan if isinstance(item, tuple))
         assert uploaded <= sum(end - start for start, end in written), where
@@ -92,7 +105,7 @@ def test_a_plan_is_refused_when_the_base_does_not_add_up():
 
 def test_a_block_too_short_for_its_piece_is_an_integrity_error_not_short_data():
     with pytest.raises(IntegrityError):
-        b"".join(contents([["a", 10, 5]], lambda block_id: b"x" * 12))
+        b"".join(contents([["a", 10, 5]], lambda block_id, location: b"x" * 12))
 
 
 def _stored_bytes(root) -> int:

@@ -50,7 +50,7 @@ def wait_drained(*mounts, timeout: float = 120) -> None:
 
 def test_503_on_every_block_upload_queues_the_write_until_the_store_recovers(proxied_volume, store_proxy):
     laptop = proxied_volume.mount("laptop")
-    refusing = store_proxy.inject(Fault(method="PUT", path="/blocks/", status=503))
+    refusing = store_proxy.inject(Fault(method="PUT", path="/(blocks|packs)/", status=503))
     data = os.urandom(1_500_000)
     write(laptop.p("report.bin"), data)
     status = wait_for(lambda: (s := laptop.control("status"))["errors"] and s, timeout=60, what="an upload error")
@@ -68,7 +68,7 @@ def test_a_staged_file_cut_short_in_the_cache_dir_uploads_what_is_left_and_says_
     """Damage below the drive: a file waiting to upload loses its tail in the cache dir. What
     is left uploads (the file does not stay unsynced forever) and status says so."""
     laptop = proxied_volume.mount("laptop")
-    store_proxy.inject(Fault(method="PUT", path="/blocks/", status=503))
+    store_proxy.inject(Fault(method="PUT", path="/(blocks|packs)/", status=503))
     data = os.urandom(300_000)
     write(laptop.p("draft.bin"), data)
     wait_for(lambda: laptop.control("status")["errors"], timeout=60, what="an upload error")
@@ -113,7 +113,7 @@ def test_a_slow_store_still_serves_and_500s_on_reads_are_eio_within_the_io_timeo
     assert read(reader.p("first.bin")) == first
     assert slow.hits > 0
     store_proxy.clear()
-    failing = store_proxy.inject(Fault(method="GET", path="/blocks/", status=500))
+    failing = store_proxy.inject(Fault(method="GET", path="/(blocks|packs)/", status=500))
     started = time.monotonic()
     with pytest.raises(OSError) as caught:
         read(reader.p("second.bin"))
@@ -232,7 +232,7 @@ def test_a_deleted_save_brought_back_by_another_devices_save_is_not_overwritten_
     wait_for(lambda: os.path.exists(desktop.p("notes.txt")), what="the desktop to see notes.txt")
     if unlink_committed:  # the desktop sees nothing new until its save is made
         desktop_proxy.inject(Fault(method="GET", path="journal", status=503))
-        store_proxy.inject(Fault(method="PUT", path="blocks/", status=503))
+        store_proxy.inject(Fault(method="PUT", path="(blocks|packs)/", status=503))
     else:  # nothing the laptop does reaches the store
         store_proxy.inject(Fault(method="PUT", status=503))
     write(laptop.p("notes.txt"), b"the laptop's deleted save")
@@ -278,7 +278,7 @@ def test_a_file_brought_back_while_open_here_and_then_deleted_here_keeps_its_las
         assert read(laptop.p("notes.txt")) == b"the laptop's save"  # a save beats a delete
         store_proxy.clear()
         laptop.sync()
-        store_proxy.inject(Fault(method="PUT", path="blocks/", status=503))
+        store_proxy.inject(Fault(method="PUT", path="(blocks|packs)/", status=503))
         write(laptop.p("notes.txt"), b"the laptop's last save")
         os.unlink(laptop.p("notes.txt"))
         wait_for(lambda: laptop.control("status")["ops_waiting"] == 0, timeout=30,
@@ -338,7 +338,7 @@ def laptop_saves_before_desktop_uploads(store_proxy, s3_volume, desktop_edit) ->
     write(laptop.p("notes.txt"), b"first")
     laptop.sync()
     wait_for(lambda: read(desktop.p("notes.txt")) == b"first", what="the desktop to catch up")
-    store_proxy.inject(Fault(method="PUT", path="/blocks/", status=503))  # the desktop reads, cannot upload
+    store_proxy.inject(Fault(method="PUT", path="/(blocks|packs)/", status=503))  # the desktop reads, cannot upload
     desktop_edit(desktop.p("notes.txt"))
     write(laptop.p("notes.txt"), b"the laptop's longer edit")
     laptop.sync()
@@ -405,7 +405,7 @@ def test_a_save_with_o_trunc_is_never_split_by_an_upload_that_loses_to_another_d
     write(desktop.p("notes.txt"), b"first")
     desktop.sync()
     wait_for(lambda: read(laptop.p("notes.txt")) == b"first", what="the laptop to catch up")
-    store_proxy.inject(Fault(method="PUT", path="/blocks/", status=503))
+    store_proxy.inject(Fault(method="PUT", path="/(blocks|packs)/", status=503))
     write(laptop.p("notes.txt"), b"the laptop's first save")
     write(desktop.p("notes.txt"), b"the desktop's much longer save of the notes")
     desktop.sync()

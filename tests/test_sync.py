@@ -240,7 +240,7 @@ def test_a_rename_of_a_file_deleted_elsewhere_brings_it_back_under_its_new_name(
     same_everywhere(laptop, desktop)
     with held(desktop):
         os.rename(desktop.p("plan.txt"), desktop.p("plan-final.txt"))
-        store_proxy.inject(Fault(method="PUT", path="/blocks/", status=503))
+        store_proxy.inject(Fault(method="PUT", path="/(blocks|packs)/", status=503))
         write(desktop.p("draft.txt"), b"the desktop's final draft")
         os.rename(desktop.p("draft.txt"), desktop.p("final.txt"))
         os.unlink(laptop.p("plan.txt"))

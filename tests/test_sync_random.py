@@ -79,7 +79,7 @@ def describe_versions(root, hashes: set[str]) -> list[str]:
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_three_devices_random_changes_converge_and_lose_nothing(store_proxy, s3_volume, seed):
-    store_proxy.inject(Fault(method="PUT", path="/blocks/", delay=0.3))
+    store_proxy.inject(Fault(method="PUT", path="/(blocks|packs)/", delay=0.3))
     devices = [s3_volume.mount(name, poll_interval=POLL, endpoint=store_proxy.endpoint)
                for name in ("laptop", "desktop", "server")]
     rng = random.Random(seed)

@@ -27,6 +27,10 @@ class ObjectStore(Protocol):
 
     def get(self, key: str) -> bytes: ...
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes of `key` from `start` (fewer if the object ends sooner)."""
+        ...
+
     def put(self, key: str, data: bytes) -> None: ...
 
     def put_if_absent(self, key: str, data: bytes) -> bool:

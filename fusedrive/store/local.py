@@ -42,9 +42,14 @@ class FileStore:
         return tmp
 
     def get(self, key: str) -> bytes:
+        return self.get_range(key, 0, -1)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes from `start` (fewer at the end of the object; -1: all the rest)."""
         try:
             with open(self._path(key), "rb") as f:
-                return f.read()
+                f.seek(start)
+                return f.read(length)
         except FileNotFoundError as exc:
             raise NotFound(key) from exc
 

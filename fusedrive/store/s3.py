@@ -134,8 +134,14 @@ class S3Store:
             raise StoreUnreachable(f"Cannot reach the store for {self.url} while trying to {what}: {exc}") from exc
 
     def get(self, key: str) -> bytes:
+        return self._read(key, lambda: obstore.get(self.objects, key).bytes())
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        return self._read(key, lambda: obstore.get_range(self.objects, key, start=start, length=length))
+
+    def _read(self, key: str, read) -> bytes:
         try:
-            return obstore.get(self.objects, key).bytes().to_bytes()
+            return read().to_bytes()
         except FileNotFoundError as exc:  # what obstore raises for a 404
             if _s3_code(exc) != "NoSuchBucket":
                 raise NotFound(key) from exc
