@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import zstandard
 
@@ -116,38 +117,46 @@ def stored_objects(refs: Iterable[BlockRef]) -> dict[str, set[str]]:
     return objects
 
 
+class _Packed(NamedTuple):
+    block_id: str
+    blob: bytes  # sealed
+    plaintext: bytes
+
+
 @dataclass
 class _Pack:
     """Sealed blocks gathering for one PUT; its first caller puts it, the others wait."""
     id: str = field(default_factory=lambda: secrets.token_hex(16))
-    blobs: list[tuple[str, bytes]] = field(default_factory=list)
+    blocks: list[_Packed] = field(default_factory=list)
     size: int = 0
     lone_block: bool = False  # stored as its own object: nothing joined it
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
     def full(self) -> bool:
-        return self.size >= PACK_MAX_BYTES or len(self.blobs) >= PACK_MAX_BLOCKS
+        return self.size >= PACK_MAX_BYTES or len(self.blocks) >= PACK_MAX_BLOCKS
 
 
 class Packer:
-    """Group sealed small blocks into pack objects (thread-safe, blocking)."""
+    """Group sealed small blocks into pack objects (thread-safe, blocking). `cache`:
+    where the stored blocks' plaintexts go, all of a pack in one transaction."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, cache: BlockCache) -> None:
         self.store = store
+        self.cache = cache
         self._gathering: _Pack | None = None
         self._changed = threading.Condition()
 
-    def put(self, block_id: str, blob: bytes) -> Location | None:
-        """Store a sealed block with the others put within the linger; where it is
-        (None: alone, as `blocks/<id>`). Raises what the PUT raised, in every caller."""
+    def put(self, block_id: str, blob: bytes, plaintext: bytes) -> Location | None:
+        """Store a sealed block with the others put within the linger, and cache it; where
+        it is (None: alone, as `blocks/<id>`). Raises what the PUT raised, in every caller."""
         with self._changed:
             pack = self._gathering
             first = pack is None or pack.full()
             if first:
                 pack = self._gathering = _Pack()
             start = pack.size
-            pack.blobs.append((block_id, blob))
+            pack.blocks.append(_Packed(block_id, blob, plaintext))
             pack.size += len(blob)
             if pack.full():
                 self._changed.notify_all()
@@ -165,11 +174,12 @@ class Packer:
 
     def _store(self, pack: _Pack) -> None:
         try:
-            if len(pack.blobs) == 1:
+            if len(pack.blocks) == 1:
                 pack.lone_block = True
-                self.store.put(block_key(pack.blobs[0][0]), pack.blobs[0][1])
+                self.store.put(block_key(pack.blocks[0].block_id), pack.blocks[0].blob)
             else:
-                self.store.put(pack_key(pack.id), b"".join(blob for _, blob in pack.blobs))
+                self.store.put(pack_key(pack.id), b"".join(block.blob for block in pack.blocks))
+            self.cache.put_many([(block.block_id, block.plaintext) for block in pack.blocks])
         except BaseException as exc:
             pack.error = exc
         finally:
@@ -182,7 +192,7 @@ class BlockStore:
         self.cache = cache
         self._known: dict[str, Location | None] = {}  # block id → where it is stored
         self._known_lock = threading.Lock()
-        self.packer = Packer(volume.store)
+        self.packer = Packer(volume.store, cache)
         self.uploaded = Transfers()
         self.downloaded = Transfers()
 
@@ -237,8 +247,8 @@ class BlockStore:
         if self.is_known(block_id):
             return self.location_of(block_id)
         blob = self._seal(block_id, plaintext)
-        location = self.packer.put(block_id, blob)
-        self._stored(block_id, plaintext, len(blob), location, cache=True)
+        location = self.packer.put(block_id, blob, plaintext)
+        self._stored(block_id, plaintext, len(blob), location, cache=False)  # the packer cached it
         return location
 
     def _stored(self, block_id: str, plaintext: bytes, sent: int, location: Location | None, cache: bool) -> None:
