@@ -239,7 +239,9 @@ class BlockStore:
             return
         blob = self._seal(block_id, plaintext)
         self.volume.store.put(block_key(block_id), blob)
-        self._stored(block_id, plaintext, len(blob), None, cache)
+        if cache:
+            self.cache.put(block_id, plaintext)
+        self._stored(block_id, len(blob), None)
 
     def upload_packed(self, block_id: str, plaintext: bytes) -> Location | None:
         """Store a small file's block with the others sealed about now (see Packer); where
@@ -248,12 +250,10 @@ class BlockStore:
             return self.location_of(block_id)
         blob = self._seal(block_id, plaintext)
         location = self.packer.put(block_id, blob, plaintext)
-        self._stored(block_id, plaintext, len(blob), location, cache=False)  # the packer cached it
+        self._stored(block_id, len(blob), location)
         return location
 
-    def _stored(self, block_id: str, plaintext: bytes, sent: int, location: Location | None, cache: bool) -> None:
-        if cache:
-            self.cache.put(block_id, plaintext)
+    def _stored(self, block_id: str, sent: int, location: Location | None) -> None:
         self.mark_known([(block_id, location)])
         self.uploaded.add(sent)
 
