@@ -130,11 +130,15 @@ class _Pack:
     blocks: list[_Packed] = field(default_factory=list)
     size: int = 0
     lone_block: bool = False  # stored as its own object: nothing joined it
+    urgent: bool = False  # someone waits for one of its blocks (fsync): no more lingering
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
     def full(self) -> bool:
         return self.size >= PACK_MAX_BYTES or len(self.blocks) >= PACK_MAX_BLOCKS
+
+    def ready(self) -> bool:
+        return self.urgent or self.full()
 
 
 class Packer:
@@ -147,9 +151,10 @@ class Packer:
         self._gathering: _Pack | None = None
         self._changed = threading.Condition()
 
-    def put(self, block_id: str, blob: bytes, plaintext: bytes) -> Location | None:
+    def put(self, block_id: str, blob: bytes, plaintext: bytes, urgent: bool = False) -> Location | None:
         """Store a sealed block with the others put within the linger, and cache it; where
-        it is (None: alone, as `blocks/<id>`). Raises what the PUT raised, in every caller."""
+        it is (None: alone, as `blocks/<id>`). Raises what the PUT raised, in every caller.
+        `urgent`: someone waits for this block; its pack goes now."""
         with self._changed:
             pack = self._gathering
             first = pack is None or pack.full()
@@ -158,10 +163,11 @@ class Packer:
             start = pack.size
             pack.blocks.append(_Packed(block_id, blob, plaintext))
             pack.size += len(blob)
-            if pack.full():
+            pack.urgent |= urgent
+            if pack.ready():
                 self._changed.notify_all()
             if first:
-                self._changed.wait_for(pack.full, timeout=PACK_LINGER_SECONDS)
+                self._changed.wait_for(pack.ready, timeout=PACK_LINGER_SECONDS)
                 if self._gathering is pack:
                     self._gathering = None
         if first:
@@ -243,13 +249,13 @@ class BlockStore:
             self.cache.put(block_id, plaintext)
         self._stored(block_id, len(blob), None)
 
-    def upload_packed(self, block_id: str, plaintext: bytes) -> Location | None:
+    def upload_packed(self, block_id: str, plaintext: bytes, urgent: bool = False) -> Location | None:
         """Store a small file's block with the others sealed about now (see Packer); where
         it went. Blocks the volume already has are not sent again."""
         if self.is_known(block_id):
             return self.location_of(block_id)
         blob = self._seal(block_id, plaintext)
-        location = self.packer.put(block_id, blob, plaintext)
+        location = self.packer.put(block_id, blob, plaintext, urgent)
         self._stored(block_id, len(blob), location)
         return location
 

@@ -665,10 +665,12 @@ class Drive:
             return False
         try:
             keep = self._keeps_whole(size)
+            # an fsync (or a sync) waiting for this file alone: its pack need not wait for others
+            urgent = self._sync_requested == {fid}
             async with nullcontext() if is_small(size, self.volume.chunking) else self._large_uploads:
                 manifest = await trio.to_thread.run_sync(
                     build_manifest, fd, size, self.volume.chunking, self.blocks, self.pool, not keep, patchable,
-                    limiter=self._upload_threads,
+                    urgent, limiter=self._upload_threads,
                 )
         except StagingChanged:
             if self.staging.generation.get(fid) == generation:

@@ -62,8 +62,9 @@ class _BlockUploads:
     """Chunks to the store from the pool, each block once, at most MAX_IN_FLIGHT at a time;
     a small file's chunks go into a pack from the calling thread instead (see blocks.py)."""
 
-    def __init__(self, blocks: BlockStore, pool: ThreadPoolExecutor, cache_blocks: bool, small: bool) -> None:
-        self.blocks, self.pool, self.cache_blocks, self.small = blocks, pool, cache_blocks, small
+    def __init__(self, blocks: BlockStore, pool: ThreadPoolExecutor, cache_blocks: bool, small: bool,
+                 urgent: bool) -> None:
+        self.blocks, self.pool, self.cache_blocks, self.small, self.urgent = blocks, pool, cache_blocks, small, urgent
         self.in_flight: deque[Future] = deque()
         self.submitted: set[str] = set()
 
@@ -71,7 +72,7 @@ class _BlockUploads:
         """The chunk's extent; its upload starts unless the block is stored already."""
         block_id = self.blocks.volume.keys.id_of(chunk)
         if self.small:
-            return extent(block_id, len(chunk), location=self.blocks.upload_packed(block_id, chunk))
+            return extent(block_id, len(chunk), location=self.blocks.upload_packed(block_id, chunk, self.urgent))
         if block_id not in self.submitted and not self.blocks.is_known(block_id):
             self.submitted.add(block_id)
             self.in_flight.append(self.pool.submit(self.blocks.upload, block_id, chunk, self.cache_blocks))
@@ -91,13 +92,14 @@ def is_small(size: int, chunking: dict) -> bool:
 
 
 def build_manifest(fd: int, size: int, chunking: dict, blocks: BlockStore, pool: ThreadPoolExecutor,
-                   cache_blocks: bool = True, patchable: Patchable | None = None) -> list[list]:
+                   cache_blocks: bool = True, patchable: Patchable | None = None, urgent: bool = False) -> list[list]:
     """Chunk and upload the first `size` bytes of a staged file; return its extents.
     `cache_blocks`: copy each uploaded block into the block cache too. `patchable`: what
-    the staged file is known to be, to upload only what was written."""
+    the staged file is known to be, to upload only what was written. `urgent`: someone
+    waits for this file alone (fsync): a small file's pack does not wait for company."""
     if os.fstat(fd).st_size < size:  # the part past its end would otherwise pass for a hole
         raise StagingChanged()
-    uploads = _BlockUploads(blocks, pool, cache_blocks, small=is_small(size, chunking))
+    uploads = _BlockUploads(blocks, pool, cache_blocks, small=is_small(size, chunking), urgent=urgent)
     extents = _patched(fd, size, chunking, patchable, uploads) if patchable is not None else None
     if extents is None:
         extents = []

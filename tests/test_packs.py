@@ -142,3 +142,24 @@ def test_a_failed_pack_put_fails_every_upload_in_it_and_marks_nothing_stored(tmp
     manifest = [extent(i, len(p), location=loc) for i, p, loc in zip(ids, payloads, locations)]
     assert b"".join(contents(manifest, fresh.fetch)) == b"".join(payloads)
 
+
+
+def test_an_urgent_block_sends_its_pack_without_waiting_out_the_linger(tmp_path, monkeypatch):
+    """fsync of a small file waits for its block alone: the pack gathering it goes at once,
+    with what joined it so far."""
+    monkeypatch.setattr("fusedrive.blocks.PACK_LINGER_SECONDS", 60)
+    volume = create_volume(open_store(f"file://{tmp_path / 'store'}"), "passphrase")
+    blocks = BlockStore(volume, BlockCache(tmp_path / "cache", 1 << 30, volume.keys.id_of))
+    payloads = [os.urandom(3000), os.urandom(3000)]
+    ids = [volume.keys.id_of(p) for p in payloads]
+    locations: dict[int, object] = {}
+    gathering = threading.Thread(target=lambda: locations.update({0: blocks.upload_packed(ids[0], payloads[0])}))
+    gathering.start()
+    for _ in range(1000):  # until the first block lingers for company
+        if blocks.packer._gathering is not None:
+            break
+        gathering.join(0.01)
+    locations[1] = blocks.upload_packed(ids[1], payloads[1], urgent=True)
+    gathering.join(10)
+    assert not gathering.is_alive(), "the pack waited out its linger"
+    assert locations[0] is not None and locations[0].pack == locations[1].pack
