@@ -269,7 +269,7 @@ class BlockStore:
         if data is not None:
             return data
         blob = self._download(block_id, location)
-        data = self._unseal(block_id, blob)
+        data = self._unseal_from(block_id, location, blob)
         self.downloaded.add(len(blob))
         self.cache.put(block_id, data)
         return data
@@ -283,6 +283,16 @@ class BlockStore:
             where = "" if location is None else f" (in {pack_key(location.pack)})"
             raise IntegrityError(f"Block {block_id} is missing from the store{where}.") from None
 
+    def _unseal_from(self, block_id: str, location: Location | None, blob: bytes) -> bytes:
+        """_unseal, naming the pack a damaged packed block came from."""
+        try:
+            return self._unseal(block_id, blob)
+        except IntegrityError as exc:
+            if location is None:
+                raise
+            raise IntegrityError(f"{exc} (bytes {location.start}–{location.start + location.size} of "
+                                 f"{pack_key(location.pack)})") from None
+
     def verify_stored(self, block_id: str, location: Location | None = None) -> None:
         """Download and fully verify one block (for `fsck --verify-blocks`)."""
-        self._unseal(block_id, self._download(block_id, location))
+        self._unseal_from(block_id, location, self._download(block_id, location))

@@ -451,6 +451,9 @@ def cmd_du(args) -> int:
     print(f"trash          {human_bytes(numbers['trash_bytes'])} only in the trash")
     if numbers["unreferenced_stored_bytes"]:
         print(f"reclaimable    {human_bytes(numbers['unreferenced_stored_bytes'])} (fusedrive gc)")
+    if numbers["unreferenced_bytes_in_packs"]:
+        print(f"held in packs  {human_bytes(numbers['unreferenced_bytes_in_packs'])} of deleted small files, "
+              "until the rest of their pack goes")
     return 0
 
 

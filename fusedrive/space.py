@@ -20,11 +20,11 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from .blocks import BLOCKS, PACKS, block_key, stored_objects
+from .blocks import BLOCKS, PACKS, block_key, pack_key, stored_objects
 from .checkpoints import replay_to_head
 from .errors import FusedriveError
 from .journal import Entry, Journal
-from .manifest import known_lengths, pieces
+from .manifest import Location, known_lengths, pieces
 from .replica import Replica
 from .retention import Retention, expired_trash, thin
 from .volume import Volume
@@ -198,6 +198,10 @@ def usage(volume: Volume) -> dict:
     sealed = {block: stored.get(block_key(block), 0) if location is None else location.size
               for block, location in refs}
     referenced = stored_objects(refs)
+    live_in_packs: dict[str, set[Location]] = {}  # pack key → the distinct blocks in it something references
+    for _block, location in refs:
+        if location is not None:
+            live_in_packs.setdefault(pack_key(location.pack), set()).add(location)
     unique_plain = sum(block_length.values())
     stored_referenced = sum(sealed.values())
     live_unique = sum(live.values())
@@ -211,4 +215,7 @@ def usage(volume: Volume) -> dict:
         "history_bytes": sum(length for b, length in versions.items() if b not in live),
         "trash_bytes": sum(length for b, length in trash.items() if b not in live and b not in versions),
         "unreferenced_stored_bytes": sum(size for key, size in stored.items() if key not in referenced),
+        # blocks nothing references inside packs that still hold a referenced one: gc keeps them
+        "unreferenced_bytes_in_packs": sum(stored.get(key, 0) - sum(location.size for location in live)
+                                           for key, live in live_in_packs.items() if key in stored),
     }

@@ -6,6 +6,7 @@ wrong bytes. A pack PUT that fails fails every upload in it, and they all retry.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import threading
@@ -20,6 +21,7 @@ from test_gc import expire_everything_old, gc
 from test_posix import write
 
 FILES = 300
+SEAL_OVERHEAD = 1 + 1 + 12 + 16  # codec byte, seal version, nonce, tag: random data is stored raw
 
 
 def _small_files(mount, count: int, seed: int) -> dict[str, bytes]:
@@ -64,6 +66,8 @@ def test_gc_deletes_a_pack_once_none_of_its_files_is_left(volume):
         os.unlink(laptop.p(name))
     laptop.sync()
     gc(volume, "--grace", "0")
+    held = du(volume)["unreferenced_bytes_in_packs"]  # deleted files sharing a pack with a kept one
+    assert 0 < held <= sum(len(files[name]) + SEAL_OVERHEAD for name in names[::2]), held
     desk = volume.mount("desk")
     for name in names[1::2]:
         assert _read_uncached(desk.p(name)) == files[name], name
@@ -76,7 +80,12 @@ def test_gc_deletes_a_pack_once_none_of_its_files_is_left(volume):
     report = gc(volume, "--grace", "0")
     assert report["packs_deleted"] >= 1
     assert _objects(volume, "packs/") == set() and _objects(volume, "blocks/") == set()
+    assert du(volume)["unreferenced_bytes_in_packs"] == 0
     _fsck_verified(volume)
+
+
+def du(volume) -> dict:
+    return json.loads(volume.cli.run("du", volume.url, "--json").stdout)
 
 
 def test_a_damaged_pack_fails_only_the_file_it_damages_and_a_missing_one_is_reported(volume):
@@ -97,6 +106,8 @@ def test_a_damaged_pack_fails_only_the_file_it_damages_and_a_missing_one_is_repo
                 assert exc.errno == errno.EIO
                 failed.append(name)
         assert len(failed) == 1, failed  # one flipped byte is inside exactly one file's block
+        desk.umount()
+        assert pack in (desk.cache_dir / "mount.log").read_text(), "the error does not name the damaged pack"
         result = volume.fsck("--verify-blocks")
         assert result.returncode == 1 and pack in result.stdout
         volume.delete_object(pack)
