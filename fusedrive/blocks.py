@@ -290,8 +290,8 @@ class BlockStore:
         except IntegrityError as exc:
             if location is None:
                 raise
-            raise IntegrityError(f"{exc} (bytes {location.start}–{location.start + location.size} of "
-                                 f"{pack_key(location.pack)})") from None
+            raise IntegrityError(f"{exc} It is bytes {location.start}–{location.start + location.size} of "
+                                 f"{pack_key(location.pack)}.") from None
 
     def verify_stored(self, block_id: str, location: Location | None = None) -> None:
         """Download and fully verify one block (for `fsck --verify-blocks`)."""

@@ -16,8 +16,8 @@ import os
 import sqlite3
 import time
 from collections import Counter, deque
-from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 

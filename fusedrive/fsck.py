@@ -22,7 +22,7 @@ from .blocks import BLOCKS, PACKS, BlockStore, object_key, stored_objects
 from .checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from .errors import FusedriveError
 from .journal import Journal
-from .manifest import pieces
+from .manifest import BlockRef, pieces
 from .replica import ROOT_INO, Replica
 
 Progress = Callable[[str, int], "object"]
@@ -107,6 +107,32 @@ def _check_checkpoint(journal: Journal, replayed: Replica, seq: int) -> list[str
         loaded.close()
 
 
+def check_blocks(refs: set[BlockRef], blocks: BlockStore, verify: bool, progress: Progress) -> list[str]:
+    """Every referenced block is in the store, alone or in its pack (`verify`: and decrypts
+    to its id). A block may be referenced both ways (packed by one device, stored alone by
+    another): each copy is checked."""
+    referenced = stored_objects(refs)
+    stored = {item.key for prefix in (BLOCKS, PACKS) for item in blocks.volume.store.list(prefix)}
+    problems = []
+    for key in sorted(referenced.keys() - stored):
+        if key.startswith(BLOCKS):
+            problems.append(f"Block {key[len(BLOCKS):]} is referenced but missing from the store.")
+        else:
+            problems.append(f"Pack {key} (holding blocks {', '.join(sorted(referenced[key]))}) is referenced "
+                            "but missing from the store.")
+    if verify:
+        present = sorted((ref for ref in refs if object_key(ref) in stored), key=lambda ref: (ref[0], object_key(ref)))
+        bar = progress("blocks", len(present))
+        for block_id, location in present:
+            try:
+                blocks.verify_stored(block_id, location)
+            except FusedriveError as exc:
+                problems.append(f"{object_key((block_id, location))}: {exc}")
+            bar.update(1)
+        bar.close()
+    return problems
+
+
 def fsck(journal: Journal, blocks: BlockStore, local_replica: Path | None, verify_blocks: bool,
          progress: Progress) -> list[str]:
     """Every problem found, as one sentence each; an empty list means the volume is sound."""
@@ -136,25 +162,7 @@ def fsck(journal: Journal, blocks: BlockStore, local_replica: Path | None, verif
         scratch.forget_inode(orphan.ino)
     problems += check_tree(scratch)
 
-    refs = scratch.all_block_refs()
-    referenced = stored_objects(refs)
-    stored = {item.key for prefix in (BLOCKS, PACKS) for item in blocks.volume.store.list(prefix)}
-    for key in sorted(referenced.keys() - stored):
-        if key.startswith(BLOCKS):
-            problems.append(f"Block {key[len(BLOCKS):]} is referenced but missing from the store.")
-        else:
-            problems.append(f"Pack {key} (holding blocks {', '.join(sorted(referenced[key]))}) is referenced "
-                            "but missing from the store.")
-    if verify_blocks:
-        present = sorted(ref for ref in refs if object_key(ref) in stored)
-        bar = progress("blocks", len(present))
-        for block_id, location in present:
-            try:
-                blocks.verify_stored(block_id, location)
-            except FusedriveError as exc:
-                problems.append(f"{object_key((block_id, location))}: block {block_id}: {exc}")
-            bar.update(1)
-        bar.close()
+    problems += check_blocks(scratch.all_block_refs(), blocks, verify_blocks, progress)
 
     if local_replica is not None and local_replica.exists():
         local = Replica(str(local_replica))

@@ -174,3 +174,34 @@ def test_an_urgent_block_sends_its_pack_without_waiting_out_the_linger(tmp_path,
     gathering.join(10)
     assert not gathering.is_alive(), "the pack waited out its linger"
     assert locations[0] is not None and locations[0].pack == locations[1].pack
+
+
+def test_fsck_checks_a_block_stored_both_alone_and_in_a_pack(tmp_path):
+    """Two devices can store one block both ways (one packs it, the other stores it alone);
+    fsck --verify-blocks checks each copy."""
+    from fusedrive.fsck import check_blocks
+
+    volume = create_volume(open_store(f"file://{tmp_path / 'store'}"), "passphrase")
+    payloads = [os.urandom(2000) for _ in range(2)]
+    ids = [volume.keys.id_of(p) for p in payloads]
+    alone = BlockStore(volume, BlockCache(tmp_path / "alone", 1 << 30, volume.keys.id_of))
+    alone.upload(ids[0], payloads[0])
+    packing = BlockStore(volume, BlockCache(tmp_path / "packing", 1 << 30, volume.keys.id_of))
+    locations: list = [None, None]
+    threads = [threading.Thread(target=lambda i=i: locations.__setitem__(i, packing.upload_packed(ids[i], payloads[i])))
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert locations[0] is not None, "the two blocks did not share a pack"
+    refs = {(ids[0], None), (ids[0], locations[0]), (ids[1], locations[1])}
+    assert check_blocks(refs, packing, verify=True, progress=lambda what, total: _NoBar()) == []
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
