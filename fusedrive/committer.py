@@ -45,6 +45,7 @@ class Committer:
         self.unsaved = unsaved
         self.open_files = open_files
         self.on_commit: Callable[[int], None] = lambda seq: None
+        self.on_error: Callable[[str], None] = lambda message: None  # what the user should see in status
         self.replica = replica
         self.journal = journal
         self.device = device
@@ -193,11 +194,15 @@ class Committer:
             try:
                 await self.commit_pending()
                 self.last_error, delay = None, 1.0
-            except FusedriveError as exc:
+            except Exception as exc:  # noqa: BLE001 - a commit that fails stops commits, never the mount
                 self.last_error = str(exc)
                 self.failures += 1
                 self.committed.fire()
-                log.warning("commit failed, retrying in %.0f s: %s", delay, exc)
+                if isinstance(exc, FusedriveError):
+                    log.warning("commit failed, retrying in %.0f s: %s", delay, exc)
+                else:  # an entry this device cannot apply, or a bug: the user must hear of it
+                    log.exception("commit failed")
+                    self.on_error(f"Cannot commit (retrying in {delay:.0f} s; changes stay queued here): {exc!r}")
                 await self.health.backoff(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
                 self.kick()

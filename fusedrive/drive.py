@@ -30,7 +30,7 @@ from .checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from .committer import Committer
 from .errors import FusedriveError, MountError, StoreUnreachable
 from .events import EventBus, StoreHealth
-from .hub import WAIT_SECONDS, HubClient, HubError
+from .hub import DEVICE_WAIT_SECONDS, PROBE_SECONDS, HubClient, HubError
 from .journal import Entry, Journal
 from .manifest import Location, Piece, block_refs, pieces, starts
 from .history import check_not_archived
@@ -93,6 +93,7 @@ class Drive:
         self.hub = HubClient(hub_url, volume.volume_id) if hub_url else None
         self.hub_connected = False
         self.committer.on_commit = self._announce
+        self.committer.on_error = self._error
         self.replica.on_record = self.committer.kick  # a rename or delete commits on its own, not with the next upload
         self.mounted = False
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="upload")
@@ -134,29 +135,45 @@ class Drive:
         self._nursery = nursery
         if self.replica.inode(1) is None:
             await self._start_from_checkpoint()
-        await self.committer.pull()
+        # What a crash or a kill left unsaved must be known before the first pull: its
+        # rebase keeps unsaved files alive (a remote delete brings them back, a remote save
+        # makes ours a conflicted copy) and drops the staged copy of any other file it updates.
+        self._recover_unsaved()
+        try:
+            await self.committer.pull()
+        except FusedriveError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - what is here must stay reachable: mount, commits retry
+            log.exception("cannot apply the journal at start")
+            self._error(f"Cannot apply the journal after entry {self.replica.applied_seq} (changes stay queued "
+                        f"here): {exc!r}")
         if self.replica.inode(1) is None:
             raise MountError(f"The volume at {self.volume.url} has no root directory in its journal.")
         for orphan in self.replica.reap_orphans():
             self._discard_staged(orphan.fid)
         self.blocks.mark_known(self.replica.all_block_refs())
-        for fid in self.replica.dirty_fids():
-            if fid in self.staged:
-                st = os.stat(self.staging.path(fid))
-                self.staged_attrs[fid] = (st.st_size, st.st_mtime_ns, st.st_mtime_ns)
-                self.dirty.add(fid)
-                self.dirty_since[fid] = st.st_mtime
-                self.queue_upload(fid)
-            else:
-                self.replica.set_dirty(fid, False)
-        for fid in self.staged - self.dirty:  # nothing is open yet: staged content not unsaved is stale
-            self._discard_staged(fid)
+        for fid in list(self.dirty):
+            self.queue_upload(fid)
         for _ in range(UPLOAD_WORKERS):
             nursery.start_soon(self._upload_worker)
         nursery.start_soon(self.committer.run)
         nursery.start_soon(self._tail_journal)
         if self.replica.pending_count():
             self.committer.kick()
+
+    def _recover_unsaved(self) -> None:
+        """Files whose closed content is staged and not uploaded yet (the `dirty` table) are
+        unsaved again; staged copies that are not unsaved are stale (nothing is open yet)."""
+        for fid in self.replica.dirty_fids():
+            if fid in self.staged:
+                st = os.stat(self.staging.path(fid))
+                self.staged_attrs[fid] = (st.st_size, st.st_mtime_ns, st.st_mtime_ns)
+                self.dirty.add(fid)
+                self.dirty_since[fid] = st.st_mtime
+            else:
+                self.replica.set_dirty(fid, False)
+        for fid in self.staged - self.dirty:
+            self._discard_staged(fid)
 
     async def _start_from_checkpoint(self) -> None:
         """A new (or wiped) device starts from the newest checkpoint, then replays what follows."""
@@ -193,10 +210,13 @@ class Drive:
         if self.hub is None:
             return False
         # not connected yet: a wait that answers at once tells whether the hub is there
-        timeout = WAIT_SECONDS if self.hub_connected else 0
+        timeout = DEVICE_WAIT_SECONDS if self.hub_connected else 0
         try:
-            await trio.to_thread.run_sync(self.hub.wait, self.replica.applied_seq, timeout, abandon_on_cancel=True)
-        except HubError as exc:
+            # A hub that hangs holds a worker thread until its socket times out, never the follower.
+            with trio.fail_after(timeout + 5 if self.hub_connected else PROBE_SECONDS):
+                await trio.to_thread.run_sync(self.hub.wait, self.replica.applied_seq, timeout,
+                                              abandon_on_cancel=True)
+        except (HubError, trio.TooSlowError) as exc:
             if self.hub_connected:
                 log.warning("hub unreachable, polling every %.1f s: %s", self.poll_interval, exc)
             self.hub_connected = False
@@ -213,8 +233,9 @@ class Drive:
 
     async def _notify_hub(self, seq: int) -> None:
         try:
-            await trio.to_thread.run_sync(self.hub.notify, seq, abandon_on_cancel=True)
-        except HubError as exc:
+            with trio.fail_after(PROBE_SECONDS * 3):
+                await trio.to_thread.run_sync(self.hub.notify, seq, abandon_on_cancel=True)
+        except (HubError, trio.TooSlowError) as exc:
             log.info("could not notify the hub: %s", exc)
 
     async def ensure_fresh(self) -> None:

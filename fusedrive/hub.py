@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections import defaultdict
@@ -26,6 +25,10 @@ from .httpserve import serve_http
 log = logging.getLogger(__name__)
 
 WAIT_SECONDS = 30.0
+PROBE_SECONDS = 2.0  # a hub not known to answer gets this long before the device polls instead
+# A device's long-poll lasts this long, so that a hub that hangs (accepts, never answers) is
+# noticed within it plus a margin: then the device polls.
+DEVICE_WAIT_SECONDS = 10.0
 
 
 class Hub:
@@ -68,6 +71,10 @@ async def serve(host: str, port: int, task_status=trio.TASK_STATUS_IGNORED) -> N
     await serve_http(host, port, Hub().answer, task_status=task_status)
 
 
+class HubError(Exception):
+    """Any failure of the hub. It is never trusted for data, so a device just polls instead."""
+
+
 class HubClient:
     """A device's side: blocking calls, made from worker threads."""
 
@@ -78,8 +85,11 @@ class HubClient:
     def _call(self, method: str, path: str, params: dict, timeout: float) -> int:
         query = urllib.parse.urlencode({"volume": self.volume_id, **params})
         request = urllib.request.Request(f"{self.url}{path}?{query}", method=method)
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return int(json.loads(response.read())["seq"])
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return int(json.loads(response.read())["seq"])
+        except Exception as exc:  # noqa: BLE001 - refused, reset, cut mid-answer, garbage: all mean "poll"
+            raise HubError(f"the hub at {self.url} did not answer usefully ({type(exc).__name__}: {exc})") from exc
 
     def wait(self, after: int, timeout: float = WAIT_SECONDS) -> int:
         """The newest seq the hub knows, once it is past `after` (or when the wait times out)."""
@@ -89,4 +99,3 @@ class HubClient:
         self._call("POST", "/notify", {"seq": seq}, 5)
 
 
-HubError = (urllib.error.URLError, OSError, ValueError, KeyError)

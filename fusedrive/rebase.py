@@ -128,7 +128,18 @@ class Revalidator:
     def _link(self, r: Replica, op: dict) -> list[dict]:
         if not self._exists(r, op["fid"]):
             return []
+        parent_ino = r.ino_of(op["parent"])
+        if parent_ino is not None and r.lookup(parent_ino, name_from_json(op["name"])) == r.ino_of(op["fid"]):
+            return []  # another device made the very same link
         return self._create(r, op)
+
+    def claim_name(self, r: Replica, op: dict) -> dict:
+        """Just before a rebased create is applied: if its name was taken by an operation
+        applied after it was checked, it gets a conflicted-copy name too. Whatever order
+        operations come back in, a rebase never fails on a name both devices used."""
+        if op["op"] in ("mknod", "symlink", "link"):
+            return self._free_name(r, op)
+        return op
 
     def _unlink(self, r: Replica, op: dict) -> list[dict]:
         fid = op.get("fid")

@@ -332,6 +332,7 @@ class Replica:
                 kept = []
                 for op in json.loads(ops):
                     for new_op in revalidate(self, op):
+                        new_op = revalidate.claim_name(self, new_op)
                         self._apply_logged(pending_id, new_op)
                         kept.append(new_op)
                         applied.append(new_op)

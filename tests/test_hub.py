@@ -84,3 +84,79 @@ def test_hub_rejects_nonsense(hub):
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(f"http://127.0.0.1:{hub.port}/wait?after=1", timeout=5)
     assert info.value.code == 400
+
+
+class BrokenHub:
+    """A hub that answers as told: properly ("ok"), or the ways a dying or hostile one does —
+    headers then closing mid-answer, a reset, garbage, or nothing at all."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.mode = "ok"
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        import struct
+
+        request = conn.recv(65536).decode(errors="replace")
+        mode = self.mode
+        if mode == "ok":
+            time.sleep(0.5)
+            body = b'{"seq": 1}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s" % (len(body), body))
+        elif mode == "truncated":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"se")
+        elif mode == "reset":
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        elif mode == "garbage":
+            conn.sendall(b"\x00\xffnot http at all\r\n\r\n" + os.urandom(200))
+        elif mode == "hang":
+            self.held.append(conn)
+            return
+        conn.close()
+        del request
+
+    def stop(self) -> None:
+        self.listener.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture
+def broken_hub():
+    hub = BrokenHub()
+    yield hub
+    hub.stop()
+
+
+def test_a_hub_that_fails_in_any_way_means_polling_never_a_dead_mount(s3_volume, broken_hub):
+    """A hub killed while answering sends headers and closes: the mounts crashed on it and
+    their mount points silently became plain directories. Every failure means: poll."""
+    url = f"http://127.0.0.1:{broken_hub.port}"
+    a = s3_volume.mount("laptop", poll_interval=1, hub=url)
+    b = s3_volume.mount("desktop", poll_interval=1, hub=url)
+    for mode in ("truncated", "reset", "garbage", "hang"):
+        broken_hub.mode = "ok"
+        wait_for(lambda: b.control("status")["hub"] == "connected", timeout=20, what="the hub connection")
+        broken_hub.mode = mode
+        time.sleep(1.5)  # the long-polls in flight meet the failure
+        arrival = arrival_seconds(a, b, f"while-the-hub-is-{mode}")
+        assert arrival < 15, f"with the hub {mode}, polling brings changes ({arrival:.1f} s)"
+        for mount in (a, b):
+            assert os.path.ismount(mount.path), f"the {mode} hub took the {mount.device} mount down"
+            assert mount.control("status")["errors"] == []

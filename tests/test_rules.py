@@ -1,0 +1,58 @@
+"""The conflict rules in process: a replica with queued operations rebased onto other
+devices' entries, no mount and no store (fast)."""
+
+from __future__ import annotations
+
+import stat
+import time
+
+from fusedrive.journal import Entry
+from fusedrive.rebase import Revalidator
+from fusedrive.replica import ROOT_FID, ROOT_INO, Replica
+
+
+def now() -> int:
+    return time.time_ns()
+
+
+def new_replica(tmp_path, name: str) -> Replica:
+    replica = Replica(str(tmp_path / f"{name}.sqlite3"))
+    replica.apply_remote(1, [{"op": "mkroot", "mode": stat.S_IFDIR | 0o755, "uid": 0, "gid": 0, "t": now()}])
+    return replica
+
+
+def mknod(fid: str, name: str, parent: str = ROOT_FID) -> dict:
+    return {"op": "mknod", "fid": fid, "parent": parent, "name": name, "mode": stat.S_IFREG | 0o644, "uid": 0,
+            "gid": 0, "rdev": 0, "t": now()}
+
+
+def names(replica: Replica, parent: int = ROOT_INO) -> list[str]:
+    return [name.decode() for name, _ino in replica.children(parent)]
+
+
+def test_a_queued_link_that_another_device_made_too_is_dropped_not_a_crash(tmp_path):
+    replica = new_replica(tmp_path, "laptop")
+    replica.apply_remote(2, [mknod("f", "f.txt")])
+    link = {"op": "link", "fid": "f", "parent": ROOT_FID, "name": "same.txt", "t": now()}
+    replica.record(link)
+    replica.rebase([Entry(3, "desktop", [dict(link)])], Revalidator("laptop"))
+    assert names(replica) == ["f.txt", "same.txt"]
+    [(_id, ops)] = replica.pending_ops(10)
+    assert ops == []  # nothing left to commit: the desktop's entry made the link
+
+
+def test_queued_creates_under_names_another_device_took_become_conflicted_copies(tmp_path):
+    replica = new_replica(tmp_path, "laptop")
+    replica.record(mknod("dir-laptop", "d") | {"mode": stat.S_IFDIR | 0o755})
+    replica.record(mknod("note-laptop", "note.txt", parent="dir-laptop"))
+    replica.record(mknod("top-laptop", "top.txt"))
+    theirs = [mknod("dir-desktop", "d") | {"mode": stat.S_IFDIR | 0o755},
+              mknod("note-desktop", "note.txt", parent="dir-desktop"), mknod("top-desktop", "top.txt")]
+    rules = Revalidator("laptop")
+    replica.rebase([Entry(2, "desktop", theirs)], rules)
+    top = names(replica)
+    assert top[0] == "d" and top[1].startswith("d (conflicted copy from laptop ")
+    assert top[2].startswith("top (conflicted copy from laptop ") and top[3] == "top.txt"
+    assert len(rules.conflicts) == 2
+    laptop_dir = replica.ino_of("dir-laptop")
+    assert names(replica, laptop_dir) == ["note.txt"]  # the laptop's note stays in the laptop's folder
