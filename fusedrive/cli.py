@@ -20,6 +20,8 @@ from . import control, volume as volumes
 from .errors import FusedriveError, MountError, UsageError, first_clear_error
 
 DEFAULT_CACHE_SIZE = "4G"
+DRAIN_RETRY_SECONDS = 2
+DEAD_MOUNT_EXIT = 13  # status: a mount's process is gone
 
 
 def parse_size(text: str) -> int:
@@ -38,6 +40,13 @@ def progress(description: str, total: int, unit: str = ""):
 
     return tqdm(total=total, desc=description, unit=unit, unit_scale=unit == "B", disable=None, leave=False,
                 file=sys.stderr)
+
+
+def name_in_folder(path: str) -> str:
+    """The absolute path of a name as given: its folder resolved, the name itself not
+    followed (a deleted file's name may be a symlink now, or nothing)."""
+    absolute = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
 
 
 def open_volume_for(url: str, args) -> volumes.Volume:
@@ -137,33 +146,58 @@ def _unmount_kernel(mountpoint: str, lazy: bool) -> None:
         raise MountError(f"Cannot unmount {mountpoint}: {reason}")
 
 
+def _waiting(status: dict) -> str:
+    from .report import human_bytes
+
+    return (f"{status['files_waiting']} files ({human_bytes(status['bytes_waiting'])}) and "
+            f"{status['ops_waiting']} changes are waiting")
+
+
 def _wait_for_upload(mountpoint: str, timeout: float) -> bool:
-    """Ask the mount to upload everything, showing progress; False if the timeout passed."""
-    outcome: dict = {}
-
-    def sync() -> None:
-        try:
-            outcome["reply"] = control.request(mountpoint, "sync", timeout=timeout)
-        except FusedriveError as exc:
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=sync, daemon=True)
-    worker.start()
+    """Ask the mount to upload everything, showing progress; False if the timeout passed.
+    While the store fails, say so once and keep asking until the timeout."""
     deadline = time.monotonic() + timeout
-    bar = None
-    while worker.is_alive() and time.monotonic() < deadline:
-        status = control.request(mountpoint, "status")
-        if bar is None and status["bytes_waiting"]:
-            bar = progress("uploading", status["bytes_waiting"], "B")
-        if bar is not None:
-            bar.n = max(0, bar.total - status["bytes_waiting"])
-            bar.refresh()
-        worker.join(0.25)
-    if bar is not None:
-        bar.close()
-    if "error" in outcome:
-        raise outcome["error"]
-    return "reply" in outcome
+    bar, told = None, False
+    while True:
+        outcome: dict = {}
+
+        def sync() -> None:
+            try:
+                outcome["reply"] = control.request(mountpoint, "sync", timeout=max(1.0, deadline - time.monotonic()))
+            except FusedriveError as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=sync, daemon=True)
+        worker.start()
+        while worker.is_alive() and time.monotonic() < deadline:
+            status = control.request(mountpoint, "status")
+            if bar is None and status["bytes_waiting"]:
+                bar = progress("uploading", status["bytes_waiting"], "B")
+            if bar is not None:
+                bar.n = max(0, bar.total - status["bytes_waiting"])
+                bar.refresh()
+            worker.join(0.25)
+        if "reply" in outcome or time.monotonic() >= deadline:
+            if bar is not None:
+                bar.close()
+            return "reply" in outcome
+        if not told:
+            status = control.request(mountpoint, "status")
+            print(f"The store does not answer ({outcome['error']}); {_waiting(status)}. Waiting up to "
+                  f"{timeout:.0f} s for it (--no-wait unmounts at once and keeps them queued for the next mount).",
+                  file=sys.stderr)
+            told = True
+        time.sleep(min(DRAIN_RETRY_SECONDS, max(0.0, deadline - time.monotonic())))
+
+
+def _clean_up_dead_mount(mountpoint: str, entry: dict) -> None:
+    """The mount process was killed or crashed: detach its mount point and forget it."""
+    if os.path.ismount(mountpoint):
+        _unmount_kernel(mountpoint, lazy=True)
+    control.registry_path(mountpoint).unlink(missing_ok=True)
+    control.socket_path(mountpoint).unlink(missing_ok=True)
+    print(f"The mount process of {mountpoint} had stopped (killed or crashed); its mount point is cleaned up. "
+          f"What it had queued stays in {entry['cache_dir']} and uploads at the next mount from that cache dir.")
 
 
 def cmd_umount(args) -> int:
@@ -174,15 +208,35 @@ def cmd_umount(args) -> int:
             raise MountError(f"{args.mountpoint} is not a fusedrive mount.")
         _unmount_kernel(mountpoint, args.lazy)
         return 0
-    complete = _wait_for_upload(mountpoint, args.timeout)
+    if control.has_exited(entry["pid"]):
+        _clean_up_dead_mount(mountpoint, entry)
+        return 0
+    complete = not args.no_wait and _wait_for_upload(mountpoint, args.timeout)
+    if not complete:
+        status = control.request(mountpoint, "leave-queued")  # the mount exits without waiting for the store
     _unmount_kernel(mountpoint, args.lazy)
     control.wait_for_exit(entry["pid"], max(args.timeout, 30))
     if not complete:
-        print(f"Unmounted {args.mountpoint}, but some changes are still waiting to upload; they are kept "
-              "in the local queue and upload on the next mount.", file=sys.stderr)
+        print(f"Unmounted {args.mountpoint}, but {_waiting(status)} to upload; they are kept in the local queue "
+              f"({entry['cache_dir']}) and upload at the next mount from it.", file=sys.stderr)
         return 1
     print(f"Unmounted {args.mountpoint}; all changes are in the store.")
     return 0
+
+
+def _status_of(entry: dict) -> dict:
+    """A mount's status with its verdict; for a mount whose process is gone, what to do."""
+    from . import report
+
+    mountpoint = entry["mountpoint"]
+    if control.has_exited(entry["pid"]):
+        return {"mountpoint": mountpoint, "process": "gone", "cache_dir": entry["cache_dir"],
+                "verdict": f"The mount process has stopped (killed or crashed): run `fusedrive umount {mountpoint}` "
+                           "to clean up; what it had queued uploads at the next mount from its cache dir."}
+    status = dict(control.request(mountpoint, "status"), mountpoint=mountpoint, process="running")
+    status.pop("ok", None)
+    status["verdict"] = report.verdict(status)
+    return status
 
 
 def cmd_status(args) -> int:
@@ -196,11 +250,9 @@ def cmd_status(args) -> int:
         raise MountError("No fusedrive mount is running." if not args.mountpoint
                          else f"{args.mountpoint} is not a fusedrive mount.")
     while True:
-        statuses = [dict(control.request(e["mountpoint"], "status"), mountpoint=e["mountpoint"]) for e in entries]
-        for status in statuses:
-            status.pop("ok", None)
-            status["verdict"] = report.verdict(status)
-        code = 1 if any(report.is_pending(s) for s in statuses) else 0
+        statuses = [_status_of(e) for e in entries]
+        dead = [s for s in statuses if s.get("process") == "gone"]
+        code = DEAD_MOUNT_EXIT if dead else 1 if any(report.is_pending(s) for s in statuses) else 0
         if args.watch and sys.stdout.isatty():
             print("\033[H\033[J", end="")  # refresh in place
         if args.json:
@@ -208,7 +260,7 @@ def cmd_status(args) -> int:
         else:
             for status in statuses:
                 print(f"{status['mountpoint']}: {status['verdict']}")
-                for line in report.details(status):
+                for line in [] if status in dead else report.details(status):
                     print(f"  {line}")
             sys.stdout.flush()
         if not args.watch:
@@ -391,16 +443,17 @@ def cmd_trash(args) -> int:
             return 0
         if not items:
             print("The trash is empty.")
-        for item in items:
-            deleted = time.strftime("%Y-%m-%d %H:%M", time.localtime(item["deleted"]))
+        for item in items:  # the id tells apart items deleted under one name (restore --id)
+            deleted = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(item["deleted"]))
             what = f"folder, {item['inside']} items inside" if item["is_dir"] else report.human_bytes(item["size"])
-            print(f"{deleted}  {item['path']}  ({what})")
+            print(f"{deleted}  {item['path']}  ({what}, id {item['id'][:8]})")
         return 0
     if args.action == "restore":
         if not args.target:
             raise UsageError("Which path? fusedrive trash restore PATH (as it was inside the mount).")
         entry = control.mount_containing(args.target)
-        answer = control.request(entry["mountpoint"], "trash-restore", timeout=60, path=os.path.realpath(args.target))
+        answer = control.request(entry["mountpoint"], "trash-restore", timeout=60, path=name_in_folder(args.target),
+                                 id=args.id)
         print(f"Restored to {entry['mountpoint'].rstrip('/')}{answer['path']}.")
         return 0
     entry = control.choose_mount(args.target)
@@ -600,6 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
     p.add_argument("--timeout", type=float, default=3600, help="stop waiting for uploads after this many seconds")
     p.add_argument("--lazy", action="store_true", help="detach even if files are still open")
+    p.add_argument("--no-wait", action="store_true",
+                   help="unmount now, even offline: what is waiting stays queued and uploads at the next mount")
     p.set_defaults(func=cmd_umount)
 
     p = sub.add_parser("status", help="is everything uploaded yet?", description="Show whether every change of "
@@ -670,6 +725,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "restore", "empty"])
     p.add_argument("target", metavar="MOUNTPOINT|PATH", nargs="?")
     p.add_argument("--json", action="store_true", help="print JSON (list)")
+    p.add_argument("--id", default=None, help="restore: the item with this id (as `trash list` shows it), when "
+                   "several were deleted under one name (default: the newest)")
     p.set_defaults(func=cmd_trash)
 
     p = volume_command("gc", cmd_gc, help="apply retention and reclaim space", description="Let go of old versions and "

@@ -96,6 +96,7 @@ class Drive:
         self.committer.on_error = self._error
         self.replica.on_record = self.committer.kick  # a rename or delete commits on its own, not with the next upload
         self.mounted = False
+        self.upload_on_exit = True  # after the unmount, upload what is waiting before exiting (see mounting._drain)
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="upload")
         self._upload_threads = trio.CapacityLimiter(UPLOAD_WORKERS)
         self._large_uploads = trio.Semaphore(LARGE_UPLOADS)
@@ -806,6 +807,9 @@ class Drive:
         """Return once this file's blocks and its journal commit are in the store."""
         await self.wait_uploaded({fid})
         await self.committer.wait_committed(self.replica.last_pending_id())
+
+    def has_unsaved_work(self) -> bool:
+        return bool(self.dirty) or self.replica.pending_count() > 0
 
     async def sync_all(self) -> None:
         await self.wait_uploaded()

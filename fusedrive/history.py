@@ -163,14 +163,15 @@ def _is_live(replica: Replica, fid: str) -> bool:
     return ino is not None and (fid == ROOT_FID or replica.inode(ino).nlink > 0)
 
 
-def trash_restore_ops(replica: Replica, path: str, device: str) -> list[dict]:
-    """Operations that bring back what was at `path` (the newest deletion there), its
-    trashed directories above it and, for a directory, everything trashed inside it."""
+def trash_restore_ops(replica: Replica, path: str, device: str, item_id: str | None = None) -> list[dict]:
+    """Operations that bring back what was at `path` (the newest deletion there, or the one
+    whose id starts with `item_id`), its trashed directories above it and, for a
+    directory, the newest trashed item of each name inside it."""
     items = trash_items(replica)
-    matches = [i for i in items if i.path == path]
+    matches = [i for i in items if i.path == path and (item_id is None or i.fid.startswith(item_id))]
     if not matches:
         raise FusedriveError(f"{path} is not in the trash (see fusedrive trash list).")
-    item = matches[-1]
+    item = max(matches, key=lambda i: i.deleted_ns)
     by_fid = {i.fid: i for i in items}
     chain = [item]
     while chain[-1].parent in by_fid:  # deleted directories above it come back too
@@ -186,8 +187,16 @@ def trash_restore_ops(replica: Replica, path: str, device: str) -> list[dict]:
         ops += restore_ops(replica, one, parent, name, device)
         restored.add(one.fid)
     if item.is_dir:
-        for inner in contents(items, item.fid):
-            ops += restore_ops(replica, inner, inner.parent, inner.name, device)
+        inner_items = contents(items, item.fid)
+        newest = {}  # a file replaced by a rename is in the trash beside the one that replaced it
+        for inner in inner_items:
+            key = (inner.parent, inner.name)
+            if key not in newest or inner.deleted_ns > newest[key].deleted_ns:
+                newest[key] = inner
+        for inner in inner_items:  # parents first; older ones of a name stay in the trash
+            if newest[(inner.parent, inner.name)] is inner and inner.parent in restored:
+                ops += restore_ops(replica, inner, inner.parent, inner.name, device)
+                restored.add(inner.fid)
     return ops
 
 

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 120
 DEVICE_NAME_MAX = 64
 DRAIN_RETRY_SECONDS = 2
+DRAIN_OFFLINE_SECONDS = 30
 M_ARENA_MAX = -8  # glibc mallopt parameter
 MALLOC_ARENAS = 2
 
@@ -97,17 +98,31 @@ def prepare_cache_dir(cache_dir: Path, volume: Volume) -> int:
 
 
 async def _drain(drive: Drive) -> None:
-    """After unmount: upload everything closed. If the store is down, keep trying; the
-    queue is on disk, so a stop (SIGTERM) here loses nothing."""
-    while True:
+    """After unmount: upload everything closed, for as long as the store takes it; once it
+    has failed for DRAIN_OFFLINE_SECONDS (or at once, if `umount` said so), exit and leave
+    the rest queued on disk for the next mount. A stop (SIGTERM) here loses nothing either."""
+    failing_since = None
+    while drive.upload_on_exit:
         try:
             await drive.sync_all()
-            with trio.move_on_after(drive.io_timeout):
-                await drive.committer.pull()  # leave the replica at the head for the next mount
-            return
+            break
         except FusedriveError as exc:
+            now = trio.current_time()
+            failing_since = now if failing_since is None else failing_since
+            if now - failing_since >= DRAIN_OFFLINE_SECONDS:
+                break
             log.warning("waiting for the store to upload the last changes: %s", exc)
             await trio.sleep(DRAIN_RETRY_SECONDS)
+    if drive.has_unsaved_work():
+        status = drive.status()
+        log.warning("exiting with %d files and %d changes queued in the cache dir: the next mount uploads them",
+                    status["files_waiting"], status["ops_waiting"])
+        return
+    with trio.move_on_after(min(drive.io_timeout, DRAIN_RETRY_SECONDS * 5)):
+        try:
+            await drive.committer.pull()  # leave the replica at the head for the next mount, if the store answers
+        except FusedriveError:
+            pass
 
 
 def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cache_size: int,

@@ -47,6 +47,12 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
         await drive.sync_all()
         return drive.status()
 
+    async def leave_queued(request: dict, send: Send) -> dict:
+        """`umount` gave up waiting (or was told not to): after the unmount, exit at once;
+        what is waiting stays queued in the cache dir for the next mount."""
+        drive.upload_on_exit = False
+        return drive.status()
+
     async def pause(request: dict, send: Send) -> dict:
         drive.committer.pause()
         return drive.status()
@@ -123,14 +129,14 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
 
     def trash_listing() -> list[dict]:
         items = history.trash_items(drive.replica)
-        return [dict(path=i.path, deleted=i.deleted_ns / 1e9, size=i.size, is_dir=i.is_dir,
+        return [dict(path=i.path, id=i.fid, deleted=i.deleted_ns / 1e9, size=i.size, is_dir=i.is_dir,
                      inside=len(history.contents(items, i.fid))) for i in history.top_level(items)]
 
     async def trash_list(request: dict, send: Send) -> dict:
         return {"items": trash_listing()}
 
     async def trash_restore(request: dict, send: Send) -> dict:
-        ops = history.trash_restore_ops(drive.replica, inside(request["path"]), drive.device)
+        ops = history.trash_restore_ops(drive.replica, inside(request["path"]), drive.device, request.get("id"))
         drive.record_user_ops(ops)
         return {"path": drive.replica.path_of(_first_created(ops))}
 
@@ -141,7 +147,7 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
             await drive.sync_all()
         return {"purged": len(fids)}
 
-    return {"status": status, "sync": sync, "pause": pause, "resume": resume, "events": events,
+    return {"status": status, "sync": sync, "leave-queued": leave_queued, "pause": pause, "resume": resume, "events": events,
             "share": share, "shares": shares, "unshare": unshare, "versions": versions, "restore": restore,
             "cat": cat, "trash-list": trash_list, "trash-restore": trash_restore, "trash-empty": trash_empty}
 

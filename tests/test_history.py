@@ -141,3 +141,52 @@ def test_old_versions_are_browsable_read_only_in_the_mount(volume, what):
         with pytest.raises(OSError) as caught:
             os.mkdir(laptop.p(".fusedrive"))
         assert caught.value.errno == errno.EEXIST
+
+
+def test_trash_restore_of_a_name_that_is_a_symlink_now_restores_the_deleted_file(volume):
+    laptop = volume.mount("laptop")
+    write(laptop.p("notes.txt"), b"the deleted notes")
+    write(laptop.p("elsewhere.txt"), b"another file")
+    os.unlink(laptop.p("notes.txt"))
+    os.symlink("elsewhere.txt", laptop.p("notes.txt"))
+    restored = volume.cli.run("trash", "restore", laptop.p("notes.txt")).stdout
+    assert "conflicted copy" in restored  # the name is the symlink's now
+    [copy] = [n for n in os.listdir(laptop.path) if n.startswith("notes (conflicted copy")]
+    assert read(laptop.p(copy)) == b"the deleted notes"
+    assert os.readlink(laptop.p("notes.txt")) == "elsewhere.txt"
+
+
+def test_a_folder_in_which_a_file_was_replaced_by_rename_comes_back_from_the_trash(volume):
+    """Editors, git and pip save by renaming a new file over the old one: the folder holds
+    such a replaced file in the trash beside the live one of the same name."""
+    laptop = volume.mount("laptop")
+    os.mkdir(laptop.p("d"))
+    write(laptop.p("d/x"), b"a")
+    write(laptop.p("d/x.tmp"), b"b")
+    os.rename(laptop.p("d/x.tmp"), laptop.p("d/x"))
+    write(laptop.p("d/y"), b"y")
+    laptop.sync()
+    for name in ("x", "y"):
+        os.unlink(laptop.p("d", name))
+    os.rmdir(laptop.p("d"))
+    result = volume.cli.run("trash", "restore", laptop.p("d"), check=False)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(laptop.p("d"))) == ["x", "y"]
+    assert read(laptop.p("d/x")) == b"b" and read(laptop.p("d/y")) == b"y"
+
+
+def test_items_deleted_under_one_name_are_told_apart_and_each_can_be_restored(volume):
+    laptop = volume.mount("laptop")
+    for text in (b"first", b"second"):
+        write(laptop.p("a.txt"), text)
+        laptop.sync()
+        os.unlink(laptop.p("a.txt"))
+    listing = volume.cli.run("trash", "list", str(laptop.path)).stdout.splitlines()
+    ids = [line.rsplit("id ", 1)[1].rstrip(")") for line in listing]
+    assert len(ids) == 2 and ids[0] != ids[1]
+    older = min(trash(laptop), key=lambda item: item["deleted"])["id"][:8]
+    volume.cli.run("trash", "restore", laptop.p("a.txt"), "--id", older)
+    assert read(laptop.p("a.txt")) == b"first"
+    volume.cli.run("trash", "restore", laptop.p("a.txt"))
+    [copy] = [n for n in os.listdir(laptop.path) if n.startswith("a (conflicted copy")]
+    assert read(laptop.p(copy)) == b"second"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -141,3 +142,74 @@ def test_a_device_killed_with_creates_in_flight_under_names_taken_elsewhere_moun
         assert read(desktop.p(copy)) == f"laptop top {i}".encode()
         notes = {read(os.path.join(desktop.path, n)) for n in tree if n.endswith("note.txt")}
         assert {f"laptop {i}".encode(), f"desktop {i}".encode()} <= notes
+
+
+def mount_process(mount) -> int:
+    from fusedrive import control
+
+    return control.read_registry(str(mount.path))["pid"]
+
+
+@pytest.mark.parametrize("how", [("--timeout", "5"), ("--no-wait",)], ids=["timeout", "no-wait"])
+def test_umount_while_the_store_is_unreachable_keeps_the_queue_for_the_next_mount(proxied_volume, store_proxy, how):
+    from fusedrive import control
+
+    laptop = proxied_volume.mount("laptop")
+    write(laptop.p("offline.txt"), b"written on the train")
+    store_proxy.down()
+    pid = mount_process(laptop)
+    started = time.monotonic()
+    result = proxied_volume.cli.run("umount", str(laptop.path), *how, check=False, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "1 files" in result.stderr and "next mount" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 30
+    assert not os.path.ismount(laptop.path)
+    assert control.wait_for_exit(pid, 10), "the mount process must exit once unmounted"
+    proxied_volume.mounts.remove(laptop)
+    store_proxy.up()
+    again = proxied_volume.mount("laptop", cache_dir=laptop.cache_dir)
+    again.sync()
+    fresh = proxied_volume.mount("fresh")
+    assert read(fresh.p("offline.txt")) == b"written on the train"
+
+
+def test_umount_with_nothing_waiting_stops_promptly_while_the_store_is_unreachable(proxied_volume, store_proxy):
+    from fusedrive import control
+
+    laptop = proxied_volume.mount("laptop")
+    write(laptop.p("saved.txt"), b"saved")
+    laptop.sync()
+    store_proxy.down()
+    pid = mount_process(laptop)
+    result = proxied_volume.cli.run("umount", str(laptop.path), "--timeout", "20", check=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert control.wait_for_exit(pid, 15), "a mount with nothing waiting must not linger after its unmount"
+    proxied_volume.mounts.remove(laptop)
+
+
+def test_a_dead_mount_is_named_so_by_status_and_cleaned_up_by_umount(proxied_volume):
+    laptop = proxied_volume.mount("laptop")
+    write(laptop.p("kept.txt"), b"closed before the kill")
+    kill_mount_process_only(laptop)
+    status = proxied_volume.cli.run("status", str(laptop.path), check=False)
+    assert status.returncode == 13
+    assert "has stopped" in status.stdout and f"fusedrive umount {laptop.path}" in status.stdout
+    result = proxied_volume.cli.run("umount", str(laptop.path), check=False)
+    assert result.returncode == 0, result.stderr
+    assert "cleaned up" in result.stdout
+    assert not os.path.ismount(laptop.path)
+    proxied_volume.mounts.remove(laptop)
+    again = proxied_volume.mount("laptop", cache_dir=laptop.cache_dir)
+    assert read(again.p("kept.txt")) == b"closed before the kill"
+
+
+def kill_mount_process_only(mount) -> None:
+    """SIGKILL the mount process and leave its dead mount point as it is."""
+    import signal
+
+    from fusedrive import control
+
+    pid = mount_process(mount)
+    os.kill(pid, signal.SIGKILL)
+    assert control.wait_for_exit(pid, 30)
