@@ -18,6 +18,7 @@ from typing import Callable
 import trio
 
 from .checkpoints import CHECKPOINT_EVERY, dump_state, write_checkpoint
+from .crashpoints import crash_point
 from .errors import FusedriveError, StoreUnreachable
 from .events import StoreHealth
 from .journal import Entry, Journal
@@ -137,7 +138,9 @@ class Committer:
                 entry = Entry(seq=self.replica.applied_seq + 1, device=self.device, ops=ops)
                 self.replica.set_state("inflight", json.dumps({"commit_id": entry.commit_id, "last_id": last_id}))
                 started = trio.current_time()
+                crash_point("before-append")
                 if await self._store_call(self.journal.append, entry):
+                    crash_point("after-append")
                     self.commit_seconds += trio.current_time() - started
                     with self.replica:
                         self.replica.mark_committed(last_id, entry.seq)
@@ -177,6 +180,7 @@ class Committer:
         except FusedriveError as exc:
             log.warning("could not write checkpoint %d (will try after the next commit): %s", seq, exc)
             return
+        crash_point("checkpoint")
         self.replica.set_state("checkpoint_seq", seq)
 
     async def run(self) -> None:

@@ -28,6 +28,7 @@ from .blocks import BlockStore
 from .cache import BlockCache, leaves_reserve
 from .checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from .committer import Committer
+from .crashpoints import crash_point
 from .errors import FusedriveError, MountError, StoreUnreachable
 from .events import EventBus, StoreHealth
 from .hub import DEVICE_WAIT_SECONDS, PROBE_SECONDS, HubClient, HubError
@@ -563,6 +564,7 @@ class Drive:
             del self.writers[fid]
         if fid in self.dirty:
             if last_writer or last_handle:
+                crash_point("staged")
                 self.queue_upload(fid)  # the last writer (or the last handle) is done: the content uploads now
         elif last_handle:
             self.replica.forget_vanished(fid)  # closed unchanged: another device's delete stands
@@ -702,6 +704,7 @@ class Drive:
             os.close(fd)
         if self.staging.generation.get(fid) != generation:
             return False  # written again meanwhile: the next close uploads the newer content
+        crash_point("blocks-stored")
         node = self.replica.inode(ino)
         if node is None:
             return False

@@ -18,6 +18,7 @@ import stat
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
+from .crashpoints import crash_point
 from .manifest import BlockRef, block_refs
 
 ROOT_INO = 1
@@ -328,6 +329,7 @@ class Replica:
             for fid in named_here:
                 if fid in self.base_locations and self.location_of(fid) is None:
                     self._remember_vanished(fid)
+            crash_point("rebase")
             for pending_id, ops in rows:
                 kept = []
                 for op in json.loads(ops):

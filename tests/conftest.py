@@ -60,9 +60,11 @@ class Cli:
         self.env = env
 
     def run(self, *args: str, passphrase: str | None = PASSPHRASE, check: bool = True,
-            timeout: float = CLI_TIMEOUT, endpoint: str | None = None) -> subprocess.CompletedProcess:
-        """`endpoint`: reach the S3 server there instead (through a fault proxy)."""
-        env = {**os.environ, **self.env, **({"AWS_ENDPOINT_URL": endpoint} if endpoint else {})}
+            timeout: float = CLI_TIMEOUT, endpoint: str | None = None,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+        """`endpoint`: reach the S3 server there instead (through a fault proxy); `env`: more
+        environment (FUSEDRIVE_CRASH_AT for a mount)."""
+        env = {**os.environ, **self.env, **({"AWS_ENDPOINT_URL": endpoint} if endpoint else {}), **(env or {})}
         if passphrase is not None:
             env["FUSEDRIVE_PASSPHRASE"] = passphrase
         result = subprocess.run([sys.executable, "-m", "fusedrive.cli", *args], env=env, capture_output=True,
@@ -115,13 +117,14 @@ class Mount:
         self.volume, self.path, self.cache_dir, self.device = volume, path, cache_dir, device
 
     def start(self, cache_size: str = "2G", poll_interval: float = 2.0, hub: str | None = None,
-              args: tuple[str, ...] = (), endpoint: str | None = None) -> None:
-        """`args`: more `fusedrive mount` options; `endpoint`: this device's way to the S3 server."""
+              args: tuple[str, ...] = (), endpoint: str | None = None, env: dict | None = None) -> None:
+        """`args`: more `fusedrive mount` options; `endpoint`: this device's way to the S3 server;
+        `env`: more environment for the mount process."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.volume.cli.run("mount", self.volume.url, str(self.path), "--cache-dir", str(self.cache_dir),
                             "--device-name", self.device, "--cache-size", cache_size,
                             "--poll-interval", str(poll_interval), *(["--hub", hub] if hub else []), *args,
-                            endpoint=endpoint)
+                            endpoint=endpoint, env=env)
 
     def p(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)
