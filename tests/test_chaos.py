@@ -1,0 +1,190 @@
+"""Three devices doing a seeded random mix of changes while the faults users have strike:
+a device killed (SIGKILL) and mounted again from its cache dir (also while cut off), a
+device cut off from the store (connections refused, or never answered), the hub killed
+and started again. At the end every device is back, all trees are identical, and every
+save whose close() returned 0 is live, a conflicted copy, in history or in the trash
+(the whole trash is restored before looking).
+
+A save a device overwrote before it could upload it (same file, by inode, while that
+device was cut off) is coalesced, as in every sync client: only the last one must survive.
+
+Replay: FUSEDRIVE_CHAOS_SEEDS=7 FUSEDRIVE_CHAOS_STEPS=200 scripts/test.sh -k chaos
+A sweep: FUSEDRIVE_CHAOS_SEEDS=1-30 FUSEDRIVE_CHAOS_STEPS=200 scripts/test.sh -k chaos
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+
+import pytest
+
+from fusedrive import control
+from fusedrive.testing.faultproxy import FaultProxy
+from oracle import assert_nothing_lost
+from test_hub import HubProcess, free_port
+from test_sync import same_everywhere, wait_for
+
+
+def seeds(text: str) -> list[int]:
+    if "-" in text:
+        first, last = text.split("-")
+        return list(range(int(first), int(last) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+SEEDS = seeds(os.environ.get("FUSEDRIVE_CHAOS_SEEDS", "11,22"))
+STEPS = int(os.environ.get("FUSEDRIVE_CHAOS_STEPS", "50"))
+FILES = ["a.txt", "b.txt", "c.bin", "dir/d.txt", "dir/e.txt"]
+NAMES = ("laptop", "desktop", "server")
+
+
+class Device:
+    """One mount of the volume with its own way to the store, which the test can cut."""
+
+    def __init__(self, volume, name: str, proxy: FaultProxy, hub: str) -> None:
+        self.volume, self.name, self.proxy, self.hub = volume, name, proxy, hub
+        self.cut = None  # None, "refused" or "hanging"
+        self.mount = volume.mount(name, poll_interval=0.5, hub=hub, endpoint=proxy.endpoint)
+        self.alive = True
+
+    def p(self, path: str) -> str:
+        return self.mount.p(path)
+
+    def cut_off(self, how: str) -> None:
+        self.cut = how
+        if how == "refused":
+            self.proxy.down()
+        else:
+            self.proxy.blackhole()
+
+    def heal(self) -> None:
+        self.cut = None
+        self.proxy.up()
+
+    def kill(self) -> None:
+        entry = control.read_registry(str(self.mount.path))
+        os.kill(entry["pid"], 9)
+        assert control.wait_for_exit(entry["pid"], 30)
+        subprocess.run(["fusermount3", "-u", "-z", str(self.mount.path)], capture_output=True, timeout=30)
+        self.volume.mounts.remove(self.mount)
+        self.alive = False
+
+    def revive(self) -> None:
+        """Mount again from the same cache dir (the store must answer a mount's start)."""
+        self.heal()
+        self.mount = self.volume.mount(self.name, cache_dir=self.mount.cache_dir, poll_interval=0.5, hub=self.hub,
+                                       endpoint=self.proxy.endpoint)
+        self.alive = True
+
+
+@pytest.fixture
+def proxies(seaweed):
+    port = int(seaweed.endpoint.rsplit(":", 1)[1])
+    made = [FaultProxy(port) for _ in NAMES]
+    yield made
+    for proxy in made:
+        proxy.down()
+
+
+@pytest.fixture
+def chaos_hub():
+    hub = HubProcess(free_port())
+    hub.start()
+    yield hub
+    hub.stop()
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_three_devices_under_kills_partitions_and_hub_failures_lose_no_closed_save(
+        proxies, chaos_hub, s3_volume, seed):
+    hub_url = f"http://127.0.0.1:{chaos_hub.port}"
+    devices = [Device(s3_volume, name, proxy, hub_url) for name, proxy in zip(NAMES, proxies)]
+    rng = random.Random(seed)
+    closed: dict[str, bytes] = {}  # "device step path" → every save that must survive
+    unsynced: dict[tuple[str, int], str] = {}  # (device, inode) → its save not known uploaded
+    log: list[str] = []
+
+    def inode(path: str) -> int | None:
+        try:
+            return os.stat(path).st_ino
+        except OSError:
+            return None
+
+    try:
+        for step in range(STEPS):
+            device = rng.choice(devices)
+            op = rng.choices(["write", "append", "rename", "delete", "mkdir", "cut", "kill", "hub"],
+                             [6, 2, 2, 2, 1, 2, 1, 1])[0]
+            path = rng.choice(FILES)
+            log.append(f"{step} {device.name} {op} {path}")
+            if op == "hub":
+                if chaos_hub.process.poll() is None:
+                    chaos_hub.stop()
+                else:
+                    chaos_hub.start()
+                continue
+            if not device.alive:
+                device.revive()
+                log[-1] += " (revived instead)"
+                continue
+            if op == "cut":
+                if device.cut:
+                    device.heal()
+                else:
+                    device.cut_off(rng.choice(["refused", "hanging"]))
+                log[-1] += f" ({device.cut or 'healed'})"
+                continue
+            if op == "kill":
+                device.kill()
+                continue
+            full = device.p(path)
+            try:
+                if op in ("write", "append"):
+                    os.makedirs(os.path.dirname(full), exist_ok=True)
+                    data = f"{device.name} step {step}\n".encode() + rng.randbytes(rng.choice([10, 3000, 200_000]))
+                    with open(full, "a+b" if op == "append" else "w+b") as f:
+                        f.write(data)
+                        f.seek(0)
+                        content = f.read()
+                        key = (device.name, os.fstat(f.fileno()).st_ino)
+                    closed[log[-1]] = content
+                    if device.cut:
+                        closed.pop(unsynced.get(key, ""), None)  # overwritten before it uploaded: coalesced
+                        unsynced[key] = log[-1]
+                elif op == "rename":
+                    target = rng.choice(FILES)
+                    log[-1] += f" -> {target}"
+                    os.makedirs(os.path.dirname(device.p(target)), exist_ok=True)
+                    source, over = inode(full), inode(device.p(target))
+                    os.rename(full, device.p(target))
+                    if over != source:
+                        unsynced.pop((device.name, over), None)  # replaced: the trash keeps its save
+                elif op == "delete":
+                    unsynced.pop((device.name, inode(full)), None)  # the trash keeps its save
+                    os.unlink(full)
+                elif op == "mkdir":
+                    os.makedirs(device.p(f"dir/sub{step}"))
+            except OSError:
+                continue  # not there on this device (yet): fine, as for any user
+            if not device.cut:
+                device.mount.sync()
+                for key in [k for k in unsynced if k[0] == device.name]:
+                    del unsynced[key]
+        if chaos_hub.process.poll() is not None:
+            chaos_hub.start()
+        for device in devices:
+            if not device.alive:
+                device.revive()
+            device.heal()
+        for device in devices:
+            wait_for(lambda: device.mount.control("status")["store_offline_since"] is None, timeout=60,
+                     what=f"{device.name} to see the store again")
+            device.mount.sync()
+        for device in devices:
+            device.mount.sync()
+        same_everywhere(*(d.mount for d in devices))
+        assert_nothing_lost(devices[0].mount, closed)
+    except AssertionError as exc:
+        raise AssertionError(f"seed {seed}: {exc}\nsteps:\n" + "\n".join(log)) from None
