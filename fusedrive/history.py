@@ -15,7 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from .errors import Archived, FusedriveError
+from .errors import Archived, FusedriveError, UsageError
 from .rebase import conflict_name
 from .replica import ROOT_FID, ROOT_INO, Replica, name_from_json, name_to_json
 
@@ -60,7 +60,7 @@ def resolve(replica: Replica, path: str) -> int:
     for part in [p for p in path.split("/") if p]:
         child = replica.lookup(ino, part.encode("utf-8", "surrogateescape"))
         if child is None:
-            raise FusedriveError(f"{path} does not exist in the drive.")
+            raise UsageError(f"{path} does not exist in the drive.")
         ino = child
     return ino
 

@@ -72,8 +72,8 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
     async def share(request: dict, send: Send) -> dict:
         source = Path(request["path"])
         in_drive = inside(str(source))
-        if not source.exists():
-            raise UsageError(f"{source} does not exist.")
+        # Looked up in the replica: a stat of our own mount from this thread would wait for itself.
+        history.resolve(drive.replica, in_drive)
         expires_in = int(request["expires"])
         total = await trio.to_thread.run_sync(sharing.size_of, source)
         copy, name = await _with_progress(send, total, sharing.prepare_copy, source, scratch)

@@ -6,14 +6,29 @@ temporary file: link(2) fails with EEXIST atomically, so exactly one writer wins
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import StoreUnreachable, UsageError
 from . import Listed, NotFound
+
+
+DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+               errno.EROFS: "the disk is read-only", errno.EACCES: "permission denied", errno.EPERM: "not permitted",
+               errno.EIO: "the disk reports an I/O error", errno.ENOTCONN: "the disk is disconnected",
+               errno.ESTALE: "the network share went away"}
+
+
+def _raise(error: OSError) -> None:
+    """os.walk's onerror: a directory that cannot be listed is an error, not an empty one
+    (a missing one is fine: nothing stored under it yet)."""
+    if not isinstance(error, FileNotFoundError):
+        raise error
 
 
 class FileStore:
@@ -25,11 +40,20 @@ class FileStore:
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/"))
 
-    def _write_temp(self, data: bytes) -> str:
+    @contextmanager
+    def _disk(self, doing: str) -> Iterator[None]:
+        """A disk that is full, read-only, gone or failing is a store that is down for now
+        (StoreUnreachable: work is queued and retried), said in one sentence."""
         try:
-            os.makedirs(self._tmp, exist_ok=True)
+            yield
+        except (FileNotFoundError, FileExistsError, NotFound):
+            raise
         except OSError as exc:
-            raise StoreUnreachable(f"Cannot write to the volume directory {self.root}: {exc.strerror}.") from exc
+            reason = DISK_ERRORS.get(exc.errno, exc.strerror or str(exc))
+            raise StoreUnreachable(f"Cannot {doing} the volume directory {self.root}: {reason}.") from exc
+
+    def _write_temp(self, data: bytes) -> str:
+        os.makedirs(self._tmp, exist_ok=True)
         tmp = os.path.join(self._tmp, uuid.uuid4().hex)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -37,8 +61,11 @@ class FileStore:
             while view:
                 view = view[os.write(fd, view):]
             os.fsync(fd)
-        finally:
+        except OSError:
             os.close(fd)
+            os.unlink(tmp)  # a disk that filled up keeps no half-written temp files
+            raise
+        os.close(fd)
         return tmp
 
     def get(self, key: str) -> bytes:
@@ -47,7 +74,7 @@ class FileStore:
     def get_range(self, key: str, start: int, length: int) -> bytes:
         """`length` bytes from `start` (fewer at the end of the object; -1: all the rest)."""
         try:
-            with open(self._path(key), "rb") as f:
+            with self._disk("read from"), open(self._path(key), "rb") as f:
                 f.seek(start)
                 return f.read(length)
         except FileNotFoundError as exc:
@@ -55,33 +82,36 @@ class FileStore:
 
     def put(self, key: str, data: bytes) -> None:
         dest = self._path(key)
-        tmp = self._write_temp(data)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        os.replace(tmp, dest)
+        with self._disk("write to"):
+            tmp = self._write_temp(data)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.replace(tmp, dest)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         dest = self._path(key)
-        tmp = self._write_temp(data)
-        try:
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            os.link(tmp, dest)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
+        with self._disk("write to"):
+            tmp = self._write_temp(data)
+            try:
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                os.link(tmp, dest)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
 
     def list(self, prefix: str, start_after: str = "") -> Iterator[Listed]:
         directory, _, name_prefix = prefix.rpartition("/")
         base = self._path(directory) if directory else self.root
         keys = []
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = [d for d in dirnames if not (dirpath == self.root and d == ".tmp")]
-            rel = os.path.relpath(dirpath, self.root)
-            for name in filenames:
-                key = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
-                if key.startswith(prefix) and key > start_after:
-                    keys.append(key)
+        with self._disk("list"):
+            for dirpath, dirnames, filenames in os.walk(base, onerror=_raise):
+                dirnames[:] = [d for d in dirnames if not (dirpath == self.root and d == ".tmp")]
+                rel = os.path.relpath(dirpath, self.root)
+                for name in filenames:
+                    key = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"
+                    if key.startswith(prefix) and key > start_after:
+                        keys.append(key)
         for key in sorted(keys):
             try:
                 st = os.stat(self._path(key))
@@ -91,16 +121,18 @@ class FileStore:
 
     def delete(self, key: str) -> None:
         try:
-            os.unlink(self._path(key))
+            with self._disk("delete from"):
+                os.unlink(self._path(key))
         except FileNotFoundError:
             pass
 
     def put_file(self, key: str, path: str) -> None:
         dest = self._path(key)
-        tmp = self._write_temp(b"")
-        shutil.copyfile(path, tmp)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        os.replace(tmp, dest)
+        with self._disk("write to"):
+            tmp = self._write_temp(b"")
+            shutil.copyfile(path, tmp)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.replace(tmp, dest)
 
     def share_url(self, key: str, expires_in: int) -> str:
         """A directory has no web server: the link is the copy's file:// URL, for this machine

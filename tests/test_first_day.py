@@ -1,0 +1,116 @@
+"""What a new user's first day finds: typos, mistakes and odd setups get one sentence and
+a documented exit code, never a hang, a traceback or a dead mount (issue: hardening)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from test_cli import expect_failure
+from test_posix import read, write
+
+
+MISSING_PATH_COMMANDS = [
+    ("share", "{missing}"),
+    ("history", "{missing}"),
+    ("restore", "{missing}", "--version", "1"),
+    ("cat", "{missing}", "--version", "1"),
+    ("trash", "restore", "{missing}"),
+]
+
+
+@pytest.mark.parametrize("command", MISSING_PATH_COMMANDS, ids=lambda c: " ".join(c[:2]))
+def test_every_control_command_on_a_missing_path_answers_at_once_and_the_mount_keeps_working(s3_volume, command):
+    """`fusedrive share ~/FuseDrive/no-such-file.txt` hung the whole mount: the mount stat'ed
+    a path inside itself from the thread that must answer that stat."""
+    laptop = s3_volume.mount("laptop")
+    write(laptop.p("real.txt"), b"here")
+    missing = laptop.p("no-such-file.txt")
+    args = [part.format(missing=missing) for part in command]
+    result = s3_volume.cli.run(*args, check=False, timeout=30)
+    assert result.returncode in (2, 64), result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "no-such-file.txt" in result.stderr
+    assert "does not exist" in result.stderr or "not in the trash" in result.stderr
+    assert read(laptop.p("real.txt")) == b"here"  # the mount still answers
+    assert laptop.control("status")["files_waiting"] in (0, 1)
+
+
+def test_share_of_a_missing_file_is_a_usage_error(s3_volume):
+    laptop = s3_volume.mount("laptop")
+    expect_failure(s3_volume.cli.run("share", laptop.p("typo.txt"), check=False, timeout=30), 64,
+                   "does not exist")
+    assert os.listdir(laptop.path) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 48 MiB tmpfs, like a USB disk, that the test can fill or make read-only."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    disk = tmp_path / "usb"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.fixture
+def usb_volume(small_disk, tmp_path, request):
+    from conftest import Cli, Volume, _teardown
+
+    directory = small_disk / "volume"
+    volume = Volume(directory.as_uri(), Cli({}), tmp_path, (None, None, None, None))
+    volume.cli.run("init", volume.url)
+    yield volume
+    _teardown(volume)
+
+
+def wait_store_error(mount, words: str) -> dict:
+    from test_sync import wait_for
+
+    return wait_for(lambda: (s := mount.control("status"))["store_offline_since"] and words in (s["store_error"] or "")
+                    and s, timeout=60, what=f"status to say {words!r}")
+
+
+@pytest.mark.parametrize("fault", ["full", "read-only"])
+def test_a_file_volume_on_a_disk_that_fills_up_or_turns_read_only_queues_work_and_stays_mounted(
+        usb_volume, small_disk, fault):
+    import subprocess
+
+    from test_store_faults import wait_drained
+
+    laptop = usb_volume.mount("laptop")
+    write(laptop.p("before.txt"), b"safe on the disk")
+    laptop.sync()
+    filler = small_disk / "filler"
+    if fault == "full":
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 20))
+            except OSError:
+                pass
+    else:
+        subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    data = os.urandom(3_000_000)
+    write(laptop.p("during.bin"), data)
+    os.mkdir(laptop.p("new-folder"))  # a commit of its own
+    status = wait_store_error(laptop, "the disk is full" if fault == "full" else "the disk is read-only")
+    assert status["files_waiting"] + status["ops_waiting"] > 0
+    assert os.path.ismount(laptop.path)
+    assert read(laptop.p("during.bin")) == data and read(laptop.p("before.txt")) == b"safe on the disk"
+    verdict = usb_volume.cli.run("status", str(laptop.path), check=False)
+    assert verdict.returncode == 1 and "unreachable" in verdict.stdout
+    if fault == "full":
+        filler.unlink()
+    else:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    laptop.sync()
+    wait_drained(laptop, timeout=60)
+    fresh = usb_volume.mount("fresh")
+    assert read(fresh.p("during.bin")) == data
+    assert os.path.isdir(fresh.p("new-folder"))
