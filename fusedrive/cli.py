@@ -498,7 +498,8 @@ def cmd_du(args) -> int:
         print(json.dumps(numbers, indent=2))
         return 0
     print(f"files          {human_bytes(numbers['logical_bytes'])} (what the files add up to)")
-    print(f"stored         {human_bytes(numbers['stored_bytes'])} in the bucket's blocks")
+    where = "the volume directory's" if args.volume.startswith("file://") else "the bucket's"
+    print(f"stored         {human_bytes(numbers['stored_bytes'])} in {where} blocks")
     print(f"dedup          {numbers['dedup_ratio']:.2f}x   compression {numbers['compression_ratio']:.2f}x")
     print(f"history        {human_bytes(numbers['history_bytes'])} only in old versions")
     print(f"trash          {human_bytes(numbers['trash_bytes'])} only in the trash")

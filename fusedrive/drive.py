@@ -54,6 +54,7 @@ CHANGE_WORDS = {"mknod": "created", "symlink": "created", "link": "linked", "unl
 UPLOAD_WORKERS = 32
 LARGE_UPLOADS = 2
 OPEN_FRESHNESS_SECONDS = 1.0
+CONFLICTS_LISTED = 20  # status names this many conflicted copies
 DOWNLOAD_THREADS = 16
 PREFETCH_BLOCKS = 6
 SEQUENTIAL_WINDOW = 1024 * 1024
@@ -843,7 +844,8 @@ class Drive:
             "download_rate": self.blocks.downloaded.rate(),
             "cache_bytes": self.cache.volume_bytes(),
             "cache_limit": self.cache_size,
-            "conflicted_copies": self.replica.conflicted_copies(),
+            "conflicted_copies": len(conflicts := self.replica.conflicted_copies()),
+            "conflicted_copy_paths": conflicts[:CONFLICTS_LISTED],
             "paused": self.committer.paused,
             "errors": list(self.errors),
         }

@@ -410,10 +410,13 @@ class Replica:
             parts.append(where[1])
         return "/" + "/".join(name_to_json(p) for p in reversed(parts))
 
-    def conflicted_copies(self) -> int:
-        """Names made by the conflict rules that are still there."""
-        return self.db.execute(
-            "SELECT count(*) FROM dentries WHERE name LIKE '%(conflicted copy from %'").fetchone()[0]
+    def conflicted_copies(self) -> list[str]:
+        """Paths of the names made by the conflict rules that are still there (names are
+        BLOBs, which LIKE never matches: instr compares the bytes)."""
+        rows = self.db.execute(
+            "SELECT i.fid FROM dentries d JOIN inodes i ON i.ino = d.ino WHERE instr(d.name, ?) > 0",
+            (b" (conflicted copy from ",)).fetchall()
+        return sorted(path for (fid,) in rows if (path := self.path_of(fid)) is not None)
 
     def location_of(self, fid: str) -> tuple[str, bytes] | None:
         """(parent fid, name) of one of the file's names now, or None if it has none."""

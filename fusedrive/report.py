@@ -22,6 +22,16 @@ def clock(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", local)
 
 
+def where_data_lives(volume_url: str) -> str:
+    """"in the cloud", or for a file:// volume the directory: nobody should take a USB disk
+    for an off-site backup."""
+    if volume_url.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return f"in the volume directory {unquote(urlparse(volume_url).path)} (a local disk, not the cloud)"
+    return "in the cloud"
+
+
 def is_pending(status: dict) -> bool:
     return bool(status["files_waiting"] or status["ops_waiting"])
 
@@ -29,7 +39,7 @@ def is_pending(status: dict) -> bool:
 def verdict(status: dict) -> str:
     """The one line that answers "is my data in the cloud yet?"."""
     if not is_pending(status):
-        line = "All changes are in the cloud"
+        line = f"All changes are {where_data_lives(status['volume'])}"
     else:
         parts = []
         if status["files_waiting"]:
@@ -63,7 +73,9 @@ def details(status: dict) -> list[str]:
                  f"(total up {human_bytes(status['bytes_uploaded'])}, down {human_bytes(status['bytes_downloaded'])})")
     lines.append(f"cache       {human_bytes(status['cache_bytes'])} of {human_bytes(status['cache_limit'])}")
     if status["conflicted_copies"]:
-        lines.append(f"conflicts   {status['conflicted_copies']} conflicted copies in the drive")
+        lines.append(f"conflicts   {status['conflicted_copies']} conflicted copies in the drive (keep what you "
+                     "need, delete the copy):")
+        lines += [f"              {path}" for path in status.get("conflicted_copy_paths", [])]
     for error in status["errors"][-3:]:
         lines.append(f"error       {error}")
     return lines

@@ -114,3 +114,48 @@ def test_a_file_volume_on_a_disk_that_fills_up_or_turns_read_only_queues_work_an
     fresh = usb_volume.mount("fresh")
     assert read(fresh.p("during.bin")) == data
     assert os.path.isdir(fresh.p("new-folder"))
+
+
+def test_status_lists_conflicted_copies_until_the_user_deals_with_them(s3_volume):
+    import json
+
+    desktop = s3_volume.mount("desktop", poll_interval=0.5)
+    laptop = s3_volume.mount("laptop", poll_interval=0.5)
+    write(laptop.p("plan.txt"), b"v1")
+    laptop.sync()
+    from test_store_faults import wait_caught_up
+
+    wait_caught_up(desktop, laptop, what="the desktop to see plan.txt")
+    laptop.control("pause")
+    write(laptop.p("plan.txt"), b"the laptop's edit")
+    write(desktop.p("plan.txt"), b"the desktop's edit")
+    desktop.sync()
+    wait_caught_up(laptop, desktop, what="the laptop to see the desktop's edit")
+    laptop.control("resume")
+    laptop.sync()
+    [entry] = json.loads(s3_volume.cli.run("status", str(laptop.path), "--json").stdout)
+    assert entry["conflicted_copies"] == 1
+    [copy] = entry["conflicted_copy_paths"]
+    assert copy.startswith("/plan (conflicted copy from laptop ")
+    text = s3_volume.cli.run("status", str(laptop.path)).stdout
+    assert "1 conflicted copies to look at" in text and copy in text
+    os.unlink(laptop.p(copy.lstrip("/")))
+    [entry] = json.loads(s3_volume.cli.run("status", str(laptop.path), "--json").stdout)
+    assert entry["conflicted_copies"] == 0
+
+
+def test_status_and_du_of_a_file_volume_say_where_the_data_is(tmp_path, request):
+    from conftest import _new_volume, _teardown
+
+    volume = _new_volume("file", tmp_path, request)
+    try:
+        laptop = volume.mount("laptop")
+        write(laptop.p("a.txt"), b"a")
+        laptop.sync()
+        text = volume.cli.run("status", str(laptop.path)).stdout
+        assert f"All changes are in the volume directory {tmp_path / 'volume'} (a local disk, not the cloud)." in text
+        assert "the cloud." not in text.replace("not the cloud", "")
+        du = volume.cli.run("du", volume.url).stdout
+        assert "the volume directory's blocks" in du and "bucket" not in du
+    finally:
+        _teardown(volume)
