@@ -5,8 +5,9 @@ and started again. At the end every device is back, all trees are identical, and
 save whose close() returned 0 is live, a conflicted copy, in history or in the trash
 (the whole trash is restored before looking).
 
-A save a device overwrote before it could upload it (same file, by inode, while that
-device was cut off) is coalesced, as in every sync client: only the last one must survive.
+A save a device overwrote before it was known uploaded (same file, by inode; the device
+was cut off, or healed but still backing off, so no sync had returned since) is
+coalesced, as in every sync client: only the last one must survive.
 
 Replay: FUSEDRIVE_CHAOS_SEEDS=7 FUSEDRIVE_CHAOS_STEPS=200 scripts/test.sh -k chaos
 A sweep: FUSEDRIVE_CHAOS_SEEDS=1-30 FUSEDRIVE_CHAOS_STEPS=200 scripts/test.sh -k chaos
@@ -150,9 +151,10 @@ def test_three_devices_under_kills_partitions_and_hub_failures_lose_no_closed_sa
                         content = f.read()
                         key = (device.name, os.fstat(f.fileno()).st_ino)
                     closed[log[-1]] = content
-                    if device.cut:
-                        closed.pop(unsynced.get(key, ""), None)  # overwritten before it uploaded: coalesced
-                        unsynced[key] = log[-1]
+                    # A save overwritten before it was known uploaded (cut off, or healed and
+                    # still backing off) may be coalesced into this one.
+                    closed.pop(unsynced.get(key, ""), None)
+                    unsynced[key] = log[-1]
                 elif op == "rename":
                     target = rng.choice(FILES)
                     log[-1] += f" -> {target}"
