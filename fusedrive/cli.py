@@ -15,13 +15,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from . import control, volume as volumes
-from .errors import FusedriveError, MountError, UsageError, first_clear_error
+from .errors import FusedriveError, LocalError, MountError, UsageError, first_clear_error
 
 DEFAULT_CACHE_SIZE = "4G"
+MIN_CACHE_SIZE = 64 << 20  # a few blocks being read and written at once
 DRAIN_RETRY_SECONDS = 2
 DEAD_MOUNT_EXIT = 13  # status: a mount's process is gone
+INTERNAL_ERROR_EXIT = 70  # a bug (EX_SOFTWARE)
 
 
 def parse_size(text: str) -> int:
@@ -32,6 +35,54 @@ def parse_size(text: str) -> int:
         return int(float(number) * units[unit])
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 500M or 4G)") from None
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad usage is one sentence and exit 64 (argparse's own is a usage dump and exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"fusedrive: {message[0].upper()}{message[1:]} (see `{self.prog} --help`).", file=sys.stderr)
+        sys.exit(UsageError.exit_code)
+
+
+def positive_size(text: str) -> int:
+    size = parse_size(text)
+    if size < MIN_CACHE_SIZE:
+        raise argparse.ArgumentTypeError(f"the cache needs at least {MIN_CACHE_SIZE >> 20}M, not {text!r}")
+    return size
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"a number of seconds above 0, not {text!r}")
+    return seconds
+
+
+def listen_address(text: str) -> str:
+    from .httpserve import parse_listen
+
+    try:
+        parse_listen(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).rstrip(".")) from None
+    return text
+
+
+def hub_url(text: str) -> str:
+    from urllib.parse import urlparse
+
+    try:
+        url = urlparse(text)
+        port_ok = url.port is None or 0 < url.port
+    except ValueError:
+        port_ok = False
+    if url.scheme not in ("http", "https") or not url.hostname or not port_ok:
+        raise argparse.ArgumentTypeError(f"the hub is an http://HOST:PORT address, not {text!r}")
+    return text
 
 
 def progress(description: str, total: int, unit: str = ""):
@@ -63,7 +114,7 @@ def ensure_default_volume(endpoint_url: str | None) -> tuple[str, Path]:
 
     url, key_file = volumes.default_volume_url(), volumes.default_key_file()
     if not key_file.exists():
-        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         import secrets
 
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -73,7 +124,7 @@ def ensure_default_volume(endpoint_url: str | None) -> tuple[str, Path]:
     try:
         store.get(volumes.HEADER_KEY)
     except NotFound:
-        os.makedirs(volumes.data_dir() / "default-volume", exist_ok=True)
+        os.makedirs(volumes.data_dir() / "default-volume", mode=0o700, exist_ok=True)
         start_journal(volumes.create_volume(store, volumes.read_key_file(key_file)))
     return url, key_file
 
@@ -87,7 +138,10 @@ def cmd_init(args) -> int:
 
     store = open_store(args.volume, args.endpoint_url)
     if store.url.startswith("file://"):
-        os.makedirs(store.root, exist_ok=True)
+        try:
+            os.makedirs(store.root, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise LocalError(f"Cannot create the volume directory {store.root}: {exc.strerror}.") from None
     volume = volumes.create_volume(store, volumes.get_passphrase(args.key_file, confirm=True))
     start_journal(volume)
     print(f"Created volume {volume.volume_id} at {args.volume}.")
@@ -95,7 +149,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_mount(args) -> int:
-    from .mounting import (check_cache_disk, check_device_name, check_mountpoint, report_failure, run_mount,
+    from .mounting import (check_cache_dir, check_device_name, check_mountpoint, report_failure, run_mount,
                            start_background)
 
     try:
@@ -109,7 +163,7 @@ def cmd_mount(args) -> int:
         cache_dir = Path(args.cache_dir) if args.cache_dir else volumes.cache_root() / volume.volume_id
         if not args.foreground:
             check_mountpoint(args.mountpoint)
-            check_cache_disk(cache_dir)
+            check_cache_dir(cache_dir)
             argv = ["mount", args.volume, args.mountpoint, "--cache-dir", str(cache_dir),
                     "--cache-size", str(args.cache_size), "--device-name", args.device_name,
                     "--poll-interval", str(args.poll_interval)]
@@ -605,7 +659,7 @@ def cmd_fsck(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fusedrive", description="A cloud drive: an S3 (or local) volume as a folder.")
+    parser = Parser(prog="fusedrive", description="A cloud drive: an S3 (or local) volume as a folder.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def volume_options(p: argparse.ArgumentParser) -> None:
@@ -631,19 +685,19 @@ def build_parser() -> argparse.ArgumentParser:
     volume_options(p)
     p.add_argument("--foreground", action="store_true", help="stay attached instead of running in the background")
     p.add_argument("--cache-dir", default=None, help="where this device keeps its replica, staging and block cache")
-    p.add_argument("--cache-size", type=parse_size, default=parse_size(DEFAULT_CACHE_SIZE),
+    p.add_argument("--cache-size", type=positive_size, default=parse_size(DEFAULT_CACHE_SIZE),
                    help=f"block cache limit (default {DEFAULT_CACHE_SIZE})")
     p.add_argument("--device-name", default=socket.gethostname(), help="how this device is named in the journal")
-    p.add_argument("--poll-interval", type=float, default=2.0,
+    p.add_argument("--poll-interval", type=positive_seconds, default=2.0,
                    help="seconds between checks for other devices' changes (default 2)")
-    p.add_argument("--hub", default=None, metavar="URL",
+    p.add_argument("--hub", type=hub_url, default=None, metavar="URL",
                    help="a `fusedrive hub` to hear about other devices' changes at once (http://HOST:PORT)")
-    p.add_argument("--io-timeout", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--io-timeout", type=positive_seconds, default=60.0, metavar="SECONDS",
                    help="a read the cache cannot serve fails (EIO) if the store does not answer in this long "
                         "(default 60)")
     p.add_argument("--notify", action="store_true",
                    help="desktop notifications (notify-send) for conflicts and problems")
-    p.add_argument("--metrics", default=None, metavar="HOST:PORT",
+    p.add_argument("--metrics", type=listen_address, default=None, metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics")
     p.add_argument("--debug", action="store_true", help="log every FUSE request")
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
@@ -652,7 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("umount", help="upload what is waiting, then unmount",
                        description="Wait until every closed file is in the store (with progress), then unmount.")
     p.add_argument("mountpoint", metavar="MOUNTPOINT")
-    p.add_argument("--timeout", type=float, default=3600, help="stop waiting for uploads after this many seconds")
+    p.add_argument("--timeout", type=positive_seconds, default=3600,
+                   help="stop waiting for uploads after this many seconds")
     p.add_argument("--lazy", action="store_true", help="detach even if files are still open")
     p.add_argument("--no-wait", action="store_true",
                    help="unmount now, even offline: what is waiting stays queued and uploads at the next mount")
@@ -665,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per mount")
     p.add_argument("--watch", action="store_true", help="refresh until interrupted")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes with --watch")
+    p.add_argument("--interval", type=positive_seconds, default=1.0, help="seconds between refreshes with --watch")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("events", help="follow what happens", description="Stream events of a running mount as "
@@ -766,7 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("hub", help="run a notification hub", description="Serve long-poll change "
                        "notifications to devices (mount --hub URL). Holds no data; devices fall back to polling "
                        "when it is down.")
-    p.add_argument("--listen", default="127.0.0.1:7780", help="HOST:PORT to listen on (default 127.0.0.1:7780)")
+    p.add_argument("--listen", type=listen_address, default="127.0.0.1:7780", help="HOST:PORT to listen on (default 127.0.0.1:7780)")
     p.set_defaults(func=cmd_hub)
 
     p = volume_command("fsck", cmd_fsck, help="check a volume",
@@ -787,6 +842,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fusedrive: interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fusedrive status | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # the local system refused something (a path, a permission): say which
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"fusedrive: {exc.strerror or exc}{where}.", file=sys.stderr)
+        return LocalError.exit_code
+    except Exception as exc:  # noqa: BLE001 - never a traceback for the user; FUSEDRIVE_DEBUG=1 shows it
+        if os.environ.get("FUSEDRIVE_DEBUG"):
+            raise
+        print(f"fusedrive: internal error ({type(exc).__name__}: {exc}); FUSEDRIVE_DEBUG=1 shows where.",
+              file=sys.stderr)
+        return INTERNAL_ERROR_EXIT
 
 
 if __name__ == "__main__":

@@ -49,6 +49,13 @@ class IntegrityError(FusedriveError):
     exit_code = 8
 
 
+class LocalError(FusedriveError):
+    """This machine refused a file operation: a read-only disk, a permission, a path that is
+    not a directory."""
+
+    exit_code = 14
+
+
 class MountError(FusedriveError):
     exit_code = 9
 

@@ -22,8 +22,8 @@ Answer = Callable[[bytes, str, dict], Awaitable[tuple[int, str, bytes]]]
 def parse_listen(text: str) -> tuple[str, int]:
     """"127.0.0.1:7780" → ("127.0.0.1", 7780)."""
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"Expected HOST:PORT to listen on, not {text!r}.")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"Expected HOST:PORT to listen on (a port from 0 to 65535), not {text!r}.")
     return host, int(port)
 
 

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -48,14 +49,21 @@ def limit_malloc_arenas() -> None:
 
 
 def check_mountpoint(mountpoint: str) -> str:
+    """The mount point, created if it is missing (the README's first command names a folder
+    a new user does not have yet)."""
     path = os.path.realpath(mountpoint)
     if not os.path.exists("/dev/fuse"):
         raise FuseUnavailable("/dev/fuse is missing: this system cannot mount FUSE file systems "
                               "(load the fuse module, or give the container the device).")
     if os.path.ismount(path):
         raise MountError(f"{mountpoint} is already a mount point.")
+    if not os.path.lexists(path):
+        try:
+            os.makedirs(path)
+        except OSError as exc:
+            raise MountError(f"Cannot create the mount point {mountpoint}: {exc.strerror}.") from None
     if not os.path.isdir(path):
-        raise MountError(f"The mount point {mountpoint} is not an existing directory.")
+        raise MountError(f"The mount point {mountpoint} is not a directory.")
     if os.listdir(path):
         raise MountError(f"The mount point {mountpoint} is not empty.")
     return path
@@ -69,8 +77,28 @@ def check_device_name(name: str) -> str:
     return name
 
 
-def check_cache_disk(cache_dir: Path) -> None:
-    """Refuse a cache dir on a full disk: every write in the mount would fail."""
+CACHE_MARKER = "volume-id"
+STARTING_FILES = {"mount.log", "lock"}  # made in a cache dir before its marker
+
+
+def check_cache_dir(cache_dir: Path) -> None:
+    """Refuse a cache dir that cannot serve: not a directory, someone else's files (`--cache-dir
+    ~` would scatter the cache over the home folder), or on a full disk."""
+    if cache_dir.exists() or cache_dir.is_symlink():
+        if not cache_dir.is_dir():
+            raise CacheDirError(f"The cache dir {cache_dir} is not a directory; choose another --cache-dir.")
+        try:
+            names = {p.name for p in cache_dir.iterdir()}
+            foreign = bool(names - STARTING_FILES) and CACHE_MARKER not in names
+        except OSError as exc:
+            raise CacheDirError(f"Cannot use the cache dir {cache_dir}: {exc.strerror}.") from None
+        if foreign:
+            raise CacheDirError(f"The cache dir {cache_dir} holds other files and is not a fusedrive cache; "
+                                "choose a new or empty directory.")
+    try:
+        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CacheDirError(f"Cannot create the cache dir {cache_dir}: {exc.strerror}.") from None
     existing = next(p for p in (cache_dir, *cache_dir.parents) if p.exists())
     free, reserve = free_and_reserve(existing)
     if free < reserve:
@@ -79,11 +107,13 @@ def check_cache_disk(cache_dir: Path) -> None:
 
 
 def prepare_cache_dir(cache_dir: Path, volume: Volume) -> int:
-    """Create or check the cache dir; returns a locked fd so one cache dir serves one mount."""
-    check_cache_disk(cache_dir)
+    """Create or check the cache dir, owner-only (it holds file names and plaintext); returns a
+    locked fd so one cache dir serves one mount."""
+    check_cache_dir(cache_dir)
     try:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        marker = cache_dir / "volume-id"
+        make_private(cache_dir)
+        marker = cache_dir / CACHE_MARKER
         if marker.exists() and marker.read_text().strip() != volume.volume_id:
             raise CacheDirError(f"The cache dir {cache_dir} belongs to another volume; choose another --cache-dir.")
         marker.write_text(volume.volume_id + "\n")
@@ -95,6 +125,22 @@ def prepare_cache_dir(cache_dir: Path, volume: Volume) -> int:
     except BlockingIOError:
         raise CacheDirError(f"The cache dir {cache_dir} is in use by another mount.") from None
     return lock_fd
+
+
+def make_private(directory: Path) -> None:
+    """Owner-only modes for a directory and everything in it, whatever the umask was when they
+    were made (an earlier version left the cache world-readable: names and plaintext)."""
+    loosened = False
+    for root, dirs, files in os.walk(directory):
+        for name, private in [(root, 0o700)] + [(os.path.join(root, d), 0o700) for d in dirs] + \
+                [(os.path.join(root, f), 0o600) for f in files]:
+            mode = os.lstat(name).st_mode
+            if stat.S_ISLNK(mode) or stat.S_IMODE(mode) & 0o077 == 0:
+                continue
+            os.chmod(name, stat.S_IMODE(mode) & private)
+            loosened = True
+    if loosened:
+        log.warning("%s was readable by other users of this machine: it is owner-only now", directory)
 
 
 async def _drain(drive: Drive) -> None:
@@ -131,6 +177,7 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
               io_timeout: float = 60.0) -> None:
     """Mount and serve until unmounted; then drain the upload queue and return."""
     limit_malloc_arenas()  # before the first worker thread
+    os.umask(0o077)  # everything the mount creates in its cache dir is the owner's alone
     path = check_mountpoint(mountpoint)
     lock_fd = prepare_cache_dir(cache_dir, volume)
     drive = Drive(volume, cache_dir, device, cache_size, poll_interval, hub_url, io_timeout)
@@ -181,8 +228,8 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
 def start_background(argv: list[str], log_path: Path, env: dict) -> None:
     """Start `fusedrive mount --foreground` detached; return once it is mounted (or say why not)."""
     read_fd, write_fd = os.pipe()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log_file:
         child = subprocess.Popen(
             [sys.executable, "-m", "fusedrive.cli", *argv, "--foreground", "--ready-fd", str(write_fd)],
             stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, pass_fds=(write_fd,),

@@ -94,8 +94,9 @@ def test_mountpoint_problems(volume, tmp_path):
     full.mkdir()
     (full / "file").write_text("x")
     expect_failure(volume.cli.run("mount", volume.url, str(full), check=False), 9, "is not empty")
-    expect_failure(volume.cli.run("mount", volume.url, str(tmp_path / "missing"), check=False), 9,
-                   "is not an existing directory")
+    (tmp_path / "a-file").write_text("x")
+    expect_failure(volume.cli.run("mount", volume.url, str(tmp_path / "a-file"), check=False), 9,
+                   "is not a directory")
     mount = volume.mount()
     expect_failure(volume.cli.run("mount", volume.url, str(mount.path), check=False), 9, "already a mount point")
     other = tmp_path / "other"

@@ -159,3 +159,96 @@ def test_status_and_du_of_a_file_volume_say_where_the_data_is(tmp_path, request)
         assert "the volume directory's blocks" in du and "bucket" not in du
     finally:
         _teardown(volume)
+
+
+BAD_OPTIONS = [
+    ("mount", "file:///x", "{mnt}", "--cache-size", "-5"),
+    ("mount", "file:///x", "{mnt}", "--cache-size", "0"),
+    ("mount", "file:///x", "{mnt}", "--io-timeout", "-1"),
+    ("mount", "file:///x", "{mnt}", "--poll-interval", "-1"),
+    ("mount", "file:///x", "{mnt}", "--metrics", "127.0.0.1:99999"),
+    ("mount", "file:///x", "{mnt}", "--hub", "notaurl"),
+    ("hub", "--listen", "127.0.0.1:99999"),
+    ("umount", "{mnt}", "--timeout", "-3"),
+]
+
+
+@pytest.mark.parametrize("args", BAD_OPTIONS, ids=lambda a: " ".join(a[-2:]))
+def test_bad_option_values_are_refused_at_once_in_one_sentence(tmp_path, args):
+    from conftest import Cli
+
+    result = Cli({}).run(*[a.format(mnt=tmp_path / "mnt") for a in args], check=False, timeout=20)
+    expect_failure(result, 64, args[-1])
+    assert not (tmp_path / "mnt").exists()
+
+
+def test_local_mistakes_are_one_sentence_never_a_traceback(tmp_path, volume):
+    import subprocess
+
+    cli = volume.cli
+    expect_failure(cli.run("mount", volume.url, str(tmp_path / "m1"), "--cache-dir", "/etc/passwd", check=False),
+                   12, "not a directory")
+    expect_failure(cli.run("mount", volume.url, str(tmp_path / "m2"), "--cache-dir", "/proc/self/nowhere",
+                           check=False), 12, "/proc/self/nowhere")
+    home_like = tmp_path / "home-like"
+    home_like.mkdir()
+    (home_like / "thesis.odt").write_bytes(b"precious")
+    expect_failure(cli.run("mount", volume.url, str(tmp_path / "m3"), "--cache-dir", str(home_like), check=False),
+                   12, "not a fusedrive cache")
+    assert os.listdir(home_like) == ["thesis.odt"]
+    if os.geteuid() == 0:
+        readonly = tmp_path / "ro"
+        readonly.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(readonly)], check=True)
+        try:
+            expect_failure(cli.run("init", (readonly / "vol").as_uri(), check=False), 14, "Read-only file system")
+        finally:
+            subprocess.run(["umount", "-l", str(readonly)], capture_output=True)
+    laptop = volume.mount("laptop")
+    piped = subprocess.run(f"{cli_command()} status {laptop.path} | head -1", shell=True, capture_output=True,
+                           text=True, timeout=60, env={**os.environ, **cli.env})
+    assert piped.stdout.startswith(str(laptop.path)) and "Traceback" not in piped.stderr, piped.stderr
+
+
+def cli_command() -> str:
+    import shlex
+    import sys
+
+    return f"{shlex.quote(sys.executable)} -m fusedrive.cli"
+
+
+def test_a_missing_mount_point_is_created(volume, tmp_path):
+    mountpoint = tmp_path / "not" / "there" / "yet"
+    volume.cli.run("mount", volume.url, str(mountpoint), "--cache-dir", str(tmp_path / "cache"))
+    try:
+        assert os.path.ismount(mountpoint)
+        write(str(mountpoint / "a.txt"), b"a")
+    finally:
+        volume.cli.run("umount", str(mountpoint))
+
+
+def test_the_cache_dir_is_owner_only_and_other_users_read_nothing(volume, tmp_path):
+    import stat
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to act as another user")
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o755)
+    (cache / "volume-id").write_text("left by an older version\n")  # an existing, world-readable cache
+    os.chmod(cache / "volume-id", 0o644)
+    os.chmod(tmp_path, 0o755)
+    with volume.opened() as opened:
+        (cache / "volume-id").write_text(opened.volume_id + "\n")
+    laptop = volume.mount("laptop", cache_dir=cache)
+    write(laptop.p("secret.txt"), b"for my eyes only " * 1000)
+    os.chmod(laptop.p("secret.txt"), 0o600)
+    laptop.sync()
+    for root, dirs, files in os.walk(cache):
+        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            mode = stat.S_IMODE(os.lstat(name).st_mode)
+            assert mode & 0o077 == 0, f"{name} is {oct(mode)}"
+    for target in ("replica.sqlite3", "blocks"):
+        other = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat",
+                                str(cache / target)], capture_output=True, timeout=30)
+        assert other.returncode != 0 and b"Permission denied" in other.stderr

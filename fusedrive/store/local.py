@@ -53,7 +53,7 @@ class FileStore:
             raise StoreUnreachable(f"Cannot {doing} the volume directory {self.root}: {reason}.") from exc
 
     def _write_temp(self, data: bytes) -> str:
-        os.makedirs(self._tmp, exist_ok=True)
+        os.makedirs(self._tmp, mode=0o700, exist_ok=True)
         tmp = os.path.join(self._tmp, uuid.uuid4().hex)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -84,7 +84,7 @@ class FileStore:
         dest = self._path(key)
         with self._disk("write to"):
             tmp = self._write_temp(data)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
             os.replace(tmp, dest)
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
@@ -92,7 +92,7 @@ class FileStore:
         with self._disk("write to"):
             tmp = self._write_temp(data)
             try:
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
                 os.link(tmp, dest)
                 return True
             except FileExistsError:
@@ -131,7 +131,7 @@ class FileStore:
         with self._disk("write to"):
             tmp = self._write_temp(b"")
             shutil.copyfile(path, tmp)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
             os.replace(tmp, dest)
 
     def share_url(self, key: str, expires_in: int) -> str:
