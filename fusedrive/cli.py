@@ -100,6 +100,25 @@ def name_in_folder(path: str) -> str:
     return os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
 
 
+def resolve_volume(args: argparse.Namespace) -> argparse.Namespace:
+    """args.volume as a URL (given, the volume of a mount point, or the default drive's), and
+    for the default drive its key file unless the user named another."""
+    target = args.volume
+    if target in (None, "default"):
+        url = volumes.default_volume_url()
+    elif "://" in target:
+        url = target
+    else:
+        entry = control.read_registry(os.path.realpath(target))
+        if entry is None:
+            raise UsageError(f"{target} is neither a volume URL (s3://..., file:///...) nor a fusedrive mount point.")
+        url = entry["volume"]
+    if url == volumes.default_volume_url() and args.key_file is None and volumes.default_key_file().exists():
+        args.key_file = str(volumes.default_key_file())
+    args.volume = url
+    return args
+
+
 def open_volume_for(url: str, args) -> volumes.Volume:
     from .store import open_store
 
@@ -406,7 +425,7 @@ def _offline_replica(args):
     from .checkpoints import replay_to_head
     from .replica import Replica
 
-    volume = open_volume_for(args.volume, args)
+    volume = open_volume_for(resolve_volume(args).volume, args)
     replica = Replica(":memory:")
     replay_to_head(volume, replica)
     return volume, replica
@@ -668,11 +687,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: $FUSEDRIVE_PASSPHRASE, else ask)")
 
     def volume_command(name: str, func, **texts: str) -> argparse.ArgumentParser:
-        """A command that works on VOLUME directly (no mount needed)."""
+        """A command that works on VOLUME directly (no mount needed): a URL, the mount point
+        of a running mount of it, or nothing for the default drive (its key found too)."""
         p = sub.add_parser(name, **texts)
-        p.add_argument("volume", metavar="VOLUME")
+        if name == "init":
+            p.add_argument("volume", metavar="VOLUME")
+            p.set_defaults(func=func)
+        else:
+            p.add_argument("volume", metavar="VOLUME", nargs="?", help="s3://BUCKET/PREFIX, file:///DIR, a mount "
+                           "point of the volume, or nothing for the default drive")
+            p.set_defaults(func=lambda args: func(resolve_volume(args)))
         volume_options(p)
-        p.set_defaults(func=func)
         return p
 
     p = volume_command("init", cmd_init, help="create a new volume", description="Create a new volume in an S3 bucket "
