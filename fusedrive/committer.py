@@ -161,7 +161,8 @@ class Committer:
         `abandon`: a cancelled caller may leave the thread behind (reads only: a pull that
         is given up changes nothing)."""
         try:
-            result = await trio.to_thread.run_sync(function, *args, abandon_on_cancel=abandon)
+            with self.health.request():
+                result = await trio.to_thread.run_sync(function, *args, abandon_on_cancel=abandon)
         except StoreUnreachable as exc:
             self.health.failed(exc)
             raise

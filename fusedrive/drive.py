@@ -471,7 +471,7 @@ class Drive:
         """A store that does not answer makes the read fail (EIO) after --io-timeout instead
         of holding the program (and the kernel request) forever; the thread is abandoned."""
         try:
-            with trio.fail_after(self.io_timeout):
+            with trio.fail_after(self.io_timeout), self.health.request():
                 return await trio.to_thread.run_sync(self.blocks.fetch, block_id, location,
                                                      limiter=self.download_limiter,
                                                      abandon_on_cancel=True)
@@ -822,6 +822,7 @@ class Drive:
     def status(self) -> dict:
         """Everything `fusedrive status` shows (times are Unix seconds)."""
         waiting_since = [self.dirty_since[fid] for fid in self.dirty if fid in self.dirty_since]
+        store_down_since, store_error = self.health.state()
         oldest_op = self.replica.oldest_pending_time()
         if oldest_op is not None:
             waiting_since.append(oldest_op)
@@ -832,8 +833,8 @@ class Drive:
             "bytes_waiting": sum(self.staged_attrs.get(fid, (0, 0, 0))[0] for fid in self.dirty),
             "ops_waiting": self.replica.pending_count(),
             "waiting_since": min(waiting_since, default=None),
-            "store_offline_since": self.health.offline_since,
-            "store_error": self.health.last_error,
+            "store_offline_since": store_down_since,
+            "store_error": store_error,
             "hub": None if self.hub is None else ("connected" if self.hub_connected else "polling"),
             "journal_head": max(self.committer.journal_head, self.replica.applied_seq),
             "applied_seq": self.replica.applied_seq,

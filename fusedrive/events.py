@@ -8,13 +8,17 @@ event instead of one per retry. Everything runs in the trio loop.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import shutil
 import time
 from collections import deque
+from contextlib import contextmanager
+from typing import Iterator
 
 import trio
 
+from .errors import StoreUnreachable
 from .signals import Broadcast
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,9 @@ class EventBus:
         return receive
 
 
+SLOW_SECONDS = 3.0  # a request waiting this long means the store is not answering
+
+
 class StoreHealth:
     """Is the store reachable? Fed by every upload and commit, it says so once per change."""
 
@@ -77,6 +84,33 @@ class StoreHealth:
         self.offline_since: float | None = None
         self.last_error: str | None = None
         self.recovered = Broadcast()  # retries waiting out a backoff wake up on it
+        self._waiting: dict[int, float] = {}  # requests now in flight → when each started
+        self._tokens = itertools.count()
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """Around a store request someone waits for: a store that hangs shows in status
+        within SLOW_SECONDS, long before the request times out."""
+        token = next(self._tokens)
+        started = self._waiting[token] = time.time()
+        try:
+            yield
+        except trio.Cancelled:  # given up on (an open's freshness check, a read's --io-timeout)
+            waited = time.time() - started
+            if waited > SLOW_SECONDS:
+                self.failed(StoreUnreachable(f"The store did not answer within {waited:.0f} s."))
+            raise
+        finally:
+            del self._waiting[token]
+
+    def state(self) -> tuple[float | None, str | None]:
+        """(unreachable since, why), or (None, None) while it answers."""
+        if self.offline_since is not None:
+            return self.offline_since, self.last_error
+        oldest = min(self._waiting.values(), default=None)
+        if oldest is not None and time.time() - oldest > SLOW_SECONDS:
+            return oldest, f"The store has not answered a request for {time.time() - oldest:.0f} s."
+        return None, None
 
     async def backoff(self, seconds: float) -> None:
         """Sleep before a retry, but only until the store is seen answering again."""

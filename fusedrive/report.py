@@ -40,6 +40,8 @@ def verdict(status: dict) -> str:
     """The one line that answers "is my data in the cloud yet?"."""
     if not is_pending(status):
         line = f"All changes are {where_data_lives(status['volume'])}"
+        if status["store_offline_since"] is not None:
+            line += f" — but the store has not answered since {clock(status['store_offline_since'])}"
     else:
         parts = []
         if status["files_waiting"]:

@@ -252,3 +252,31 @@ def test_the_cache_dir_is_owner_only_and_other_users_read_nothing(volume, tmp_pa
         other = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat",
                                 str(cache / target)], capture_output=True, timeout=30)
         assert other.returncode != 0 and b"Permission denied" in other.stderr
+
+
+def test_a_hanging_store_shows_in_status_within_seconds_and_the_mount_keeps_answering(proxied_volume, store_proxy):
+    import json
+    import threading
+    import time
+
+    laptop = proxied_volume.mount("laptop", args=("--io-timeout", "30"))
+    write(laptop.p("cached.txt"), b"in the cache")
+    laptop.sync()
+    store_proxy.blackhole()
+    time.sleep(1.2)  # past the open's freshness window: the next open asks the store
+    opener = threading.Thread(target=lambda: read(laptop.p("cached.txt")), daemon=True)
+    started = time.monotonic()
+    opener.start()
+    seen = None
+    while time.monotonic() - started < 8 and seen is None:
+        [entry] = json.loads(proxied_volume.cli.run("status", str(laptop.path), "--json", check=False).stdout)
+        if entry["store_offline_since"] is not None:
+            seen = entry
+        time.sleep(0.3)
+    assert seen is not None, "status still said the store answers"
+    assert "not answered" in seen["store_error"] or "did not answer" in seen["store_error"]
+    assert "not answered since" in seen["verdict"]
+    opener.join(timeout=15)
+    assert not opener.is_alive(), "the open must give up on the store and serve the cache"
+    assert read(laptop.p("cached.txt")) == b"in the cache"
+    store_proxy.up()
