@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import control, volume as volumes
-from .errors import FusedriveError, LocalError, MountError, UsageError, first_clear_error
+from .errors import CacheDirError, FusedriveError, LocalError, MountError, UsageError, first_clear_error
 
 DEFAULT_CACHE_SIZE = "4G"
 MIN_CACHE_SIZE = 64 << 20  # a few blocks being read and written at once
@@ -325,7 +325,9 @@ def cmd_status(args) -> int:
     while True:
         statuses = [_status_of(e) for e in entries]
         dead = [s for s in statuses if s.get("process") == "gone"]
-        code = DEAD_MOUNT_EXIT if dead else 1 if any(report.is_pending(s) for s in statuses) else 0
+        broken = [s for s in statuses if s.get("cache_dir_lost")]
+        code = (DEAD_MOUNT_EXIT if dead else CacheDirError.exit_code if broken
+                else 1 if any(report.is_pending(s) for s in statuses) else 0)
         if args.watch and sys.stdout.isatty():
             print("\033[H\033[J", end="")  # refresh in place
         if args.json:

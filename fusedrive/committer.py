@@ -47,6 +47,7 @@ class Committer:
         self.open_files = open_files
         self.on_commit: Callable[[int], None] = lambda seq: None
         self.on_error: Callable[[str], None] = lambda message: None  # what the user should see in status
+        self.check_ready: Callable[[], None] = lambda: None  # raises FusedriveError when nothing may be committed
         self.replica = replica
         self.journal = journal
         self.device = device
@@ -118,6 +119,7 @@ class Committer:
         would go out as one tiny entry per append, each a PUT."""
         while self._resumed is not None:
             await self._resumed.wait()
+        self.check_ready()
         async with self.lock:
             if self.replica.get_state("inflight"):
                 # An append whose outcome we never learned (a crash, an error after the PUT):

@@ -29,7 +29,7 @@ from .cache import BlockCache, leaves_reserve
 from .checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from .committer import Committer
 from .crashpoints import crash_point
-from .errors import FusedriveError, MountError, StoreUnreachable
+from .errors import CacheDirError, FusedriveError, MountError, StoreUnreachable
 from .events import EventBus, StoreHealth
 from .hub import DEVICE_WAIT_SECONDS, PROBE_SECONDS, HubClient, HubError
 from .journal import Entry, Journal
@@ -55,6 +55,7 @@ UPLOAD_WORKERS = 32
 LARGE_UPLOADS = 2
 OPEN_FRESHNESS_SECONDS = 1.0
 CONFLICTS_LISTED = 20  # status names this many conflicted copies
+CACHE_DIR_CHECK_SECONDS = 1.0
 DOWNLOAD_THREADS = 16
 PREFETCH_BLOCKS = 6
 SEQUENTIAL_WINDOW = 1024 * 1024
@@ -96,6 +97,8 @@ class Drive:
         self.hub_connected = False
         self.committer.on_commit = self._announce
         self.committer.on_error = self._error
+        self.committer.check_ready = self._check_cache_dir
+        self.cache_dir_lost: str | None = None
         self.replica.on_record = self.committer.kick  # a rename or delete commits on its own, not with the next upload
         self.mounted = False
         self.upload_on_exit = True  # after the unmount, upload what is waiting before exiting (see mounting._drain)
@@ -161,8 +164,30 @@ class Drive:
             nursery.start_soon(self._upload_worker)
         nursery.start_soon(self.committer.run)
         nursery.start_soon(self._tail_journal)
+        nursery.start_soon(self._watch_cache_dir)
         if self.replica.pending_count():
             self.committer.kick()
+
+    def _check_cache_dir(self) -> None:
+        """The cache dir deleted under a running mount (a cleanup script, a user): what is
+        staged is gone and what is queued may be half made, so nothing more is committed;
+        status says so. Checked before every commit and every second."""
+        if self.cache_dir_lost is None and not (
+                (self.cache_dir / "volume-id").exists() and self.staging.directory.is_dir()):
+            self.cache_dir_lost = (f"The cache dir {self.cache_dir} was deleted while mounted: nothing more is "
+                                   "committed from this device; unmount (fusedrive umount --no-wait) and mount again.")
+            self._error(self.cache_dir_lost)
+            self.events.publish("cache-dir-lost", error=self.cache_dir_lost)
+        if self.cache_dir_lost is not None:
+            raise CacheDirError(self.cache_dir_lost)
+
+    async def _watch_cache_dir(self) -> None:
+        while self.cache_dir_lost is None:
+            await trio.sleep(CACHE_DIR_CHECK_SECONDS)
+            try:
+                self._check_cache_dir()
+            except CacheDirError:
+                return
 
     def _recover_unsaved(self) -> None:
         """Files whose closed content is staged and not uploaded yet (the `dirty` table) are
@@ -848,5 +873,6 @@ class Drive:
             "conflicted_copies": len(conflicts := self.replica.conflicted_copies()),
             "conflicted_copy_paths": conflicts[:CONFLICTS_LISTED],
             "paused": self.committer.paused,
+            "cache_dir_lost": self.cache_dir_lost,
             "errors": list(self.errors),
         }

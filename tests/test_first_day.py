@@ -280,3 +280,27 @@ def test_a_hanging_store_shows_in_status_within_seconds_and_the_mount_keeps_answ
     assert not opener.is_alive(), "the open must give up on the store and serve the cache"
     assert read(laptop.p("cached.txt")) == b"in the cache"
     store_proxy.up()
+
+
+def test_a_cache_dir_deleted_while_mounted_stops_commits_and_status_says_so(s3_volume):
+    import shutil
+    import time
+
+    desktop = s3_volume.mount("desktop", poll_interval=0.5)
+    laptop = s3_volume.mount("laptop", poll_interval=0.5)
+    write(laptop.p("before.txt"), b"uploaded before")
+    laptop.sync()
+    shutil.rmtree(laptop.cache_dir)
+    try:
+        write(laptop.p("after.txt"), b"written after the cache dir went")
+    except OSError:
+        pass  # ENOENT from the staging file: fine, as long as nothing half made is committed
+    time.sleep(3)
+    assert not os.path.exists(desktop.p("after.txt")), "a half-made file reached another device"
+    status = s3_volume.cli.run("status", str(laptop.path), check=False)
+    assert status.returncode == 12, status.stdout + status.stderr
+    assert "was deleted while mounted" in status.stdout
+    result = s3_volume.cli.run("umount", str(laptop.path), "--no-wait", check=False, timeout=60)
+    assert result.returncode == 1 and not os.path.ismount(laptop.path), result.stderr
+    s3_volume.mounts.remove(laptop)
+    assert read(desktop.p("before.txt")) == b"uploaded before"
