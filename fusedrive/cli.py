@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from . import control, volume as volumes
+from . import __version__, control, volume as volumes
 from .errors import CacheDirError, FusedriveError, LocalError, MountError, UsageError, first_clear_error
 
 DEFAULT_CACHE_SIZE = "4G"
@@ -195,12 +195,16 @@ def cmd_mount(args) -> int:
                 argv += ["--metrics", args.metrics]
             if args.endpoint_url:
                 argv += ["--endpoint-url", args.endpoint_url]
+            argv += [flag for flag, on in (("--verbose", args.verbose), ("--quiet", args.quiet),
+                                           ("--debug", args.debug)) if on]
             env = dict(os.environ, FUSEDRIVE_PASSPHRASE=volumes.get_passphrase(args.key_file))
-            start_background(argv, cache_dir / "mount.log", env)
-            print(f"Mounted {args.volume} at {args.mountpoint}.")
+            log_file = Path(args.log_file).absolute() if args.log_file else cache_dir / "mount.log"
+            start_background(argv, log_file, env)
+            print(f"Mounted {args.volume} at {args.mountpoint} (log: {log_file}).")
             return 0
-        logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        level = logging.DEBUG if args.debug or args.verbose else logging.WARNING if args.quiet else logging.INFO
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            **({"filename": args.log_file} if args.log_file and args.ready_fd is None else {}))
         run_mount(volume, args.mountpoint, cache_dir, args.device_name, args.cache_size, args.ready_fd, args.debug,
                   args.poll_interval, args.hub, args.notify, args.metrics, args.io_timeout)
         return 0
@@ -681,6 +685,7 @@ def cmd_fsck(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="fusedrive", description="A cloud drive: an S3 (or local) volume as a folder.")
+    parser.add_argument("--version", action="version", version=f"fusedrive {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def volume_options(p: argparse.ArgumentParser) -> None:
@@ -727,6 +732,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=listen_address, default=None, metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics")
     p.add_argument("--debug", action="store_true", help="log every FUSE request")
+    p.add_argument("--log-file", default=None, metavar="FILE",
+                   help="where the mount logs (default: mount.log in the cache dir; with --foreground, stderr)")
+    loudness = p.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="log details (uploads, polls, conflicts)")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_mount)
 

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 NAME_MAX = 255
 ATTR_TIMEOUT = 1.0
 XATTR_NAMESPACE = b"user."
+DOT_ENTRIES = 2  # "." and ".." open every directory listing
 
 
 def fuse_errors(handler):
@@ -396,7 +397,9 @@ class DriveOperations(pyfuse3.Operations):
     async def opendir(self, inode, ctx):
         self._dir(inode)
         fh = next(self._next_fh)
-        self._dir_handles[fh] = self.view.children(inode) if self.view.owns(inode) else self.replica.children(inode)
+        children = self.view.children(inode) if self.view.owns(inode) else self.replica.children(inode)
+        parent = inode if self.view.owns(inode) else self.replica.parent_of(inode) or inode
+        self._dir_handles[fh] = [(b".", inode), (b"..", parent), *children]  # `ls -a` shows them
         return fh
 
     @fuse_errors
@@ -409,7 +412,8 @@ class DriveOperations(pyfuse3.Operations):
                 continue
             if not pyfuse3.readdir_reply(token, name, self._attrs(node), index + 1):
                 return
-            self.drive.lookups[ino] += 1
+            if index >= DOT_ENTRIES:  # the kernel takes no reference for "." and ".."
+                self.drive.lookups[ino] += 1
 
     async def releasedir(self, fh):
         self._dir_handles.pop(fh, None)

@@ -182,7 +182,8 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
     lock_fd = prepare_cache_dir(cache_dir, volume)
     drive = Drive(volume, cache_dir, device, cache_size, poll_interval, hub_url, io_timeout)
     operations = DriveOperations(drive)
-    options = set(pyfuse3.default_options) | {"fsname=fusedrive", "subtype=fusedrive"}
+    # /proc/mounts and df name the volume (a comma would split the option list)
+    options = set(pyfuse3.default_options) | {f"fsname={volume.url.replace(',', '%2C')}", "subtype=fusedrive"}
     if debug:
         options.add("debug")
     registry = control.registry_path(path)
@@ -207,11 +208,16 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
             if ready_fd is not None:
                 os.write(ready_fd, b"READY\n")
                 os.close(ready_fd)
+            else:
+                print(f"Mounted {volume.url} at {path} (in the foreground: Ctrl-C or `fusedrive umount {path}` "
+                      "stops it).", flush=True)
             try:
                 await pyfuse3.main()
             finally:
                 pyfuse3.close(unmount=True)
             await _drain(drive)
+            if ready_fd is None:
+                print(f"Unmounted {path}.", flush=True)
             nursery.cancel_scope.cancel()
 
     try:

@@ -304,3 +304,39 @@ def test_a_cache_dir_deleted_while_mounted_stops_commits_and_status_says_so(s3_v
     assert result.returncode == 1 and not os.path.ismount(laptop.path), result.stderr
     s3_volume.mounts.remove(laptop)
     assert read(desktop.p("before.txt")) == b"uploaded before"
+
+
+def test_version_foreground_messages_log_file_fsname_and_dot_entries(volume, tmp_path):
+    import subprocess
+    import sys
+
+    version = volume.cli.run("--version", passphrase=None)
+    assert version.stdout.startswith("fusedrive 0.")
+    mountpoint = tmp_path / "fg"
+    env = {**os.environ, **volume.cli.env, "FUSEDRIVE_PASSPHRASE": "correct horse battery staple"}
+    process = subprocess.Popen([sys.executable, "-m", "fusedrive.cli", "mount", volume.url, str(mountpoint),
+                                "--foreground", "-q", "--cache-dir", str(tmp_path / "cache")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = process.stdout.readline()
+        assert first.startswith(f"Mounted {volume.url} at {mountpoint}"), first + process.stderr.read()
+        [line] = [m for m in open("/proc/mounts").read().splitlines() if f" {mountpoint} " in m]
+        assert line.split()[0] == volume.url  # the source names the volume
+        listing = subprocess.run(["ls", "-a", str(mountpoint)], capture_output=True, text=True).stdout.split()
+        assert listing[:2] == [".", ".."]
+        write(str(mountpoint / "a.txt"), b"a")
+        volume.cli.run("umount", str(mountpoint))
+        assert process.wait(timeout=60) == 0
+        assert process.stdout.read().strip().endswith(f"Unmounted {mountpoint}.")
+    finally:
+        if process.poll() is None:
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+            process.kill()
+    log_file = tmp_path / "logs" / "drive.log"
+    background = volume.cli.run("mount", volume.url, str(mountpoint), "--cache-dir", str(tmp_path / "cache"),
+                                "--log-file", str(log_file), "-v")
+    try:
+        assert str(log_file) in background.stdout
+        assert "DEBUG" in log_file.read_text() or "INFO" in log_file.read_text()
+    finally:
+        volume.cli.run("umount", str(mountpoint))
