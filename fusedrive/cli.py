@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__, control, volume as volumes
+from .mountoptions import Presentation, expand_o_options, parse_umask
 from .errors import CacheDirError, FusedriveError, LocalError, MountError, UsageError, first_clear_error
 
 DEFAULT_CACHE_SIZE = "4G"
@@ -43,6 +44,21 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"fusedrive: {message[0].upper()}{message[1:]} (see `{self.prog} --help`).", file=sys.stderr)
         sys.exit(UsageError.exit_code)
+
+
+def with_o_options_expanded(argv: list[str]) -> list[str]:
+    """`mount ... -o allow_other,uid=1000` (fstab style) as the long options they stand for."""
+    if not argv or argv[0] != "mount":
+        return argv
+    out, groups, items = [], [], iter(argv)
+    for arg in items:
+        if arg == "-o":
+            groups.append(next(items, ""))
+        elif arg.startswith("-o") and len(arg) > 2 and not arg.startswith("--"):
+            groups.append(arg[2:])
+        else:
+            out.append(arg)
+    return out + expand_o_options(groups)
 
 
 def positive_size(text: str) -> int:
@@ -178,6 +194,8 @@ def cmd_mount(args) -> int:
             args.volume, default_key = ensure_default_volume(args.endpoint_url)
             args.key_file = args.key_file or str(default_key)
         check_device_name(args.device_name)
+        presentation = Presentation(args.allow_other, args.read_only, args.uid, args.gid,
+                                    None if args.umask is None else parse_umask(args.umask))
         volume = open_volume_for(args.volume, args)
         cache_dir = Path(args.cache_dir) if args.cache_dir else volumes.cache_root() / volume.volume_id
         if not args.foreground:
@@ -197,6 +215,7 @@ def cmd_mount(args) -> int:
                 argv += ["--endpoint-url", args.endpoint_url]
             argv += [flag for flag, on in (("--verbose", args.verbose), ("--quiet", args.quiet),
                                            ("--debug", args.debug)) if on]
+            argv += presentation.as_argv()
             env = dict(os.environ, FUSEDRIVE_PASSPHRASE=volumes.get_passphrase(args.key_file))
             log_file = Path(args.log_file).absolute() if args.log_file else cache_dir / "mount.log"
             start_background(argv, log_file, env)
@@ -206,7 +225,7 @@ def cmd_mount(args) -> int:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                             **({"filename": args.log_file} if args.log_file and args.ready_fd is None else {}))
         run_mount(volume, args.mountpoint, cache_dir, args.device_name, args.cache_size, args.ready_fd, args.debug,
-                  args.poll_interval, args.hub, args.notify, args.metrics, args.io_timeout)
+                  args.poll_interval, args.hub, args.notify, args.metrics, args.io_timeout, presentation)
         return 0
     except FusedriveError as exc:
         report_failure(args.ready_fd, exc)
@@ -737,6 +756,16 @@ def build_parser() -> argparse.ArgumentParser:
     loudness = p.add_mutually_exclusive_group()
     loudness.add_argument("-v", "--verbose", action="store_true", help="log details (uploads, polls, conflicts)")
     loudness.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+    p.add_argument("--allow-other", action="store_true", help="let other users (root's daemons too) into the mount; "
+                   "a non-root user needs user_allow_other in /etc/fuse.conf")
+    p.add_argument("--read-only", action="store_true", help="mount read-only")
+    p.add_argument("--uid", type=int, default=None, help="show every file as owned by this user id")
+    p.add_argument("--gid", type=int, default=None, help="show every file as owned by this group id")
+    p.add_argument("--umask", default=None, metavar="OCTAL", help="take these permission bits from every file (022)")
+    p.add_argument("-o", dest="o_options", action="append", default=[], metavar="OPTIONS",
+                   help="options as in /etc/fstab: allow_other, ro, uid=N, gid=N, umask=022, key_file=FILE, "
+                        "cache_dir=DIR, cache_size=4G, device_name=NAME, hub=URL, ... (_netdev, nofail, noauto "
+                        "and x-systemd.* are accepted and ignored)")
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_mount)
 
@@ -870,8 +899,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     try:
+        args = build_parser().parse_args(with_o_options_expanded(argv))
         return args.func(args)
     except FusedriveError as exc:
         print(f"fusedrive: {exc}", file=sys.stderr)

@@ -23,6 +23,7 @@ import pyfuse3
 from .drive import Drive
 from .errors import FusedriveError
 from .historyfs import CONTROL_DIR, HistoryView
+from .mountoptions import Presentation
 from .replica import ROOT_INO, Inode, b64, name_to_json
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,10 @@ class DriveOperations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, drive: Drive) -> None:
+    def __init__(self, drive: Drive, presentation: Presentation = Presentation()) -> None:
         super().__init__()
         self.drive = drive
+        self.presentation = presentation
         self.replica = drive.replica
         self._handles: dict[int, Inode] = {}
         self._handle_now: dict[int, tuple[int, Inode]] = {}  # fh -> (replica change stamp, node then)
@@ -92,10 +94,10 @@ class DriveOperations(pyfuse3.Operations):
         a.generation = 0
         a.entry_timeout = ATTR_TIMEOUT
         a.attr_timeout = ATTR_TIMEOUT
-        a.st_mode = node.mode
+        a.st_mode = self.presentation.mode(node.mode)
         a.st_nlink = node.nlink
-        a.st_uid = node.uid
-        a.st_gid = node.gid
+        a.st_uid = node.uid if self.presentation.uid is None else self.presentation.uid
+        a.st_gid = node.gid if self.presentation.gid is None else self.presentation.gid
         a.st_rdev = node.rdev
         a.st_size = size
         a.st_blksize = 128 * 1024

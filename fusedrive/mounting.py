@@ -25,6 +25,7 @@ from .events import notify_desktop
 from .metrics import serve_metrics
 from .report import human_bytes
 from .fs import DriveOperations
+from .mountoptions import Presentation
 from .volume import Volume
 
 log = logging.getLogger(__name__)
@@ -174,16 +175,17 @@ async def _drain(drive: Drive) -> None:
 def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cache_size: int,
               ready_fd: int | None = None, debug: bool = False, poll_interval: float = 2.0,
               hub_url: str | None = None, notify: bool = False, metrics: str | None = None,
-              io_timeout: float = 60.0) -> None:
+              io_timeout: float = 60.0, presentation: Presentation = Presentation()) -> None:
     """Mount and serve until unmounted; then drain the upload queue and return."""
     limit_malloc_arenas()  # before the first worker thread
     os.umask(0o077)  # everything the mount creates in its cache dir is the owner's alone
     path = check_mountpoint(mountpoint)
     lock_fd = prepare_cache_dir(cache_dir, volume)
     drive = Drive(volume, cache_dir, device, cache_size, poll_interval, hub_url, io_timeout)
-    operations = DriveOperations(drive)
+    operations = DriveOperations(drive, presentation)
     # /proc/mounts and df name the volume (a comma would split the option list)
     options = set(pyfuse3.default_options) | {f"fsname={volume.url.replace(',', '%2C')}", "subtype=fusedrive"}
+    options |= presentation.fuse_options()
     if debug:
         options.add("debug")
     registry = control.registry_path(path)

@@ -1,0 +1,111 @@
+"""What rclone mount and JuiceFS users expect of a mount: --allow-other, --read-only,
+--uid/--gid/--umask, `-o` options as in /etc/fstab, and `mount -t fuse.fusedrive` (with an
+fstab line) through the mount helper."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import PASSPHRASE
+from test_posix import read, write
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def as_nobody(*command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command],
+                          capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def root_only():
+    if os.geteuid() != 0:
+        pytest.skip("needs root (other users, /sbin)")
+
+
+def test_allow_other_lets_other_users_in_and_without_it_they_get_eacces(volume, root_only, tmp_path):
+    for folder in (tmp_path, *tmp_path.parents):  # pytest's folders are root's alone: let nobody pass
+        if folder == Path(tempfile.gettempdir()):
+            break
+        os.chmod(folder, os.stat(folder).st_mode | 0o711)
+    private = volume.mount("private")
+    write(private.p("shared.txt"), b"for everyone")
+    os.chmod(private.p("shared.txt"), 0o644)
+    private.sync()
+    refused = as_nobody("cat", private.p("shared.txt"))
+    assert refused.returncode != 0 and "Permission denied" in refused.stderr
+    open_mount = volume.mount("open", args=("--allow-other",))
+    allowed = as_nobody("cat", open_mount.p("shared.txt"))
+    assert allowed.returncode == 0 and allowed.stdout == "for everyone", allowed.stderr
+
+
+def test_read_only_uid_gid_and_umask_as_options_and_as_o_options(volume, tmp_path):
+    writer = volume.mount("writer")
+    write(writer.p("doc.txt"), b"the text")
+    os.chmod(writer.p("doc.txt"), 0o666)
+    writer.sync()
+    for args in (("--read-only", "--uid", "1234", "--gid", "5678", "--umask", "027"),
+                 ("-o", "ro,uid=1234,gid=5678,umask=027,_netdev,nofail")):
+        reader = volume.mount("reader", cache_dir=tmp_path / f"cache-{len(args)}", args=args)
+        st = os.stat(reader.p("doc.txt"))
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 5678, 0o640)
+        assert read(reader.p("doc.txt")) == b"the text"
+        with pytest.raises(OSError) as caught:
+            write(reader.p("new.txt"), b"x")
+        assert caught.value.errno == errno.EROFS
+        reader.umount()
+
+
+def test_an_unknown_o_option_is_a_usage_error(volume, tmp_path):
+    result = volume.cli.run("mount", volume.url, str(tmp_path / "m"), "-o", "allow_other,frobnicate=3", check=False)
+    assert result.returncode == 64 and "frobnicate" in result.stderr
+
+
+def test_mount_t_fuse_fusedrive_and_an_fstab_line_mount_and_unmount_for_real(volume, root_only, tmp_path):
+    from fusedrive import control
+
+    helper = Path("/sbin/mount.fuse.fusedrive")
+    installed = not helper.exists()
+    if installed:
+        helper.symlink_to(REPO / ".venv/bin/mount.fuse.fusedrive")
+    key = tmp_path / "key"
+    key.write_text(PASSPHRASE + "\n")
+    env = {**os.environ, **volume.cli.env}
+    env.pop("FUSEDRIVE_PASSPHRASE", None)
+    mountpoint = tmp_path / "drive"
+    mountpoint.mkdir()
+    options = f"key_file={key},cache_dir={tmp_path / 'cache'},device_name=fstab,_netdev"
+    try:
+        mounted = subprocess.run(["mount", "-t", "fuse.fusedrive", volume.url, str(mountpoint), "-o", options],
+                                 capture_output=True, text=True, timeout=120, env=env)
+        assert mounted.returncode == 0, mounted.stdout + mounted.stderr
+        assert os.path.ismount(mountpoint)
+        write(str(mountpoint / "via-mount.txt"), b"mounted by mount(8)")
+        pid = control.read_registry(str(mountpoint))["pid"]
+        assert subprocess.run(["umount", str(mountpoint)], capture_output=True, timeout=60).returncode == 0
+        assert control.wait_for_exit(pid, 60), "the mount process uploads what waits and exits"
+        fstab = tmp_path / "fstab"
+        fstab.write_text(f"{volume.url} {mountpoint} fuse.fusedrive {options} 0 0\n")
+        mounted = subprocess.run(["mount", "-T", str(fstab), str(mountpoint)], capture_output=True, text=True,
+                                 timeout=120, env=env)
+        assert mounted.returncode == 0, mounted.stdout + mounted.stderr
+        assert read(str(mountpoint / "via-mount.txt")) == b"mounted by mount(8)"
+        pid = control.read_registry(str(mountpoint))["pid"]
+        assert subprocess.run(["umount", str(mountpoint)], capture_output=True, timeout=60).returncode == 0
+        assert control.wait_for_exit(pid, 60)
+    finally:
+        if os.path.ismount(mountpoint):
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+        if installed:
+            helper.unlink()
+    fsck = volume.cli.run("fsck", volume.url, check=False)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
