@@ -19,6 +19,7 @@ import zstandard
 from . import crypto
 from .errors import IntegrityError
 from .journal import Journal
+from .report import Progress
 from .replica import ROOT_FID, ROOT_INO, Replica, name_from_json, name_to_json
 from .store import NotFound
 from .volume import Volume
@@ -110,12 +111,19 @@ def read_checkpoint(volume: Volume, seq: int) -> dict:
     return state
 
 
-def replay_to_head(volume: Volume, replica: Replica) -> None:
+def replay_to_head(volume: Volume, replica: Replica, progress: Progress | None = None) -> None:
     """Fill an empty replica with the volume's committed state: the newest checkpoint,
-    then every entry after it (for commands that work without a mount)."""
+    then every entry after it (for commands that work without a mount), with a progress
+    bar on a terminal."""
     seqs = checkpoint_seqs(volume)
     if seqs:
         load_state(replica, read_checkpoint(volume, max(seqs)))
     journal = Journal(volume)
-    for entry in journal.entries_after(replica.applied_seq):
+    start = replica.applied_seq
+    bar = progress("reading the journal", len(journal.seqs_after(start))) if progress else None
+    for entry in journal.entries_after(start):
         replica.apply_remote(entry.seq, entry.ops)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()

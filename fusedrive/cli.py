@@ -452,7 +452,7 @@ def _offline_replica(args):
 
     volume = open_volume_for(resolve_volume(args).volume, args)
     replica = Replica(":memory:")
-    replay_to_head(volume, replica)
+    replay_to_head(volume, replica, progress)
     return volume, replica
 
 
@@ -589,7 +589,7 @@ def cmd_du(args) -> int:
     from .report import human_bytes
     from .space import usage
 
-    numbers = usage(open_volume_for(args.volume, args))
+    numbers = usage(open_volume_for(args.volume, args), progress)
     if args.json:
         import json
 

@@ -16,16 +16,15 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Callable
 
 from .blocks import BLOCKS, PACKS, BlockStore, object_key, stored_objects
 from .checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from .errors import FusedriveError
 from .journal import Journal
 from .manifest import BlockRef, pieces
+from .report import Progress
 from .replica import ROOT_INO, Replica
 
-Progress = Callable[[str, int], "object"]
 
 
 def check_tree(replica: Replica) -> list[str]:

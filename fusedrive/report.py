@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+from typing import Any, Callable
+
+Progress = Callable[[str, int], Any]  # (what, total) → a bar with update() and close(); cli.progress
 
 
 def human_bytes(n: float) -> str:

@@ -25,13 +25,13 @@ from .checkpoints import replay_to_head
 from .errors import FusedriveError
 from .journal import Entry, Journal
 from .manifest import Location, known_lengths, pieces
+from .report import Progress
 from .replica import Replica
 from .retention import Retention, expired_trash, thin
 from .volume import Volume
 
 APPEND_ATTEMPTS = 20  # of appending a command's journal entry while devices commit
 
-Progress = Callable[[str, int], "object"]
 
 
 @dataclass
@@ -143,7 +143,7 @@ def collect(volume: Volume, policy: Retention, grace_seconds: float, dry_run: bo
     report = GcReport(dry_run=dry_run)
     journal = Journal(volume)
     replica = Replica(":memory:")
-    replay_to_head(volume, replica)
+    replay_to_head(volume, replica, progress)
     if dry_run:
         ops = retention_ops(replica, policy, now)
         replica.apply_remote(replica.applied_seq + 1, ops)  # the scratch replica only
@@ -179,10 +179,10 @@ def collect(volume: Volume, policy: Retention, grace_seconds: float, dry_run: bo
     return report
 
 
-def usage(volume: Volume) -> dict:
+def usage(volume: Volume, progress: Progress | None = None) -> dict:
     """Logical and stored bytes, dedup and compression ratios, bytes held by history and trash."""
     replica = Replica(":memory:")
-    replay_to_head(volume, replica)
+    replay_to_head(volume, replica, progress)
     live_rows = replica.db.execute("SELECT size, manifest FROM inodes WHERE nlink > 0 AND (mode & 61440) = 32768")
     logical = data_bytes = 0
     for size, manifest in live_rows:

@@ -340,3 +340,23 @@ def test_version_foreground_messages_log_file_fsname_and_dot_entries(volume, tmp
         assert "DEBUG" in log_file.read_text() or "INFO" in log_file.read_text()
     finally:
         volume.cli.run("umount", str(mountpoint))
+
+
+def test_long_volume_commands_show_progress_on_a_terminal(volume):
+    import shlex
+    import subprocess
+
+    laptop = volume.mount("laptop")
+    for i in range(30):
+        write(laptop.p(f"f{i}.txt"), b"x" * i)
+    laptop.sync()
+    env = {**os.environ, **volume.cli.env, "FUSEDRIVE_PASSPHRASE": "correct horse battery staple"}
+    for command in ("du", "gc --dry-run", "fsck --verify-blocks"):
+        # `script` gives the command a terminal, as a user has (in a pipe the bars stay off)
+        line = f"stty cols 100 rows 30; {cli_command()} {command} {shlex.quote(volume.url)}"
+        shown = subprocess.run(["script", "-qec", line, "/dev/null"], capture_output=True, text=True, timeout=120,
+                               env=env)
+        assert shown.returncode == 0, shown.stdout
+        assert "journal" in shown.stdout and "%|" in shown.stdout, f"{command}: {shown.stdout[-500:]}"
+        piped = volume.cli.run(*command.split(), volume.url)
+        assert "%|" not in piped.stdout + piped.stderr
