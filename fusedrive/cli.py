@@ -184,7 +184,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_mount(args) -> int:
-    from .mounting import (check_cache_dir, check_device_name, check_mountpoint, report_failure, run_mount,
+    from .mounting import (cache_size_warning, check_cache_dir, check_device_name, check_mountpoint, report_failure, run_mount,
                            start_background)
 
     try:
@@ -220,6 +220,9 @@ def cmd_mount(args) -> int:
             log_file = Path(args.log_file).absolute() if args.log_file else cache_dir / "mount.log"
             start_background(argv, log_file, env)
             print(f"Mounted {args.volume} at {args.mountpoint} (log: {log_file}).")
+            warning = cache_size_warning(cache_dir, args.cache_size)
+            if warning:
+                print(f"fusedrive: {warning}", file=sys.stderr)
             return 0
         level = logging.DEBUG if args.debug or args.verbose else logging.WARNING if args.quiet else logging.INFO
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",

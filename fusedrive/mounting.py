@@ -107,6 +107,19 @@ def check_cache_dir(cache_dir: Path) -> None:
                             f"needs {human_bytes(reserve)}): free some space or choose another --cache-dir.")
 
 
+def cache_size_warning(cache_dir: Path, cache_size: int) -> str | None:
+    """A sentence when --cache-size is more than the cache disk can give (what the cache
+    already holds counts as available)."""
+    free, reserve = free_and_reserve(cache_dir)
+    held = sum(f.stat().st_size for f in (cache_dir / "blocks").rglob("*") if f.is_file()) \
+        if (cache_dir / "blocks").is_dir() else 0
+    room = free - reserve + held
+    if cache_size <= room:
+        return None
+    return (f"The cache may grow to {human_bytes(cache_size)} (--cache-size) but its disk has room for "
+            f"{human_bytes(max(room, 0))}: it stops there, and writes fail with ENOSPC once the disk is nearly full.")
+
+
 def prepare_cache_dir(cache_dir: Path, volume: Volume) -> int:
     """Create or check the cache dir, owner-only (it holds file names and plaintext); returns a
     locked fd so one cache dir serves one mount."""

@@ -217,10 +217,12 @@ def cli_command() -> str:
     return f"{shlex.quote(sys.executable)} -m fusedrive.cli"
 
 
-def test_a_missing_mount_point_is_created(volume, tmp_path):
+def test_a_missing_mount_point_is_created_and_a_cache_bigger_than_the_disk_is_said(volume, tmp_path):
     mountpoint = tmp_path / "not" / "there" / "yet"
-    volume.cli.run("mount", volume.url, str(mountpoint), "--cache-dir", str(tmp_path / "cache"))
+    mounted = volume.cli.run("mount", volume.url, str(mountpoint), "--cache-dir", str(tmp_path / "cache"),
+                             "--cache-size", "900T")
     try:
+        assert "The cache may grow to 900.0 TiB (--cache-size) but its disk has room for" in mounted.stderr
         assert os.path.ismount(mountpoint)
         write(str(mountpoint / "a.txt"), b"a")
     finally:
