@@ -9,6 +9,7 @@ import os
 
 import stat
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,8 +17,6 @@ import pytest
 
 from conftest import PASSPHRASE
 from test_posix import read, write
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def as_nobody(*command: str) -> subprocess.CompletedProcess:
@@ -75,7 +74,7 @@ def test_mount_t_fuse_fusedrive_and_an_fstab_line_mount_and_unmount_for_real(vol
     helper = Path("/sbin/mount.fuse.fusedrive")
     installed = not helper.exists()
     if installed:
-        helper.symlink_to(REPO / ".venv/bin/mount.fuse.fusedrive")
+        helper.symlink_to(Path(sys.executable).parent / "mount.fuse.fusedrive")  # this venv's
     key = tmp_path / "key"
     key.write_text(PASSPHRASE + "\n")
     env = {**os.environ, **volume.cli.env}
