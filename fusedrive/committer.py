@@ -205,11 +205,12 @@ class Committer:
                 self.last_error = str(exc)
                 self.failures += 1
                 self.committed.fire()
-                if isinstance(exc, FusedriveError):
+                if isinstance(exc, StoreUnreachable):
                     log.warning("commit failed, retrying in %.0f s: %s", delay, exc)
-                else:  # an entry this device cannot apply, or a bug: the user must hear of it
+                else:  # an entry this device cannot apply, a lost cache dir, a bug: the user must hear of it
                     log.exception("commit failed")
-                    self.on_error(f"Cannot commit (retrying in {delay:.0f} s; changes stay queued here): {exc!r}")
+                    self.on_error(f"Cannot commit (changes stay queued here): "
+                                  f"{exc if isinstance(exc, FusedriveError) else repr(exc)}")
                 await self.health.backoff(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
                 self.kick()

@@ -147,12 +147,12 @@ class Drive:
         self._recover_unsaved()
         try:
             await self.committer.pull()
-        except FusedriveError:
+        except StoreUnreachable:
             raise
         except Exception as exc:  # noqa: BLE001 - what is here must stay reachable: mount, commits retry
             log.exception("cannot apply the journal at start")
             self._error(f"Cannot apply the journal after entry {self.replica.applied_seq} (changes stay queued "
-                        f"here): {exc!r}")
+                        f"here): {exc}")
         if self.replica.inode(1) is None:
             raise MountError(f"The volume at {self.volume.url} has no root directory in its journal.")
         for orphan in self.replica.reap_orphans():
@@ -228,10 +228,10 @@ class Drive:
                 await trio.sleep(self.poll_interval)
             try:
                 await self.committer.pull()
-            except FusedriveError as exc:
+            except StoreUnreachable as exc:
                 log.info("journal poll failed: %s", exc)
             except Exception as exc:  # noqa: BLE001 - an entry we cannot apply must not take the mount down
-                self._error(f"Cannot apply the journal after entry {self.replica.applied_seq}: {exc!r}")
+                self._error(f"Cannot apply the journal after entry {self.replica.applied_seq}: {exc}")
 
     async def _wait_for_hub(self) -> bool:
         """True once the hub says something may have changed (or its wait timed out)."""
@@ -663,6 +663,8 @@ class Drive:
     def _error(self, message: str) -> None:
         """A problem the user should see in `fusedrive status` (the last 20 are kept)."""
         log.error(message)
+        if self.errors and self.errors[-1].endswith(message):
+            return  # the same problem again (a retry): said once
         self.errors.append(f"{time.strftime('%H:%M:%S')} {message}")
 
     def _upload_failed(self, fid: str, exc: Exception, retry_in: float) -> None:

@@ -56,6 +56,12 @@ class LocalError(FusedriveError):
     exit_code = 14
 
 
+class UnknownOperation(FusedriveError):
+    """A journal entry from a newer build: this device stops committing, never its mount."""
+
+    exit_code = 15
+
+
 class MountError(FusedriveError):
     exit_code = 9
 

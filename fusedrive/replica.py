@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from .crashpoints import crash_point
+from .errors import UnknownOperation
 from .manifest import BlockRef, block_refs
 
 ROOT_INO = 1
@@ -450,7 +451,12 @@ class Replica:
     # --- applying operations ----------------------------------------------------------
 
     def apply(self, op: dict) -> None:
-        getattr(self, "_op_" + op["op"])(op)
+        handler = getattr(self, f"_op_{op.get('op')}", None)
+        if handler is None:  # written by a newer fusedrive: applying part of an entry would fork the tree
+            raise UnknownOperation(f"The journal holds an operation this version of fusedrive cannot apply "
+                                   f"({op.get('op')!r}); update fusedrive on this device. Changes made here stay "
+                                   "queued until then.")
+        handler(op)
 
     def _ino(self, fid: str) -> int:
         ino = self.ino_of(fid)
