@@ -22,7 +22,7 @@ from .mountoptions import Presentation, expand_o_options, parse_umask
 from .errors import CacheDirError, FusedriveError, LocalError, MountError, UsageError, first_clear_error
 
 DEFAULT_CACHE_SIZE = "4G"
-MIN_CACHE_SIZE = 64 << 20  # a few blocks being read and written at once
+MIN_CACHE_SIZE = 4 << 20  # one largest block
 DRAIN_RETRY_SECONDS = 2
 DEAD_MOUNT_EXIT = 13  # status: a mount's process is gone
 INTERNAL_ERROR_EXIT = 70  # a bug (EX_SOFTWARE)
