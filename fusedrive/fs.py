@@ -101,7 +101,7 @@ class DriveOperations(pyfuse3.Operations):
         a.st_rdev = node.rdev
         a.st_size = size
         a.st_blksize = 128 * 1024
-        a.st_blocks = (size + 511) // 512
+        a.st_blocks = self.drive.stored_blocks(node, size)
         a.st_atime_ns = node.atime_ns
         a.st_mtime_ns = mtime_ns
         a.st_ctime_ns = self.drive.ctime(node)

@@ -387,3 +387,17 @@ def test_a_journal_entry_this_build_cannot_apply_stops_commits_never_the_mount(s
     result = s3_volume.cli.run("umount", str(laptop.path), "--no-wait", check=False)
     assert result.returncode == 1 and not os.path.ismount(laptop.path)
     s3_volume.mounts.remove(laptop)
+
+
+def test_st_blocks_of_a_sparse_file_counts_what_is_stored(volume):
+    laptop = volume.mount("laptop")
+    path = laptop.p("sparse.img")
+    with open(path, "wb") as f:
+        f.truncate(100 << 20)
+        f.seek(50 << 20)
+        f.write(b"x" * 4096)
+    assert os.stat(path).st_blocks * 512 < 1 << 20  # staged: sparse on the cache disk too
+    laptop.sync()
+    fresh = volume.mount("fresh")
+    st = os.stat(fresh.p("sparse.img"))
+    assert st.st_size == 100 << 20 and st.st_blocks * 512 < 2 << 20, st.st_blocks
