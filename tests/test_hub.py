@@ -156,7 +156,7 @@ def test_a_hub_that_fails_in_any_way_means_polling_never_a_dead_mount(s3_volume,
         broken_hub.mode = mode
         time.sleep(1.5)  # the long-polls in flight meet the failure
         arrival = arrival_seconds(a, b, f"while-the-hub-is-{mode}")
-        assert arrival < 15, f"with the hub {mode}, polling brings changes ({arrival:.1f} s)"
+        assert arrival < 25, f"with the hub {mode}, polling brings changes ({arrival:.1f} s)"
         for mount in (a, b):
             assert os.path.ismount(mount.path), f"the {mode} hub took the {mount.device} mount down"
             assert mount.control("status")["errors"] == []
