@@ -313,6 +313,7 @@ def cmd_umount(args) -> int:
     complete = not args.no_wait and _wait_for_upload(mountpoint, args.timeout)
     if not complete:
         status = control.request(mountpoint, "leave-queued")  # the mount exits without waiting for the store
+        complete = not (status["files_waiting"] or status["ops_waiting"])
     _unmount_kernel(mountpoint, args.lazy)
     control.wait_for_exit(entry["pid"], max(args.timeout, 30))
     if not complete:

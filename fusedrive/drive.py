@@ -147,9 +147,9 @@ class Drive:
         self._recover_unsaved()
         try:
             await self.committer.pull()
-        except StoreUnreachable:
-            raise
         except Exception as exc:  # noqa: BLE001 - what is here must stay reachable: mount, commits retry
+            if isinstance(exc, StoreUnreachable) or self.replica.inode(1) is None:
+                raise  # offline, or nothing here to serve (a new device): say why and stop
             log.exception("cannot apply the journal at start")
             self._error(f"Cannot apply the journal after entry {self.replica.applied_seq} (changes stay queued "
                         f"here): {exc}")

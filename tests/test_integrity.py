@@ -105,3 +105,24 @@ def test_tampered_journal_entry_stops_the_mount(volume, tmp_path):
         assert fsck.returncode == 1 and "Journal entry 2 failed its authentication tag." in fsck.stdout
     finally:
         volume.write_object(keys[1], original)
+
+
+def test_a_device_with_its_replica_mounts_past_a_tampered_entry_and_says_so(volume):
+    mount = volume.mount()
+    with open(mount.p("a"), "wb") as f:
+        f.write(b"kept here")
+    mount.sync()
+    mount.umount()
+    last = max(int(key.rsplit("/", 1)[1]) for key, _ in volume.list_objects("journal/"))
+    volume.write_object(f"journal/{last + 1:020d}", os.urandom(200))  # a forged entry
+    again = volume.mount(cache_dir=mount.cache_dir)
+    try:
+        with open(again.p("a"), "rb") as f:
+            assert f.read() == b"kept here"  # what this device has stays reachable
+        errors = again.control("status")["errors"]
+        assert any("Journal entry" in e and "damaged" in e for e in errors), errors
+    finally:
+        result = volume.cli.run("umount", str(again.path), "--no-wait", check=False)
+        volume.mounts.remove(again)
+        volume.delete_object(f"journal/{last + 1:020d}")
+    assert result.returncode == 0, result.stderr  # nothing was waiting
