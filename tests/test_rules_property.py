@@ -113,3 +113,38 @@ def test_two_devices_rebased_converge_and_keep_every_save(first, second):
     assert picture(a.replica) == picture(b.replica) == picture(fresh.replica)
     lost = {token: what for token, what in saved.items() if token not in kept_tokens(fresh.replica)}
     assert not lost, lost
+
+
+EVENT = st.tuples(st.integers(0, 2), st.one_of(STEP, st.just(("sync", "", ""))))
+
+
+def sync(device: Device, journal: list[Entry]) -> None:
+    """Pull what the others committed (rebasing this device's queue onto it), then commit
+    at the head, as Committer does."""
+    new = journal[device.replica.applied_seq:]
+    if new:
+        device.replica.rebase(new, Revalidator(device.name))
+    if device.replica.pending_count():
+        journal.append(device.commit(len(journal) + 1))
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=st.lists(EVENT, max_size=30))
+def test_three_devices_interleaving_saves_and_syncs_converge_and_keep_every_save(events):
+    root = {"op": "mkroot", "mode": stat.S_IFDIR | 0o755, "uid": 0, "gid": 0, "t": time.time_ns()}
+    journal = [Entry(1, "init", [root])]
+    saved: dict[str, str] = {}
+    devices = [Device(name, journal) for name in ("laptop", "desktop", "server")]
+    for index, (kind, name, other) in events:
+        if kind == "sync":
+            sync(devices[index], journal)
+        else:
+            devices[index].act(kind, name, other, saved)
+    for _ in range(2):
+        for device in devices:
+            sync(device, journal)
+    fresh = Device("new", journal)
+    pictures = [picture(d.replica) for d in (*devices, fresh)]
+    assert all(p == pictures[-1] for p in pictures)
+    lost = {token: what for token, what in saved.items() if token not in kept_tokens(fresh.replica)}
+    assert not lost, lost
