@@ -283,3 +283,14 @@ def work(shared_mount, request):
     yield directory
     shared_mount.sync()
     shared_mount.fsck_clean()
+
+
+@pytest.fixture
+def hub():
+    """A `fusedrive hub` process on a free port, killed after the test."""
+    from test_hub import HubProcess, free_port
+
+    process = HubProcess(free_port())
+    process.start()
+    yield process
+    process.stop()

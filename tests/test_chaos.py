@@ -24,8 +24,8 @@ import pytest
 from fusedrive import control
 from fusedrive.testing.faultproxy import FaultProxy
 from oracle import assert_nothing_lost
-from test_hub import HubProcess, free_port
 from test_sync import same_everywhere, wait_for
+from treeutil import move_or_delete
 
 
 def seeds(text: str) -> list[int]:
@@ -89,29 +89,16 @@ def proxies(seaweed):
         proxy.down()
 
 
-@pytest.fixture
-def chaos_hub():
-    hub = HubProcess(free_port())
-    hub.start()
-    yield hub
-    hub.stop()
-
-
 @pytest.mark.parametrize("seed", SEEDS)
 def test_three_devices_under_kills_partitions_and_hub_failures_lose_no_closed_save(
-        proxies, chaos_hub, s3_volume, seed):
-    hub_url = f"http://127.0.0.1:{chaos_hub.port}"
+        proxies, hub, s3_volume, seed):
+    hub_url = f"http://127.0.0.1:{hub.port}"
     devices = [Device(s3_volume, name, proxy, hub_url) for name, proxy in zip(NAMES, proxies)]
     rng = random.Random(seed)
     closed: dict[str, bytes] = {}  # "device step path" → every save that must survive
     unsynced: dict[tuple[str, int], str] = {}  # (device, inode) → its save not known uploaded
     log: list[str] = []
 
-    def inode(path: str) -> int | None:
-        try:
-            return os.stat(path).st_ino
-        except OSError:
-            return None
 
     try:
         for step in range(STEPS):
@@ -121,10 +108,10 @@ def test_three_devices_under_kills_partitions_and_hub_failures_lose_no_closed_sa
             path = rng.choice(FILES)
             log.append(f"{step} {device.name} {op} {path}")
             if op == "hub":
-                if chaos_hub.process.poll() is None:
-                    chaos_hub.stop()
+                if hub.process.poll() is None:
+                    hub.stop()
                 else:
-                    chaos_hub.start()
+                    hub.start()
                 continue
             if not device.alive:
                 device.revive()
@@ -155,17 +142,10 @@ def test_three_devices_under_kills_partitions_and_hub_failures_lose_no_closed_sa
                     # still backing off) may be coalesced into this one.
                     closed.pop(unsynced.get(key, ""), None)
                     unsynced[key] = log[-1]
-                elif op == "rename":
-                    target = rng.choice(FILES)
-                    log[-1] += f" -> {target}"
-                    os.makedirs(os.path.dirname(device.p(target)), exist_ok=True)
-                    source, over = inode(full), inode(device.p(target))
-                    os.rename(full, device.p(target))
-                    if over != source:
-                        unsynced.pop((device.name, over), None)  # replaced: the trash keeps its save
-                elif op == "delete":
-                    unsynced.pop((device.name, inode(full)), None)  # the trash keeps its save
-                    os.unlink(full)
+                elif op in ("rename", "delete"):
+                    target = rng.choice(FILES) if op == "rename" else ""
+                    log[-1] += f" -> {target}" if target else ""
+                    move_or_delete(op, full, device.p(target), lambda ino: unsynced.pop((device.name, ino), None))
                 elif op == "mkdir":
                     os.makedirs(device.p(f"dir/sub{step}"))
             except OSError:
@@ -174,8 +154,8 @@ def test_three_devices_under_kills_partitions_and_hub_failures_lose_no_closed_sa
                 device.mount.sync()
                 for key in [k for k in unsynced if k[0] == device.name]:
                     del unsynced[key]
-        if chaos_hub.process.poll() is not None:
-            chaos_hub.start()
+        if hub.process.poll() is not None:
+            hub.start()
         for device in devices:
             if not device.alive:
                 device.revive()

@@ -38,14 +38,6 @@ class HubProcess:
             self.process.wait(timeout=10)
 
 
-@pytest.fixture
-def hub():
-    process = HubProcess(free_port())
-    process.start()
-    yield process
-    process.stop()
-
-
 def arrival_seconds(writer, reader, name: str) -> float:
     """Seconds from close() on the writer until the name shows in the reader's listing.
     (A listing does not trigger the open-time freshness check: only the tail task can

@@ -19,6 +19,7 @@ import pytest
 from fusedrive.manifest import contents
 from fusedrive.testing.faultproxy import Fault
 from test_sync import POLL, same_everywhere, wait_for
+from treeutil import move_or_delete
 
 SEEDS = [int(s) for s in os.environ.get("FUSEDRIVE_SYNC_SEEDS", "101,202,303").split(",")]
 STEPS = int(os.environ.get("FUSEDRIVE_SYNC_STEPS", "60"))
@@ -89,11 +90,6 @@ def test_three_devices_random_changes_converge_and_lose_nothing(store_proxy, s3_
     log = []
     unsynced: dict[tuple[str, int], str] = {}  # (device, inode) → sha of its save not known uploaded
 
-    def inode(path: str) -> int | None:
-        try:
-            return os.stat(path).st_ino
-        except FileNotFoundError:
-            return None
 
     def synced(device) -> None:
         for key in [k for k in unsynced if k[0] == device.device]:
@@ -134,18 +130,10 @@ def test_three_devices_random_changes_converge_and_lose_nothing(store_proxy, s3_
                 if device is paused:
                     closed.pop(unsynced.get(key, ""), None)  # overwritten before it uploaded: coalesced
                     unsynced[key] = digest
-            elif op == "rename":
-                target = rng.choice(FILES)
-                log[-1] += f" -> {target}"
-                os.makedirs(os.path.dirname(device.p(target)), exist_ok=True)
-                source, over = inode(full), inode(device.p(target))
-                os.rename(full, device.p(target))
-                if over != source:
-                    unsynced.pop((device.device, over), None)  # replaced: the trash keeps its save
-            elif op == "delete":
-                gone = inode(full)
-                os.unlink(full)
-                unsynced.pop((device.device, gone), None)  # the trash keeps its save
+            elif op in ("rename", "delete"):
+                target = rng.choice(FILES) if op == "rename" else ""
+                log[-1] += f" -> {target}" if target else ""
+                move_or_delete(op, full, device.p(target), lambda ino: unsynced.pop((device.device, ino), None))
             elif op == "mkdir":
                 os.makedirs(device.p("dir", f"sub{step}"))
         except OSError:

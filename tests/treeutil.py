@@ -34,3 +34,26 @@ def describe(root: str) -> dict:
             tree[rel] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_size,
                          None if stat.S_ISLNK(st.st_mode) else st.st_mtime_ns, content, xattrs, group)
     return tree
+
+
+def inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def move_or_delete(op: str, path: str, target: str, forget) -> None:
+    """What a random test does to a name: rename `path` onto `target` ("rename") or unlink it
+    ("delete"). `forget(inode)`: a file replaced or deleted here, whose save not yet uploaded
+    the trash keeps (so it is never coalesced into a later save)."""
+    if op == "rename":
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        source, over = inode(path), inode(target)
+        os.rename(path, target)
+        if over != source:
+            forget(over)
+    else:
+        gone = inode(path)
+        os.unlink(path)
+        forget(gone)
