@@ -135,11 +135,11 @@ def resolve_volume(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def open_volume_for(url: str, args) -> volumes.Volume:
+def open_volume_for(url: str, args, offline_header: bytes | None = None) -> volumes.Volume:
     from .store import open_store
 
     store = open_store(url, args.endpoint_url)
-    return volumes.open_volume(store, volumes.get_passphrase(args.key_file))
+    return volumes.open_volume(store, volumes.get_passphrase(args.key_file), offline_header)
 
 
 def ensure_default_volume(endpoint_url: str | None) -> tuple[str, Path]:
@@ -196,7 +196,9 @@ def cmd_mount(args) -> int:
         check_device_name(args.device_name)
         presentation = Presentation(args.allow_other, args.read_only, args.uid, args.gid,
                                     None if args.umask is None else parse_umask(args.umask))
-        volume = open_volume_for(args.volume, args)
+        # A device whose cache dir holds the volume mounts even when the store does not answer.
+        kept = volumes.kept_header(args.volume, Path(args.cache_dir) if args.cache_dir else None)
+        volume = open_volume_for(args.volume, args, kept[0] if kept else None)
         cache_dir = Path(args.cache_dir) if args.cache_dir else volumes.cache_root() / volume.volume_id
         if not args.foreground:
             check_mountpoint(args.mountpoint)

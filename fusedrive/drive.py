@@ -146,13 +146,22 @@ class Drive:
         # makes ours a conflicted copy) and drops the staged copy of any other file it updates.
         self._recover_unsaved()
         try:
-            await self.committer.pull()
+            if self.replica.inode(1) is None:
+                await self.committer.pull()
+            else:  # a store that hangs must not keep a device that has the volume from mounting
+                with trio.fail_after(min(self.io_timeout, FRESHNESS_WAIT_SECONDS * 2)):
+                    await self.committer.pull()
+        except trio.TooSlowError:
+            log.warning("mounted offline: the store did not answer the first pull in time")
         except Exception as exc:  # noqa: BLE001 - what is here must stay reachable: mount, commits retry
-            if isinstance(exc, StoreUnreachable) or self.replica.inode(1) is None:
-                raise  # offline, or nothing here to serve (a new device): say why and stop
-            log.exception("cannot apply the journal at start")
-            self._error(f"Cannot apply the journal after entry {self.replica.applied_seq} (changes stay queued "
-                        f"here): {exc}")
+            if self.replica.inode(1) is None:
+                raise  # nothing here to serve (a new device): say why and stop
+            if isinstance(exc, StoreUnreachable):
+                log.warning("mounted offline, serving what this device has: %s", exc)
+            else:
+                log.exception("cannot apply the journal at start")
+                self._error(f"Cannot apply the journal after entry {self.replica.applied_seq} (changes stay "
+                            f"queued here): {exc}")
         if self.replica.inode(1) is None:
             raise MountError(f"The volume at {self.volume.url} has no root directory in its journal.")
         for orphan in self.replica.reap_orphans():

@@ -26,7 +26,7 @@ from .metrics import serve_metrics
 from .report import human_bytes
 from .fs import DriveOperations
 from .mountoptions import Presentation
-from .volume import Volume
+from .volume import Volume, keep_header
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,8 @@ def prepare_cache_dir(cache_dir: Path, volume: Volume) -> int:
         if marker.exists() and marker.read_text().strip() != volume.volume_id:
             raise CacheDirError(f"The cache dir {cache_dir} belongs to another volume; choose another --cache-dir.")
         marker.write_text(volume.volume_id + "\n")
+        if volume.header:
+            keep_header(cache_dir, volume)
         lock_fd = os.open(cache_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise CacheDirError(f"Cannot use the cache dir {cache_dir}: {exc.strerror}.") from None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import crypto
-from .errors import FusedriveError, StoreUnsupported, UsageError, VolumeExists, VolumeNotFound, WrongPassphrase
+from .errors import FusedriveError, StoreUnreachable, StoreUnsupported, UsageError, VolumeExists, VolumeNotFound, WrongPassphrase
 from .store import NotFound, ObjectStore
 
 FORMAT = "fusedrive-volume"
@@ -35,6 +35,7 @@ class Volume:
     volume_id: str
     chunking: dict
     keys: crypto.VolumeKeys
+    header: bytes = b""  # the `volume` object as read, kept in a cache dir for mounting offline
 
     @property
     def url(self) -> str:
@@ -100,12 +101,18 @@ def create_volume(store: ObjectStore, passphrase: str) -> Volume:
     return Volume(store, volume_id, chunking, crypto.VolumeKeys.derive(master, volume_id))
 
 
-def open_volume(store: ObjectStore, passphrase: str) -> Volume:
-    """Read the header and unwrap the master key; a wrong passphrase is one clear error."""
+def open_volume(store: ObjectStore, passphrase: str, offline_header: bytes | None = None) -> Volume:
+    """Read the header and unwrap the master key; a wrong passphrase is one clear error.
+    `offline_header`: the header a cache dir kept, used when the store does not answer
+    (a device that holds the volume mounts without it)."""
     try:
         raw = store.get(HEADER_KEY)
     except NotFound:
         raise VolumeNotFound(f"No fusedrive volume at {store.url} (create one with `fusedrive init`).") from None
+    except StoreUnreachable:
+        if offline_header is None:
+            raise
+        raw = offline_header
     try:
         header = json.loads(raw)
         if header.get("format") != FORMAT:
@@ -123,7 +130,7 @@ def open_volume(store: ObjectStore, passphrase: str) -> Volume:
         master = crypto.unseal(wrapping, wrapped, _wrap_aad(volume_id, chunking), "volume key")
     except FusedriveError:
         raise WrongPassphrase(f"Wrong passphrase for the volume at {store.url}.") from None
-    return Volume(store, volume_id, chunking, crypto.VolumeKeys.derive(master, volume_id))
+    return Volume(store, volume_id, chunking, crypto.VolumeKeys.derive(master, volume_id), raw)
 
 
 # --- where things live on this machine -------------------------------------------------
@@ -143,6 +150,31 @@ def config_dir() -> Path:
 
 def cache_root() -> Path:
     return _xdg("XDG_CACHE_HOME", ".cache") / "fusedrive"
+
+
+OFFLINE_HEADER = "volume-header.json"  # in a cache dir: {"url", "header"}
+
+
+def keep_header(cache_dir: Path, volume: Volume) -> None:
+    """Remember the volume's header in its cache dir (owner-only) for mounting offline."""
+    path = cache_dir / OFFLINE_HEADER
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": volume.url, "header": volume.header.decode()}, f)
+
+
+def kept_header(url: str, cache_dir: Path | None) -> tuple[bytes, Path] | None:
+    """The header a cache dir kept for `url`, and that cache dir: the one given, else the
+    first under the default cache root that holds this volume."""
+    candidates = [cache_dir] if cache_dir is not None else sorted(cache_root().glob("*"))
+    for directory in candidates:
+        try:
+            kept = json.loads((directory / OFFLINE_HEADER).read_text())
+        except (OSError, ValueError):
+            continue
+        if kept.get("url") == url:
+            return kept["header"].encode(), directory
+    return None
 
 
 def state_dir() -> Path:

@@ -73,8 +73,10 @@ class Device:
         self.alive = False
 
     def revive(self) -> None:
-        """Mount again from the same cache dir (the store must answer a mount's start)."""
-        self.heal()
+        """Mount again from the same cache dir: while still cut off (refused) it mounts
+        offline; a store that hangs is healed first (a mount would wait for its timeouts)."""
+        if self.cut == "hanging":
+            self.heal()
         self.mount = self.volume.mount(self.name, cache_dir=self.mount.cache_dir, poll_interval=0.5, hub=self.hub,
                                        endpoint=self.proxy.endpoint)
         self.alive = True

@@ -213,3 +213,41 @@ def kill_mount_process_only(mount) -> None:
     pid = mount_process(mount)
     os.kill(pid, signal.SIGKILL)
     assert control.wait_for_exit(pid, 30)
+
+
+def test_a_device_mounts_offline_from_its_cache_dir_and_catches_up(proxied_volume, store_proxy, tmp_path):
+    laptop = proxied_volume.mount("laptop")
+    write(laptop.p("before.txt"), b"synced before the train")
+    laptop.sync()
+    laptop.umount()
+    store_proxy.down()
+    fresh = proxied_volume.cli.run("mount", proxied_volume.url, str(tmp_path / "new"), "--cache-dir",
+                                   str(tmp_path / "empty-cache"), check=False, timeout=120)
+    assert fresh.returncode == 6 and "Traceback" not in fresh.stderr  # nothing here to serve
+    offline = proxied_volume.mount("laptop", cache_dir=laptop.cache_dir)
+    assert read(offline.p("before.txt")) == b"synced before the train"
+    wait_for(lambda: offline.control("status")["store_offline_since"], timeout=30, what="status to say offline")
+    write(offline.p("on-the-train.txt"), b"written offline")
+    store_proxy.up()
+    offline.sync()
+    wait_drained(offline, timeout=60)
+    other = proxied_volume.mount("desktop")
+    assert read(other.p("on-the-train.txt")) == b"written offline"
+
+
+def test_a_device_killed_while_cut_off_mounts_again_while_still_cut_off(pair, store_proxy):
+    desktop, laptop = pair
+    start_with(desktop, laptop, {"f.bin": b"v1"})
+    offline_save_then_kill(laptop, store_proxy, "f.bin", b"v2, saved and killed offline")
+    laptop.start(poll_interval=1, endpoint=store_proxy.endpoint)  # the store still does not answer
+    assert read(laptop.p("f.bin")) == b"v2, saved and killed offline"
+    write(laptop.p("g.bin"), b"more work offline")
+    write(desktop.p("f.bin"), b"v3, the desktop's save")
+    desktop.sync()
+    store_proxy.up()
+    laptop.sync()
+    wait_drained(laptop, timeout=60)
+    tree = same_everywhere(laptop, desktop)
+    [copy] = [name for name in tree if name.startswith("f (conflicted copy from laptop ")]
+    assert read(desktop.p(copy)) == b"v2, saved and killed offline"
+    assert read(desktop.p("g.bin")) == b"more work offline"
