@@ -197,8 +197,8 @@ def cmd_mount(args) -> int:
         presentation = Presentation(args.allow_other, args.read_only, args.uid, args.gid,
                                     None if args.umask is None else parse_umask(args.umask))
         # A device whose cache dir holds the volume mounts even when the store does not answer.
-        kept = volumes.kept_header(args.volume, Path(args.cache_dir) if args.cache_dir else None)
-        volume = open_volume_for(args.volume, args, kept[0] if kept else None)
+        volume = open_volume_for(args.volume, args,
+                                 volumes.kept_header(args.volume, Path(args.cache_dir) if args.cache_dir else None))
         cache_dir = Path(args.cache_dir) if args.cache_dir else volumes.cache_root() / volume.volume_id
         if not args.foreground:
             check_mountpoint(args.mountpoint)
@@ -302,6 +302,8 @@ def _clean_up_dead_mount(mountpoint: str, entry: dict) -> None:
 
 
 def cmd_umount(args) -> int:
+    from . import report
+
     mountpoint = os.path.realpath(args.mountpoint)
     entry = control.read_registry(mountpoint)
     if entry is None:
@@ -315,7 +317,7 @@ def cmd_umount(args) -> int:
     complete = not args.no_wait and _wait_for_upload(mountpoint, args.timeout)
     if not complete:
         status = control.request(mountpoint, "leave-queued")  # the mount exits without waiting for the store
-        complete = not (status["files_waiting"] or status["ops_waiting"])
+        complete = not report.is_pending(status)
     _unmount_kernel(mountpoint, args.lazy)
     control.wait_for_exit(entry["pid"], max(args.timeout, 30))
     if not complete:

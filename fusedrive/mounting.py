@@ -100,8 +100,7 @@ def check_cache_dir(cache_dir: Path) -> None:
         cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise CacheDirError(f"Cannot create the cache dir {cache_dir}: {exc.strerror}.") from None
-    existing = next(p for p in (cache_dir, *cache_dir.parents) if p.exists())
-    free, reserve = free_and_reserve(existing)
+    free, reserve = free_and_reserve(cache_dir)
     if free < reserve:
         raise CacheDirError(f"The cache dir {cache_dir} is on a full disk ({human_bytes(free)} free, fusedrive "
                             f"needs {human_bytes(reserve)}): free some space or choose another --cache-dir.")
@@ -123,9 +122,8 @@ def cache_size_warning(cache_dir: Path, cache_size: int) -> str | None:
 def prepare_cache_dir(cache_dir: Path, volume: Volume) -> int:
     """Create or check the cache dir, owner-only (it holds file names and plaintext); returns a
     locked fd so one cache dir serves one mount."""
-    check_cache_dir(cache_dir)
+    check_cache_dir(cache_dir)  # creates it
     try:
-        cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         make_private(cache_dir)
         marker = cache_dir / CACHE_MARKER
         if marker.exists() and marker.read_text().strip() != volume.volume_id:
@@ -176,9 +174,8 @@ async def _drain(drive: Drive) -> None:
             log.warning("waiting for the store to upload the last changes: %s", exc)
             await trio.sleep(DRAIN_RETRY_SECONDS)
     if drive.has_unsaved_work():
-        status = drive.status()
         log.warning("exiting with %d files and %d changes queued in the cache dir: the next mount uploads them",
-                    status["files_waiting"], status["ops_waiting"])
+                    len(drive.dirty), drive.replica.pending_count())
         return
     with trio.move_on_after(min(drive.io_timeout, DRAIN_RETRY_SECONDS * 5)):
         try:

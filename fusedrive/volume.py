@@ -163,9 +163,9 @@ def keep_header(cache_dir: Path, volume: Volume) -> None:
         json.dump({"url": volume.url, "header": volume.header.decode()}, f)
 
 
-def kept_header(url: str, cache_dir: Path | None) -> tuple[bytes, Path] | None:
-    """The header a cache dir kept for `url`, and that cache dir: the one given, else the
-    first under the default cache root that holds this volume."""
+def kept_header(url: str, cache_dir: Path | None) -> bytes | None:
+    """The header a cache dir kept for `url`: the one given, else the first under the
+    default cache root that holds this volume."""
     candidates = [cache_dir] if cache_dir is not None else sorted(cache_root().glob("*"))
     for directory in candidates:
         try:
@@ -173,7 +173,7 @@ def kept_header(url: str, cache_dir: Path | None) -> tuple[bytes, Path] | None:
         except (OSError, ValueError):
             continue
         if kept.get("url") == url:
-            return kept["header"].encode(), directory
+            return kept["header"].encode()
     return None
 
 

@@ -25,7 +25,7 @@ from fusedrive import control
 from fusedrive.testing.faultproxy import FaultProxy
 from oracle import assert_nothing_lost
 from test_sync import same_everywhere, wait_for
-from treeutil import move_or_delete
+from treeutil import move_or_delete, save
 
 
 def seeds(text: str) -> list[int]:
@@ -132,13 +132,9 @@ def test_three_devices_under_kills_partitions_and_hub_failures_lose_no_closed_sa
             full = device.p(path)
             try:
                 if op in ("write", "append"):
-                    os.makedirs(os.path.dirname(full), exist_ok=True)
                     data = f"{device.name} step {step}\n".encode() + rng.randbytes(rng.choice([10, 3000, 200_000]))
-                    with open(full, "a+b" if op == "append" else "w+b") as f:
-                        f.write(data)
-                        f.seek(0)
-                        content = f.read()
-                        key = (device.name, os.fstat(f.fileno()).st_ino)
+                    content, ino = save(full, data, append=op == "append")
+                    key = (device.name, ino)
                     closed[log[-1]] = content
                     # A save overwritten before it was known uploaded (cut off, or healed and
                     # still backing off) may be coalesced into this one.

@@ -19,7 +19,7 @@ import pytest
 from fusedrive.manifest import contents
 from fusedrive.testing.faultproxy import Fault
 from test_sync import POLL, same_everywhere, wait_for
-from treeutil import move_or_delete
+from treeutil import move_or_delete, save
 
 SEEDS = [int(s) for s in os.environ.get("FUSEDRIVE_SYNC_SEEDS", "101,202,303").split(",")]
 STEPS = int(os.environ.get("FUSEDRIVE_SYNC_STEPS", "60"))
@@ -116,15 +116,9 @@ def test_three_devices_random_changes_converge_and_lose_nothing(store_proxy, s3_
                     device.control("pause")
                 continue
             if op in ("write", "append"):
-                os.makedirs(os.path.dirname(full), exist_ok=True)
                 data = f"{device.device} step {step}\n".encode() + rng.randbytes(rng.choice([10, 3000, 200_000]))
-                with open(full, "a+b" if op == "append" else "w+b") as f:
-                    f.write(data)
-                    f.seek(0)
-                    # read back through the same handle: reopening could already show a newer
-                    # version from another device once this one is uploaded
-                    digest = sha(f.read())
-                    key = (device.device, os.fstat(f.fileno()).st_ino)
+                content, ino = save(full, data, append=op == "append")
+                digest, key = sha(content), (device.device, ino)
                 closed[digest] = log[-1]
                 written.add(digest)
                 if device is paused:

@@ -43,6 +43,17 @@ def inode(path: str) -> int | None:
         return None
 
 
+def save(path: str, data: bytes, append: bool) -> tuple[bytes, int]:
+    """Write `data` (appended, or as the whole file) and read the file back through the same
+    handle: reopening could already show a newer version from another device once this one
+    is uploaded. Returns (what the file holds, its inode)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a+b" if append else "w+b") as f:
+        f.write(data)
+        f.seek(0)
+        return f.read(), os.fstat(f.fileno()).st_ino
+
+
 def move_or_delete(op: str, path: str, target: str, forget) -> None:
     """What a random test does to a name: rename `path` onto `target` ("rename") or unlink it
     ("delete"). `forget(inode)`: a file replaced or deleted here, whose save not yet uploaded
