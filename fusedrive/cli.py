@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, control, volume as volumes
-from .mountoptions import Presentation, expand_o_options, parse_umask
+from . import __version__
+from .services import control
+from .store import volume as volumes
+from .fuse.options import Presentation, expand_o_options, parse_umask
 from .errors import CacheDirError, FusedriveError, LocalError, MountError, UsageError, first_clear_error
 
 DEFAULT_CACHE_SIZE = "4G"
@@ -79,7 +81,7 @@ def positive_seconds(text: str) -> float:
 
 
 def listen_address(text: str) -> str:
-    from .httpserve import parse_listen
+    from .services.httpserve import parse_listen
 
     try:
         parse_listen(text)
@@ -144,7 +146,7 @@ def open_volume_for(url: str, args, offline_header: bytes | None = None) -> volu
 
 def ensure_default_volume(endpoint_url: str | None) -> tuple[str, Path]:
     """First use: create the embedded default volume with a generated key file."""
-    from .journal import start_journal
+    from .engine.journal import start_journal
     from .store import NotFound, open_store
 
     url, key_file = volumes.default_volume_url(), volumes.default_key_file()
@@ -168,7 +170,7 @@ def ensure_default_volume(endpoint_url: str | None) -> tuple[str, Path]:
 
 
 def cmd_init(args) -> int:
-    from .journal import start_journal
+    from .engine.journal import start_journal
     from .store import open_store
 
     store = open_store(args.volume, args.endpoint_url)
@@ -184,8 +186,8 @@ def cmd_init(args) -> int:
 
 
 def cmd_mount(args) -> int:
-    from .mounting import (cache_size_warning, check_cache_dir, check_device_name, check_mountpoint, report_failure, run_mount,
-                           start_background)
+    from .fuse.mounting import (cache_size_warning, check_cache_dir, check_device_name, check_mountpoint,
+                                report_failure, run_mount, start_background)
 
     try:
         if args.mountpoint is None:
@@ -380,7 +382,7 @@ def cmd_status(args) -> int:
 def cmd_events(args) -> int:
     import json
 
-    from .events import describe
+    from .engine.events import describe
 
     entry = control.choose_mount(args.mountpoint)
     try:
@@ -400,7 +402,7 @@ def cmd_events(args) -> int:
 
 
 def cmd_share(args) -> int:
-    from .sharing import parse_duration
+    from .services.sharing import parse_duration
 
     entry = control.mount_containing(args.path)
     expires = parse_duration(args.expires)
@@ -455,8 +457,8 @@ def cmd_unshare(args) -> int:
 
 def _offline_replica(args):
     """--volume: the volume's committed state replayed into memory (no mount needed)."""
-    from .checkpoints import replay_to_head
-    from .replica import Replica
+    from .engine.checkpoints import replay_to_head
+    from .engine.replica import Replica
 
     volume = open_volume_for(resolve_volume(args).volume, args)
     replica = Replica(":memory:")
@@ -469,7 +471,8 @@ def _drive_path(path: str) -> str:
 
 
 def cmd_history(args) -> int:
-    from . import history, report
+    from .engine import history
+    from . import report
 
     if args.volume:
         _volume, replica = _offline_replica(args)
@@ -507,15 +510,15 @@ def cmd_restore(args) -> int:
 def cmd_cat(args) -> int:
     import base64
 
-    from . import history
+    from .engine import history
 
     out = sys.stdout.buffer
     if args.volume:
         import tempfile
 
-        from .blocks import BlockStore
-        from .cache import BlockCache
-        from .manifest import block_ids, contents
+        from .engine.blocks import BlockStore
+        from .engine.cache import BlockCache
+        from .engine.manifest import block_ids, contents
 
         volume, replica = _offline_replica(args)
         node = replica.inode(history.resolve(replica, _drive_path(args.path)))
@@ -570,9 +573,9 @@ def cmd_trash(args) -> int:
 
 def cmd_gc(args) -> int:
     from .report import human_bytes
-    from .retention import load_retention
-    from .sharing import parse_duration
-    from .space import collect
+    from .engine.retention import load_retention
+    from .services.sharing import parse_duration
+    from .tools.space import collect
 
     volume = open_volume_for(args.volume, args)
     policy = load_retention(volume)
@@ -595,7 +598,7 @@ def cmd_gc(args) -> int:
 
 def cmd_du(args) -> int:
     from .report import human_bytes
-    from .space import usage
+    from .tools.space import usage
 
     numbers = usage(open_volume_for(args.volume, args), progress)
     if args.json:
@@ -620,8 +623,8 @@ def cmd_du(args) -> int:
 def cmd_config(args) -> int:
     from dataclasses import replace
 
-    from .retention import load_retention, save_retention
-    from .sharing import parse_duration
+    from .engine.retention import load_retention, save_retention
+    from .services.sharing import parse_duration
 
     volume = open_volume_for(args.volume, args)
     policy = load_retention(volume)
@@ -643,8 +646,8 @@ def cmd_config(args) -> int:
 
 
 def cmd_archive(args) -> int:
-    from .sharing import parse_duration
-    from .space import archive
+    from .services.sharing import parse_duration
+    from .tools.space import archive
 
     result = archive(open_volume_for(args.volume, args), parse_duration(args.older_than), args.storage_class,
                      progress)
@@ -654,7 +657,7 @@ def cmd_archive(args) -> int:
 
 
 def cmd_thaw(args) -> int:
-    from .space import thaw
+    from .tools.space import thaw
 
     result = thaw(open_volume_for(args.volume, args), progress)
     print(f"Thawed {result['blocks_thawed']} blocks.")
@@ -668,8 +671,8 @@ def cmd_thaw(args) -> int:
 def cmd_hub(args) -> int:
     import trio
 
-    from .httpserve import parse_listen
-    from .hub import serve
+    from .services.httpserve import parse_listen
+    from .services.hub import serve
 
     host, port = parse_listen(args.listen)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -687,10 +690,10 @@ def cmd_hub(args) -> int:
 
 
 def cmd_fsck(args) -> int:
-    from .blocks import BlockStore
-    from .cache import BlockCache
-    from .fsck import fsck
-    from .journal import Journal
+    from .engine.blocks import BlockStore
+    from .engine.cache import BlockCache
+    from .tools.fsck import fsck
+    from .engine.journal import Journal
     import tempfile
 
     volume = open_volume_for(args.volume, args)

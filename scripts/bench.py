@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fusedrive import control  # noqa: E402
+from fusedrive.services import control  # noqa: E402
 from fusedrive.testing.faultproxy import FaultProxy  # noqa: E402
 from fusedrive.testing.seaweed import ACCESS_KEY, SECRET_KEY, start_seaweed  # noqa: E402
 

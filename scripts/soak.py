@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from fusedrive import control
+from fusedrive.services import control
 from fusedrive.errors import FusedriveError
-from fusedrive.manifest import contents
+from fusedrive.engine.manifest import contents
 from fusedrive.testing.faultproxy import FaultProxy
 from fusedrive.testing.seaweed import start_seaweed
 
@@ -151,12 +151,12 @@ def main() -> int:
         trees = [{p.name: sha(p.read_bytes()) for p in d.iterdir() if p.is_file()} for d in devices]
         live = set(trees[0].values())
         kept: set[str] = set()
-        from fusedrive.blocks import BlockStore
-        from fusedrive.cache import BlockCache
-        from fusedrive.checkpoints import replay_to_head
-        from fusedrive.replica import Replica
+        from fusedrive.engine.blocks import BlockStore
+        from fusedrive.engine.cache import BlockCache
+        from fusedrive.engine.checkpoints import replay_to_head
+        from fusedrive.engine.replica import Replica
         from fusedrive.store import open_store
-        from fusedrive.volume import open_volume
+        from fusedrive.store.volume import open_volume
 
         os.environ.update(server.env)
         volume = open_volume(open_store(url, server.endpoint), PASSPHRASE)

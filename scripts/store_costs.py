@@ -24,12 +24,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import MiB, cpu_seconds  # noqa: E402
 
-from fusedrive.blocks import BlockStore  # noqa: E402
-from fusedrive.cache import BlockCache  # noqa: E402
+from fusedrive.engine.blocks import BlockStore  # noqa: E402
+from fusedrive.engine.cache import BlockCache  # noqa: E402
 from fusedrive.store.s3 import S3Store  # noqa: E402
 from fusedrive.testing.seaweed import start_seaweed  # noqa: E402
-from fusedrive.uploader import build_manifest  # noqa: E402
-from fusedrive.volume import create_volume  # noqa: E402
+from fusedrive.engine.uploader import build_manifest  # noqa: E402
+from fusedrive.store.volume import create_volume  # noqa: E402
 
 THREADS = 8
 SMALL_PUTS = 2000  # two threads, as a small-file burst's uploads run here

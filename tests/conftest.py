@@ -88,7 +88,7 @@ class Volume:
         """The volume opened in this process (with its store credentials), for reaching
         the journal and blocks directly."""
         from fusedrive.store import open_store
-        from fusedrive.volume import open_volume
+        from fusedrive.store.volume import open_volume
 
         saved = dict(os.environ)
         os.environ.update(self.cli.env)
@@ -130,12 +130,22 @@ class Mount:
         return os.path.join(self.path, *parts)
 
     def control(self, command: str) -> dict:
-        from fusedrive import control
+        from fusedrive.services import control
 
         return control.request(str(self.path), command, timeout=CLI_TIMEOUT)
 
     def sync(self) -> None:
         self.control("sync")
+
+    def check_invariants(self) -> None:
+        """A running mount's per-file state must agree with itself (Drive.check_invariants)."""
+        from fusedrive.services import control
+
+        entry = control.read_registry(str(self.path))
+        if entry is None or control.has_exited(entry["pid"]):
+            return  # killed by the test, or already gone: nothing running to ask
+        problems = self.control("check")["problems"]
+        assert not problems, f"{self.device}: the per-file state does not hold: {problems}"
 
     def fsck_clean(self) -> None:
         """fsck of the volume and of this device's live replica must find nothing."""
@@ -148,7 +158,7 @@ class Mount:
 
     def force_unmount(self) -> None:
         """Teardown of last resort: never leave a mount behind, even after a failed test."""
-        from fusedrive import control
+        from fusedrive.services import control
 
         entry = control.read_registry(str(self.path))
         for command in (["fusermount3", "-u", str(self.path)], ["fusermount3", "-u", "-z", str(self.path)]):
@@ -210,10 +220,12 @@ def _new_volume(kind: str, root: Path, request, endpoint: str | None = None) -> 
 
 
 def _teardown(volume: Volume) -> None:
-    """Unmount every device whatever happens, then fsck each cleanly unmounted one."""
+    """Check each running device's per-file state, unmount every device whatever happens,
+    then fsck each cleanly unmounted one."""
     failures, unmounted = [], []
     for mount in list(volume.mounts):
         try:
+            mount.check_invariants()
             mount.umount()
             unmounted.append(mount)
         except Exception as exc:  # noqa: BLE001 - unmount no matter what, then report
@@ -282,6 +294,7 @@ def work(shared_mount, request):
     os.mkdir(directory)
     yield directory
     shared_mount.sync()
+    shared_mount.check_invariants()
     shared_mount.fsck_clean()
 
 

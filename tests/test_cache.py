@@ -56,7 +56,7 @@ def test_cache_respects_its_size_limit(volume):
 
 def test_a_saved_file_is_written_to_the_local_disk_once_and_reads_back_with_the_store_down(
         proxied_volume, store_proxy):
-    from fusedrive import control
+    from fusedrive.services import control
 
     mount = proxied_volume.mount("laptop", args=("--io-timeout", "5"))
     pid = control.read_registry(str(mount.path))["pid"]

@@ -21,7 +21,7 @@ import subprocess
 
 import pytest
 
-from fusedrive import control
+from fusedrive.services import control
 from fusedrive.testing.faultproxy import FaultProxy
 from oracle import assert_nothing_lost
 from test_sync import same_everywhere, wait_for

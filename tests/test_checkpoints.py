@@ -10,12 +10,12 @@ import uuid
 from test_sync import wait_for
 from treeutil import describe
 
-from fusedrive.checkpoints import CHECKPOINT_EVERY
+from fusedrive.engine.checkpoints import CHECKPOINT_EVERY
 
 
 def append_entries(volume, count: int) -> None:
     """Commit `count` small entries straight through the journal (another device's history)."""
-    from fusedrive.journal import Entry, Journal
+    from fusedrive.engine.journal import Entry, Journal
 
     with volume.opened() as vol:
         journal = Journal(vol)

@@ -17,7 +17,7 @@ from conftest import BUCKET, PASSPHRASE, Cli
 
 from fusedrive.errors import StoreUnsupported
 from fusedrive.store import NotFound
-from fusedrive.volume import probe_conditional_writes
+from fusedrive.store.volume import probe_conditional_writes
 
 
 def run_plain(*args: str, **kwargs) -> subprocess.CompletedProcess:

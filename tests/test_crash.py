@@ -24,7 +24,7 @@ import subprocess
 import threading
 import time
 
-from fusedrive import control
+from fusedrive.services import control
 from test_posix import read
 
 SEED = int(os.environ.get("FUSEDRIVE_CRASH_SEED", "20261124"))

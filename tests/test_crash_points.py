@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 
-from fusedrive.checkpoints import CHECKPOINT_EVERY
+from fusedrive.engine.checkpoints import CHECKPOINT_EVERY
 from fusedrive.crashpoints import STEPS
 from oracle import assert_nothing_lost
 from test_checkpoints import append_entries
@@ -29,7 +29,7 @@ NAMES = ("changed.txt", "deleted.txt", "renamed.txt", "untouched.txt")
 
 
 def mount_died(mount) -> bool:
-    from fusedrive import control
+    from fusedrive.services import control
 
     entry = control.read_registry(str(mount.path))
     return entry is None or control.has_exited(entry["pid"])

@@ -365,7 +365,7 @@ def test_long_volume_commands_show_progress_on_a_terminal(volume):
 
 
 def test_a_journal_entry_this_build_cannot_apply_stops_commits_never_the_mount(s3_volume):
-    from fusedrive.journal import Entry, Journal
+    from fusedrive.engine.journal import Entry, Journal
     from test_sync import wait_for
 
     laptop = s3_volume.mount("laptop", poll_interval=0.5)

@@ -145,14 +145,14 @@ def test_a_device_killed_with_creates_in_flight_under_names_taken_elsewhere_moun
 
 
 def mount_process(mount) -> int:
-    from fusedrive import control
+    from fusedrive.services import control
 
     return control.read_registry(str(mount.path))["pid"]
 
 
 @pytest.mark.parametrize("how", [("--timeout", "5"), ("--no-wait",)], ids=["timeout", "no-wait"])
 def test_umount_while_the_store_is_unreachable_keeps_the_queue_for_the_next_mount(proxied_volume, store_proxy, how):
-    from fusedrive import control
+    from fusedrive.services import control
 
     laptop = proxied_volume.mount("laptop")
     write(laptop.p("offline.txt"), b"written on the train")
@@ -175,7 +175,7 @@ def test_umount_while_the_store_is_unreachable_keeps_the_queue_for_the_next_moun
 
 
 def test_umount_with_nothing_waiting_stops_promptly_while_the_store_is_unreachable(proxied_volume, store_proxy):
-    from fusedrive import control
+    from fusedrive.services import control
 
     laptop = proxied_volume.mount("laptop")
     write(laptop.p("saved.txt"), b"saved")
@@ -208,7 +208,7 @@ def kill_mount_process_only(mount) -> None:
     """SIGKILL the mount process and leave its dead mount point as it is."""
     import signal
 
-    from fusedrive import control
+    from fusedrive.services import control
 
     pid = mount_process(mount)
     os.kill(pid, signal.SIGKILL)

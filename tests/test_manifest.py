@@ -17,14 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from fusedrive.blocks import BlockStore
-from fusedrive.cache import BlockCache
+from fusedrive.engine.blocks import BlockStore
+from fusedrive.engine.cache import BlockCache
 from fusedrive.errors import IntegrityError
-from fusedrive.manifest import Location, block_ids, contents, extent, patch_plan, pieces
-from fusedrive.staging import Patchable
+from fusedrive.engine.manifest import Location, block_ids, contents, extent, patch_plan, pieces
+from fusedrive.engine.staging import Patchable
 from fusedrive.store import open_store
-from fusedrive.uploader import MAX_PATCH_EXTENTS, build_manifest
-from fusedrive.volume import create_volume
+from fusedrive.engine.uploader import MAX_PATCH_EXTENTS, build_manifest
+from fusedrive.store.volume import create_volume
 
 MiB = 1024 * 1024
 
@@ -168,8 +168,8 @@ def test_an_edit_keeping_a_block_gc_may_have_deleted_uploads_the_whole_file_agai
 
 
 def test_fsck_finds_a_piece_reaching_past_its_block():
-    from fusedrive.fsck import check_tree
-    from fusedrive.replica import Replica
+    from fusedrive.tools.fsck import check_tree
+    from fusedrive.engine.replica import Replica
 
     replica = Replica(":memory:")
     replica.apply({"op": "mkroot", "mode": 0o40755, "uid": 0, "gid": 0, "t": 0})

@@ -69,7 +69,7 @@ def test_an_unknown_o_option_is_a_usage_error(volume, tmp_path):
 
 
 def test_mount_t_fuse_fusedrive_and_an_fstab_line_mount_and_unmount_for_real(volume, root_only, tmp_path):
-    from fusedrive import control
+    from fusedrive.services import control
 
     helper = Path("/sbin/mount.fuse.fusedrive")
     installed = not helper.exists()

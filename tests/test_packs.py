@@ -11,11 +11,11 @@ import os
 import random
 import threading
 
-from fusedrive.blocks import BlockStore
-from fusedrive.cache import BlockCache
-from fusedrive.manifest import contents, extent
+from fusedrive.engine.blocks import BlockStore
+from fusedrive.engine.cache import BlockCache
+from fusedrive.engine.manifest import contents, extent
 from fusedrive.store import open_store
-from fusedrive.volume import create_volume
+from fusedrive.store.volume import create_volume
 from test_cache import _read_uncached
 from test_gc import expire_everything_old, gc
 from test_posix import write
@@ -158,7 +158,7 @@ def test_a_failed_pack_put_fails_every_upload_in_it_and_marks_nothing_stored(tmp
 def test_an_urgent_block_sends_its_pack_without_waiting_out_the_linger(tmp_path, monkeypatch):
     """fsync of a small file waits for its block alone: the pack gathering it goes at once,
     with what joined it so far."""
-    monkeypatch.setattr("fusedrive.blocks.PACK_LINGER_SECONDS", 60)
+    monkeypatch.setattr("fusedrive.engine.blocks.PACK_LINGER_SECONDS", 60)
     volume = create_volume(open_store(f"file://{tmp_path / 'store'}"), "passphrase")
     blocks = BlockStore(volume, BlockCache(tmp_path / "cache", 1 << 30, volume.keys.id_of))
     payloads = [os.urandom(3000), os.urandom(3000)]
@@ -179,7 +179,7 @@ def test_an_urgent_block_sends_its_pack_without_waiting_out_the_linger(tmp_path,
 def test_fsck_checks_a_block_stored_both_alone_and_in_a_pack(tmp_path):
     """Two devices can store one block both ways (one packs it, the other stores it alone);
     fsck --verify-blocks checks each copy."""
-    from fusedrive.fsck import check_blocks
+    from fusedrive.tools.fsck import check_blocks
 
     volume = create_volume(open_store(f"file://{tmp_path / 'store'}"), "passphrase")
     payloads = [os.urandom(2000) for _ in range(2)]

@@ -157,7 +157,7 @@ def test_fsync_puts_file_and_commit_in_the_store(work, shared_mount):
 def test_a_burst_of_new_files_goes_into_few_journal_entries(work, shared_mount):
     """Each journal entry is a PUT (request cost, server CPU): changes that keep coming
     are batched by time (BATCH_DELAY_SECONDS), not appended one entry per change."""
-    from fusedrive.committer import BATCH_DELAY_SECONDS
+    from fusedrive.engine.committer import BATCH_DELAY_SECONDS
 
     def entries() -> int:
         return sum(1 for _ in shared_mount.volume.list_objects("journal/"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fusedrive.retention import DAY, Retention, expired_trash, thin
+from fusedrive.engine.retention import DAY, Retention, expired_trash, thin
 
 NOW = 1_800_000_000.0  # a fixed "now"
 

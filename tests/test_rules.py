@@ -6,9 +6,9 @@ from __future__ import annotations
 import stat
 import time
 
-from fusedrive.journal import Entry
-from fusedrive.rebase import Revalidator
-from fusedrive.replica import ROOT_FID, ROOT_INO, Replica
+from fusedrive.engine.journal import Entry
+from fusedrive.engine.rebase import Revalidator
+from fusedrive.engine.replica import ROOT_FID, ROOT_INO, Replica
 
 
 def now() -> int:

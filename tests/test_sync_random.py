@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from fusedrive.manifest import contents
+from fusedrive.engine.manifest import contents
 from fusedrive.testing.faultproxy import Fault
 from test_sync import POLL, same_everywhere, wait_for
 from treeutil import move_or_delete, save
@@ -33,9 +33,9 @@ def sha(data: bytes) -> str:
 def journal_versions(volume, story: list | None = None) -> set[str]:
     """The sha256 of every file content ever committed to the volume's journal
     (and, into `story`, one line per operation, for explaining a failure)."""
-    from fusedrive.blocks import BlockStore
-    from fusedrive.cache import BlockCache
-    from fusedrive.journal import Journal
+    from fusedrive.engine.blocks import BlockStore
+    from fusedrive.engine.cache import BlockCache
+    from fusedrive.engine.journal import Journal
     import tempfile
     from pathlib import Path
 

@@ -1,0 +1,129 @@
+"""Checkpoints: the whole committed metadata state as of a seq, so a new device does
+not replay the journal from the beginning.
+
+`checkpoints/<seq, 20 digits>`, sealed like journal entries (bound to the key name
+and volume). Any device writes one after a commit when CHECKPOINT_EVERY entries
+have passed since the newest one and its own queue is empty (so its replica is
+exactly the committed state). A device with an empty replica loads the newest
+checkpoint, then replays the entries after it. fsck checks each checkpoint
+against the replayed journal.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import zstandard
+
+from ..store import sealing
+from ..errors import IntegrityError
+from .journal import Journal
+from ..report import Progress
+from .replica import ROOT_FID, ROOT_INO, Replica, name_from_json, name_to_json
+from ..store import NotFound
+from ..store.volume import Volume
+
+PREFIX = "checkpoints/"
+CHECKPOINT_EVERY = 1000
+
+
+def checkpoint_key(seq: int) -> str:
+    return f"{PREFIX}{seq:020d}"
+
+
+def _aad(volume: Volume, seq: int) -> bytes:
+    return f"{checkpoint_key(seq)}:{volume.volume_id}".encode()
+
+
+def dump_state(replica: Replica) -> dict:
+    """The committed tree by file id (inode numbers are per device and stay out)."""
+    db = replica.db
+    fid_of = dict(db.execute("SELECT ino, fid FROM inodes"))
+    inodes = [list(row) for row in db.execute(
+        "SELECT fid, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target, manifest, version "
+        "FROM inodes WHERE nlink > 0 OR ino = ?", (ROOT_INO,))]
+    for row in inodes:
+        row[10] = None if row[10] is None else name_to_json(row[10])
+    dentries = [[fid_of[p], name_to_json(n), fid_of[i]] for p, n, i in db.execute(
+        "SELECT parent, name, ino FROM dentries")]
+    kept = {row[0] for row in inodes}
+    xattrs = [[fid_of[i], name_to_json(n), base64.b64encode(v).decode()] for i, n, v in db.execute(
+        "SELECT ino, name, value FROM xattrs") if fid_of.get(i) in kept]
+    versions = [list(row) for row in db.execute(
+        "SELECT fid, version, manifest, size, mtime_ns, t, device FROM versions")]
+    trash = [[fid, parent, name_to_json(name), *rest, None if target is None else name_to_json(target), deleted]
+             for fid, parent, name, *rest, target, deleted in db.execute(
+                 "SELECT fid, parent, name, mode, uid, gid, size, mtime_ns, manifest, target, deleted_t FROM trash")]
+    archived = [list(row) for row in db.execute("SELECT block, storage_class FROM archived")]
+    return {"seq": replica.applied_seq, "inodes": inodes, "dentries": dentries, "xattrs": xattrs,
+            "versions": versions, "trash": trash, "archived": archived}
+
+
+def load_state(replica: Replica, state: dict) -> None:
+    """Fill an empty replica from a checkpoint."""
+    db = replica.db
+    with replica:
+        db.execute("INSERT INTO fid_inos(ino, fid) VALUES(?, ?)", (ROOT_INO, ROOT_FID))
+        for row in state["inodes"]:
+            if row[0] != ROOT_FID:
+                db.execute("INSERT INTO fid_inos(fid) VALUES(?)", (row[0],))
+        inos = dict(db.execute("SELECT fid, ino FROM fid_inos"))
+        for row in state["inodes"]:
+            target = None if row[10] is None else name_from_json(row[10])
+            db.execute("INSERT INTO inodes(ino, fid, mode, uid, gid, size, atime_ns, mtime_ns, ctime_ns, nlink, rdev,"
+                       " target, manifest, version) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       (inos[row[0]], *row[:10], target, *row[11:]))
+        db.executemany("INSERT INTO dentries(parent, name, ino) VALUES(?, ?, ?)",
+                       [(inos[p], name_from_json(n), inos[c]) for p, n, c in state["dentries"]])
+        db.executemany("INSERT INTO xattrs(ino, name, value) VALUES(?, ?, ?)",
+                       [(inos[f], name_from_json(n), base64.b64decode(v)) for f, n, v in state["xattrs"]])
+        db.executemany("INSERT INTO versions(fid, version, manifest, size, mtime_ns, t, device)"
+                       " VALUES(?, ?, ?, ?, ?, ?, ?)", state.get("versions", []))
+        db.executemany("INSERT INTO trash(fid, parent, name, mode, uid, gid, size, mtime_ns, manifest, target,"
+                       " deleted_t) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       [(fid, parent, name_from_json(name), *rest, None if target is None else name_from_json(target),
+                         deleted) for fid, parent, name, *rest, target, deleted in state.get("trash", [])])
+        db.executemany("INSERT INTO archived(block, storage_class) VALUES(?, ?)", state.get("archived", []))
+        replica.set_state("applied_seq", state["seq"])
+        replica.set_state("checkpoint_seq", state["seq"])
+
+
+def write_checkpoint(volume: Volume, state: dict) -> None:
+    body = zstandard.compress(json.dumps(state, separators=(",", ":")).encode())
+    volume.store.put_if_absent(checkpoint_key(state["seq"]),
+                               sealing.seal(volume.keys.journal_seal, body, _aad(volume, state["seq"])))
+
+
+def checkpoint_seqs(volume: Volume) -> list[int]:
+    return [int(item.key[len(PREFIX):]) for item in volume.store.list(PREFIX) if item.key[len(PREFIX):].isdigit()]
+
+
+def read_checkpoint(volume: Volume, seq: int) -> dict:
+    try:
+        blob = volume.store.get(checkpoint_key(seq))
+    except NotFound:
+        raise IntegrityError(f"Checkpoint {seq} is missing.") from None
+    body = sealing.unseal(volume.keys.journal_seal, blob, _aad(volume, seq), f"Checkpoint {seq}")
+    state = json.loads(zstandard.decompress(body))
+    if state.get("seq") != seq:
+        raise IntegrityError(f"Checkpoint {seq} is not the state at {seq}.")
+    return state
+
+
+def replay_to_head(volume: Volume, replica: Replica, progress: Progress | None = None) -> None:
+    """Fill an empty replica with the volume's committed state: the newest checkpoint,
+    then every entry after it (for commands that work without a mount), with a progress
+    bar on a terminal."""
+    seqs = checkpoint_seqs(volume)
+    if seqs:
+        load_state(replica, read_checkpoint(volume, max(seqs)))
+    journal = Journal(volume)
+    start = replica.applied_seq
+    bar = progress("reading the journal", len(journal.seqs_after(start))) if progress else None
+    for entry in journal.entries_after(start):
+        replica.apply_remote(entry.seq, entry.ops)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()

@@ -1,0 +1,230 @@
+"""The commit queue → journal, and the journal → replica.
+
+Runs in the trio loop. Queued operations (the replica's `pending` table, on disk)
+are batched into one entry and appended at applied_seq + 1 with put-if-absent.
+If another device took that seq, its entries are pulled and this device's queue
+is rebased onto them (conflict rules in rebase.py), then the append is tried at
+the new head. Pulling and appending share one lock, so an entry of ours is never
+applied twice; the commit id of an append in flight is kept on disk so that
+after a crash our own entry is recognized too. Store calls run in worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Callable
+
+import trio
+
+from .checkpoints import CHECKPOINT_EVERY, dump_state, write_checkpoint
+from ..crashpoints import crash_point
+from ..errors import FusedriveError, StoreUnreachable
+from .events import StoreHealth
+from .journal import Entry, Journal
+from .rebase import Revalidator
+from .replica import Rebased, Replica
+from ..signals import Broadcast
+
+log = logging.getLogger(__name__)
+
+BATCH_OPS = 2000
+BATCH_DELAY_SECONDS = 0.05
+RETRY_MAX_SECONDS = 30
+
+AppliedCallback = Callable[[list[Entry], Rebased], None]
+
+
+class Committer:
+    def __init__(self, replica: Replica, journal: Journal, device: str, on_applied: AppliedCallback,
+                 health: StoreHealth, unsaved: Callable[[], set[str]] = set,
+                 open_files: Callable[[], set[str]] = set) -> None:
+        """`on_applied(entries, what the rebase did)` after each rebase;
+        `unsaved()`: ids of files with local content not yet uploaded (kept alive by rebases);
+        `open_files()`: ids of files open here (remembered if another device deletes them)."""
+        self.health = health
+        self.unsaved = unsaved
+        self.open_files = open_files
+        self.on_commit: Callable[[int], None] = lambda seq: None
+        self.on_error: Callable[[str], None] = lambda message: None  # what the user should see in status
+        self.check_ready: Callable[[], None] = lambda: None  # raises FusedriveError when nothing may be committed
+        self.replica = replica
+        self.journal = journal
+        self.device = device
+        self.on_applied = on_applied
+        self.lock = trio.Lock()
+        self.committed = Broadcast()
+        self._wake = trio.Event()
+        self._urgent = False
+        self.last_pull = float("-inf")
+        self.last_error: str | None = None
+        self.failures = 0  # commit attempts that failed, ever (see wait_committed)
+        self.journal_head = 0  # the newest entry seen in the store
+        self.commits = 0
+        self.commit_seconds = 0.0  # total time of successful appends (for metrics)
+        self._resumed: trio.Event | None = None
+
+    def pause(self) -> None:
+        """Hold commits (changes keep queueing locally) until resume()."""
+        if self._resumed is None:
+            self._resumed = trio.Event()
+
+    def resume(self) -> None:
+        if self._resumed is not None:
+            self._resumed.set()
+            self._resumed = None
+            self.kick(urgent=True)
+
+    @property
+    def paused(self) -> bool:
+        return self._resumed is not None
+
+    def kick(self, urgent: bool = False) -> None:
+        """Commit soon; `urgent` (someone waits, e.g. fsync) skips the batching delay."""
+        if urgent:
+            self._urgent = True
+        self._wake.set()
+
+    async def pull(self) -> None:
+        """Apply every journal entry this device has not seen, under its queued changes."""
+        async with self.lock:
+            await self._pull_locked()
+
+    async def _pull_locked(self) -> None:
+        started = trio.current_time()
+        start = self.replica.applied_seq
+        entries = await self._store_call(lambda: list(self.journal.entries_after(start)), abandon=True)
+        self.last_pull = started
+        self.journal_head = max(self.journal_head, entries[-1].seq if entries else start)
+        inflight = json.loads(self.replica.get_state("inflight", "null") or "null")
+        while entries:
+            own = next((i for i, e in enumerate(entries) if inflight and e.commit_id == inflight["commit_id"]), None)
+            others = entries if own is None else entries[:own]
+            if others:
+                rebased = self.replica.rebase(others, Revalidator(self.device), self.unsaved(), self.open_files())
+                self.on_applied(others, rebased)
+            if own is None:
+                return
+            # Our own append went through before a crash or a lost answer: it is committed.
+            self.replica.mark_committed(inflight["last_id"], entries[own].seq)
+            self.replica.set_state("inflight", None)
+            entries = entries[own + 1:]
+
+    async def commit_pending(self) -> None:
+        """Commit everything queued now; raises StoreUnreachable if the store fails.
+
+        Not what is queued while this commits: that waits for the next kick and its
+        batching delay, or a steady stream of changes (an untar, 2,000 small files)
+        would go out as one tiny entry per append, each a PUT."""
+        while self._resumed is not None:
+            await self._resumed.wait()
+        self.check_ready()
+        async with self.lock:
+            if self.replica.get_state("inflight"):
+                # An append whose outcome we never learned (a crash, an error after the PUT):
+                # pulling recognizes it if it landed; either way that attempt is settled then.
+                await self._pull_locked()
+                self.replica.set_state("inflight", None)
+            through = self.replica.last_pending_id()
+            while True:
+                rows = self.replica.pending_ops(BATCH_OPS, through)
+                if not rows:
+                    return
+                last_id = rows[-1][0]
+                ops = [op for _, row_ops in rows for op in row_ops]
+                if not ops:  # everything in these rows was dropped by a rebase
+                    self.replica.mark_committed(last_id, self.replica.applied_seq)
+                    self.committed.fire()
+                    continue
+                entry = Entry(seq=self.replica.applied_seq + 1, device=self.device, ops=ops)
+                self.replica.set_state("inflight", json.dumps({"commit_id": entry.commit_id, "last_id": last_id}))
+                started = trio.current_time()
+                crash_point("before-append")
+                if await self._store_call(self.journal.append, entry):
+                    crash_point("after-append")
+                    self.commit_seconds += trio.current_time() - started
+                    with self.replica:
+                        self.replica.mark_committed(last_id, entry.seq)
+                        self.replica.set_state("inflight", None)
+                        self.replica.reap_orphans()
+                    self.commits += 1
+                    self.last_pull = started  # taking the next seq proves we were at the head then
+                    self.journal_head = max(self.journal_head, entry.seq)
+                    await self._maybe_checkpoint()
+                    self.committed.fire()
+                    self.on_commit(entry.seq)
+                else:
+                    self.replica.set_state("inflight", None)  # 412 and not ours: settled
+                    await self._pull_locked()
+
+    async def _store_call(self, function, *args, abandon: bool = False):
+        """Run a journal call in a worker thread, telling StoreHealth whether the store answered.
+        `abandon`: a cancelled caller may leave the thread behind (reads only: a pull that
+        is given up changes nothing)."""
+        try:
+            with self.health.request():
+                result = await trio.to_thread.run_sync(function, *args, abandon_on_cancel=abandon)
+        except StoreUnreachable as exc:
+            self.health.failed(exc)
+            raise
+        self.health.succeeded()
+        return result
+
+    async def _maybe_checkpoint(self) -> None:
+        """Every CHECKPOINT_EVERY entries, save the committed state (only when nothing is
+        queued here, so the replica is exactly the committed state)."""
+        seq = self.replica.applied_seq
+        if seq - self.replica.get_state("checkpoint_seq", 0) < CHECKPOINT_EVERY or self.replica.pending_count():
+            return
+        state = dump_state(self.replica)
+        try:
+            await trio.to_thread.run_sync(write_checkpoint, self.journal.volume, state)
+        except FusedriveError as exc:
+            log.warning("could not write checkpoint %d (will try after the next commit): %s", seq, exc)
+            return
+        crash_point("checkpoint")
+        self.replica.set_state("checkpoint_seq", seq)
+
+    async def run(self) -> None:
+        """Commit whenever kicked; back off while the store is unreachable."""
+        delay = 1.0
+        while True:
+            await self._wake.wait()
+            if not self._urgent:
+                # let a burst of operations (untar, a build) gather into one journal entry
+                with trio.move_on_after(BATCH_DELAY_SECONDS):
+                    while not self._urgent:
+                        await trio.sleep(BATCH_DELAY_SECONDS / 5)
+            self._wake = trio.Event()
+            self._urgent = False
+            try:
+                await self.commit_pending()
+                self.last_error, delay = None, 1.0
+            except Exception as exc:  # noqa: BLE001 - a commit that fails stops commits, never the mount
+                self.last_error = str(exc)
+                self.failures += 1
+                self.committed.fire()
+                if isinstance(exc, StoreUnreachable):
+                    log.warning("commit failed, retrying in %.0f s: %s", delay, exc)
+                else:  # an entry this device cannot apply, a lost cache dir, a bug: the user must hear of it
+                    log.exception("commit failed")
+                    self.on_error(f"Cannot commit (changes stay queued here): "
+                                  f"{exc if isinstance(exc, FusedriveError) else repr(exc)}")
+                await self.health.backoff(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                self.kick()
+
+    async def wait_committed(self, pending_id: int) -> None:
+        """Wait until the queued operation `pending_id` (and all before it) is in the journal;
+        raises if a commit attempt fails meanwhile (an error from before the call may be
+        stale: the store may be back)."""
+        failures = self.failures
+        self.health.retry_now()
+        while True:
+            first = self.replica.pending_ops(1)
+            if not first or first[0][0] > pending_id:
+                return
+            if self.failures != failures:
+                raise StoreUnreachable(self.last_error)
+            self.kick(urgent=True)
+            await self.committed.wait()

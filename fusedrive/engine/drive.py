@@ -1,0 +1,275 @@
+"""One volume on one device: the engine any front end (the FUSE mount, a mirror) drives.
+
+`Drive` wires the parts together and is what front ends call; each part owns its state:
+
+- `LocalFiles` (localfiles.py): every file's local life — staged, unsaved, open;
+- `Reader` (reads.py) and `Writer` (writes.py): the content paths;
+- `Uploads` (uploads.py): staged content → blocks and `update` ops;
+- `Committer` (committer.py): queued ops → journal, and rebases under remote entries;
+- `Follower` (follower.py): other devices' commits, the hub;
+- `Changes` (changes.py): what front ends must invalidate, what the user is told.
+
+See docs/concurrency.md for what runs where and what may interleave.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import trio
+
+from ..crashpoints import crash_point
+from ..errors import CacheDirError, MountError, StoreUnreachable
+from ..store.volume import Volume
+from .blocks import BlockStore
+from .cache import BlockCache
+from .changes import Changes
+from .checkpoints import checkpoint_seqs, load_state, read_checkpoint
+from .committer import Committer
+from .events import EventBus, Problems, StoreHealth
+from .follower import FRESHNESS_WAIT_SECONDS, Follower
+from .hubclient import HubClient
+from .journal import Journal
+from .localfiles import LocalFiles
+from .manifest import Piece
+from .reads import Reader
+from .replica import Inode, Replica
+from .staging import Staging
+from .uploads import Uploads
+from .writes import Writer
+
+log = logging.getLogger(__name__)
+
+CONFLICTS_LISTED = 20  # status names this many conflicted copies
+CACHE_DIR_CHECK_SECONDS = 1.0
+
+
+class Drive:
+    def __init__(self, volume: Volume, cache_dir: Path, device: str, cache_size: int,
+                 poll_interval: float = 2.0, hub_url: str | None = None, io_timeout: float = 60.0) -> None:
+        self.volume = volume
+        self.device = device
+        self.cache_dir = cache_dir
+        self.cache_size = cache_size
+        self.io_timeout = io_timeout
+        self.replica = Replica(str(cache_dir / "replica.sqlite3"), in_use=lambda ino: self.files.in_use(ino))
+        self.staging = Staging(cache_dir / "staging")
+        self.cache = BlockCache(cache_dir / "blocks", cache_size, volume.keys.id_of)
+        self.files = LocalFiles(self.replica, self.staging, self.cache)
+        self.blocks = BlockStore(volume, self.cache)
+        self.journal = Journal(volume)
+        self.events = EventBus()
+        self.problems = Problems()
+        self.health = StoreHealth(self.events)
+        self.reader = Reader(self.replica, self.files, self.staging, self.cache, self.blocks, self.health,
+                             self.problems, volume.url, io_timeout)
+        self.writer = Writer(self.replica, self.files, self.staging, self.blocks, cache_dir)
+        self.changes = Changes(self.replica, self.events, device, self.reader.forget, self.files.changed.fire)
+        self.uploads = Uploads(volume, device, self.replica, self.files, self.staging, self.blocks, self.health,
+                               self.events, self.problems, self.changes)
+        self.committer = Committer(self.replica, self.journal, device,
+                                   lambda entries, rebased: self.follower.applied(entries, rebased), self.health,
+                                   unsaved=lambda: set(self.files.unsaved),
+                                   open_files=lambda: set(self.files.open_handles))
+        self.follower = Follower(self.committer, self.replica, self.files, self.uploads, self.changes, self.blocks,
+                                 self.problems, device, HubClient(hub_url, volume.volume_id) if hub_url else None,
+                                 poll_interval, io_timeout)
+        self.committer.on_commit = self.follower.announce
+        self.committer.on_error = self.problems.report
+        self.committer.check_ready = self._check_cache_dir
+        self.cache_dir_lost: str | None = None
+        self.replica.on_record = self.committer.kick  # a rename or delete commits on its own, not with the next upload
+        self.upload_on_exit = True  # after the unmount, upload what is waiting before exiting (see mounting._drain)
+
+    # --- start and stop ---------------------------------------------------------------
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        """Catch up with the journal, recover what a crash left, start the background tasks."""
+        self.reader.nursery = self.follower.nursery = nursery
+        if self.replica.inode(1) is None:
+            await self._start_from_checkpoint()
+        # What a crash or a kill left unsaved must be known before the first pull: its
+        # rebase keeps unsaved files alive (a remote delete brings them back, a remote save
+        # makes ours a conflicted copy) and drops the staged copy of any other file it updates.
+        self.files.recover()
+        try:
+            if self.replica.inode(1) is None:
+                await self.committer.pull()
+            else:  # a store that hangs must not keep a device that has the volume from mounting
+                with trio.fail_after(min(self.io_timeout, FRESHNESS_WAIT_SECONDS * 2)):
+                    await self.committer.pull()
+        except trio.TooSlowError:
+            log.warning("mounted offline: the store did not answer the first pull in time")
+        except Exception as exc:  # noqa: BLE001 - what is here must stay reachable: mount, commits retry
+            if self.replica.inode(1) is None:
+                raise  # nothing here to serve (a new device): say why and stop
+            if isinstance(exc, StoreUnreachable):
+                log.warning("mounted offline, serving what this device has: %s", exc)
+            else:
+                log.exception("cannot apply the journal at start")
+                self.problems.report(f"Cannot apply the journal after entry {self.replica.applied_seq} (changes "
+                                     f"stay queued here): {exc}")
+        if self.replica.inode(1) is None:
+            raise MountError(f"The volume at {self.volume.url} has no root directory in its journal.")
+        for orphan in self.replica.reap_orphans():
+            self.files.discard(orphan.fid)
+        self.blocks.mark_known(self.replica.all_block_refs())
+        self.uploads.start(nursery)
+        nursery.start_soon(self.committer.run)
+        nursery.start_soon(self.follower.follow)
+        nursery.start_soon(self._watch_cache_dir)
+        if self.replica.pending_count():
+            self.committer.kick()
+
+    def _check_cache_dir(self) -> None:
+        """The cache dir deleted under a running mount (a cleanup script, a user): what is
+        staged is gone and what is queued may be half made, so nothing more is committed;
+        status says so. Checked before every commit and every second."""
+        if self.cache_dir_lost is None and not (
+                (self.cache_dir / "volume-id").exists() and self.staging.directory.is_dir()):
+            self.cache_dir_lost = (f"The cache dir {self.cache_dir} was deleted while mounted: nothing more is "
+                                   "committed from this device; unmount (fusedrive umount --no-wait) and mount again.")
+            self.problems.report(self.cache_dir_lost)
+            self.events.publish("cache-dir-lost", error=self.cache_dir_lost)
+        if self.cache_dir_lost is not None:
+            raise CacheDirError(self.cache_dir_lost)
+
+    async def _watch_cache_dir(self) -> None:
+        while self.cache_dir_lost is None:
+            await trio.sleep(CACHE_DIR_CHECK_SECONDS)
+            try:
+                self._check_cache_dir()
+            except CacheDirError:
+                return
+
+    async def _start_from_checkpoint(self) -> None:
+        """A new (or wiped) device starts from the newest checkpoint, then replays what follows."""
+        seqs = await trio.to_thread.run_sync(checkpoint_seqs, self.volume)
+        if not seqs:
+            return
+        state = await trio.to_thread.run_sync(read_checkpoint, self.volume, max(seqs))
+        load_state(self.replica, state)
+        log.info("started from checkpoint %d", state["seq"])
+
+    def close(self) -> None:
+        self.staging.close_all()
+        self.uploads.close()
+        self.cache.close()
+        self.replica.close()
+
+    # --- what front ends call -----------------------------------------------------------
+
+    async def ensure_fresh(self) -> None:
+        await self.follower.ensure_fresh()
+
+    async def read(self, node: Inode, offset: int, size: int) -> bytes:
+        return await self.reader.read(node, offset, size)
+
+    async def fetch_block(self, piece: Piece, node: Inode | None) -> bytes:
+        return await self.reader.fetch_block(piece, node)
+
+    async def write(self, node: Inode, offset: int, data: bytes) -> int:
+        return await self.writer.write(node, offset, data)
+
+    async def truncate(self, node: Inode, size: int) -> None:
+        await self.writer.truncate(node, size)
+
+    def opened(self, fid: str, writing: bool) -> None:
+        self.files.opened(fid, writing)
+
+    def flushed(self, fid: str) -> None:
+        """close(): a written file starts uploading in the background."""
+        if fid in self.files.unsaved:
+            self.uploads.queue(fid)
+
+    def released(self, fid: str, writing: bool) -> None:
+        last_writer, last_handle = self.files.released(fid, writing)
+        if fid in self.files.unsaved:
+            if last_writer or last_handle:
+                crash_point("staged")
+                self.uploads.queue(fid)  # the last writer (or the last handle) is done: the content uploads now
+        elif last_handle:
+            self.replica.forget_vanished(fid)  # closed unchanged: another device's delete stands
+            if fid in self.files.staged and fid not in self.uploads.uploading:
+                self.files.discard(fid, keep_as=self.files.keep_on_close.get(fid))
+
+    def forget_unlinked(self, node: Inode) -> None:
+        """The front end let go of a file that has no name left: drop its content. The row
+        itself goes once no queued operation could bring the name back (see reap_orphans)."""
+        files = self.files
+        if files.lookups[node.ino] <= 0 and files.open_handles[node.fid] <= 0 and node.nlink <= 0:
+            if node.fid in files.unsaved:
+                return  # unsaved content: the upload brings it back or puts it in the trash
+            files.discard(node.fid)
+            self.reader.forget(node.ino)
+            if not self.replica.pending_count():
+                self.replica.forget_inode(node.ino)
+
+    def record_user_ops(self, ops: list[dict]) -> None:
+        """Commit operations a command made (restores, emptying the trash) as if the user
+        made them in the mount: front ends forget what they cached of those files. A caller
+        restoring a file waits for its unsaved content first (wait_uploaded), since the
+        ops are based on the version it saw."""
+        self.replica.record(*ops)
+        for op in ops:
+            fid = op.get("fid")
+            if op["op"] == "update" and fid in self.files.staged and fid not in self.files.unsaved \
+                    and fid not in self.uploads.uploading:
+                self.files.discard(fid)
+        self.changes.applied(ops)
+
+    # --- durability -------------------------------------------------------------------
+
+    async def wait_uploaded(self, fids: set[str] | None = None) -> None:
+        await self.uploads.wait_uploaded(fids)
+
+    async def fsync(self, fid: str) -> None:
+        """Return once this file's blocks and its journal commit are in the store."""
+        await self.uploads.wait_uploaded({fid})
+        await self.committer.wait_committed(self.replica.last_pending_id())
+
+    def has_unsaved_work(self) -> bool:
+        return bool(self.files.unsaved) or self.replica.pending_count() > 0
+
+    async def sync_all(self) -> None:
+        await self.uploads.wait_uploaded()
+        await self.committer.wait_committed(self.replica.last_pending_id())
+
+    def check_invariants(self) -> list[str]:
+        """What does not hold in the per-file state right now (empty when all is well)."""
+        return self.files.check_invariants()
+
+    def status(self) -> dict:
+        """Everything `fusedrive status` shows (times are Unix seconds)."""
+        files = self.files
+        waiting_since = [files.unsaved_since[fid] for fid in files.unsaved if fid in files.unsaved_since]
+        store_down_since, store_error = self.health.state()
+        oldest_op = self.replica.oldest_pending_time()
+        if oldest_op is not None:
+            waiting_since.append(oldest_op)
+        return {
+            "volume": self.volume.url,
+            "device": self.device,
+            "files_waiting": len(files.unsaved),
+            "bytes_waiting": files.unsaved_bytes(),
+            "ops_waiting": self.replica.pending_count(),
+            "waiting_since": min(waiting_since, default=None),
+            "store_offline_since": store_down_since,
+            "store_error": store_error,
+            "hub": None if self.follower.hub is None else ("connected" if self.follower.hub_connected else "polling"),
+            "journal_head": max(self.committer.journal_head, self.replica.applied_seq),
+            "applied_seq": self.replica.applied_seq,
+            "checkpoint_seq": self.replica.get_state("checkpoint_seq", 0),
+            "bytes_uploaded": self.blocks.uploaded.bytes,
+            "bytes_downloaded": self.blocks.downloaded.bytes,
+            "upload_rate": self.blocks.uploaded.rate(),
+            "download_rate": self.blocks.downloaded.rate(),
+            "cache_bytes": self.cache.volume_bytes(),
+            "cache_limit": self.cache_size,
+            "conflicted_copies": len(conflicts := self.replica.conflicted_copies()),
+            "conflicted_copy_paths": conflicts[:CONFLICTS_LISTED],
+            "paused": self.committer.paused,
+            "cache_dir_lost": self.cache_dir_lost,
+            "errors": list(self.problems.recent),
+        }

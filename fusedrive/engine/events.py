@@ -1,0 +1,167 @@
+"""What happened, for the user: remote changes, conflicts, upload trouble, store outages.
+
+The drive publishes events here; `fusedrive events` streams them from the control
+socket, `--notify` turns the important ones into desktop notifications, and
+`StoreHealth` turns a run of store failures into one "offline" and one "back online"
+event instead of one per retry. Everything runs in the trio loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shutil
+import time
+from collections import deque
+from contextlib import contextmanager
+from typing import Iterator
+
+import trio
+
+from ..errors import StoreUnreachable
+from ..signals import Broadcast
+
+log = logging.getLogger(__name__)
+
+RECENT_EVENTS = 200
+SUBSCRIBER_BUFFER = 1000
+
+# kinds worth interrupting the user for (--notify); remote changes never are
+NOTIFY_KINDS = {"conflict", "upload-failed", "store-offline", "store-online"}
+
+
+def describe(event: dict) -> str:
+    """One line a person can read."""
+    kind = event["kind"]
+    if kind == "remote-change":
+        return f"{event['path']} {event['change']} on {event['device']}"
+    if kind == "conflict":
+        return f"conflict: {event['path']} was changed on two devices at once; " \
+               f"the version from {event['device']} is saved as {event['copy']}"
+    if kind == "upload-failed":
+        return f"upload of {event['path']} failed, will retry: {event['error']}"
+    if kind == "upload-recovered":
+        return "uploads are going through again"
+    if kind == "store-offline":
+        return f"store unreachable: {event['error']} (changes stay queued here)"
+    if kind == "store-online":
+        return "store reachable again: uploading what is queued"
+    return f"{kind}: {event}"
+
+
+class EventBus:
+    """Fan-out of events to every subscriber, dropping (never blocking) for slow readers."""
+
+    def __init__(self) -> None:
+        self.recent: deque[dict] = deque(maxlen=RECENT_EVENTS)
+        self._subscribers: set[trio.MemorySendChannel] = set()
+
+    def publish(self, kind: str, **fields) -> None:
+        event = {"kind": kind, "time": time.time(), **fields}
+        self.recent.append(event)
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait(event)
+            except trio.WouldBlock:
+                log.warning("an event reader is too slow; it misses events")
+            except trio.BrokenResourceError:
+                self._subscribers.discard(channel)
+
+    def subscribe(self) -> trio.MemoryReceiveChannel:
+        send, receive = trio.open_memory_channel(SUBSCRIBER_BUFFER)
+        self._subscribers.add(send)
+        return receive
+
+
+SLOW_SECONDS = 3.0  # a request waiting this long means the store is not answering
+
+
+class Problems:
+    """The problems the user should see in `fusedrive status` (the last 20 are kept)."""
+
+    def __init__(self) -> None:
+        self.recent: deque[str] = deque(maxlen=20)
+
+    def report(self, message: str) -> None:
+        log.error(message)
+        if self.recent and self.recent[-1].endswith(message):
+            return  # the same problem again (a retry): said once
+        self.recent.append(f"{time.strftime('%H:%M:%S')} {message}")
+
+
+class StoreHealth:
+    """Is the store reachable? Fed by every upload and commit, it says so once per change."""
+
+    def __init__(self, events: EventBus) -> None:
+        self.events = events
+        self.offline_since: float | None = None
+        self.last_error: str | None = None
+        self.recovered = Broadcast()  # retries waiting out a backoff wake up on it
+        self._waiting: dict[int, float] = {}  # requests now in flight → when each started
+        self._tokens = itertools.count()
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """Around a store request someone waits for: a store that hangs shows in status
+        within SLOW_SECONDS, long before the request times out."""
+        token = next(self._tokens)
+        started = self._waiting[token] = time.time()
+        try:
+            yield
+        except trio.Cancelled:  # given up on (an open's freshness check, a read's --io-timeout)
+            waited = time.time() - started
+            if waited > SLOW_SECONDS:
+                self.failed(StoreUnreachable(f"The store did not answer within {waited:.0f} s."))
+            raise
+        finally:
+            del self._waiting[token]
+
+    def state(self) -> tuple[float | None, str | None]:
+        """(unreachable since, why), or (None, None) while it answers."""
+        if self.offline_since is not None:
+            return self.offline_since, self.last_error
+        oldest = min(self._waiting.values(), default=None)
+        if oldest is not None and time.time() - oldest > SLOW_SECONDS:
+            return oldest, f"The store has not answered a request for {time.time() - oldest:.0f} s."
+        return None, None
+
+    async def backoff(self, seconds: float) -> None:
+        """Sleep before a retry, but only until the store is seen answering again."""
+        with trio.move_on_after(seconds):
+            await self.recovered.wait()
+
+    def retry_now(self) -> None:
+        """Someone waits for the store (sync, fsync): retries waiting out a backoff go now."""
+        if self.offline_since is not None:
+            self.recovered.fire()
+
+    def failed(self, error: Exception) -> None:
+        self.last_error = str(error)
+        if self.offline_since is None:
+            self.offline_since = time.time()
+            self.events.publish("store-offline", error=str(error))
+
+    def succeeded(self) -> None:
+        self.last_error = None
+        if self.offline_since is not None:
+            self.offline_since = None
+            self.events.publish("store-online")
+            self.recovered.fire()
+
+
+async def notify_desktop(events: EventBus) -> None:
+    """--notify: raise freedesktop notifications (notify-send) for conflicts and problems."""
+    command = shutil.which("notify-send")
+    if command is None:
+        log.warning("--notify: notify-send is not installed; no desktop notifications")
+        return
+    async with events.subscribe() as receive:
+        async for event in receive:
+            if event["kind"] not in NOTIFY_KINDS:
+                continue
+            urgency = "critical" if event["kind"] in ("upload-failed", "store-offline") else "normal"
+            try:
+                await trio.run_process([command, "--app-name=fusedrive", f"--urgency={urgency}", "fusedrive",
+                                        describe(event)], check=False)
+            except OSError as exc:
+                log.warning("notify-send failed: %s", exc)

@@ -1,0 +1,168 @@
+"""Manifests: a file's content as a list of extents, in file order.
+
+- `[block_id, length]`: a whole block;
+- `[None, length]`: a hole (zeros, never uploaded);
+- `[block_id, length, offset]`: `length` bytes of a block, from `offset` in it. An
+  in-place edit leaves these: it uploads the bytes it wrote as a new block and keeps
+  the parts of the old blocks around them (`patch_plan`), instead of re-uploading every
+  block it touched. A later full upload of the file (see uploader.py) compacts them.
+- `[block_id, length, offset or None, [pack, start, size]]`: a block stored inside a
+  pack object (small files, see blocks.py) rather than as its own object: its sealed
+  bytes are `size` bytes from `start` in `packs/<pack>`. `None`: the whole block.
+
+Everything that reads extents goes through `pieces`, so the forms are handled in one
+place. Where a block is stored travels with every extent that names it, so any manifest
+(a checkpoint's, an old version's, another device's) is enough to read its blocks.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Callable, Iterable, Iterator, NamedTuple
+
+from ..errors import IntegrityError
+
+
+class Location(NamedTuple):
+    """Where a packed block's sealed bytes are: `size` bytes from `start` in `packs/<pack>`."""
+    pack: str
+    start: int
+    size: int
+
+
+class Piece(NamedTuple):
+    block: str | None  # None: a hole
+    length: int
+    offset: int  # where in the block the piece starts
+    whole: bool  # the piece is the whole block
+    location: Location | None = None  # None: the block is its own object, `blocks/<id>`
+
+    def cut(self, start: int, length: int) -> list:
+        """The extent of `length` bytes of this piece from `start` in it."""
+        if self.block is None:
+            return [None, length]
+        return extent(self.block, length, self.offset + start, self.location)
+
+    def of(self, block_data: bytes, start: int = 0, end: int | None = None) -> bytes:
+        """Bytes [start, end) of the piece, out of its (verified) block's. A block too short
+        for the piece is an error, never a short read."""
+        end = self.length if end is None else end
+        if self.whole and start == 0 and end == len(block_data):
+            return block_data
+        if len(block_data) < self.offset + self.length:
+            raise IntegrityError(f"block {self.block} has {len(block_data)} bytes, the file needs "
+                                 f"{self.offset + self.length}")
+        return block_data[self.offset + start:self.offset + end]
+
+
+def extent(block: str, length: int, offset: int | None = None, location: Location | None = None) -> list:
+    """The manifest entry for `length` bytes of a block from `offset` (None: the whole block)."""
+    if location is not None:
+        return [block, length, offset, list(location)]
+    return [block, length] if offset is None else [block, length, offset]
+
+
+def pieces(manifest: Iterable[list]) -> list[Piece]:
+    return [_piece(e) for e in manifest]
+
+
+def _piece(e: list) -> Piece:
+    if len(e) == 2:
+        return Piece(e[0], e[1], 0, True)
+    location = Location(*e[3]) if len(e) > 3 else None
+    return Piece(e[0], e[1], e[2] or 0, e[2] is None, location)
+
+
+def starts(file_pieces: list[Piece]) -> list[int]:
+    """Where in the file each piece starts, for bisecting."""
+    offsets, pos = [], 0
+    for piece in file_pieces:
+        offsets.append(pos)
+        pos += piece.length
+    return offsets
+
+
+def block_ids(manifest: Iterable[list]) -> Iterable[str]:
+    return (extent[0] for extent in manifest if extent[0] is not None)
+
+
+BlockRef = tuple[str, Location | None]
+
+
+def block_refs(manifest: Iterable[list]) -> Iterable[BlockRef]:
+    """(block id, where it is stored) for each block a manifest names."""
+    return ((piece.block, piece.location) for piece in pieces(manifest) if piece.block is not None)
+
+
+Fetch = Callable[[str, Location | None], bytes]
+
+
+def contents(manifest: Iterable[list], fetch: Fetch) -> Iterator[bytes]:
+    """A file's bytes, piece by piece (holes as zeros), its blocks fetched with `fetch`."""
+    for piece in pieces(manifest):
+        yield bytes(piece.length) if piece.block is None else piece.of(fetch(piece.block, piece.location))
+
+
+def known_lengths(manifests: Iterable[list[list]]) -> dict[str, int]:
+    """Block id → how much of the block the manifests show exists (its whole length,
+    unless they keep only the front of it)."""
+    lengths: dict[str, int] = {}
+    for manifest in manifests:
+        for piece in pieces(manifest):
+            if piece.block is not None:
+                lengths[piece.block] = max(lengths.get(piece.block, 0), piece.offset + piece.length)
+    return lengths
+
+
+def patch_plan(base: list[list], base_size: int, written: list[tuple[int, int]],
+               size: int) -> list[list | tuple[int, int]] | None:
+    """The extents of a file that was `base` (`base_size` bytes) before the byte ranges
+    `written` ([start, end)) were written, and is `size` bytes now (never truncated in
+    between): `base` cut around the writes, with `(start, length)` tuples where the bytes
+    must be read from the staged file and uploaded. Past `base_size`, what was not
+    written is a hole. None if `base` does not describe `base_size` bytes."""
+    if sum(extent[1] for extent in base) != base_size or size < base_size:
+        return None
+    base_pieces = pieces(base)
+    base_starts = starts(base_pieces)
+
+    def old(lo: int, hi: int) -> list[list]:
+        """Extents for [lo, hi) of the base file."""
+        out: list[list] = []
+        index = bisect.bisect_right(base_starts, lo) - 1
+        while lo < hi:
+            piece, start = base_pieces[index], base_starts[index]
+            end = min(hi, start + piece.length)
+            if lo == start and end == start + piece.length:
+                out.append(base[index])
+            else:
+                out.append(piece.cut(lo - start, end - lo))
+            lo, index = end, index + 1
+        return out
+
+    plan: list[list | tuple[int, int]] = []
+    pos = 0
+    for start, end in [*_merged(written, size), (size, size)]:
+        if pos < start:
+            plan.extend(old(pos, min(start, base_size)))
+            gap_from = max(pos, base_size)
+            if gap_from < start:
+                plan.append([None, start - gap_from])
+        if start < end:
+            plan.append((start, end - start))
+        pos = end
+    return plan
+
+
+def _merged(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """Sorted, non-overlapping ranges clipped to [0, size)."""
+    merged: list[list[int]] = []
+    for start, end in sorted(ranges):
+        start, end = max(start, 0), min(end, size)
+        if start >= end:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(start, end) for start, end in merged]

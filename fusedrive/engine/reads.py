@@ -1,0 +1,150 @@
+"""Reads: from staging while a file is written here, else from its blocks (cache first),
+fetching ahead of sequential readers. A block that fails verification is an error (EIO
+above), never wrong bytes (blocks.py verifies)."""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import trio
+
+from ..errors import FusedriveError, StoreUnreachable
+from .blocks import BlockStore
+from .cache import BlockCache
+from .events import Problems, StoreHealth
+from .history import check_not_archived
+from .localfiles import LocalFiles
+from .manifest import Location, Piece, pieces, starts
+from .replica import Inode, Replica
+from .staging import Staging
+
+DOWNLOAD_THREADS = 16
+PREFETCH_BLOCKS = 6
+SEQUENTIAL_WINDOW = 1024 * 1024
+
+
+@dataclass
+class Layout:
+    """A committed file's extents with their start offsets, for bisecting reads."""
+
+    version: int
+    starts: list[int]
+    pieces: list[Piece]
+
+
+class Reader:
+    """Owns the read path's state: layouts by inode, where each inode's last read ended,
+    and the block downloads in flight (shared by every reader of a block)."""
+
+    def __init__(self, replica: Replica, files: LocalFiles, staging: Staging, cache: BlockCache,
+                 blocks: BlockStore, health: StoreHealth, problems: Problems, volume_url: str,
+                 io_timeout: float) -> None:
+        self.replica = replica
+        self.files = files
+        self.staging = staging
+        self.cache = cache
+        self.blocks = blocks
+        self.health = health
+        self.problems = problems
+        self.volume_url = volume_url
+        self.io_timeout = io_timeout
+        self.download_limiter = trio.CapacityLimiter(DOWNLOAD_THREADS)
+        self.nursery: trio.Nursery | None = None  # for prefetches, once started
+        self._layouts: dict[int, Layout] = {}
+        self._in_flight: dict[str, trio.Event] = {}
+        self._read_end: dict[int, int] = {}
+
+    def forget(self, ino: int) -> None:
+        """The file changed or went: its layout is rebuilt at the next read."""
+        self._layouts.pop(ino, None)
+        self._read_end.pop(ino, None)
+
+    async def read(self, node: Inode, offset: int, size: int) -> bytes:
+        if node.fid in self.files.staged:
+            return self.staging.read(node.fid, offset, size)
+        file_size = node.size
+        if offset >= file_size:
+            return b""
+        size = min(size, file_size - offset)
+        layout = self._layout(node)
+        index = bisect.bisect_right(layout.starts, offset) - 1
+        # Kernel readahead sends several reads at once and they are served concurrently,
+        # so "sequential" means near where the last read ended, not exactly there.
+        last_end = self._read_end.get(node.ino)
+        sequential = last_end is not None and abs(offset - last_end) <= SEQUENTIAL_WINDOW
+        self._read_end[node.ino] = max(offset + size, last_end or 0) if sequential else offset + size
+        if sequential or offset == 0:
+            self._prefetch(layout, index + 1)
+        parts = []
+        end = offset + size
+        while offset < end:
+            start = layout.starts[index]
+            piece = layout.pieces[index]
+            take_from, take_to = offset - start, min(piece.length, end - start)
+            if piece.block is None:
+                parts.append(bytes(take_to - take_from))
+            else:
+                parts.append(piece.of(await self.fetch_block(piece, node), take_from, take_to))
+            offset = start + take_to
+            index += 1
+        return b"".join(parts)
+
+    def _layout(self, node: Inode) -> Layout:
+        layout = self._layouts.get(node.ino)
+        if layout is None or layout.version != node.version:
+            layout_pieces = pieces(node.extents())
+            layout = Layout(node.version, starts(layout_pieces), layout_pieces)
+            self._layouts[node.ino] = layout
+        return layout
+
+    def _prefetch(self, layout: Layout, index: int) -> None:
+        """Start fetching the next blocks a sequential reader will want. Called for every
+        kernel read, so blocks already in memory or on their way cost no task."""
+        for piece in layout.pieces[index:index + PREFETCH_BLOCKS]:
+            if (piece.block is not None and piece.block not in self._in_flight and self.nursery is not None
+                    and not self.cache.in_memory(piece.block)):
+                self.nursery.start_soon(self._prefetch_one, piece)
+
+    async def _prefetch_one(self, piece: Piece) -> None:
+        try:
+            await self.fetch_block(piece, None)
+        except FusedriveError:
+            pass  # the reader that needs it will fetch again and report the error
+
+    async def fetch_block(self, piece: Piece, node: Inode | None) -> bytes:
+        """The verified block of a piece; concurrent requests for one block share one download."""
+        block_id = piece.block
+        data = self.cache.memory_get(block_id)
+        if data is not None:
+            return data
+        check_not_archived(self.replica, block_id, self.volume_url)
+        while block_id in self._in_flight:
+            await self._in_flight[block_id].wait()
+            data = self.cache.memory_get(block_id)
+            if data is not None:
+                return data
+        done = self._in_flight[block_id] = trio.Event()
+        try:
+            return await self._fetch_within_timeout(block_id, piece.location)
+        except FusedriveError as exc:
+            if node is not None:
+                self.problems.report(f"Cannot read {self.replica.path_of(node.fid) or '(deleted file)'!r} "
+                                     f"(block {block_id}): {exc}")
+            raise
+        finally:
+            del self._in_flight[block_id]
+            done.set()
+
+    async def _fetch_within_timeout(self, block_id: str, location: Location | None) -> bytes:
+        """A store that does not answer makes the read fail (EIO) after --io-timeout instead
+        of holding the program (and the kernel request) forever; the thread is abandoned."""
+        try:
+            with trio.fail_after(self.io_timeout), self.health.request():
+                return await trio.to_thread.run_sync(self.blocks.fetch, block_id, location,
+                                                     limiter=self.download_limiter,
+                                                     abandon_on_cancel=True)
+        except trio.TooSlowError:
+            exc = StoreUnreachable(f"The store did not answer within {self.io_timeout:g} s (--io-timeout).")
+            self.health.failed(exc)
+            raise exc from None

@@ -1,0 +1,1 @@
+"""The FUSE front end: kernel requests on the engine, the history tree, mounting."""

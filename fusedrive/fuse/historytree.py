@@ -1,0 +1,105 @@
+"""The read-only `.fusedrive/history` tree inside the mount, so any app can open an old version.
+
+    /.fusedrive/history/<path of a file>/<"v3 2026-11-24 10.42.01 laptop.ext">
+
+Directories mirror the drive; each file appears as a directory of its kept versions.
+Nodes are made up on demand with inode numbers from VIRTUAL_BASE up (never a real
+inode number), as `Inode` rows that exist only here; a version's row carries the kept
+manifest, so the drive reads it like any committed file. Nothing here can be changed:
+fs.py answers EROFS for every write under it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from itertools import count
+
+from ..engine import history
+from ..engine.replica import ROOT_FID, ROOT_INO, Inode, Replica
+
+VIRTUAL_BASE = 1 << 48
+CONTROL_DIR = b".fusedrive"
+DIR_MODE = stat.S_IFDIR | 0o555
+FILE_MODE = stat.S_IFREG | 0o444
+
+
+class HistoryView:
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self._ino_of: dict[tuple, int] = {}
+        self._key_of: dict[int, tuple] = {}
+        self._numbers = count(VIRTUAL_BASE)
+        self.control_ino = self._ino(("control",))
+
+    def owns(self, ino: int) -> bool:
+        return ino >= VIRTUAL_BASE
+
+    def _ino(self, key: tuple) -> int:
+        if key not in self._ino_of:
+            ino = next(self._numbers)
+            self._ino_of[key], self._key_of[ino] = ino, key
+        return self._ino_of[key]
+
+    def _real(self, fid: str) -> Inode | None:
+        ino = self.replica.ino_of(fid)
+        node = self.replica.inode(ino) if ino is not None else None
+        return node if node is not None and (node.nlink > 0 or fid == ROOT_FID) else None
+
+    def node(self, ino: int) -> Inode | None:
+        """The made-up inode row of a virtual node (None once what it mirrors is gone)."""
+        key = self._key_of.get(ino)
+        if key is None:
+            return None
+        if key[0] in ("control", "history"):
+            real = self.replica.inode(ROOT_INO)
+            return _row(ino, key, DIR_MODE, real, nlink=2)
+        real = self._real(key[1])
+        if real is None:
+            return None
+        if key[0] in ("dir", "file"):
+            return _row(ino, key, DIR_MODE, real, nlink=2)
+        kept = next((v for v in history.versions(self.replica, key[1]) if v.number == key[2]), None)
+        if kept is None:
+            return None
+        return Inode(ino=ino, fid=f"history:{key[1]}:{key[2]}", mode=FILE_MODE, uid=real.uid, gid=real.gid,
+                     size=kept.size, atime_ns=kept.saved_ns, mtime_ns=kept.saved_ns, ctime_ns=kept.saved_ns,
+                     nlink=1, rdev=0, target=None, manifest=json.dumps(kept.manifest), version=kept.number)
+
+    def children(self, ino: int) -> list[tuple[bytes, int]]:
+        key = self._key_of.get(ino)
+        if key is None:
+            return []
+        if key[0] == "control":
+            return [(b"history", self._ino(("history",)))]
+        if key[0] == "history":
+            return self._mirror(ROOT_INO)
+        real = self._real(key[1])
+        if real is None:
+            return []
+        if key[0] == "dir":
+            return self._mirror(real.ino)
+        if key[0] == "file":
+            where = self.replica.location_of(key[1])
+            ext = os.path.splitext(where[1])[1] if where else b""
+            return [(os.fsencode(v.label()) + ext, self._ino(("version", key[1], v.number)))
+                    for v in history.versions(self.replica, key[1])]
+        return []
+
+    def _mirror(self, real_dir: int) -> list[tuple[bytes, int]]:
+        entries = []
+        for name, child in self.replica.children(real_dir):
+            node = self.replica.inode(child)
+            if node is not None and (node.is_dir or node.is_reg):
+                entries.append((name, self._ino(("dir" if node.is_dir else "file", node.fid))))
+        return entries
+
+    def lookup(self, parent: int, name: bytes) -> int | None:
+        return next((ino for child, ino in self.children(parent) if child == name), None)
+
+
+def _row(ino: int, key: tuple, mode: int, real: Inode, nlink: int) -> Inode:
+    return Inode(ino=ino, fid=f"history:{':'.join(map(str, key))}", mode=mode, uid=real.uid, gid=real.gid, size=0,
+                 atime_ns=real.atime_ns, mtime_ns=real.mtime_ns, ctime_ns=real.ctime_ns, nlink=nlink, rdev=0,
+                 target=None, manifest="[]", version=0)

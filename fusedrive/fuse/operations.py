@@ -1,0 +1,473 @@
+"""The fs layer: translates FUSE requests into replica operations and drive content calls.
+
+Holds no storage logic. Every handler runs in the trio loop; the checks and the
+replica change of one request happen between two awaits, so requests never see
+each other half done. Errors: FUSEError(errno) for refused calls, EIO for
+anything the store or integrity checks fail.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import sqlite3
+import stat
+import time
+import uuid
+from itertools import count
+
+import pyfuse3
+
+from ..engine.drive import Drive
+from ..errors import FusedriveError
+from .historytree import CONTROL_DIR, HistoryView
+from .kernel import invalidate_inode
+from .options import Presentation
+from ..engine.replica import ROOT_INO, Inode, b64, name_to_json
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+ATTR_TIMEOUT = 1.0
+XATTR_NAMESPACE = b"user."
+DOT_ENTRIES = 2  # "." and ".." open every directory listing
+
+
+def fuse_errors(handler):
+    """Map our failures to errnos: store and integrity errors are EIO, OS errors keep theirs."""
+
+    @functools.wraps(handler)
+    async def wrapped(*args, **kwargs):
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except FusedriveError as exc:
+            log.error("%s failed: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except sqlite3.OperationalError as exc:
+            # the replica could not write: a full cache disk is ENOSPC, anything else EIO
+            log.error("%s failed: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(errno.ENOSPC if "full" in str(exc) else errno.EIO) from None
+
+    return wrapped
+
+
+def check_name(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+
+
+class DriveOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, drive: Drive, presentation: Presentation = Presentation()) -> None:
+        super().__init__()
+        self.drive = drive
+        self.presentation = presentation
+        self.replica = drive.replica
+        self._handles: dict[int, Inode] = {}
+        self._handle_now: dict[int, tuple[int, Inode]] = {}  # fh -> (replica change stamp, node then)
+        self._writing_handles: set[int] = set()
+        self._dir_handles: dict[int, list[tuple[bytes, int]]] = {}
+        self._opened_version: dict[int, int] = {}
+        self._next_fh = count(1)
+        self.view = HistoryView(drive.replica)  # the read-only .fusedrive/history tree
+
+    # --- helpers ----------------------------------------------------------------------
+
+    def _node(self, ino: int) -> Inode:
+        node = self.view.node(ino) if self.view.owns(ino) else self.replica.inode(ino)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def _attrs(self, node: Inode) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        size, mtime_ns = self.drive.files.size_and_mtime(node)
+        a.st_ino = node.ino
+        a.generation = 0
+        a.entry_timeout = ATTR_TIMEOUT
+        a.attr_timeout = ATTR_TIMEOUT
+        a.st_mode = self.presentation.mode(node.mode)
+        a.st_nlink = node.nlink
+        a.st_uid = node.uid if self.presentation.uid is None else self.presentation.uid
+        a.st_gid = node.gid if self.presentation.gid is None else self.presentation.gid
+        a.st_rdev = node.rdev
+        a.st_size = size
+        a.st_blksize = 128 * 1024
+        a.st_blocks = self.drive.files.stored_blocks(node, size)
+        a.st_atime_ns = node.atime_ns
+        a.st_mtime_ns = mtime_ns
+        a.st_ctime_ns = self.drive.files.ctime(node)
+        return a
+
+    def _entry(self, ino: int) -> pyfuse3.EntryAttributes:
+        self.drive.files.lookups[ino] += 1
+        return self._attrs(self._node(ino))
+
+    def _dir(self, ino: int) -> Inode:
+        node = self._node(ino)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return node
+
+    def _writable(self, *inos: int) -> None:
+        """Old versions cannot be changed."""
+        if any(self.view.owns(ino) for ino in inos):
+            raise pyfuse3.FUSEError(errno.EROFS)
+
+    def _vacant(self, parent: int, name: bytes) -> Inode:
+        check_name(name)
+        self._writable(parent)
+        parent_node = self._dir(parent)
+        if self.replica.lookup(parent, name) is not None or (parent == ROOT_INO and name == CONTROL_DIR):
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        return parent_node
+
+    def _create_node(self, parent: int, name: bytes, mode: int, ctx, rdev: int = 0, target: bytes | None = None) -> int:
+        parent_node = self._vacant(parent, name)
+        gid = ctx.gid
+        if parent_node.mode & stat.S_ISGID:
+            gid = parent_node.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        fid = str(uuid.uuid4())
+        op = {"fid": fid, "parent": parent_node.fid, "name": name_to_json(name), "uid": ctx.uid, "gid": gid,
+              "t": time.time_ns()}
+        if target is not None:
+            op.update(op="symlink", target=name_to_json(target))
+        else:
+            op.update(op="mknod", mode=mode, rdev=rdev)
+        self.replica.record(op)
+        return self.replica.ino_of(fid)
+
+    # --- names ------------------------------------------------------------------------
+
+    @fuse_errors
+    async def lookup(self, parent_inode, name, ctx):
+        check_name(name)
+        if name == b".":
+            ino = parent_inode
+        elif self.view.owns(parent_inode) or (parent_inode == ROOT_INO and name == CONTROL_DIR):
+            ino = self.view.lookup(parent_inode, name) if self.view.owns(parent_inode) else self.view.control_ino
+        elif name == b"..":
+            ino = self.replica.parent_of(parent_inode) or ROOT_INO
+        else:
+            ino = self.replica.lookup(parent_inode, name)
+            if ino is None:
+                # close-to-open for new names: another device may have just created it
+                await self.drive.ensure_fresh()
+                ino = self.replica.lookup(parent_inode, name)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._entry(ino)
+
+    async def forget(self, inode_list):
+        for ino, nlookup in inode_list:
+            self.drive.files.lookups[ino] -= nlookup
+            if self.drive.files.lookups[ino] <= 0:
+                del self.drive.files.lookups[ino]
+                node = self.replica.inode(ino)
+                if node is not None and node.nlink <= 0:
+                    self.drive.forget_unlinked(node)
+
+    @fuse_errors
+    async def getattr(self, inode, ctx=None):
+        return self._attrs(self._node(inode))
+
+    @fuse_errors
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        self._writable(inode)
+        node = self._node(inode)
+        now = time.time_ns()
+        if fields.update_size:
+            if node.is_dir:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            if not node.is_reg:
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            await self.drive.truncate(node, attr.st_size)
+        op = {"op": "setattr", "fid": node.fid, "t": now}
+        if fields.update_mode:
+            op["mode"] = stat.S_IFMT(node.mode) | stat.S_IMODE(attr.st_mode)
+        if fields.update_uid:
+            op["uid"] = attr.st_uid
+        if fields.update_gid:
+            op["gid"] = attr.st_gid
+        if fields.update_atime:
+            op["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            op["mtime_ns"] = attr.st_mtime_ns
+            self.drive.files.set_mtime(node, attr.st_mtime_ns)
+        if len(op) > 3 or not fields.update_size:
+            self.replica.record(op)
+        return self._attrs(self._node(inode))
+
+    @fuse_errors
+    async def readlink(self, inode, ctx):
+        node = self._node(inode)
+        if not stat.S_ISLNK(node.mode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return node.target
+
+    @fuse_errors
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        return self._entry(self._create_node(parent_inode, name, mode, ctx, rdev=rdev))
+
+    @fuse_errors
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        return self._entry(self._create_node(parent_inode, name, stat.S_IFDIR | stat.S_IMODE(mode), ctx))
+
+    @fuse_errors
+    async def symlink(self, parent_inode, name, target, ctx):
+        return self._entry(self._create_node(parent_inode, name, 0, ctx, target=target))
+
+    @fuse_errors
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        self._writable(inode)
+        node = self._node(inode)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        parent = self._vacant(new_parent_inode, new_name)
+        self.replica.record({"op": "link", "fid": node.fid, "parent": parent.fid, "name": name_to_json(new_name),
+                             "t": time.time_ns()})
+        return self._entry(inode)
+
+    def _remove(self, parent_inode: int, name: bytes, want_dir: bool) -> None:
+        check_name(name)
+        self._writable(parent_inode)
+        if parent_inode == ROOT_INO and name == CONTROL_DIR:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        parent = self._dir(parent_inode)
+        ino = self.replica.lookup(parent_inode, name)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        node = self._node(ino)
+        if want_dir and not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if not want_dir and node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if want_dir and self.replica.has_children(ino):
+            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        self.replica.record({"op": "unlink", "parent": parent.fid, "name": name_to_json(name), "fid": node.fid,
+                             "version": node.version, "t": time.time_ns()})
+
+    @fuse_errors
+    async def unlink(self, parent_inode, name, ctx):
+        self._remove(parent_inode, name, want_dir=False)
+
+    @fuse_errors
+    async def rmdir(self, parent_inode, name, ctx):
+        self._remove(parent_inode, name, want_dir=True)
+
+    @fuse_errors
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        check_name(name_old)
+        check_name(name_new)
+        self._writable(parent_inode_old, parent_inode_new)
+        if ROOT_INO in (parent_inode_old, parent_inode_new) and CONTROL_DIR in (name_old, name_new):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        old_parent, new_parent = self._dir(parent_inode_old), self._dir(parent_inode_new)
+        ino = self.replica.lookup(parent_inode_old, name_old)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        node = self._node(ino)
+        target = self.replica.lookup(parent_inode_new, name_new)
+        exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
+        if flags & pyfuse3.RENAME_NOREPLACE and target is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        if exchange and target is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if node.is_dir and self.replica.is_ancestor(ino, parent_inode_new):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if target is not None and target != ino:
+            target_node = self._node(target)
+            if exchange:
+                if target_node.is_dir and self.replica.is_ancestor(target, parent_inode_old):
+                    raise pyfuse3.FUSEError(errno.EINVAL)
+            elif node.is_dir and not target_node.is_dir:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            elif not node.is_dir and target_node.is_dir:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            elif target_node.is_dir and self.replica.has_children(target):
+                raise pyfuse3.FUSEError(errno.ENOTEMPTY)
+        op = {"op": "rename", "parent": old_parent.fid, "name": name_to_json(name_old), "newparent": new_parent.fid,
+              "newname": name_to_json(name_new), "fid": node.fid, "t": time.time_ns()}
+        if exchange:
+            op["exchange"] = True
+        elif target is not None and target != ino:
+            replaced = self._node(target)
+            op["replaces"] = [replaced.fid, replaced.version]
+        self.replica.record(op)
+
+    # --- files ------------------------------------------------------------------------
+
+    def _open_handle(self, node: Inode, writing: bool) -> int:
+        fh = next(self._next_fh)
+        self._handles[fh] = node
+        if writing:
+            self._writing_handles.add(fh)
+        self.drive.opened(node.fid, writing)
+        self._opened_version[node.ino] = node.version
+        return fh
+
+    def _close_handle(self, fh: int) -> Inode:
+        node = self._handles.pop(fh)
+        self._handle_now.pop(fh, None)
+        writing = fh in self._writing_handles
+        self._writing_handles.discard(fh)
+        self.drive.released(node.fid, writing)
+        return node
+
+    def _handle_node(self, fh: int) -> Inode:
+        """The open file as it is now. Re-read only when the replica changed: a query per
+        128 KiB read releases the GIL and costs the read path more than the read."""
+        stamp = self.replica.change_stamp
+        seen = self._handle_now.get(fh)
+        if seen is not None and seen[0] == stamp:
+            return seen[1]
+        node = self.replica.inode(self._handles[fh].ino) or self._handles[fh]
+        self._handle_now[fh] = (stamp, node)
+        return node
+
+    @fuse_errors
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        ino = self._create_node(parent_inode, name, stat.S_IFREG | stat.S_IMODE(mode), ctx)
+        attrs = self._entry(ino)
+        return pyfuse3.FileInfo(fh=self._open_handle(self._node(ino), writing=True)), attrs
+
+    @fuse_errors
+    async def open(self, inode, flags, ctx):
+        await self.drive.ensure_fresh()
+        node = self._node(inode)
+        if node.nlink <= 0 and self.drive.files.open_handles[node.fid] <= 0:
+            # Another device deleted it and the kernel still had the name: ESTALE makes the
+            # kernel look the name up again, so open(O_CREAT) creates a new file.
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        writing = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        if self.view.owns(inode) and writing:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        unchanged = self._opened_version.get(inode) == node.version
+        # The writer counts before the truncate: no upload may catch the file emptied with
+        # the write still to come (see Drive._upload).
+        fh = self._open_handle(node, writing)
+        try:
+            if flags & os.O_TRUNC and node.is_reg:
+                # libfuse negotiates atomic O_TRUNC: the kernel sends no setattr, we truncate here.
+                await self.drive.truncate(node, 0)
+            if not unchanged:
+                # close-to-open: the content changed since the kernel cached it (another device saved)
+                await invalidate_inode(inode)
+        except BaseException:
+            self._close_handle(fh)
+            raise
+        return pyfuse3.FileInfo(fh=fh, keep_cache=unchanged)
+
+    @fuse_errors
+    async def read(self, fh, off, size):
+        return await self.drive.read(self._handle_node(fh), off, size)
+
+    @fuse_errors
+    async def write(self, fh, off, buf):
+        return await self.drive.write(self._handle_node(fh), off, buf)
+
+    @fuse_errors
+    async def flush(self, fh):
+        self.drive.flushed(self._handles[fh].fid)
+
+    @fuse_errors
+    async def release(self, fh):
+        node = self._close_handle(fh)
+        current = self.replica.inode(node.ino)
+        if current is not None and current.nlink <= 0:
+            self.drive.forget_unlinked(current)
+
+    @fuse_errors
+    async def fsync(self, fh, datasync):
+        await self.drive.fsync(self._handles[fh].fid)
+
+    # --- directories ------------------------------------------------------------------
+
+    @fuse_errors
+    async def opendir(self, inode, ctx):
+        self._dir(inode)
+        fh = next(self._next_fh)
+        children = self.view.children(inode) if self.view.owns(inode) else self.replica.children(inode)
+        parent = inode if self.view.owns(inode) else self.replica.parent_of(inode) or inode
+        self._dir_handles[fh] = [(b".", inode), (b"..", parent), *children]  # `ls -a` shows them
+        return fh
+
+    @fuse_errors
+    async def readdir(self, fh, start_id, token):
+        entries = self._dir_handles[fh]
+        for index in range(start_id, len(entries)):
+            name, ino = entries[index]
+            node = self.view.node(ino) if self.view.owns(ino) else self.replica.inode(ino)
+            if node is None:
+                continue
+            if not pyfuse3.readdir_reply(token, name, self._attrs(node), index + 1):
+                return
+            if index >= DOT_ENTRIES:  # the kernel takes no reference for "." and ".."
+                self.drive.files.lookups[ino] += 1
+
+    async def releasedir(self, fh):
+        self._dir_handles.pop(fh, None)
+
+    @fuse_errors
+    async def fsyncdir(self, fh, datasync):
+        await self.drive.committer.wait_committed(self.replica.last_pending_id())
+
+    @fuse_errors
+    async def statfs(self, ctx):
+        disk = os.statvfs(self.drive.cache_dir)
+        used = self.replica.stats()
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_bavail = s.f_bfree = disk.f_bavail * disk.f_frsize // 4096
+        s.f_blocks = s.f_bfree + (used["logical_bytes"] + 4095) // 4096
+        s.f_files = used["inodes"] + 1_000_000_000
+        s.f_ffree = s.f_favail = 1_000_000_000
+        s.f_namemax = NAME_MAX
+        return s
+
+    # --- extended attributes ----------------------------------------------------------
+
+    @fuse_errors
+    async def setxattr(self, inode, name, value, ctx):
+        self._writable(inode)
+        node = self._node(inode)
+        if not name.startswith(XATTR_NAMESPACE) or len(name) == len(XATTR_NAMESPACE):
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+        if len(name) > NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ERANGE)
+        self.replica.record({"op": "setxattr", "fid": node.fid, "name": name_to_json(name), "value": b64(value),
+                             "t": time.time_ns()})
+
+    @fuse_errors
+    async def getxattr(self, inode, name, ctx):
+        self._node(inode)
+        value = self.replica.xattr(inode, name)
+        if value is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return value
+
+    @fuse_errors
+    async def listxattr(self, inode, ctx):
+        self._node(inode)
+        return self.replica.xattr_names(inode)
+
+    @fuse_errors
+    async def removexattr(self, inode, name, ctx):
+        self._writable(inode)
+        node = self._node(inode)
+        if self.replica.xattr(inode, name) is None:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        self.replica.record({"op": "rmxattr", "fid": node.fid, "name": name_to_json(name), "t": time.time_ns()})

@@ -1,0 +1,216 @@
+"""A volume: an object store plus the `volume` header that says how to read it.
+
+`init` writes the header once with put-if-absent; `open` unwraps the master key
+with the passphrase. Also knows where the embedded default volume and its
+generated key live, and how a command gets a passphrase.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import (FusedriveError, StoreUnreachable, StoreUnsupported, UsageError, VolumeExists, VolumeNotFound,
+                      WrongPassphrase)
+from . import NotFound, ObjectStore, sealing
+
+FORMAT = "fusedrive-volume"
+FORMAT_VERSION = 1
+HEADER_KEY = "volume"
+DEFAULT_CHUNKING = {"min": 256 * 1024, "avg": 1024 * 1024, "max": 4 * 1024 * 1024}
+SCRYPT = {"n": 2**15, "r": 8, "p": 1}
+
+
+@dataclass
+class Volume:
+    store: ObjectStore
+    volume_id: str
+    chunking: dict
+    keys: sealing.VolumeKeys
+    header: bytes = b""  # the `volume` object as read, kept in a cache dir for mounting offline
+
+    @property
+    def url(self) -> str:
+        return self.store.url
+
+
+def _wrap_aad(volume_id: str, chunking: dict) -> bytes:
+    return f"volume-key:{volume_id}:{json.dumps(chunking, sort_keys=True)}".encode()
+
+
+def probe_conditional_writes(store: ObjectStore) -> None:
+    """Race two put-if-absent writers on a scratch key: exactly one must win.
+
+    A store that ignores `If-None-Match: *` would let two devices take the same
+    journal seq and silently fork the volume, so such a store is refused.
+    """
+    key = f"probe/{uuid.uuid4().hex}"
+    results: list[bool] = []
+    barrier = threading.Barrier(2)
+
+    def writer(tag: bytes) -> None:
+        barrier.wait()
+        results.append(store.put_if_absent(key, tag))
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in (b"a", b"b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    late = store.put_if_absent(key, b"c")
+    store.delete(key)
+    if sorted(results) != [False, True] or late:
+        raise StoreUnsupported(
+            f"The store at {store.url} does not enforce conditional writes (If-None-Match: *), "
+            "so devices could overwrite each other's journal entries; fusedrive refuses to use it."
+        )
+
+
+def create_volume(store: ObjectStore, passphrase: str) -> Volume:
+    """Write a new volume header; refuses if one is already there."""
+    try:
+        store.get(HEADER_KEY)
+        raise VolumeExists(f"There is already a fusedrive volume at {store.url}; not overwriting it.")
+    except NotFound:
+        pass
+    probe_conditional_writes(store)
+    volume_id = str(uuid.uuid4())
+    salt = os.urandom(16)
+    master = os.urandom(32)
+    wrapping = sealing.passphrase_key(passphrase, salt, **SCRYPT)
+    chunking = dict(DEFAULT_CHUNKING)
+    header = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "volume_id": volume_id,
+        "created": time.time(),
+        "chunking": chunking,
+        "kdf": {"name": "scrypt", "salt": base64.b64encode(salt).decode(), **SCRYPT},
+        "wrapped_key": base64.b64encode(sealing.seal(wrapping, master, _wrap_aad(volume_id, chunking))).decode(),
+    }
+    if not store.put_if_absent(HEADER_KEY, json.dumps(header, indent=1).encode()):
+        raise VolumeExists(f"Another device created a volume at {store.url} just now; not overwriting it.")
+    return Volume(store, volume_id, chunking, sealing.VolumeKeys.derive(master, volume_id))
+
+
+def open_volume(store: ObjectStore, passphrase: str, offline_header: bytes | None = None) -> Volume:
+    """Read the header and unwrap the master key; a wrong passphrase is one clear error.
+    `offline_header`: the header a cache dir kept, used when the store does not answer
+    (a device that holds the volume mounts without it)."""
+    try:
+        raw = store.get(HEADER_KEY)
+    except NotFound:
+        raise VolumeNotFound(f"No fusedrive volume at {store.url} (create one with `fusedrive init`).") from None
+    except StoreUnreachable:
+        if offline_header is None:
+            raise
+        raw = offline_header
+    try:
+        header = json.loads(raw)
+        if header.get("format") != FORMAT:
+            raise ValueError
+        if header["version"] > FORMAT_VERSION:
+            raise FusedriveError(f"The volume at {store.url} needs a newer fusedrive (format {header['version']}).")
+        kdf = header["kdf"]
+        salt = base64.b64decode(kdf["salt"])
+        wrapped = base64.b64decode(header["wrapped_key"])
+        volume_id, chunking = header["volume_id"], header["chunking"]
+    except (ValueError, KeyError, TypeError):
+        raise FusedriveError(f"The object `volume` at {store.url} is not a fusedrive volume header.") from None
+    wrapping = sealing.passphrase_key(passphrase, salt, kdf["n"], kdf["r"], kdf["p"])
+    try:
+        master = sealing.unseal(wrapping, wrapped, _wrap_aad(volume_id, chunking), "volume key")
+    except FusedriveError:
+        raise WrongPassphrase(f"Wrong passphrase for the volume at {store.url}.") from None
+    return Volume(store, volume_id, chunking, sealing.VolumeKeys.derive(master, volume_id), raw)
+
+
+# --- where things live on this machine -------------------------------------------------
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    return Path(os.environ.get(var) or Path.home() / fallback)
+
+
+def data_dir() -> Path:
+    return _xdg("XDG_DATA_HOME", ".local/share") / "fusedrive"
+
+
+def config_dir() -> Path:
+    return _xdg("XDG_CONFIG_HOME", ".config") / "fusedrive"
+
+
+def cache_root() -> Path:
+    return _xdg("XDG_CACHE_HOME", ".cache") / "fusedrive"
+
+
+OFFLINE_HEADER = "volume-header.json"  # in a cache dir: {"url", "header"}
+
+
+def keep_header(cache_dir: Path, volume: Volume) -> None:
+    """Remember the volume's header in its cache dir (owner-only) for mounting offline."""
+    path = cache_dir / OFFLINE_HEADER
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"url": volume.url, "header": volume.header.decode()}, f)
+
+
+def kept_header(url: str, cache_dir: Path | None) -> bytes | None:
+    """The header a cache dir kept for `url`: the one given, else the first under the
+    default cache root that holds this volume."""
+    candidates = [cache_dir] if cache_dir is not None else sorted(cache_root().glob("*"))
+    for directory in candidates:
+        try:
+            kept = json.loads((directory / OFFLINE_HEADER).read_text())
+        except (OSError, ValueError):
+            continue
+        if kept.get("url") == url:
+            return kept["header"].encode()
+    return None
+
+
+def state_dir() -> Path:
+    return _xdg("XDG_STATE_HOME", ".local/state") / "fusedrive"
+
+
+def default_volume_url() -> str:
+    return (data_dir() / "default-volume").as_uri()
+
+
+def default_key_file() -> Path:
+    return config_dir() / "default.key"
+
+
+def read_key_file(path: str | Path) -> str:
+    try:
+        text = Path(path).read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"Cannot read the key file {path}: {exc.strerror}.") from None
+    if not text:
+        raise UsageError(f"The key file {path} is empty.")
+    return text
+
+
+def get_passphrase(key_file: str | None, confirm: bool = False) -> str:
+    """--key-file, else $FUSEDRIVE_PASSPHRASE, else ask on the terminal."""
+    if key_file:
+        return read_key_file(key_file)
+    env = os.environ.get("FUSEDRIVE_PASSPHRASE")
+    if env:
+        return env
+    if not sys.stdin.isatty():
+        raise UsageError("No passphrase: pass --key-file, set FUSEDRIVE_PASSPHRASE, or run on a terminal.")
+    first = getpass.getpass("Volume passphrase: ")
+    if confirm and getpass.getpass("Repeat passphrase: ") != first:
+        raise UsageError("The two passphrases differ.")
+    if not first:
+        raise UsageError("An empty passphrase is not allowed.")
+    return first
