@@ -8,7 +8,8 @@ import time
 
 from fusedrive.engine.journal import Entry
 from fusedrive.engine.rebase import Revalidator
-from fusedrive.engine.replica import ROOT_FID, ROOT_INO, Replica
+from fusedrive.engine.replica import Replica
+from fusedrive.engine.tree import ROOT_FID, ROOT_INO
 
 
 def now() -> int:

@@ -18,7 +18,8 @@ from hypothesis import given, settings, strategies as st
 
 from fusedrive.engine.journal import Entry
 from fusedrive.engine.rebase import Revalidator
-from fusedrive.engine.replica import ROOT_FID, ROOT_INO, Replica
+from fusedrive.engine.replica import Replica
+from fusedrive.engine.tree import ROOT_FID, ROOT_INO
 
 NAMES = [f"f{i}.txt" for i in range(4)]
 STEP = st.tuples(st.sampled_from(["write", "delete", "rename"]), st.sampled_from(NAMES), st.sampled_from(NAMES))

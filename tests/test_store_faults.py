@@ -15,7 +15,7 @@ import time
 import pytest
 
 from fusedrive.engine.journal import Journal
-from fusedrive.engine.replica import name_from_json
+from fusedrive.engine.tree import name_from_json
 from fusedrive.testing.faultproxy import Fault, FaultProxy
 from test_history import history, trash
 from test_posix import read, write

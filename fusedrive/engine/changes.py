@@ -13,7 +13,8 @@ from typing import Callable, Protocol
 from .events import EventBus
 from .journal import Entry
 from .rebase import conflict_of
-from .replica import Replica, name_from_json
+from .replica import Replica
+from .tree import name_from_json
 
 CHANGE_WORDS = {"mknod": "created", "symlink": "created", "link": "linked", "unlink": "deleted",
                 "rename": "moved", "update": "changed"}  # the rest (attributes, xattrs) is "changed"

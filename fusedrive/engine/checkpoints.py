@@ -20,7 +20,8 @@ from ..store import sealing
 from ..errors import IntegrityError
 from .journal import Journal
 from ..report import Progress
-from .replica import ROOT_FID, ROOT_INO, Replica, name_from_json, name_to_json
+from .replica import Replica
+from .tree import ROOT_FID, ROOT_INO, name_from_json, name_to_json
 from ..store import NotFound
 from ..store.volume import Volume
 

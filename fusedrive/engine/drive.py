@@ -34,7 +34,8 @@ from .journal import Journal
 from .localfiles import LocalFiles
 from .manifest import Piece
 from .reads import Reader
-from .replica import Inode, Replica
+from .replica import Replica
+from .tree import Inode
 from .staging import Staging
 from .uploads import Uploads
 from .writes import Writer

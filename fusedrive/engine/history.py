@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from ..errors import Archived, FusedriveError, UsageError
 from .rebase import conflict_name
-from .replica import ROOT_FID, ROOT_INO, Replica, name_from_json, name_to_json
+from .replica import Replica
+from .tree import ROOT_FID, ROOT_INO, name_from_json, name_to_json
 
 
 @dataclass

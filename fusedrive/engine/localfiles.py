@@ -18,7 +18,8 @@ from collections import Counter
 from ..signals import Broadcast
 from .cache import BlockCache
 from .manifest import pieces
-from .replica import Inode, Replica
+from .replica import Replica
+from .tree import Inode
 from .staging import Staging
 
 Attrs = tuple[int, int, int]  # size, mtime_ns, ctime_ns of staged content

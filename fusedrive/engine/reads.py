@@ -16,7 +16,8 @@ from .events import Problems, StoreHealth
 from .history import check_not_archived
 from .localfiles import LocalFiles
 from .manifest import Location, Piece, pieces, starts
-from .replica import Inode, Replica
+from .replica import Replica
+from .tree import Inode
 from .staging import Staging
 
 DOWNLOAD_THREADS = 16

@@ -29,7 +29,8 @@ import stat
 import time
 import uuid
 
-from .replica import ROOT_FID, Replica, name_from_json, name_to_json
+from .replica import Replica
+from .tree import ROOT_FID, name_from_json, name_to_json
 
 log = logging.getLogger(__name__)
 

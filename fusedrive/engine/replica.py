@@ -11,95 +11,15 @@ Not thread-safe: only the trio loop thread touches it.
 
 from __future__ import annotations
 
-import base64
 import json
 import sqlite3
-import stat
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from ..crashpoints import crash_point
-from ..errors import UnknownOperation
+from .applying import Applying
 from .manifest import BlockRef, block_refs
-
-ROOT_INO = 1
-ROOT_FID = "root"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS inodes(
-    ino INTEGER PRIMARY KEY, fid TEXT UNIQUE NOT NULL, mode INTEGER NOT NULL,
-    uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL DEFAULT 0,
-    atime_ns INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
-    nlink INTEGER NOT NULL, rdev INTEGER NOT NULL DEFAULT 0, target BLOB,
-    manifest TEXT NOT NULL DEFAULT '[]', version INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS dentries(
-    parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL, PRIMARY KEY(parent, name));
-CREATE INDEX IF NOT EXISTS dentries_by_ino ON dentries(ino);
-CREATE TABLE IF NOT EXISTS xattrs(ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
-    PRIMARY KEY(ino, name));
-CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value);
-CREATE TABLE IF NOT EXISTS pending(id INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS dirty(fid TEXT PRIMARY KEY, base INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS versions(fid TEXT NOT NULL, version INTEGER NOT NULL, manifest TEXT NOT NULL,
-    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, t INTEGER NOT NULL, device TEXT,
-    PRIMARY KEY(fid, version));
-CREATE TABLE IF NOT EXISTS trash(fid TEXT PRIMARY KEY, parent TEXT NOT NULL, name BLOB NOT NULL,
-    mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL, manifest TEXT NOT NULL, target BLOB, deleted_t INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS archived(block TEXT PRIMARY KEY, storage_class TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS vanished(fid TEXT PRIMARY KEY, locations TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS fid_inos(ino INTEGER PRIMARY KEY AUTOINCREMENT, fid TEXT UNIQUE NOT NULL);
-CREATE TABLE IF NOT EXISTS undo(id INTEGER PRIMARY KEY AUTOINCREMENT, pending_id INTEGER NOT NULL, sql TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS undo_flag(pending_id INTEGER NOT NULL);
-INSERT INTO undo_flag SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM undo_flag);
-"""
-
-TREE_TABLES = {
-    "inodes": ["fid", "mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "ctime_ns", "nlink", "rdev", "target",
-               "manifest", "version"],
-    "dentries": ["parent", "name", "ino"],
-    "xattrs": ["ino", "name", "value"],
-    "versions": ["fid", "version", "manifest", "size", "mtime_ns", "t", "device"],
-    "trash": ["fid", "parent", "name", "mode", "uid", "gid", "size", "mtime_ns", "manifest", "target", "deleted_t"],
-}
-
-
-def _undo_triggers() -> str:
-    """Triggers that log, while a local operation is applied, the SQL that reverses each row
-    change (the classic SQLite undo log). Rebase uses it to take pending operations back."""
-    sql = []
-    flag = "(SELECT pending_id FROM undo_flag)"
-    for table, columns in TREE_TABLES.items():
-        assign = " || ',' || ".join(f"'{c}=' || quote(OLD.{c})" for c in columns)
-        values = " || ',' || ".join(f"quote(OLD.{c})" for c in columns)
-        bodies = {
-            "INSERT": f"'DELETE FROM {table} WHERE rowid=' || NEW.rowid",
-            "UPDATE": f"'UPDATE {table} SET ' || {assign} || ' WHERE rowid=' || OLD.rowid",
-            "DELETE": f"'INSERT INTO {table}(rowid,{','.join(columns)}) VALUES(' || OLD.rowid || ',' || {values} || ')'",
-        }
-        for event, body in bodies.items():
-            sql.append(
-                f"CREATE TRIGGER IF NOT EXISTS undo_{table}_{event.lower()} AFTER {event} ON {table} "
-                f"WHEN {flag} > 0 BEGIN INSERT INTO undo(pending_id, sql) VALUES({flag}, {body}); END;"
-            )
-    return "\n".join(sql)
-
-
-def name_to_json(name: bytes) -> str:
-    """File names are arbitrary bytes; surrogateescape carries them through JSON losslessly."""
-    return name.decode("utf-8", "surrogateescape")
-
-
-def name_from_json(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
-
-
-def _fids_of(op: dict) -> list[str]:
-    return [op[k] for k in ("fid", "parent", "newparent") if k in op]
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+from .tree import ROOT_FID, ROOT_INO, SCHEMA, Inode, fids_of, name_to_json, undo_triggers
 
 
 @dataclass
@@ -114,44 +34,14 @@ class Rebased:
     deleted_saves_brought_back: set[str]
 
 
-@dataclass
-class Inode:
-    ino: int
-    fid: str
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    atime_ns: int
-    mtime_ns: int
-    ctime_ns: int
-    nlink: int
-    rdev: int
-    target: bytes | None
-    manifest: str
-    version: int
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    @property
-    def is_reg(self) -> bool:
-        return stat.S_ISREG(self.mode)
-
-    def extents(self) -> list[list]:
-        """The file's content: [[block id or None for a hole, length], ...]."""
-        return json.loads(self.manifest)
-
-
-class Replica:
+class Replica(Applying):
     def __init__(self, path: str, in_use: Callable[[int], bool] = lambda ino: False) -> None:
         """`in_use(ino)` says whether the kernel still holds an inode whose last name is gone."""
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
-        self.db.executescript(_undo_triggers())
+        self.db.executescript(undo_triggers())
         self.in_use = in_use
         self.base_locations: dict[str, dict] = {}  # set by rebase, see _locations
         self.on_record: Callable[[], None] = lambda: None  # a mount commits what was queued (Committer.kick)
@@ -332,7 +222,7 @@ class Replica:
             for (sql,) in self.db.execute("SELECT sql FROM undo ORDER BY id DESC").fetchall():
                 self.db.execute(sql)
             self.db.execute("DELETE FROM undo")
-            referenced = {fid for _, ops in rows for op in json.loads(ops) for fid in _fids_of(op)} | watched
+            referenced = {fid for _, ops in rows for op in json.loads(ops) for fid in fids_of(op)} | watched
             self.base_locations = self._locations(referenced)
             for entry in entries:
                 for op in entry.ops:
@@ -458,220 +348,6 @@ class Replica:
 
     def dirty_fids(self) -> list[str]:
         return [r[0] for r in self.db.execute("SELECT fid FROM dirty")]
-
-    # --- applying operations ----------------------------------------------------------
-
-    def apply(self, op: dict) -> None:
-        handler = getattr(self, f"_op_{op.get('op')}", None)
-        if handler is None:  # written by a newer fusedrive: applying part of an entry would fork the tree
-            raise UnknownOperation(f"The journal holds an operation this version of fusedrive cannot apply "
-                                   f"({op.get('op')!r}); update fusedrive on this device. Changes made here stay "
-                                   "queued until then.")
-        handler(op)
-
-    def _ino(self, fid: str) -> int:
-        ino = self.ino_of(fid)
-        if ino is None:
-            raise KeyError(f"unknown file id {fid}")
-        return ino
-
-    def _touch(self, ino: int, t: int) -> None:
-        self.db.execute("UPDATE inodes SET mtime_ns=?, ctime_ns=? WHERE ino=?", (t, t, ino))
-
-    def _add_dentry(self, parent: int, name: bytes, ino: int, is_dir: bool) -> None:
-        self.db.execute("INSERT INTO dentries(parent, name, ino) VALUES(?, ?, ?)", (parent, name, ino))
-        self.db.execute("UPDATE inodes SET nlink = nlink + 1 WHERE ino=?", (ino,))
-        if is_dir:
-            self.db.execute("UPDATE inodes SET nlink = nlink + 1 WHERE ino=?", (parent,))
-
-    def _drop_dentry(self, parent: int, name: bytes, t: int) -> None:
-        ino = self.lookup(parent, name)
-        node = self.inode(ino) if ino is not None else None
-        self.db.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent, name))
-        if node is None:
-            return
-        self.db.execute("UPDATE inodes SET ctime_ns=? WHERE ino=?", (t, ino))
-        # A directory's own "." link goes with its last name.
-        drop = 2 if node.is_dir else 1
-        self.db.execute("UPDATE inodes SET nlink = max(nlink - ?, 0) WHERE ino=?", (drop, ino))
-        if node.is_dir:
-            self.db.execute("UPDATE inodes SET nlink = nlink - 1 WHERE ino=?", (parent,))
-        if node.nlink - drop <= 0:
-            self._to_trash(node, parent, name, t)
-            if not self.in_use(ino):
-                self.forget_inode(ino)
-
-    def _to_trash(self, node: Inode, parent: int, name: bytes, t: int) -> None:
-        """A file's last name is gone: it goes to the trash, where it was, with its content."""
-        self.db.execute("DELETE FROM trash WHERE fid=?", (node.fid,))
-        self.db.execute(
-            "INSERT INTO trash(fid, parent, name, mode, uid, gid, size, mtime_ns, manifest, target, deleted_t)"
-            " VALUES(?, (SELECT fid FROM inodes WHERE ino=?), ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (node.fid, parent, name, node.mode, node.uid, node.gid, node.size, node.mtime_ns, node.manifest,
-             node.target, t))
-
-    def forget_inode(self, ino: int) -> None:
-        self.db.execute("DELETE FROM vanished WHERE fid=(SELECT fid FROM inodes WHERE ino=?)", (ino,))
-        self.db.execute("DELETE FROM inodes WHERE ino=?", (ino,))
-        self.db.execute("DELETE FROM xattrs WHERE ino=?", (ino,))
-
-    def _op_mkroot(self, op: dict) -> None:
-        t = op["t"]
-        self.db.execute("INSERT OR IGNORE INTO fid_inos(ino, fid) VALUES(?, ?)", (ROOT_INO, ROOT_FID))
-        self.db.execute(
-            "INSERT OR IGNORE INTO inodes(ino, fid, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, nlink)"
-            " VALUES(?, ?, ?, ?, ?, ?, ?, ?, 2)",
-            (ROOT_INO, ROOT_FID, op["mode"], op["uid"], op["gid"], t, t, t),
-        )
-
-    def _new_inode(self, op: dict, mode: int, target: bytes | None = None) -> int:
-        t = op["t"]
-        # Inode numbers are this device's, stable per file id even when a rebase re-creates the row.
-        self.db.execute("INSERT OR IGNORE INTO fid_inos(fid) VALUES(?)", (op["fid"],))
-        ino = self.db.execute("SELECT ino FROM fid_inos WHERE fid=?", (op["fid"],)).fetchone()[0]
-        # A file that comes back may still have a nameless row here (open when it was deleted),
-        # and is no longer in the trash.
-        self.db.execute("DELETE FROM inodes WHERE ino=?", (ino,))
-        self.db.execute("DELETE FROM trash WHERE fid=?", (op["fid"],))
-        self.db.execute(
-            "INSERT INTO inodes(ino, fid, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target)"
-            " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            # A directory starts with its own "." link; its name adds the other.
-            (ino, op["fid"], mode, op["uid"], op["gid"], t, t, t, 1 if stat.S_ISDIR(mode) else 0, op.get("rdev", 0),
-             target),
-        )
-        return ino
-
-    def _op_mknod(self, op: dict) -> None:
-        parent = self._ino(op["parent"])
-        ino = self._new_inode(op, op["mode"])
-        self._add_dentry(parent, name_from_json(op["name"]), ino, stat.S_ISDIR(op["mode"]))
-        self._touch(parent, op["t"])
-
-    def _op_symlink(self, op: dict) -> None:
-        parent = self._ino(op["parent"])
-        ino = self._new_inode(op, stat.S_IFLNK | 0o777, name_from_json(op["target"]))
-        target_len = len(name_from_json(op["target"]))
-        self.db.execute("UPDATE inodes SET size=? WHERE ino=?", (target_len, ino))
-        self._add_dentry(parent, name_from_json(op["name"]), ino, False)
-        self._touch(parent, op["t"])
-
-    def _op_link(self, op: dict) -> None:
-        parent, ino = self._ino(op["parent"]), self._ino(op["fid"])
-        self._add_dentry(parent, name_from_json(op["name"]), ino, False)
-        self.db.execute("UPDATE inodes SET ctime_ns=? WHERE ino=?", (op["t"], ino))
-        self._touch(parent, op["t"])
-
-    def _op_unlink(self, op: dict) -> None:
-        parent = self._ino(op["parent"])
-        self._drop_dentry(parent, name_from_json(op["name"]), op["t"])
-        self._touch(parent, op["t"])
-
-    def _op_rename(self, op: dict) -> None:
-        old_parent, new_parent = self._ino(op["parent"]), self._ino(op["newparent"])
-        old_name, new_name = name_from_json(op["name"]), name_from_json(op["newname"])
-        ino = self.lookup(old_parent, old_name)
-        target = self.lookup(new_parent, new_name)
-        t = op["t"]
-        if op.get("exchange"):
-            self.db.execute("UPDATE dentries SET ino=? WHERE parent=? AND name=?", (target, old_parent, old_name))
-            self.db.execute("UPDATE dentries SET ino=? WHERE parent=? AND name=?", (ino, new_parent, new_name))
-            for moved, frm, to in ((ino, old_parent, new_parent), (target, new_parent, old_parent)):
-                if self.inode(moved).is_dir and frm != to:
-                    self.db.execute("UPDATE inodes SET nlink = nlink - 1 WHERE ino=?", (frm,))
-                    self.db.execute("UPDATE inodes SET nlink = nlink + 1 WHERE ino=?", (to,))
-        else:
-            if target == ino:
-                return
-            if target is not None:
-                self._drop_dentry(new_parent, new_name, t)
-            is_dir = self.inode(ino).is_dir
-            self.db.execute(
-                "UPDATE dentries SET parent=?, name=? WHERE parent=? AND name=?",
-                (new_parent, new_name, old_parent, old_name),
-            )
-            if is_dir and old_parent != new_parent:
-                self.db.execute("UPDATE inodes SET nlink = nlink - 1 WHERE ino=?", (old_parent,))
-                self.db.execute("UPDATE inodes SET nlink = nlink + 1 WHERE ino=?", (new_parent,))
-        self.db.execute("UPDATE inodes SET ctime_ns=? WHERE ino=?", (t, ino))
-        self._touch(old_parent, t)
-        self._touch(new_parent, t)
-
-    def _op_setattr(self, op: dict) -> None:
-        ino = self._ino(op["fid"])
-        for column in ("mode", "uid", "gid", "atime_ns", "mtime_ns"):
-            if column in op:
-                self.db.execute(f"UPDATE inodes SET {column}=? WHERE ino=?", (op[column], ino))
-        self.db.execute("UPDATE inodes SET ctime_ns=? WHERE ino=?", (op["t"], ino))
-
-    def _op_update(self, op: dict) -> None:
-        """New content; every content a file ever had is also a row of `versions` (history),
-        numbered per file from 1, until gc prunes it. An update marked `trash` is the last
-        save of a file deleted before that save had uploaded: it lands in its trash entry."""
-        manifest = json.dumps(op["manifest"], separators=(",", ":"))
-        ino = self.ino_of(op["fid"]) if op.get("trash") else self._ino(op["fid"])
-        if ino is not None:
-            self.db.execute(
-                "UPDATE inodes SET manifest=?, size=?, mtime_ns=?, ctime_ns=?, version=version + 1 WHERE ino=?",
-                (manifest, op["size"], op["mtime_ns"], op["t"], ino),
-            )
-        if op.get("trash"):
-            self.db.execute("UPDATE trash SET manifest=?, size=?, mtime_ns=? WHERE fid=?",
-                            (manifest, op["size"], op["mtime_ns"], op["fid"]))
-        self.db.execute(
-            "INSERT INTO versions(fid, version, manifest, size, mtime_ns, t, device) VALUES(?, "
-            "(SELECT coalesce(max(version), 0) + 1 FROM versions WHERE fid=?), ?, ?, ?, ?, ?)",
-            (op["fid"], op["fid"], manifest, op["size"], op["mtime_ns"], op["t"], op.get("device")))
-
-    def _op_prune(self, op: dict) -> None:
-        """gc: old versions the retention policy lets go (never a file's newest)."""
-        newest = self.db.execute("SELECT max(version) FROM versions WHERE fid=?", (op["fid"],)).fetchone()[0]
-        self.db.executemany("DELETE FROM versions WHERE fid=? AND version=? AND version < ?",
-                            [(op["fid"], v, newest) for v in op["versions"]])
-
-    def _op_archive(self, op: dict) -> None:
-        """Blocks `fusedrive archive` moved to a cold storage class (only gc-style commands
-        make this op, never a mount, so it is not undo-logged)."""
-        self.db.executemany("INSERT OR REPLACE INTO archived(block, storage_class) VALUES(?, ?)",
-                            [(block, op["storage_class"]) for block in op["blocks"]])
-
-    def _op_thaw(self, op: dict) -> None:
-        self.db.executemany("DELETE FROM archived WHERE block=?", [(block,) for block in op["blocks"]])
-
-    def archived_class(self, block_id: str) -> str | None:
-        row = self.db.execute("SELECT storage_class FROM archived WHERE block=?", (block_id,)).fetchone()
-        return row[0] if row else None
-
-    def in_trash(self, fid: str) -> bool:
-        return self.db.execute("SELECT 1 FROM trash WHERE fid=?", (fid,)).fetchone() is not None
-
-    def trashed_content(self, fid: str) -> dict | None:
-        """A trashed file's last content, as the fields of an update op."""
-        row = self.db.execute("SELECT manifest, size, mtime_ns FROM trash WHERE fid=?", (fid,)).fetchone()
-        return {"manifest": json.loads(row[0]), "size": row[1], "mtime_ns": row[2]} if row else None
-
-    def _op_purge(self, op: dict) -> None:
-        """Trashed files gone for good (trash emptied, or expired in gc), with their versions."""
-        for fid in op["fids"]:
-            if not self.in_trash(fid):
-                continue  # brought back meanwhile
-            self.db.execute("DELETE FROM trash WHERE fid=?", (fid,))
-            self.db.execute("DELETE FROM versions WHERE fid=?", (fid,))
-
-    def _op_setxattr(self, op: dict) -> None:
-        ino = self._ino(op["fid"])
-        self.db.execute(
-            "INSERT OR REPLACE INTO xattrs(ino, name, value) VALUES(?, ?, ?)",
-            (ino, name_from_json(op["name"]), base64.b64decode(op["value"])),
-        )
-        self.db.execute("UPDATE inodes SET ctime_ns=? WHERE ino=?", (op["t"], ino))
-
-    def _op_rmxattr(self, op: dict) -> None:
-        ino = self._ino(op["fid"])
-        self.db.execute("DELETE FROM xattrs WHERE ino=? AND name=?", (ino, name_from_json(op["name"])))
-        self.db.execute("UPDATE inodes SET ctime_ns=? WHERE ino=?", (op["t"], ino))
-
-    # --- a comparable picture of the tree (fsck) --------------------------------------
 
     def walk(self) -> Iterator[tuple[bytes, Inode]]:
         """Every (path, inode) reachable from the root, depth first, in name order."""

@@ -22,7 +22,8 @@ from .changes import Changes
 from .events import EventBus, Problems, StoreHealth
 from .localfiles import LocalFiles
 from .rebase import Revalidator
-from .replica import Inode, Replica
+from .replica import Replica
+from .tree import Inode
 from .staging import Staging
 from .uploader import StagingChanged, build_manifest, is_small
 

@@ -13,7 +13,8 @@ import trio
 from .blocks import BlockStore
 from .cache import leaves_reserve
 from .localfiles import LocalFiles
-from .replica import Inode, Replica
+from .replica import Replica
+from .tree import Inode
 from .staging import Staging
 
 

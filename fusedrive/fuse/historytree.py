@@ -17,7 +17,8 @@ import stat
 from itertools import count
 
 from ..engine import history
-from ..engine.replica import ROOT_FID, ROOT_INO, Inode, Replica
+from ..engine.replica import Replica
+from ..engine.tree import ROOT_FID, ROOT_INO, Inode
 
 VIRTUAL_BASE = 1 << 48
 CONTROL_DIR = b".fusedrive"

@@ -25,7 +25,7 @@ from ..errors import FusedriveError
 from .historytree import CONTROL_DIR, HistoryView
 from .kernel import invalidate_inode
 from .options import Presentation
-from ..engine.replica import ROOT_INO, Inode, b64, name_to_json
+from ..engine.tree import ROOT_INO, Inode, b64, name_to_json
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from ..engine import history
 from . import sharing
 from ..engine.drive import Drive
 from ..engine.manifest import pieces
-from ..engine.replica import Inode
+from ..engine.tree import Inode
 from ..errors import UsageError
 
 Send = Callable[[dict], Awaitable[None]]

@@ -23,7 +23,8 @@ from ..errors import FusedriveError
 from ..engine.journal import Journal
 from ..engine.manifest import BlockRef, pieces
 from ..report import Progress
-from ..engine.replica import ROOT_INO, Replica
+from ..engine.replica import Replica
+from ..engine.tree import ROOT_INO
 
 
 

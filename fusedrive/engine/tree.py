@@ -1,0 +1,121 @@
+"""The replica's tables and the row types every part of the engine reads them as.
+
+File ids (`fid`) are the names operations use; inode numbers are this device's rows.
+Names are bytes; in journal ops they travel as text through surrogateescape.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import stat
+from dataclasses import dataclass
+
+ROOT_INO = 1
+ROOT_FID = "root"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS inodes(
+    ino INTEGER PRIMARY KEY, fid TEXT UNIQUE NOT NULL, mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL DEFAULT 0,
+    atime_ns INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL,
+    nlink INTEGER NOT NULL, rdev INTEGER NOT NULL DEFAULT 0, target BLOB,
+    manifest TEXT NOT NULL DEFAULT '[]', version INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS dentries(
+    parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL, PRIMARY KEY(parent, name));
+CREATE INDEX IF NOT EXISTS dentries_by_ino ON dentries(ino);
+CREATE TABLE IF NOT EXISTS xattrs(ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY(ino, name));
+CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS pending(id INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dirty(fid TEXT PRIMARY KEY, base INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS versions(fid TEXT NOT NULL, version INTEGER NOT NULL, manifest TEXT NOT NULL,
+    size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, t INTEGER NOT NULL, device TEXT,
+    PRIMARY KEY(fid, version));
+CREATE TABLE IF NOT EXISTS trash(fid TEXT PRIMARY KEY, parent TEXT NOT NULL, name BLOB NOT NULL,
+    mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, manifest TEXT NOT NULL, target BLOB, deleted_t INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS archived(block TEXT PRIMARY KEY, storage_class TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vanished(fid TEXT PRIMARY KEY, locations TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fid_inos(ino INTEGER PRIMARY KEY AUTOINCREMENT, fid TEXT UNIQUE NOT NULL);
+CREATE TABLE IF NOT EXISTS undo(id INTEGER PRIMARY KEY AUTOINCREMENT, pending_id INTEGER NOT NULL, sql TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS undo_flag(pending_id INTEGER NOT NULL);
+INSERT INTO undo_flag SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM undo_flag);
+"""
+
+TREE_TABLES = {
+    "inodes": ["fid", "mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "ctime_ns", "nlink", "rdev", "target",
+               "manifest", "version"],
+    "dentries": ["parent", "name", "ino"],
+    "xattrs": ["ino", "name", "value"],
+    "versions": ["fid", "version", "manifest", "size", "mtime_ns", "t", "device"],
+    "trash": ["fid", "parent", "name", "mode", "uid", "gid", "size", "mtime_ns", "manifest", "target", "deleted_t"],
+}
+
+
+def undo_triggers() -> str:
+    """Triggers that log, while a local operation is applied, the SQL that reverses each row
+    change (the classic SQLite undo log). Rebase uses it to take pending operations back."""
+    sql = []
+    flag = "(SELECT pending_id FROM undo_flag)"
+    for table, columns in TREE_TABLES.items():
+        assign = " || ',' || ".join(f"'{c}=' || quote(OLD.{c})" for c in columns)
+        values = " || ',' || ".join(f"quote(OLD.{c})" for c in columns)
+        bodies = {
+            "INSERT": f"'DELETE FROM {table} WHERE rowid=' || NEW.rowid",
+            "UPDATE": f"'UPDATE {table} SET ' || {assign} || ' WHERE rowid=' || OLD.rowid",
+            "DELETE": f"'INSERT INTO {table}(rowid,{','.join(columns)}) VALUES(' || OLD.rowid || ',' || {values} || ')'",
+        }
+        for event, body in bodies.items():
+            sql.append(
+                f"CREATE TRIGGER IF NOT EXISTS undo_{table}_{event.lower()} AFTER {event} ON {table} "
+                f"WHEN {flag} > 0 BEGIN INSERT INTO undo(pending_id, sql) VALUES({flag}, {body}); END;"
+            )
+    return "\n".join(sql)
+
+
+def name_to_json(name: bytes) -> str:
+    """File names are arbitrary bytes; surrogateescape carries them through JSON losslessly."""
+    return name.decode("utf-8", "surrogateescape")
+
+
+def name_from_json(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def fids_of(op: dict) -> list[str]:
+    return [op[k] for k in ("fid", "parent", "newparent") if k in op]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@dataclass
+class Inode:
+    ino: int
+    fid: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    nlink: int
+    rdev: int
+    target: bytes | None
+    manifest: str
+    version: int
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    def extents(self) -> list[list]:
+        """The file's content: [[block id or None for a hole, length], ...]."""
+        return json.loads(self.manifest)
