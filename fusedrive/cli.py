@@ -21,7 +21,8 @@ from . import __version__
 from .services import control
 from .store import volume as volumes
 from .fuse.options import Presentation, expand_o_options, parse_umask
-from .errors import CacheDirError, FusedriveError, LocalError, MountError, UsageError, first_clear_error
+from .errors import (CacheDirError, FusedriveError, LocalError, MountError, NewerFormat, UsageError,
+                     first_clear_error)
 
 DEFAULT_CACHE_SIZE = "4G"
 MIN_CACHE_SIZE = 4 << 20  # one largest block
@@ -359,7 +360,8 @@ def cmd_status(args) -> int:
         statuses = [_status_of(e) for e in entries]
         dead = [s for s in statuses if s.get("process") == "gone"]
         broken = [s for s in statuses if s.get("cache_dir_lost")]
-        code = (DEAD_MOUNT_EXIT if dead else CacheDirError.exit_code if broken
+        newer = [s for s in statuses if s.get("needs_upgrade")]
+        code = (DEAD_MOUNT_EXIT if dead else CacheDirError.exit_code if broken else NewerFormat.exit_code if newer
                 else 1 if any(report.is_pending(s) for s in statuses) else 0)
         if args.watch and sys.stdout.isatty():
             print("\033[H\033[J", end="")  # refresh in place

@@ -56,10 +56,14 @@ class LocalError(FusedriveError):
     exit_code = 14
 
 
-class UnknownOperation(FusedriveError):
-    """A journal entry from a newer build: this device stops committing, never its mount."""
+class NewerFormat(FusedriveError):
+    """The volume (or an entry in it) was written by a newer fusedrive than this one."""
 
     exit_code = 15
+
+
+class UnknownOperation(NewerFormat):
+    """A journal entry from a newer build: this device stops committing, never its mount."""
 
 
 class MountError(FusedriveError):

@@ -43,6 +43,8 @@ def verdict(status: dict) -> str:
     """The one line that answers "is my data in the cloud yet?"."""
     if status.get("cache_dir_lost"):
         return status["cache_dir_lost"]
+    if status.get("needs_upgrade"):
+        return status["needs_upgrade"]
     if not is_pending(status):
         line = f"All changes are {where_data_lives(status['volume'])}"
         if status["store_offline_since"] is not None:

@@ -364,31 +364,6 @@ def test_long_volume_commands_show_progress_on_a_terminal(volume):
         assert "%|" not in piped.stdout + piped.stderr
 
 
-def test_a_journal_entry_this_build_cannot_apply_stops_commits_never_the_mount(s3_volume):
-    from fusedrive.engine.journal import Entry, Journal
-    from test_sync import wait_for
-
-    laptop = s3_volume.mount("laptop", poll_interval=0.5)
-    write(laptop.p("before.txt"), b"before")
-    laptop.sync()
-    with s3_volume.opened() as volume:
-        journal = Journal(volume)
-        seq = journal.seqs_after(0)[-1] + 1
-        assert journal.append(Entry(seq=seq, device="from-the-future", ops=[{"op": "teleport", "fid": "x"}]))
-    status = wait_for(lambda: (s := laptop.control("status"))["errors"] and s, timeout=30, what="an error in status")
-    assert "cannot apply" in status["errors"][-1] and "update fusedrive" in status["errors"][-1]
-    write(laptop.p("after.txt"), b"written while commits are stopped")
-    assert read(laptop.p("after.txt")) == b"written while commits are stopped"
-    assert read(laptop.p("before.txt")) == b"before"
-    assert os.path.ismount(laptop.path)
-    status = wait_for(lambda: (s := laptop.control("status"))["ops_waiting"] and s, timeout=30,
-                      what="the new file queued")
-    assert len([e for e in status["errors"] if "teleport" in e]) == 1, "said once, not once per retry"
-    result = s3_volume.cli.run("umount", str(laptop.path), "--no-wait", check=False)
-    assert result.returncode == 1 and not os.path.ismount(laptop.path)
-    s3_volume.mounts.remove(laptop)
-
-
 def test_st_blocks_of_a_sparse_file_counts_what_is_stored(volume):
     laptop = volume.mount("laptop")
     path = laptop.p("sparse.img")

@@ -16,7 +16,6 @@ import json
 
 import zstandard
 
-from ..store import sealing
 from ..errors import IntegrityError
 from .journal import Journal
 from ..report import Progress
@@ -31,10 +30,6 @@ CHECKPOINT_EVERY = 1000
 
 def checkpoint_key(seq: int) -> str:
     return f"{PREFIX}{seq:020d}"
-
-
-def _aad(volume: Volume, seq: int) -> bytes:
-    return f"{checkpoint_key(seq)}:{volume.volume_id}".encode()
 
 
 def dump_state(replica: Replica) -> dict:
@@ -93,7 +88,7 @@ def load_state(replica: Replica, state: dict) -> None:
 def write_checkpoint(volume: Volume, state: dict) -> None:
     body = zstandard.compress(json.dumps(state, separators=(",", ":")).encode())
     volume.store.put_if_absent(checkpoint_key(state["seq"]),
-                               sealing.seal(volume.keys.journal_seal, body, _aad(volume, state["seq"])))
+                               volume.seal(checkpoint_key(state["seq"]), body))
 
 
 def checkpoint_seqs(volume: Volume) -> list[int]:
@@ -105,7 +100,7 @@ def read_checkpoint(volume: Volume, seq: int) -> dict:
         blob = volume.store.get(checkpoint_key(seq))
     except NotFound:
         raise IntegrityError(f"Checkpoint {seq} is missing.") from None
-    body = sealing.unseal(volume.keys.journal_seal, blob, _aad(volume, seq), f"Checkpoint {seq}")
+    body = volume.unseal(checkpoint_key(seq), blob, f"Checkpoint {seq}")
     state = json.loads(zstandard.decompress(body))
     if state.get("seq") != seq:
         raise IntegrityError(f"Checkpoint {seq} is not the state at {seq}.")

@@ -46,7 +46,7 @@ class Committer:
         self.unsaved = unsaved
         self.open_files = open_files
         self.on_commit: Callable[[int], None] = lambda seq: None
-        self.on_error: Callable[[str], None] = lambda message: None  # what the user should see in status
+        self.on_error: Callable[[str, Exception], None] = lambda message, cause: None  # for status
         self.check_ready: Callable[[], None] = lambda: None  # raises FusedriveError when nothing may be committed
         self.replica = replica
         self.journal = journal
@@ -209,7 +209,7 @@ class Committer:
                 else:  # an entry this device cannot apply, a lost cache dir, a bug: the user must hear of it
                     log.exception("commit failed")
                     self.on_error(f"Cannot commit (changes stay queued here): "
-                                  f"{exc if isinstance(exc, FusedriveError) else repr(exc)}")
+                                  f"{exc if isinstance(exc, FusedriveError) else repr(exc)}", exc)
                 await self.health.backoff(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
                 self.kick()

@@ -110,7 +110,7 @@ class Drive:
             else:
                 log.exception("cannot apply the journal at start")
                 self.problems.report(f"Cannot apply the journal after entry {self.replica.applied_seq} (changes "
-                                     f"stay queued here): {exc}")
+                                     f"stay queued here): {exc}", exc)
         if self.replica.inode(1) is None:
             raise MountError(f"The volume at {self.volume.url} has no root directory in its journal.")
         for orphan in self.replica.reap_orphans():
@@ -272,5 +272,6 @@ class Drive:
             "conflicted_copy_paths": conflicts[:CONFLICTS_LISTED],
             "paused": self.committer.paused,
             "cache_dir_lost": self.cache_dir_lost,
+            "needs_upgrade": self.problems.needs_upgrade,
             "errors": list(self.problems.recent),
         }

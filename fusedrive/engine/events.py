@@ -18,7 +18,7 @@ from typing import Iterator
 
 import trio
 
-from ..errors import StoreUnreachable
+from ..errors import NewerFormat, StoreUnreachable
 from ..signals import Broadcast
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,11 @@ class Problems:
 
     def __init__(self) -> None:
         self.recent: deque[str] = deque(maxlen=20)
+        self.needs_upgrade: str | None = None  # why this device cannot follow the volume until upgraded
 
-    def report(self, message: str) -> None:
+    def report(self, message: str, cause: Exception | None = None) -> None:
+        if isinstance(cause, NewerFormat):
+            self.needs_upgrade = str(cause)
         log.error(message)
         if self.recent and self.recent[-1].endswith(message):
             return  # the same problem again (a retry): said once

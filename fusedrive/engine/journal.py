@@ -19,10 +19,10 @@ from typing import Iterator
 
 import zstandard
 
-from ..store import sealing
 from ..errors import IntegrityError
 from ..store import NotFound
-from ..store.volume import Volume
+from ..store.volume import FORMAT_VERSION, Volume
+from .ops import check_entry
 
 PREFIX = "journal/"
 FETCH_THREADS = 8
@@ -46,23 +46,24 @@ class Journal:
         self.volume = volume
         self.store = volume.store
 
-    def _aad(self, seq: int) -> bytes:
-        return f"{entry_key(seq)}:{self.volume.volume_id}".encode()
-
     def _seal(self, entry: Entry) -> bytes:
         body = json.dumps(
-            {"commit_id": entry.commit_id, "device": entry.device, "time": entry.time, "ops": entry.ops},
+            {"format": FORMAT_VERSION, "commit_id": entry.commit_id, "device": entry.device, "time": entry.time,
+             "ops": entry.ops},
             separators=(",", ":"),
         ).encode()
-        return sealing.seal(self.volume.keys.journal_seal, zstandard.compress(body), self._aad(entry.seq))
+        return self.volume.seal(entry_key(entry.seq), zstandard.compress(body))
 
     def _unseal(self, seq: int, blob: bytes) -> Entry:
-        body = sealing.unseal(self.volume.keys.journal_seal, blob, self._aad(seq), f"Journal entry {seq}")
+        body = self.volume.unseal(entry_key(seq), blob, f"Journal entry {seq}")
         try:
             data = json.loads(zstandard.decompress(body))
-            return Entry(seq, data["device"], data["ops"], data["commit_id"], data["time"])
-        except (ValueError, KeyError, zstandard.ZstdError) as exc:
+            entry = Entry(seq, data["device"], data["ops"], data["commit_id"], data["time"])
+            entry_format = int(data.get("format", 1))  # entries before format 2 do not say
+        except (ValueError, KeyError, TypeError, zstandard.ZstdError) as exc:
             raise IntegrityError(f"Journal entry {seq} is malformed.") from exc
+        check_entry(seq, entry.ops, entry_format)
+        return entry
 
     def seqs_after(self, seq: int) -> list[int]:
         """Seqs of the entries after `seq` (one list call per 1000 entries)."""

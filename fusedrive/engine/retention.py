@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
-from ..store import sealing
 from ..store import NotFound
 from ..store.volume import Volume
 
@@ -66,15 +65,11 @@ def load_retention(volume: Volume) -> Retention:
         blob = volume.store.get(SETTINGS_KEY)
     except NotFound:
         return Retention()
-    data = json.loads(sealing.unseal(volume.keys.journal_seal, blob, _aad(volume), "The volume settings"))
+    data = json.loads(volume.unseal(SETTINGS_KEY, blob, "The volume settings"))
     known = {f.name for f in fields(Retention)}
     return Retention(**{k: v for k, v in data.get("retention", {}).items() if k in known})
 
 
 def save_retention(volume: Volume, policy: Retention) -> None:
     body = json.dumps({"retention": asdict(policy)}).encode()
-    volume.store.put(SETTINGS_KEY, sealing.seal(volume.keys.journal_seal, body, _aad(volume)))
-
-
-def _aad(volume: Volume) -> bytes:
-    return f"{SETTINGS_KEY}:{volume.volume_id}".encode()
+    volume.store.put(SETTINGS_KEY, volume.seal(SETTINGS_KEY, body))

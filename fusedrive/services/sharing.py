@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..store import sealing
-from ..errors import FusedriveError, UsageError
+from ..errors import FusedriveError, IntegrityError, UsageError
 from ..store import NotFound
 from ..store.volume import Volume
 
@@ -126,11 +126,15 @@ def find(volume: Volume, token_or_path: str) -> list[Share]:
 
 
 def _seal_record(volume: Volume, share: Share) -> bytes:
-    return sealing.seal(volume.keys.journal_seal, json.dumps(asdict(share)).encode(), (RECORDS + share.token).encode())
+    return volume.seal(RECORDS + share.token, json.dumps(asdict(share)).encode())
 
 
 def _open_record(volume: Volume, token: str, blob: bytes) -> Share:
-    data = sealing.unseal(volume.keys.journal_seal, blob, (RECORDS + token).encode(), f"Share record {token}")
+    what = f"Share record {token}"
+    try:
+        data = volume.unseal(RECORDS + token, blob, what)
+    except IntegrityError:  # written before format 2, whose records were bound to their key alone
+        data = sealing.unseal(volume.keys.journal_seal, blob, (RECORDS + token).encode(), what)
     return Share(**json.loads(data))
 
 

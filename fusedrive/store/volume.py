@@ -18,12 +18,16 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import (FusedriveError, StoreUnreachable, StoreUnsupported, UsageError, VolumeExists, VolumeNotFound,
-                      WrongPassphrase)
+from ..errors import (FusedriveError, NewerFormat, StoreUnreachable, StoreUnsupported, UsageError, VolumeExists,
+                      VolumeNotFound, WrongPassphrase)
 from . import NotFound, ObjectStore, sealing
 
 FORMAT = "fusedrive-volume"
-FORMAT_VERSION = 1
+# The format this build writes and reads (docs/format.md says what each version changed), and
+# the lowest reader a volume it creates needs. A volume whose header asks for a newer reader
+# is refused with one sentence; entries say which format wrote them.
+FORMAT_VERSION = 2
+READER_VERSION = 2
 HEADER_KEY = "volume"
 DEFAULT_CHUNKING = {"min": 256 * 1024, "avg": 1024 * 1024, "max": 4 * 1024 * 1024}
 SCRYPT = {"n": 2**15, "r": 8, "p": 1}
@@ -40,6 +44,19 @@ class Volume:
     @property
     def url(self) -> str:
         return self.store.url
+
+    def seal(self, key: str, body: bytes) -> bytes:
+        """Seal a metadata object (journal entry, checkpoint, settings, share record) stored
+        at `key`. One convention for all: the associated data is `<key>:<volume id>`, so an
+        object moved to another key or copied from another volume fails its tag."""
+        return sealing.seal(self.keys.journal_seal, body, self._aad(key))
+
+    def unseal(self, key: str, blob: bytes, what: str) -> bytes:
+        """The body of a metadata object sealed by `seal` (IntegrityError naming `what`)."""
+        return sealing.unseal(self.keys.journal_seal, blob, self._aad(key), what)
+
+    def _aad(self, key: str) -> bytes:
+        return f"{key}:{self.volume_id}".encode()
 
 
 def _wrap_aad(volume_id: str, chunking: dict) -> bytes:
@@ -90,6 +107,7 @@ def create_volume(store: ObjectStore, passphrase: str) -> Volume:
     header = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
+        "reader_version": READER_VERSION,
         "volume_id": volume_id,
         "created": time.time(),
         "chunking": chunking,
@@ -117,8 +135,11 @@ def open_volume(store: ObjectStore, passphrase: str, offline_header: bytes | Non
         header = json.loads(raw)
         if header.get("format") != FORMAT:
             raise ValueError
-        if header["version"] > FORMAT_VERSION:
-            raise FusedriveError(f"The volume at {store.url} needs a newer fusedrive (format {header['version']}).")
+        needed = header.get("reader_version", header["version"])
+        if needed > FORMAT_VERSION:
+            raise NewerFormat(f"The volume at {store.url} was made by a newer fusedrive (format {header['version']}, "
+                              f"readable from format {needed}); this one reads up to format {FORMAT_VERSION}: "
+                              "upgrade fusedrive.")
         kdf = header["kdf"]
         salt = base64.b64decode(kdf["salt"])
         wrapped = base64.b64decode(header["wrapped_key"])

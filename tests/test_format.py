@@ -1,0 +1,128 @@
+"""The written, versioned format: docs/format.md names every op the code checks, entries
+are checked before anything is applied, an older volume opens, a newer one is refused with
+one sentence, and an entry this build cannot apply never takes the mount down."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from fusedrive.engine.ops import OPS, check_entry
+from fusedrive.errors import IntegrityError, UnknownOperation
+from fusedrive.store.volume import FORMAT_VERSION
+from test_posix import read, write
+
+FORMAT_DOC = Path(__file__).parent.parent / "docs" / "format.md"
+
+
+def test_format_doc_names_every_op_and_field_the_code_checks():
+    doc = FORMAT_DOC.read_text()
+    assert f"**{FORMAT_VERSION}**" in doc, "the doc states the current format version"
+    rows = {}
+    for line in doc.splitlines():
+        match = re.match(r"\| `(\w+)`(?: / `(\w+)`)? \| (.*?) \|", line)
+        if match:
+            for kind in filter(None, match.groups()[:2]):
+                rows[kind] = set(re.findall(r"`(\w+)`", match[3]))
+    assert set(rows) >= set(OPS), f"ops missing from docs/format.md: {set(OPS) - set(rows)}"
+    for kind, spec in OPS.items():
+        fields = set(spec.required) | set(spec.optional)
+        missing = fields - rows[kind] - {"t"}  # `t` is said once for every op
+        assert not missing, f"{kind}: fields not in docs/format.md: {missing}"
+
+
+def test_an_entry_is_checked_whole_before_it_is_applied():
+    good = {"op": "unlink", "parent": "root", "name": "a", "t": 1}
+    assert check_entry(5, [good], FORMAT_VERSION) == [good]
+    with pytest.raises(UnknownOperation, match=r"newer fusedrive \(format 9.*'teleport'.*Upgrade"):
+        check_entry(5, [good, {"op": "teleport"}], 9)
+    with pytest.raises(IntegrityError, match="entry 5 is malformed.*'unlink'.*'name'"):
+        check_entry(5, [{"op": "unlink", "parent": "root", "t": 1}], FORMAT_VERSION)
+    with pytest.raises(IntegrityError, match="'t'"):
+        check_entry(5, [{"op": "link", "fid": "f", "parent": "root", "name": "a", "t": "soon"}], FORMAT_VERSION)
+    with pytest.raises(IntegrityError, match="not a list"):
+        check_entry(5, {"op": "unlink"}, FORMAT_VERSION)
+
+
+def _rewrite_header(volume, **fields) -> None:
+    header = json.loads(volume.read_object("volume"))
+    header.update(fields)
+    for key in [k for k, v in fields.items() if v is None]:
+        del header[key]
+    volume.write_object("volume", json.dumps(header).encode())
+
+
+def test_a_volume_of_the_first_format_opens_and_its_old_entries_apply(volume):
+    """Format 1: no reader version in the header, no format in the entries."""
+    from fusedrive.engine.journal import entry_key
+
+    laptop = volume.mount("laptop")
+    write(laptop.p("kept.txt"), b"written before")
+    laptop.sync()
+    laptop.umount()
+    _rewrite_header(volume, version=1, reader_version=None)
+    with volume.opened() as opened:
+        seqs = [int(key.split("/")[1]) for key, _ in volume.list_objects("journal/")]
+        old_entry = {"commit_id": "c0ffee", "device": "old-laptop", "time": 1.0,
+                     "ops": [{"op": "setattr", "fid": "root", "mode": 0o40755, "t": 1}]}
+        blob = opened.seal(entry_key(max(seqs) + 1), zstandard.compress(json.dumps(old_entry).encode()))
+        assert opened.store.put_if_absent(entry_key(max(seqs) + 1), blob)
+    desktop = volume.mount("desktop")
+    assert read(desktop.p("kept.txt")) == b"written before"
+    write(desktop.p("new.txt"), b"written by this build")
+    desktop.sync()
+    assert volume.fsck().returncode == 0
+
+
+@pytest.mark.parametrize("version, reader_version, opens", [(3, 3, False), (3, FORMAT_VERSION, True)])
+def test_a_newer_format_is_refused_in_one_sentence_unless_it_stays_readable(volume, version, reader_version, opens):
+    _rewrite_header(volume, version=version, reader_version=reader_version)
+    mountpoint = volume.root / "mnt"
+    result = volume.cli.run("mount", volume.url, str(mountpoint), "--cache-dir", str(volume.root / "cache"),
+                            check=False)
+    if opens:
+        assert result.returncode == 0, result.stderr
+        try:
+            write(os.path.join(mountpoint, "a.txt"), b"fine")
+        finally:
+            volume.cli.run("umount", str(mountpoint))
+        return
+    assert result.returncode == 15, result.stdout + result.stderr
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in message
+    assert "newer fusedrive" in message and "upgrade fusedrive" in message and "format 3" in message
+    for command in (["du", volume.url], ["fsck", volume.url]):
+        assert volume.cli.run(*command, check=False).returncode == 15
+
+
+def test_a_journal_entry_this_build_cannot_apply_stops_commits_never_the_mount(s3_volume):
+    from fusedrive.engine.journal import Entry, Journal
+    from test_sync import wait_for
+
+    laptop = s3_volume.mount("laptop", poll_interval=0.5)
+    write(laptop.p("before.txt"), b"before")
+    laptop.sync()
+    with s3_volume.opened() as volume:
+        journal = Journal(volume)
+        seq = journal.seqs_after(0)[-1] + 1
+        assert journal.append(Entry(seq=seq, device="from-the-future", ops=[{"op": "teleport", "fid": "x"}]))
+    status = wait_for(lambda: (s := laptop.control("status"))["needs_upgrade"] and s, timeout=30,
+                      what="the cause in status")
+    assert "newer fusedrive" in status["needs_upgrade"] and "Upgrade fusedrive" in status["needs_upgrade"]
+    assert "teleport" in status["errors"][-1]
+    write(laptop.p("after.txt"), b"written while commits are stopped")
+    assert read(laptop.p("after.txt")) == b"written while commits are stopped"
+    assert read(laptop.p("before.txt")) == b"before"
+    assert os.path.ismount(laptop.path)
+    wait_for(lambda: laptop.control("status")["ops_waiting"], timeout=30, what="the new file queued")
+    shown = s3_volume.cli.run("status", str(laptop.path), check=False)
+    assert shown.returncode == 15, shown.stdout + shown.stderr
+    assert "newer fusedrive" in shown.stdout.splitlines()[0] and "Traceback" not in shown.stdout + shown.stderr
+    status = laptop.control("status")
+    assert len([e for e in status["errors"] if "teleport" in e]) <= 2, "said once per place, not once per retry"
+    result = s3_volume.cli.run("umount", str(laptop.path), "--no-wait", check=False)
+    assert result.returncode == 1 and not os.path.ismount(laptop.path)
+    s3_volume.mounts.remove(laptop)
