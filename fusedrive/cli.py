@@ -21,8 +21,8 @@ from . import __version__
 from .services import control
 from .store import volume as volumes
 from .fuse.options import Presentation, expand_o_options, parse_umask
-from .errors import (CacheDirError, FusedriveError, LocalError, MountError, NewerFormat, UsageError,
-                     first_clear_error)
+from .errors import (CacheDirError, FusedriveError, IntegrityError, LocalError, MountError, NewerFormat,
+                     StoreRefused, UsageError, first_clear_error)
 
 DEFAULT_CACHE_SIZE = "4G"
 MIN_CACHE_SIZE = 4 << 20  # one largest block
@@ -360,8 +360,10 @@ def cmd_status(args) -> int:
         statuses = [_status_of(e) for e in entries]
         dead = [s for s in statuses if s.get("process") == "gone"]
         broken = [s for s in statuses if s.get("cache_dir_lost")]
-        newer = [s for s in statuses if s.get("needs_upgrade")]
-        code = (DEAD_MOUNT_EXIT if dead else CacheDirError.exit_code if broken else NewerFormat.exit_code if newer
+        code = (DEAD_MOUNT_EXIT if dead else CacheDirError.exit_code if broken
+                else NewerFormat.exit_code if any(s.get("needs_upgrade") for s in statuses)
+                else IntegrityError.exit_code if any(s.get("integrity_problem") for s in statuses)
+                else StoreRefused.exit_code if any(s.get("store_needs_attention") for s in statuses)
                 else 1 if any(report.is_pending(s) for s in statuses) else 0)
         if args.watch and sys.stdout.isatty():
             print("\033[H\033[J", end="")  # refresh in place

@@ -26,9 +26,16 @@ class WrongPassphrase(FusedriveError):
 
 
 class StoreUnreachable(FusedriveError):
-    """The object store did not answer, refused our credentials, or lacks the bucket."""
+    """The object store did not answer (or the volume's disk cannot be written now)."""
 
     exit_code = 6
+
+
+class StoreRefused(StoreUnreachable):
+    """The store answers but refuses us: credentials refused, the bucket missing. Not
+    worth retrying every few seconds: it needs the user."""
+
+    exit_code = 16
 
 
 class StoreUnsupported(FusedriveError):

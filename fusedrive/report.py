@@ -45,9 +45,14 @@ def verdict(status: dict) -> str:
         return status["cache_dir_lost"]
     if status.get("needs_upgrade"):
         return status["needs_upgrade"]
+    if status.get("integrity_problem"):
+        return (f"Something read from the store failed verification, so it was not applied: "
+                f"{status['integrity_problem']} Changes stay queued here; run `fusedrive fsck`.")
     if not is_pending(status):
         line = f"All changes are {where_data_lives(status['volume'])}"
-        if status["store_offline_since"] is not None:
+        if status.get("store_needs_attention"):
+            line += f" — but the store needs attention: {status['store_needs_attention']}"
+        elif status["store_offline_since"] is not None:
             line += f" — but the store has not answered since {clock(status['store_offline_since'])}"
     else:
         parts = []
@@ -56,7 +61,9 @@ def verdict(status: dict) -> str:
         if status["ops_waiting"]:
             parts.append(f"{status['ops_waiting']} changes waiting to be committed")
         line = ", ".join(parts)
-        if status["store_offline_since"] is not None:
+        if status.get("store_needs_attention"):
+            line += f" — the store needs attention: {status['store_needs_attention'].rstrip('.')}"
+        elif status["store_offline_since"] is not None:
             line += f" — store unreachable since {clock(status['store_offline_since'])}"
         elif status["paused"]:
             line += " — paused"
@@ -67,7 +74,10 @@ def verdict(status: dict) -> str:
 
 def details(status: dict) -> list[str]:
     lines = [f"volume      {status['volume']} (device {status['device']})"]
-    if status["store_offline_since"] is not None:
+    if status.get("store_needs_attention"):
+        lines.append(f"store       NEEDS ATTENTION (retried every few minutes, and at a sync): "
+                     f"{status['store_needs_attention']}")
+    elif status["store_offline_since"] is not None:
         lines.append(f"store       OFFLINE since {clock(status['store_offline_since'])}: {status['store_error']}")
     else:
         lines.append("store       reachable")

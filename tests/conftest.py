@@ -270,7 +270,8 @@ def proxied_volume(request, tmp_path, store_proxy):
     """A fresh S3 volume whose mounts reach the store through `store_proxy`."""
     vol = _new_volume("s3", tmp_path, request, endpoint=store_proxy.endpoint)
     yield vol
-    store_proxy.up()  # so the mounts can drain and unmount
+    store_proxy.clear()  # so the mounts can drain and unmount
+    store_proxy.up()
     _teardown(vol)
 
 

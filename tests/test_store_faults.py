@@ -429,3 +429,31 @@ def test_a_save_with_o_trunc_is_never_split_by_an_upload_that_loses_to_another_d
 
 def copies_from(mount, device: str) -> list[str]:
     return [n for n in os.listdir(mount.path) if n.startswith(f"notes (conflicted copy from {device}")]
+
+
+@pytest.mark.parametrize("method, status, words", [("PUT", 403, "refused our credentials"),
+                                                   (None, 404, "does not exist")], ids=["read-only key", "no bucket"])
+def test_a_store_that_refuses_us_needs_attention_and_is_not_hammered(proxied_volume, store_proxy, method, status,
+                                                                     words):
+    """A key that may no longer write, the bucket deleted: not "unreachable". Status says
+    the store needs the user (exit 16), uploads stop retrying every few seconds, and a sync
+    after the fix uploads at once."""
+    laptop = proxied_volume.mount("laptop")
+    refusing = store_proxy.inject(Fault(method=method, path="/(blocks|packs)/", status=status))
+    store_proxy.inject(Fault(method=method, path="/(journal|probe)", status=status))
+    write(laptop.p("essay.txt"), b"the draft")
+    state = wait_for(lambda: (s := laptop.control("status"))["store_needs_attention"] and s, timeout=60,
+                     what="the refusal in status")
+    assert words in state["store_needs_attention"] and state["store_offline_since"] is None
+    shown = proxied_volume.cli.run("status", str(laptop.path), check=False)
+    assert shown.returncode == 16, shown.stdout + shown.stderr
+    assert "needs attention" in shown.stdout.splitlines()[0] and words in shown.stdout.splitlines()[0]
+    tries = refusing.hits
+    time.sleep(8)  # a store that is down would have been retried 3 or 4 times by now
+    assert refusing.hits - tries <= 1, f"{refusing.hits - tries} more uploads to a store that refuses us"
+    assert read(laptop.p("essay.txt")) == b"the draft"
+    store_proxy.clear()  # the user fixed it
+    laptop.sync()
+    state = laptop.control("status")
+    assert state["store_needs_attention"] is None and state["files_waiting"] == 0
+    assert proxied_volume.cli.run("status", str(laptop.path), check=False).returncode == 0

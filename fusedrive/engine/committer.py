@@ -167,7 +167,7 @@ class Committer:
         except StoreUnreachable as exc:
             self.health.failed(exc)
             raise
-        self.health.succeeded()
+        self.health.succeeded(wrote=not abandon)
         return result
 
     async def _maybe_checkpoint(self) -> None:

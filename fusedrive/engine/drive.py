@@ -258,6 +258,7 @@ class Drive:
             "waiting_since": min(waiting_since, default=None),
             "store_offline_since": store_down_since,
             "store_error": store_error,
+            "store_needs_attention": self.health.refused,
             "hub": None if self.follower.hub is None else ("connected" if self.follower.hub_connected else "polling"),
             "journal_head": max(self.committer.journal_head, self.replica.applied_seq),
             "applied_seq": self.replica.applied_seq,
@@ -273,5 +274,6 @@ class Drive:
             "paused": self.committer.paused,
             "cache_dir_lost": self.cache_dir_lost,
             "needs_upgrade": self.problems.needs_upgrade,
+            "integrity_problem": self.problems.integrity,
             "errors": list(self.problems.recent),
         }

@@ -18,16 +18,17 @@ from typing import Iterator
 
 import trio
 
-from ..errors import NewerFormat, StoreUnreachable
+from ..errors import IntegrityError, NewerFormat, StoreRefused, StoreUnreachable
 from ..signals import Broadcast
 
 log = logging.getLogger(__name__)
 
 RECENT_EVENTS = 200
 SUBSCRIBER_BUFFER = 1000
+REFUSED_RETRY_SECONDS = 300  # credentials refused, bucket missing: the user must act
 
 # kinds worth interrupting the user for (--notify); remote changes never are
-NOTIFY_KINDS = {"conflict", "upload-failed", "store-offline", "store-online"}
+NOTIFY_KINDS = {"conflict", "upload-failed", "store-offline", "store-refused", "store-online"}
 
 
 def describe(event: dict) -> str:
@@ -44,6 +45,8 @@ def describe(event: dict) -> str:
         return "uploads are going through again"
     if kind == "store-offline":
         return f"store unreachable: {event['error']} (changes stay queued here)"
+    if kind == "store-refused":
+        return f"the store needs attention: {event['error']} (changes stay queued here)"
     if kind == "store-online":
         return "store reachable again: uploading what is queued"
     return f"{kind}: {event}"
@@ -82,10 +85,15 @@ class Problems:
     def __init__(self) -> None:
         self.recent: deque[str] = deque(maxlen=20)
         self.needs_upgrade: str | None = None  # why this device cannot follow the volume until upgraded
+        self.integrity: str | None = None  # a journal entry or checkpoint that failed verification
 
     def report(self, message: str, cause: Exception | None = None) -> None:
+        """`cause`: the exception behind it, when it says more than the words (a newer
+        format, a failed verification: status shows those apart, with their exit codes)."""
         if isinstance(cause, NewerFormat):
             self.needs_upgrade = str(cause)
+        elif isinstance(cause, IntegrityError):
+            self.integrity = str(cause)
         log.error(message)
         if self.recent and self.recent[-1].endswith(message):
             return  # the same problem again (a retry): said once
@@ -99,6 +107,7 @@ class StoreHealth:
         self.events = events
         self.offline_since: float | None = None
         self.last_error: str | None = None
+        self.refused: str | None = None  # the store answers but refuses us: it needs the user
         self.recovered = Broadcast()  # retries waiting out a backoff wake up on it
         self._waiting: dict[int, float] = {}  # requests now in flight → when each started
         self._tokens = itertools.count()
@@ -129,23 +138,33 @@ class StoreHealth:
         return None, None
 
     async def backoff(self, seconds: float) -> None:
-        """Sleep before a retry, but only until the store is seen answering again."""
-        with trio.move_on_after(seconds):
+        """Sleep before a retry, but only until the store is seen answering again. A store
+        that refuses us is asked again only every REFUSED_RETRY_SECONDS (or on a sync)."""
+        with trio.move_on_after(REFUSED_RETRY_SECONDS if self.refused else seconds):
             await self.recovered.wait()
 
     def retry_now(self) -> None:
         """Someone waits for the store (sync, fsync): retries waiting out a backoff go now."""
-        if self.offline_since is not None:
+        if self.offline_since is not None or self.refused is not None:
             self.recovered.fire()
 
     def failed(self, error: Exception) -> None:
         self.last_error = str(error)
+        if isinstance(error, StoreRefused):
+            if self.refused != str(error):
+                self.events.publish("store-refused", error=str(error))
+            self.refused = str(error)
+            return
         if self.offline_since is None:
             self.offline_since = time.time()
             self.events.publish("store-offline", error=str(error))
 
-    def succeeded(self) -> None:
+    def succeeded(self, wrote: bool) -> None:
+        """The store answered; `wrote`: a write went through (a store that refuses writes
+        but lets us read, a read-only key, still needs attention after a read)."""
         self.last_error = None
+        if wrote:
+            self.refused = None
         if self.offline_since is not None:
             self.offline_since = None
             self.events.publish("store-online")

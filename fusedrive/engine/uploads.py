@@ -125,7 +125,7 @@ class Uploads:
 
     def _went_through(self, fid: str) -> None:
         self.last_error = None
-        self.health.succeeded()
+        self.health.succeeded(wrote=True)
         if fid in self._failing:
             self._failing.discard(fid)
             if not self._failing:

@@ -30,7 +30,7 @@ import obstore.store
 from botocore.config import Config
 from obstore.auth.boto3 import Boto3CredentialProvider
 
-from ..errors import StoreUnreachable, UsageError
+from ..errors import StoreRefused, StoreUnreachable, UsageError
 from . import Listed, NotFound
 
 _PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
@@ -98,15 +98,15 @@ class S3Store:
             retry_config={"max_retries": RETRIES, "retry_timeout": timedelta(seconds=STALL_TIMEOUT_SECONDS)})
 
     # The messages both clients' failures end in:
-    def _no_credentials(self) -> StoreUnreachable:
-        return StoreUnreachable(
+    def _no_credentials(self) -> StoreRefused:
+        return StoreRefused(
             f"No S3 credentials found for {self.url}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or configure ~/.aws.")
 
-    def _no_bucket(self) -> StoreUnreachable:
-        return StoreUnreachable(f"The bucket {self.bucket!r} does not exist.")
+    def _no_bucket(self) -> StoreRefused:
+        return StoreRefused(f"The bucket {self.bucket!r} does not exist.")
 
-    def _refused(self, code: str) -> StoreUnreachable:
-        return StoreUnreachable(f"The store refused our credentials for {self.url} ({code}).")
+    def _refused(self, code: str) -> StoreRefused:
+        return StoreRefused(f"The store refused our credentials for {self.url} ({code}).")
 
     def _unreachable(self, what: str, key: str, exc: Exception) -> StoreUnreachable:
         """An obstore failure in the words the boto3 calls use."""

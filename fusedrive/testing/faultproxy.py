@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import h11
 
-ERROR_CODES = {500: "InternalError", 503: "SlowDown"}
+ERROR_CODES = {403: "AccessDenied", 404: "NoSuchBucket", 500: "InternalError", 503: "SlowDown"}
 
 
 @dataclass
