@@ -15,12 +15,12 @@ import os
 import sqlite3
 import stat
 import time
-import uuid
 from itertools import count
 
 import pyfuse3
 
 from ..engine.drive import Drive
+from ..engine.namespace import NAME_MAX, Namespace, check_name
 from ..errors import FusedriveError
 from .historytree import CONTROL_DIR, HistoryView
 from .kernel import invalidate_inode
@@ -29,7 +29,6 @@ from ..engine.tree import ROOT_INO, Inode, b64, name_to_json
 
 log = logging.getLogger(__name__)
 
-NAME_MAX = 255
 ATTR_TIMEOUT = 1.0
 XATTR_NAMESPACE = b"user."
 DOT_ENTRIES = 2  # "." and ".." open every directory listing
@@ -57,11 +56,6 @@ def fuse_errors(handler):
     return wrapped
 
 
-def check_name(name: bytes) -> None:
-    if len(name) > NAME_MAX:
-        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
-
-
 class DriveOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -72,6 +66,7 @@ class DriveOperations(pyfuse3.Operations):
         self.drive = drive
         self.presentation = presentation
         self.replica = drive.replica
+        self.namespace = Namespace(drive.replica)
         self._handles: dict[int, Inode] = {}
         self._handle_now: dict[int, tuple[int, Inode]] = {}  # fh -> (replica change stamp, node then)
         self._writing_handles: set[int] = set()
@@ -123,30 +118,15 @@ class DriveOperations(pyfuse3.Operations):
         if any(self.view.owns(ino) for ino in inos):
             raise pyfuse3.FUSEError(errno.EROFS)
 
-    def _vacant(self, parent: int, name: bytes) -> Inode:
-        check_name(name)
+    def _may_create(self, parent: int, name: bytes) -> None:
+        """The mount's own rules for new names; the namespace checks the rest."""
         self._writable(parent)
-        parent_node = self._dir(parent)
-        if self.replica.lookup(parent, name) is not None or (parent == ROOT_INO and name == CONTROL_DIR):
+        if parent == ROOT_INO and name == CONTROL_DIR:
             raise pyfuse3.FUSEError(errno.EEXIST)
-        return parent_node
 
     def _create_node(self, parent: int, name: bytes, mode: int, ctx, rdev: int = 0, target: bytes | None = None) -> int:
-        parent_node = self._vacant(parent, name)
-        gid = ctx.gid
-        if parent_node.mode & stat.S_ISGID:
-            gid = parent_node.gid
-            if stat.S_ISDIR(mode):
-                mode |= stat.S_ISGID
-        fid = str(uuid.uuid4())
-        op = {"fid": fid, "parent": parent_node.fid, "name": name_to_json(name), "uid": ctx.uid, "gid": gid,
-              "t": time.time_ns()}
-        if target is not None:
-            op.update(op="symlink", target=name_to_json(target))
-        else:
-            op.update(op="mknod", mode=mode, rdev=rdev)
-        self.replica.record(op)
-        return self.replica.ino_of(fid)
+        self._may_create(parent, name)
+        return self.namespace.create(parent, name, mode, ctx.uid, ctx.gid, rdev, target)
 
     # --- names ------------------------------------------------------------------------
 
@@ -186,27 +166,26 @@ class DriveOperations(pyfuse3.Operations):
     async def setattr(self, inode, attr, fields, fh, ctx):
         self._writable(inode)
         node = self._node(inode)
-        now = time.time_ns()
         if fields.update_size:
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
             if not node.is_reg:
                 raise pyfuse3.FUSEError(errno.EINVAL)
             await self.drive.truncate(node, attr.st_size)
-        op = {"op": "setattr", "fid": node.fid, "t": now}
+        changes = {}
         if fields.update_mode:
-            op["mode"] = stat.S_IFMT(node.mode) | stat.S_IMODE(attr.st_mode)
+            changes["mode"] = attr.st_mode
         if fields.update_uid:
-            op["uid"] = attr.st_uid
+            changes["uid"] = attr.st_uid
         if fields.update_gid:
-            op["gid"] = attr.st_gid
+            changes["gid"] = attr.st_gid
         if fields.update_atime:
-            op["atime_ns"] = attr.st_atime_ns
+            changes["atime_ns"] = attr.st_atime_ns
         if fields.update_mtime:
-            op["mtime_ns"] = attr.st_mtime_ns
+            changes["mtime_ns"] = attr.st_mtime_ns
             self.drive.files.set_mtime(node, attr.st_mtime_ns)
-        if len(op) > 3 or not fields.update_size:
-            self.replica.record(op)
+        if changes or not fields.update_size:
+            self.namespace.set_attributes(node, **changes)
         return self._attrs(self._node(inode))
 
     @fuse_errors
@@ -231,32 +210,15 @@ class DriveOperations(pyfuse3.Operations):
     @fuse_errors
     async def link(self, inode, new_parent_inode, new_name, ctx):
         self._writable(inode)
-        node = self._node(inode)
-        if node.is_dir:
-            raise pyfuse3.FUSEError(errno.EPERM)
-        parent = self._vacant(new_parent_inode, new_name)
-        self.replica.record({"op": "link", "fid": node.fid, "parent": parent.fid, "name": name_to_json(new_name),
-                             "t": time.time_ns()})
+        self._may_create(new_parent_inode, new_name)
+        self.namespace.link(inode, new_parent_inode, new_name)
         return self._entry(inode)
 
     def _remove(self, parent_inode: int, name: bytes, want_dir: bool) -> None:
-        check_name(name)
         self._writable(parent_inode)
         if parent_inode == ROOT_INO and name == CONTROL_DIR:
             raise pyfuse3.FUSEError(errno.EROFS)
-        parent = self._dir(parent_inode)
-        ino = self.replica.lookup(parent_inode, name)
-        if ino is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        node = self._node(ino)
-        if want_dir and not node.is_dir:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        if not want_dir and node.is_dir:
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        if want_dir and self.replica.has_children(ino):
-            raise pyfuse3.FUSEError(errno.ENOTEMPTY)
-        self.replica.record({"op": "unlink", "parent": parent.fid, "name": name_to_json(name), "fid": node.fid,
-                             "version": node.version, "t": time.time_ns()})
+        self.namespace.remove(parent_inode, name, want_dir)
 
     @fuse_errors
     async def unlink(self, parent_inode, name, ctx):
@@ -268,43 +230,12 @@ class DriveOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        check_name(name_old)
-        check_name(name_new)
         self._writable(parent_inode_old, parent_inode_new)
         if ROOT_INO in (parent_inode_old, parent_inode_new) and CONTROL_DIR in (name_old, name_new):
             raise pyfuse3.FUSEError(errno.EROFS)
-        old_parent, new_parent = self._dir(parent_inode_old), self._dir(parent_inode_new)
-        ino = self.replica.lookup(parent_inode_old, name_old)
-        if ino is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        node = self._node(ino)
-        target = self.replica.lookup(parent_inode_new, name_new)
-        exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
-        if flags & pyfuse3.RENAME_NOREPLACE and target is not None:
-            raise pyfuse3.FUSEError(errno.EEXIST)
-        if exchange and target is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        if node.is_dir and self.replica.is_ancestor(ino, parent_inode_new):
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        if target is not None and target != ino:
-            target_node = self._node(target)
-            if exchange:
-                if target_node.is_dir and self.replica.is_ancestor(target, parent_inode_old):
-                    raise pyfuse3.FUSEError(errno.EINVAL)
-            elif node.is_dir and not target_node.is_dir:
-                raise pyfuse3.FUSEError(errno.ENOTDIR)
-            elif not node.is_dir and target_node.is_dir:
-                raise pyfuse3.FUSEError(errno.EISDIR)
-            elif target_node.is_dir and self.replica.has_children(target):
-                raise pyfuse3.FUSEError(errno.ENOTEMPTY)
-        op = {"op": "rename", "parent": old_parent.fid, "name": name_to_json(name_old), "newparent": new_parent.fid,
-              "newname": name_to_json(name_new), "fid": node.fid, "t": time.time_ns()}
-        if exchange:
-            op["exchange"] = True
-        elif target is not None and target != ino:
-            replaced = self._node(target)
-            op["replaces"] = [replaced.fid, replaced.version]
-        self.replica.record(op)
+        self.namespace.rename(parent_inode_old, name_old, parent_inode_new, name_new,
+                              noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE),
+                              exchange=bool(flags & pyfuse3.RENAME_EXCHANGE))
 
     # --- files ------------------------------------------------------------------------
 

@@ -1,0 +1,142 @@
+"""Changing the tree the way a program does — create, link, remove, rename, set attributes —
+with the POSIX checks every front end needs, raised as OSError with the errno (EEXIST,
+ENOENT, ENOTDIR, EISDIR, ENOTEMPTY, EINVAL, ENAMETOOLONG). Each change is recorded as the
+journal op that carries it (engine/ops.py). Front ends add their own rules on top (the
+FUSE mount's read-only history tree and control directory)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+import uuid
+
+from .replica import Replica
+from .tree import Inode, name_to_json
+
+NAME_MAX = 255
+
+
+def refuse(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+def check_name(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise refuse(errno.ENAMETOOLONG)
+
+
+class Namespace:
+    """The tree as programs change it; the replica holds it (and queues every change)."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+
+    def node(self, ino: int) -> Inode:
+        node = self.replica.inode(ino)
+        if node is None:
+            raise refuse(errno.ENOENT)
+        return node
+
+    def directory(self, ino: int) -> Inode:
+        node = self.node(ino)
+        if not node.is_dir:
+            raise refuse(errno.ENOTDIR)
+        return node
+
+    def vacant(self, parent: int, name: bytes) -> Inode:
+        """The directory `parent`, where `name` is free."""
+        check_name(name)
+        parent_node = self.directory(parent)
+        if self.replica.lookup(parent, name) is not None:
+            raise refuse(errno.EEXIST)
+        return parent_node
+
+    def create(self, parent: int, name: bytes, mode: int, uid: int, gid: int, rdev: int = 0,
+               target: bytes | None = None) -> int:
+        """A new file, directory, device node or (with `target`) symlink; its inode."""
+        parent_node = self.vacant(parent, name)
+        if parent_node.mode & stat.S_ISGID:  # BSD group semantics where the directory asks for them
+            gid = parent_node.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        fid = str(uuid.uuid4())
+        op = {"fid": fid, "parent": parent_node.fid, "name": name_to_json(name), "uid": uid, "gid": gid,
+              "t": time.time_ns()}
+        if target is not None:
+            op.update(op="symlink", target=name_to_json(target))
+        else:
+            op.update(op="mknod", mode=mode, rdev=rdev)
+        self.replica.record(op)
+        return self.replica.ino_of(fid)
+
+    def link(self, ino: int, parent: int, name: bytes) -> None:
+        node = self.node(ino)
+        if node.is_dir:
+            raise refuse(errno.EPERM)
+        parent_node = self.vacant(parent, name)
+        self.replica.record({"op": "link", "fid": node.fid, "parent": parent_node.fid, "name": name_to_json(name),
+                             "t": time.time_ns()})
+
+    def remove(self, parent: int, name: bytes, want_dir: bool) -> None:
+        """unlink (or rmdir with `want_dir`): the name goes; a file's last name sends it to the trash."""
+        check_name(name)
+        parent_node = self.directory(parent)
+        ino = self.replica.lookup(parent, name)
+        if ino is None:
+            raise refuse(errno.ENOENT)
+        node = self.node(ino)
+        if want_dir and not node.is_dir:
+            raise refuse(errno.ENOTDIR)
+        if not want_dir and node.is_dir:
+            raise refuse(errno.EISDIR)
+        if want_dir and self.replica.has_children(ino):
+            raise refuse(errno.ENOTEMPTY)
+        self.replica.record({"op": "unlink", "parent": parent_node.fid, "name": name_to_json(name), "fid": node.fid,
+                             "version": node.version, "t": time.time_ns()})
+
+    def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
+               noreplace: bool = False, exchange: bool = False) -> None:
+        """rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE; a file it replaces goes to the trash."""
+        check_name(old_name)
+        check_name(new_name)
+        old_dir, new_dir = self.directory(old_parent), self.directory(new_parent)
+        ino = self.replica.lookup(old_parent, old_name)
+        if ino is None:
+            raise refuse(errno.ENOENT)
+        node = self.node(ino)
+        target = self.replica.lookup(new_parent, new_name)
+        if noreplace and target is not None:
+            raise refuse(errno.EEXIST)
+        if exchange and target is None:
+            raise refuse(errno.ENOENT)
+        if node.is_dir and self.replica.is_ancestor(ino, new_parent):
+            raise refuse(errno.EINVAL)
+        if target is not None and target != ino:
+            target_node = self.node(target)
+            if exchange:
+                if target_node.is_dir and self.replica.is_ancestor(target, old_parent):
+                    raise refuse(errno.EINVAL)
+            elif node.is_dir and not target_node.is_dir:
+                raise refuse(errno.ENOTDIR)
+            elif not node.is_dir and target_node.is_dir:
+                raise refuse(errno.EISDIR)
+            elif target_node.is_dir and self.replica.has_children(target):
+                raise refuse(errno.ENOTEMPTY)
+        op = {"op": "rename", "parent": old_dir.fid, "name": name_to_json(old_name), "newparent": new_dir.fid,
+              "newname": name_to_json(new_name), "fid": node.fid, "t": time.time_ns()}
+        if exchange:
+            op["exchange"] = True
+        elif target is not None and target != ino:
+            replaced = self.node(target)
+            op["replaces"] = [replaced.fid, replaced.version]
+        self.replica.record(op)
+
+    def set_attributes(self, node: Inode, **changes: int) -> None:
+        """Any of mode (permission bits), uid, gid, atime_ns, mtime_ns."""
+        op = {"op": "setattr", "fid": node.fid, "t": time.time_ns()}
+        if "mode" in changes:
+            changes["mode"] = stat.S_IFMT(node.mode) | stat.S_IMODE(changes["mode"])
+        op.update(changes)
+        self.replica.record(op)
