@@ -19,9 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..store import sealing
 from ..errors import FusedriveError, IntegrityError, UsageError
-from ..store import NotFound
+from ..store import NotFound, ShareLinks, sealing
 from ..store.volume import Volume
 
 RECORDS = "share-records/"
@@ -95,6 +94,8 @@ def publish(volume: Volume, copy: Path, name: str, path: str, expires_in: int, d
     token = secrets.token_urlsafe(24)
     now = time.time()
     share = Share(token=token, path=path, name=name, created=now, expires=now + expires_in, url="", device=device)
+    if not isinstance(volume.store, ShareLinks):
+        raise UsageError(f"The volume at {volume.url} cannot make share links.")
     share.url = volume.store.share_url(share.key, expires_in)  # refuses too long an expiry before any upload
     volume.store.put_file(share.key, str(copy))
     volume.store.put(RECORDS + token, _seal_record(volume, share))

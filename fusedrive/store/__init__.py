@@ -6,7 +6,7 @@ and a few blocking calls; callers in the trio loop run them in worker threads.
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple, Protocol
+from typing import Iterator, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 from ..errors import UsageError
@@ -47,14 +47,22 @@ class ObjectStore(Protocol):
         """Store a local file of any size (multipart where the store needs it)."""
         ...
 
-    def set_storage_class(self, key: str, storage_class: str) -> bool:
-        """Move an object to another storage class (archive, thaw). False while a thaw
-        has been requested but the archive tier has not made the object readable yet."""
-        ...
 
+# What only some stores can do: callers ask `isinstance(store, ShareLinks)` first.
+
+@runtime_checkable
+class ShareLinks(Protocol):
     def share_url(self, key: str, expires_in: int) -> str:
         """A URL anyone can GET `key` with, for `expires_in` seconds (UsageError beyond
         what the store allows)."""
+        ...
+
+
+@runtime_checkable
+class StorageClasses(Protocol):
+    def set_storage_class(self, key: str, storage_class: str) -> bool:
+        """Move an object to another storage class (archive, thaw). False while a thaw
+        has been requested but the archive tier has not made the object readable yet."""
         ...
 
 

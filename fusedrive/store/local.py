@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import StoreUnreachable, UsageError
+from ..errors import StoreUnreachable
 from . import Listed, NotFound
 
 
@@ -138,6 +138,3 @@ class FileStore:
         """A directory has no web server: the link is the copy's file:// URL, for this machine
         and whoever mounts the same directory. `fusedrive shares` deletes it once expired."""
         return Path(self._path(key)).as_uri()
-
-    def set_storage_class(self, key: str, storage_class: str) -> bool:
-        raise UsageError("A file:// volume has no storage classes to archive to; archive needs an S3 volume.")

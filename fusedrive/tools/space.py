@@ -22,12 +22,13 @@ from typing import Callable
 
 from ..engine.blocks import BLOCKS, PACKS, block_key, pack_key, stored_objects
 from ..engine.checkpoints import replay_to_head
-from ..errors import FusedriveError
+from ..errors import FusedriveError, UsageError
 from ..engine.journal import Entry, Journal
 from ..engine.manifest import Location, known_lengths, pieces
 from ..report import Progress
 from ..engine.replica import Replica
 from ..engine.retention import Retention, expired_trash, thin
+from ..store import StorageClasses
 from ..store.volume import Volume
 
 APPEND_ATTEMPTS = 20  # of appending a command's journal entry while devices commit
@@ -90,6 +91,7 @@ def archive(volume: Volume, older_than: float, storage_class: str, progress: Pro
             now: float | None = None) -> dict:
     """Move blocks referenced only by versions older than `older_than` seconds to a cold
     storage class, and record them so reading such a version says so instead of hanging."""
+    _needs_storage_classes(volume)
     now = time.time() if now is None else now
     journal, replica = Journal(volume), Replica(":memory:")
     replay_to_head(volume, replica)
@@ -110,6 +112,7 @@ def archive(volume: Volume, older_than: float, storage_class: str, progress: Pro
 def thaw(volume: Volume, progress: Progress) -> dict:
     """Bring every archived block back to the standard class (on AWS: request the restore
     first; blocks still on their way are counted as waiting, run thaw again later)."""
+    _needs_storage_classes(volume)
     journal, replica = Journal(volume), Replica(":memory:")
     replay_to_head(volume, replica)
     archived = [b for (b,) in replica.db.execute("SELECT block FROM archived ORDER BY block")]
@@ -120,11 +123,19 @@ def thaw(volume: Volume, progress: Progress) -> dict:
     return {"blocks_thawed": len(thawed), "blocks_waiting": len(archived) - len(thawed)}
 
 
+def _needs_storage_classes(volume: Volume) -> None:
+    if not isinstance(volume.store, StorageClasses):
+        raise UsageError(f"The volume at {volume.url} has no storage classes to archive to; archive needs an S3 "
+                         "volume.")
+
+
 def _set_class(volume: Volume, block_ids: list[str], storage_class: str, progress: Progress, what: str) -> list[str]:
+    store = volume.store
+    assert isinstance(store, StorageClasses)  # checked by archive() and thaw() before any work
     done = []
     bar = progress(what, len(block_ids))
     for block_id in block_ids:
-        if volume.store.set_storage_class(block_key(block_id), storage_class):
+        if store.set_storage_class(block_key(block_id), storage_class):
             done.append(block_id)
         bar.update(1)
     bar.close()
