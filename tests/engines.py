@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 from pathlib import Path
 from typing import AsyncIterator
@@ -22,11 +23,12 @@ from typing import AsyncIterator
 import trio
 
 from fusedrive.engine.drive import Drive
+from fusedrive.errors import FusedriveError
 from fusedrive.engine.journal import start_journal
 from fusedrive.engine.namespace import Namespace
 from fusedrive.engine.tree import ROOT_INO, Inode
 from fusedrive.store.memory import MemoryObjects, MemoryStore
-from fusedrive.store.volume import create_volume, open_volume
+from fusedrive.store.volume import Volume, create_volume
 
 PASSPHRASE = "in-process"
 STEP_SECONDS = 30  # no single engine step of a test may take longer
@@ -125,10 +127,19 @@ class Device:
         self.store.unreachable = cut
 
     async def sync(self) -> None:
-        """Upload what is saved, commit what is queued (rebasing onto other devices' entries)."""
-        self.drive.health.retry_now()
+        """Upload what is saved, commit what is queued (rebasing onto other devices' entries).
+        A sync fails if an upload attempt fails while it waits (as `fusedrive sync` does);
+        right after a partition heals that may be an attempt made before, so it is asked
+        again, as a user would."""
         with trio.fail_after(STEP_SECONDS):
-            await self.drive.sync_all()
+            for attempt in range(3):
+                self.drive.health.retry_now()
+                try:
+                    await self.drive.sync_all()
+                    return
+                except FusedriveError:
+                    if self.store.unreachable or attempt == 2:
+                        raise
 
     async def pull(self) -> None:
         with trio.fail_after(STEP_SECONDS):
@@ -153,16 +164,28 @@ async def tree(device: Device) -> dict[str, bytes | None]:
     return found
 
 
+def new_volume() -> Volume:
+    """A volume with its journal started, in memory. Its keys can serve many test volumes
+    (`devices(..., keys_of=)`): the passphrase's scrypt is what costs."""
+    volume = create_volume(MemoryStore(), PASSPHRASE)
+    start_journal(volume)
+    return volume
+
+
 @contextlib.asynccontextmanager
-async def devices(*names: str, root: Path | None = None) -> AsyncIterator[tuple[Device, ...]]:
+async def devices(*names: str, keys_of: Volume | None = None) -> AsyncIterator[tuple[Device, ...]]:
     """Engines for `names` on one new in-memory volume, started, stopped after (every
-    device's per-file state is checked first)."""
+    device's per-file state is checked first). `keys_of`: a volume whose id and keys the
+    new one takes (no scrypt per test)."""
     import tempfile
 
     objects = MemoryObjects()
-    volume = create_volume(MemoryStore(objects=objects), PASSPHRASE)
+    if keys_of is None:
+        volume = create_volume(MemoryStore(objects=objects), PASSPHRASE)
+    else:
+        volume = Volume(MemoryStore(objects=objects), keys_of.volume_id, keys_of.chunking, keys_of.keys)
     start_journal(volume)
-    base = Path(tempfile.mkdtemp(prefix="engines-", dir=root))
+    base = Path(tempfile.mkdtemp(prefix="engines-"))
     started: list[Device] = []
     async with trio.open_nursery() as nursery:
         for name in names:
@@ -170,7 +193,8 @@ async def devices(*names: str, root: Path | None = None) -> AsyncIterator[tuple[
             cache_dir = base / name
             cache_dir.mkdir()
             (cache_dir / "volume-id").write_text(volume.volume_id)
-            drive = Drive(open_volume(store, PASSPHRASE), cache_dir, name, 1 << 30, poll_interval=3600)
+            drive = Drive(Volume(store, volume.volume_id, volume.chunking, volume.keys), cache_dir, name, 1 << 30,
+                          poll_interval=3600)
             with trio.fail_after(STEP_SECONDS):
                 await drive.start(nursery)
             started.append(Device(name, drive, store))
@@ -182,3 +206,4 @@ async def devices(*names: str, root: Path | None = None) -> AsyncIterator[tuple[
             nursery.cancel_scope.cancel()
     for device in started:
         device.drive.close()
+    shutil.rmtree(base, ignore_errors=True)

@@ -153,14 +153,14 @@ def test_umount_of_something_else(tmp_path):
 
 def test_missing_bucket_and_bad_credentials(seaweed):
     cli = Cli(seaweed.env)
-    expect_failure(cli.run("init", "s3://no-such-bucket-here/x", check=False), 6, "does not exist")
+    expect_failure(cli.run("init", "s3://no-such-bucket-here/x", check=False), 16, "does not exist")
     wrong = Cli(dict(seaweed.env, AWS_SECRET_ACCESS_KEY="wrong"))
-    expect_failure(wrong.run("init", f"s3://{BUCKET}/creds", check=False), 6, "refused our credentials")
+    expect_failure(wrong.run("init", f"s3://{BUCKET}/creds", check=False), 16, "refused our credentials")
     anonymous = {k: v for k, v in seaweed.env.items() if not k.startswith("AWS_SECRET") and not k.startswith("AWS_ACCESS")}
     no_creds = Cli(anonymous)
     no_creds.env = dict(anonymous, AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
                         AWS_CONFIG_FILE="/nonexistent", AWS_EC2_METADATA_DISABLED="true")
-    expect_failure(no_creds.run("init", f"s3://{BUCKET}/nocreds", check=False), 6, "No S3 credentials")
+    expect_failure(no_creds.run("init", f"s3://{BUCKET}/nocreds", check=False), 16, "No S3 credentials")
 
 
 def test_unreachable_store():

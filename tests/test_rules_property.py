@@ -149,3 +149,26 @@ def test_three_devices_interleaving_saves_and_syncs_converge_and_keep_every_save
     assert all(p == pictures[-1] for p in pictures)
     lost = {token: what for token, what in saved.items() if token not in kept_tokens(fresh.replica)}
     assert not lost, lost
+
+
+def test_the_properties_find_a_planted_rule_bug(monkeypatch):
+    """A property that passes whatever the rules do proves nothing: plant the bug of a
+    save to a file deleted elsewhere being dropped, and the first property must fail."""
+    from hypothesis import Phase
+
+    def drop_saves_of_deleted_files(self, r, op):
+        if not self._exists(r, op["fid"]):
+            return []
+        return original(self, r, op)
+
+    original = Revalidator._update
+    monkeypatch.setattr(Revalidator, "_update", drop_saves_of_deleted_files)
+    inner = test_two_devices_rebased_converge_and_keep_every_save.hypothesis.inner_test
+    planted = settings(max_examples=200, deadline=None, database=None, phases=[Phase.generate])(
+        given(first=st.lists(STEP, max_size=8), second=st.lists(STEP, max_size=8))(inner))
+    try:
+        planted()
+    except AssertionError as failure:
+        assert "laptop wrote" in str(failure) or "desktop wrote" in str(failure) or "base" in str(failure)
+    else:
+        raise AssertionError("the property did not find the planted bug in 200 examples")
