@@ -20,6 +20,14 @@ fi
 
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e ".$extras"
+# Installed already from this checkout, with these extras (or more), and setup.cfg unchanged:
+# nothing to do. A reinstall would replace the package under programs using it (the suite
+# runs this script from its README test while other tests run).
+stamp=".venv/.fusedrive-installed"
+state="$(pwd) $(sha256sum setup.cfg | cut -d' ' -f1)"
+if ! grep -qxF "$state $extras" "$stamp" 2>/dev/null && ! { [ -z "$extras" ] && grep -qxF "$state [test]" "$stamp" 2>/dev/null; }; then
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e ".$extras"
+    echo "$state $extras" > "$stamp"
+fi
 echo "fusedrive is installed: $(pwd)/.venv/bin/fusedrive"

@@ -11,6 +11,8 @@ import trio
 
 from engines import Device, devices, tree
 
+pytestmark = pytest.mark.inprocess
+
 
 def run(scenario) -> None:
     trio.run(scenario)

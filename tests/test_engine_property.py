@@ -14,6 +14,8 @@ examples: FUSEDRIVE_PROPERTY_EXAMPLES=2000.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import uuid
@@ -23,9 +25,11 @@ from hypothesis import HealthCheck, given, seed, settings, strategies as st
 
 from engines import devices, new_volume, tree
 
+pytestmark = pytest.mark.inprocess
+
 DEVICES = ["laptop", "desktop", "phone"]
 NAMES = ["a.txt", "b.txt"]
-EXAMPLES = int(os.environ.get("FUSEDRIVE_PROPERTY_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("FUSEDRIVE_PROPERTY_EXAMPLES", "100"))
 STEP = st.one_of(
     st.tuples(st.just("save"), st.sampled_from(DEVICES), st.sampled_from(NAMES), st.just("")),
     st.tuples(st.just("delete"), st.sampled_from(DEVICES), st.sampled_from(NAMES), st.just("")),

@@ -18,6 +18,7 @@ from test_posix import read, write
 FORMAT_DOC = Path(__file__).parent.parent / "docs" / "format.md"
 
 
+@pytest.mark.inprocess
 def test_format_doc_names_every_op_and_field_the_code_checks():
     doc = FORMAT_DOC.read_text()
     assert f"**{FORMAT_VERSION}**" in doc, "the doc states the current format version"
@@ -34,6 +35,7 @@ def test_format_doc_names_every_op_and_field_the_code_checks():
         assert not missing, f"{kind}: fields not in docs/format.md: {missing}"
 
 
+@pytest.mark.inprocess
 def test_an_entry_is_checked_whole_before_it_is_applied():
     good = {"op": "unlink", "parent": "root", "name": "a", "t": 1}
     assert check_entry(5, [good], FORMAT_VERSION) == [good]

@@ -12,7 +12,11 @@
 import ast
 from pathlib import Path
 
+import pytest
+
 import fusedrive
+
+pytestmark = pytest.mark.inprocess
 
 PACKAGE = Path(fusedrive.__file__).parent
 LAYERS = {"errors": 0, "report": 0, "signals": 0, "crashpoints": 0, "__init__": 0, "store": 1, "engine": 2,

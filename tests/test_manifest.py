@@ -26,6 +26,8 @@ from fusedrive.store import open_store
 from fusedrive.engine.uploader import MAX_PATCH_EXTENTS, build_manifest
 from fusedrive.store.volume import create_volume
 
+pytestmark = pytest.mark.inprocess
+
 MiB = 1024 * 1024
 
 SEEDS = [int(s) for s in os.environ.get("FUSEDRIVE_SEEDS", "1,2,3,4,5,6,7,8").split(",")]

@@ -3,6 +3,8 @@ devices' entries, no mount and no store (fast)."""
 
 from __future__ import annotations
 
+import pytest
+
 import stat
 import time
 
@@ -10,6 +12,8 @@ from fusedrive.engine.journal import Entry
 from fusedrive.engine.rebase import Revalidator
 from fusedrive.engine.replica import Replica
 from fusedrive.engine.tree import ROOT_FID, ROOT_INO
+
+pytestmark = pytest.mark.inprocess
 
 
 def now() -> int:

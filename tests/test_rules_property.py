@@ -10,6 +10,8 @@ the first applies that. Then
 
 from __future__ import annotations
 
+import pytest
+
 import stat
 import time
 import uuid
@@ -20,6 +22,8 @@ from fusedrive.engine.journal import Entry
 from fusedrive.engine.rebase import Revalidator
 from fusedrive.engine.replica import Replica
 from fusedrive.engine.tree import ROOT_FID, ROOT_INO
+
+pytestmark = pytest.mark.inprocess
 
 NAMES = [f"f{i}.txt" for i in range(4)]
 STEP = st.tuples(st.sampled_from(["write", "delete", "rename"]), st.sampled_from(NAMES), st.sampled_from(NAMES))

@@ -16,7 +16,8 @@ from fusedrive.store.memory import MemoryStore
 KINDS = ["memory", "file", "s3"]
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=[pytest.param(kind, marks=[pytest.mark.inprocess] if kind != "s3" else [])
+                        for kind in KINDS])
 def store(request, tmp_path, monkeypatch):
     if request.param == "memory":
         return MemoryStore()
@@ -87,6 +88,7 @@ def test_optional_abilities_are_declared_not_discovered(store):
     assert isinstance(store, StorageClasses) == (kind == "S3Store")
 
 
+@pytest.mark.inprocess
 def test_a_memory_store_cut_off_fails_as_a_store_that_is_down():
     shared = MemoryStore()
     cut = MemoryStore(objects=shared.objects)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -42,12 +43,15 @@ def _ports_free(ports: list[int]) -> bool:
 
 
 def _pick_base() -> int:
+    """A block of free ports below the kernel's ephemeral range: there, the outgoing
+    connections of other test processes (several pytest workers) cannot take one of them
+    between this check and SeaweedFS binding it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
     for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base > 50000:
-            continue
+        base = random.randrange(10000, max(10001, low - 10020))
         ports = [base + i for i in range(9)] + [base + 7 + 10000]
         if _ports_free(ports):
             return base
@@ -84,8 +88,18 @@ class SeaweedServer:
                 self.process.wait(timeout=10)
 
 
-def start_seaweed(directory: Path) -> SeaweedServer:
-    """Start `weed mini` in `directory`; returns once S3 answers and a volume server has joined."""
+def start_seaweed(directory: Path, attempts: int = 3) -> SeaweedServer:
+    """Start `weed mini` in `directory`; returns once S3 answers and a volume server has joined.
+    A start that fails (a port taken meanwhile by another process) is tried again on others."""
+    for attempt in range(attempts - 1):
+        try:
+            return _start_once(directory / f"try-{attempt}" if attempt else directory)
+        except RuntimeError:
+            continue
+    return _start_once(directory / f"try-{attempts - 1}")
+
+
+def _start_once(directory: Path) -> SeaweedServer:
     base = _pick_base()
     s3_port = base + 8
     for sub in ("data", "logs", "run"):
