@@ -5,6 +5,7 @@ Every test ends with the devices agreeing on the whole tree."""
 from __future__ import annotations
 
 import errno
+import inspect
 
 import pytest
 import trio
@@ -14,8 +15,19 @@ from engines import Device, devices, tree
 pytestmark = pytest.mark.inprocess
 
 
-def run(scenario) -> None:
-    trio.run(scenario)
+def on_devices(*names: str):
+    """Run the async test on engines of these devices (its first arguments), in one trio run."""
+    def decorate(test):
+        def run(*args, **kwargs):
+            async def scenario():
+                async with devices(*names) as started:
+                    await test(*started, *args, **kwargs)
+            trio.run(scenario)
+        signature = inspect.signature(test)
+        run.__signature__ = signature.replace(parameters=list(signature.parameters.values())[len(names):])
+        run.__name__, run.__doc__ = test.__name__, test.__doc__
+        return run
+    return decorate
 
 
 def copies(device: Device, path: str = "/") -> list[str]:
@@ -34,223 +46,195 @@ async def agree(*all_devices: Device) -> dict:
     return trees[0]
 
 
-def test_two_devices_save_the_same_file_the_second_becomes_a_conflicted_copy():
-    async def scenario():
-        async with devices("laptop", "desktop") as (laptop, desktop):
-            await laptop.save("/notes.txt", b"v0")
-            await agree(laptop, desktop)
-            desktop.cut_off()
-            await laptop.save("/notes.txt", b"laptop's")
-            await desktop.save("/notes.txt", b"desktop's")
-            await laptop.sync()
-            final = await agree(desktop, laptop)
-            assert final["/notes.txt"] == b"laptop's"  # the first commit wins the name
-            [copy] = copies(laptop)
-            assert copy.startswith("notes (conflicted copy from desktop ") and copy.endswith(").txt")
-            assert final[f"/{copy}"] == b"desktop's"
-    run(scenario)
+@on_devices("laptop", "desktop")
+async def test_two_devices_save_the_same_file_the_second_becomes_a_conflicted_copy(laptop, desktop):
+    await laptop.save("/notes.txt", b"v0")
+    await agree(laptop, desktop)
+    desktop.cut_off()
+    await laptop.save("/notes.txt", b"laptop's")
+    await desktop.save("/notes.txt", b"desktop's")
+    await laptop.sync()
+    final = await agree(desktop, laptop)
+    assert final["/notes.txt"] == b"laptop's"  # the first commit wins the name
+    [copy] = copies(laptop)
+    assert copy.startswith("notes (conflicted copy from desktop ") and copy.endswith(").txt")
+    assert final[f"/{copy}"] == b"desktop's"
 
 
-def test_two_devices_create_the_same_name_the_second_becomes_a_conflicted_copy():
-    async def scenario():
-        async with devices("laptop", "desktop") as (laptop, desktop):
-            desktop.cut_off()
-            await laptop.save("/todo.txt", b"laptop's list")
-            await desktop.save("/todo.txt", b"desktop's list")
-            await laptop.sync()
-            final = await agree(desktop, laptop)
-            [copy] = copies(laptop)
-            assert final["/todo.txt"] == b"laptop's list" and final[f"/{copy}"] == b"desktop's list"
-    run(scenario)
+@on_devices("laptop", "desktop")
+async def test_two_devices_create_the_same_name_the_second_becomes_a_conflicted_copy(laptop, desktop):
+    desktop.cut_off()
+    await laptop.save("/todo.txt", b"laptop's list")
+    await desktop.save("/todo.txt", b"desktop's list")
+    await laptop.sync()
+    final = await agree(desktop, laptop)
+    [copy] = copies(laptop)
+    assert final["/todo.txt"] == b"laptop's list" and final[f"/{copy}"] == b"desktop's list"
 
 
-def test_a_save_by_rename_over_a_file_changed_elsewhere_does_not_replace_it():
-    async def scenario():
-        async with devices("laptop", "desktop") as (laptop, desktop):
-            await laptop.save("/essay.txt", b"draft")
-            await agree(laptop, desktop)
-            desktop.cut_off()
-            await laptop.save("/essay.txt", b"laptop's edit")
-            await desktop.save_by_rename("/essay.txt", b"desktop's edit")
-            await laptop.sync()
-            final = await agree(desktop, laptop)
-            assert final["/essay.txt"] == b"laptop's edit"
-            [copy] = copies(laptop)
-            assert final[f"/{copy}"] == b"desktop's edit"
-    run(scenario)
+@on_devices("laptop", "desktop")
+async def test_a_save_by_rename_over_a_file_changed_elsewhere_does_not_replace_it(laptop, desktop):
+    await laptop.save("/essay.txt", b"draft")
+    await agree(laptop, desktop)
+    desktop.cut_off()
+    await laptop.save("/essay.txt", b"laptop's edit")
+    await desktop.save_by_rename("/essay.txt", b"desktop's edit")
+    await laptop.sync()
+    final = await agree(desktop, laptop)
+    assert final["/essay.txt"] == b"laptop's edit"
+    [copy] = copies(laptop)
+    assert final[f"/{copy}"] == b"desktop's edit"
 
 
-def test_a_save_and_a_delete_on_two_devices_the_file_comes_back_with_the_save():
-    async def scenario():
-        async with devices("laptop", "desktop") as (laptop, desktop):
-            await laptop.save("/plan.txt", b"v1")
-            await agree(laptop, desktop)
-            desktop.cut_off()
-            laptop.delete("/plan.txt")
-            await desktop.save("/plan.txt", b"v2 saved while deleted elsewhere")
-            await laptop.sync()
-            final = await agree(desktop, laptop)
-            assert final["/plan.txt"] == b"v2 saved while deleted elsewhere" and not copies(laptop)
-    run(scenario)
+@on_devices("laptop", "desktop")
+async def test_a_save_and_a_delete_on_two_devices_the_file_comes_back_with_the_save(laptop, desktop):
+    await laptop.save("/plan.txt", b"v1")
+    await agree(laptop, desktop)
+    desktop.cut_off()
+    laptop.delete("/plan.txt")
+    await desktop.save("/plan.txt", b"v2 saved while deleted elsewhere")
+    await laptop.sync()
+    final = await agree(desktop, laptop)
+    assert final["/plan.txt"] == b"v2 saved while deleted elsewhere" and not copies(laptop)
 
 
-def test_a_delete_of_a_file_saved_first_elsewhere_is_dropped():
-    async def scenario():
-        async with devices("laptop", "desktop") as (laptop, desktop):
-            await laptop.save("/plan.txt", b"v1")
-            await agree(laptop, desktop)
-            desktop.cut_off()
-            await laptop.save("/plan.txt", b"v2")
-            await laptop.sync()
-            desktop.delete("/plan.txt")  # of the v1 it saw
-            final = await agree(desktop, laptop)
-            assert final["/plan.txt"] == b"v2"
-    run(scenario)
+@on_devices("laptop", "desktop")
+async def test_a_delete_of_a_file_saved_first_elsewhere_is_dropped(laptop, desktop):
+    await laptop.save("/plan.txt", b"v1")
+    await agree(laptop, desktop)
+    desktop.cut_off()
+    await laptop.save("/plan.txt", b"v2")
+    await laptop.sync()
+    desktop.delete("/plan.txt")  # of the v1 it saw
+    final = await agree(desktop, laptop)
+    assert final["/plan.txt"] == b"v2"
 
 
-def test_a_file_deleted_elsewhere_while_open_and_written_here_comes_back_with_the_write():
-    async def scenario():
-        async with devices("laptop", "desktop") as (laptop, desktop):
-            await laptop.save("/log.txt", b"start")
-            await agree(laptop, desktop)
-            handle = await desktop.open_for_writing("/log.txt")
-            laptop.delete("/log.txt")
-            await laptop.sync()
-            await desktop.pull()
-            assert desktop.lookup("/log.txt") is None  # gone here too, while still open
-            await desktop.write(handle, b"written after the delete")
-            desktop.close(handle)
-            final = await agree(desktop, laptop)
-            assert final["/log.txt"] == b"written after the delete"
-    run(scenario)
+@on_devices("laptop", "desktop")
+async def test_a_file_deleted_elsewhere_while_open_and_written_here_comes_back_with_the_write(laptop, desktop):
+    await laptop.save("/log.txt", b"start")
+    await agree(laptop, desktop)
+    handle = await desktop.open_for_writing("/log.txt")
+    laptop.delete("/log.txt")
+    await laptop.sync()
+    await desktop.pull()
+    assert desktop.lookup("/log.txt") is None  # gone here too, while still open
+    await desktop.write(handle, b"written after the delete")
+    desktop.close(handle)
+    final = await agree(desktop, laptop)
+    assert final["/log.txt"] == b"written after the delete"
 
 
-def test_a_rename_and_a_save_on_two_devices_both_apply():
-    async def scenario():
-        async with devices("laptop", "desktop") as (laptop, desktop):
-            await laptop.save("/draft.txt", b"v1")
-            await agree(laptop, desktop)
-            desktop.cut_off()
-            laptop.rename("/draft.txt", "/final.txt")
-            await desktop.save("/draft.txt", b"v2")
-            await laptop.sync()
-            final = await agree(desktop, laptop)
-            assert final["/final.txt"] == b"v2" and "/draft.txt" not in final
-    run(scenario)
+@on_devices("laptop", "desktop")
+async def test_a_rename_and_a_save_on_two_devices_both_apply(laptop, desktop):
+    await laptop.save("/draft.txt", b"v1")
+    await agree(laptop, desktop)
+    desktop.cut_off()
+    laptop.rename("/draft.txt", "/final.txt")
+    await desktop.save("/draft.txt", b"v2")
+    await laptop.sync()
+    final = await agree(desktop, laptop)
+    assert final["/final.txt"] == b"v2" and "/draft.txt" not in final
 
 
 @pytest.mark.parametrize("other", ["delete", "rename over"])
 @pytest.mark.parametrize("first", ["rename", "other"])
-def test_a_renamed_file_stays_under_its_new_name_whichever_commits_first(first, other):
-    async def scenario():
-        async with devices("laptop", "desktop") as (laptop, desktop):
-            await laptop.save("/a.txt", b"keep me")
-            await laptop.save("/b.txt", b"b")
-            await agree(laptop, desktop)
-            laptop.cut_off()
-            desktop.cut_off()
-            laptop.rename("/a.txt", "/kept.txt")
-            if other == "delete":
-                desktop.delete("/a.txt")
-            else:
-                desktop.rename("/b.txt", "/a.txt")
-            order = (laptop, desktop) if first == "rename" else (desktop, laptop)
-            final = await agree(*order)
-            assert final["/kept.txt"] == b"keep me"
-    run(scenario)
+@on_devices("laptop", "desktop")
+async def test_a_renamed_file_stays_under_its_new_name_whichever_commits_first(laptop, desktop, first, other):
+    await laptop.save("/a.txt", b"keep me")
+    await laptop.save("/b.txt", b"b")
+    await agree(laptop, desktop)
+    laptop.cut_off()
+    desktop.cut_off()
+    laptop.rename("/a.txt", "/kept.txt")
+    if other == "delete":
+        desktop.delete("/a.txt")
+    else:
+        desktop.rename("/b.txt", "/a.txt")
+    order = (laptop, desktop) if first == "rename" else (desktop, laptop)
+    final = await agree(*order)
+    assert final["/kept.txt"] == b"keep me"
 
 
-def test_a_save_deleted_before_it_uploaded_then_a_new_file_of_that_name_is_a_new_file():
-    async def scenario():
-        async with devices("laptop", "desktop") as (laptop, desktop):
-            await laptop.save("/report.txt", b"v1")
-            await agree(laptop, desktop)
-            laptop.cut_off()
-            await laptop.save("/report.txt", b"v2, never uploaded before the delete")
-            laptop.delete("/report.txt")
-            await laptop.save("/report.txt", b"a new report")
-            final = await agree(laptop, desktop)
-            assert final["/report.txt"] == b"a new report" and not copies(laptop)
-            old = laptop.lookup("/report.txt")
-            trashed = laptop.drive.replica.db.execute(
-                "SELECT fid, manifest FROM trash WHERE name=?", (b"report.txt",)).fetchall()
-            assert [fid for fid, _ in trashed] != [old.fid] and trashed, "the deleted save is in the trash"
-    run(scenario)
+@on_devices("laptop", "desktop")
+async def test_a_save_deleted_before_it_uploaded_then_a_new_file_of_that_name_is_a_new_file(laptop, desktop):
+    await laptop.save("/report.txt", b"v1")
+    await agree(laptop, desktop)
+    laptop.cut_off()
+    await laptop.save("/report.txt", b"v2, never uploaded before the delete")
+    laptop.delete("/report.txt")
+    await laptop.save("/report.txt", b"a new report")
+    final = await agree(laptop, desktop)
+    assert final["/report.txt"] == b"a new report" and not copies(laptop)
+    old = laptop.lookup("/report.txt")
+    trashed = laptop.drive.replica.db.execute(
+        "SELECT fid, manifest FROM trash WHERE name=?", (b"report.txt",)).fetchall()
+    assert [fid for fid, _ in trashed] != [old.fid] and trashed, "the deleted save is in the trash"
 
 
-def test_a_save_deleted_before_it_uploaded_while_another_device_saved_becomes_a_conflicted_copy():
-    async def scenario():
-        async with devices("laptop", "desktop") as (laptop, desktop):
-            await laptop.save("/report.txt", b"v1")
-            await agree(laptop, desktop)
-            laptop.cut_off()
-            await laptop.save("/report.txt", b"laptop's last save")
-            laptop.delete("/report.txt")
-            await desktop.save("/report.txt", b"desktop's save")
-            await desktop.sync()
-            final = await agree(laptop, desktop)
-            assert final["/report.txt"] == b"desktop's save"
-            [copy] = copies(laptop)
-            assert final[f"/{copy}"] == b"laptop's last save"
-    run(scenario)
+@on_devices("laptop", "desktop")
+async def test_a_save_deleted_before_it_uploaded_while_another_device_saved_becomes_a_conflicted_copy(laptop, desktop):
+    await laptop.save("/report.txt", b"v1")
+    await agree(laptop, desktop)
+    laptop.cut_off()
+    await laptop.save("/report.txt", b"laptop's last save")
+    laptop.delete("/report.txt")
+    await desktop.save("/report.txt", b"desktop's save")
+    await desktop.sync()
+    final = await agree(laptop, desktop)
+    assert final["/report.txt"] == b"desktop's save"
+    [copy] = copies(laptop)
+    assert final[f"/{copy}"] == b"laptop's last save"
 
 
-def test_a_file_created_in_a_directory_deleted_elsewhere_brings_the_directory_back():
-    async def scenario():
-        async with devices("laptop", "desktop") as (laptop, desktop):
-            laptop.mkdir("/project")
-            await agree(laptop, desktop)
-            desktop.cut_off()
-            laptop.delete("/project")
-            await desktop.save("/project/new.txt", b"made in a folder deleted elsewhere")
-            await laptop.sync()
-            final = await agree(desktop, laptop)
-            assert final["/project"] is None and final["/project/new.txt"] == b"made in a folder deleted elsewhere"
-    run(scenario)
+@on_devices("laptop", "desktop")
+async def test_a_file_created_in_a_directory_deleted_elsewhere_brings_the_directory_back(laptop, desktop):
+    laptop.mkdir("/project")
+    await agree(laptop, desktop)
+    desktop.cut_off()
+    laptop.delete("/project")
+    await desktop.save("/project/new.txt", b"made in a folder deleted elsewhere")
+    await laptop.sync()
+    final = await agree(desktop, laptop)
+    assert final["/project"] is None and final["/project/new.txt"] == b"made in a folder deleted elsewhere"
 
 
-def test_removing_a_directory_that_gained_entries_elsewhere_is_dropped():
-    async def scenario():
-        async with devices("laptop", "desktop") as (laptop, desktop):
-            laptop.mkdir("/photos")
-            await agree(laptop, desktop)
-            desktop.cut_off()
-            await laptop.save("/photos/beach.jpg", b"jpeg")
-            await laptop.sync()
-            desktop.delete("/photos")  # empty here
-            final = await agree(desktop, laptop)
-            assert final["/photos/beach.jpg"] == b"jpeg"
-    run(scenario)
+@on_devices("laptop", "desktop")
+async def test_removing_a_directory_that_gained_entries_elsewhere_is_dropped(laptop, desktop):
+    laptop.mkdir("/photos")
+    await agree(laptop, desktop)
+    desktop.cut_off()
+    await laptop.save("/photos/beach.jpg", b"jpeg")
+    await laptop.sync()
+    desktop.delete("/photos")  # empty here
+    final = await agree(desktop, laptop)
+    assert final["/photos/beach.jpg"] == b"jpeg"
 
 
-def test_crossed_directory_renames_that_would_form_a_cycle_the_later_is_dropped():
-    async def scenario():
-        async with devices("laptop", "desktop") as (laptop, desktop):
-            laptop.mkdir("/a")
-            laptop.mkdir("/b")
-            await agree(laptop, desktop)
-            desktop.cut_off()
-            laptop.rename("/a", "/b/a")
-            desktop.rename("/b", "/a/b")
-            await laptop.sync()
-            final = await agree(desktop, laptop)
-            assert "/b/a" in final and "/a/b" not in final and "/b" in final
-    run(scenario)
+@on_devices("laptop", "desktop")
+async def test_crossed_directory_renames_that_would_form_a_cycle_the_later_is_dropped(laptop, desktop):
+    laptop.mkdir("/a")
+    laptop.mkdir("/b")
+    await agree(laptop, desktop)
+    desktop.cut_off()
+    laptop.rename("/a", "/b/a")
+    desktop.rename("/b", "/a/b")
+    await laptop.sync()
+    final = await agree(desktop, laptop)
+    assert "/b/a" in final and "/a/b" not in final and "/b" in final
 
 
-def test_the_namespace_refuses_what_posix_refuses():
+@on_devices("laptop")
+async def test_the_namespace_refuses_what_posix_refuses(laptop):
     """The engine's own checks, for every front end (the mount's errnos are tested mounted)."""
-    async def scenario():
-        async with devices("laptop") as (laptop,):
-            laptop.mkdir("/d")
-            await laptop.save("/d/f.txt", b"x")
-            for action, code in [(lambda: laptop.mkdir("/d"), errno.EEXIST),
-                                 (lambda: laptop.delete("/missing"), errno.ENOENT),
-                                 (lambda: laptop.namespace.remove(laptop.lookup("/").ino, b"d", want_dir=True),
-                                  errno.ENOTEMPTY),
-                                 (lambda: laptop.rename("/d", "/d/inside"), errno.EINVAL),
-                                 (lambda: laptop.mkdir("/" + "n" * 256), errno.ENAMETOOLONG)]:
-                with pytest.raises(OSError) as raised:
-                    action()
-                assert raised.value.errno == code
-    run(scenario)
+    laptop.mkdir("/d")
+    await laptop.save("/d/f.txt", b"x")
+    for action, code in [(lambda: laptop.mkdir("/d"), errno.EEXIST),
+                         (lambda: laptop.delete("/missing"), errno.ENOENT),
+                         (lambda: laptop.namespace.remove(laptop.lookup("/").ino, b"d", want_dir=True),
+                          errno.ENOTEMPTY),
+                         (lambda: laptop.rename("/d", "/d/inside"), errno.EINVAL),
+                         (lambda: laptop.mkdir("/" + "n" * 256), errno.ENAMETOOLONG)]:
+        with pytest.raises(OSError) as raised:
+            action()
+        assert raised.value.errno == code
