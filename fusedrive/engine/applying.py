@@ -1,6 +1,13 @@
 """Applying journal operations to the replica's tables: the only code that changes the
 tree. Deterministic, so replaying the journal on a fresh device rebuilds exactly the
-same tree. A mixin of `Replica` (it works on the replica's connection)."""
+same tree. A mixin of `Replica` (it works on the replica's connection).
+
+History follows the path (entries of format 3 on): a regular file renamed over another
+continues that file's history (`lineage`), which then leaves without a trash entry, since
+nobody deleted it; a regular file created where another left its name (renamed away or
+deleted) within SUCCESSION_NS continues that one's history too (vim's save: the original
+renamed to a backup, a new file written, the backup deleted — and a later delete of a file
+whose history goes on elsewhere is no trash entry either)."""
 
 from __future__ import annotations
 
@@ -12,11 +19,14 @@ import stat
 from ..errors import UnknownOperation
 from .tree import ROOT_FID, ROOT_INO, Inode, name_from_json
 
+SUCCESSION_NS = 60 * 10**9
+
 
 class Applying:
     """The tree's operations, one `_op_<kind>` per journal op kind (docs/format.md)."""
 
     db: sqlite3.Connection
+    path_history = True  # the rules of format 3 (Replica sets it per entry applied)
 
     def apply(self, op: dict) -> None:
         handler = getattr(self, f"_op_{op.get('op')}", None)
@@ -41,12 +51,71 @@ class Applying:
         if is_dir:
             self.db.execute("UPDATE inodes SET nlink = nlink + 1 WHERE ino=?", (parent,))
 
-    def _drop_dentry(self, parent: int, name: bytes, t: int) -> None:
+    def _succeed_departed(self, op: dict) -> None:
+        """A new file where a file left this name a moment ago continues its history."""
+        row = self.db.execute("SELECT fid, t FROM departed WHERE parent=? AND name=?",
+                              (op["parent"], name_from_json(op["name"]))).fetchone()
+        if row is not None and op["t"] - row[1] <= SUCCESSION_NS:
+            self._succeed(op["fid"], row[0])
+
+    def _succeed(self, fid: str, predecessor: str, replacing: bool = False) -> None:
+        """`fid` continues the history of `predecessor` (never in a cycle). A file has one
+        predecessor: the first one found, unless it now replaces a file by rename (the
+        surest sign of a save)."""
+        if fid in self.history_chain(predecessor):
+            return
+        # the path's version numbers go on after the predecessor's last one (kept here, so that
+        # gc pruning it does not move them; a save of it still on its way moves them up)
+        last = self.db.execute("SELECT coalesce(max(version), 0) FROM versions WHERE fid=?", (predecessor,)).fetchone()
+        verb = "REPLACE" if replacing else "IGNORE"
+        self.db.execute(f"INSERT OR {verb} INTO lineage(fid, predecessor, predecessor_last) VALUES(?, ?, ?)",
+                        (fid, predecessor, last[0]))
+
+    def history_base(self, fid: str) -> int:
+        """What the path's version numbers of `fid` start after: the versions of the files
+        it continues."""
+        base, seen = 0, {fid}
+        while (row := self.db.execute("SELECT predecessor, predecessor_last FROM lineage WHERE fid=?",
+                                      (fid,)).fetchone()) and row[0] not in seen:
+            base += row[1]
+            fid = row[0]
+            seen.add(fid)
+        return base
+
+    def _depart(self, parent: int, name: bytes, node: Inode, t: int) -> None:
+        """A regular file left this name: a new file there soon after continues its history."""
+        if self.path_history and node.is_reg:
+            self.db.execute("INSERT OR REPLACE INTO departed(parent, name, fid, t) VALUES("
+                            "(SELECT fid FROM inodes WHERE ino=?), ?, ?, ?)", (parent, name, node.fid, t))
+
+    def successor_of(self, fid: str) -> str | None:
+        row = self.db.execute("SELECT fid FROM lineage WHERE predecessor=?", (fid,)).fetchone()
+        return row[0] if row else None
+
+    def history_head(self, fid: str) -> str:
+        """The file whose history `fid`'s goes on in (itself, if none does)."""
+        seen = [fid]
+        while (successor := self.successor_of(seen[-1])) is not None and successor not in seen:
+            seen.append(successor)
+        return seen[-1]
+
+    def history_chain(self, fid: str) -> list[str]:
+        """`fid` and the files whose history it continues, newest first."""
+        chain = [fid]
+        while (row := self.db.execute("SELECT predecessor FROM lineage WHERE fid=?", (chain[-1],)).fetchone()) \
+                and row[0] not in chain:
+            chain.append(row[0])
+        return chain
+
+    def _drop_dentry(self, parent: int, name: bytes, t: int, replaced_by: Inode | None = None) -> None:
+        """A name goes. `replaced_by`: the file a rename puts there instead."""
         ino = self.lookup(parent, name)
         node = self.inode(ino) if ino is not None else None
         self.db.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent, name))
         if node is None:
             return
+        if replaced_by is None:
+            self._depart(parent, name, node, t)
         self.db.execute("UPDATE inodes SET ctime_ns=? WHERE ino=?", (t, ino))
         # A directory's own "." link goes with its last name.
         drop = 2 if node.is_dir else 1
@@ -54,7 +123,10 @@ class Applying:
         if node.is_dir:
             self.db.execute("UPDATE inodes SET nlink = nlink - 1 WHERE ino=?", (parent,))
         if node.nlink - drop <= 0:
-            self._to_trash(node, parent, name, t)
+            if self.path_history and replaced_by is not None and node.is_reg and replaced_by.is_reg:
+                self._succeed(replaced_by.fid, node.fid, replacing=True)  # a save by rename: history, not trash
+            if not (self.path_history and node.is_reg and self.successor_of(node.fid)):
+                self._to_trash(node, parent, name, t)
             if not self.in_use(ino):
                 self.forget_inode(ino)
 
@@ -90,6 +162,8 @@ class Applying:
         # and is no longer in the trash.
         self.db.execute("DELETE FROM inodes WHERE ino=?", (ino,))
         self.db.execute("DELETE FROM trash WHERE fid=?", (op["fid"],))
+        if self.path_history and stat.S_ISREG(mode):
+            self._succeed_departed(op)
         self.db.execute(
             "INSERT INTO inodes(ino, fid, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target)"
             " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -140,9 +214,11 @@ class Applying:
         else:
             if target == ino:
                 return
+            moving = self.inode(ino)
+            self._depart(old_parent, old_name, moving, t)
             if target is not None:
-                self._drop_dentry(new_parent, new_name, t)
-            is_dir = self.inode(ino).is_dir
+                self._drop_dentry(new_parent, new_name, t, replaced_by=moving)
+            is_dir = moving.is_dir
             self.db.execute(
                 "UPDATE dentries SET parent=?, name=? WHERE parent=? AND name=?",
                 (new_parent, new_name, old_parent, old_name),
@@ -179,10 +255,17 @@ class Applying:
             "INSERT INTO versions(fid, version, manifest, size, mtime_ns, t, device) VALUES(?, "
             "(SELECT coalesce(max(version), 0) + 1 FROM versions WHERE fid=?), ?, ?, ?, ?, ?)",
             (op["fid"], op["fid"], manifest, op["size"], op["mtime_ns"], op["t"], op.get("device")))
+        # a save of a file whose history already goes on in another (it arrived after the rename)
+        self.db.execute("UPDATE lineage SET predecessor_last = max(predecessor_last, "
+                        "(SELECT max(version) FROM versions WHERE fid=?)) WHERE predecessor=?",
+                        (op["fid"], op["fid"]))
 
     def _op_prune(self, op: dict) -> None:
-        """gc: old versions the retention policy lets go (never a file's newest)."""
+        """gc: old versions the retention policy lets go (never a file's newest; a file whose
+        history goes on in another has no newest of its own: the path's newest is there)."""
         newest = self.db.execute("SELECT max(version) FROM versions WHERE fid=?", (op["fid"],)).fetchone()[0]
+        if self.path_history and self.successor_of(op["fid"]) is not None:
+            newest = (newest or 0) + 1
         self.db.executemany("DELETE FROM versions WHERE fid=? AND version=? AND version < ?",
                             [(op["fid"], v, newest) for v in op["versions"]])
 
@@ -202,9 +285,13 @@ class Applying:
     def in_trash(self, fid: str) -> bool:
         return self.db.execute("SELECT 1 FROM trash WHERE fid=?", (fid,)).fetchone() is not None
 
-    def trashed_content(self, fid: str) -> dict | None:
-        """A trashed file's last content, as the fields of an update op."""
+    def last_content(self, fid: str) -> dict | None:
+        """A file gone from the tree: its last content, as the fields of an update op — from
+        its trash entry, or, replaced by a save by rename, from its newest version."""
         row = self.db.execute("SELECT manifest, size, mtime_ns FROM trash WHERE fid=?", (fid,)).fetchone()
+        if row is None and self.successor_of(fid) is not None:
+            row = self.db.execute("SELECT manifest, size, mtime_ns FROM versions WHERE fid=? ORDER BY version DESC "
+                                  "LIMIT 1", (fid,)).fetchone()
         return {"manifest": json.loads(row[0]), "size": row[1], "mtime_ns": row[2]} if row else None
 
     def _op_purge(self, op: dict) -> None:

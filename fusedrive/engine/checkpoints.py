@@ -52,8 +52,11 @@ def dump_state(replica: Replica) -> dict:
              for fid, parent, name, *rest, target, deleted in db.execute(
                  "SELECT fid, parent, name, mode, uid, gid, size, mtime_ns, manifest, target, deleted_t FROM trash")]
     archived = [list(row) for row in db.execute("SELECT block, storage_class FROM archived")]
+    lineage = [list(row) for row in db.execute("SELECT fid, predecessor, predecessor_last FROM lineage")]
+    departed = [[parent, name_to_json(name), fid, t] for parent, name, fid, t in db.execute(
+        "SELECT parent, name, fid, t FROM departed")]
     return {"seq": replica.applied_seq, "inodes": inodes, "dentries": dentries, "xattrs": xattrs,
-            "versions": versions, "trash": trash, "archived": archived}
+            "versions": versions, "trash": trash, "archived": archived, "lineage": lineage, "departed": departed}
 
 
 def load_state(replica: Replica, state: dict) -> None:
@@ -81,6 +84,10 @@ def load_state(replica: Replica, state: dict) -> None:
                        [(fid, parent, name_from_json(name), *rest, None if target is None else name_from_json(target),
                          deleted) for fid, parent, name, *rest, target, deleted in state.get("trash", [])])
         db.executemany("INSERT INTO archived(block, storage_class) VALUES(?, ?)", state.get("archived", []))
+        db.executemany("INSERT INTO lineage(fid, predecessor, predecessor_last) VALUES(?, ?, ?)",
+                       state.get("lineage", []))
+        db.executemany("INSERT INTO departed(parent, name, fid, t) VALUES(?, ?, ?, ?)",
+                       [(parent, name_from_json(name), fid, t) for parent, name, fid, t in state.get("departed", [])])
         replica.set_state("applied_seq", state["seq"])
         replica.set_state("checkpoint_seq", state["seq"])
 
@@ -118,7 +125,7 @@ def replay_to_head(volume: Volume, replica: Replica, progress: Progress | None =
     start = replica.applied_seq
     bar = progress("reading the journal", len(journal.seqs_after(start))) if progress else None
     for entry in journal.entries_after(start):
-        replica.apply_remote(entry.seq, entry.ops)
+        replica.apply_remote(entry.seq, entry.ops, entry.format)
         if bar is not None:
             bar.update(1)
     if bar is not None:

@@ -23,11 +23,12 @@ from .tree import ROOT_FID, ROOT_INO, name_from_json, name_to_json
 
 @dataclass
 class Version:
-    number: int
+    number: int  # along the path's history, from 1
     saved_ns: int
     device: str | None
     size: int
     manifest: list
+    fid: str = ""  # the file that had it (the path's earlier files, when programs saved by rename)
 
     def label(self) -> str:
         """How the version is named in listings and in .fusedrive/history."""
@@ -67,9 +68,15 @@ def resolve(replica: Replica, path: str) -> int:
 
 
 def versions(replica: Replica, fid: str) -> list[Version]:
-    rows = replica.db.execute(
-        "SELECT version, t, device, size, manifest FROM versions WHERE fid=? ORDER BY version", (fid,))
-    return [Version(n, t, device, size, json.loads(manifest)) for n, t, device, size, manifest in rows]
+    """Every kept version of the file's path, oldest first: its own and those of the files
+    it continues (a save by rename replaces the file; the history goes on)."""
+    found = []
+    for member in reversed(replica.history_chain(fid)):
+        base = replica.history_base(member)
+        found += [Version(base + n, t, device, size, json.loads(manifest), member) for n, t, device, size, manifest
+                  in replica.db.execute("SELECT version, t, device, size, manifest FROM versions WHERE fid=? "
+                                        "ORDER BY version", (member,))]
+    return sorted(found, key=lambda v: (v.number, v.saved_ns))
 
 
 def version(replica: Replica, fid: str, number: int) -> Version:

@@ -39,6 +39,7 @@ class Entry:
     ops: list[dict]
     commit_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     time: float = field(default_factory=time.time)
+    format: int = FORMAT_VERSION  # of the build that wrote it (its rules apply to it)
 
 
 class Journal:
@@ -58,8 +59,8 @@ class Journal:
         body = self.volume.unseal(entry_key(seq), blob, f"Journal entry {seq}")
         try:
             data = json.loads(zstandard.decompress(body))
-            entry = Entry(seq, data["device"], data["ops"], data["commit_id"], data["time"])
             entry_format = int(data.get("format", 1))  # entries before format 2 do not say
+            entry = Entry(seq, data["device"], data["ops"], data["commit_id"], data["time"], entry_format)
         except (ValueError, KeyError, TypeError, zstandard.ZstdError) as exc:
             raise IntegrityError(f"Journal entry {seq} is malformed.") from exc
         check_entry(seq, entry.ops, entry_format)

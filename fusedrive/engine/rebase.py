@@ -193,13 +193,13 @@ class Revalidator:
         return revival + [op]
 
     def _revive_to_rename(self, r: Replica, op: dict) -> list[dict]:
-        """Bring back a regular file another device deleted, where it was and with the content
-        it had (from its trash entry), for the rename to move it: the rename's source becomes
-        that place. A conflicted-copy name it may get there is not told to the user: it does
-        not stay under it."""
+        """Bring back a regular file another device deleted (or saved over), where it was and
+        with the content it had (its trash entry, or its last version), for the rename to move
+        it: the rename's source becomes that place. A conflicted-copy name it may get there is
+        not told to the user: it does not stay under it."""
         locations = r.known_locations(op["fid"])
         where = locations.get(op["fid"])
-        content = r.trashed_content(op["fid"])
+        content = r.last_content(op["fid"])
         if where is None or not stat.S_ISREG(where["mode"]) or content is None:
             return []
         revival = self.revive_file(r, op["fid"], locations, op["t"])
@@ -232,8 +232,8 @@ class Revalidator:
             op["base"] = r.inode(r.ino_of(fid)).version
             return [op]
         if not self._exists(r, fid):
-            if op.get("trash"):  # deleted here before it uploaded: into its trash entry, if still there
-                if r.in_trash(fid):
+            if op.get("trash"):  # deleted here before it uploaded: into its trash entry (or path history)
+                if r.in_trash(fid) or r.successor_of(fid) is not None:
                     return [op]
                 log.warning("a save of deleted file %s is dropped: its trash entry is gone", fid)
                 return []

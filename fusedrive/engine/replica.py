@@ -21,6 +21,8 @@ from .applying import Applying
 from .manifest import BlockRef, block_refs
 from .tree import ROOT_FID, ROOT_INO, SCHEMA, Inode, fids_of, name_to_json, undo_triggers
 
+PATH_HISTORY_FORMAT = 3  # entries from this format on: history follows the path (applying.py)
+
 
 @dataclass
 class Rebased:
@@ -225,9 +227,13 @@ class Replica(Applying):
             referenced = {fid for _, ops in rows for op in json.loads(ops) for fid in fids_of(op)} | watched
             self.base_locations = self._locations(referenced)
             for entry in entries:
-                for op in entry.ops:
-                    self.apply(op)
-                    applied.append(op)
+                self.path_history = entry.format >= PATH_HISTORY_FORMAT
+                try:
+                    for op in entry.ops:
+                        self.apply(op)
+                        applied.append(op)
+                finally:
+                    self.path_history = True
                 self.set_state("applied_seq", entry.seq)
             for fid in named_here:
                 if fid in self.base_locations and self.location_of(fid) is None:
@@ -327,10 +333,15 @@ class Replica(Applying):
             "WHERE i.fid=? LIMIT 1", (fid,)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def apply_remote(self, seq: int, ops: Iterable[dict]) -> None:
+    def apply_remote(self, seq: int, ops: Iterable[dict], entry_format: int = PATH_HISTORY_FORMAT) -> None:
+        """Apply one journal entry's ops (by the rules of the format that wrote it)."""
         with self:
-            for op in ops:
-                self.apply(op)
+            self.path_history = entry_format >= PATH_HISTORY_FORMAT
+            try:
+                for op in ops:
+                    self.apply(op)
+            finally:
+                self.path_history = True
             self.set_state("applied_seq", seq)
 
     # --- dirty files (staged content not yet uploaded) --------------------------------

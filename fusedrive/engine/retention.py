@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, fields
+from typing import Hashable, TypeVar
 
 from ..store import NotFound
 from ..store.volume import Volume
@@ -30,8 +31,12 @@ class Retention:
                 f"trash kept {self.trash_days:g} days")
 
 
-def thin(versions: list[tuple[int, float]], current: int, policy: Retention, now: float) -> set[int]:
-    """The versions to drop, from (version number, time saved) of one file."""
+V = TypeVar("V", bound=Hashable)
+
+
+def thin(versions: list[tuple[V, float]], current: V, policy: Retention, now: float) -> set[V]:
+    """The versions to drop, from (version, time saved) of one file's (or one path's) history;
+    a version is whatever names it (a number, or a (file, number) along a path)."""
     kept: list[int] = []
     days_kept: set[int] = set()
     drop: set[int] = set()

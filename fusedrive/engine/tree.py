@@ -35,6 +35,10 @@ CREATE TABLE IF NOT EXISTS versions(fid TEXT NOT NULL, version INTEGER NOT NULL,
 CREATE TABLE IF NOT EXISTS trash(fid TEXT PRIMARY KEY, parent TEXT NOT NULL, name BLOB NOT NULL,
     mode INTEGER NOT NULL, uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, manifest TEXT NOT NULL, target BLOB, deleted_t INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS lineage(fid TEXT PRIMARY KEY, predecessor TEXT NOT NULL, predecessor_last INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS lineage_by_predecessor ON lineage(predecessor);
+CREATE TABLE IF NOT EXISTS departed(parent TEXT NOT NULL, name BLOB NOT NULL, fid TEXT NOT NULL, t INTEGER NOT NULL,
+    PRIMARY KEY(parent, name));
 CREATE TABLE IF NOT EXISTS archived(block TEXT PRIMARY KEY, storage_class TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS vanished(fid TEXT PRIMARY KEY, locations TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS fid_inos(ino INTEGER PRIMARY KEY AUTOINCREMENT, fid TEXT UNIQUE NOT NULL);
@@ -50,6 +54,8 @@ TREE_TABLES = {
     "xattrs": ["ino", "name", "value"],
     "versions": ["fid", "version", "manifest", "size", "mtime_ns", "t", "device"],
     "trash": ["fid", "parent", "name", "mode", "uid", "gid", "size", "mtime_ns", "manifest", "target", "deleted_t"],
+    "lineage": ["fid", "predecessor", "predecessor_last"],
+    "departed": ["parent", "name", "fid", "t"],
 }
 
 

@@ -202,9 +202,9 @@ class Uploads:
             if revival:
                 ops = [*revival, dict(update, base=0)]
             elif node.nlink <= 0:
-                if not self.replica.in_trash(fid):
+                if not self._keeps_nameless(fid):
                     return False
-                ops = [dict(update, trash=True)]
+                ops = [dict(update, trash=True)]  # into its trash entry, or its path's history
             else:  # another device's save may have arrived since this edit began: the conflict rule
                 ops = rules(self.replica, update)
             self.replica.record(*ops)
@@ -240,8 +240,10 @@ class Uploads:
 
     def _keeps_nameless(self, fid: str) -> bool:
         """A file with no name left still uploads its last save: back where it was if
-        another device deleted it while it was written here, else into its trash entry."""
-        return bool(self.replica.vanished_locations(fid)) or self.replica.in_trash(fid)
+        another device deleted it while it was written here, else into its trash entry, or
+        into the history of the file that replaced it (a program saved over it by rename)."""
+        return bool(self.replica.vanished_locations(fid)) or self.replica.in_trash(fid) \
+            or self.replica.successor_of(fid) is not None
 
     def _revival(self, node: Inode) -> list[dict]:
         """Operations that bring back a file another device deleted while it was open and

@@ -26,7 +26,7 @@ FORMAT = "fusedrive-volume"
 # The format this build writes and reads (docs/format.md says what each version changed), and
 # the lowest reader a volume it creates needs. A volume whose header asks for a newer reader
 # is refused with one sentence; entries say which format wrote them.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 READER_VERSION = 2
 HEADER_KEY = "volume"
 DEFAULT_CHUNKING = {"min": 256 * 1024, "avg": 1024 * 1024, "max": 4 * 1024 * 1024}

@@ -17,6 +17,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from ..engine import history
 from ..engine.blocks import BLOCKS, PACKS, BlockStore, object_key, stored_objects
 from ..engine.checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from ..errors import FusedriveError
@@ -63,7 +64,24 @@ def check_tree(replica: Replica) -> list[str]:
             covered = sum(piece.length for piece in pieces(node.extents()))
             if covered != node.size:
                 problems.append(f"{where} has size {node.size} but its blocks cover {covered} bytes.")
-    return problems + _pieces_outside_their_blocks(replica)
+    return problems + _pieces_outside_their_blocks(replica) + _path_histories(replica)
+
+
+def _path_histories(replica: Replica) -> list[str]:
+    """Each file continues at most one history, with no loop, and its path's version
+    numbers are each one version (history, restore and the history tree rely on it)."""
+    problems = []
+    for fid, predecessor in replica.db.execute("SELECT fid, predecessor FROM lineage"):
+        chain = replica.history_chain(fid)
+        tail = replica.db.execute("SELECT predecessor FROM lineage WHERE fid=?", (chain[-1],)).fetchone()
+        if tail is not None:
+            problems.append(f"The history of file {fid} loops (through {tail[0]}).")
+            continue
+        if fid == replica.history_head(fid):
+            numbers = [v.number for v in history.versions(replica, fid)]
+            if len(numbers) != len(set(numbers)):
+                problems.append(f"The path history of file {fid} numbers two versions alike.")
+    return problems
 
 
 def _pieces_outside_their_blocks(replica: Replica) -> list[str]:
@@ -82,7 +100,8 @@ def snapshot(replica: Replica) -> list[tuple]:
     """What a user sees of the tree, its history and its trash, for comparing two replicas."""
     rows: list[tuple] = [tuple(row) for query in ("SELECT * FROM versions ORDER BY fid, version",
                                                   "SELECT * FROM trash ORDER BY fid",
-                                                  "SELECT * FROM archived ORDER BY block")
+                                                  "SELECT * FROM archived ORDER BY block",
+                                                  "SELECT * FROM lineage ORDER BY fid")
                          for row in replica.db.execute(query)]
     for path, node in replica.walk():
         xattrs = [(name, replica.xattr(node.ino, name)) for name in replica.xattr_names(node.ino)]
@@ -147,7 +166,7 @@ def fsck(journal: Journal, blocks: BlockStore, local_replica: Path | None, verif
             break
         try:
             entry = journal.read(seq)
-            scratch.apply_remote(seq, entry.ops)
+            scratch.apply_remote(seq, entry.ops, entry.format)
         except FusedriveError as exc:
             problems.append(str(exc))
             break

@@ -52,14 +52,14 @@ class GcReport:
 def retention_ops(replica: Replica, policy: Retention, now: float) -> list[dict]:
     """The prune and purge operations the policy asks for at `now`."""
     t = int(now * 1e9)
-    by_file: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    by_path: dict[str, list[tuple[tuple[str, int], float]]] = defaultdict(list)  # one history per path
     for fid, number, saved in replica.db.execute("SELECT fid, version, t FROM versions"):
-        by_file[fid].append((number, saved / 1e9))
-    ops = []
-    for fid, kept in sorted(by_file.items()):
-        drop = thin(kept, max(n for n, _ in kept), policy, now)
-        if drop:
-            ops.append({"op": "prune", "fid": fid, "versions": sorted(drop), "t": t})
+        by_path[replica.history_head(fid)].append(((fid, number), saved / 1e9))
+    drops: dict[str, list[int]] = defaultdict(list)
+    for kept in by_path.values():
+        for fid, number in thin(kept, max(kept, key=lambda v: (v[1], v[0]))[0], policy, now):
+            drops[fid].append(number)
+    ops = [{"op": "prune", "fid": fid, "versions": sorted(numbers), "t": t} for fid, numbers in sorted(drops.items())]
     deleted_at = {fid: deleted / 1e9 for fid, deleted in replica.db.execute("SELECT fid, deleted_t FROM trash")}
     expired = expired_trash(deleted_at, policy, now)
     if expired:
@@ -69,7 +69,7 @@ def retention_ops(replica: Replica, policy: Retention, now: float) -> list[dict]
 
 def _catch_up(journal: Journal, replica: Replica) -> None:
     for entry in journal.entries_after(replica.applied_seq):
-        replica.apply_remote(entry.seq, entry.ops)
+        replica.apply_remote(entry.seq, entry.ops, entry.format)
 
 
 def append_at_head(journal: Journal, replica: Replica, make_ops: Callable[[], list[dict]], device: str) -> list[dict]:
