@@ -429,6 +429,61 @@ def cmd_share(args) -> int:
     return 0
 
 
+def _paths_in_one_mount(paths: list[str]) -> tuple[str, list[str]]:
+    entry = control.mount_containing(paths[0])
+    real = [os.path.realpath(path) for path in paths]
+    for path in real[1:]:
+        if control.mount_containing(path)["mountpoint"] != entry["mountpoint"]:
+            raise UsageError("Give paths of one mount at a time.")
+    return entry["mountpoint"], real
+
+
+def cmd_pin(args) -> int:
+    from . import report
+
+    mountpoint, paths = _paths_in_one_mount(args.paths)
+    bar = None
+    answer: dict = {}
+    for answer in control.stream(mountpoint, "pin", timeout=None, paths=paths, wait=not args.no_wait):
+        if "progress" in answer:
+            if bar is None:
+                bar = progress("downloading", answer["total"], "B")
+            bar.total = answer["total"]
+            bar.n = answer["progress"]
+            bar.refresh()
+    if bar is not None:
+        bar.close()
+    state = answer["pins"]
+    print(report.pins_line(state))
+    return 1 if state["pinned_files_waiting"] else 0
+
+
+def cmd_unpin(args) -> int:
+    mountpoint, paths = _paths_in_one_mount(args.paths)
+    control.request(mountpoint, "unpin", timeout=60, paths=paths)
+    print("Unpinned: the cache may let that content go when it needs room.")
+    return 0
+
+
+def cmd_pins(args) -> int:
+    import json
+
+    from . import report
+
+    entry = control.choose_mount(args.mountpoint)
+    answer = control.request(entry["mountpoint"], "pins", timeout=60)
+    answer.pop("ok", None)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    if not answer["pins"]:
+        print("Nothing is pinned.")
+    for pin in answer["pins"]:
+        print(pin["path"] + ("/" if pin["folder"] else ""))
+    print(report.pins_line(answer))
+    return 0
+
+
 def cmd_shares(args) -> int:
     import json
 
@@ -818,6 +873,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expires", default="7d", help="how long the link works: 30m, 12h, 7d (default 7d, the "
                    "most S3 allows)")
     p.set_defaults(func=cmd_share)
+
+    p = sub.add_parser("pin", help="keep files available offline", description="Download PATH (a file or a "
+                       "folder, with everything any device adds to it later) now, keep it current as other devices "
+                       "change it, and never evict it from the cache. Waits until it is all on this device (a "
+                       "progress bar in a terminal); exit 1 if some of it still waits for the store.")
+    p.add_argument("paths", metavar="PATH", nargs="+")
+    p.add_argument("--no-wait", action="store_true", help="return at once; the download goes on in the background")
+    p.set_defaults(func=cmd_pin)
+
+    p = sub.add_parser("unpin", help="stop keeping files available offline", description="The cache may evict "
+                       "PATH's content again when it needs room.")
+    p.add_argument("paths", metavar="PATH", nargs="+")
+    p.set_defaults(func=cmd_unpin)
+
+    p = sub.add_parser("pins", help="list what is kept available offline", description="List the pinned files "
+                       "and folders of a mount, and whether all of it is on this device.")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?", help="needed when several mounts run")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_pins)
 
     p = sub.add_parser("shares", help="list share links", description="List the volume's share links, with "
                        "their expiry.")

@@ -72,6 +72,18 @@ def verdict(status: dict) -> str:
     return line + "."
 
 
+def pins_line(state: dict) -> str:
+    """What is pinned and whether it is all here, in one line."""
+    if not state.get("pinned"):
+        return "pinned: nothing"
+    line = f"pinned: {state['pinned_files']:,} files, {human_bytes(state['pinned_bytes'])}"
+    if not state["pinned_files_waiting"]:
+        return line + ", all on this device"
+    line += (f"; {state['pinned_files_waiting']:,} files ({human_bytes(state['pinned_bytes_waiting'])}) "
+             "still downloading")
+    return line + (f" — {state['pinned_error']}" if state.get("pinned_error") else "")
+
+
 def details(status: dict) -> list[str]:
     lines = [f"volume      {status['volume']} (device {status['device']})"]
     if status.get("store_needs_attention"):
@@ -91,6 +103,8 @@ def details(status: dict) -> list[str]:
     lines.append(f"transfers   up {human_bytes(status['upload_rate'])}/s, down {human_bytes(status['download_rate'])}/s "
                  f"(total up {human_bytes(status['bytes_uploaded'])}, down {human_bytes(status['bytes_downloaded'])})")
     lines.append(f"cache       {human_bytes(status['cache_bytes'])} of {human_bytes(status['cache_limit'])}")
+    if status.get("pinned"):
+        lines.append(f"offline     {pins_line(status)}")
     if status["conflicted_copies"]:
         lines.append(f"conflicts   {status['conflicted_copies']} conflicted copies in the drive (keep what you "
                      "need, delete the copy):")

@@ -24,6 +24,9 @@ import trio
 from hypothesis import HealthCheck, given, seed, settings, strategies as st
 
 from engines import devices, new_volume, tree
+from fusedrive.engine.checkpoints import replay_to_head
+from fusedrive.engine.replica import Replica
+from fusedrive.tools.fsck import snapshot
 
 pytestmark = pytest.mark.inprocess
 
@@ -103,6 +106,10 @@ async def play(steps: list[tuple[str, str, str, str]]) -> None:
             await device.pull()
         trees = [await tree(device) for device in started]
         assert trees[1] == trees[0] and trees[2] == trees[0], "the devices do not agree"
+        replayed = Replica(":memory:")  # what fsck compares every device's replica with
+        replay_to_head(started[0].drive.volume, replayed)
+        for device in started:
+            assert snapshot(device.drive.replica) == snapshot(replayed), f"{device.name}'s replica is not the journal's"
         kept = referenced_blocks(started[0].drive.replica)
         lost = {content for block, content in required.items() if block not in kept}
         assert not lost, f"closed saves lost: {sorted(lost)}"

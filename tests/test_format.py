@@ -79,7 +79,8 @@ def test_a_volume_of_the_first_format_opens_and_its_old_entries_apply(volume):
     assert volume.fsck().returncode == 0
 
 
-@pytest.mark.parametrize("version, reader_version, opens", [(3, 3, False), (3, FORMAT_VERSION, True)])
+@pytest.mark.parametrize("version, reader_version, opens", [(FORMAT_VERSION + 1, FORMAT_VERSION + 1, False),
+                                                           (FORMAT_VERSION + 1, FORMAT_VERSION, True)])
 def test_a_newer_format_is_refused_in_one_sentence_unless_it_stays_readable(volume, version, reader_version, opens):
     _rewrite_header(volume, version=version, reader_version=reader_version)
     mountpoint = volume.root / "mnt"
@@ -95,7 +96,7 @@ def test_a_newer_format_is_refused_in_one_sentence_unless_it_stays_readable(volu
     assert result.returncode == 15, result.stdout + result.stderr
     message = result.stderr.strip()
     assert len(message.splitlines()) == 1 and "Traceback" not in message
-    assert "newer fusedrive" in message and "upgrade fusedrive" in message and "format 3" in message
+    assert "newer fusedrive" in message and "upgrade fusedrive" in message and f"format {version}" in message
     for command in (["du", volume.url], ["fsck", volume.url]):
         assert volume.cli.run(*command, check=False).returncode == 15
 

@@ -125,7 +125,7 @@ def test_gc_thins_a_paths_history_like_any_other(s3_volume):
     s3_volume.cli.run("config", s3_volume.url, "--max-versions", "1")
     report = gc(s3_volume, "--grace", "0")
     assert report["versions_pruned"] == 3 and report["trash_purged"] == 0
-    laptop.sync()
+    wait_for(lambda: len(history(laptop, "thesis.txt")) == 1, timeout=30, what="the laptop to apply the prune")
     remaining = history(laptop, "thesis.txt")
     assert [v["size"] for v in remaining] == [len(drafts[-1])]
     assert read(laptop.p("thesis.txt")) == drafts[-1]

@@ -67,8 +67,9 @@ class Applying:
         # the path's version numbers go on after the predecessor's last one (kept here, so that
         # gc pruning it does not move them; a save of it still on its way moves them up)
         last = self.db.execute("SELECT coalesce(max(version), 0) FROM versions WHERE fid=?", (predecessor,)).fetchone()
-        verb = "REPLACE" if replacing else "IGNORE"
-        self.db.execute(f"INSERT OR {verb} INTO lineage(fid, predecessor, predecessor_last) VALUES(?, ?, ?)",
+        if replacing:  # a DELETE of its own: REPLACE would remove the old row without the undo log seeing it
+            self.db.execute("DELETE FROM lineage WHERE fid=?", (fid,))
+        self.db.execute("INSERT OR IGNORE INTO lineage(fid, predecessor, predecessor_last) VALUES(?, ?, ?)",
                         (fid, predecessor, last[0]))
 
     def history_base(self, fid: str) -> int:
@@ -85,8 +86,10 @@ class Applying:
     def _depart(self, parent: int, name: bytes, node: Inode, t: int) -> None:
         """A regular file left this name: a new file there soon after continues its history."""
         if self.path_history and node.is_reg:
-            self.db.execute("INSERT OR REPLACE INTO departed(parent, name, fid, t) VALUES("
-                            "(SELECT fid FROM inodes WHERE ino=?), ?, ?, ?)", (parent, name, node.fid, t))
+            parent_fid = self.db.execute("SELECT fid FROM inodes WHERE ino=?", (parent,)).fetchone()[0]
+            self.db.execute("DELETE FROM departed WHERE parent=? AND name=?", (parent_fid, name))  # (undo-logged)
+            self.db.execute("INSERT INTO departed(parent, name, fid, t) VALUES(?, ?, ?, ?)",
+                            (parent_fid, name, node.fid, t))
 
     def successor_of(self, fid: str) -> str | None:
         row = self.db.execute("SELECT fid FROM lineage WHERE predecessor=?", (fid,)).fetchone()
@@ -304,10 +307,11 @@ class Applying:
 
     def _op_setxattr(self, op: dict) -> None:
         ino = self._ino(op["fid"])
-        self.db.execute(
-            "INSERT OR REPLACE INTO xattrs(ino, name, value) VALUES(?, ?, ?)",
-            (ino, name_from_json(op["name"]), base64.b64decode(op["value"])),
-        )
+        # a DELETE of its own, not INSERT OR REPLACE: SQLite's REPLACE removes the old row
+        # without firing the trigger that logs it for undo (a rebase would lose the old value)
+        self.db.execute("DELETE FROM xattrs WHERE ino=? AND name=?", (ino, name_from_json(op["name"])))
+        self.db.execute("INSERT INTO xattrs(ino, name, value) VALUES(?, ?, ?)",
+                        (ino, name_from_json(op["name"]), base64.b64decode(op["value"])))
         self.db.execute("UPDATE inodes SET ctime_ns=? WHERE ino=?", (op["t"], ino))
 
     def _op_rmxattr(self, op: dict) -> None:

@@ -52,6 +52,8 @@ class BlockCache:
         self._directory = directory
         self._size_limit = size_limit
         self.kept = KeptFiles(directory / "kept")
+        # Blocks of pinned files (pins.py): never evicted, outside the LRU limit's reach.
+        self._pinned = diskcache.Cache(str(directory / "pinned"), size_limit=1 << 62, eviction_policy="none")
         self._id_of = id_of
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
@@ -97,6 +99,8 @@ class BlockCache:
             if data is not None and self._id_of(data) != block_id:
                 self.kept.forget(block_id)
                 data = None
+        if data is None:
+            data = self._read_pinned(block_id)
         if data is None:
             self.misses += 1
             return None
@@ -149,9 +153,46 @@ class BlockCache:
             used = self._disk.volume()
         self.kept.trim(self._size_limit - used)
 
+    def contains(self, block_id: str) -> bool:
+        """Whether the block is on this device now (not verified: reading it will be)."""
+        if self.in_memory(block_id) or self.kept.has(block_id):
+            return True
+        with self._disk_lock:
+            return block_id in self._disk or block_id in self._pinned
+
+    # --- pinned blocks ---------------------------------------------------------------------
+
+    def _read_pinned(self, block_id: str) -> bytes | None:
+        with self._disk_lock:
+            found = self._pinned.get(block_id, read=True)
+        if found is not None and not isinstance(found, bytes):
+            with found:
+                found = found.read()
+        if found is not None and self._id_of(found) != block_id:
+            with self._disk_lock:
+                self._pinned.delete(block_id)
+            return None
+        return found
+
+    def pin(self, block_id: str, data: bytes) -> None:
+        """Keep this block whatever the LRU limit does (raises OSError when the disk is full)."""
+        with self._disk_lock:
+            large = len(data) >= self._pinned.disk_min_file_size
+            self._pinned.set(block_id, io.BytesIO(data) if large else data, read=large)
+
+    def unpin(self, block_ids: set[str]) -> None:
+        with self._disk_lock, self._pinned.transact():
+            for block_id in block_ids:
+                self._pinned.delete(block_id)
+
+    def pinned_ids(self) -> set[str]:
+        with self._disk_lock:
+            return set(self._pinned.iterkeys())
+
     def volume_bytes(self) -> int:
-        return self._disk.volume() + self.kept.total
+        return self._disk.volume() + self.kept.total + self._pinned.volume()
 
     def close(self) -> None:
         self._disk.close()
+        self._pinned.close()
         self.kept.close()

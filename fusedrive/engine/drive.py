@@ -32,6 +32,7 @@ from .follower import FRESHNESS_WAIT_SECONDS, Follower
 from .hubclient import HubClient
 from .journal import Journal
 from .localfiles import LocalFiles
+from .pins import Pins
 from .manifest import Piece
 from .reads import Reader
 from .replica import Replica
@@ -66,6 +67,7 @@ class Drive:
         self.reader = Reader(self.replica, self.files, self.staging, self.cache, self.blocks, self.health,
                              self.problems, volume.url, io_timeout)
         self.writer = Writer(self.replica, self.files, self.staging, self.blocks, cache_dir)
+        self.pins = Pins(self.replica, self.blocks, self.cache, self.events, cache_size)
         self.changes = Changes(self.replica, self.events, device, self.reader.forget, self.files.changed.fire)
         self.uploads = Uploads(volume, device, self.replica, self.files, self.staging, self.blocks, self.health,
                                self.events, self.problems, self.changes)
@@ -120,6 +122,7 @@ class Drive:
         nursery.start_soon(self.committer.run)
         nursery.start_soon(self.follower.follow)
         nursery.start_soon(self._watch_cache_dir)
+        nursery.start_soon(self.pins.keep_local)
         if self.replica.pending_count():
             self.committer.kick()
 
@@ -276,4 +279,5 @@ class Drive:
             "needs_upgrade": self.problems.needs_upgrade,
             "integrity_problem": self.problems.integrity,
             "errors": list(self.problems.recent),
+            **self.pins.state(),
         }

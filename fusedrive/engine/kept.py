@@ -90,6 +90,10 @@ class KeptFiles:
             return None
         return data if len(data) == length else None
 
+    def has(self, block_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM spans WHERE block_id = ?", (block_id,)).fetchone() is not None
+
     def forget(self, block_id: str) -> None:
         """A kept range failed verification: never serve it again."""
         with self._lock, self._db:

@@ -18,6 +18,7 @@ import time
 from itertools import count
 
 import pyfuse3
+import trio
 
 from ..engine.drive import Drive
 from ..engine.namespace import NAME_MAX, Namespace, check_name
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 ATTR_TIMEOUT = 1.0
 XATTR_NAMESPACE = b"user."
+LOCAL_XATTR = b"user.fusedrive.local"  # read-only, computed: is the file's content on this device
 DOT_ENTRIES = 2  # "." and ".." open every directory listing
 
 
@@ -379,12 +381,18 @@ class DriveOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTSUP)
         if len(name) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ERANGE)
+        if name == LOCAL_XATTR:
+            raise pyfuse3.FUSEError(errno.EPERM)
         self.replica.record({"op": "setxattr", "fid": node.fid, "name": name_to_json(name), "value": b64(value),
                              "t": time.time_ns()})
 
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
-        self._node(inode)
+        node = self._node(inode)
+        if name == LOCAL_XATTR and node.is_reg and not self.view.owns(inode):
+            # "1": every byte of it is on this device (readable offline), "0": some must come from the store
+            local = node.fid in self.drive.files.staged or await trio.to_thread.run_sync(self.drive.pins.is_local, node)
+            return b"1" if local else b"0"
         value = self.replica.xattr(inode, name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

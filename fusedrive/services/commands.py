@@ -89,6 +89,31 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
             copy.unlink(missing_ok=True)
         return {"share": asdict(made)}
 
+    def node_at(path: str) -> Inode:
+        return drive.replica.inode(history.resolve(drive.replica, inside(path)))
+
+    async def pin(request: dict, send: Send) -> dict:
+        """Pin the paths; with `wait`, stream {"progress", "total"} until they are local (or
+        the store stops answering)."""
+        drive.pins.pin([node_at(path) for path in request["paths"]])
+        if request.get("wait"):
+            async def report(done: int, total: int) -> None:
+                await send({"progress": done, "total": total})
+            await drive.pins.settle(report)
+        return {"pins": drive.pins.state()}
+
+    async def unpin(request: dict, send: Send) -> dict:
+        return {"unpinned": drive.pins.unpin([node_at(path) for path in request["paths"]])}
+
+    async def pins(request: dict, send: Send) -> dict:
+        listed = []
+        for fid in drive.pins.pinned_fids():
+            ino = drive.replica.ino_of(fid)
+            node = drive.replica.inode(ino) if ino is not None else None
+            if node is not None and node.nlink > 0:
+                listed.append({"path": drive.replica.path_of(fid), "folder": node.is_dir})
+        return {"pins": listed, **drive.pins.state()}
+
     async def shares(request: dict, send: Send) -> dict:
         found = await trio.to_thread.run_sync(sharing.list_shares, drive.volume)
         return {"shares": [dict(asdict(s), expired=s.expired) for s in found]}
@@ -155,7 +180,8 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
     return {"status": status, "sync": sync, "leave-queued": leave_queued, "check": check, "pause": pause,
             "resume": resume, "events": events,
             "share": share, "shares": shares, "unshare": unshare, "versions": versions, "restore": restore,
-            "cat": cat, "trash-list": trash_list, "trash-restore": trash_restore, "trash-empty": trash_empty}
+            "cat": cat, "trash-list": trash_list, "trash-restore": trash_restore, "trash-empty": trash_empty,
+            "pin": pin, "unpin": unpin, "pins": pins}
 
 
 def _first_created(ops: list[dict]) -> str:
