@@ -63,7 +63,11 @@ def test_a_pinned_folder_stays_current_and_reads_exactly_without_the_store(proxi
     with pytest.raises(OSError) as failed:
         read(phone.p("other/big.bin"))  # neither pinned nor cached
     assert failed.value.errno == errno.EIO and time.monotonic() - started < 30
+    waiting = proxied_volume.cli.run("pin", phone.p("other/big.bin"), check=False)  # the store is away
+    assert waiting.returncode == 1 and "still downloading" in waiting.stdout, waiting.stdout + waiting.stderr
     store_proxy.up()
+    phone.sync()
+    wait_for(lambda: local(phone, "other/big.bin") == b"1", timeout=60, what="the pin to finish once the store is back")
 
 
 def test_pinning_more_than_the_cache_holds_is_refused(volume):

@@ -45,6 +45,8 @@ def describe(event: dict) -> str:
         return "uploads are going through again"
     if kind == "store-offline":
         return f"store unreachable: {event['error']} (changes stay queued here)"
+    if kind == "pinned-local":
+        return f"everything pinned is on this device ({event['files']} files)"
     if kind == "store-refused":
         return f"the store needs attention: {event['error']} (changes stay queued here)"
     if kind == "store-online":

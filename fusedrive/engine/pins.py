@@ -52,34 +52,14 @@ class Pins:
     # --- what is pinned -----------------------------------------------------------------
 
     def pinned_fids(self) -> list[str]:
-        return [fid for (fid,) in self.replica.db.execute("SELECT fid FROM pins ORDER BY fid")]
+        return pinned_fids(self.replica)
 
     def files(self) -> list[Inode]:
-        """Every regular file a pin covers now (a pinned folder's, at any depth)."""
-        found: dict[str, Inode] = {}
-        for fid in self.pinned_fids():
-            ino = self.replica.ino_of(fid)
-            node = self.replica.inode(ino) if ino is not None else None
-            if node is None or node.nlink <= 0:
-                continue
-            todo = [node]
-            while todo:
-                node = todo.pop()
-                if node.is_dir:
-                    todo += [self.replica.inode(child) for _name, child in self.replica.children(node.ino)]
-                elif node.is_reg:
-                    found[node.fid] = node
-        return list(found.values())
+        return pinned_files(self.replica)
 
-    def wanted(self, files: list[Inode] | None = None) -> dict[str, tuple[Location | None, int]]:
-        """The blocks pinned files need: block id → (where it is stored, its length)."""
-        needed: dict[str, tuple[Location | None, int]] = {}
-        for node in self.files() if files is None else files:
-            for piece in pieces(node.extents()):
-                if piece.block is not None:  # a piece may hold part of its block: the block is at least that long
-                    _location, known = needed.get(piece.block, (None, 0))
-                    needed[piece.block] = (piece.location, max(known, piece.offset + piece.length))
-        return needed
+    def wanted(self) -> dict[str, tuple[Location | None, int]]:
+        """The blocks pinned files need now."""
+        return blocks_needed(self.files())
 
     def is_local(self, node: Inode) -> bool:
         """Whether every block of the file is on this device (pinned, or cached for now)."""
@@ -159,6 +139,39 @@ class Pins:
                 "pinned_bytes": sum(n.size for n in files), "pinned_files_waiting": len(waiting),
                 "pinned_bytes_waiting": sum(length for _location, length in missing.values()),
                 "pinned_error": self.last_error if missing else None}
+
+
+def pinned_fids(replica: Replica) -> list[str]:
+    return [fid for (fid,) in replica.db.execute("SELECT fid FROM pins ORDER BY fid")]
+
+
+def pinned_files(replica: Replica) -> list[Inode]:
+    """Every regular file a pin covers now (a pinned folder's, at any depth)."""
+    found: dict[str, Inode] = {}
+    for fid in pinned_fids(replica):
+        ino = replica.ino_of(fid)
+        node = replica.inode(ino) if ino is not None else None
+        if node is None or node.nlink <= 0:
+            continue
+        todo = [node]
+        while todo:
+            node = todo.pop()
+            if node.is_dir:
+                todo += [replica.inode(child) for _name, child in replica.children(node.ino)]
+            elif node.is_reg:
+                found[node.fid] = node
+    return list(found.values())
+
+
+def blocks_needed(files: list[Inode]) -> dict[str, tuple[Location | None, int]]:
+    """The blocks these files need: block id → (where it is stored, its length at least)."""
+    needed: dict[str, tuple[Location | None, int]] = {}
+    for node in files:
+        for piece in pieces(node.extents()):
+            if piece.block is not None:  # a piece may hold part of its block: the block is at least that long
+                _location, known = needed.get(piece.block, (None, 0))
+                needed[piece.block] = (piece.location, max(known, piece.offset + piece.length))
+    return needed
 
 
 def _gib(n: int) -> str:

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections import Counter
 from pathlib import Path
 
+import diskcache
+
 from ..engine import history
 from ..engine.blocks import BLOCKS, PACKS, BlockStore, object_key, stored_objects
+from ..engine.pins import blocks_needed, pinned_files
 from ..engine.checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from ..errors import FusedriveError
 from ..engine.journal import Journal
@@ -110,6 +114,23 @@ def snapshot(replica: Replica) -> list[tuple]:
     return rows
 
 
+def _check_pins(local: Replica, pinned_dir: Path) -> list[str]:
+    """What `pin` promised: every block a pinned file needs is in the cache's pinned tier."""
+    try:
+        files = pinned_files(local)
+    except sqlite3.OperationalError:  # a cache dir from before pins
+        return []
+    if not files:
+        return []
+    tier = diskcache.Cache(str(pinned_dir))
+    try:
+        missing = [block for block in blocks_needed(files) if block not in tier]
+    finally:
+        tier.close()
+    return [f"{len(missing)} blocks of pinned files are not on this device (mount it to download them)."] \
+        if missing else []
+
+
 def _check_checkpoint(journal: Journal, replayed: Replica, seq: int) -> list[str]:
     """A checkpoint must show exactly the tree the journal replays to at its seq."""
     try:
@@ -194,6 +215,8 @@ def fsck(journal: Journal, blocks: BlockStore, local_replica: Path | None, verif
                     f"This device's replica is at journal entry {local.applied_seq}, the store at {scratch.applied_seq}.")
             elif snapshot(local) != snapshot(scratch):
                 problems.append("This device's replica differs from the journal.")
+            if not waiting:
+                problems += _check_pins(local, local_replica.parent / "blocks" / "pinned")
         finally:
             local.close()
     scratch.close()
