@@ -11,6 +11,7 @@ verified fetch as reads) and lets go of what no pinned file needs any more.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Awaitable, Callable
 
 import trio
@@ -87,26 +88,18 @@ class Pins:
     # --- keeping pinned files local -------------------------------------------------------
 
     async def keep_local(self) -> None:
-        """Forever: download what pinned files need, let go of what they no longer need."""
+        """Forever: download what pinned files need, let go of what they no longer need. A
+        pass that fails (store down, disk full, the cache dir gone) is said in status and
+        tried again at the next; nothing here may take the mount down."""
         limiter = trio.CapacityLimiter(DOWNLOADS)
         was_missing = False
         while True:
-            wanted = self.wanted()
-            have = await trio.to_thread.run_sync(self.cache.pinned_ids)
-            self.missing = {block: where for block, where in wanted.items() if block not in have}
-            unneeded = have - set(wanted)
-            if unneeded:
-                await trio.to_thread.run_sync(self.cache.unpin, unneeded)
-            for block, (location, _length) in list(self.missing.items()):
-                try:
-                    await trio.to_thread.run_sync(self._pin_block, block, location, limiter=limiter)
-                    del self.missing[block]
-                    self.last_error = None
-                    self.progressed.fire()
-                except (FusedriveError, OSError) as exc:
-                    self.last_error = str(exc)
-                    log.info("a pinned block waits: %s", exc)
-                    break  # the store is down or the disk full: try again at the next check
+            try:
+                await self._pass(limiter)
+            except Exception as exc:  # noqa: BLE001 - status says it; the next pass tries again
+                self.last_error = str(exc)
+                if not isinstance(exc, (FusedriveError, OSError, sqlite3.Error)):
+                    log.exception("keeping pinned files local failed")
             if was_missing and not self.missing:
                 self.events.publish("pinned-local", files=len(self.files()))
             was_missing = bool(self.missing)
@@ -115,6 +108,19 @@ class Pins:
             with trio.move_on_after(CHECK_SECONDS):
                 await self._wake.wait()
             self._wake = trio.Event()
+
+    async def _pass(self, limiter: trio.CapacityLimiter) -> None:
+        wanted = self.wanted()
+        have = await trio.to_thread.run_sync(self.cache.pinned_ids)
+        self.missing = {block: where for block, where in wanted.items() if block not in have}
+        unneeded = have - set(wanted)
+        if unneeded:
+            await trio.to_thread.run_sync(self.cache.unpin, unneeded)
+        for block, (location, _length) in list(self.missing.items()):
+            await trio.to_thread.run_sync(self._pin_block, block, location, limiter=limiter)
+            del self.missing[block]
+            self.last_error = None
+            self.progressed.fire()
 
     async def settle(self, report: Callable[[int, int], Awaitable[None]]) -> None:
         """Wait until everything pinned is local, or a pass could not finish (the store is

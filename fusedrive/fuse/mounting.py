@@ -239,7 +239,10 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
     try:
         trio.run(main)
     except BaseExceptionGroup as group:
-        raise first_clear_error(group) from None
+        error = first_clear_error(group)
+        if not isinstance(error, FusedriveError):  # a bug: its traceback belongs in mount.log
+            log.error("the mount stopped on an internal error", exc_info=group)
+        raise error from None
     finally:
         registry.unlink(missing_ok=True)
         control.socket_path(path).unlink(missing_ok=True)
