@@ -25,6 +25,7 @@ def test_the_readmes_first_command_mounts_a_drive_from_a_fresh_home(tmp_path):
     home = tmp_path / "fresh-home"
     home.mkdir()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("XDG_", "FUSEDRIVE_", "AWS_"))}
+    # a deep XDG_RUNTIME_DIR (pytest's tmp_path under a worker): the control socket must still fit
     env.update(HOME=str(home), XDG_RUNTIME_DIR=str(tmp_path / "run"))
     (tmp_path / "run").mkdir(mode=0o700)
     command = first_command()

@@ -24,10 +24,16 @@ from ..errors import FusedriveError, MountError
 MAX_REQUEST = 64 * 1024
 
 
+SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes with the final NUL
+
+
 def runtime_dir() -> Path:
-    """Short and private: unix socket paths must stay under 108 bytes."""
+    """Short and private: a unix socket path must fit in 108 bytes, so an XDG_RUNTIME_DIR too
+    deep for `<dir>/fusedrive/<16 hex>.sock` is passed over for /tmp/fusedrive-<uid>."""
     base = os.environ.get("XDG_RUNTIME_DIR")
-    path = Path(base) / "fusedrive" if base else Path(tempfile.gettempdir()) / f"fusedrive-{os.getuid()}"
+    path = Path(base) / "fusedrive" if base else None
+    if path is None or len(os.fsencode(path)) + len("/0123456789abcdef.sock") > SOCKET_PATH_MAX:
+        path = Path(tempfile.gettempdir()) / f"fusedrive-{os.getuid()}"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if path.stat().st_uid != os.getuid():
         raise MountError(f"{path} belongs to another user; set XDG_RUNTIME_DIR.")
