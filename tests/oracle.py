@@ -43,4 +43,5 @@ def assert_nothing_lost(mount, saves: dict[str, bytes]) -> None:
     """`saves`: a label for each save whose close() returned 0 → its content."""
     kept = kept_contents(mount)
     lost = sorted(label for label, data in saves.items() if digest(data) not in kept)
+    print(f"oracle: {len(saves)} closed saves checked, {len(lost)} lost")  # a sweep's counts (pytest -rP)
     assert not lost, f"saves lost (not live, not a conflicted copy, not in history or the trash): {lost}"
