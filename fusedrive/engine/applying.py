@@ -61,8 +61,9 @@ class Applying:
     def _succeed(self, fid: str, predecessor: str, replacing: bool = False) -> None:
         """`fid` continues the history of `predecessor` (never in a cycle). A file has one
         predecessor: the first one found, unless it now replaces a file by rename (the
-        surest sign of a save)."""
-        if fid in self.history_chain(predecessor):
+        surest sign of a save). Only a file something already continues can be in the
+        predecessor's chain, so a new file (every save's case) costs no walk of it."""
+        if fid == predecessor or (self.successor_of(fid) is not None and fid in self.history_chain(predecessor)):
             return
         # the path's version numbers go on after the predecessor's last one (kept here, so that
         # gc pruning it does not move them; a save of it still on its way moves them up)
@@ -71,17 +72,6 @@ class Applying:
             self.db.execute("DELETE FROM lineage WHERE fid=?", (fid,))
         self.db.execute("INSERT OR IGNORE INTO lineage(fid, predecessor, predecessor_last) VALUES(?, ?, ?)",
                         (fid, predecessor, last[0]))
-
-    def history_base(self, fid: str) -> int:
-        """What the path's version numbers of `fid` start after: the versions of the files
-        it continues."""
-        base, seen = 0, {fid}
-        while (row := self.db.execute("SELECT predecessor, predecessor_last FROM lineage WHERE fid=?",
-                                      (fid,)).fetchone()) and row[0] not in seen:
-            base += row[1]
-            fid = row[0]
-            seen.add(fid)
-        return base
 
     def _depart(self, parent: int, name: bytes, node: Inode, t: int) -> None:
         """A regular file left this name: a new file there soon after continues its history."""
@@ -104,11 +94,23 @@ class Applying:
 
     def history_chain(self, fid: str) -> list[str]:
         """`fid` and the files whose history it continues, newest first."""
-        chain = [fid]
-        while (row := self.db.execute("SELECT predecessor FROM lineage WHERE fid=?", (chain[-1],)).fetchone()) \
-                and row[0] not in chain:
-            chain.append(row[0])
-        return chain
+        return [member for member, _base in reversed(self.history_bases(fid))]
+
+    def history_bases(self, fid: str) -> list[tuple[str, int]]:
+        """`fid` and the files whose history it continues, oldest first, each with what the
+        path's version numbers of it start after (the predecessors' last versions, summed).
+        One walk of the chain (a loop, which fsck reports, ends it)."""
+        walked, seen = [(fid, 0)], {fid}
+        while (row := self.db.execute("SELECT predecessor, predecessor_last FROM lineage WHERE fid=?",
+                                      (walked[-1][0],)).fetchone()) and row[0] not in seen:
+            walked[-1] = (walked[-1][0], row[1])
+            walked.append((row[0], 0))
+            seen.add(row[0])
+        bases, base = [], 0
+        for member, last in reversed(walked):  # oldest first: each starts after the ones before
+            bases.append((member, base + last if bases else 0))
+            base = bases[-1][1]
+        return bases
 
     def _drop_dentry(self, parent: int, name: bytes, t: int, replaced_by: Inode | None = None) -> None:
         """A name goes. `replaced_by`: the file a rename puts there instead."""

@@ -71,8 +71,7 @@ def versions(replica: Replica, fid: str) -> list[Version]:
     """Every kept version of the file's path, oldest first: its own and those of the files
     it continues (a save by rename replaces the file; the history goes on)."""
     found = []
-    for member in reversed(replica.history_chain(fid)):
-        base = replica.history_base(member)
+    for member, base in replica.history_bases(fid):
         found += [Version(base + n, t, device, size, json.loads(manifest), member) for n, t, device, size, manifest
                   in replica.db.execute("SELECT version, t, device, size, manifest FROM versions WHERE fid=? "
                                         "ORDER BY version", (member,))]

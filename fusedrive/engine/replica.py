@@ -227,13 +227,8 @@ class Replica(Applying):
             referenced = {fid for _, ops in rows for op in json.loads(ops) for fid in fids_of(op)} | watched
             self.base_locations = self._locations(referenced)
             for entry in entries:
-                self.path_history = entry.format >= PATH_HISTORY_FORMAT
-                try:
-                    for op in entry.ops:
-                        self.apply(op)
-                        applied.append(op)
-                finally:
-                    self.path_history = True
+                self._apply_entry(entry.ops, entry.format)
+                applied.extend(entry.ops)
                 self.set_state("applied_seq", entry.seq)
             for fid in named_here:
                 if fid in self.base_locations and self.location_of(fid) is None:
@@ -336,13 +331,18 @@ class Replica(Applying):
     def apply_remote(self, seq: int, ops: Iterable[dict], entry_format: int = PATH_HISTORY_FORMAT) -> None:
         """Apply one journal entry's ops (by the rules of the format that wrote it)."""
         with self:
-            self.path_history = entry_format >= PATH_HISTORY_FORMAT
-            try:
-                for op in ops:
-                    self.apply(op)
-            finally:
-                self.path_history = True
+            self._apply_entry(ops, entry_format)
             self.set_state("applied_seq", seq)
+
+    def _apply_entry(self, ops: Iterable[dict], entry_format: int) -> None:
+        """One journal entry's ops, by the rules of the format that wrote it (local ops, applied
+        by `record`, follow this build's)."""
+        self.path_history = entry_format >= PATH_HISTORY_FORMAT
+        try:
+            for op in ops:
+                self.apply(op)
+        finally:
+            self.path_history = True
 
     # --- dirty files (staged content not yet uploaded) --------------------------------
 

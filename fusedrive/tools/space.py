@@ -53,8 +53,11 @@ def retention_ops(replica: Replica, policy: Retention, now: float) -> list[dict]
     """The prune and purge operations the policy asks for at `now`."""
     t = int(now * 1e9)
     by_path: dict[str, list[tuple[tuple[str, int], float]]] = defaultdict(list)  # one history per path
+    heads: dict[str, str] = {}  # each file's path history, looked up once (not once per version)
     for fid, number, saved in replica.db.execute("SELECT fid, version, t FROM versions"):
-        by_path[replica.history_head(fid)].append(((fid, number), saved / 1e9))
+        if fid not in heads:
+            heads[fid] = replica.history_head(fid)
+        by_path[heads[fid]].append(((fid, number), saved / 1e9))
     drops: dict[str, list[int]] = defaultdict(list)
     for kept in by_path.values():
         for fid, number in thin(kept, max(kept, key=lambda v: (v[1], v[0]))[0], policy, now):
