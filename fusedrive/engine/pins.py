@@ -48,6 +48,7 @@ class Pins:
         self.missing: dict[str, tuple[Location | None, int]] = {}  # blocks still to download
         self.last_error: str | None = None
         self.passes = 0
+        self._settled_at: int | None = None  # the replica's change stamp when all was last local
         self.progressed = Broadcast()  # after every block pinned, and every pass
 
     # --- what is pinned -----------------------------------------------------------------
@@ -110,6 +111,9 @@ class Pins:
             self._wake = trio.Event()
 
     async def _pass(self, limiter: trio.CapacityLimiter) -> None:
+        stamp = self.replica.change_stamp
+        if stamp == self._settled_at:
+            return  # nothing in the tree (or the pins) changed since all of it was local
         wanted = self.wanted()
         have = await trio.to_thread.run_sync(self.cache.pinned_ids)
         self.missing = {block: where for block, where in wanted.items() if block not in have}
@@ -121,14 +125,16 @@ class Pins:
             del self.missing[block]
             self.last_error = None
             self.progressed.fire()
+        self._settled_at = stamp
 
     async def settle(self, report: Callable[[int, int], Awaitable[None]]) -> None:
         """Wait until everything pinned is local, or a pass could not finish (the store is
         down, the disk is full: `last_error`), telling `report(done, total)` bytes meanwhile."""
-        started = self.passes
+        started, total, total_at = self.passes, 0, None
         while True:
             await self.progressed.wait()
-            total = sum(length for _location, length in self.wanted().values())
+            if total_at != self.passes:  # once a pass, not once a block: it walks every pinned file
+                total, total_at = sum(length for _location, length in self.wanted().values()), self.passes
             waiting = sum(length for _location, length in self.missing.values())
             await report(total - waiting, total)
             if self.passes > started and (not self.missing or self.last_error):
