@@ -44,8 +44,14 @@ KEYS = new_volume()
 
 
 def referenced_blocks(replica) -> set[str]:
+    """The blocks a user can reach: live files and trashed ones, and the versions in their
+    histories (a version row no chain leads to is lost to the user, whatever the table holds)."""
+    reachable = [fid for (fid,) in replica.db.execute("SELECT fid FROM inodes WHERE nlink > 0 UNION SELECT fid "
+                                                      "FROM trash")]
+    fids = {member for fid in reachable for member in replica.history_chain(fid)}
     manifests = [m for (m,) in replica.db.execute(
-        "SELECT manifest FROM inodes UNION ALL SELECT manifest FROM versions UNION ALL SELECT manifest FROM trash")]
+        "SELECT manifest FROM inodes WHERE nlink > 0 UNION ALL SELECT manifest FROM trash")]
+    manifests += [m for fid in fids for (m,) in replica.db.execute("SELECT manifest FROM versions WHERE fid=?", (fid,))]
     return {extent[0] for manifest in manifests for extent in json.loads(manifest) if extent and extent[0]}
 
 

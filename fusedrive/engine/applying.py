@@ -58,18 +58,18 @@ class Applying:
         if row is not None and op["t"] - row[1] <= SUCCESSION_NS:
             self._succeed(op["fid"], row[0])
 
-    def _succeed(self, fid: str, predecessor: str, replacing: bool = False) -> None:
+    def _succeed(self, fid: str, predecessor: str) -> None:
         """`fid` continues the history of `predecessor` (never in a cycle). A file has one
-        predecessor: the first one found, unless it now replaces a file by rename (the
-        surest sign of a save). Only a file something already continues can be in the
-        predecessor's chain, so a new file (every save's case) costs no walk of it."""
+        predecessor, the first one found, and never loses it: a file deleted without a trash
+        entry because its history went on in `fid` is found only through `fid`'s chain. A
+        replaced file that cannot join a chain goes to the trash instead. Only a file
+        something already continues can be in the predecessor's chain, so a new file (every
+        save's case) costs no walk of it."""
         if fid == predecessor or (self.successor_of(fid) is not None and fid in self.history_chain(predecessor)):
             return
         # the path's version numbers go on after the predecessor's last one (kept here, so that
         # gc pruning it does not move them; a save of it still on its way moves them up)
         last = self.db.execute("SELECT coalesce(max(version), 0) FROM versions WHERE fid=?", (predecessor,)).fetchone()
-        if replacing:  # a DELETE of its own: REPLACE would remove the old row without the undo log seeing it
-            self.db.execute("DELETE FROM lineage WHERE fid=?", (fid,))
         self.db.execute("INSERT OR IGNORE INTO lineage(fid, predecessor, predecessor_last) VALUES(?, ?, ?)",
                         (fid, predecessor, last[0]))
 
@@ -129,7 +129,7 @@ class Applying:
             self.db.execute("UPDATE inodes SET nlink = nlink - 1 WHERE ino=?", (parent,))
         if node.nlink - drop <= 0:
             if self.path_history and replaced_by is not None and node.is_reg and replaced_by.is_reg:
-                self._succeed(replaced_by.fid, node.fid, replacing=True)  # a save by rename: history, not trash
+                self._succeed(replaced_by.fid, node.fid)  # a save by rename: history, not trash
             if not (self.path_history and node.is_reg and self.successor_of(node.fid)):
                 self._to_trash(node, parent, name, t)
             if not self.in_use(ino):
