@@ -8,6 +8,8 @@ import shutil
 
 import pytest
 
+from fusedrive.store.sealing import SEAL_VERSION
+
 MiB = 1024 * 1024
 
 
@@ -114,7 +116,9 @@ def test_a_device_with_its_replica_mounts_past_a_tampered_entry_and_says_so(volu
     mount.sync()
     mount.umount()
     last = max(int(key.rsplit("/", 1)[1]) for key, _ in volume.list_objects("journal/"))
-    volume.write_object(f"journal/{last + 1:020d}", os.urandom(200))  # a forged entry
+    # a forged entry (its first byte never the seal version: random bytes had it 1 time in 256,
+    # and then the entry failed its tag instead of its header)
+    volume.write_object(f"journal/{last + 1:020d}", bytes([SEAL_VERSION ^ 0xFF]) + os.urandom(199))
     again = volume.mount(cache_dir=mount.cache_dir)
     try:
         with open(again.p("a"), "rb") as f:
