@@ -19,9 +19,11 @@ seconds of each mount process and of the S3 server are recorded per workload.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import random
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -34,6 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fusedrive.services import control  # noqa: E402
+from fusedrive.store import open_store  # noqa: E402
+from fusedrive.testing.latency import LatencyProxy  # noqa: E402
 from fusedrive.testing.faultproxy import FaultProxy  # noqa: E402
 from fusedrive.testing.seaweed import ACCESS_KEY, SECRET_KEY, start_seaweed  # noqa: E402
 
@@ -101,6 +105,7 @@ class Target:
     until a file is durable in the store, and the process that serves it."""
 
     name = "?"
+    durable_fsync = True  # fsync puts the data where the target promises it (rclone: not the store)
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -208,6 +213,7 @@ class JuiceFS(Target):
 
 class Rclone(Target):
     name = "rclone"
+    durable_fsync = False
 
     def __init__(self, root: Path, endpoint: str, bucket: str, client) -> None:
         super().__init__(root)
@@ -301,18 +307,91 @@ def sequential(t: Target, size_mib: int) -> dict[str, float]:
 
 
 def random_reads(t: Target, count: int) -> dict[str, float]:
-    """4 KiB reads at random offsets of the big file, its caches dropped first."""
+    """4 KiB reads at random offsets of the big file: first with the file in the target's
+    own cache (only the kernel's page cache dropped), then from the store (every cache
+    dropped). Throughput, and the p50 and p99 of one read."""
     path = t.mountpoint / "big.bin"
-    t.drop_caches()
-    size = path.stat().st_size
-    rng = random.Random(7)
-    offsets = [rng.randrange(0, size - 4096) & ~4095 for _ in range(count)]
-    fd = os.open(path, os.O_RDONLY)
+    results = {}
+    for where, drop in (("in the drive's cache", drop_kernel_caches), ("from the store", t.drop_caches)):
+        drop()
+        size = path.stat().st_size
+        rng = random.Random(7)
+        offsets = [rng.randrange(0, size - 4096) & ~4095 for _ in range(count)]
+        latencies = []
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            start = time.perf_counter()
+            for offset in offsets:
+                before = time.perf_counter()
+                os.pread(fd, 4096, offset)
+                latencies.append(time.perf_counter() - before)
+            seconds = time.perf_counter() - start
+        finally:
+            os.close(fd)
+        latencies.sort()
+        results[f"4 KiB random reads, {where} (reads/s)"] = count / seconds
+        results[f"4 KiB random reads, {where}, p50 (ms)"] = latencies[len(latencies) // 2] * 1000
+        results[f"4 KiB random reads, {where}, p99 (ms)"] = latencies[int(len(latencies) * 0.99)] * 1000
+    return results
+
+
+def fsync_edits(t: Target, size_mib: int, edits: int = 30) -> dict[str, float]:
+    """A 1-byte edit in place of a big file made durable: pwrite + fsync, as a database or
+    an editor saving in place does. Median milliseconds. (rclone's fsync does not upload:
+    not measured there.)"""
+    if not t.durable_fsync:
+        return {}
+    path = t.mountpoint / "fsynced.bin"
+    path.write_bytes(os.urandom(size_mib * MiB))
+    t.make_durable(path)
+    rng = random.Random(11)
+    times = []
+    fd = os.open(path, os.O_RDWR)
     try:
-        seconds = timed(lambda: [os.pread(fd, 4096, o) for o in offsets])
+        for _ in range(edits):
+            offset = rng.randrange(size_mib * MiB)
+            start = time.perf_counter()
+            os.pwrite(fd, os.urandom(1), offset)
+            os.fsync(fd)
+            times.append(time.perf_counter() - start)
     finally:
         os.close(fd)
-    return {"4 KiB random reads, cold (reads/s)": count / seconds}
+    path.unlink()
+    return {f"1-byte edit of {size_mib} MiB, write + fsync (ms)": statistics.median(times) * 1000}
+
+
+def sqlite_commits(t: Target, transactions: int) -> dict[str, float]:
+    """SQLite in WAL mode (synchronous=FULL: every commit fsyncs the log), one row per
+    transaction, as an application database saves each change."""
+    path = t.mountpoint / "app.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        start = time.perf_counter()
+        for i in range(transactions):
+            db.execute("BEGIN")
+            db.execute("INSERT INTO notes (body) VALUES (?)", (f"note {i} " * 8,))
+            db.execute("COMMIT")
+        seconds = time.perf_counter() - start
+    finally:
+        db.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return {"SQLite WAL, one-row transactions (tx/s)": transactions / seconds}
+
+
+def real_tree(t: Target, source: Path) -> dict[str, float]:
+    """rsync -a of a real tree (many small files, links, modes) into the target, then rm -rf
+    of it: seconds."""
+    if shutil.which("rsync") is None:
+        print("rsync is not installed: the real-tree workload is skipped", file=sys.stderr)
+        return {}
+    top = t.mountpoint / "doc"
+    copy_s = timed(lambda: subprocess.run(["rsync", "-a", f"{source}/", f"{top}/"], check=True))
+    rm_s = timed(lambda: subprocess.run(["rm", "-rf", str(top)], check=True))
+    return {f"rsync -a {source} (s)": copy_s, f"rm -rf of it (s)": rm_s}
 
 
 def small_files(t: Target, count: int) -> dict[str, float]:
@@ -440,6 +519,22 @@ def sync_latency(work: Path, url: str, env: dict, changes: int, hub_url: str) ->
             "sync latency with hub, p95 (ms)": delays[int(len(delays) * 0.95) - 1]}
 
 
+def raw_get(store_url: str, endpoint: str, env: dict, size_mib: int, threads: int = 8) -> dict[str, float]:
+    """The limit a fresh device's read is measured against: the same number of bytes as the
+    big file, as 1 MiB objects (fusedrive's average block), fetched by `threads` threads
+    through the same S3 client library fusedrive uses, nothing done with them."""
+    os.environ.update(env)
+    store = open_store(store_url, endpoint)
+    keys = [f"raw/{i:05d}" for i in range(size_mib)]
+    if next(iter(store.list("raw/")), None) is None:
+        payload = os.urandom(MiB)
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda key: store.put(key, payload), keys))
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        seconds = timed(lambda: list(pool.map(store.get, keys)))
+    return {"limit: raw S3 GET of as many 1 MiB objects, 8 threads (MB/s)": size_mib * MiB / 1e6 / seconds}
+
+
 def rss_with_files(t: Target, count: int) -> dict[str, float]:
     """RSS of the mount after creating `count` empty files in 100 folders and stat'ing them all."""
     top = t.mountpoint / "many"
@@ -514,14 +609,19 @@ def _number(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
 
 
-WORKLOADS = ["sequential write and reads", "random reads", "small files", "tree", "edits", "sync", "rss"]
+WORKLOADS = ["sequential write and reads", "random reads", "fsync", "sqlite", "small files", "tree", "real tree",
+             "edits", "sync", "rss"]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--anchors", action="store_true", help="also measure JuiceFS and rclone mount")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions of each workload (median reported)")
-    parser.add_argument("--size-mib", type=int, default=1024, help="size of the sequential file")
+    parser.add_argument("--size-mib", type=int, default=512, help="size of the sequential file")
+    parser.add_argument("--rtt-ms", type=float, default=0, help="put the store this many ms of round trip away "
+                        "(every target reaches it through one delaying relay)")
+    parser.add_argument("--transactions", type=int, default=1000, help="SQLite one-row transactions")
+    parser.add_argument("--real-tree", type=Path, default=Path("/usr/share/doc"), help="tree copied with rsync -a")
     parser.add_argument("--files", type=int, default=2000, help="number of 4 KiB files")
     parser.add_argument("--random-reads", type=int, default=2000, help="number of 4 KiB random reads")
     parser.add_argument("--edit-mib", type=int, default=64, help="size of the edited file")
@@ -537,14 +637,19 @@ def main() -> int:
     os.environ.update(HOME=str(work / "home"), XDG_RUNTIME_DIR=str(work / "run"))
     (work / "run").mkdir(mode=0o700)
     server = start_seaweed(work / "seaweed")
-    proxy = FaultProxy(int(server.endpoint.rsplit(":", 1)[1]))
+    # Every target reaches the server through the same relay (a far store with --rtt-ms);
+    # the edit targets through the counting proxy in front of it.
+    far = LatencyProxy(int(server.endpoint.rsplit(":", 1)[1]), args.rtt_ms) if args.rtt_ms else None
+    endpoint = far.endpoint if far else server.endpoint
+    env = {**server.env, "AWS_ENDPOINT_URL": endpoint}
+    proxy = FaultProxy(int(endpoint.rsplit(":", 1)[1]))
     client = server.client()
     targets: list[Target] = []
     edit_targets: list[Target] = []
     try:
         for bucket in ("fusedrive", "fusedrive-edits", "juicefs", "juicefs-edits", "rclone", "rclone-edits"):
             client.create_bucket(Bucket=bucket)
-        drive = Fusedrive(work / "fusedrive", "s3://fusedrive/volume", server.env)
+        drive = Fusedrive(work / "fusedrive", "s3://fusedrive/volume", env)
         drive.cli("init", drive.url)
         edited_drive = Fusedrive(work / "fusedrive-edits", "s3://fusedrive-edits/volume",
                                  {**server.env, "AWS_ENDPOINT_URL": proxy.endpoint})
@@ -552,8 +657,8 @@ def main() -> int:
         targets += [LocalDir(work / "local"), drive]
         edit_targets.append(edited_drive)
         if args.anchors:
-            targets += [JuiceFS(work / "juicefs", server.endpoint, "juicefs"),
-                        Rclone(work / "rclone", server.endpoint, "rclone", client)]
+            targets += [JuiceFS(work / "juicefs", endpoint, "juicefs"),
+                        Rclone(work / "rclone", endpoint, "rclone", client)]
             edit_targets += [JuiceFS(work / "juicefs-edits", proxy.endpoint, "juicefs-edits"),
                              Rclone(work / "rclone-edits", proxy.endpoint, "rclone-edits", client)]
         for t in targets + edit_targets:
@@ -562,8 +667,11 @@ def main() -> int:
         results = Results()
         runs = {"sequential write and reads": (targets, sequential, [args.size_mib]),
                 "random reads": (targets, random_reads, [args.random_reads]),
+                "fsync": (targets, fsync_edits, [args.edit_mib]),
+                "sqlite": (targets, sqlite_commits, [args.transactions]),
                 "small files": (targets, small_files, [args.files]),
                 "tree": (targets, tree, []),
+                "real tree": (targets, real_tree, [args.real_tree]),
                 "edits": (edit_targets, edits, [proxy, args.edit_mib])}
         for rep in range(1, args.repeat + 1):
             print(f"repetition {rep} of {args.repeat}", file=sys.stderr)
@@ -571,13 +679,15 @@ def main() -> int:
                 if workload in only:
                     for t in on:
                         results.run(workload, t, server_pid, function, *extra)
+                if workload == "sequential write and reads" and workload in only:
+                    results.add("fusedrive", raw_get("s3://fusedrive/raw-get", endpoint, env, args.size_mib))
         if args.sync_changes and "sync" in only:
             print("sync latency between two fusedrive devices (hub) ...", file=sys.stderr)
             hub = subprocess.Popen([sys.executable, "-m", "fusedrive.cli", "hub", "--listen", "127.0.0.1:0"],
                                    stdout=subprocess.PIPE, text=True)
             try:
                 port = hub.stdout.readline().strip().rsplit(":", 1)[1]
-                results.add("fusedrive", sync_latency(work, "s3://fusedrive/volume", server.env, args.sync_changes,
+                results.add("fusedrive", sync_latency(work, "s3://fusedrive/volume", env, args.sync_changes,
                                                       f"http://127.0.0.1:{port}"))
             finally:
                 hub.kill()
@@ -591,11 +701,14 @@ def main() -> int:
                 print(f"unmounting {t.name}: {exc}", file=sys.stderr)
                 subprocess.run(["fusermount3", "-u", "-z", str(t.mountpoint)], check=False)
         proxy.down()
+        if far:
+            far.stop()
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
     title = (f"fusedrive benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
-             f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB, SeaweedFS on loopback; "
+             f"{os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE') / 2**30:.0f} GiB, SeaweedFS on loopback"
+             f"{f', {args.rtt_ms:g} ms round trip added' if args.rtt_ms else ''}; "
              f"median of {args.repeat}; (×) = that target's figure / fusedrive's")
     table = results.table([t.name for t in targets], title)
     print("\n" + table)
