@@ -55,7 +55,7 @@ class Committer:
         self.lock = trio.Lock()
         self.committed = Broadcast()
         self._wake = trio.Event()
-        self._urgent = False
+        self._hurry = trio.Event()  # someone waits (fsync): the batching delay ends now
         self.last_pull = float("-inf")
         self.last_error: str | None = None
         self.failures = 0  # commit attempts that failed, ever (see wait_committed)
@@ -82,7 +82,7 @@ class Committer:
     def kick(self, urgent: bool = False) -> None:
         """Commit soon; `urgent` (someone waits, e.g. fsync) skips the batching delay."""
         if urgent:
-            self._urgent = True
+            self._hurry.set()
         self._wake.set()
 
     async def pull(self) -> None:
@@ -190,13 +190,12 @@ class Committer:
         delay = 1.0
         while True:
             await self._wake.wait()
-            if not self._urgent:
-                # let a burst of operations (untar, a build) gather into one journal entry
-                with trio.move_on_after(BATCH_DELAY_SECONDS):
-                    while not self._urgent:
-                        await trio.sleep(BATCH_DELAY_SECONDS / 5)
+            # let a burst of operations (untar, a build) gather into one journal entry,
+            # unless someone waits for it (an fsync pays the round trips it must, no more)
+            with trio.move_on_after(BATCH_DELAY_SECONDS):
+                await self._hurry.wait()
             self._wake = trio.Event()
-            self._urgent = False
+            self._hurry = trio.Event()
             try:
                 await self.commit_pending()
                 self.last_error, delay = None, 1.0
