@@ -111,3 +111,54 @@ def test_a_sparse_files_holes_do_not_count_against_the_cache_limit(proxied_volum
     store_proxy.down()
     assert _read_uncached(mount.p("disk.img"), 200 * MiB) == data  # still kept: it counted as 2 MiB, not 202
     store_proxy.up()
+
+
+def _random_reads(path, data: bytes, offsets: list[int]) -> None:
+    """4 KiB reads at scattered offsets (each far from where the last ended: the drive's
+    range reads), each the file's bytes there."""
+    with open(path, "rb") as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        for offset in offsets:
+            assert os.pread(f.fileno(), 4096, offset) == data[offset:offset + 4096], offset
+
+
+def _damage(path, offset: int) -> None:
+    """4 KiB at `offset` changed (every byte: none keeps its value by chance)."""
+    with open(path, "r+b") as f:
+        original = os.pread(f.fileno(), 4096, offset)
+        os.pwrite(f.fileno(), bytes(b ^ 0x5A for b in original), offset)
+
+
+def test_random_reads_of_a_damaged_cached_copy_are_the_files_bytes(proxied_volume, store_proxy):
+    """A 4 KiB read checks only the segments it reads: damage in the kept copy of a file
+    just saved, or in a block cached by an earlier read, is found there and the block is
+    fetched again, never returned. (Each damage is made with the drive unmounted, so no
+    block is still held in memory.)"""
+    mount = proxied_volume.mount("laptop")
+    data = os.urandom(12 * MiB)
+    with open(mount.p("db.sqlite"), "wb") as f:
+        f.write(data)
+    _uploaded(mount)
+    offsets = [(i * 5 * MiB) % (12 * MiB) + 12288 for i in range(12)]  # each 5 or 7 MiB from the last
+    _random_reads(mount.p("db.sqlite"), data, offsets)  # the blocks' checksums are known now
+    mount.umount()
+    [kept] = [p for p in (mount.cache_dir / "blocks" / "kept").iterdir() if not p.name.startswith("index")]
+    for offset in offsets[:4]:
+        _damage(kept, offset)
+    mount = proxied_volume.mount("laptop")
+    _random_reads(mount.p("db.sqlite"), data, offsets)
+
+    mount.umount()  # now from the block cache proper, not a kept copy
+    shutil.rmtree(mount.cache_dir / "blocks" / "kept")
+    mount = proxied_volume.mount("laptop")
+    assert _read_uncached(mount.p("db.sqlite")) == data
+    mount.umount()
+    cached = [p for p in (mount.cache_dir / "blocks").rglob("*.val") if "pinned" not in p.parts]
+    assert cached, "the blocks read are in the cache"
+    for block_file in cached:
+        _damage(block_file, 40 * 1024)
+    mount = proxied_volume.mount("laptop")
+    _random_reads(mount.p("db.sqlite"), data, [40 * 1024 + 8192] + offsets)
+    store_proxy.down()  # what was fetched again is cached in its place
+    _random_reads(mount.p("db.sqlite"), data, offsets)
+    store_proxy.up()

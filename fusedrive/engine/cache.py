@@ -1,11 +1,19 @@
 """The local block cache: plaintext blocks on disk (diskcache, size-bounded, LRU).
 
-Cached blocks are re-hashed on every disk hit, so a corrupted or truncated cache
-file is dropped and fetched again instead of being returned. A few recently used
-blocks are also kept decoded in memory, because one 4 MiB block serves dozens of
+A block read whole from the disk is re-hashed against its id, so a corrupted or
+truncated cache file is dropped and fetched again instead of being returned. A few
+recently used blocks are also kept in memory, because one 4 MiB block serves dozens of
 128 KiB kernel reads. Files just uploaded are kept whole beside it (`kept.py`) rather
 than copied block by block; both count against one size limit, and kept files give
 way first.
+
+A small read at a random place (a database page, an index lookup) must not read and
+hash a whole block: every cached block has a CRC-32 per 32 KiB segment (stored with it:
+diskcache's tag, the kept index), and `read_range` reads only the segments a range
+touches, checks them, and returns the range. Where each block lies on disk is
+remembered in memory (`_Span`) once looked up, so such a read is one open and one
+pread, no SQLite. A segment that fails its check is a miss (the block is fetched and
+verified whole), never data.
 """
 
 from __future__ import annotations
@@ -15,9 +23,11 @@ import logging
 import os
 import sqlite3
 import threading
+import time
+import zlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import diskcache
 
@@ -27,6 +37,25 @@ log = logging.getLogger(__name__)
 
 MEMORY_BLOCKS = 16
 DISK_RESERVE = 64 << 20  # kept free on the cache disk (at most a tenth of it)
+SEGMENT = 32 * 1024  # the unit a range read reads and checks
+MAX_SPANS = 20_000  # blocks whose place on disk is remembered (~300 bytes each)
+TOUCH_SECONDS = 60  # range reads refresh a block's place in the LRU at most this often
+
+
+def checksums(data: bytes) -> bytes:
+    """CRC-32 of each SEGMENT of `data` (from a segment boundary), 4 bytes each."""
+    view = memoryview(data)
+    return b"".join(zlib.crc32(view[i:i + SEGMENT]).to_bytes(4, "big") for i in range(0, len(view), SEGMENT))
+
+
+class _Span(NamedTuple):
+    """Where a cached block's bytes are: a file, from `start`, and its segments' checksums."""
+    path: str
+    start: int
+    length: int
+    crcs: bytes
+    lru_key: bool  # an entry of the LRU tier, refreshed by reads now and then
+    touched: float
 
 
 def free_and_reserve(directory: Path) -> tuple[int, int]:
@@ -44,11 +73,26 @@ def leaves_reserve(directory: Path, nbytes: int) -> bool:
     return free - nbytes >= reserve
 
 
+class _DiskTellingWhere(diskcache.Disk):
+    """diskcache's storage of values, noting where it wrote each value's file, so that a
+    block just cached is read by range at once (no lookup). Callers hold the cache's lock."""
+
+    def __init__(self, directory: str, **settings) -> None:
+        super().__init__(directory, **settings)
+        self.written: dict[str, str] = {}
+
+    def filename(self, key=diskcache.core.UNKNOWN, value=diskcache.core.UNKNOWN) -> tuple[str, str]:
+        filename, full_path = super().filename(key, value)
+        if isinstance(key, str):
+            self.written[key] = full_path
+        return filename, full_path
+
+
 class BlockCache:
     def __init__(self, directory: Path, size_limit: int, id_of: Callable[[bytes], str]) -> None:
         self._disk = diskcache.Cache(
-            str(directory), size_limit=size_limit, eviction_policy="least-recently-used", cull_limit=16
-        )
+            str(directory), size_limit=size_limit, eviction_policy="least-recently-used", cull_limit=16,
+            disk=_DiskTellingWhere)
         self._directory = directory
         self._size_limit = size_limit
         self.kept = KeptFiles(directory / "kept")
@@ -56,6 +100,7 @@ class BlockCache:
         self._pinned = diskcache.Cache(str(directory / "pinned"), size_limit=1 << 62, eviction_policy="none")
         self._id_of = id_of
         self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._spans: OrderedDict[str, _Span] = OrderedDict()
         self._lock = threading.Lock()
         # One thread in diskcache at a time: its SQLite transactions (one per set, and per
         # get for the LRU time) would otherwise collide and SQLite's busy handler sleeps
@@ -89,18 +134,11 @@ class BlockCache:
         data = self.memory_get(block_id)
         if data is not None:
             return data
-        data = self._read_disk(block_id)
-        if data is not None and self._id_of(data) != block_id:
-            with self._disk_lock:
-                self._disk.delete(block_id)
-            data = None
+        data = self._read_tier(self._disk, block_id, lru=True)
         if data is None:
-            data = self.kept.read(block_id)
-            if data is not None and self._id_of(data) != block_id:
-                self.kept.forget(block_id)
-                data = None
+            data = self._read_kept(block_id)
         if data is None:
-            data = self._read_pinned(block_id)
+            data = self._read_tier(self._pinned, block_id, lru=False)
         if data is None:
             self.misses += 1
             return None
@@ -108,13 +146,114 @@ class BlockCache:
         self._remember(block_id, data)
         return data
 
-    def _read_disk(self, block_id: str) -> bytes | None:
+    def _read_tier(self, tier: diskcache.Cache, block_id: str, lru: bool) -> bytes | None:
+        """A block of a diskcache tier, verified whole (and its place remembered)."""
         with self._disk_lock:
-            found = self._disk.get(block_id, read=True)  # large blocks: an open file, small: bytes
+            # large blocks: an open file, small: bytes
+            found, crcs = tier.get(block_id, read=True, tag=True)
         if found is None or isinstance(found, bytes):
-            return found
-        with found:
-            return found.read()
+            data, path = found, None
+        else:
+            with found:
+                data, path = found.read(), found.name
+        if data is not None and self._id_of(data) != block_id:
+            with self._disk_lock:
+                tier.delete(block_id)
+            return None
+        if path is not None:
+            self._add_span(block_id, _Span(path, 0, len(data), crcs or checksums(data), lru, time.monotonic()))
+        return data
+
+    def _read_kept(self, block_id: str) -> bytes | None:
+        found = self.kept.locate(block_id)
+        if found is None:
+            return None
+        path, start, length, crcs = found
+        data = self.kept.read(path, start, length)
+        if data is None or self._id_of(data) != block_id:
+            self.kept.forget(block_id)
+            return None
+        if crcs is None:
+            crcs = checksums(data)
+            self.kept.set_checksums(block_id, crcs)
+        self._add_span(block_id, _Span(str(path), start, length, crcs, False, time.monotonic()))
+        return data
+
+    # --- range reads ---------------------------------------------------------------------
+
+    def read_range(self, block_id: str, start: int, end: int) -> bytes | None:
+        """Bytes [start, end) of a cached block, reading and checking only the segments
+        they are in; None if the block is not cached here (or fails a check: the caller
+        then reads it whole, which verifies it or fetches it again). Blocks only on a
+        disk read, never on the store: callable from the trio loop."""
+        data = self.memory_get(block_id)
+        if data is not None:
+            return data[start:end] if end <= len(data) else None
+        span = self._span(block_id)
+        if span is None or end > span.length:
+            return None
+        first = start // SEGMENT * SEGMENT
+        last = min(span.length, -(-end // SEGMENT) * SEGMENT)
+        try:
+            fd = os.open(span.path, os.O_RDONLY)
+            try:
+                raw = os.pread(fd, last - first, span.start + first)
+            finally:
+                os.close(fd)
+        except OSError:  # evicted, trimmed, or the disk failed: read it whole
+            self._forget_span(block_id)
+            return None
+        if len(raw) != last - first or checksums(raw) != span.crcs[first // SEGMENT * 4:-(-last // SEGMENT) * 4]:
+            log.warning("cached block %s fails its checksum: reading it again", block_id)
+            self._forget_span(block_id)
+            return None
+        if span.lru_key and time.monotonic() - span.touched > TOUCH_SECONDS:
+            self._touch(block_id, span)
+        self.hits += 1
+        return raw[start - first:end - first]
+
+    def _span(self, block_id: str) -> _Span | None:
+        """Where a cached block is, from memory or looked up once (no block read)."""
+        with self._lock:
+            span = self._spans.get(block_id)
+            if span is not None:
+                self._spans.move_to_end(block_id)
+                return span
+        for tier, lru in ((self._disk, True), (self._pinned, False)):
+            with self._disk_lock:
+                found, crcs = tier.get(block_id, read=True, tag=True)
+            if found is not None and not isinstance(found, bytes):
+                with found:
+                    length = os.fstat(found.fileno()).st_size
+                    path = found.name
+                if crcs is not None:
+                    return self._add_span(block_id, _Span(path, 0, length, crcs, lru, time.monotonic()))
+                return None  # cached before checksums were kept: the first whole read adds them
+        found = self.kept.locate(block_id)
+        if found is not None and found[3] is not None:
+            path, start, length, crcs = found
+            return self._add_span(block_id, _Span(str(path), start, length, crcs, False, time.monotonic()))
+        return None
+
+    def _add_span(self, block_id: str, span: _Span) -> _Span:
+        with self._lock:
+            self._spans[block_id] = span
+            self._spans.move_to_end(block_id)
+            while len(self._spans) > MAX_SPANS:
+                self._spans.popitem(last=False)
+        return span
+
+    def _forget_span(self, block_id: str) -> None:
+        with self._lock:
+            self._spans.pop(block_id, None)
+
+    def _touch(self, block_id: str, span: _Span) -> None:
+        """Tell the LRU the block is in use (a whole get does; range reads skip SQLite)."""
+        with self._disk_lock:
+            found = self._disk.get(block_id, read=True)
+        if found is not None and not isinstance(found, bytes):
+            found.close()
+        self._add_span(block_id, span._replace(touched=time.monotonic()))
 
     def put(self, block_id: str, data: bytes) -> None:
         """Best effort: a cache that cannot grow (disk full) must not fail an upload or a read."""
@@ -123,16 +262,24 @@ class BlockCache:
     def put_many(self, blocks: list[tuple[str, bytes]]) -> None:
         """`put` for several blocks, in one diskcache transaction (the blocks of a pack:
         a transaction per 4 KiB block cost as much CPU as its share of the pack's PUT)."""
+        spans = []
         try:
             if leaves_reserve(self._directory, sum(len(data) for _, data in blocks)):
                 with self._disk_lock, self._disk.transact():
+                    written = self._disk.disk.written
                     for block_id, data in blocks:
                         # diskcache writes a large bytes value line by line (thousands of write
                         # calls per MiB of random data); as a file-like value it writes it whole.
                         large = len(data) >= self._disk.disk_min_file_size
-                        self._disk.set(block_id, io.BytesIO(data) if large else data, read=large)
+                        crcs = checksums(data) if large else None
+                        self._disk.set(block_id, io.BytesIO(data) if large else data, read=large, tag=crcs)
+                        if block_id in written:
+                            spans.append((block_id, _Span(written.pop(block_id), 0, len(data), crcs, True,
+                                                          time.monotonic())))
         except (OSError, sqlite3.Error) as exc:
             log.warning("cannot cache %d block(s) on disk: %s", len(blocks), exc)
+        for block_id, span in spans:
+            self._add_span(block_id, span)
         for block_id, data in blocks[-MEMORY_BLOCKS:]:
             self._remember(block_id, data)
         if self.kept.total:
@@ -162,23 +309,12 @@ class BlockCache:
 
     # --- pinned blocks ---------------------------------------------------------------------
 
-    def _read_pinned(self, block_id: str) -> bytes | None:
-        with self._disk_lock:
-            found = self._pinned.get(block_id, read=True)
-        if found is not None and not isinstance(found, bytes):
-            with found:
-                found = found.read()
-        if found is not None and self._id_of(found) != block_id:
-            with self._disk_lock:
-                self._pinned.delete(block_id)
-            return None
-        return found
-
     def pin(self, block_id: str, data: bytes) -> None:
         """Keep this block whatever the LRU limit does (raises OSError when the disk is full)."""
         with self._disk_lock:
             large = len(data) >= self._pinned.disk_min_file_size
-            self._pinned.set(block_id, io.BytesIO(data) if large else data, read=large)
+            self._pinned.set(block_id, io.BytesIO(data) if large else data, read=large,
+                             tag=checksums(data) if large else None)
 
     def unpin(self, block_ids: set[str]) -> None:
         with self._disk_lock, self._pinned.transact():

@@ -6,7 +6,8 @@ bytes. Copying each block into the block cache doubled the local writes of every
 instead the staged file moves here and an index maps each block id to its range.
 Reads are verified against the block id like any cache hit, so a range that no longer
 holds its block (a file kept from content that was not uploaded as it stands, a
-damaged disk) is a miss, never data. The oldest kept files go first when the cache is
+damaged disk) is a miss, never data. A block's segment checksums (for range reads, see
+cache.py) are added to its row the first time it is read whole. The oldest kept files go first when the cache is
 over its limit.
 """
 
@@ -36,6 +37,8 @@ class KeptFiles:
         self._db.execute("CREATE TABLE IF NOT EXISTS spans (block_id TEXT PRIMARY KEY, name TEXT, "
                          "offset INTEGER, length INTEGER)")
         self._db.execute("CREATE INDEX IF NOT EXISTS spans_by_name ON spans (name)")
+        if "crcs" not in {row[1] for row in self._db.execute("PRAGMA table_info(spans)")}:
+            self._db.execute("ALTER TABLE spans ADD COLUMN crcs BLOB")  # a cache dir from before range reads
         self._lock = threading.Lock()
         self._forget_strays()
         self.total = self._db.execute("SELECT COALESCE(SUM(size), 0) FROM files").fetchone()[0]
@@ -72,23 +75,34 @@ class KeptFiles:
                 return False
             with self._db:
                 self._db.execute("INSERT INTO files VALUES (?, ?, ?)", (name, size, time.time()))
-                self._db.executemany("INSERT OR REPLACE INTO spans VALUES (?, ?, ?, ?)", spans)
+                self._db.executemany("INSERT OR REPLACE INTO spans (block_id, name, offset, length) "
+                                     "VALUES (?, ?, ?, ?)", spans)
             self.total += size
         return True
 
-    def read(self, block_id: str) -> bytes | None:
-        """The bytes kept for a block (unverified), or None."""
+    def locate(self, block_id: str) -> tuple[Path, int, int, bytes | None] | None:
+        """Where a block is kept: file, offset, length, and its segment checksums if known."""
         with self._lock:
-            row = self._db.execute("SELECT name, offset, length FROM spans WHERE block_id = ?", (block_id,)).fetchone()
+            row = self._db.execute("SELECT name, offset, length, crcs FROM spans WHERE block_id = ?",
+                                   (block_id,)).fetchone()
         if row is None:
             return None
-        name, offset, length = row
+        name, offset, length, crcs = row
+        return self.directory / name, offset, length, crcs
+
+    @staticmethod
+    def read(path: Path, offset: int, length: int) -> bytes | None:
+        """The bytes kept at a place (unverified), or None."""
         try:
-            with open(self.directory / name, "rb") as f:
+            with open(path, "rb") as f:
                 data = os.pread(f.fileno(), length, offset)
         except FileNotFoundError:
             return None
         return data if len(data) == length else None
+
+    def set_checksums(self, block_id: str, crcs: bytes) -> None:
+        with self._lock, self._db:
+            self._db.execute("UPDATE spans SET crcs = ? WHERE block_id = ?", (crcs, block_id))
 
     def has(self, block_id: str) -> bool:
         with self._lock:

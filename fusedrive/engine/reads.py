@@ -1,6 +1,11 @@
 """Reads: from staging while a file is written here, else from its blocks (cache first),
 fetching ahead of sequential readers. A block that fails verification is an error (EIO
-above), never wrong bytes (blocks.py verifies)."""
+above), never wrong bytes (blocks.py verifies).
+
+A read away from where the file's last read ended (a database page, an index lookup)
+takes only its bytes from the cache (`BlockCache.read_range`: the 32 KiB segments it
+touches, checked) in the trio thread, as staged reads are; a sequential read loads
+whole blocks, in worker threads, and fetches ahead."""
 
 from __future__ import annotations
 
@@ -86,7 +91,11 @@ class Reader:
             if piece.block is None:
                 parts.append(bytes(take_to - take_from))
             else:
-                parts.append(piece.of(await self.fetch_block(piece, node), take_from, take_to))
+                part = None if sequential else self.cache.read_range(
+                    piece.block, piece.offset + take_from, piece.offset + take_to)
+                if part is None:
+                    part = piece.of(await self.fetch_block(piece, node), take_from, take_to)
+                parts.append(part)
             offset = start + take_to
             index += 1
         return b"".join(parts)
