@@ -392,7 +392,7 @@ def real_tree(t: Target, source: Path) -> dict[str, float]:
     top = t.mountpoint / "doc"
     copy_s = timed(lambda: subprocess.run(["rsync", "-a", f"{source}/", f"{top}/"], check=True))
     rm_s = timed(lambda: subprocess.run(["rm", "-rf", str(top)], check=True))
-    return {f"rsync -a {source} (s)": copy_s, f"rm -rf of it (s)": rm_s}
+    return {f"rsync -a {source} (s)": copy_s, "rm -rf of it (s)": rm_s}
 
 
 def small_files(t: Target, count: int) -> dict[str, float]:

@@ -39,6 +39,9 @@ SEEDS = seeds(os.environ.get("FUSEDRIVE_CHAOS_SEEDS", "11,22"))
 STEPS = int(os.environ.get("FUSEDRIVE_CHAOS_STEPS", "50"))
 FILES = ["a.txt", "b.txt", "c.bin", "dir/d.txt", "dir/e.txt"]
 NAMES = ("laptop", "desktop", "server")
+# An edit of a file not on a cut-off device fails (EIO) after this: at the default 60 s, a
+# seed that keeps a device on a hanging store for many steps spends minutes in such edits.
+IO_TIMEOUT = ("--io-timeout", "10")
 
 
 class Device:
@@ -47,7 +50,7 @@ class Device:
     def __init__(self, volume, name: str, proxy: FaultProxy, hub: str) -> None:
         self.volume, self.name, self.proxy, self.hub = volume, name, proxy, hub
         self.cut = None  # None, "refused" or "hanging"
-        self.mount = volume.mount(name, poll_interval=0.5, hub=hub, endpoint=proxy.endpoint)
+        self.mount = volume.mount(name, poll_interval=0.5, hub=hub, endpoint=proxy.endpoint, args=IO_TIMEOUT)
         self.alive = True
 
     def p(self, path: str) -> str:
@@ -78,7 +81,7 @@ class Device:
         if self.cut == "hanging":
             self.heal()
         self.mount = self.volume.mount(self.name, cache_dir=self.mount.cache_dir, poll_interval=0.5, hub=self.hub,
-                                       endpoint=self.proxy.endpoint)
+                                       endpoint=self.proxy.endpoint, args=IO_TIMEOUT)
         self.alive = True
 
 

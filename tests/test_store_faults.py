@@ -138,6 +138,12 @@ def test_a_hanging_store_fails_uncached_reads_after_io_timeout_and_loses_no_writ
         read(laptop.p("remote.bin"))  # never read on this device: not in its cache
     assert caught.value.errno == errno.EIO
     assert time.monotonic() - started < 30, "bounded by --io-timeout, not hanging"
+    started = time.monotonic()
+    with pytest.raises(OSError) as caught:  # an edit needs the file's content first: EIO too
+        with open(laptop.p("remote.bin"), "ab") as f:
+            f.write(b"one more line")
+    assert caught.value.errno == errno.EIO
+    assert time.monotonic() - started < 30, "an edit of an uncached file is bounded by --io-timeout"
     assert read(laptop.p("cached.bin")) == cached
     offline = os.urandom(300_000)
     write(laptop.p("offline.bin"), offline)  # accepted into staging while the store hangs

@@ -13,6 +13,8 @@ import trio
 from .blocks import BlockStore
 from .cache import leaves_reserve
 from .localfiles import LocalFiles
+from .manifest import pieces
+from .reads import Reader
 from .replica import Replica
 from .tree import Inode
 from .staging import Staging
@@ -22,8 +24,9 @@ class Writer:
     """Owns the per-file locks that serialize bringing a file into staging."""
 
     def __init__(self, replica: Replica, files: LocalFiles, staging: Staging, blocks: BlockStore,
-                 cache_dir: Path) -> None:
+                 reader: Reader, cache_dir: Path) -> None:
         self.replica = replica
+        self.reader = reader
         self.files = files
         self.staging = staging
         self.blocks = blocks
@@ -47,6 +50,7 @@ class Writer:
                     self.files.staged_now(node.fid)
                     break
                 version = node.version
+                await self._fetch_missing(node, extents)
                 materialized = await trio.to_thread.run_sync(
                     self.staging.materialize, node.fid, extents, node.size, self.blocks.fetch
                 )
@@ -58,6 +62,15 @@ class Writer:
                 self.files.staged_now(node.fid)
         self._stage_locks.pop(node.fid, None)
         return self.replica.inode(node.ino) or node
+
+    async def _fetch_missing(self, node: Inode, extents: list[list]) -> None:
+        """Bring the blocks the file needs into the cache first, each within --io-timeout
+        (EIO after it, as a read): the write of a file not on this device must not wait on
+        a store that hangs for as long as the S3 client's own timeouts and retries (minutes).
+        The materializing thread then finds them there."""
+        for piece in pieces(extents):
+            if piece.block is not None and not self.blocks.cache.contains(piece.block):
+                await self.reader.fetch_block(piece, node)
 
     def _check_room(self, nbytes: int) -> None:
         """ENOSPC before the cache disk is completely full (see leaves_reserve)."""
