@@ -226,6 +226,7 @@ class Rclone(Target):
     def mount(self) -> None:
         subprocess.run([str(BIN / "rclone"), "mount", f"bench:{self.bucket}", str(self.mountpoint),
                         "--vfs-cache-mode", "full", "--cache-dir", str(self.cache), "--daemon",
+                        "--links",  # symlinks as .rclonelink objects: without it a real tree's links fail
                         "--log-file", str(self.root / "rclone.log")],
                        env=self.env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(lambda: os.path.ismount(self.mountpoint), 30, "rclone to mount")
@@ -563,7 +564,11 @@ class Results:
         print(f"  {t.name}: {workload} ...", file=sys.stderr, flush=True)
         mount_before, server_before = cpu_seconds(t.pid()), cpu_seconds(server_pid)
         pid_before = t.pid()
-        outcome = fn(t, *args)
+        try:
+            outcome = fn(t, *args)
+        except (OSError, subprocess.CalledProcessError) as exc:  # one target failing a workload: say so, go on
+            print(f"  {t.name}: {workload} failed: {exc}", file=sys.stderr, flush=True)
+            return
         # a remount (cold read) starts a new process: count only the one serving now
         mount_cpu = cpu_seconds(t.pid()) - (mount_before if t.pid() == pid_before else 0)
         self.cpu[(workload, t.name)].append((mount_cpu, cpu_seconds(server_pid) - server_before))
