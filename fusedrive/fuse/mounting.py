@@ -50,6 +50,23 @@ def limit_malloc_arenas() -> None:
         pass  # not glibc: its allocator has its own policy
 
 
+TRIM_SECONDS = 60
+
+
+async def return_freed_memory() -> None:
+    """Every minute, hand the memory freed since back to the system (`malloc_trim`): glibc
+    keeps freed chunks in the middle of its heaps, so a mount that once copied a tree or
+    held big blocks kept that RSS for good (bench: 117 MiB with 100,000 files alone,
+    244 MiB after every other workload). A call takes milliseconds, without the GIL."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return  # not glibc
+    while True:
+        await trio.sleep(TRIM_SECONDS)
+        trim(0)
+
+
 def check_mountpoint(mountpoint: str) -> str:
     """The mount point, created if it is missing (the README's first command names a folder
     a new user does not have yet)."""
@@ -208,6 +225,7 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
             await drive.start(nursery)
             await nursery.start(control.serve, control.socket_path(path),
                                 commands.handlers(drive, path, sharing.clean_scratch(cache_dir)))
+            nursery.start_soon(return_freed_memory)
             if notify:
                 nursery.start_soon(notify_desktop, drive.events)
             if metrics:
