@@ -110,11 +110,15 @@ class BlockCache:
         self.misses = 0
 
     def _remember(self, block_id: str, data: bytes) -> None:
+        self._put_newest(self._memory, block_id, data, MEMORY_BLOCKS)
+
+    def _put_newest(self, table: OrderedDict, key: str, value, limit: int) -> None:
+        """Insert as the most recently used entry of a bounded LRU table, dropping the oldest."""
         with self._lock:
-            self._memory[block_id] = data
-            self._memory.move_to_end(block_id)
-            while len(self._memory) > MEMORY_BLOCKS:
-                self._memory.popitem(last=False)
+            table[key] = value
+            table.move_to_end(key)
+            while len(table) > limit:
+                table.popitem(last=False)
 
     def memory_get(self, block_id: str) -> bytes | None:
         """A block held decoded in memory (never blocks: safe in the trio loop)."""
@@ -236,11 +240,7 @@ class BlockCache:
         return None
 
     def _add_span(self, block_id: str, span: _Span) -> _Span:
-        with self._lock:
-            self._spans[block_id] = span
-            self._spans.move_to_end(block_id)
-            while len(self._spans) > MAX_SPANS:
-                self._spans.popitem(last=False)
+        self._put_newest(self._spans, block_id, span, MAX_SPANS)
         return span
 
     def _forget_span(self, block_id: str) -> None:
