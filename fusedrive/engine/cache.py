@@ -35,7 +35,7 @@ from .kept import KeptFiles
 
 log = logging.getLogger(__name__)
 
-MEMORY_BLOCKS = 16
+MEMORY_BLOCKS = 24
 DISK_RESERVE = 64 << 20  # kept free on the cache disk (at most a tenth of it)
 SEGMENT = 32 * 1024  # the unit a range read reads and checks
 MAX_SPANS = 20_000  # blocks whose place on disk is remembered (~300 bytes each)

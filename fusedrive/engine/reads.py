@@ -25,8 +25,8 @@ from .replica import Replica
 from .tree import Inode
 from .staging import Staging
 
-DOWNLOAD_THREADS = 16
-PREFETCH_BLOCKS = 6
+DOWNLOAD_THREADS = 24
+PREFETCH_BLOCKS = 16
 SEQUENTIAL_WINDOW = 1024 * 1024
 
 
