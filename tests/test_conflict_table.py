@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from engines import Device, devices, tree
+from fusedrive.errors import IntegrityError
 
 pytestmark = pytest.mark.inprocess
 
@@ -238,3 +239,19 @@ async def test_the_namespace_refuses_what_posix_refuses(laptop):
         with pytest.raises(OSError) as raised:
             action()
         assert raised.value.errno == code
+
+
+@on_devices("laptop", "desktop")
+async def test_a_file_whose_entry_says_more_bytes_than_its_content_covers_is_eio_not_a_crash(laptop, desktop):
+    """A bad entry (a size its manifest does not cover, as a bug once wrote) must cost the
+    file's readers an EIO, never the mount: every device applying it used to crash."""
+    await laptop.save("/notes.txt", b"twelve bytes")
+    await laptop.sync()
+    node = laptop.lookup("/notes.txt")
+    laptop.drive.replica.record({"op": "update", "fid": node.fid, "base": node.version, "manifest": node.extents(),
+                                 "size": 200_000, "mtime_ns": node.mtime_ns, "t": 1, "device": "laptop"})
+    await laptop.sync()
+    await desktop.pull()
+    with pytest.raises(IntegrityError, match="covers only 12"):
+        await desktop.read("/notes.txt")
+    assert any("notes.txt" in problem for problem in desktop.drive.problems.recent)

@@ -86,6 +86,7 @@ class LocalFiles:
             if fid in self.staged:
                 st = os.stat(self.staging.path(fid))
                 self.attrs[fid] = (st.st_size, st.st_mtime_ns, st.st_mtime_ns)
+                self.staging.bump(fid)  # a generation, so an upload sees the copy change or go
                 self.unsaved.add(fid)
                 self.unsaved_since[fid] = st.st_mtime
             else:

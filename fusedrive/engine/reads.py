@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ..errors import FusedriveError, StoreUnreachable
+from ..errors import FusedriveError, IntegrityError, StoreUnreachable
 from .blocks import BlockStore
 from .cache import BlockCache
 from .events import Problems, StoreHealth
@@ -37,6 +37,7 @@ class Layout:
     version: int
     starts: list[int]
     pieces: list[Piece]
+    length: int  # the bytes the pieces cover
 
 
 class Reader:
@@ -74,6 +75,12 @@ class Reader:
             return b""
         size = min(size, file_size - offset)
         layout = self._layout(node)
+        if offset + size > layout.length:
+            # an entry whose size its manifest does not cover (fsck says so too): EIO, not a crash
+            path = self.replica.path_of(node.fid) or node.fid
+            exc = IntegrityError(f"{path} is {file_size} bytes, but its saved content covers only {layout.length}.")
+            self.problems.report(f"Cannot read {path!r}: {exc}", exc)
+            raise exc
         index = bisect.bisect_right(layout.starts, offset) - 1
         # Kernel readahead sends several reads at once and they are served concurrently,
         # so "sequential" means near where the last read ended, not exactly there.
@@ -104,7 +111,8 @@ class Reader:
         layout = self._layouts.get(node.ino)
         if layout is None or layout.version != node.version:
             layout_pieces = pieces(node.extents())
-            layout = Layout(node.version, starts(layout_pieces), layout_pieces)
+            layout = Layout(node.version, starts(layout_pieces), layout_pieces,
+                            sum(piece.length for piece in layout_pieces))
             self._layouts[node.ino] = layout
         return layout
 

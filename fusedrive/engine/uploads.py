@@ -179,8 +179,11 @@ class Uploads:
             return False  # truncated meanwhile: the next close uploads again
         finally:
             os.close(fd)
-        if self.staging.generation.get(fid) != generation:
-            return False  # written again meanwhile: the next close uploads the newer content
+        if fid not in files.unsaved or self.staging.generation.get(fid) != generation:
+            # written again meanwhile (the next close uploads the newer content), or its
+            # content moved on (to a conflicted copy, which uploads it) or was dropped:
+            # recording this manifest for the file would pair it with another size
+            return False
         crash_point("blocks-stored")
         node = self.replica.inode(ino)
         if node is None:
