@@ -8,7 +8,8 @@ fast tests of the rules (tests/test_conflict_table.py).
         await desktop.pull()
         assert await desktop.read("/a.txt") == b"one"
 
-A device can be cut off from the store (`cut_off()`): its changes queue, as in a partition.
+A device can be cut off from the store (`cut_off()`): its changes queue, as in a partition;
+and killed and started again from its cache dir (`restart()`).
 """
 
 from __future__ import annotations
@@ -37,11 +38,29 @@ STEP_SECONDS = 30  # no single engine step of a test may take longer
 class Device:
     """One device: its engine (`drive`) and a small front end that acts by path."""
 
-    def __init__(self, name: str, drive: Drive, store: MemoryStore) -> None:
+    def __init__(self, name: str, drive: Drive, store: MemoryStore, nursery: trio.Nursery) -> None:
         self.name = name
         self.drive = drive
         self.store = store
         self.namespace = Namespace(drive.replica)
+        self._nursery = nursery
+        self._running: tuple[trio.CancelScope, trio.Event] | None = None
+
+    async def start(self) -> None:
+        self._running = await self._nursery.start(_serve, self.drive)
+
+    async def restart(self) -> None:
+        """The process is killed and starts again from its cache dir: what is on disk there
+        is all the new engine has (no drain, no goodbye)."""
+        scope, stopped = self._running
+        scope.cancel()
+        with trio.fail_after(STEP_SECONDS):
+            await stopped.wait()
+        self.drive.close()
+        volume = self.drive.volume
+        self.drive = Drive(volume, self.drive.cache_dir, self.name, 1 << 30, poll_interval=3600)
+        self.namespace = Namespace(self.drive.replica)
+        await self.start()
 
     # --- looking things up --------------------------------------------------------------
 
@@ -164,6 +183,19 @@ async def tree(device: Device) -> dict[str, bytes | None]:
     return found
 
 
+async def _serve(drive: Drive, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """One device's engine in a nursery of its own, so that a test can stop it alone."""
+    stopped = trio.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(STEP_SECONDS):
+                await drive.start(nursery)
+            task_status.started((nursery.cancel_scope, stopped))
+            await trio.sleep_forever()
+    finally:
+        stopped.set()
+
+
 def new_volume() -> Volume:
     """A volume with its journal started, in memory. Its keys can serve many test volumes
     (`devices(..., keys_of=)`): the passphrase's scrypt is what costs."""
@@ -195,9 +227,9 @@ async def devices(*names: str, keys_of: Volume | None = None) -> AsyncIterator[t
             (cache_dir / "volume-id").write_text(volume.volume_id)
             drive = Drive(Volume(store, volume.volume_id, volume.chunking, volume.keys), cache_dir, name, 1 << 30,
                           poll_interval=3600)
-            with trio.fail_after(STEP_SECONDS):
-                await drive.start(nursery)
-            started.append(Device(name, drive, store))
+            device = Device(name, drive, store, nursery)
+            await device.start()
+            started.append(device)
         try:
             yield tuple(started)
             for device in started:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import inspect
+import threading
 
 import pytest
 import trio
@@ -255,3 +256,39 @@ async def test_a_file_whose_entry_says_more_bytes_than_its_content_covers_is_eio
     with pytest.raises(IntegrityError, match="covers only 12"):
         await desktop.read("/notes.txt")
     assert any("notes.txt" in problem for problem in desktop.drive.problems.recent)
+
+
+@on_devices("laptop", "desktop")
+async def test_a_save_moved_to_a_conflicted_copy_while_it_uploads_is_not_also_recorded_for_the_file(
+        laptop, desktop):
+    """After a restart, the laptop uploads a save of a file it has since deleted; while the
+    upload runs, the desktop's save of that file arrives and brings it back, so the laptop's
+    save moves to a conflicted copy. The upload in flight must not then record that content
+    for the file too (it did, with the desktop's size: every device crashed reading it)."""
+    await laptop.save("/report.txt", b"v1")
+    await agree(laptop, desktop)
+    laptop.cut_off()
+    await laptop.save("/report.txt", b"laptop's last save")
+    await laptop.restart()
+    laptop.delete("/report.txt")
+    entered, go = threading.Event(), threading.Event()
+    stored = laptop.store.put
+
+    def put_when_let(key: str, data: bytes) -> None:
+        if key.startswith(("blocks/", "packs/")):
+            entered.set()
+            go.wait(30)
+        stored(key, data)
+
+    laptop.store.put = put_when_let
+    laptop.cut_off(False)
+    laptop.drive.health.retry_now()
+    assert await trio.to_thread.run_sync(entered.wait, 30), "the laptop's upload started"
+    await desktop.save("/report.txt", b"desktop's save")
+    await desktop.sync()
+    await laptop.pull()
+    go.set()
+    final = await agree(laptop, desktop)
+    assert final["/report.txt"] == b"desktop's save"
+    [copy] = copies(laptop)
+    assert final[f"/{copy}"] == b"laptop's last save"
