@@ -73,6 +73,18 @@ def leaves_reserve(directory: Path, nbytes: int) -> bool:
     return free - nbytes >= reserve
 
 
+def _store_block(tier: diskcache.Cache, block_id: str, data: bytes) -> bytes | None:
+    """Put a block into a diskcache tier (the caller holds the disk lock); a block large
+    enough to get a file of its own gets its segments' checksums as the entry's tag (for
+    range reads), which are returned."""
+    # diskcache writes a large bytes value line by line (thousands of write calls per MiB
+    # of random data); as a file-like value it writes it whole.
+    large = len(data) >= tier.disk_min_file_size
+    crcs = checksums(data) if large else None
+    tier.set(block_id, io.BytesIO(data) if large else data, read=large, tag=crcs)
+    return crcs
+
+
 class _DiskTellingWhere(diskcache.Disk):
     """diskcache's storage of values, noting where it wrote each value's file, so that a
     block just cached is read by range at once (no lookup). Callers hold the cache's lock."""
@@ -268,11 +280,7 @@ class BlockCache:
                 with self._disk_lock, self._disk.transact():
                     written = self._disk.disk.written
                     for block_id, data in blocks:
-                        # diskcache writes a large bytes value line by line (thousands of write
-                        # calls per MiB of random data); as a file-like value it writes it whole.
-                        large = len(data) >= self._disk.disk_min_file_size
-                        crcs = checksums(data) if large else None
-                        self._disk.set(block_id, io.BytesIO(data) if large else data, read=large, tag=crcs)
+                        crcs = _store_block(self._disk, block_id, data)
                         if block_id in written:
                             spans.append((block_id, _Span(written.pop(block_id), 0, len(data), crcs, True,
                                                           time.monotonic())))
@@ -312,9 +320,7 @@ class BlockCache:
     def pin(self, block_id: str, data: bytes) -> None:
         """Keep this block whatever the LRU limit does (raises OSError when the disk is full)."""
         with self._disk_lock:
-            large = len(data) >= self._pinned.disk_min_file_size
-            self._pinned.set(block_id, io.BytesIO(data) if large else data, read=large,
-                             tag=checksums(data) if large else None)
+            _store_block(self._pinned, block_id, data)
 
     def unpin(self, block_ids: set[str]) -> None:
         with self._disk_lock, self._pinned.transact():

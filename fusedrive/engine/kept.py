@@ -7,8 +7,8 @@ instead the staged file moves here and an index maps each block id to its range.
 Reads are verified against the block id like any cache hit, so a range that no longer
 holds its block (a file kept from content that was not uploaded as it stands, a
 damaged disk) is a miss, never data. A block's segment checksums (for range reads, see
-cache.py) are added to its row the first time it is read whole. The oldest kept files go first when the cache is
-over its limit.
+cache.py) are added to its row the first time it is read whole. The oldest kept files
+go first when the cache is over its limit.
 """
 
 from __future__ import annotations

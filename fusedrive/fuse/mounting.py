@@ -44,10 +44,17 @@ def limit_malloc_arenas() -> None:
     core) and keeps what is freed in them: with the upload and download threads, a mount
     that has moved a few GiB held ~40 MiB more (bench: 236 vs 196 MiB with 100,000
     files). Two arenas are plenty for a process that holds the GIL to allocate."""
+    mallopt = _glibc("mallopt")
+    if mallopt is not None:  # not glibc: its allocator has its own policy
+        mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+
+
+def _glibc(function: str):
+    """A function of glibc's allocator, or None where the C library is another."""
     try:
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+        return getattr(ctypes.CDLL("libc.so.6"), function)
     except (OSError, AttributeError):
-        pass  # not glibc: its allocator has its own policy
+        return None
 
 
 TRIM_SECONDS = 60
@@ -58,10 +65,9 @@ async def return_freed_memory() -> None:
     keeps freed chunks in the middle of its heaps, so a mount that once copied a tree or
     held big blocks kept that RSS for good (bench: 117 MiB with 100,000 files alone,
     244 MiB after every other workload). A call takes milliseconds, without the GIL."""
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return  # not glibc
+    trim = _glibc("malloc_trim")
+    if trim is None:
+        return
     while True:
         await trio.sleep(TRIM_SECONDS)
         trim(0)
