@@ -186,58 +186,141 @@ def cmd_init(args) -> int:
     return 0
 
 
+def _open_device_volume(args, place: str) -> volumes.Volume:
+    """A mount's or a mirror's volume: with only a folder given, the default drive's
+    (created on first use); a device whose cache dir holds the volume opens it even when
+    the store does not answer."""
+    if getattr(args, place) is None:
+        args.volume, args.__dict__[place] = None, args.volume
+    if args.volume is None:
+        args.volume, default_key = ensure_default_volume(args.endpoint_url)
+        args.key_file = args.key_file or str(default_key)
+    return open_volume_for(args.volume, args,
+                           volumes.kept_header(args.volume, Path(args.cache_dir) if args.cache_dir else None))
+
+
+def _device_argv(args, cache_dir: Path) -> list[str]:
+    """The options a mount or mirror started in the background is given again."""
+    argv = ["--cache-dir", str(cache_dir), "--cache-size", str(args.cache_size), "--device-name", args.device_name,
+            "--poll-interval", str(args.poll_interval), "--io-timeout", str(args.io_timeout)]
+    if args.hub:
+        argv += ["--hub", args.hub]
+    if args.notify:
+        argv += ["--notify"]
+    if args.metrics:
+        argv += ["--metrics", args.metrics]
+    if args.endpoint_url:
+        argv += ["--endpoint-url", args.endpoint_url]
+    argv += [flag for flag, on in (("--verbose", args.verbose), ("--quiet", args.quiet),
+                                   ("--debug", getattr(args, "debug", False))) if on]
+    return argv
+
+
+def _start_in_background(args, argv: list[str], cache_dir: Path) -> Path:
+    from .services.process import start_background
+
+    env = dict(os.environ, FUSEDRIVE_PASSPHRASE=volumes.get_passphrase(args.key_file))
+    log_file = Path(args.log_file).absolute() if args.log_file else cache_dir / "mount.log"
+    start_background(argv, log_file, env)
+    return log_file
+
+
+def _log_in_foreground(args) -> None:
+    debug = getattr(args, "debug", False)
+    level = logging.DEBUG if debug or args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        **({"filename": args.log_file} if args.log_file and args.ready_fd is None else {}))
+
+
+def _warn_about_cache_size(cache_dir: Path, cache_size: int) -> None:
+    from .services.process import cache_size_warning
+
+    warning = cache_size_warning(cache_dir, cache_size)
+    if warning:
+        print(f"fusedrive: {warning}", file=sys.stderr)
+
+
 def cmd_mount(args) -> int:
-    from .fuse.mounting import (cache_size_warning, check_cache_dir, check_device_name, check_mountpoint,
-                                report_failure, run_mount, start_background)
+    from .fuse.mounting import check_mountpoint, run_mount
+    from .services.process import check_cache_dir, check_device_name, report_failure
 
     try:
-        if args.mountpoint is None:
-            args.volume, args.mountpoint = None, args.volume
-        if args.volume is None:
-            args.volume, default_key = ensure_default_volume(args.endpoint_url)
-            args.key_file = args.key_file or str(default_key)
         check_device_name(args.device_name)
         presentation = Presentation(args.allow_other, args.read_only, args.uid, args.gid,
                                     None if args.umask is None else parse_umask(args.umask))
-        # A device whose cache dir holds the volume mounts even when the store does not answer.
-        volume = open_volume_for(args.volume, args,
-                                 volumes.kept_header(args.volume, Path(args.cache_dir) if args.cache_dir else None))
+        volume = _open_device_volume(args, "mountpoint")
         cache_dir = Path(args.cache_dir) if args.cache_dir else volumes.cache_root() / volume.volume_id
         if not args.foreground:
             check_mountpoint(args.mountpoint)
             check_cache_dir(cache_dir)
-            argv = ["mount", args.volume, args.mountpoint, "--cache-dir", str(cache_dir),
-                    "--cache-size", str(args.cache_size), "--device-name", args.device_name,
-                    "--poll-interval", str(args.poll_interval)]
-            if args.hub:
-                argv += ["--hub", args.hub]
-            argv += ["--io-timeout", str(args.io_timeout)]
-            if args.notify:
-                argv += ["--notify"]
-            if args.metrics:
-                argv += ["--metrics", args.metrics]
-            if args.endpoint_url:
-                argv += ["--endpoint-url", args.endpoint_url]
-            argv += [flag for flag, on in (("--verbose", args.verbose), ("--quiet", args.quiet),
-                                           ("--debug", args.debug)) if on]
-            argv += presentation.as_argv()
-            env = dict(os.environ, FUSEDRIVE_PASSPHRASE=volumes.get_passphrase(args.key_file))
-            log_file = Path(args.log_file).absolute() if args.log_file else cache_dir / "mount.log"
-            start_background(argv, log_file, env)
+            argv = ["mount", args.volume, args.mountpoint, *_device_argv(args, cache_dir), *presentation.as_argv()]
+            log_file = _start_in_background(args, argv, cache_dir)
             print(f"Mounted {args.volume} at {args.mountpoint} (log: {log_file}).")
-            warning = cache_size_warning(cache_dir, args.cache_size)
-            if warning:
-                print(f"fusedrive: {warning}", file=sys.stderr)
+            _warn_about_cache_size(cache_dir, args.cache_size)
             return 0
-        level = logging.DEBUG if args.debug or args.verbose else logging.WARNING if args.quiet else logging.INFO
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            **({"filename": args.log_file} if args.log_file and args.ready_fd is None else {}))
+        _log_in_foreground(args)
         run_mount(volume, args.mountpoint, cache_dir, args.device_name, args.cache_size, args.ready_fd, args.debug,
                   args.poll_interval, args.hub, args.notify, args.metrics, args.io_timeout, presentation)
         return 0
     except FusedriveError as exc:
         report_failure(args.ready_fd, exc)
         raise
+
+
+def cmd_mirror(args) -> int:
+    from .mirror.running import check_folder, run_mirror
+    from .services.process import check_cache_dir, check_device_name, report_failure
+
+    try:
+        check_device_name(args.device_name)
+        volume = _open_device_volume(args, "folder")
+        folder = os.path.realpath(args.folder)
+        cache_dir = Path(args.cache_dir) if args.cache_dir else \
+            volumes.cache_root() / f"{volume.volume_id}.mirror-{control.mount_id(folder)}"
+        if not args.foreground:
+            check_folder(folder)
+            check_cache_dir(cache_dir)
+            log_file = _start_in_background(args, ["mirror", args.volume, folder, *_device_argv(args, cache_dir)],
+                                            cache_dir)
+            print(f"Mirroring {args.volume} in {folder} (log: {log_file}).")
+            _warn_about_cache_size(cache_dir, args.cache_size)
+            return 0 if args.no_wait else _wait_for_first_sync(folder)
+        _log_in_foreground(args)
+        run_mirror(volume, folder, cache_dir, args.device_name, args.cache_size, args.ready_fd, args.poll_interval,
+                   args.hub, args.notify, args.metrics, args.io_timeout)
+        return 0
+    except FusedriveError as exc:
+        report_failure(args.ready_fd, exc)
+        raise
+
+
+def _wait_for_first_sync(folder: str) -> int:
+    """Show the first scan's progress (paths looked at, of those the volume has) until the
+    folder and the volume agree; 1 if something still waits (the store is away)."""
+    from . import report
+
+    bar = None
+    while True:
+        status = control.request(folder, "status")
+        if status["first_scan_done"] and not status["folder_changes_waiting"]:
+            break
+        if status["folder_paths_failing"] and status["first_scan_done"]:
+            break
+        if bar is None:
+            bar = progress("first sync", max(status["scanned"], 1))
+        bar.total = max(bar.total, status["scanned"])
+        bar.n = status["scanned"]
+        bar.refresh()
+        time.sleep(0.25)
+    if bar is not None:
+        bar.close()
+    status = control.request(folder, "status")
+    if status["folder_paths_failing"]:
+        print(f"fusedrive: {status['folder_paths_failing']} paths could not be synced yet (they are tried again); "
+              "see `fusedrive status`.", file=sys.stderr)
+        return 1
+    print(report.verdict(status))
+    return 0
 
 
 def _unmount_kernel(mountpoint: str, lazy: bool) -> None:
@@ -321,13 +404,17 @@ def cmd_umount(args) -> int:
     if not complete:
         status = control.request(mountpoint, "leave-queued")  # the mount exits without waiting for the store
         complete = not report.is_pending(status)
-    _unmount_kernel(mountpoint, args.lazy)
+    if entry.get("mirror"):
+        control.request(mountpoint, "stop")  # a mirror's folder is no mount: its process is told to stop
+    else:
+        _unmount_kernel(mountpoint, args.lazy)
     control.wait_for_exit(entry["pid"], max(args.timeout, 30))
+    done = "Stopped mirroring" if entry.get("mirror") else "Unmounted"
     if not complete:
-        print(f"Unmounted {args.mountpoint}, but {_waiting(status)} to upload; they are kept in the local queue "
-              f"({entry['cache_dir']}) and upload at the next mount from it.", file=sys.stderr)
+        print(f"{done} {args.mountpoint}, but {_waiting(status)} to upload; they are kept in the local queue "
+              f"({entry['cache_dir']}) and upload at the next start from it.", file=sys.stderr)
         return 1
-    print(f"Unmounted {args.mountpoint}; all changes are in the store.")
+    print(f"{done} {args.mountpoint}; all changes are in the store.")
     return 0
 
 
@@ -796,36 +883,44 @@ def build_parser() -> argparse.ArgumentParser:
         volume_options(p)
         return p
 
+    def device_command(name: str, place: str, func, **texts: str) -> argparse.ArgumentParser:
+        """A command that runs a device of a volume (a mount or a mirror) at a place."""
+        p = sub.add_parser(name, **texts)
+        p.add_argument("volume", metavar="VOLUME")
+        p.add_argument(place, metavar=place.upper(), nargs="?")
+        volume_options(p)
+        p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+        p.set_defaults(func=func)
+        p.add_argument("--foreground", action="store_true", help="stay attached instead of running in the background")
+        p.add_argument("--cache-dir", default=None, help="where this device keeps its replica, staging and block cache")
+        p.add_argument("--cache-size", type=positive_size, default=parse_size(DEFAULT_CACHE_SIZE),
+                       help=f"block cache limit (default {DEFAULT_CACHE_SIZE})")
+        p.add_argument("--device-name", default=socket.gethostname(), help="how this device is named in the journal")
+        p.add_argument("--poll-interval", type=positive_seconds, default=2.0,
+                       help="seconds between checks for other devices' changes (default 2)")
+        p.add_argument("--hub", type=hub_url, default=None, metavar="URL",
+                       help="a `fusedrive hub` to hear about other devices' changes at once (http://HOST:PORT)")
+        p.add_argument("--io-timeout", type=positive_seconds, default=60.0, metavar="SECONDS",
+                       help="a read the cache cannot serve fails (EIO) if the store does not answer in this long "
+                            "(default 60)")
+        p.add_argument("--notify", action="store_true",
+                       help="desktop notifications (notify-send) for conflicts and problems")
+        p.add_argument("--metrics", type=listen_address, default=None, metavar="HOST:PORT",
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics")
+        p.add_argument("--log-file", default=None, metavar="FILE",
+                       help="where it logs (default: mount.log in the cache dir; with --foreground, stderr)")
+        loudness = p.add_mutually_exclusive_group()
+        loudness.add_argument("-v", "--verbose", action="store_true", help="log details (uploads, polls, conflicts)")
+        loudness.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+        return p
+
     p = volume_command("init", cmd_init, help="create a new volume", description="Create a new volume in an S3 bucket "
                        "(s3://BUCKET/PREFIX) or a directory (file:///DIR). Refuses to overwrite an existing one.")
 
-    p = sub.add_parser("mount", help="mount a volume as a folder", description="Mount VOLUME at MOUNTPOINT. With "
-                       "only MOUNTPOINT, mounts the default volume on this machine (created on first use).")
-    p.add_argument("volume", metavar="VOLUME")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
-    volume_options(p)
-    p.add_argument("--foreground", action="store_true", help="stay attached instead of running in the background")
-    p.add_argument("--cache-dir", default=None, help="where this device keeps its replica, staging and block cache")
-    p.add_argument("--cache-size", type=positive_size, default=parse_size(DEFAULT_CACHE_SIZE),
-                   help=f"block cache limit (default {DEFAULT_CACHE_SIZE})")
-    p.add_argument("--device-name", default=socket.gethostname(), help="how this device is named in the journal")
-    p.add_argument("--poll-interval", type=positive_seconds, default=2.0,
-                   help="seconds between checks for other devices' changes (default 2)")
-    p.add_argument("--hub", type=hub_url, default=None, metavar="URL",
-                   help="a `fusedrive hub` to hear about other devices' changes at once (http://HOST:PORT)")
-    p.add_argument("--io-timeout", type=positive_seconds, default=60.0, metavar="SECONDS",
-                   help="a read the cache cannot serve fails (EIO) if the store does not answer in this long "
-                        "(default 60)")
-    p.add_argument("--notify", action="store_true",
-                   help="desktop notifications (notify-send) for conflicts and problems")
-    p.add_argument("--metrics", type=listen_address, default=None, metavar="HOST:PORT",
-                   help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    p = device_command("mount", "mountpoint", cmd_mount, help="mount a volume as a folder",
+                       description="Mount VOLUME at MOUNTPOINT. With only MOUNTPOINT, mounts the default volume on "
+                       "this machine (created on first use).")
     p.add_argument("--debug", action="store_true", help="log every FUSE request")
-    p.add_argument("--log-file", default=None, metavar="FILE",
-                   help="where the mount logs (default: mount.log in the cache dir; with --foreground, stderr)")
-    loudness = p.add_mutually_exclusive_group()
-    loudness.add_argument("-v", "--verbose", action="store_true", help="log details (uploads, polls, conflicts)")
-    loudness.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
     p.add_argument("--allow-other", action="store_true", help="let other users (root's daemons too) into the mount; "
                    "a non-root user needs user_allow_other in /etc/fuse.conf")
     p.add_argument("--read-only", action="store_true", help="mount read-only")
@@ -836,12 +931,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="options as in /etc/fstab: allow_other, ro, uid=N, gid=N, umask=022, key_file=FILE, "
                         "cache_dir=DIR, cache_size=4G, device_name=NAME, hub=URL, ... (_netdev, nofail, noauto "
                         "and x-systemd.* are accepted and ignored)")
-    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_mount)
 
-    p = sub.add_parser("umount", help="upload what is waiting, then unmount",
-                       description="Wait until every closed file is in the store (with progress), then unmount.")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p = device_command("mirror", "folder", cmd_mirror, help="keep a local folder in sync with a volume",
+                       description="Keep FOLDER (real files on the local disk) and VOLUME equal, both ways, as "
+                       "long as it runs: changes in the folder are uploaded once written, other devices' changes "
+                       "are written into it, simultaneous edits become conflicted copies. For machines without "
+                       "FUSE, folders that must be fully usable offline, and programs that want a local disk. "
+                       "With only FOLDER, the default volume on this machine. Names matching the patterns of a "
+                       ".fusedriveignore in FOLDER (gitignore syntax), editors' swap files and the like are never "
+                       "synced. `fusedrive umount FOLDER` stops it after uploading what waits.")
+    p.add_argument("--no-wait", action="store_true", help="return once started, without waiting for the first sync")
+
+    p = sub.add_parser("umount", help="upload what is waiting, then unmount (or stop a mirror)",
+                       description="Wait until every closed file is in the store (with progress), then unmount "
+                       "(or stop the mirror of FOLDER).")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT|FOLDER")
     p.add_argument("--timeout", type=positive_seconds, default=3600,
                    help="stop waiting for uploads after this many seconds")
     p.add_argument("--lazy", action="store_true", help="detach even if files are still open")

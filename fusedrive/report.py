@@ -36,7 +36,7 @@ def where_data_lives(volume_url: str) -> str:
 
 
 def is_pending(status: dict) -> bool:
-    return bool(status["files_waiting"] or status["ops_waiting"])
+    return bool(status["files_waiting"] or status["ops_waiting"] or status.get("folder_changes_waiting"))
 
 
 def verdict(status: dict) -> str:
@@ -56,6 +56,8 @@ def verdict(status: dict) -> str:
             line += f" — but the store has not answered since {clock(status['store_offline_since'])}"
     else:
         parts = []
+        if status.get("folder_changes_waiting"):  # a mirror: changes in its folder not taken yet
+            parts.append(f"{status['folder_changes_waiting']} changes in the folder being taken")
         if status["files_waiting"]:
             parts.append(f"{status['files_waiting']} files ({human_bytes(status['bytes_waiting'])}) waiting to upload")
         if status["ops_waiting"]:

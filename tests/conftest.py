@@ -108,6 +108,15 @@ class Volume:
         self.mounts.append(mount)
         return mount
 
+    def mirror(self, name: str = "dev1", cache_dir: Path | None = None, folder: Path | None = None,
+               **options) -> "Mirror":
+        """A device that keeps a local folder in sync (`fusedrive mirror`), torn down as a mount is."""
+        mirror = Mirror(self, folder or self.root / f"folder-{name}-{uuid.uuid4().hex[:6]}",
+                        cache_dir or self.root / f"cache-{name}", name)
+        mirror.start(**options)
+        self.mounts.append(mirror)
+        return mirror
+
     def fsck(self, *extra: str) -> subprocess.CompletedProcess:
         return self.cli.run("fsck", self.url, *extra, check=False)
 
@@ -167,6 +176,42 @@ class Mount:
             subprocess.run(command, capture_output=True, timeout=30)
         if entry and not control.wait_for_exit(entry["pid"], 60):
             os.kill(entry["pid"], signal.SIGKILL)
+
+
+class Mirror(Mount):
+    """A `fusedrive mirror` of the volume: its folder is `path`; everything a test does to a
+    mount's path it can do here (the files are real files on the local disk)."""
+
+    def start(self, cache_size: str = "2G", poll_interval: float = 2.0, hub: str | None = None,
+              args: tuple[str, ...] = (), endpoint: str | None = None, env: dict | None = None) -> None:
+        self.volume.cli.run("mirror", self.volume.url, str(self.path), "--cache-dir", str(self.cache_dir),
+                            "--device-name", self.device, "--cache-size", cache_size,
+                            "--poll-interval", str(poll_interval), *(["--hub", hub] if hub else []), *args,
+                            endpoint=endpoint, env=env)
+
+    def pid(self) -> int | None:
+        from fusedrive.services import control
+
+        entry = control.read_registry(str(self.path))
+        return None if entry is None or control.has_exited(entry["pid"]) else entry["pid"]
+
+    def kill(self) -> None:
+        """kill -9: nothing is drained, nothing said goodbye."""
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            from fusedrive.services import control
+
+            control.wait_for_exit(pid, 30)
+
+    def force_unmount(self) -> None:
+        from fusedrive.services import control
+
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            if not control.wait_for_exit(pid, 60):
+                os.kill(pid, signal.SIGKILL)
 
 
 def _new_volume(kind: str, root: Path, request, endpoint: str | None = None) -> Volume:

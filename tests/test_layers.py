@@ -2,7 +2,7 @@
 
     mounthelper.py              mount -t fuse.fusedrive, on the commands
     cli.py                      the commands
-    fuse/                       the FUSE front end
+    fuse/, mirror/              the front ends: the FUSE mount, a folder kept in sync (neither imports the other)
     services/, tools/           beside a mount: control socket, hub, metrics, sharing; fsck, du, gc
     engine/                     one volume on one device, no FUSE
     store/                      S3, file://, sealing, the volume header
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.inprocess
 
 PACKAGE = Path(fusedrive.__file__).parent
 LAYERS = {"errors": 0, "report": 0, "signals": 0, "crashpoints": 0, "__init__": 0, "store": 1, "engine": 2,
-          "services": 3, "tools": 3, "fuse": 4, "cli": 5, "mounthelper": 6, "testing": 7}
+          "services": 3, "tools": 3, "fuse": 4, "mirror": 4, "cli": 5, "mounthelper": 6, "testing": 7}
 FUSE_ONLY = {"pyfuse3"}
 
 

@@ -83,7 +83,7 @@ class Drive:
         self.committer.check_ready = self._check_cache_dir
         self.cache_dir_lost: str | None = None
         self.replica.on_record = self.committer.kick  # a rename or delete commits on its own, not with the next upload
-        self.upload_on_exit = True  # after the unmount, upload what is waiting before exiting (see mounting._drain)
+        self.upload_on_exit = True  # after the unmount, upload what is waiting before exiting (see services/process.drain)
 
     # --- start and stop ---------------------------------------------------------------
 
@@ -178,6 +178,14 @@ class Drive:
 
     async def truncate(self, node: Inode, size: int) -> None:
         await self.writer.truncate(node, size)
+
+    def take_content(self, node: Inode, prepared: Path, mtime_ns: int) -> None:
+        """A front end that keeps files elsewhere (a mirror) hands over a file's whole new
+        content, prepared beside staging (`staging.prepared_path()`); it uploads at once
+        unless the file is open here."""
+        self.writer.replace(node, prepared, mtime_ns)
+        if self.files.open_handles[node.fid] <= 0:
+            self.uploads.queue(node.fid)
 
     def opened(self, fid: str, writing: bool) -> None:
         self.files.opened(fid, writing)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -107,6 +108,22 @@ class Staging:
         os.replace(materialized, self.path(fid))
         self.bump(fid)
         self._patchable[fid] = Patchable(extents, size)
+
+    def replace(self, fid: str, prepared: Path) -> None:
+        """A whole new content, prepared in a file beside staging, becomes the staged file."""
+        self.close(fid)
+        os.replace(prepared, self.path(fid))
+        self.bump(fid)
+        self._patchable.pop(fid, None)
+
+    def prepared_path(self) -> Path:
+        """A new name beside staging for content being prepared (the dot keeps it from being
+        taken for a staged file; `drop_prepared` clears those a kill left)."""
+        return self.directory / f"{uuid.uuid4().hex}.prepared"
+
+    def drop_prepared(self) -> None:
+        for leftover in self.directory.glob("*.prepared"):
+            leftover.unlink(missing_ok=True)
 
     def patchable(self, fid: str) -> Patchable | None:
         """A copy of what is known of the staged file's changes, None if not known."""

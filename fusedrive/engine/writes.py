@@ -85,6 +85,16 @@ class Writer:
         self.files.written(node, max(current, offset + len(data)))
         return len(data)
 
+    def replace(self, node: Inode, prepared: Path, mtime_ns: int) -> None:
+        """The whole content at once, from a file prepared beside staging (a mirror's copy of
+        a local file): staged, unsaved and based on the version the file has now, with no
+        await, so the caller's look at that version still holds."""
+        size = os.stat(prepared).st_size
+        self.staging.replace(node.fid, prepared)
+        self.files.staged_now(node.fid)
+        self.files.written(node, size)
+        self.files.set_mtime(node, mtime_ns)
+
     async def truncate(self, node: Inode, size: int) -> None:
         if size == 0 and node.fid not in self.files.staged:
             self.files.staged_now(node.fid)

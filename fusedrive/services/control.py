@@ -41,15 +41,28 @@ def runtime_dir() -> Path:
 
 
 def mount_id(mountpoint: str) -> str:
-    return hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
+    return _id_of_real(os.path.realpath(mountpoint))
+
+
+def _id_of_real(path: str) -> str:
+    return hashlib.sha256(path.encode()).hexdigest()[:16]
 
 
 def registry_path(mountpoint: str) -> Path:
-    return runtime_dir() / f"{mount_id(mountpoint)}.json"
+    return registry_file(os.path.realpath(mountpoint))
 
 
 def socket_path(mountpoint: str) -> Path:
-    return runtime_dir() / f"{mount_id(mountpoint)}.sock"
+    return socket_file(os.path.realpath(mountpoint))
+
+
+def registry_file(real_path: str) -> Path:
+    """The registry entry of a device serving `real_path` (already resolved: not looked at)."""
+    return runtime_dir() / f"{_id_of_real(real_path)}.json"
+
+
+def socket_file(real_path: str) -> Path:
+    return runtime_dir() / f"{_id_of_real(real_path)}.sock"
 
 
 def read_registry(mountpoint: str) -> dict | None:

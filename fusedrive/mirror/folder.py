@@ -1,0 +1,151 @@
+"""The folder's side: what a path holds on the local disk, what is never synced, and the
+blocking file work (copying a local file for upload, writing a downloaded one in place
+atomically), which runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import pathspec
+
+IGNORE_FILE = ".fusedriveignore"
+TEMP_PREFIX = b".fusedrive-"  # the mirror's own files being written: never synced
+# Editors' swap, lock and backup files and desktop litter: never synced (a .fusedriveignore
+# in the folder adds patterns, gitignore syntax).
+DEFAULT_IGNORED = [
+    ".fusedrive-*", ".*.swp", ".*.swo", ".*.swx", "*~", ".#*", "#*#", "4913", ".~lock.*#", ".DS_Store",
+    "Thumbs.db", "desktop.ini", ".goutputstream-*",
+]
+COPY_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class LocalEntry:
+    kind: str  # "file", "dir" or "link"
+    size: int
+    mtime_ns: int
+    ino: int
+    mode: int  # permission bits
+    target: bytes | None = None
+
+
+def look(root: bytes, path: bytes) -> LocalEntry | None:
+    """What `path` holds now; None if nothing, or something a mirror does not sync (a
+    socket, a device node, a FIFO)."""
+    full = os.path.join(root, path) if path else root
+    try:
+        st = os.lstat(full)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return entry_of(st, full)
+
+
+def entry_of(st: os.stat_result, full: bytes) -> LocalEntry | None:
+    if stat.S_ISREG(st.st_mode):
+        kind, target = "file", None
+    elif stat.S_ISDIR(st.st_mode):
+        kind, target = "dir", None
+    elif stat.S_ISLNK(st.st_mode):
+        try:
+            kind, target = "link", os.readlink(full)
+        except FileNotFoundError:
+            return None
+    else:
+        return None
+    size = st.st_size if kind == "file" else 0
+    mtime = st.st_mtime_ns if kind == "file" else 0  # a folder's mtime is its children's business
+    return LocalEntry(kind, size, mtime, st.st_ino, stat.S_IMODE(st.st_mode) if kind != "link" else 0o777, target)
+
+
+def names_in(root: bytes, path: bytes) -> list[bytes]:
+    try:
+        return os.listdir(os.path.join(root, path) if path else root)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+class IgnoreRules:
+    """What is never synced, in either direction: the defaults above and the folder's
+    .fusedriveignore (gitignore syntax, read again when it changes)."""
+
+    def __init__(self, root: bytes) -> None:
+        self.root = root
+        self._seen: tuple[int, int] | None = None
+        self._spec = pathspec.GitIgnoreSpec.from_lines(DEFAULT_IGNORED)
+        self.reload()
+
+    def reload(self) -> bool:
+        """Read .fusedriveignore if it changed; True if the rules did."""
+        path = os.path.join(self.root, IGNORE_FILE.encode())
+        try:
+            st = os.stat(path)
+            seen = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            seen = None
+        if seen == self._seen:
+            return False
+        self._seen = seen
+        lines = list(DEFAULT_IGNORED)
+        if seen is not None:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                lines += f.read().splitlines()
+        self._spec = pathspec.GitIgnoreSpec.from_lines(lines)
+        return True
+
+    def ignored(self, path: bytes, is_dir: bool = False) -> bool:
+        if not path:
+            return False
+        if path.rpartition(b"/")[2].startswith(TEMP_PREFIX):
+            return True
+        text = path.decode("utf-8", "surrogateescape") + ("/" if is_dir else "")
+        return self._spec.match_file(text)
+
+
+def copy_if_settled(source: bytes, prepared: Path, expected: LocalEntry) -> LocalEntry | None:
+    """Copy a local file for upload (blocking); None if it is not the file `expected`
+    describes any more, or changed while it was copied: it is being written, and is taken
+    once it settles."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        before = entry_of(os.fstat(fd), source)
+        if before != expected:
+            return None
+        with open(prepared, "wb") as out:
+            while chunk := os.read(fd, COPY_CHUNK):
+                out.write(chunk)
+        after = entry_of(os.fstat(fd), source)
+    finally:
+        os.close(fd)
+    if after != before or look(os.path.dirname(source), os.path.basename(source)) != before:
+        prepared.unlink(missing_ok=True)
+        return None
+    return after
+
+
+def temporary_beside(full: bytes, token: str) -> bytes:
+    """A name in the same folder for content being written: renamed over `full` when done."""
+    directory, _, _ = full.rpartition(b"/")
+    return os.path.join(directory, TEMP_PREFIX + token.encode() + b".part")
+
+
+def finish_download(temporary: bytes, mode: int, mtime_ns: int) -> None:
+    os.chmod(temporary, mode)
+    os.utime(temporary, ns=(mtime_ns, mtime_ns))
+
+
+def clean_leftovers(root: bytes) -> int:
+    """Temporary files a killed mirror left in the folder; how many."""
+    removed = 0
+    for directory, dirs, files in os.walk(root):
+        for name in files:
+            if name.startswith(TEMP_PREFIX) and name.endswith(b".part"):
+                os.unlink(os.path.join(directory, name))
+                removed += 1
+    return removed

@@ -1,0 +1,292 @@
+"""`fusedrive mirror`: a real folder kept equal to the volume, with real inotify and real
+processes — a mirror beside a mount of one SeaweedFS volume, and two mirrors. Every
+device is stopped (uploading what waits) and fsck'ed in the volume fixture's teardown."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import time
+
+import pytest
+
+from fusedrive.testing.faultproxy import Fault
+from test_sync import held, wait_for
+
+POLL = 0.3
+SETTLE_SECONDS = 60
+
+
+def view(root, ignored: tuple[str, ...] = ()) -> dict:
+    """What a user compares between two copies of a tree: path → (kind, permissions,
+    content digest or link target, a file's mtime)."""
+    tree = {}
+    for directory, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in dirs + files:
+            full = os.path.join(directory, name)
+            st = os.lstat(full)
+            rel = os.path.relpath(full, root)
+            if rel in ignored:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                tree[rel] = ("link", os.readlink(full))
+            elif stat.S_ISDIR(st.st_mode):
+                tree[rel] = ("dir", stat.S_IMODE(st.st_mode))
+            else:
+                with open(full, "rb") as f:
+                    digest = hashlib.file_digest(f, "sha256").hexdigest()
+                tree[rel] = ("file", stat.S_IMODE(st.st_mode), digest, st.st_mtime_ns)
+    return tree
+
+
+def converged(*devices, timeout: float = SETTLE_SECONDS, ignored: tuple[str, ...] = ()) -> dict:
+    """Wait until every device shows the same tree (but for the `ignored` paths); return it."""
+    last: list = []
+
+    def same():
+        trees = [view(d.path, ignored) for d in devices]
+        last[:] = trees
+        return (trees[0],) if all(t == trees[0] for t in trees[1:]) else None  # (an empty tree is an answer)
+    try:
+        return wait_for(same, timeout=timeout, what="the same tree on every device")[0]
+    except AssertionError:
+        differences = {path: [tree.get(path) for tree in last] for path in set().union(*last)
+                       if any(tree.get(path) != last[0].get(path) for tree in last)}
+        raise AssertionError(f"the devices still differ after {timeout} s: {differences}") from None
+
+
+def write(path, data: bytes, mode: str = "wb") -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, mode) as f:
+        f.write(data)
+
+
+def read(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+@pytest.fixture
+def mirror_and_mount(s3_volume):
+    return s3_volume.mirror("mirror", poll_interval=POLL), s3_volume.mount("mount", poll_interval=POLL)
+
+
+def test_every_kind_of_change_in_the_folder_arrives_in_the_mount(mirror_and_mount):
+    mirror, mount = mirror_and_mount
+    write(mirror.p("notes.txt"), b"first")
+    write(mirror.p("docs/deep/report.txt"), b"report v1")
+    os.symlink("notes.txt", mirror.p("shortcut"))
+    write(mirror.p("script.sh"), b"#!/bin/sh\necho hi\n")
+    os.chmod(mirror.p("script.sh"), 0o755)
+    write(mirror.p("log.txt"), b"line 1\n")
+    os.mkdir(mirror.p("empty"))
+    converged(mirror, mount)
+
+    write(mirror.p("log.txt"), b"line 2\n", "ab")  # append
+    with open(mirror.p("notes.txt"), "r+b") as f:  # edit in place
+        f.seek(2)
+        f.write(b"RS")
+    write(mirror.p(".report.txt.swp"), b"editor swap: never synced")
+    write(mirror.p("docs/deep/report.txt.new"), b"report v2")  # an editor's save: a new file renamed over
+    os.rename(mirror.p("docs/deep/report.txt.new"), mirror.p("docs/deep/report.txt"))
+    os.rename(mirror.p("docs/deep"), mirror.p("docs/moved"))  # a folder renamed
+    os.rename(mirror.p("script.sh"), mirror.p("run.sh"))  # a file renamed
+    os.chmod(mirror.p("run.sh"), 0o700)
+    os.rmdir(mirror.p("empty"))
+    tree = converged(mirror, mount, ignored=(".report.txt.swp",))
+    assert read(mount.p("notes.txt")) == b"fiRSt"
+    assert read(mount.p("log.txt")) == b"line 1\nline 2\n"
+    assert read(mount.p("docs/moved/report.txt")) == b"report v2"
+    assert tree["shortcut"] == ("link", "notes.txt")
+    assert tree["run.sh"][1] == 0o700
+    assert ".report.txt.swp" not in os.listdir(mount.path) and "empty" not in tree
+    # The editor's save and the renames kept the file's history on its path.
+    history = mount.volume.cli.run("history", mount.p("docs/moved/report.txt"), "--json").stdout
+    assert history.count('"number"') == 2
+
+    os.unlink(mirror.p("notes.txt"))
+    os.unlink(mirror.p("shortcut"))
+    converged(mirror, mount, ignored=(".report.txt.swp",))
+    assert not os.path.lexists(mount.p("notes.txt"))
+
+
+def test_every_kind_of_change_in_the_mount_arrives_in_the_folder(mirror_and_mount):
+    mirror, mount = mirror_and_mount
+    write(mount.p("a.txt"), b"one")
+    write(mount.p("dir/sub/b.txt"), b"two")
+    os.symlink("../a.txt", mount.p("dir/link"))
+    converged(mirror, mount)
+    write(mount.p("a.txt"), b"one and more", "ab")
+    os.rename(mount.p("dir"), mount.p("renamed"))
+    os.chmod(mount.p("renamed/sub/b.txt"), 0o600)
+    before = os.stat(mirror.p("dir/sub/b.txt")).st_ino
+    tree = converged(mirror, mount)
+    assert read(mirror.p("a.txt")) == b"oneone and more"
+    assert tree["renamed/link"] == ("link", "../a.txt")
+    # Another device's rename is a rename here too, not a new download.
+    assert os.stat(mirror.p("renamed/sub/b.txt")).st_ino == before
+    os.unlink(mount.p("a.txt"))
+    subprocess.run(["rm", "-rf", mount.p("renamed")], check=True)
+    assert converged(mirror, mount) == {}
+    leftovers = [n for n in os.listdir(mirror.path) if n.startswith(".fusedrive-")]
+    assert not leftovers
+
+
+def test_simultaneous_edits_in_two_mirrors_give_conflicted_copies_on_both(s3_volume):
+    laptop, desktop = s3_volume.mirror("laptop", poll_interval=POLL), s3_volume.mirror("desktop", poll_interval=POLL)
+    write(laptop.p("plan.txt"), b"original")
+    converged(laptop, desktop)
+    with held(desktop):
+        write(desktop.p("plan.txt"), b"edited on the desktop")
+        write(laptop.p("plan.txt"), b"edited on the laptop")
+        wait_for(lambda: desktop.control("status")["files_waiting"] or desktop.control("status")["ops_waiting"],
+                 what="the desktop's edit taken")
+        laptop.sync()
+    tree = converged(laptop, desktop)
+    copies = [name for name in tree if "(conflicted copy from desktop" in name]
+    assert len(copies) == 1 and copies[0].startswith("plan (conflicted copy from desktop ")
+    for device in (laptop, desktop):
+        assert read(device.p("plan.txt")) == b"edited on the laptop"
+        assert read(device.p(copies[0])) == b"edited on the desktop"
+
+
+def test_changes_made_while_the_mirror_was_stopped_sync_at_start(mirror_and_mount):
+    mirror, mount = mirror_and_mount
+    write(mirror.p("keep.txt"), b"kept")
+    write(mirror.p("edit.txt"), b"before")
+    write(mirror.p("gone.txt"), b"to delete")
+    write(mirror.p("theirs.txt"), b"theirs before")
+    converged(mirror, mount)
+    mirror.umount()
+    write(mirror.p("edit.txt"), b"edited while stopped")
+    os.unlink(mirror.p("gone.txt"))
+    write(mirror.p("new/file.txt"), b"made while stopped")
+    write(mount.p("theirs.txt"), b"changed on the other device")
+    write(mount.p("remote-new.txt"), b"new on the other device")
+    mirror.start(poll_interval=POLL)
+    mirror.volume.mounts.append(mirror)
+    tree = converged(mirror, mount)
+    assert read(mount.p("edit.txt")) == b"edited while stopped"
+    assert read(mirror.p("theirs.txt")) == b"changed on the other device"
+    assert "gone.txt" not in tree and "new/file.txt" in tree and "remote-new.txt" in tree
+    assert not [name for name in tree if "conflicted copy" in name]
+
+
+def test_a_first_sync_merges_a_folder_that_has_files_with_the_volume(s3_volume, tmp_path):
+    mount = s3_volume.mount("mount", poll_interval=POLL)
+    write(mount.p("same.txt"), b"identical")
+    write(mount.p("differs.txt"), b"the volume's")
+    write(mount.p("only-remote.txt"), b"remote")
+    mount.sync()
+    folder = tmp_path / "existing"
+    write(str(folder / "same.txt"), b"identical")
+    write(str(folder / "differs.txt"), b"the folder's")
+    write(str(folder / "only-local.txt"), b"local")
+    mirror = s3_volume.mirror("mirror", folder=folder, poll_interval=POLL)
+    tree = converged(mirror, mount)
+    copies = [name for name in tree if "conflicted copy" in name]
+    assert len(copies) == 1 and read(mirror.p(copies[0])) == b"the folder's"
+    assert read(mirror.p("differs.txt")) == b"the volume's"
+    assert {"same.txt", "only-remote.txt", "only-local.txt"} <= set(tree)
+
+
+def test_ignore_rules_keep_names_out_of_the_volume(mirror_and_mount):
+    mirror, mount = mirror_and_mount
+    write(mirror.p(".fusedriveignore"), b"*.log\nbuild/\n")
+    converged(mirror, mount)
+    write(mirror.p("build/output.o"), b"object")
+    write(mirror.p("debug.log"), b"noise")
+    write(mirror.p("notes.txt~"), b"backup")
+    write(mirror.p("real.txt"), b"synced")
+    wait_for(lambda: os.path.exists(mount.p("real.txt")), what="real.txt in the mount")
+    mirror.sync()
+    mount.sync()
+    assert sorted(os.listdir(mount.path)) == [".fusedriveignore", "real.txt"]
+
+
+def test_status_counts_folder_changes_and_umount_uploads_them_first(mirror_and_mount):
+    mirror, mount = mirror_and_mount
+    write(mirror.p("a.txt"), b"a" * 1000)
+    status = mirror.volume.cli.run("status", str(mirror.path), check=False)
+    assert status.returncode in (0, 1)
+    mirror.umount()  # takes the change and uploads it before stopping
+    wait_for(lambda: os.path.exists(mount.p("a.txt")), what="a.txt in the mount")
+    assert read(mount.p("a.txt")) == b"a" * 1000
+    gone = mirror.volume.cli.run("status", str(mirror.path), check=False)
+    assert gone.returncode != 0 and "not a fusedrive mount" in gone.stderr
+
+
+def test_restore_of_an_old_version_reaches_the_folder(mirror_and_mount):
+    mirror, mount = mirror_and_mount
+    write(mirror.p("doc.txt"), b"version one")
+    converged(mirror, mount)
+    write(mirror.p("doc.txt"), b"version two")
+    converged(mirror, mount)
+    mirror.volume.cli.run("restore", mirror.p("doc.txt"), "--version", "1")
+    converged(mirror, mount)
+    assert read(mirror.p("doc.txt")) == b"version one"
+
+
+def test_kill_during_a_large_download_then_restart(proxied_volume, store_proxy):
+    mount = proxied_volume.mount("mount", poll_interval=POLL)
+    big = os.urandom(110 << 20)  # 110 MiB: the mirror is killed while it comes
+    write(mount.p("big.bin"), big)
+    mount.sync()
+    store_proxy.inject(Fault(method="GET", path="/blocks/", delay=0.3))  # so the kill finds it under way
+    mirror = proxied_volume.mirror("mirror", poll_interval=POLL, args=("--no-wait",))
+    wait_for(lambda: any(n.startswith(b".fusedrive-") for n in os.listdir(os.fsencode(mirror.path))), timeout=60,
+             what="the download under way")
+    mirror.kill()
+    store_proxy.clear()
+    mirror.start(poll_interval=POLL)
+    converged(mirror, mount, timeout=180)
+    assert read(mirror.p("big.bin")) == big
+    assert os.listdir(mirror.path) == ["big.bin"]
+
+
+def test_kill_during_a_burst_of_local_changes_loses_and_duplicates_nothing(mirror_and_mount):
+    mirror, mount = mirror_and_mount
+    written = {}
+    for i in range(300):
+        data = f"file {i}\n".encode() * (i + 1)
+        write(mirror.p(f"burst/{i // 50}/f{i}.txt"), data)
+        written[f"burst/{i // 50}/f{i}.txt"] = data
+    time.sleep(0.7)  # some taken, some not
+    mirror.kill()
+    mirror.start(poll_interval=POLL)
+    tree = converged(mirror, mount, timeout=120)
+    files = {path for path, entry in tree.items() if entry[0] == "file"}
+    assert files == set(written), "nothing lost, nothing duplicated"
+    for path, data in written.items():
+        assert read(mount.p(path)) == data
+
+
+def test_two_thousand_files_and_a_large_one_both_ways(s3_volume):
+    first = s3_volume.mirror("first", poll_interval=POLL)
+    for i in range(2000):
+        write(first.p(f"many/{i % 20}/file-{i}.txt"), f"content {i}".encode())
+    big = os.urandom(1 << 20) * 100
+    write(first.p("large.bin"), big)
+    first.sync()
+    second = s3_volume.mirror("second", poll_interval=POLL)  # its first sync: everything downloads
+    tree = converged(first, second, timeout=240)
+    assert sum(1 for entry in tree.values() if entry[0] == "file") == 2001
+    assert read(second.p("large.bin")) == big
+
+
+def test_store_down_while_both_sides_change_then_everything_converges(proxied_volume, store_proxy):
+    mirror = proxied_volume.mirror("mirror", poll_interval=POLL, args=("--io-timeout", "5"))
+    mount = proxied_volume.mount("mount", poll_interval=POLL, args=("--io-timeout", "5"))
+    write(mirror.p("shared.txt"), b"before")
+    converged(mirror, mount)
+    store_proxy.down()
+    write(mirror.p("from-mirror.txt"), b"made offline in the folder")
+    write(mount.p("from-mount.txt"), b"made offline in the mount")
+    os.unlink(mirror.p("shared.txt"))
+    time.sleep(3)
+    store_proxy.up()
+    tree = converged(mirror, mount, timeout=120)
+    assert {"from-mirror.txt", "from-mount.txt"} <= set(tree) and "shared.txt" not in tree
