@@ -141,11 +141,11 @@ def finish_download(temporary: bytes, mode: int, mtime_ns: int) -> None:
 
 
 def clean_leftovers(root: bytes) -> int:
-    """Temporary files a killed mirror left in the folder; how many."""
+    """Temporary files (downloads, sync markers) a killed mirror left in the folder; how many."""
     removed = 0
     for directory, dirs, files in os.walk(root):
         for name in files:
-            if name.startswith(TEMP_PREFIX) and name.endswith(b".part"):
+            if name.startswith(TEMP_PREFIX) and (name.endswith(b".part") or name.startswith(TEMP_PREFIX + b"barrier-")):
                 os.unlink(os.path.join(directory, name))
                 removed += 1
     return removed

@@ -19,6 +19,7 @@ that was decided on is looked at again (see docs/concurrency.md).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -34,7 +35,7 @@ from ..engine.namespace import Namespace
 from ..engine.rebase import conflict_name
 from ..engine.tree import ROOT_INO, Inode, name_from_json, name_to_json
 from ..errors import FusedriveError
-from .folder import (IGNORE_FILE, IgnoreRules, LocalEntry, copy_if_settled, finish_download, look, names_in,
+from .folder import (IGNORE_FILE, TEMP_PREFIX, IgnoreRules, LocalEntry, copy_if_settled, finish_download, look, names_in,
                      temporary_beside)
 from .rules import Action, Merge, RemoteEntry, decide, local_unchanged, merge
 from .synced import Synced, SyncedState, join, name_of, parent_of
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 QUIET_SECONDS = 0.5  # a local change is taken once its path has had no event for this long
 RETRY_SECONDS = 5.0  # a path whose transfer failed (the store is away) is tried again after this
 READ_CHUNK = 1 << 20
-YIELD_EVERY = 256  # paths reconciled between two checkpoints of a long scan
+YIELD_EVERY = 256
+CATCH_UP_SECONDS = 5.0  # the watcher has this long to bring the events of changes made before a sync  # paths reconciled between two checkpoints of a long scan
 
 
 class Mirror:
@@ -66,11 +68,15 @@ class Mirror:
         self._wake = trio.Event()
         self._lock = trio.Lock()  # one pass at a time (the task, or a `sync` settling what waits)
         self._since_yield = 0
+        self._barriers: dict[bytes, trio.Event] = {}  # marker files whose event the watcher has yet to bring
 
     # --- what the two sides say changed (trio thread, no await) -----------------------------
 
     def local_changed(self, path: bytes, closed: bool = False) -> None:
         """The watcher saw `path` change; `closed`: its writer closed it, so it is complete."""
+        if path in self._barriers:
+            self._barriers.pop(path).set()
+            return
         self._due[path] = trio.current_time() + (0 if closed else QUIET_SECONDS)
         self._wake.set()
 
@@ -109,10 +115,28 @@ class Mirror:
                 await self._pass(everything=False)
 
     async def settle(self) -> None:
-        """Reconcile everything noticed so far without waiting for it to be quiet (before
-        `sync` uploads, and before the mirror stops). A path that fails stays queued."""
+        """Reconcile every change made in the folder before this call, without waiting for
+        it to be quiet (before `sync` uploads, and before the mirror stops). A path that
+        fails stays queued."""
+        await self._catch_up()
         async with self._lock:
             await self._pass(everything=True)
+
+    async def _catch_up(self) -> None:
+        """Wait until the watcher has brought every event of changes made so far: a file
+        closed just before `sync` was asked must be part of it. The watcher's events come
+        in order, so once a marker file made now is heard of, everything before it was."""
+        marker = TEMP_PREFIX + b"barrier-" + uuid.uuid4().hex.encode()
+        heard = self._barriers[marker] = trio.Event()
+        full = self._full(marker)
+        try:
+            os.close(os.open(full, os.O_CREAT | os.O_WRONLY, 0o600))
+            with trio.move_on_after(CATCH_UP_SECONDS):
+                await heard.wait()
+        finally:
+            self._barriers.pop(marker, None)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(full)
 
     async def _wait_for_work(self) -> None:
         while not (self._rescan or self._moves):
@@ -166,6 +190,9 @@ class Mirror:
             return
         try:
             action = decide(local, synced, remote)
+            if action is not Action.NOTHING:
+                log.debug("%s: %s (folder %s, agreed %s, volume %s)", self._shown(path), action.value, local, synced,
+                          remote)
             if action is Action.NOTHING:
                 if deep and local is not None and local.kind == "dir":
                     await self._children(path)
