@@ -295,8 +295,8 @@ def cmd_mirror(args) -> int:
 
 
 def _wait_for_first_sync(folder: str) -> int:
-    """Show the first scan's progress (paths looked at, of those the volume has) until the
-    folder and the volume agree; 1 if something still waits (the store is away)."""
+    """Show the first scan's progress (paths looked at, of about as many as the volume has)
+    until the folder and the volume agree; 1 if something still waits (the store is away)."""
     from . import report
 
     bar = None
@@ -307,8 +307,8 @@ def _wait_for_first_sync(folder: str) -> int:
         if status["folder_paths_failing"] and status["first_scan_done"]:
             break
         if bar is None:
-            bar = progress("first sync", max(status["scanned"], 1))
-        bar.total = max(bar.total, status["scanned"])
+            bar = progress("first sync", max(status["volume_entries"], 1))
+        bar.total = max(bar.total, status["scanned"], status["volume_entries"])
         bar.n = status["scanned"]
         bar.refresh()
         time.sleep(0.25)

@@ -88,6 +88,13 @@ def pins_line(state: dict) -> str:
 
 def details(status: dict) -> list[str]:
     lines = [f"volume      {status['volume']} (device {status['device']})"]
+    if "folder" in status:  # a mirror
+        folder = f"mirrored: {status['folder_changes_waiting']} changes being taken"
+        if not status["first_scan_done"]:
+            folder += f", first scan at {status['scanned']:,} of ~{status['volume_entries']:,} paths"
+        if status["folder_paths_failing"]:
+            folder += f", {status['folder_paths_failing']} paths failing (tried again every few seconds)"
+        lines.append(f"folder      {folder}")
     if status.get("store_needs_attention"):
         lines.append(f"store       NEEDS ATTENTION (retried every few minutes, and at a sync): "
                      f"{status['store_needs_attention']}")

@@ -182,6 +182,16 @@ class Fusedrive(Target):
         control.request(str(self.mountpoint), "sync", timeout=3600)
 
 
+class FusedriveMirror(Fusedrive):
+    """A `fusedrive mirror` device: its folder stands where a mount point would."""
+
+    name = "fusedrive mirror"
+
+    def mount(self) -> None:
+        self.cli("mirror", self.url, str(self.mountpoint), "--cache-dir", str(self.cache), "--cache-size", "8G",
+                 "--device-name", self.device, *self.extra)
+
+
 class JuiceFS(Target):
     name = "JuiceFS"
 
@@ -490,11 +500,13 @@ def edits(t: Target, proxy: FaultProxy, size_mib: int) -> dict[str, float]:
     return results
 
 
-def sync_latency(work: Path, url: str, env: dict, changes: int, hub_url: str) -> dict[str, float]:
-    """Milliseconds from close() on device A until device B lists the file and reads its bytes."""
+def sync_latency(work: Path, url: str, env: dict, changes: int, hub_url: str,
+                 writer: type[Fusedrive] = Fusedrive) -> dict[str, float]:
+    """Milliseconds from close() on device A (a mount, or with `writer` a mirror) until
+    device B (a mount) lists the file and reads its bytes."""
     devices = []
-    for name in ("a", "b"):
-        d = Fusedrive(work / f"sync-{name}", url, env, device=f"sync-{name}")
+    for name, kind in (("a", writer), ("b", Fusedrive)):
+        d = kind(work / f"sync-{name}-{kind.__name__}", url, env, device=f"sync-{name}")
         d.extra = ["--hub", hub_url]
         d.mount()
         devices.append(d)
@@ -517,8 +529,58 @@ def sync_latency(work: Path, url: str, env: dict, changes: int, hub_url: str) ->
         for d in devices:
             d.umount()
     delays.sort()
-    return {"sync latency with hub, p50 (ms)": delays[len(delays) // 2],
-            "sync latency with hub, p95 (ms)": delays[int(len(delays) * 0.95) - 1]}
+    source = "" if writer is Fusedrive else ", from a mirror's folder"
+    return {f"sync latency with hub{source}, p50 (ms)": delays[len(delays) // 2],
+            f"sync latency with hub{source}, p95 (ms)": delays[int(len(delays) * 0.95) - 1]}
+
+
+def mirror_first_sync(work: Path, url: str, env: dict, total_mib: int, files: int) -> dict[str, float]:
+    """A new mirror's first sync: `files` files of `total_mib` MiB in all, written into the
+    volume by a mount, arrive in an empty folder (seconds until `fusedrive mirror` returns,
+    which waits for the first sync)."""
+    writer = Fusedrive(work / "first-sync-writer", url, env, device="first-sync-writer")
+    writer.mount()
+    size = total_mib * MiB // files
+    try:
+        for i in range(files):
+            path = writer.mountpoint / "first-sync" / f"d{i % 20}" / f"f{i}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(os.urandom(size))
+        writer.settle(None)
+    finally:
+        writer.umount()
+    mirror = FusedriveMirror(work / "first-sync-mirror", url, env, device="first-sync-mirror")
+    seconds = timed(mirror.mount)
+    try:
+        arrived = sum(1 for _ in (mirror.mountpoint / "first-sync").rglob("f*"))
+        assert arrived == files, f"the first sync brought {arrived} of {files} files"
+    finally:
+        mirror.umount()
+    return {f"mirror first sync of {total_mib} MiB in {files:,} files (MB/s)": total_mib * MiB / 1e6 / seconds,
+            f"mirror first sync of {total_mib} MiB in {files:,} files (files/s)": files / seconds}
+
+
+def idle_mirror(work: Path, url: str, env: dict, count: int, seconds: float = 60) -> dict[str, float]:
+    """CPU and RSS of a mirror with nothing to do, over a folder of `count` files (made in
+    the folder before it starts: its first sync uploads them)."""
+    mirror = FusedriveMirror(work / "idle-mirror", url, env, device="idle-mirror")
+    for i in range(count):
+        folder = mirror.mountpoint / "many" / f"d{i % 100}"
+        if i < 100:
+            folder.mkdir(parents=True)
+        (folder / f"f{i}").write_bytes(b"%d" % i)
+    mirror.mount()
+    try:
+        mirror.settle(None)
+        pid = mirror.pid()
+        before = cpu_seconds(pid)
+        time.sleep(seconds)
+        busy = cpu_seconds(pid) - before
+        rss = rss_mib(pid)
+    finally:
+        mirror.umount()
+    return {f"idle mirror of {count:,} files: CPU (% of one core)": busy / seconds * 100,
+            f"idle mirror of {count:,} files: RSS (MiB)": rss}
 
 
 def raw_get(store_url: str, endpoint: str, env: dict, size_mib: int, threads: int = 8) -> dict[str, float]:
@@ -616,7 +678,7 @@ def _number(value: float) -> str:
 
 
 WORKLOADS = ["sequential write and reads", "random reads", "fsync", "sqlite", "small files", "tree", "real tree",
-             "edits", "sync", "rss"]
+             "edits", "sync", "rss", "mirror"]
 
 
 def main() -> int:
@@ -633,6 +695,8 @@ def main() -> int:
     parser.add_argument("--edit-mib", type=int, default=64, help="size of the edited file")
     parser.add_argument("--sync-changes", type=int, default=100, help="changes timed between two devices (0: skip)")
     parser.add_argument("--rss-files", type=int, default=100_000, help="files for the RSS measure (0: skip)")
+    parser.add_argument("--mirror-mib", type=int, default=1024, help="MiB a new mirror's first sync brings "
+                        "(in --files files)")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     parser.add_argument("--only", action="append", choices=WORKLOADS,
                         help="run only this workload group (repeatable; default: all; random reads read the sequential file)")
@@ -697,6 +761,23 @@ def main() -> int:
                                                       f"http://127.0.0.1:{port}"))
             finally:
                 hub.kill()
+        if "mirror" in only:  # fusedrive only: the anchors have no such mode
+            print("mirror: first sync, change latency, idle cost ...", file=sys.stderr)
+            client.create_bucket(Bucket="fusedrive-mirror")
+            mirror_url = "s3://fusedrive-mirror/volume"
+            drive.cli("init", mirror_url)
+            results.add("fusedrive", mirror_first_sync(work, mirror_url, env, args.mirror_mib, args.files))
+            if args.sync_changes:
+                hub = subprocess.Popen([sys.executable, "-m", "fusedrive.cli", "hub", "--listen", "127.0.0.1:0"],
+                                       stdout=subprocess.PIPE, text=True)
+                try:
+                    port = hub.stdout.readline().strip().rsplit(":", 1)[1]
+                    results.add("fusedrive", sync_latency(work, mirror_url, env, args.sync_changes,
+                                                          f"http://127.0.0.1:{port}", FusedriveMirror))
+                finally:
+                    hub.kill()
+            if args.rss_files:
+                results.add("fusedrive", idle_mirror(work, mirror_url, env, args.rss_files))
         if args.rss_files and "rss" in only:  # fusedrive only: creating 100,000 files takes minutes per target
             results.run("RSS with many files", drive, server_pid, rss_with_files, args.rss_files)
     finally:

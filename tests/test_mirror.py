@@ -13,6 +13,7 @@ import time
 import pytest
 
 from fusedrive.testing.faultproxy import Fault
+from test_status import event_streams  # noqa: F401 - a fixture
 from test_sync import held, wait_for
 
 POLL = 0.3
@@ -290,3 +291,33 @@ def test_store_down_while_both_sides_change_then_everything_converges(proxied_vo
     store_proxy.up()
     tree = converged(mirror, mount, timeout=120)
     assert {"from-mirror.txt", "from-mount.txt"} <= set(tree) and "shared.txt" not in tree
+
+
+def test_with_the_hub_changes_arrive_without_waiting_for_a_poll_and_are_events(s3_volume, hub, event_streams):
+    url = f"http://127.0.0.1:{hub.port}"
+    slow_poll = 60  # the poll would take this long: only the hub can bring a change sooner
+    mirror = s3_volume.mirror("mirror", poll_interval=slow_poll, hub=url)
+    mount = s3_volume.mount("mount", poll_interval=slow_poll, hub=url)
+    wait_for(lambda: mirror.control("status")["hub"] == "connected", what="the mirror on the hub")
+    wait_for(lambda: mount.control("status")["hub"] == "connected", what="the mount on the hub")
+    stream = event_streams(mirror)
+    write(mount.p("from-mount.txt"), b"over the hub")
+    wait_for(lambda: os.path.exists(mirror.p("from-mount.txt")), timeout=slow_poll / 3, what="the file in the folder")
+    assert read(mirror.p("from-mount.txt")) == b"over the hub"
+    wait_for(lambda: stream.of_kind("remote-change"), what="the remote-change event")
+    assert [(e["path"], e["device"]) for e in stream.of_kind("remote-change")] == [("/from-mount.txt", "mount")]
+    write(mirror.p("from-mirror.txt"), b"the other way")
+    wait_for(lambda: os.path.exists(mount.p("from-mirror.txt")), timeout=slow_poll / 3, what="the file in the mount")
+
+
+def test_a_file_deleted_in_the_folder_is_in_the_trash_and_comes_back_from_it(s3_volume):
+    mirror = s3_volume.mirror("mirror", poll_interval=POLL)
+    write(mirror.p("docs/letter.txt"), b"dear reader")
+    mirror.sync()
+    os.unlink(mirror.p("docs/letter.txt"))
+    mirror.sync()
+    listing = mirror.volume.cli.run("trash", "list", str(mirror.path), "--json").stdout
+    assert '"/docs/letter.txt"' in listing
+    mirror.volume.cli.run("trash", "restore", mirror.p("docs/letter.txt"))
+    wait_for(lambda: os.path.exists(mirror.p("docs/letter.txt")), what="the restored file in the folder")
+    assert read(mirror.p("docs/letter.txt")) == b"dear reader"

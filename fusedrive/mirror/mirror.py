@@ -575,7 +575,7 @@ class Mirror:
     def status(self) -> dict:
         return {"folder": os.fsdecode(self.root), "folder_changes_waiting": self.waiting(),
                 "folder_paths_failing": len(self.failing), "first_scan_done": not self.scanning,
-                "scanned": self.scanned}
+                "scanned": self.scanned, "volume_entries": self.drive.replica.stats()["inodes"]}
 
 
 def _digest_of_file(path: bytes) -> bytes:

@@ -48,7 +48,8 @@ def _file_system_type(path: str) -> str:
 
 def mirror_handlers(drive: Drive, mirror: Mirror, folder: str, scratch: Path, stop: trio.Event) -> dict:
     """The mount's commands, with the folder's changes counted as pending and taken first
-    by `sync`, and `stop` (what `fusedrive umount FOLDER` asks after the upload)."""
+    by `sync`; `settle` (take them now, upload in the background) and `stop` (what
+    `fusedrive umount FOLDER` asks after the upload)."""
     served = commands.handlers(drive, folder, scratch)
 
     async def status(request: dict, send) -> dict:
@@ -59,11 +60,16 @@ def mirror_handlers(drive: Drive, mirror: Mirror, folder: str, scratch: Path, st
         await drive.sync_all()
         return await status(request, send)
 
+    async def settle(request: dict, send) -> dict:
+        """Take every change made in the folder so far, without waiting for the upload."""
+        await mirror.settle()
+        return await status(request, send)
+
     async def stop_mirror(request: dict, send) -> dict:
         stop.set()
         return {"stopping": True}
 
-    return {**served, "status": status, "sync": sync, "stop": stop_mirror}
+    return {**served, "status": status, "sync": sync, "settle": settle, "stop": stop_mirror}
 
 
 def run_mirror(volume: Volume, folder: str, cache_dir: Path, device: str, cache_size: int,
