@@ -13,7 +13,6 @@ import time
 import pytest
 
 from fusedrive.testing.faultproxy import Fault
-from test_status import event_streams  # noqa: F401 - a fixture
 from test_sync import held, wait_for
 
 POLL = 0.3

@@ -6,16 +6,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 import zipfile
 from io import BytesIO
 
-import pytest
 
 from test_posix import read, write
 from test_sync import POLL, conflicted, held, same_everywhere, wait_for
@@ -76,38 +72,6 @@ def test_status_without_a_mount_is_an_error(volume):
 
 
 # --- events -----------------------------------------------------------------------------
-
-
-class EventStream:
-    """`fusedrive events --json` running against a mount, collecting what it prints."""
-
-    def __init__(self, mount) -> None:
-        env = dict(os.environ, **mount.volume.cli.env)
-        self.process = subprocess.Popen([sys.executable, "-m", "fusedrive.cli", "events", str(mount.path), "--json"],
-                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.events: list[dict] = []
-        ready = self.process.stderr.readline()
-        assert ready.startswith("Listening for events"), ready
-        threading.Thread(target=self._collect, daemon=True).start()
-
-    def _collect(self) -> None:
-        for line in self.process.stdout:
-            self.events.append(json.loads(line))
-
-    def of_kind(self, kind: str) -> list[dict]:
-        return [e for e in self.events if e["kind"] == kind]
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
-@pytest.fixture
-def event_streams():
-    streams = []
-    yield lambda mount: streams.append(EventStream(mount)) or streams[-1]
-    for stream in streams:
-        stream.stop()
 
 
 def laptop_and_desktop_sharing(volume, name: str, data: bytes):
