@@ -12,7 +12,6 @@ import urllib.request
 import zipfile
 from io import BytesIO
 
-
 from test_posix import read, write
 from test_sync import POLL, conflicted, held, same_everywhere, wait_for
 
