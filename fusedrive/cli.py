@@ -409,10 +409,10 @@ def cmd_umount(args) -> int:
     else:
         _unmount_kernel(mountpoint, args.lazy)
     control.wait_for_exit(entry["pid"], max(args.timeout, 30))
-    done = "Stopped mirroring" if entry.get("mirror") else "Unmounted"
+    done, next_time = ("Stopped mirroring", "next start") if entry.get("mirror") else ("Unmounted", "next mount")
     if not complete:
         print(f"{done} {args.mountpoint}, but {_waiting(status)} to upload; they are kept in the local queue "
-              f"({entry['cache_dir']}) and upload at the next start from it.", file=sys.stderr)
+              f"({entry['cache_dir']}) and upload at the {next_time} from it.", file=sys.stderr)
         return 1
     print(f"{done} {args.mountpoint}; all changes are in the store.")
     return 0

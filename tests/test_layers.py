@@ -85,3 +85,15 @@ def test_no_engine_module_is_a_second_drive_py():
     long = {str(p.relative_to(PACKAGE)): n for p in (PACKAGE / "engine").glob("*.py")
             if (n := len(p.read_text().splitlines())) > 520}
     assert not long, long
+
+
+def test_a_mirror_runs_where_fuse_is_missing():
+    """`fusedrive mirror` is for machines without FUSE: neither the command line nor the
+    mirror loads pyfuse3 (whose import needs libfuse3)."""
+    import subprocess
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", "import sys, fusedrive.cli, fusedrive.mirror.running; "
+                             "print(sorted(m for m in sys.modules if m.split('.')[0] in {'pyfuse3'}))"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]", f"the mirror's path loads FUSE modules: {loaded}"

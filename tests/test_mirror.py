@@ -96,7 +96,9 @@ def test_every_kind_of_change_in_the_folder_arrives_in_the_mount(mirror_and_moun
     os.rename(mirror.p("script.sh"), mirror.p("run.sh"))  # a file renamed
     os.chmod(mirror.p("run.sh"), 0o700)
     os.rmdir(mirror.p("empty"))
+    os.utime(mirror.p("log.txt"), ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))  # touch -m
     tree = converged(mirror, mount, ignored=(".report.txt.swp",))
+    assert os.stat(mount.p("log.txt")).st_mtime_ns == 1_600_000_000_000_000_000
     assert read(mount.p("notes.txt")) == b"fiRSt"
     assert read(mount.p("log.txt")) == b"line 1\nline 2\n"
     assert read(mount.p("docs/moved/report.txt")) == b"report v2"
@@ -151,6 +153,20 @@ def test_simultaneous_edits_in_two_mirrors_give_conflicted_copies_on_both(s3_vol
     for device in (laptop, desktop):
         assert read(device.p("plan.txt")) == b"edited on the laptop"
         assert read(device.p(copies[0])) == b"edited on the desktop"
+
+
+def test_a_file_edited_in_the_folder_and_deleted_elsewhere_comes_back_with_the_edit(mirror_and_mount):
+    mirror, mount = mirror_and_mount
+    write(mirror.p("draft.txt"), b"first draft")
+    converged(mirror, mount)
+    with held(mirror):
+        write(mirror.p("draft.txt"), b"second draft, edited here")
+        mirror.control("settle")  # taken; its commit is held back
+        os.unlink(mount.p("draft.txt"))
+        mount.sync()
+    tree = converged(mirror, mount)
+    assert read(mount.p("draft.txt")) == b"second draft, edited here", "a change beats a delete"
+    assert "draft.txt" in tree
 
 
 def test_changes_made_while_the_mirror_was_stopped_sync_at_start(mirror_and_mount):
@@ -283,10 +299,13 @@ def test_store_down_while_both_sides_change_then_everything_converges(proxied_vo
     write(mirror.p("shared.txt"), b"before")
     converged(mirror, mount)
     store_proxy.down()
+    outage_ends = time.monotonic() + 60  # a minute: uploads, commits and polls fail and retry many times over
     write(mirror.p("from-mirror.txt"), b"made offline in the folder")
     write(mount.p("from-mount.txt"), b"made offline in the mount")
     os.unlink(mirror.p("shared.txt"))
-    time.sleep(3)
+    wait_for(lambda: (s := mirror.volume.cli.run("status", str(mirror.path), check=False)).returncode == 1
+             and "store unreachable since" in s.stdout, timeout=30, what="the mirror's status: pending, store away")
+    time.sleep(max(0.0, outage_ends - time.monotonic()))
     store_proxy.up()
     tree = converged(mirror, mount, timeout=120)
     assert {"from-mirror.txt", "from-mount.txt"} <= set(tree) and "shared.txt" not in tree
