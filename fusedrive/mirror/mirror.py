@@ -46,6 +46,7 @@ QUIET_SECONDS = 0.5  # a local change is taken once its path has had no event fo
 RETRY_SECONDS = 5.0  # a path whose transfer failed (the store is away) is tried again after this
 READ_CHUNK = 1 << 20
 YIELD_EVERY = 256
+PARALLEL_DOWNLOADS = 8  # files of one folder fetched side by side (each file's blocks: the reader's own limit)
 CATCH_UP_SECONDS = 5.0  # the watcher has this long to bring the events of changes made before a sync  # paths reconciled between two checkpoints of a long scan
 
 
@@ -217,8 +218,31 @@ class Mirror:
         node, remote = self._remote(path)
         if remote is not None and remote.kind == "dir":
             names |= {name for name, _ in self.drive.replica.children(node.ino)}
+        downloads = []
         for name in sorted(names):
-            await self._reconcile(join(path, name), deep=True)
+            child = join(path, name)
+            if self._is_download(child):
+                downloads.append(child)
+            else:
+                await self._reconcile(child, deep=True)
+        if downloads:  # the volume's new or changed files: several at a time (a first sync is mostly these)
+            limiter = trio.CapacityLimiter(PARALLEL_DOWNLOADS)
+
+            async def fetch(child: bytes) -> None:
+                async with limiter:
+                    await self._reconcile(child)
+
+            async with trio.open_nursery() as nursery:
+                for child in downloads:
+                    nursery.start_soon(fetch, child)
+
+    def _is_download(self, path: bytes) -> bool:
+        """Whether reconciling `path` now means fetching the volume's file into the folder:
+        such paths are independent of each other, so they may be fetched side by side."""
+        local, synced = look(self.root, path), self.state.get(path)
+        remote = self._remote(path)[1]
+        return remote is not None and remote.kind == "file" and (local is None or local.kind == "file") and \
+            decide(local, synced, remote) is Action.PULL and not self.ignore.ignored(path)
 
     # --- the volume's side wins ----------------------------------------------------------------
 
