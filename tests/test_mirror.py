@@ -207,6 +207,7 @@ def test_a_first_sync_merges_a_folder_that_has_files_with_the_volume(s3_volume, 
     assert len(copies) == 1 and read(mirror.p(copies[0])) == b"the folder's"
     assert read(mirror.p("differs.txt")) == b"the volume's"
     assert {"same.txt", "only-remote.txt", "only-local.txt"} <= set(tree)
+    assert mirror.control("status")["conflicted_copies"] == 1, "status names the copy to look at"
 
 
 def test_ignore_rules_keep_names_out_of_the_volume(mirror_and_mount):

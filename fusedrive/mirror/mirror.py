@@ -481,12 +481,14 @@ class Mirror:
         pulled under the name."""
         parent, name = self._remote_parent(path)
         parent_fid = self.drive.replica.inode(parent).fid
-        copy = join(parent_of(path), name_from_json(conflict_name(
-            self.drive.replica, parent_fid, name_to_json(name), self.drive.device)))
+        copy_name = conflict_name(self.drive.replica, parent_fid, name_to_json(name), self.drive.device)
+        copy = join(parent_of(path), name_from_json(copy_name))
         if look(self.root, copy) is not None:
             raise OSError(errno.EEXIST, "the conflicted copy's name is taken; tried again")
         os.rename(self._full(path), self._full(copy))
         self.state.forget(path)
+        self.drive.changes.publish_conflict({"parent": parent_fid, "name": name_to_json(name), "copy": copy_name},
+                                            self.drive.device)
         log.info("both sides changed %s: this device's version is kept as %s", self._shown(path), self._shown(copy))
         await self._reconcile(copy, deep=True)
         await self._reconcile(path, deep=True)
