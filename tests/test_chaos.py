@@ -24,6 +24,7 @@ import pytest
 from fusedrive.services import control
 from fusedrive.testing.faultproxy import FaultProxy
 from oracle import assert_nothing_lost
+from test_mirror import converged
 from test_sync import same_everywhere, wait_for
 from treeutil import move_or_delete, save
 
@@ -45,13 +46,17 @@ IO_TIMEOUT = ("--io-timeout", "10")
 
 
 class Device:
-    """One mount of the volume with its own way to the store, which the test can cut."""
+    """One mount (or mirror) of the volume with its own way to the store, which the test can cut."""
 
-    def __init__(self, volume, name: str, proxy: FaultProxy, hub: str) -> None:
-        self.volume, self.name, self.proxy, self.hub = volume, name, proxy, hub
+    def __init__(self, volume, name: str, proxy: FaultProxy, hub: str, kind: str = "mount") -> None:
+        self.volume, self.name, self.proxy, self.hub, self.kind = volume, name, proxy, hub, kind
         self.cut = None  # None, "refused" or "hanging"
-        self.mount = volume.mount(name, poll_interval=0.5, hub=hub, endpoint=proxy.endpoint, args=IO_TIMEOUT)
+        self.mount = getattr(volume, kind)(name, poll_interval=0.5, hub=hub, endpoint=proxy.endpoint, args=self.args())
         self.alive = True
+
+    def args(self) -> tuple[str, ...]:
+        """A mirror started while cut off cannot finish its first sync: it returns at once."""
+        return IO_TIMEOUT + (("--no-wait",) if self.kind == "mirror" else ())
 
     def p(self, path: str) -> str:
         return self.mount.p(path)
@@ -71,7 +76,8 @@ class Device:
         entry = control.read_registry(str(self.mount.path))
         os.kill(entry["pid"], 9)
         assert control.wait_for_exit(entry["pid"], 30)
-        subprocess.run(["fusermount3", "-u", "-z", str(self.mount.path)], capture_output=True, timeout=30)
+        if self.kind == "mount":
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mount.path)], capture_output=True, timeout=30)
         self.volume.mounts.remove(self.mount)
         self.alive = False
 
@@ -80,9 +86,17 @@ class Device:
         offline; a store that hangs is healed first (a mount would wait for its timeouts)."""
         if self.cut == "hanging":
             self.heal()
-        self.mount = self.volume.mount(self.name, cache_dir=self.mount.cache_dir, poll_interval=0.5, hub=self.hub,
-                                       endpoint=self.proxy.endpoint, args=IO_TIMEOUT)
+        where = {"folder": self.mount.path} if self.kind == "mirror" else {}  # a mirror's folder is its data
+        self.mount = getattr(self.volume, self.kind)(self.name, cache_dir=self.mount.cache_dir, poll_interval=0.5,
+                                                     hub=self.hub, endpoint=self.proxy.endpoint, args=self.args(),
+                                                     **where)
         self.alive = True
+
+    def taken(self) -> None:
+        """A mirror takes a closed file when its watcher says so; a person's saves are further
+        apart than that, so each step's change is taken before the next (even cut off)."""
+        if self.kind == "mirror":
+            self.mount.control("settle")
 
 
 @pytest.fixture
@@ -94,11 +108,14 @@ def proxies(seaweed):
         proxy.down()
 
 
+@pytest.mark.parametrize("server", ["mount", "mirror"])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_three_devices_under_kills_partitions_and_hub_failures_lose_no_closed_save(
-        proxies, hub, s3_volume, seed):
+        proxies, hub, s3_volume, seed, server):
+    """`server`: the third device is a mount, or a mirror (a real folder, watched)."""
     hub_url = f"http://127.0.0.1:{hub.port}"
-    devices = [Device(s3_volume, name, proxy, hub_url) for name, proxy in zip(NAMES, proxies)]
+    devices = [Device(s3_volume, name, proxy, hub_url, kind) for name, proxy, kind
+               in zip(NAMES, proxies, ("mount", "mount", server))]
     rng = random.Random(seed)
     closed: dict[str, bytes] = {}  # "device step path" → every save that must survive
     unsynced: dict[tuple[str, int], str] = {}  # (device, inode) → its save not known uploaded
@@ -151,6 +168,7 @@ def test_three_devices_under_kills_partitions_and_hub_failures_lose_no_closed_sa
                     os.makedirs(device.p(f"dir/sub{step}"))
             except OSError:
                 continue  # not there on this device (yet): fine, as for any user
+            device.taken()
             if not device.cut:
                 device.mount.sync()
                 for key in [k for k in unsynced if k[0] == device.name]:
@@ -167,7 +185,10 @@ def test_three_devices_under_kills_partitions_and_hub_failures_lose_no_closed_sa
             device.mount.sync()
         for device in devices:
             device.mount.sync()
-        same_everywhere(*(d.mount for d in devices))
+        if server == "mirror":  # a real folder's folders have their own mtimes, and it keeps no xattrs
+            converged(*(d.mount for d in devices))
+        else:
+            same_everywhere(*(d.mount for d in devices))
         assert_nothing_lost(devices[0].mount, closed)
     except AssertionError as exc:
         raise AssertionError(f"seed {seed}: {exc}\nsteps:\n" + "\n".join(log)) from None
