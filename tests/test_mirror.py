@@ -340,3 +340,20 @@ def test_a_file_deleted_in_the_folder_is_in_the_trash_and_comes_back_from_it(s3_
     mirror.volume.cli.run("trash", "restore", mirror.p("docs/letter.txt"))
     wait_for(lambda: os.path.exists(mirror.p("docs/letter.txt")), what="the restored file in the folder")
     assert read(mirror.p("docs/letter.txt")) == b"dear reader"
+
+
+def test_a_folder_that_cannot_be_mirrored_is_one_sentence_and_exit_9(s3_volume, tmp_path):
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("x")
+    refused = s3_volume.cli.run("mirror", s3_volume.url, str(not_a_folder), "--cache-dir", str(tmp_path / "c1"),
+                                check=False)
+    assert refused.returncode == 9 and "is not a directory" in refused.stderr
+    assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    mirror = s3_volume.mirror("mirror", poll_interval=POLL)
+    again = s3_volume.cli.run("mirror", s3_volume.url, str(mirror.path), "--cache-dir", str(tmp_path / "c2"),
+                              check=False)
+    assert again.returncode == 9 and "already served by fusedrive" in again.stderr
+    mount = s3_volume.mount("mount", poll_interval=POLL)
+    into_a_mount = s3_volume.cli.run("mirror", s3_volume.url, str(mount.path), "--cache-dir", str(tmp_path / "c3"),
+                                     check=False)
+    assert into_a_mount.returncode == 9 and "FUSE mount" in into_a_mount.stderr
