@@ -24,6 +24,7 @@ from .watching import watching
 log = logging.getLogger(__name__)
 
 SETTLE_AT_STOP_SECONDS = 60  # at most this long to take the folder's last changes before the drain
+SETTLE_WHEN_LEAVING = 5  # the same after `umount --no-wait` (or its --timeout): what is not taken is found at the next start
 
 
 def check_folder(folder: str) -> str:
@@ -101,8 +102,9 @@ def run_mirror(volume: Volume, folder: str, cache_dir: Path, device: str, cache_
                 announce(path, volume, device, cache_dir, ready_fd, f"Mirroring {volume.url} in {path} (in the "
                          f"foreground: Ctrl-C or `fusedrive umount {path}` stops it).", mirror=True)
                 await stop.wait()
-                with trio.move_on_after(SETTLE_AT_STOP_SECONDS):
-                    await mirror.settle()  # the folder's last changes, before the drain uploads them
+                # the folder's last changes, before the drain uploads them (told not to wait: briefly)
+                with trio.move_on_after(SETTLE_AT_STOP_SECONDS if drive.upload_on_exit else SETTLE_WHEN_LEAVING):
+                    await mirror.settle()
             await stop_serving(drive, nursery, ready_fd, f"Stopped mirroring {path}.")
 
     run_device(main, "mirror", path, lock_fd, state, drive)
