@@ -182,8 +182,7 @@ class Mirror:
         if not path:
             await self._children(path)
             return
-        local, synced = look(self.root, path), self.state.get(path)
-        node, remote = self._remote(path)
+        local, synced, node, remote = self._views(path)
         if node is not None and remote is None:
             return  # a device node or FIFO made in a mount: not something a folder mirrors
         kind = (local or remote or synced).kind if (local or remote or synced) else None
@@ -191,13 +190,14 @@ class Mirror:
             return
         try:
             action = decide(local, synced, remote)
-            if action is not Action.NOTHING:
-                log.debug("%s: %s (folder %s, agreed %s, volume %s)", self._shown(path), action.value, local, synced,
-                          remote)
             if action is Action.NOTHING:
+                self.failing.discard(path)
                 if deep and local is not None and local.kind == "dir":
                     await self._children(path)
-            elif action is Action.PULL:
+                return
+            log.debug("%s: %s (folder %s, agreed %s, volume %s)", self._shown(path), action.value, local, synced,
+                      remote)
+            if action is Action.PULL:
                 await self._pull(path, local, node, remote, synced)
             elif action is Action.PUSH:
                 await self._push(path, local, synced, node, remote)
@@ -239,8 +239,7 @@ class Mirror:
     def _is_download(self, path: bytes) -> bool:
         """Whether reconciling `path` now means fetching the volume's file into the folder:
         such paths are independent of each other, so they may be fetched side by side."""
-        local, synced = look(self.root, path), self.state.get(path)
-        remote = self._remote(path)[1]
+        local, synced, _, remote = self._views(path)
         return remote is not None and remote.kind == "file" and (local is None or local.kind == "file") and \
             decide(local, synced, remote) is Action.PULL and not self.ignore.ignored(path)
 
@@ -535,6 +534,11 @@ class Mirror:
         self._due.setdefault(destination, trio.current_time())  # content or mode may have changed too
 
     # --- the volume's side, by path -------------------------------------------------------------
+
+    def _views(self, path: bytes) -> tuple[LocalEntry | None, Synced | None, Inode | None, RemoteEntry | None]:
+        """What the folder holds, what both agreed on, and the volume's inode and entry."""
+        node, remote = self._remote(path)
+        return look(self.root, path), self.state.get(path), node, remote
 
     def _remote(self, path: bytes) -> tuple[Inode | None, RemoteEntry | None]:
         ino = ROOT_INO
