@@ -89,7 +89,8 @@ def pins_line(state: dict) -> str:
 def details(status: dict) -> list[str]:
     lines = [f"volume      {status['volume']} (device {status['device']})"]
     if "folder" in status:  # a mirror
-        folder = f"mirrored: {status['folder_changes_waiting']} changes being taken"
+        waiting = status["folder_changes_waiting"]
+        folder = f"{status['folder']}, mirrored: " + (f"{waiting} changes being taken" if waiting else "nothing waiting")
         if not status["first_scan_done"]:
             folder += f", first scan at {status['scanned']:,} of ~{status['volume_entries']:,} paths"
         if status["folder_paths_failing"]:
