@@ -357,3 +357,6 @@ def test_a_folder_that_cannot_be_mirrored_is_one_sentence_and_exit_9(s3_volume, 
     into_a_mount = s3_volume.cli.run("mirror", s3_volume.url, str(mount.path), "--cache-dir", str(tmp_path / "c3"),
                                      check=False)
     assert into_a_mount.returncode == 9 and "FUSE mount" in into_a_mount.stderr
+    mirror_folder = s3_volume.cli.run("mount", s3_volume.url, str(mirror.path), "--cache-dir", str(tmp_path / "c4"),
+                                      check=False)
+    assert mirror_folder.returncode == 9 and "already served by fusedrive" in mirror_folder.stderr

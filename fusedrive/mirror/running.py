@@ -12,7 +12,7 @@ import trio
 
 from ..engine.drive import Drive
 from ..errors import MountError
-from ..services import commands, control, sharing
+from ..services import commands, sharing
 from ..services.process import (announce, folder_for, limit_malloc_arenas, prepare_cache_dir, run_device, serve_beside,
                                  stop_serving)
 from ..store.volume import Volume
@@ -29,13 +29,10 @@ SETTLE_WHEN_LEAVING = 5  # the same after `umount --no-wait` (or its --timeout):
 
 def check_folder(folder: str) -> str:
     """The folder to mirror, created if missing; never a FUSE mount (of fusedrive or not)."""
-    path = folder_for(folder, "folder")
-    if os.path.ismount(path) and _file_system_type(path).startswith("fuse"):
+    real = os.path.realpath(folder)
+    if os.path.ismount(real) and _file_system_type(real).startswith("fuse"):
         raise MountError(f"{folder} is a FUSE mount; a mirror keeps a folder on a local disk.")
-    entry = control.read_registry(path)
-    if entry is not None and not control.has_exited(entry["pid"]):
-        raise MountError(f"{folder} is already served by fusedrive (process {entry['pid']}).")
-    return path
+    return folder_for(folder, "folder")
 
 
 def _file_system_type(path: str) -> str:

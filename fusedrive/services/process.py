@@ -80,6 +80,9 @@ def folder_for(given: str, what: str) -> str:
             raise MountError(f"Cannot create the {what} {given}: {exc.strerror}.") from None
     if not os.path.isdir(path):
         raise MountError(f"The {what} {given} is not a directory.")
+    entry = control.read_registry(path)
+    if entry is not None and not control.has_exited(entry["pid"]):
+        raise MountError(f"{given} is already served by fusedrive (process {entry['pid']}).")
     return path
 
 
