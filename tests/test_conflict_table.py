@@ -292,3 +292,20 @@ async def test_a_save_moved_to_a_conflicted_copy_while_it_uploads_is_not_also_re
     assert final["/report.txt"] == b"desktop's save"
     [copy] = copies(laptop)
     assert final[f"/{copy}"] == b"laptop's last save"
+
+
+@on_devices("laptop")
+async def test_an_explicit_mtime_of_unsaved_content_survives_a_restart(laptop):
+    """`touch -d` (or a mirror handing over a file with its mtime) on content not uploaded
+    yet, then the process is killed: the mtime comes back with the content (it came back as
+    the staged file's own, and a mirror, whose files' mtimes say whether they changed,
+    fetched the file again)."""
+    laptop.cut_off()
+    node = await laptop.open_for_writing("/notes.txt")
+    await laptop.write(node, b"offline edit")
+    laptop.drive.files.set_mtime(node, 1_600_000_000_123_456_789)
+    laptop.close(node)
+    await laptop.restart()
+    node = laptop.lookup("/notes.txt")
+    assert laptop.drive.files.size_and_mtime(node) == (12, 1_600_000_000_123_456_789)
+    assert await laptop.read("/notes.txt") == b"offline edit"

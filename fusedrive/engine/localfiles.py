@@ -109,10 +109,13 @@ class LocalFiles:
             self.unsaved.add(node.fid)
 
     def set_mtime(self, node: Inode, mtime_ns: int) -> None:
-        """An explicit utimens on a file with staged content wins over the write time."""
+        """An explicit utimens on a file with staged content wins over the write time; the
+        staged file gets it too, since that is where `recover` reads it after a crash (else
+        a mirror, whose files' mtimes say whether they changed, fetched them again)."""
         if node.fid in self.attrs:
             size, _, ctime_ns = self.attrs[node.fid]
             self.attrs[node.fid] = (size, mtime_ns, ctime_ns)
+            os.utime(self.staging.path(node.fid), ns=(mtime_ns, mtime_ns))
 
     def resized(self, fid: str, size: int) -> None:
         """The staged file holds `size` bytes whatever was recorded (see Uploads)."""
