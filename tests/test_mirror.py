@@ -363,3 +363,20 @@ def test_a_folder_that_cannot_be_mirrored_is_one_sentence_and_exit_9(s3_volume, 
     mirror_folder = s3_volume.cli.run("mount", s3_volume.url, str(mirror.path), "--cache-dir", str(tmp_path / "c4"),
                                       check=False)
     assert mirror_folder.returncode == 9 and "already served by fusedrive" in mirror_folder.stderr
+
+
+def test_a_mirror_killed_offline_keeps_its_files_as_they_are_and_uploads_them_later(proxied_volume, store_proxy):
+    mirror = proxied_volume.mirror("mirror", poll_interval=POLL, args=("--io-timeout", "5"))
+    mount = proxied_volume.mount("mount", poll_interval=POLL, args=("--io-timeout", "5"))
+    store_proxy.down()
+    write(mirror.p("offline.txt"), b"written on the train")
+    mirror.control("settle")
+    before = os.stat(mirror.p("offline.txt"))
+    mirror.kill()
+    mirror.start(poll_interval=POLL, args=("--io-timeout", "5", "--no-wait"))  # still offline
+    mirror.control("settle")
+    after = os.stat(mirror.p("offline.txt"))
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "not fetched again over itself"
+    store_proxy.up()
+    converged(mirror, mount, timeout=90)
+    assert read(mount.p("offline.txt")) == b"written on the train"
