@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import os
 import random
 import shutil
@@ -31,6 +32,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -583,6 +585,18 @@ def idle_mirror(work: Path, url: str, env: dict, count: int, seconds: float = 60
             f"idle mirror of {count:,} files: RSS (MiB)": rss}
 
 
+@contextlib.contextmanager
+def running_hub() -> Iterator[str]:
+    """A `fusedrive hub` on a free port for as long as the block runs; its URL."""
+    hub = subprocess.Popen([sys.executable, "-m", "fusedrive.cli", "hub", "--listen", "127.0.0.1:0"],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        port = hub.stdout.readline().strip().rsplit(":", 1)[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        hub.kill()
+
+
 def raw_get(store_url: str, endpoint: str, env: dict, size_mib: int, threads: int = 8) -> dict[str, float]:
     """The limit a fresh device's read is measured against: the same number of bytes as the
     big file, as 1 MiB objects (fusedrive's average block), fetched by `threads` threads
@@ -753,14 +767,8 @@ def main() -> int:
                     results.add("fusedrive", raw_get("s3://fusedrive/raw-get", endpoint, env, args.size_mib))
         if args.sync_changes and "sync" in only:
             print("sync latency between two fusedrive devices (hub) ...", file=sys.stderr)
-            hub = subprocess.Popen([sys.executable, "-m", "fusedrive.cli", "hub", "--listen", "127.0.0.1:0"],
-                                   stdout=subprocess.PIPE, text=True)
-            try:
-                port = hub.stdout.readline().strip().rsplit(":", 1)[1]
-                results.add("fusedrive", sync_latency(work, "s3://fusedrive/volume", env, args.sync_changes,
-                                                      f"http://127.0.0.1:{port}"))
-            finally:
-                hub.kill()
+            with running_hub() as hub_url:
+                results.add("fusedrive", sync_latency(work, "s3://fusedrive/volume", env, args.sync_changes, hub_url))
         if "mirror" in only:  # fusedrive only: the anchors have no such mode
             print("mirror: first sync, change latency, idle cost ...", file=sys.stderr)
             client.create_bucket(Bucket="fusedrive-mirror")
@@ -768,14 +776,9 @@ def main() -> int:
             drive.cli("init", mirror_url)
             results.add("fusedrive", mirror_first_sync(work, mirror_url, env, args.mirror_mib, args.files))
             if args.sync_changes:
-                hub = subprocess.Popen([sys.executable, "-m", "fusedrive.cli", "hub", "--listen", "127.0.0.1:0"],
-                                       stdout=subprocess.PIPE, text=True)
-                try:
-                    port = hub.stdout.readline().strip().rsplit(":", 1)[1]
-                    results.add("fusedrive", sync_latency(work, mirror_url, env, args.sync_changes,
-                                                          f"http://127.0.0.1:{port}", FusedriveMirror))
-                finally:
-                    hub.kill()
+                with running_hub() as hub_url:
+                    results.add("fusedrive", sync_latency(work, mirror_url, env, args.sync_changes, hub_url,
+                                                          FusedriveMirror))
             if args.rss_files:
                 results.add("fusedrive", idle_mirror(work, mirror_url, env, args.rss_files))
         if args.rss_files and "rss" in only:  # fusedrive only: creating 100,000 files takes minutes per target

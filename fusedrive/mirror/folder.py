@@ -140,12 +140,9 @@ def finish_download(temporary: bytes, mode: int, mtime_ns: int) -> None:
     os.utime(temporary, ns=(mtime_ns, mtime_ns))
 
 
-def clean_leftovers(root: bytes) -> int:
-    """Temporary files (downloads, sync markers) a killed mirror left in the folder; how many."""
-    removed = 0
+def clean_leftovers(root: bytes) -> None:
+    """Remove the temporary files (downloads, sync markers) a killed mirror left in the folder."""
     for directory, dirs, files in os.walk(root):
         for name in files:
             if name.startswith(TEMP_PREFIX) and (name.endswith(b".part") or name.startswith(TEMP_PREFIX + b"barrier-")):
                 os.unlink(os.path.join(directory, name))
-                removed += 1
-    return removed

@@ -42,12 +42,14 @@ from .synced import Synced, SyncedState, join, name_of, parent_of
 
 log = logging.getLogger(__name__)
 
+Views = tuple[LocalEntry | None, Synced | None, Inode | None, RemoteEntry | None]
+
 QUIET_SECONDS = 0.5  # a local change is taken once its path has had no event for this long
 RETRY_SECONDS = 5.0  # a path whose transfer failed (the store is away) is tried again after this
 READ_CHUNK = 1 << 20
-YIELD_EVERY = 256
+YIELD_EVERY = 256  # paths reconciled between two checkpoints of a long scan
 PARALLEL_DOWNLOADS = 8  # files of one folder fetched side by side (each file's blocks: the reader's own limit)
-CATCH_UP_SECONDS = 5.0  # the watcher has this long to bring the events of changes made before a sync  # paths reconciled between two checkpoints of a long scan
+CATCH_UP_SECONDS = 5.0  # the watcher has this long to bring the events of changes made before a sync
 
 
 class Mirror:
@@ -172,8 +174,9 @@ class Mirror:
 
     # --- reconciling one path ---------------------------------------------------------------
 
-    async def _reconcile(self, path: bytes, deep: bool = False) -> None:
-        """Make `path` agree on both sides; `deep`: everything under it too."""
+    async def _reconcile(self, path: bytes, deep: bool = False, views: Views | None = None) -> None:
+        """Make `path` agree on both sides; `deep`: everything under it too. `views`: the
+        path's three views, when the caller just read them (no await since)."""
         self._since_yield += 1
         self.scanned += 1
         if self._since_yield >= YIELD_EVERY:
@@ -182,7 +185,7 @@ class Mirror:
         if not path:
             await self._children(path)
             return
-        local, synced, node, remote = self._views(path)
+        local, synced, node, remote = views or self._views(path)
         if node is not None and remote is None:
             return  # a device node or FIFO made in a mount: not something a folder mirrors
         kind = (local or remote or synced).kind if (local or remote or synced) else None
@@ -221,10 +224,11 @@ class Mirror:
         downloads = []
         for name in sorted(names):
             child = join(path, name)
-            if self._is_download(child):
-                downloads.append(child)
+            views = self._views(child)
+            if self._is_download(child, views):
+                downloads.append(child)  # reconciled later, from views read again then
             else:
-                await self._reconcile(child, deep=True)
+                await self._reconcile(child, deep=True, views=views)
         if downloads:  # the volume's new or changed files: several at a time (a first sync is mostly these)
             limiter = trio.CapacityLimiter(PARALLEL_DOWNLOADS)
 
@@ -236,10 +240,10 @@ class Mirror:
                 for child in downloads:
                     nursery.start_soon(fetch, child)
 
-    def _is_download(self, path: bytes) -> bool:
+    def _is_download(self, path: bytes, views: Views) -> bool:
         """Whether reconciling `path` now means fetching the volume's file into the folder:
         such paths are independent of each other, so they may be fetched side by side."""
-        local, synced, _, remote = self._views(path)
+        local, synced, _, remote = views
         return remote is not None and remote.kind == "file" and (local is None or local.kind == "file") and \
             decide(local, synced, remote) is Action.PULL and not self.ignore.ignored(path)
 
@@ -265,14 +269,12 @@ class Mirror:
             return  # and reconciled again: its content or permissions may have changed too
         if remote.kind == "dir":
             if local is None:
-                os.makedirs(os.path.dirname(full), exist_ok=True)
-                os.mkdir(full)
+                os.makedirs(full)
             os.chmod(full, remote.mode)
             self._agree(path, remote)
             await self._children(path)
         elif remote.kind == "link":
-            temporary = temporary_beside(full, uuid.uuid4().hex)
-            os.makedirs(os.path.dirname(full), exist_ok=True)
+            temporary = self._temporary_for(path)
             os.symlink(remote.target, temporary)
             self._replace(path, temporary, local, remote)
         elif local is not None and synced is not None and (remote.size, remote.mtime_ns) == \
@@ -283,9 +285,7 @@ class Mirror:
             await self._download(path, node, local, remote)
 
     async def _download(self, path: bytes, node: Inode, local: LocalEntry | None, remote: RemoteEntry) -> None:
-        full = self._full(path)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        temporary = temporary_beside(full, uuid.uuid4().hex)
+        temporary = self._temporary_for(path)
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             offset = 0
@@ -327,10 +327,7 @@ class Mirror:
                     (still_there is not None and still_there.fid == remote.fid) or \
                     not local_unchanged(local, synced):
                 continue
-            os.makedirs(os.path.dirname(self._full(path)), exist_ok=True)
-            os.rename(self._full(old), self._full(path))
-            self.state.move(old, path)
-            self._due[path] = trio.current_time()  # its content or mode may have changed too
+            self._rename_locally(old, path)
             return True
         return False
 
@@ -339,14 +336,21 @@ class Mirror:
         reconciled first): rename it here too. True if it was."""
         now_at = self._path_of_fid(synced.fid)
         if now_at is None or now_at == path or look(self.root, now_at) is not None or \
-                self._remote(now_at)[1] is None or self._remote(now_at)[1].kind != synced.kind or \
                 self.ignore.ignored(now_at, synced.kind == "dir"):
             return False
-        os.makedirs(os.path.dirname(self._full(now_at)), exist_ok=True)
-        os.rename(self._full(path), self._full(now_at))
-        self.state.move(path, now_at)
-        self._due[now_at] = trio.current_time()  # its content or mode may have changed too
+        remote = self._remote(now_at)[1]
+        if remote is None or remote.kind != synced.kind:
+            return False
+        self._rename_locally(path, now_at)
         return True
+
+    def _rename_locally(self, old: bytes, new: bytes) -> None:
+        """Rename in the folder what another device renamed, and its agreed rows with it;
+        `new` is reconciled again, since its content or mode may have changed too."""
+        os.makedirs(os.path.dirname(self._full(new)), exist_ok=True)
+        os.rename(self._full(old), self._full(new))
+        self.state.move(old, new)
+        self._due[new] = trio.current_time()
 
     async def _remove_local(self, path: bytes, local: LocalEntry) -> bool:
         """The volume deleted it: so does the folder. A folder goes once what is in it has
@@ -388,10 +392,11 @@ class Mirror:
             node, remote, synced = None, None, None
         if local.kind == "dir":
             if node is None:
-                node = self.drive.replica.inode(self._remote_directory(path))
-            elif remote.mode != local.mode:
-                self.namespace.set_attributes(node, mode=local.mode)
-            self.state.put(path, Synced.of(local, node.fid))
+                self._remote_directory(path)  # (records what both now agree on)
+            else:
+                if remote.mode != local.mode:
+                    self.namespace.set_attributes(node, mode=local.mode)
+                self.state.put(path, Synced.of(local, node.fid))
             await self._children(path)
         elif local.kind == "link":
             parent, name = self._remote_parent(path)
@@ -513,29 +518,32 @@ class Mirror:
         synced = self.state.get(source)
         node, remote = self._remote(source)
         moved = look(self.root, destination)
+        now = trio.current_time()
         if synced is None or remote is None or remote.fid != synced.fid or moved is None or \
                 moved.ino != synced.ino or look(self.root, source) is not None or \
                 self.ignore.ignored(source, synced.kind == "dir") or \
-                self.ignore.ignored(destination, synced.kind == "dir"):
-            now = trio.current_time()
-            self._due.setdefault(source, now)
-            self._due.setdefault(destination, now)
-            return
-        try:
-            new_parent = self._remote_directory(parent_of(destination))
-            old_parent, old_name = self._remote_parent(source)
-            self.namespace.rename(old_parent, old_name, new_parent, name_of(destination))
-        except OSError:  # the volume has something in the way: reconciled as a delete and a new file
-            now = trio.current_time()
+                self.ignore.ignored(destination, synced.kind == "dir") or \
+                not self._renamed_in_volume(source, destination):
             self._due.setdefault(source, now)
             self._due.setdefault(destination, now)
             return
         self.state.move(source, destination)
-        self._due.setdefault(destination, trio.current_time())  # content or mode may have changed too
+        self._due.setdefault(destination, now)  # content or mode may have changed too
+
+    def _renamed_in_volume(self, source: bytes, destination: bytes) -> bool:
+        """False if the volume has something in the way (then both paths are reconciled:
+        a delete and a new file)."""
+        try:
+            new_parent = self._remote_directory(parent_of(destination))
+            old_parent, old_name = self._remote_parent(source)
+            self.namespace.rename(old_parent, old_name, new_parent, name_of(destination))
+        except OSError:
+            return False
+        return True
 
     # --- the volume's side, by path -------------------------------------------------------------
 
-    def _views(self, path: bytes) -> tuple[LocalEntry | None, Synced | None, Inode | None, RemoteEntry | None]:
+    def _views(self, path: bytes) -> Views:
         """What the folder holds, what both agreed on, and the volume's inode and entry."""
         node, remote = self._remote(path)
         return look(self.root, path), self.state.get(path), node, remote
@@ -595,6 +603,12 @@ class Mirror:
         """Both sides hold `remote` at `path` now: remember it with the local inode."""
         local = look(self.root, path)
         self.state.put(path, Synced.of(local, remote.fid))
+
+    def _temporary_for(self, path: bytes) -> bytes:
+        """A new temporary name beside `path` (its folder made if missing)."""
+        full = self._full(path)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        return temporary_beside(full, uuid.uuid4().hex)
 
     def _full(self, path: bytes) -> bytes:
         return os.path.join(self.root, path)
