@@ -508,7 +508,8 @@ def sync_latency(work: Path, url: str, env: dict, changes: int, hub_url: str,
     device B (a mount) lists the file and reads its bytes."""
     devices = []
     for name, kind in (("a", writer), ("b", Fusedrive)):
-        d = kind(work / f"sync-{name}-{kind.__name__}", url, env, device=f"sync-{name}")
+        # one folder per volume and kind: the mount → mount run and the mirror → mount run each have theirs
+        d = kind(work / f"sync-{name}-{kind.__name__}-{url.split('/')[2]}", url, env, device=f"sync-{name}")
         d.extra = ["--hub", hub_url]
         d.mount()
         devices.append(d)
