@@ -671,6 +671,7 @@ def cmd_cat(args) -> int:
         kept = history.version(replica, node.fid, args.version)
         with tempfile.TemporaryDirectory() as scratch:
             blocks = BlockStore(volume, BlockCache(Path(scratch), 64 << 20, volume.keys.id_of))
+            blocks.carried_in(replica.carried_blocks())
             for block_id in block_ids(kept.manifest):
                 history.check_not_archived(replica, block_id, volume.url)
             for data in contents(kept.manifest, blocks.fetch):

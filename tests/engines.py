@@ -29,7 +29,7 @@ from fusedrive.engine.journal import start_journal
 from fusedrive.engine.namespace import Namespace
 from fusedrive.engine.tree import ROOT_INO, Inode
 from fusedrive.store.memory import MemoryObjects, MemoryStore
-from fusedrive.store.volume import Volume, create_volume
+from fusedrive.store.volume import READER_VERSION, Volume, create_volume
 
 PASSPHRASE = "in-process"
 STEP_SECONDS = 30  # no single engine step of a test may take longer
@@ -49,15 +49,20 @@ class Device:
     async def start(self) -> None:
         self._running = await self._nursery.start(_serve, self.drive)
 
-    async def restart(self) -> None:
+    async def restart(self, afresh: bool = False) -> None:
         """The process is killed and starts again from its cache dir: what is on disk there
-        is all the new engine has (no drain, no goodbye)."""
+        is all the new engine has (no drain, no goodbye). `afresh`: with the cache dir
+        emptied, as a new device (it starts from the newest checkpoint)."""
         scope, stopped = self._running
         scope.cancel()
         with trio.fail_after(STEP_SECONDS):
             await stopped.wait()
         self.drive.close()
         volume = self.drive.volume
+        if afresh:
+            shutil.rmtree(self.drive.cache_dir)
+            self.drive.cache_dir.mkdir()
+            (self.drive.cache_dir / "volume-id").write_text(volume.volume_id)
         self.drive = Drive(volume, self.drive.cache_dir, self.name, 1 << 30, poll_interval=3600)
         self.namespace = Namespace(self.drive.replica)
         await self.start()
@@ -205,10 +210,12 @@ def new_volume() -> Volume:
 
 
 @contextlib.asynccontextmanager
-async def devices(*names: str, keys_of: Volume | None = None) -> AsyncIterator[tuple[Device, ...]]:
+async def devices(*names: str, keys_of: Volume | None = None,
+                  reader_version: int = READER_VERSION) -> AsyncIterator[tuple[Device, ...]]:
     """Engines for `names` on one new in-memory volume, started, stopped after (every
     device's per-file state is checked first). `keys_of`: a volume whose id and keys the
-    new one takes (no scrypt per test)."""
+    new one takes (no scrypt per test). `reader_version`: the volume's header's (an older
+    volume's, to see what this build does in one)."""
     import tempfile
 
     objects = MemoryObjects()
@@ -225,8 +232,8 @@ async def devices(*names: str, keys_of: Volume | None = None) -> AsyncIterator[t
             cache_dir = base / name
             cache_dir.mkdir()
             (cache_dir / "volume-id").write_text(volume.volume_id)
-            drive = Drive(Volume(store, volume.volume_id, volume.chunking, volume.keys), cache_dir, name, 1 << 30,
-                          poll_interval=3600)
+            drive = Drive(Volume(store, volume.volume_id, volume.chunking, volume.keys, reader_version=reader_version),
+                          cache_dir, name, 1 << 30, poll_interval=3600)
             device = Device(name, drive, store, nursery)
             await device.start()
             started.append(device)

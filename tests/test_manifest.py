@@ -126,7 +126,7 @@ def test_small_edits_upload_small_blocks_until_the_manifest_is_compacted(tmp_pat
     fd = os.open(staged, os.O_RDWR)
     try:
         with ThreadPoolExecutor(4) as pool:
-            manifest = build_manifest(fd, len(data), volume.chunking, blocks, pool)
+            manifest = build_manifest(fd, len(data), volume.chunking, blocks, pool).extents
             patched = compacted = 0
             for _ in range(2 * MAX_PATCH_EXTENTS):
                 at = rng.randrange(len(data))
@@ -134,7 +134,7 @@ def test_small_edits_upload_small_blocks_until_the_manifest_is_compacted(tmp_pat
                 data[at] = ord("!")
                 before = _stored_bytes(store_dir)
                 manifest = build_manifest(fd, len(data), volume.chunking, blocks, pool,
-                                          patchable=Patchable(manifest, len(data), [(at, at + 1)]))
+                                          patchable=Patchable(manifest, len(data), [(at, at + 1)])).extents
                 assert len(manifest) <= limit
                 if any(len(extent) == 3 for extent in manifest):
                     patched += 1
@@ -156,13 +156,13 @@ def test_an_edit_keeping_a_block_gc_may_have_deleted_uploads_the_whole_file_agai
     fd = os.open(staged, os.O_RDWR)
     try:
         with ThreadPoolExecutor(4) as pool:
-            manifest = build_manifest(fd, 3 * MiB, volume.chunking, blocks, pool)
+            manifest = build_manifest(fd, 3 * MiB, volume.chunking, blocks, pool).extents
             for block_id in block_ids(manifest):  # gc took them: no manifest it knows of held them
                 os.unlink(store_dir / "blocks" / block_id)
             blocks.reset_known(set())
             os.pwrite(fd, b"!", MiB)
             manifest = build_manifest(fd, 3 * MiB, volume.chunking, blocks, pool,
-                                      patchable=Patchable(manifest, 3 * MiB, [(MiB, MiB + 1)]))
+                                      patchable=Patchable(manifest, 3 * MiB, [(MiB, MiB + 1)])).extents
         assert all(len(extent) == 2 for extent in manifest)
         assert b"".join(contents(manifest, blocks.fetch)) == staged.read_bytes()
     finally:

@@ -11,6 +11,14 @@ block is (manifest.Location; read back with a ranged GET). A PUT costs the same 
 and round trip whatever its size, so an untar of thousands of small files was as many
 PUTs; now it is a few, and the server's CPU goes to the files being written. A block
 that has no company within the linger is stored as its own object, as before.
+
+Blocks of an edit someone waits for (fsync) are carried instead, up to CARRY_MAX_BYTES
+(format 4): sealed exactly as `blocks/<id>` would be, they travel in the `blocks` of the
+journal entry that commits the edit, so the wait is one PUT, not a block PUT and then
+the entry's (an entry may only name blocks already in the store). Extents name them
+with the `Carried` location; the replica's `carried` table says which entry holds each
+(the first to carry it), and this store keeps that map in memory for reads from worker
+threads, beside the sealed bytes of this device's carried blocks not committed yet.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ import zstandard
 from ..store import sealing
 from .cache import BlockCache
 from ..errors import IntegrityError
-from .manifest import BlockRef, Location
+from .journal import Journal
+from .manifest import CARRIED, BlockRef, Carried, Location, Where
 from ..store import NotFound, ObjectStore
 from ..store.volume import Volume
 
@@ -102,18 +111,26 @@ def pack_key(pack: str) -> str:
     return f"{PACKS}{pack}"
 
 
+CARRY_MAX_BYTES = 64 * 1024  # of new block bytes an entry carries for one upload
+CARRY_MAX_WAITING = 256  # carried blocks not committed yet, beyond which blocks are PUT again
+
+
 def object_key(ref: BlockRef) -> str:
-    """The store object a block is in."""
+    """The store object a block is in (a carried block's is a journal entry: see `stored_objects`)."""
     block_id, location = ref
+    if isinstance(location, Carried):
+        raise ValueError(f"block {block_id} is carried by a journal entry, not an object of its own")
     return block_key(block_id) if location is None else pack_key(location.pack)
 
 
 def stored_objects(refs: Iterable[BlockRef]) -> dict[str, set[str]]:
     """The store keys the referenced blocks live in (`blocks/<id>`, `packs/<id>`), each
-    with the ids of the referenced blocks in it."""
+    with the ids of the referenced blocks in it. Carried blocks are left out: the journal
+    entries that hold them are never deleted."""
     objects: dict[str, set[str]] = {}
     for ref in refs:
-        objects.setdefault(object_key(ref), set()).add(ref[0])
+        if not isinstance(ref[1], Carried):
+            objects.setdefault(object_key(ref), set()).add(ref[0])
     return objects
 
 
@@ -196,8 +213,11 @@ class BlockStore:
     def __init__(self, volume: Volume, cache: BlockCache) -> None:
         self.volume = volume
         self.cache = cache
-        self._known: dict[str, Location | None] = {}  # block id → where it is stored
+        self._known: dict[str, Where] = {}  # block id → where it is stored
         self._known_lock = threading.Lock()
+        self._carried_in: dict[str, int] = {}  # carried block → the entry it is read from
+        self._carrying: dict[str, bytes] = {}  # this device's carried blocks not committed yet: sealed
+        self._journal = Journal(volume)
         self.packer = Packer(volume.store, cache)
         self.uploaded = Transfers()
         self.downloaded = Transfers()
@@ -215,7 +235,7 @@ class BlockStore:
         with self._known_lock:
             return block_id in self._known
 
-    def location_of(self, block_id: str) -> Location | None:
+    def location_of(self, block_id: str) -> Where:
         """Where a known block is stored (None: as its own object)."""
         with self._known_lock:
             return self._known.get(block_id)
@@ -249,6 +269,51 @@ class BlockStore:
             self.cache.put(block_id, plaintext)
         self._stored(block_id, len(blob), None)
 
+    def carry(self, block_id: str, plaintext: bytes) -> bytes | None:
+        """Seal a block to travel in the journal entry that commits its file (and cache it);
+        its sealed bytes, for the caller to queue with the update. None when too many
+        carried blocks wait for a commit already (the store is away): PUT it instead."""
+        with self._known_lock:
+            if len(self._carrying) >= CARRY_MAX_WAITING:
+                return None
+        blob = self._seal(block_id, plaintext)
+        self.cache.put(block_id, plaintext)
+        with self._known_lock:
+            self._carrying[block_id] = blob
+            self._known[block_id] = CARRIED
+        return blob
+
+    def uncommitted(self, block_id: str) -> bytes | None:
+        """The sealed bytes of a carried block no committed entry holds yet, else None: an
+        upload naming it must queue them too (the upload that carried it may start over)."""
+        with self._known_lock:
+            return None if block_id in self._carried_in else self._carrying.get(block_id)
+
+    def forget_carrying(self, block_ids: Iterable[str]) -> None:
+        """Carried blocks no queued update names (the upload that carried them started over)."""
+        with self._known_lock:
+            for block_id in block_ids:
+                if self._carrying.pop(block_id, None) is not None and block_id not in self._carried_in:
+                    self._known.pop(block_id, None)
+
+    def carried_in(self, where: dict[str, int]) -> None:
+        """Which entry each carried block is read from (the replica's `on_carried`, and the
+        table at start); the uncommitted copies of those blocks go."""
+        with self._known_lock:
+            self._carried_in.update(where)
+            for block_id in where:
+                self._carrying.pop(block_id, None)
+
+    def is_carried(self, block_id: str) -> bool:
+        """Whether an entry this device applied carries the block."""
+        with self._known_lock:
+            return block_id in self._carried_in
+
+    def still_carrying(self, blobs: dict[str, bytes]) -> None:
+        """This device's carried blocks still queued (from the replica, at start)."""
+        with self._known_lock:
+            self._carrying.update(blobs)
+
     def upload_packed(self, block_id: str, plaintext: bytes, urgent: bool = False) -> Location | None:
         """Store a small file's block with the others sealed about now (see Packer); where
         it went. Blocks the volume already has are not sent again."""
@@ -259,11 +324,11 @@ class BlockStore:
         self._stored(block_id, len(blob), location)
         return location
 
-    def _stored(self, block_id: str, sent: int, location: Location | None) -> None:
+    def _stored(self, block_id: str, sent: int, location: Where) -> None:
         self.mark_known([(block_id, location)])
         self.uploaded.add(sent)
 
-    def fetch(self, block_id: str, location: Location | None = None) -> bytes:
+    def fetch(self, block_id: str, location: Where = None) -> bytes:
         """The verified plaintext of a block, from the cache or the store."""
         data = self.cache.get(block_id)
         if data is not None:
@@ -274,7 +339,9 @@ class BlockStore:
         self.cache.put(block_id, data)
         return data
 
-    def _download(self, block_id: str, location: Location | None) -> bytes:
+    def _download(self, block_id: str, location: Where) -> bytes:
+        if isinstance(location, Carried):
+            return self._carried_blob(block_id)
         try:
             if location is None:
                 return self.volume.store.get(block_key(block_id))
@@ -283,16 +350,33 @@ class BlockStore:
             where = "" if location is None else f" (in {pack_key(location.pack)})"
             raise IntegrityError(f"Block {block_id} is missing from the store{where}.") from None
 
-    def _unseal_from(self, block_id: str, location: Location | None, blob: bytes) -> bytes:
-        """_unseal, naming the pack a damaged packed block came from."""
+    def _carried_blob(self, block_id: str) -> bytes:
+        """A carried block's sealed bytes: this device's, not committed yet, or from its entry."""
+        with self._known_lock:
+            blob, seq = self._carrying.get(block_id), self._carried_in.get(block_id)
+        if blob is not None:
+            return blob
+        if seq is None:
+            raise IntegrityError(f"Block {block_id} travels in a journal entry this device has not applied.")
+        try:
+            return self._journal.read(seq).blocks[block_id]
+        except (NotFound, KeyError):
+            raise IntegrityError(f"Block {block_id} is missing from journal entry {seq}, which should carry it.") \
+                from None
+
+    def _unseal_from(self, block_id: str, location: Where, blob: bytes) -> bytes:
+        """_unseal, naming the pack or entry a damaged block came from."""
         try:
             return self._unseal(block_id, blob)
         except IntegrityError as exc:
+            if isinstance(location, Carried):
+                raise IntegrityError(f"{exc} It is carried by journal entry {self._carried_in.get(block_id)}.") \
+                    from None
             if location is None:
                 raise
             raise IntegrityError(f"{exc} It is bytes {location.start}–{location.start + location.size} of "
                                  f"{pack_key(location.pack)}.") from None
 
-    def verify_stored(self, block_id: str, location: Location | None = None) -> None:
+    def verify_stored(self, block_id: str, location: Where = None) -> None:
         """Download and fully verify one block (for `fsck --verify-blocks`)."""
         self._unseal_from(block_id, location, self._download(block_id, location))

@@ -55,8 +55,10 @@ def dump_state(replica: Replica) -> dict:
     lineage = [list(row) for row in db.execute("SELECT fid, predecessor, predecessor_last FROM lineage")]
     departed = [[parent, name_to_json(name), fid, t] for parent, name, fid, t in db.execute(
         "SELECT parent, name, fid, t FROM departed")]
+    carried = [list(row) for row in db.execute("SELECT block, seq FROM carried")]
     return {"seq": replica.applied_seq, "inodes": inodes, "dentries": dentries, "xattrs": xattrs,
-            "versions": versions, "trash": trash, "archived": archived, "lineage": lineage, "departed": departed}
+            "versions": versions, "trash": trash, "archived": archived, "lineage": lineage, "departed": departed,
+            "carried": carried}
 
 
 def load_state(replica: Replica, state: dict) -> None:
@@ -88,6 +90,7 @@ def load_state(replica: Replica, state: dict) -> None:
                        state.get("lineage", []))
         db.executemany("INSERT INTO departed(parent, name, fid, t) VALUES(?, ?, ?, ?)",
                        [(parent, name_from_json(name), fid, t) for parent, name, fid, t in state.get("departed", [])])
+        replica.carried_by_many(state.get("carried", []))
         replica.set_state("applied_seq", state["seq"])
         replica.set_state("checkpoint_seq", state["seq"])
 
@@ -125,7 +128,7 @@ def replay_to_head(volume: Volume, replica: Replica, progress: Progress | None =
     start = replica.applied_seq
     bar = progress("reading the journal", len(journal.seqs_after(start))) if progress else None
     for entry in journal.entries_after(start):
-        replica.apply_remote(entry.seq, entry.ops, entry.format)
+        replica.apply_remote(entry.seq, entry.ops, entry.format, entry.blocks)
         if bar is not None:
             bar.update(1)
     if bar is not None:

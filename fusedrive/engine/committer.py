@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 BATCH_OPS = 2000
 BATCH_DELAY_SECONDS = 0.05
+ENTRY_CARRY_MAX_BYTES = 1 << 20  # of carried blocks in one entry (see blocks.py)
 RETRY_MAX_SECONDS = 30
 
 AppliedCallback = Callable[[list[Entry], Rebased], None]
@@ -106,8 +107,10 @@ class Committer:
             if own is None:
                 return
             # Our own append went through before a crash or a lost answer: it is committed.
-            self.replica.mark_committed(inflight["last_id"], entries[own].seq)
-            self.replica.set_state("inflight", None)
+            with self.replica:
+                self.replica.mark_committed(inflight["last_id"], entries[own].seq)
+                self.replica.carried_by(entries[own].seq, entries[own].blocks)
+                self.replica.set_state("inflight", None)
             entries = entries[own + 1:]
 
     async def commit_pending(self) -> None:
@@ -130,13 +133,12 @@ class Committer:
                 rows = self.replica.pending_ops(BATCH_OPS, through)
                 if not rows:
                     return
-                last_id = rows[-1][0]
-                ops = [op for _, row_ops in rows for op in row_ops]
+                last_id, ops, carried = self._batch(rows)
                 if not ops:  # everything in these rows was dropped by a rebase
                     self.replica.mark_committed(last_id, self.replica.applied_seq)
                     self.committed.fire()
                     continue
-                entry = Entry(seq=self.replica.applied_seq + 1, device=self.device, ops=ops)
+                entry = Entry(seq=self.replica.applied_seq + 1, device=self.device, ops=ops, blocks=carried)
                 self.replica.set_state("inflight", json.dumps({"commit_id": entry.commit_id, "last_id": last_id}))
                 started = trio.current_time()
                 crash_point("before-append")
@@ -145,6 +147,7 @@ class Committer:
                     self.commit_seconds += trio.current_time() - started
                     with self.replica:
                         self.replica.mark_committed(last_id, entry.seq)
+                        self.replica.carried_by(entry.seq, entry.blocks)
                         self.replica.set_state("inflight", None)
                         self.replica.reap_orphans()
                     self.commits += 1
@@ -156,6 +159,22 @@ class Committer:
                 else:
                     self.replica.set_state("inflight", None)  # 412 and not ours: settled
                     await self._pull_locked()
+
+    def _batch(self, rows: list[tuple[int, list[dict]]]) -> tuple[int, list[dict], dict[str, bytes]]:
+        """The queued rows one entry takes: (the last row's id, their ops, the blocks the
+        entry carries), stopping before the blocks carried pass ENTRY_CARRY_MAX_BYTES (one
+        row at least): every device downloads every entry."""
+        ops: list[dict] = []
+        carried: dict[str, bytes] = {}
+        last_id = rows[0][0]
+        for row_id, row_ops in rows:
+            row_carried = self.replica.blocks_to_carry(row_ops)
+            if ops and sum(map(len, {**carried, **row_carried}.values())) > ENTRY_CARRY_MAX_BYTES:
+                break
+            last_id = row_id
+            ops += row_ops
+            carried.update(row_carried)
+        return last_id, ops, carried
 
     async def _store_call(self, function, *args, abandon: bool = False):
         """Run a journal call in a worker thread, telling StoreHealth whether the store answered.

@@ -60,6 +60,9 @@ class Drive:
         self.cache = BlockCache(cache_dir / "blocks", cache_size, volume.keys.id_of)
         self.files = LocalFiles(self.replica, self.staging, self.cache)
         self.blocks = BlockStore(volume, self.cache)
+        self.replica.on_carried = self.blocks.carried_in
+        self.blocks.carried_in(self.replica.carried_blocks())
+        self.blocks.still_carrying(self.replica.carrying_blocks())
         self.journal = Journal(volume)
         self.events = EventBus()
         self.problems = Problems()

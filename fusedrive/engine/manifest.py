@@ -9,6 +9,10 @@
 - `[block_id, length, offset or None, [pack, start, size]]`: a block stored inside a
   pack object (small files, see blocks.py) rather than as its own object: its sealed
   bytes are `size` bytes from `start` in `packs/<pack>`. `None`: the whole block.
+- `[block_id, length, offset or None, []]`: a block carried by a journal entry (format
+  4): its sealed bytes are in the `blocks` of the entry that first committed it, which
+  the replica's `carried` table names (see blocks.py: an fsync of a small edit is one
+  PUT, the entry, instead of the block's PUT and then the entry's).
 
 Everything that reads extents goes through `pieces`, so the forms are handled in one
 place. Where a block is stored travels with every extent that names it, so any manifest
@@ -30,12 +34,20 @@ class Location(NamedTuple):
     size: int
 
 
+class Carried(NamedTuple):
+    """Where a carried block is: in a journal entry (which one: the replica's `carried` table)."""
+
+
+CARRIED = Carried()
+Where = Location | Carried | None  # None: the block is its own object, `blocks/<id>`
+
+
 class Piece(NamedTuple):
     block: str | None  # None: a hole
     length: int
     offset: int  # where in the block the piece starts
     whole: bool  # the piece is the whole block
-    location: Location | None = None  # None: the block is its own object, `blocks/<id>`
+    location: Where = None
 
     def cut(self, start: int, length: int) -> list:
         """The extent of `length` bytes of this piece from `start` in it."""
@@ -55,7 +67,7 @@ class Piece(NamedTuple):
         return block_data[self.offset + start:self.offset + end]
 
 
-def extent(block: str, length: int, offset: int | None = None, location: Location | None = None) -> list:
+def extent(block: str, length: int, offset: int | None = None, location: Where = None) -> list:
     """The manifest entry for `length` bytes of a block from `offset` (None: the whole block)."""
     if location is not None:
         return [block, length, offset, list(location)]
@@ -69,7 +81,7 @@ def pieces(manifest: Iterable[list]) -> list[Piece]:
 def _piece(e: list) -> Piece:
     if len(e) == 2:
         return Piece(e[0], e[1], 0, True)
-    location = Location(*e[3]) if len(e) > 3 else None
+    location = (Location(*e[3]) if e[3] else CARRIED) if len(e) > 3 else None
     return Piece(e[0], e[1], e[2] or 0, e[2] is None, location)
 
 
@@ -86,7 +98,7 @@ def block_ids(manifest: Iterable[list]) -> Iterable[str]:
     return (extent[0] for extent in manifest if extent[0] is not None)
 
 
-BlockRef = tuple[str, Location | None]
+BlockRef = tuple[str, Where]
 
 
 def block_refs(manifest: Iterable[list]) -> Iterable[BlockRef]:
@@ -94,7 +106,7 @@ def block_refs(manifest: Iterable[list]) -> Iterable[BlockRef]:
     return ((piece.block, piece.location) for piece in pieces(manifest) if piece.block is not None)
 
 
-Fetch = Callable[[str, Location | None], bytes]
+Fetch = Callable[[str, Where], bytes]
 
 
 def contents(manifest: Iterable[list], fetch: Fetch) -> Iterator[bytes]:

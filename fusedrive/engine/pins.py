@@ -21,7 +21,7 @@ from ..signals import Broadcast
 from .blocks import BlockStore
 from .cache import BlockCache
 from .events import EventBus
-from .manifest import Location, pieces
+from .manifest import Where, pieces
 from .replica import Replica
 from .tree import Inode
 
@@ -45,7 +45,7 @@ class Pins:
         self.cache_size = cache_size
         replica.db.execute(SCHEMA)
         self._wake = trio.Event()
-        self.missing: dict[str, tuple[Location | None, int]] = {}  # blocks still to download
+        self.missing: dict[str, tuple[Where, int]] = {}  # blocks still to download
         self.last_error: str | None = None
         self.passes = 0
         self._settled_at: int | None = None  # the replica's change stamp when all was last local
@@ -59,7 +59,7 @@ class Pins:
     def files(self) -> list[Inode]:
         return pinned_files(self.replica)
 
-    def wanted(self) -> dict[str, tuple[Location | None, int]]:
+    def wanted(self) -> dict[str, tuple[Where, int]]:
         """The blocks pinned files need now."""
         return blocks_needed(self.files())
 
@@ -140,7 +140,7 @@ class Pins:
             if self.passes > started and (not self.missing or self.last_error):
                 return
 
-    def _pin_block(self, block: str, location: Location | None) -> None:
+    def _pin_block(self, block: str, location: Where) -> None:
         self.cache.pin(block, self.blocks.fetch(block, location))
 
     def state(self) -> dict:
@@ -175,9 +175,9 @@ def pinned_files(replica: Replica) -> list[Inode]:
     return list(found.values())
 
 
-def blocks_needed(files: list[Inode]) -> dict[str, tuple[Location | None, int]]:
+def blocks_needed(files: list[Inode]) -> dict[str, tuple[Where, int]]:
     """The blocks these files need: block id → (where it is stored, its length at least)."""
-    needed: dict[str, tuple[Location | None, int]] = {}
+    needed: dict[str, tuple[Where, int]] = {}
     for node in files:
         for piece in pieces(node.extents()):
             if piece.block is not None:  # a piece may hold part of its block: the block is at least that long

@@ -20,7 +20,7 @@ from .cache import BlockCache
 from .events import Problems, StoreHealth
 from .history import check_not_archived
 from .localfiles import LocalFiles
-from .manifest import Location, Piece, pieces, starts
+from .manifest import Piece, Where, pieces, starts
 from .replica import Replica
 from .tree import Inode
 from .staging import Staging
@@ -154,7 +154,7 @@ class Reader:
             del self._in_flight[block_id]
             done.set()
 
-    async def _fetch_within_timeout(self, block_id: str, location: Location | None) -> bytes:
+    async def _fetch_within_timeout(self, block_id: str, location: Where) -> bytes:
         """A store that does not answer makes the read fail (EIO) after --io-timeout instead
         of holding the program (and the kernel request) forever; the thread is abandoned."""
         try:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from ..crashpoints import crash_point
+from ..errors import IntegrityError
 from .applying import Applying
-from .manifest import BlockRef, block_refs
+from .manifest import BlockRef, Carried, block_refs, pieces
 from .tree import ROOT_FID, ROOT_INO, SCHEMA, Inode, fids_of, name_to_json, undo_triggers
 
 PATH_HISTORY_FORMAT = 3  # entries from this format on: history follows the path (applying.py)
@@ -47,6 +48,7 @@ class Replica(Applying):
         self.in_use = in_use
         self.base_locations: dict[str, dict] = {}  # set by rebase, see _locations
         self.on_record: Callable[[], None] = lambda: None  # a mount commits what was queued (Committer.kick)
+        self.on_carried: Callable[[dict[str, int]], None] = lambda where: None  # BlockStore.carried_in
         self._depth = 0
 
     # --- transactions -----------------------------------------------------------------
@@ -200,6 +202,56 @@ class Replica(Applying):
             self.db.execute("DELETE FROM undo WHERE pending_id <= ?", (last_id,))
             self.set_state("applied_seq", seq)
 
+    # --- carried blocks (format 4: small blocks inside journal entries, see blocks.py) -----
+
+    def carry(self, blobs: dict[str, bytes]) -> None:
+        """Keep the sealed bytes of blocks a queued update carries until an entry commits
+        them (call in the transaction that queues the update: they survive a crash with it)."""
+        self.db.executemany("INSERT OR REPLACE INTO carrying(block, blob) VALUES(?, ?)", blobs.items())
+
+    def blocks_to_carry(self, ops: Iterable[dict]) -> dict[str, bytes]:
+        """The sealed bytes an entry of `ops` must carry: the carried blocks they name that
+        no committed entry carries yet."""
+        wanted = {piece.block for op in ops if op["op"] == "update" for piece in pieces(op["manifest"])
+                  if isinstance(piece.location, Carried)}
+        blobs = {}
+        for block_id in sorted(wanted):
+            if self.db.execute("SELECT 1 FROM carried WHERE block=?", (block_id,)).fetchone():
+                continue
+            row = self.db.execute("SELECT blob FROM carrying WHERE block=?", (block_id,)).fetchone()
+            if row is None:
+                raise IntegrityError(f"Block {block_id} is to travel in a journal entry, but this device does not "
+                                     "have its bytes.")
+            blobs[block_id] = row[0]
+        return blobs
+
+    def carried_by(self, seq: int, block_ids: Iterable[str]) -> None:
+        """Entry `seq` carries these blocks: a block is read from the first entry that
+        carried it; this device's queued copies go."""
+        self.carried_by_many([(block_id, seq) for block_id in block_ids])
+
+    def carried_by_many(self, rows: list[tuple[str, int]]) -> None:
+        """`carried_by` for (block, seq) pairs (a checkpoint's)."""
+        if not rows:
+            return
+        self.db.executemany("INSERT OR IGNORE INTO carried(block, seq) VALUES(?, ?)", rows)
+        self.db.executemany("DELETE FROM carrying WHERE block=?", [(block_id,) for block_id, _ in rows])
+        where = {}
+        for block_id, _ in rows:
+            where[block_id] = self.db.execute("SELECT seq FROM carried WHERE block=?", (block_id,)).fetchone()[0]
+        self.on_carried(where)
+
+    def carried_blocks(self) -> dict[str, int]:
+        """Every carried block and the entry it is read from."""
+        return dict(self.db.execute("SELECT block, seq FROM carried"))
+
+    def carrying_ids(self) -> set[str]:
+        return {row[0] for row in self.db.execute("SELECT block FROM carrying")}
+
+    def carrying_blocks(self) -> dict[str, bytes]:
+        """The sealed bytes of carried blocks not committed yet (this device's)."""
+        return dict(self.db.execute("SELECT block, blob FROM carrying"))
+
     def rebase(self, entries: Iterable, revalidate, keep_alive: set[str] = frozenset(),
                watched: set[str] = frozenset()) -> Rebased:
         """Apply remote journal entries under this device's queued operations.
@@ -228,6 +280,7 @@ class Replica(Applying):
             self.base_locations = self._locations(referenced)
             for entry in entries:
                 self._apply_entry(entry.ops, entry.format)
+                self.carried_by(entry.seq, entry.blocks)
                 applied.extend(entry.ops)
                 self.set_state("applied_seq", entry.seq)
             for fid in named_here:
@@ -328,10 +381,13 @@ class Replica(Applying):
             "WHERE i.fid=? LIMIT 1", (fid,)).fetchone()
         return (row[0], row[1]) if row else None
 
-    def apply_remote(self, seq: int, ops: Iterable[dict], entry_format: int = PATH_HISTORY_FORMAT) -> None:
-        """Apply one journal entry's ops (by the rules of the format that wrote it)."""
+    def apply_remote(self, seq: int, ops: Iterable[dict], entry_format: int = PATH_HISTORY_FORMAT,
+                     carried: Iterable[str] = ()) -> None:
+        """Apply one journal entry's ops (by the rules of the format that wrote it), and
+        note the blocks it carries."""
         with self:
             self._apply_entry(ops, entry_format)
+            self.carried_by(seq, carried)
             self.set_state("applied_seq", seq)
 
     def _apply_entry(self, ops: Iterable[dict], entry_format: int) -> None:

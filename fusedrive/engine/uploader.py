@@ -13,6 +13,10 @@ only the ranges written: the rest of its manifest is the old one, cut around the
 manifest.py). Once that leaves more than MAX_PATCH_EXTENTS extents beyond what whole
 blocks would need, the whole file is chunked again, which compacts the pieces back into
 content-defined blocks (the ones no edit touched are already stored and not sent).
+
+When someone waits for the upload (fsync) and the volume allows it, up to
+CARRY_MAX_BYTES of new blocks are carried by the journal entry instead of stored
+(blocks.py): the upload then sends nothing, and the commit is the fsync's one PUT.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple
 
-from .blocks import BlockStore
+from .blocks import CARRY_MAX_BYTES, BlockStore
 from .chunker import chunk_spans
 from .manifest import block_ids, extent, patch_plan
 from .staging import Patchable, data_spans
@@ -58,19 +63,35 @@ def _chunks_of_span(fd: int, start: int, length: int, chunking: dict):
             return
 
 
+class Built(NamedTuple):
+    extents: list[list]
+    carried: dict[str, bytes]  # sealed bytes of the carried blocks it names not committed yet
+
+
 class _BlockUploads:
     """Chunks to the store from the pool, each block once, at most MAX_IN_FLIGHT at a time;
-    a small file's chunks go into a pack from the calling thread instead (see blocks.py)."""
+    a small file's chunks go into a pack from the calling thread instead (see blocks.py);
+    up to `carry_budget` bytes of new blocks are carried by the journal entry."""
 
     def __init__(self, blocks: BlockStore, pool: ThreadPoolExecutor, cache_blocks: bool, small: bool,
-                 urgent: bool) -> None:
+                 urgent: bool, carry_budget: int) -> None:
         self.blocks, self.pool, self.cache_blocks, self.small, self.urgent = blocks, pool, cache_blocks, small, urgent
+        self.carry_budget = carry_budget
+        self.carried: dict[str, bytes] = {}
         self.in_flight: deque[Future] = deque()
         self.submitted: set[str] = set()
 
     def extent(self, chunk: bytes) -> list:
         """The chunk's extent; its upload starts unless the block is stored already."""
         block_id = self.blocks.volume.keys.id_of(chunk)
+        uncommitted = self.blocks.uncommitted(block_id)
+        if uncommitted is not None:  # carried by an edit still queued: this update queues it too
+            self.carried[block_id] = uncommitted
+        elif len(chunk) <= self.carry_budget and block_id not in self.submitted and not self.blocks.is_known(block_id):
+            blob = self.blocks.carry(block_id, chunk)
+            if blob is not None:
+                self.carry_budget -= len(chunk)
+                self.carried[block_id] = blob
         if self.small:
             return extent(block_id, len(chunk), location=self.blocks.upload_packed(block_id, chunk, self.urgent))
         if block_id not in self.submitted and not self.blocks.is_known(block_id):
@@ -92,14 +113,17 @@ def is_small(size: int, chunking: dict) -> bool:
 
 
 def build_manifest(fd: int, size: int, chunking: dict, blocks: BlockStore, pool: ThreadPoolExecutor,
-                   cache_blocks: bool = True, patchable: Patchable | None = None, urgent: bool = False) -> list[list]:
-    """Chunk and upload the first `size` bytes of a staged file; return its extents.
-    `cache_blocks`: copy each uploaded block into the block cache too. `patchable`: what
-    the staged file is known to be, to upload only what was written. `urgent`: someone
-    waits for this file alone (fsync): a small file's pack does not wait for company."""
+                   cache_blocks: bool = True, patchable: Patchable | None = None, urgent: bool = False) -> Built:
+    """Chunk and upload the first `size` bytes of a staged file; return its extents and
+    the blocks they carry. `cache_blocks`: copy each uploaded block into the block cache
+    too. `patchable`: what the staged file is known to be, to upload only what was
+    written. `urgent`: someone waits for this file alone (fsync): a small file's pack does
+    not wait for company, and a few new blocks are carried by the entry."""
     if os.fstat(fd).st_size < size:  # the part past its end would otherwise pass for a hole
         raise StagingChanged()
-    uploads = _BlockUploads(blocks, pool, cache_blocks, small=is_small(size, chunking), urgent=urgent)
+    carry_budget = CARRY_MAX_BYTES if urgent and blocks.volume.carries_blocks else 0
+    uploads = _BlockUploads(blocks, pool, cache_blocks, small=is_small(size, chunking), urgent=urgent,
+                            carry_budget=carry_budget)
     extents = _patched(fd, size, chunking, patchable, uploads) if patchable is not None else None
     if extents is None:
         extents = []
@@ -109,7 +133,7 @@ def build_manifest(fd: int, size: int, chunking: dict, blocks: BlockStore, pool:
             else:
                 extents.append([None, length])
     uploads.wait()
-    return extents
+    return Built(extents, uploads.carried)
 
 
 def _patched(fd: int, size: int, chunking: dict, patchable: Patchable, uploads: _BlockUploads) -> list[list] | None:

@@ -169,7 +169,7 @@ class Uploads:
             # an fsync (or a sync) waiting for this file alone: its pack need not wait for others
             urgent = files.sync_requested == {fid}
             async with nullcontext() if is_small(size, self.volume.chunking) else self._large_uploads:
-                manifest = await trio.to_thread.run_sync(
+                manifest, carried = await trio.to_thread.run_sync(
                     build_manifest, fd, size, self.volume.chunking, self.blocks, self.pool, not keep, patchable,
                     urgent, limiter=self._upload_threads,
                 )
@@ -179,21 +179,29 @@ class Uploads:
             return False  # truncated meanwhile: the next close uploads again
         finally:
             os.close(fd)
-        if fid not in files.unsaved or self.staging.generation.get(fid) != generation:
+        node = self.replica.inode(ino)
+        if fid not in files.unsaved or self.staging.generation.get(fid) != generation or node is None:
             # written again meanwhile (the next close uploads the newer content), or its
             # content moved on (to a conflicted copy, which uploads it) or was dropped:
             # recording this manifest for the file would pair it with another size
+            self._drop_carried(carried)
             return False
         crash_point("blocks-stored")
-        node = self.replica.inode(ino)
-        if node is None:
+        if not self._record(node, manifest, keep, carried):
+            self._drop_carried(carried)
             return False
-        return self._record(node, manifest, keep)
+        return True
 
-    def _record(self, node: Inode, manifest: list[list], keep: bool) -> bool:
+    def _drop_carried(self, carried: dict[str, bytes]) -> None:
+        """Carried blocks of an upload that queued nothing, unless a queued update names them."""
+        queued = self.replica.carrying_ids() if carried else set()
+        self.blocks.forget_carrying(carried.keys() - queued)
+
+    def _record(self, node: Inode, manifest: list[list], keep: bool, carried: dict[str, bytes]) -> bool:
         """Queue the update (by the conflict rule, or bringing the file back) and let the
         staged copy go; False if there is nowhere to keep it. No await: what the replica
-        records and what LocalFiles says change together."""
+        records and what LocalFiles says change together. `carried`: blocks the update's
+        entry carries, queued with it."""
         fid = node.fid
         size, mtime_ns = self.files.size_and_mtime(node)
         base = self.replica.dirty_base(fid)
@@ -210,8 +218,10 @@ class Uploads:
                 ops = [dict(update, trash=True)]  # into its trash entry, or its path's history
             else:  # another device's save may have arrived since this edit began: the conflict rule
                 ops = rules(self.replica, update)
+            self.replica.carry(carried)
             self.replica.record(*ops)
             self.replica.set_dirty(fid, False)
+        self.blocks.still_carrying(carried)
         if ops != [update]:  # it came back, or went to a conflicted copy: the kernel's view of it changed
             self.changes.applied([*ops, update])
         for conflict in rules.conflicts:

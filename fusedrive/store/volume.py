@@ -26,8 +26,9 @@ FORMAT = "fusedrive-volume"
 # The format this build writes and reads (docs/format.md says what each version changed), and
 # the lowest reader a volume it creates needs. A volume whose header asks for a newer reader
 # is refused with one sentence; entries say which format wrote them.
-FORMAT_VERSION = 3
-READER_VERSION = 2
+FORMAT_VERSION = 4
+READER_VERSION = 4
+CARRYING_VERSION = 4  # volumes readable from this format on may carry blocks in journal entries
 HEADER_KEY = "volume"
 DEFAULT_CHUNKING = {"min": 256 * 1024, "avg": 1024 * 1024, "max": 4 * 1024 * 1024}
 SCRYPT = {"n": 2**15, "r": 8, "p": 1}
@@ -40,10 +41,17 @@ class Volume:
     chunking: dict
     keys: sealing.VolumeKeys
     header: bytes = b""  # the `volume` object as read, kept in a cache dir for mounting offline
+    reader_version: int = READER_VERSION  # the lowest format that can read it (its header says)
 
     @property
     def url(self) -> str:
         return self.store.url
+
+    @property
+    def carries_blocks(self) -> bool:
+        """Whether a journal entry may carry small blocks (format 4): only in volumes no
+        older build can open, because an older one could not read those blocks."""
+        return self.reader_version >= CARRYING_VERSION
 
     def seal(self, key: str, body: bytes) -> bytes:
         """Seal a metadata object (journal entry, checkpoint, settings, share record) stored
@@ -151,7 +159,7 @@ def open_volume(store: ObjectStore, passphrase: str, offline_header: bytes | Non
         master = sealing.unseal(wrapping, wrapped, _wrap_aad(volume_id, chunking), "volume key")
     except FusedriveError:
         raise WrongPassphrase(f"Wrong passphrase for the volume at {store.url}.") from None
-    return Volume(store, volume_id, chunking, sealing.VolumeKeys.derive(master, volume_id), raw)
+    return Volume(store, volume_id, chunking, sealing.VolumeKeys.derive(master, volume_id), raw, needed)
 
 
 # --- where things live on this machine -------------------------------------------------

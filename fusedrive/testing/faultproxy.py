@@ -58,6 +58,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._silent = False
         self.uploaded_bytes = 0  # request bodies forwarded to the server (what a client uploaded)
+        self.writes: list[str] = []  # the target of each PUT forwarded, in order
         self.port = self._free_port()
         self.up()
 
@@ -163,6 +164,8 @@ class FaultProxy:
                         self._connections.add(upstream)
                 with self._lock:
                     self.uploaded_bytes += sum(len(b) for b in body)
+                    if method == "PUT":
+                        self.writes.append(target)
                 upstream.sendall(to_server.send(request) + b"".join(to_server.send(h11.Data(data=b)) for b in body)
                                  + to_server.send(h11.EndOfMessage()))
                 response, answer = _receive_message(upstream, to_server)

@@ -26,7 +26,7 @@ from ..engine.pins import blocks_needed, pinned_files
 from ..engine.checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from ..errors import FusedriveError
 from ..engine.journal import Journal
-from ..engine.manifest import BlockRef, pieces
+from ..engine.manifest import BlockRef, Carried, pieces
 from ..report import Progress
 from ..engine.replica import Replica
 from ..engine.tree import ROOT_INO
@@ -105,7 +105,8 @@ def snapshot(replica: Replica) -> list[tuple]:
     rows: list[tuple] = [tuple(row) for query in ("SELECT * FROM versions ORDER BY fid, version",
                                                   "SELECT * FROM trash ORDER BY fid",
                                                   "SELECT * FROM archived ORDER BY block",
-                                                  "SELECT * FROM lineage ORDER BY fid")
+                                                  "SELECT * FROM lineage ORDER BY fid",
+                                                  "SELECT * FROM carried ORDER BY block")
                          for row in replica.db.execute(query)]
     for path, node in replica.walk():
         xattrs = [(name, replica.xattr(node.ino, name)) for name in replica.xattr_names(node.ino)]
@@ -147,13 +148,20 @@ def _check_checkpoint(journal: Journal, replayed: Replica, seq: int) -> list[str
         loaded.close()
 
 
+def where(ref: BlockRef) -> str:
+    """What holds a block, for a finding: its object, or the journal for a carried one."""
+    return f"block {ref[0]} (carried by the journal)" if isinstance(ref[1], Carried) else object_key(ref)
+
+
 def check_blocks(refs: set[BlockRef], blocks: BlockStore, verify: bool, progress: Progress) -> list[str]:
     """Every referenced block is in the store, alone or in its pack (`verify`: and decrypts
     to its id). A block may be referenced both ways (packed by one device, stored alone by
     another): each copy is checked."""
     referenced = stored_objects(refs)
     stored = {item.key for prefix in (BLOCKS, PACKS) for item in blocks.volume.store.list(prefix)}
-    problems = []
+    carried = [ref for ref in refs if isinstance(ref[1], Carried)]
+    problems = [f"Block {block_id} is to travel in a journal entry, but no entry carries it."
+                for block_id, _ in sorted(carried) if not blocks.is_carried(block_id)]
     for key in sorted(referenced.keys() - stored):
         if key.startswith(BLOCKS):
             problems.append(f"Block {key[len(BLOCKS):]} is referenced but missing from the store.")
@@ -161,13 +169,14 @@ def check_blocks(refs: set[BlockRef], blocks: BlockStore, verify: bool, progress
             problems.append(f"Pack {key} (holding blocks {', '.join(sorted(referenced[key]))}) is referenced "
                             "but missing from the store.")
     if verify:
-        present = sorted((ref for ref in refs if object_key(ref) in stored), key=lambda ref: (ref[0], object_key(ref)))
+        present = sorted((ref for ref in refs if ref in carried and blocks.is_carried(ref[0])
+                          or ref not in carried and object_key(ref) in stored), key=lambda ref: (ref[0], where(ref)))
         bar = progress("blocks", len(present))
         for block_id, location in present:
             try:
                 blocks.verify_stored(block_id, location)
             except FusedriveError as exc:
-                problems.append(f"{object_key((block_id, location))}: {exc}")
+                problems.append(f"{where((block_id, location))}: {exc}")
             bar.update(1)
         bar.close()
     return problems
@@ -187,7 +196,7 @@ def fsck(journal: Journal, blocks: BlockStore, local_replica: Path | None, verif
             break
         try:
             entry = journal.read(seq)
-            scratch.apply_remote(seq, entry.ops, entry.format)
+            scratch.apply_remote(seq, entry.ops, entry.format, entry.blocks)
         except FusedriveError as exc:
             problems.append(str(exc))
             break
@@ -202,6 +211,7 @@ def fsck(journal: Journal, blocks: BlockStore, local_replica: Path | None, verif
         scratch.forget_inode(orphan.ino)
     problems += check_tree(scratch)
 
+    blocks.carried_in(scratch.carried_blocks())
     problems += check_blocks(scratch.all_block_refs(), blocks, verify_blocks, progress)
 
     if local_replica is not None and local_replica.exists():

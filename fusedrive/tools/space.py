@@ -24,7 +24,7 @@ from ..engine.blocks import BLOCKS, PACKS, block_key, pack_key, stored_objects
 from ..engine.checkpoints import replay_to_head
 from ..errors import FusedriveError, UsageError
 from ..engine.journal import Entry, Journal
-from ..engine.manifest import Location, known_lengths, pieces
+from ..engine.manifest import Carried, Location, known_lengths, pieces
 from ..report import Progress
 from ..engine.replica import Replica
 from ..engine.retention import Retention, expired_trash, thin
@@ -72,7 +72,7 @@ def retention_ops(replica: Replica, policy: Retention, now: float) -> list[dict]
 
 def _catch_up(journal: Journal, replica: Replica) -> None:
     for entry in journal.entries_after(replica.applied_seq):
-        replica.apply_remote(entry.seq, entry.ops, entry.format)
+        replica.apply_remote(entry.seq, entry.ops, entry.format, entry.blocks)
 
 
 def append_at_head(journal: Journal, replica: Replica, make_ops: Callable[[], list[dict]], device: str) -> list[dict]:
@@ -103,7 +103,7 @@ def archive(volume: Volume, older_than: float, storage_class: str, progress: Pro
     needed = {**_block_lengths(replica, "SELECT manifest FROM inodes WHERE nlink > 0"),
               **_block_lengths(replica, "SELECT manifest FROM trash"),
               **_block_lengths(replica, "SELECT manifest FROM versions WHERE t >= ?", (cutoff,))}
-    packed = {block for block, location in replica.all_block_refs() if location is not None}  # part of an object
+    packed = {block for block, location in replica.all_block_refs() if location is not None}  # not an object of its own
     moving = sorted(b for b in old.keys() - needed.keys() - packed if replica.archived_class(b) is None)
     moved = _set_class(volume, moving, storage_class, progress, "archiving")
     append_at_head(journal, replica, lambda: [{"op": "archive", "blocks": moved, "storage_class": storage_class,
@@ -209,12 +209,13 @@ def usage(volume: Volume, progress: Progress | None = None) -> dict:
     block_length = {**trash, **versions, **live}
     stored = {item.key: item.size for prefix in (BLOCKS, PACKS) for item in volume.store.list(prefix)}
     refs = replica.all_block_refs()
+    carried = {block for block, location in refs if isinstance(location, Carried)}
     sealed = {block: stored.get(block_key(block), 0) if location is None else location.size
-              for block, location in refs}
+              for block, location in refs if isinstance(location, Location | None)}
     referenced = stored_objects(refs)
     live_in_packs: dict[str, set[Location]] = {}  # pack key → the distinct blocks in it something references
     for _block, location in refs:
-        if location is not None:
+        if isinstance(location, Location):
             live_in_packs.setdefault(pack_key(location.pack), set()).add(location)
     unique_plain = sum(block_length.values())
     stored_referenced = sum(sealed.values())
@@ -225,7 +226,9 @@ def usage(volume: Volume, progress: Progress | None = None) -> dict:
         "unique_bytes": unique_plain,
         "stored_bytes": sum(stored.values()),
         "dedup_ratio": data_bytes / live_unique if live_unique else 1.0,
-        "compression_ratio": unique_plain / stored_referenced if stored_referenced else 1.0,
+        # of blocks stored as objects (a carried block's sealed size is not listed)
+        "compression_ratio": (sum(length for block, length in block_length.items() if block not in carried)
+                              / stored_referenced if stored_referenced else 1.0),
         "history_bytes": sum(length for b, length in versions.items() if b not in live),
         "trash_bytes": sum(length for b, length in trash.items() if b not in live and b not in versions),
         "unreferenced_stored_bytes": sum(size for key, size in stored.items() if key not in referenced),
