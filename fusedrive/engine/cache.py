@@ -11,9 +11,12 @@ A small read at a random place (a database page, an index lookup) must not read 
 hash a whole block: every cached block has a CRC-32 per 32 KiB segment (stored with it:
 diskcache's tag, the kept index), and `read_range` reads only the segments a range
 touches, checks them, and returns the range. Where each block lies on disk is
-remembered in memory (`_Span`) once looked up, so such a read is one open and one
-pread, no SQLite. A segment that fails its check is a miss (the block is fetched and
-verified whole), never data.
+remembered in memory (`_Span`) once looked up, and the files recently read so stay open
+(OPEN_FILES, least recently used closed first), so such a read is one pread, no open
+(whose path lookup, once the kernel dropped its caches, cost as much as the read) and
+no SQLite. A segment that fails its check is a miss (the block is fetched and verified
+whole), never data. A file the cache deleted while open is closed at its next read (its
+link count is 0), so it does not hold disk space.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ DISK_RESERVE = 64 << 20  # kept free on the cache disk (at most a tenth of it)
 SEGMENT = 32 * 1024  # the unit a range read reads and checks
 MAX_SPANS = 20_000  # blocks whose place on disk is remembered (~300 bytes each)
 TOUCH_SECONDS = 60  # range reads refresh a block's place in the LRU at most this often
+OPEN_FILES = 64  # cache files kept open for range reads
 
 
 def checksums(data: bytes) -> bytes:
@@ -113,6 +117,7 @@ class BlockCache:
         self._id_of = id_of
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._spans: OrderedDict[str, _Span] = OrderedDict()
+        self._open: OrderedDict[str, int] = OrderedDict()  # cache file path → descriptor (range reads)
         self._lock = threading.Lock()
         # One thread in diskcache at a time: its SQLite transactions (one per set, and per
         # get for the LRU time) would otherwise collide and SQLite's busy handler sleeps
@@ -211,12 +216,9 @@ class BlockCache:
         first = start // SEGMENT * SEGMENT
         last = min(span.length, -(-end // SEGMENT) * SEGMENT)
         try:
-            fd = os.open(span.path, os.O_RDONLY)
-            try:
-                raw = os.pread(fd, last - first, span.start + first)
-            finally:
-                os.close(fd)
+            raw = os.pread(self._descriptor(span.path), last - first, span.start + first)
         except OSError:  # evicted, trimmed, or the disk failed: read it whole
+            self._close_file(span.path)
             self._forget_span(block_id)
             return None
         if len(raw) != last - first or checksums(raw) != span.crcs[first // SEGMENT * 4:-(-last // SEGMENT) * 4]:
@@ -227,6 +229,33 @@ class BlockCache:
             self._touch(block_id, span)
         self.hits += 1
         return raw[start - first:end - first]
+
+    def _descriptor(self, path: str) -> int:
+        """An open descriptor of a cache file (raises OSError if it is gone)."""
+        with self._lock:
+            fd = self._open.get(path)
+            if fd is not None:
+                self._open.move_to_end(path)
+        if fd is not None and os.fstat(fd).st_nlink == 0:  # evicted or trimmed meanwhile
+            self._close_file(path)
+            fd = None
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY)
+            with self._lock:
+                if path in self._open:  # another thread opened it meanwhile: keep one
+                    fd, extra = self._open[path], [fd]
+                else:
+                    self._open[path] = fd
+                    extra = [self._open.popitem(last=False)[1] for _ in range(len(self._open) - OPEN_FILES)]
+            for old in extra:
+                os.close(old)
+        return fd
+
+    def _close_file(self, path: str) -> None:
+        with self._lock:
+            fd = self._open.pop(path, None)
+        if fd is not None:
+            os.close(fd)
 
     def _span(self, block_id: str) -> _Span | None:
         """Where a cached block is, from memory or looked up once (no block read)."""
@@ -335,6 +364,10 @@ class BlockCache:
         return self._disk.volume() + self.kept.total + self._pinned.volume()
 
     def close(self) -> None:
+        with self._lock:
+            descriptors, self._open = list(self._open.values()), OrderedDict()
+        for fd in descriptors:
+            os.close(fd)
         self._disk.close()
         self._pinned.close()
         self.kept.close()
