@@ -95,6 +95,11 @@ async def test_an_fsync_of_a_small_edit_is_one_put_that_every_device_reads(tmp_p
             assert len(writes) == (2 if turn == 1 else 1)  # the rebased edit's first try met the desktop's entry
             entry = Journal(laptop.drive.volume).read(laptop.drive.replica.applied_seq)
             assert entry.blocks, "the entry carries the bytes written"
+        writes.clear()
+        big = os.urandom(100 * 1024)  # more than an entry carries for one file: stored, then committed
+        await _edit_and_fsync(laptop, "/app.db", 100, big)
+        data[100:100 + len(big)] = big
+        assert [key.split("/")[0] for key in writes] == ["blocks", "journal"]
         await desktop.pull()
         assert await desktop.read("/app.db") == data
         assert await laptop.read("/app.db") == data

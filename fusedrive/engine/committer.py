@@ -239,8 +239,8 @@ class Committer:
         failures = self.failures
         self.health.retry_now()
         while True:
-            first = self.replica.pending_ops(1)
-            if not first or first[0][0] > pending_id:
+            first = self.replica.first_pending_id()
+            if first is None or first > pending_id:
                 return
             if self.failures != failures:
                 raise StoreUnreachable(self.last_error)

@@ -193,6 +193,9 @@ class Replica(Applying):
             return min(times) / 1e9 if times else None
         return None
 
+    def first_pending_id(self) -> int | None:
+        return self.db.execute("SELECT min(id) FROM pending").fetchone()[0]
+
     def last_pending_id(self) -> int:
         return self.db.execute("SELECT coalesce(max(id), 0) FROM pending").fetchone()[0]
 

@@ -40,6 +40,18 @@ class StagingChanged(Exception):
     """The staged file shrank while it was being chunked; the upload must start over."""
 
 
+class NeedsStore(Exception):
+    """An upload tried without the store (to carry its few new bytes, in the trio thread)
+    would have to send a block: it must run in a worker thread."""
+
+
+def fits_in_entry(size: int, patchable: Patchable | None) -> bool:
+    """Whether what an upload has to send is small enough to be carried whole: a small
+    file, or an edit in place of a few KiB (see `build_manifest`'s `store_allowed`)."""
+    new_bytes = size if patchable is None else sum(end - start for start, end in patchable.written)
+    return new_bytes <= CARRY_MAX_BYTES
+
+
 def _chunks_of_span(fd: int, start: int, length: int, chunking: dict):
     """Yield the bytes of each content-defined chunk of [start, start + length)."""
     pending = b""
@@ -74,9 +86,9 @@ class _BlockUploads:
     up to `carry_budget` bytes of new blocks are carried by the journal entry."""
 
     def __init__(self, blocks: BlockStore, pool: ThreadPoolExecutor, cache_blocks: bool, small: bool,
-                 urgent: bool, carry_budget: int) -> None:
+                 urgent: bool, carry_budget: int, store_allowed: bool) -> None:
         self.blocks, self.pool, self.cache_blocks, self.small, self.urgent = blocks, pool, cache_blocks, small, urgent
-        self.carry_budget = carry_budget
+        self.carry_budget, self.store_allowed = carry_budget, store_allowed
         self.carried: dict[str, bytes] = {}
         self.in_flight: deque[Future] = deque()
         self.submitted: set[str] = set()
@@ -92,6 +104,8 @@ class _BlockUploads:
             if blob is not None:
                 self.carry_budget -= len(chunk)
                 self.carried[block_id] = blob
+        if not self.store_allowed and not self.blocks.is_known(block_id):
+            raise NeedsStore()
         if self.small:
             return extent(block_id, len(chunk), location=self.blocks.upload_packed(block_id, chunk, self.urgent))
         if block_id not in self.submitted and not self.blocks.is_known(block_id):
@@ -113,18 +127,25 @@ def is_small(size: int, chunking: dict) -> bool:
 
 
 def build_manifest(fd: int, size: int, chunking: dict, blocks: BlockStore, pool: ThreadPoolExecutor,
-                   cache_blocks: bool = True, patchable: Patchable | None = None, urgent: bool = False) -> Built:
+                   cache_blocks: bool = True, patchable: Patchable | None = None, urgent: bool = False,
+                   store_allowed: bool = True) -> Built:
     """Chunk and upload the first `size` bytes of a staged file; return its extents and
     the blocks they carry. `cache_blocks`: copy each uploaded block into the block cache
     too. `patchable`: what the staged file is known to be, to upload only what was
     written. `urgent`: someone waits for this file alone (fsync): a small file's pack does
-    not wait for company, and a few new blocks are carried by the entry."""
+    not wait for company, and a few new blocks are carried by the entry. Not
+    `store_allowed`: raise NeedsStore rather than send anything or chunk much (so that
+    the fsync of a small edit can be prepared without a hop to a worker thread)."""
     if os.fstat(fd).st_size < size:  # the part past its end would otherwise pass for a hole
         raise StagingChanged()
+    if not store_allowed and not fits_in_entry(size, patchable):
+        raise NeedsStore()
     carry_budget = CARRY_MAX_BYTES if urgent and blocks.volume.carries_blocks else 0
     uploads = _BlockUploads(blocks, pool, cache_blocks, small=is_small(size, chunking), urgent=urgent,
-                            carry_budget=carry_budget)
+                            carry_budget=carry_budget, store_allowed=store_allowed)
     extents = _patched(fd, size, chunking, patchable, uploads) if patchable is not None else None
+    if extents is None and not store_allowed:
+        raise NeedsStore()  # the whole file would be chunked again
     if extents is None:
         extents = []
         for start, length, is_data in data_spans(fd, size):

@@ -24,8 +24,8 @@ from .localfiles import LocalFiles
 from .rebase import Revalidator
 from .replica import Replica
 from .tree import Inode
-from .staging import Staging
-from .uploader import StagingChanged, build_manifest, is_small
+from .staging import Patchable, Staging
+from .uploader import Built, NeedsStore, StagingChanged, build_manifest, fits_in_entry, is_small
 
 log = logging.getLogger(__name__)
 
@@ -168,11 +168,14 @@ class Uploads:
             keep = self._keeps_whole(size)
             # an fsync (or a sync) waiting for this file alone: its pack need not wait for others
             urgent = files.sync_requested == {fid}
-            async with nullcontext() if is_small(size, self.volume.chunking) else self._large_uploads:
-                manifest, carried = await trio.to_thread.run_sync(
-                    build_manifest, fd, size, self.volume.chunking, self.blocks, self.pool, not keep, patchable,
-                    urgent, limiter=self._upload_threads,
-                )
+            built = self._carried_here(fd, size, keep, patchable) if urgent else None
+            if built is None:
+                async with nullcontext() if is_small(size, self.volume.chunking) else self._large_uploads:
+                    built = await trio.to_thread.run_sync(
+                        build_manifest, fd, size, self.volume.chunking, self.blocks, self.pool, not keep, patchable,
+                        urgent, limiter=self._upload_threads,
+                    )
+            manifest, carried = built
         except StagingChanged:
             if self.staging.generation.get(fid) == generation:
                 self._trust_staged_size(fid, os.fstat(fd).st_size, size)
@@ -191,6 +194,18 @@ class Uploads:
             self._drop_carried(carried)
             return False
         return True
+
+    def _carried_here(self, fd: int, size: int, keep: bool, patchable: Patchable | None) -> Built | None:
+        """The fsync of a small edit or a small file, whose few new bytes the entry will
+        carry, prepared in the trio thread (no hop to a worker thread and back: a tenth of
+        the fsync on loopback); None if it has to send anything, or chunk much."""
+        if not self.volume.carries_blocks or not fits_in_entry(size, patchable):
+            return None
+        try:
+            return build_manifest(fd, size, self.volume.chunking, self.blocks, self.pool, not keep, patchable,
+                                  urgent=True, store_allowed=False)
+        except NeedsStore:
+            return None
 
     def _drop_carried(self, carried: dict[str, bytes]) -> None:
         """Carried blocks of an upload that queued nothing, unless a queued update names them."""
