@@ -45,6 +45,7 @@ def journal_versions(volume, story: list | None = None) -> set[str]:
         blocks = BlockStore(vol, BlockCache(Path(scratch), 1 << 30, vol.keys.id_of))
         found = set()
         for entry in Journal(vol).entries_after(0):
+            blocks.carried_in(dict.fromkeys(entry.blocks, entry.seq))  # as a device applying it notes
             for op in entry.ops:
                 digest = ""
                 if op["op"] == "update":
