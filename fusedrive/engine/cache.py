@@ -8,7 +8,7 @@ than copied block by block; both count against one size limit, and kept files gi
 way first.
 
 A small read at a random place (a database page, an index lookup) must not read and
-hash a whole block: every cached block has a CRC-32 per 32 KiB segment (stored with it:
+hash a whole block: every cached block has a CRC-32 per 8 KiB segment (stored with it:
 diskcache's tag, the kept index), and `read_range` reads only the segments a range
 touches, checks them, and returns the range. Where each block lies on disk is
 remembered in memory (`_Span`) once looked up, and the files recently read so stay open
@@ -35,21 +35,31 @@ from typing import Callable, NamedTuple
 import diskcache
 
 from .kept import KeptFiles
+from .manifest import block_ids
 
 log = logging.getLogger(__name__)
 
 MEMORY_BLOCKS = 24
 DISK_RESERVE = 64 << 20  # kept free on the cache disk (at most a tenth of it)
-SEGMENT = 32 * 1024  # the unit a range read reads and checks
-MAX_SPANS = 20_000  # blocks whose place on disk is remembered (~300 bytes each)
+# The unit a range read reads and checks: a 4 KiB page read costs one 8 KiB disk read (was
+# 32 KiB, whose read and CRC were most of a random read once the page cache was cold).
+SEGMENT = 8 * 1024
+MAX_SPANS = 20_000  # blocks whose place on disk is remembered (~800 bytes each for 1 MiB blocks)
 TOUCH_SECONDS = 60  # range reads refresh a block's place in the LRU at most this often
 OPEN_FILES = 64  # cache files kept open for range reads
+FRESH_CHECKSUMS = 16_384  # blocks of files being uploaded whose checksums wait for `keep`
 
 
 def checksums(data: bytes) -> bytes:
     """CRC-32 of each SEGMENT of `data` (from a segment boundary), 4 bytes each."""
     view = memoryview(data)
     return b"".join(zlib.crc32(view[i:i + SEGMENT]).to_bytes(4, "big") for i in range(0, len(view), SEGMENT))
+
+
+def fitting(crcs: bytes | None, length: int) -> bytes | None:
+    """Checksums kept for a block of `length` bytes, if they are per SEGMENT (a cache
+    written when segments were another size has others: those are made again)."""
+    return crcs if crcs is not None and len(crcs) == 4 * -(-length // SEGMENT) else None
 
 
 class _Span(NamedTuple):
@@ -118,6 +128,7 @@ class BlockCache:
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._spans: OrderedDict[str, _Span] = OrderedDict()
         self._open: OrderedDict[str, int] = OrderedDict()  # cache file path → descriptor (range reads)
+        self._fresh_checksums: OrderedDict[str, bytes] = OrderedDict()  # made while uploading, for `keep`
         self._lock = threading.Lock()
         # One thread in diskcache at a time: its SQLite transactions (one per set, and per
         # get for the LRU time) would otherwise collide and SQLite's busy handler sleeps
@@ -182,7 +193,8 @@ class BlockCache:
                 tier.delete(block_id)
             return None
         if path is not None:
-            self._add_span(block_id, _Span(path, 0, len(data), crcs or checksums(data), lru, time.monotonic()))
+            self._add_span(block_id, _Span(path, 0, len(data), fitting(crcs, len(data)) or checksums(data), lru,
+                                           time.monotonic()))
         return data
 
     def _read_kept(self, block_id: str) -> bytes | None:
@@ -194,7 +206,7 @@ class BlockCache:
         if data is None or self._id_of(data) != block_id:
             self.kept.forget(block_id)
             return None
-        if crcs is None:
+        if fitting(crcs, length) is None:
             crcs = checksums(data)
             self.kept.set_checksums(block_id, crcs)
         self._add_span(block_id, _Span(str(path), start, length, crcs, False, time.monotonic()))
@@ -271,11 +283,11 @@ class BlockCache:
                 with found:
                     length = os.fstat(found.fileno()).st_size
                     path = found.name
-                if crcs is not None:
+                if fitting(crcs, length) is not None:
                     return self._add_span(block_id, _Span(path, 0, length, crcs, lru, time.monotonic()))
-                return None  # cached before checksums were kept: the first whole read adds them
+                return None  # cached before checksums (of this segment size) were kept: a whole read adds them
         found = self.kept.locate(block_id)
-        if found is not None and found[3] is not None:
+        if found is not None and fitting(found[3], found[2]) is not None:
             path, start, length, crcs = found
             return self._add_span(block_id, _Span(str(path), start, length, crcs, False, time.monotonic()))
         return None
@@ -322,11 +334,20 @@ class BlockCache:
         if self.kept.total:
             self._make_room()
 
+    def note_checksums(self, block_id: str, data: bytes) -> None:
+        """A block of a file that will be kept whole is in hand (being uploaded): its
+        segments' checksums go with it into the kept index, so its first range read reads
+        its segments, not the whole block (from any thread)."""
+        self._put_newest(self._fresh_checksums, block_id, checksums(data), FRESH_CHECKSUMS)
+
     def keep(self, path: Path, extents: list[list]) -> None:
         """Keep a just-uploaded staged file as the cached copy of its blocks (see kept.py);
         if it cannot be moved it stays where it was, for the caller to remove."""
+        with self._lock:
+            crcs = {block: self._fresh_checksums.pop(block) for block in block_ids(extents)
+                    if block in self._fresh_checksums}
         try:
-            if self.kept.keep(path, extents):
+            if self.kept.keep(path, extents, crcs):
                 self._make_room()
         except (OSError, sqlite3.Error) as exc:
             log.warning("cannot keep %s in the cache: %s", path, exc)

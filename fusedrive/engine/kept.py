@@ -57,14 +57,16 @@ class KeptFiles:
             self._db.execute("DELETE FROM spans WHERE name = ?", (name,))
             self._db.execute("DELETE FROM files WHERE name = ?", (name,))
 
-    def keep(self, path: Path, extents: list[list]) -> bool:
+    def keep(self, path: Path, extents: list[list], crcs: dict[str, bytes] | None = None) -> bool:
         """Move a staged file here as the copy of the blocks of `extents` (in order, holes
-        as [None, length]); False if it cannot be moved (it is left where it was)."""
+        as [None, length]), with the segment checksums known of them (`crcs`); False if
+        it cannot be moved (it is left where it was)."""
         name = uuid.uuid4().hex
         spans, offset = [], 0
+        crcs = crcs or {}
         for piece in pieces(extents):
             if piece.block is not None and piece.whole:  # a piece's range holds only part of its block
-                spans.append((piece.block, name, offset, piece.length))
+                spans.append((piece.block, name, offset, piece.length, crcs.get(piece.block)))
             offset += piece.length
         size = path.stat().st_blocks * 512  # what it takes on disk: a sparse file's holes take nothing
         with self._lock:
@@ -75,8 +77,8 @@ class KeptFiles:
                 return False
             with self._db:
                 self._db.execute("INSERT INTO files VALUES (?, ?, ?)", (name, size, time.time()))
-                self._db.executemany("INSERT OR REPLACE INTO spans (block_id, name, offset, length) "
-                                     "VALUES (?, ?, ?, ?)", spans)
+                self._db.executemany("INSERT OR REPLACE INTO spans (block_id, name, offset, length, crcs) "
+                                     "VALUES (?, ?, ?, ?, ?)", spans)
             self.total += size
         return True
 

@@ -3,7 +3,7 @@ fetching ahead of sequential readers. A block that fails verification is an erro
 above), never wrong bytes (blocks.py verifies).
 
 A read away from where the file's last read ended (a database page, an index lookup)
-takes only its bytes from the cache (`BlockCache.read_range`: the 32 KiB segments it
+takes only its bytes from the cache (`BlockCache.read_range`: the 8 KiB segments it
 touches, checked) in the trio thread, as staged reads are; a sequential read loads
 whole blocks, in worker threads, and fetches ahead."""
 
@@ -28,6 +28,11 @@ from .staging import Staging
 DOWNLOAD_THREADS = 24
 PREFETCH_BLOCKS = 16
 SEQUENTIAL_WINDOW = 1024 * 1024
+# Bytes read in a row (each read near where the last ended) before a reader counts as
+# sequential: the kernel's readahead follows a 4 KiB random read with a read of the next
+# pages, and taking that for a sequential reader loaded and prefetched whole blocks for
+# every few random reads (a database's or an index's page reads ran at half speed).
+SEQUENTIAL_STREAK = 512 * 1024
 
 
 @dataclass
@@ -61,11 +66,13 @@ class Reader:
         self._layouts: dict[int, Layout] = {}
         self._in_flight: dict[str, trio.Event] = {}
         self._read_end: dict[int, int] = {}
+        self._streak: dict[int, int] = {}  # bytes read in a row, by inode
 
     def forget(self, ino: int) -> None:
         """The file changed or went: its layout is rebuilt at the next read."""
         self._layouts.pop(ino, None)
         self._read_end.pop(ino, None)
+        self._streak.pop(ino, None)
 
     async def read(self, node: Inode, offset: int, size: int) -> bytes:
         if node.fid in self.files.staged:
@@ -85,8 +92,10 @@ class Reader:
         # Kernel readahead sends several reads at once and they are served concurrently,
         # so "sequential" means near where the last read ended, not exactly there.
         last_end = self._read_end.get(node.ino)
-        sequential = last_end is not None and abs(offset - last_end) <= SEQUENTIAL_WINDOW
-        self._read_end[node.ino] = max(offset + size, last_end or 0) if sequential else offset + size
+        near = last_end is not None and abs(offset - last_end) <= SEQUENTIAL_WINDOW
+        self._read_end[node.ino] = max(offset + size, last_end or 0) if near else offset + size
+        streak = self._streak[node.ino] = self._streak.get(node.ino, 0) + size if near else size
+        sequential = near and streak >= SEQUENTIAL_STREAK
         if sequential or offset == 0:
             self._prefetch(layout, index + 1)
         parts = []

@@ -108,6 +108,8 @@ class _BlockUploads:
             raise NeedsStore()
         if self.small:
             return extent(block_id, len(chunk), location=self.blocks.upload_packed(block_id, chunk, self.urgent))
+        if not self.cache_blocks:  # the staged file will be kept whole as these blocks' cached copy
+            self.blocks.cache.note_checksums(block_id, chunk)
         if block_id not in self.submitted and not self.blocks.is_known(block_id):
             self.submitted.add(block_id)
             self.in_flight.append(self.pool.submit(self.blocks.upload, block_id, chunk, self.cache_blocks))
