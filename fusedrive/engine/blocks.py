@@ -28,6 +28,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -218,6 +219,7 @@ class BlockStore:
         self._carried_in: dict[str, int] = {}  # carried block → the entry it is read from
         self._carrying: dict[str, bytes] = {}  # this device's carried blocks not committed yet: sealed
         self._journal = Journal(volume)
+        self._caching = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-carried")
         self.packer = Packer(volume.store, cache)
         self.uploaded = Transfers()
         self.downloaded = Transfers()
@@ -277,10 +279,12 @@ class BlockStore:
             if len(self._carrying) >= CARRY_MAX_WAITING:
                 return None
         blob = self._seal(block_id, plaintext)
-        self.cache.put(block_id, plaintext)
         with self._known_lock:
             self._carrying[block_id] = blob
             self._known[block_id] = CARRIED
+        # Cached by a thread of its own: the fsync waiting for this need not wait for the
+        # cache's transaction (reads meanwhile are served from the sealed bytes above).
+        self._caching.submit(self.cache.put, block_id, plaintext)
         return blob
 
     def uncommitted(self, block_id: str) -> bytes | None:

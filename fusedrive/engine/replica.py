@@ -43,6 +43,10 @@ class Replica(Applying):
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        # A transaction here writes ~15 pages (an unlink: the tree, trash, undo log, queue):
+        # checkpoints (with their fsyncs) every 10,000 pages instead of 1,000 took a tenth
+        # off deletes and creates.
+        self.db.execute("PRAGMA wal_autocheckpoint=10000")
         self.db.executescript(SCHEMA)
         self.db.executescript(undo_triggers())
         self.in_use = in_use
