@@ -358,6 +358,8 @@ def test_xattrs(work, shared_mount):
     expect_errno(errno.ENODATA, os.getxattr, path, "user.colour")
     expect_errno(errno.ENODATA, os.removexattr, path, "user.colour")
     expect_errno(errno.EOPNOTSUPP, os.setxattr, path, "trusted.nope", b"1")
+    expect_errno(errno.ENODATA, os.getxattr, path, "trusted.nope")
+    expect_errno(errno.ENODATA, os.getxattr, path, "security.capability")  # what the kernel asks before a write
     os.setxattr(work, "user.ondir", b"d")
     shared_mount.sync()
     assert os.getxattr(path, "user.bin") == bytes(range(256))

@@ -388,6 +388,11 @@ class DriveOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
+        if not name.startswith(XATTR_NAMESPACE):
+            # only user.* names can be set (setxattr), so no other one has a value: the
+            # kernel asks for security.capability before every write, and this answer
+            # costs no lookup
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         node = self._node(inode)
         if name == LOCAL_XATTR and node.is_reg and not self.view.owns(inode):
             # "1": every byte of it is on this device (readable offline), "0": some must come from the store
