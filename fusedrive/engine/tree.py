@@ -24,6 +24,9 @@ CREATE TABLE IF NOT EXISTS inodes(
 CREATE TABLE IF NOT EXISTS dentries(
     parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL, PRIMARY KEY(parent, name));
 CREATE INDEX IF NOT EXISTS dentries_by_ino ON dentries(ino);
+-- the nameless inodes (unlinked while open), looked for after every commit: without it,
+-- a scan of every inode (6 ms with 100,000 files) on each fsync's path
+CREATE INDEX IF NOT EXISTS inodes_nameless ON inodes(ino) WHERE nlink = 0;
 CREATE TABLE IF NOT EXISTS xattrs(ino INTEGER NOT NULL, name BLOB NOT NULL, value BLOB NOT NULL,
     PRIMARY KEY(ino, name));
 CREATE TABLE IF NOT EXISTS state(key TEXT PRIMARY KEY, value);
