@@ -14,7 +14,7 @@ manifest.py). Once that leaves more than MAX_PATCH_EXTENTS extents beyond what w
 blocks would need, the whole file is chunked again, which compacts the pieces back into
 content-defined blocks (the ones no edit touched are already stored and not sent).
 
-When someone waits for the upload (fsync) and the volume allows it, up to
+When someone waits for the upload (fsync), the store answers and the volume allows it, up to
 CARRY_MAX_BYTES of new blocks are carried by the journal entry instead of stored
 (blocks.py): the upload then sends nothing, and the commit is the fsync's one PUT.
 """
@@ -130,19 +130,20 @@ def is_small(size: int, chunking: dict) -> bool:
 
 def build_manifest(fd: int, size: int, chunking: dict, blocks: BlockStore, pool: ThreadPoolExecutor,
                    cache_blocks: bool = True, patchable: Patchable | None = None, urgent: bool = False,
-                   store_allowed: bool = True) -> Built:
+                   store_allowed: bool = True, carry: bool = False) -> Built:
     """Chunk and upload the first `size` bytes of a staged file; return its extents and
     the blocks they carry. `cache_blocks`: copy each uploaded block into the block cache
     too. `patchable`: what the staged file is known to be, to upload only what was
     written. `urgent`: someone waits for this file alone (fsync): a small file's pack does
-    not wait for company, and a few new blocks are carried by the entry. Not
-    `store_allowed`: raise NeedsStore rather than send anything or chunk much (so that
-    the fsync of a small edit can be prepared without a hop to a worker thread)."""
+    not wait for company. `carry`: a few new blocks are carried by the entry (the
+    volume allowing). Not `store_allowed`: raise NeedsStore rather than send anything or
+    chunk much (so that the fsync of a small edit can be prepared without a hop to a
+    worker thread)."""
     if os.fstat(fd).st_size < size:  # the part past its end would otherwise pass for a hole
         raise StagingChanged()
     if not store_allowed and not fits_in_entry(size, patchable):
         raise NeedsStore()
-    carry_budget = CARRY_MAX_BYTES if urgent and blocks.volume.carries_blocks else 0
+    carry_budget = CARRY_MAX_BYTES if carry and blocks.volume.carries_blocks else 0
     uploads = _BlockUploads(blocks, pool, cache_blocks, small=is_small(size, chunking), urgent=urgent,
                             carry_budget=carry_budget, store_allowed=store_allowed)
     extents = _patched(fd, size, chunking, patchable, uploads) if patchable is not None else None

@@ -168,12 +168,15 @@ class Uploads:
             keep = self._keeps_whole(size)
             # an fsync (or a sync) waiting for this file alone: its pack need not wait for others
             urgent = files.sync_requested == {fid}
-            built = self._carried_here(fd, size, keep, patchable) if urgent else None
+            # Carried by the entry only while the store answers: offline it would save no
+            # round trip, and the file would leave the files waiting for the changes queued.
+            carry = urgent and self.health.state()[0] is None and self.health.refused is None
+            built = self._carried_here(fd, size, keep, patchable) if carry else None
             if built is None:
                 async with nullcontext() if is_small(size, self.volume.chunking) else self._large_uploads:
                     built = await trio.to_thread.run_sync(
                         build_manifest, fd, size, self.volume.chunking, self.blocks, self.pool, not keep, patchable,
-                        urgent, limiter=self._upload_threads,
+                        urgent, True, carry, limiter=self._upload_threads,
                     )
             manifest, carried = built
         except StagingChanged:
@@ -203,7 +206,7 @@ class Uploads:
             return None
         try:
             return build_manifest(fd, size, self.volume.chunking, self.blocks, self.pool, not keep, patchable,
-                                  urgent=True, store_allowed=False)
+                                  urgent=True, store_allowed=False, carry=True)
         except NeedsStore:
             return None
 
