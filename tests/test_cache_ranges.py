@@ -23,6 +23,19 @@ def _cache(directory: Path) -> BlockCache:
     return BlockCache(directory, 1 << 30, lambda data: f"id-{len(data)}")
 
 
+def _read_once_from_disk(directory: Path) -> tuple[BlockCache, str, bytes, Path]:
+    """A 1 MiB block cached, then read by range by a cache that has it only on disk (as
+    after a restart), so that its file is open: (that cache, the block, its bytes, its file)."""
+    data = os.urandom(MiB)
+    block = f"id-{len(data)}"
+    writer = _cache(directory)
+    writer.put(block, data)
+    writer.close()
+    cache = _cache(directory)
+    assert cache.read_range(block, 0, 4096) == data[:4096]
+    return cache, block, data, next(directory.rglob("*.val"))
+
+
 def test_checksums_of_another_segment_size_are_made_again_not_trusted(tmp_path, monkeypatch):
     data = os.urandom(MiB)
     block = f"id-{len(data)}"
@@ -58,14 +71,7 @@ def test_a_file_kept_after_its_upload_is_read_by_range_at_once(tmp_path):
 
 
 def test_a_range_read_never_returns_a_damaged_segment(tmp_path):
-    data = os.urandom(MiB)
-    block = f"id-{len(data)}"
-    writer = _cache(tmp_path)
-    writer.put(block, data)
-    writer.close()
-    cache = _cache(tmp_path)  # blocks only on disk, as after a restart
-    assert cache.read_range(block, 0, 4096) == data[:4096]  # the file is open now
-    path = next(p for p in tmp_path.rglob("*.val"))
+    cache, block, data, path = _read_once_from_disk(tmp_path)
     with open(path, "r+b") as f:
         f.seek(20_000)
         f.write(bytes(100))
@@ -74,14 +80,7 @@ def test_a_range_read_never_returns_a_damaged_segment(tmp_path):
 
 
 def test_a_cache_file_deleted_while_open_is_closed_at_the_next_read(tmp_path):
-    data = os.urandom(MiB)
-    block = f"id-{len(data)}"
-    writer = _cache(tmp_path)
-    writer.put(block, data)
-    writer.close()
-    cache = _cache(tmp_path)  # blocks only on disk, as after a restart
-    assert cache.read_range(block, 0, 4096) == data[:4096]
-    path = next(p for p in tmp_path.rglob("*.val"))
+    cache, block, data, path = _read_once_from_disk(tmp_path)
     path.unlink()  # evicted by the LRU
 
     def holding_it() -> bool:
