@@ -166,14 +166,18 @@ class Committer:
         row at least): every device downloads every entry."""
         ops: list[dict] = []
         carried: dict[str, bytes] = {}
+        carried_bytes = 0
         last_id = rows[0][0]
         for row_id, row_ops in rows:
-            row_carried = self.replica.blocks_to_carry(row_ops)
-            if ops and sum(map(len, {**carried, **row_carried}.values())) > ENTRY_CARRY_MAX_BYTES:
+            row_carried = {block: blob for block, blob in self.replica.blocks_to_carry(row_ops).items()
+                           if block not in carried}
+            row_bytes = sum(map(len, row_carried.values()))
+            if ops and carried_bytes + row_bytes > ENTRY_CARRY_MAX_BYTES:
                 break
             last_id = row_id
             ops += row_ops
             carried.update(row_carried)
+            carried_bytes += row_bytes
         return last_id, ops, carried
 
     async def _store_call(self, function, *args, abandon: bool = False):

@@ -46,8 +46,9 @@ class Layout:
 
 
 class Reader:
-    """Owns the read path's state: layouts by inode, where each inode's last read ended,
-    and the block downloads in flight (shared by every reader of a block)."""
+    """Owns the read path's state: layouts by inode, where each inode's last read ended
+    and how much it read in a row, and the block downloads in flight (shared by every
+    reader of a block)."""
 
     def __init__(self, replica: Replica, files: LocalFiles, staging: Staging, cache: BlockCache,
                  blocks: BlockStore, health: StoreHealth, problems: Problems, volume_url: str,
@@ -65,14 +66,12 @@ class Reader:
         self.nursery: trio.Nursery | None = None  # for prefetches, once started
         self._layouts: dict[int, Layout] = {}
         self._in_flight: dict[str, trio.Event] = {}
-        self._read_end: dict[int, int] = {}
-        self._streak: dict[int, int] = {}  # bytes read in a row, by inode
+        self._runs: dict[int, tuple[int, int]] = {}  # inode → (where its last read ended, bytes read in a row)
 
     def forget(self, ino: int) -> None:
         """The file changed or went: its layout is rebuilt at the next read."""
         self._layouts.pop(ino, None)
-        self._read_end.pop(ino, None)
-        self._streak.pop(ino, None)
+        self._runs.pop(ino, None)
 
     async def read(self, node: Inode, offset: int, size: int) -> bytes:
         if node.fid in self.files.staged:
@@ -91,11 +90,10 @@ class Reader:
         index = bisect.bisect_right(layout.starts, offset) - 1
         # Kernel readahead sends several reads at once and they are served concurrently,
         # so "sequential" means near where the last read ended, not exactly there.
-        last_end = self._read_end.get(node.ino)
+        last_end, streak = self._runs.get(node.ino, (None, 0))
         near = last_end is not None and abs(offset - last_end) <= SEQUENTIAL_WINDOW
-        self._read_end[node.ino] = max(offset + size, last_end or 0) if near else offset + size
-        streak = self._streak[node.ino] = self._streak.get(node.ino, 0) + size if near else size
-        sequential = near and streak >= SEQUENTIAL_STREAK
+        run = self._runs[node.ino] = (max(offset + size, last_end), streak + size) if near else (offset + size, size)
+        sequential = near and run[1] >= SEQUENTIAL_STREAK
         if sequential or offset == 0:
             self._prefetch(layout, index + 1)
         parts = []

@@ -96,21 +96,23 @@ class _BlockUploads:
     def extent(self, chunk: bytes) -> list:
         """The chunk's extent; its upload starts unless the block is stored already."""
         block_id = self.blocks.volume.keys.id_of(chunk)
+        known = self.blocks.is_known(block_id)
         uncommitted = self.blocks.uncommitted(block_id)
         if uncommitted is not None:  # carried by an edit still queued: this update queues it too
             self.carried[block_id] = uncommitted
-        elif len(chunk) <= self.carry_budget and block_id not in self.submitted and not self.blocks.is_known(block_id):
+        elif len(chunk) <= self.carry_budget and block_id not in self.submitted and not known:
             blob = self.blocks.carry(block_id, chunk)
             if blob is not None:
                 self.carry_budget -= len(chunk)
                 self.carried[block_id] = blob
-        if not self.store_allowed and not self.blocks.is_known(block_id):
+                known = True
+        if not self.store_allowed and not known:
             raise NeedsStore()
         if self.small:
             return extent(block_id, len(chunk), location=self.blocks.upload_packed(block_id, chunk, self.urgent))
         if not self.cache_blocks:  # the staged file will be kept whole as these blocks' cached copy
             self.blocks.cache.note_checksums(block_id, chunk)
-        if block_id not in self.submitted and not self.blocks.is_known(block_id):
+        if block_id not in self.submitted and not known:
             self.submitted.add(block_id)
             self.in_flight.append(self.pool.submit(self.blocks.upload, block_id, chunk, self.cache_blocks))
             while len(self.in_flight) >= MAX_IN_FLIGHT:

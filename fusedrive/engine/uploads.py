@@ -25,7 +25,7 @@ from .rebase import Revalidator
 from .replica import Replica
 from .tree import Inode
 from .staging import Patchable, Staging
-from .uploader import Built, NeedsStore, StagingChanged, build_manifest, fits_in_entry, is_small
+from .uploader import Built, NeedsStore, StagingChanged, build_manifest, is_small
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ class Uploads:
         """The fsync of a small edit or a small file, whose few new bytes the entry will
         carry, prepared in the trio thread (no hop to a worker thread and back: a tenth of
         the fsync on loopback); None if it has to send anything, or chunk much."""
-        if not self.volume.carries_blocks or not fits_in_entry(size, patchable):
+        if not self.volume.carries_blocks:
             return None
         try:
             return build_manifest(fd, size, self.volume.chunking, self.blocks, self.pool, not keep, patchable,

@@ -159,7 +159,7 @@ def check_blocks(refs: set[BlockRef], blocks: BlockStore, verify: bool, progress
     another): each copy is checked."""
     referenced = stored_objects(refs)
     stored = {item.key for prefix in (BLOCKS, PACKS) for item in blocks.volume.store.list(prefix)}
-    carried = [ref for ref in refs if isinstance(ref[1], Carried)]
+    carried = {ref for ref in refs if isinstance(ref[1], Carried)}
     problems = [f"Block {block_id} is to travel in a journal entry, but no entry carries it."
                 for block_id, _ in sorted(carried) if not blocks.is_carried(block_id)]
     for key in sorted(referenced.keys() - stored):
