@@ -3,6 +3,8 @@ says changed (another device's commit, a conflicted copy, a restore) is invalida
 
 from __future__ import annotations
 
+import os
+
 import pyfuse3
 import trio
 
@@ -38,3 +40,25 @@ async def invalidate_inode(ino: int) -> None:
         await trio.to_thread.run_sync(pyfuse3.invalidate_inode, ino)
     except OSError:
         pass
+
+
+
+READAHEAD_KB = 1024  # a block of the default chunking, on average
+
+
+async def widen_readahead(mountpoint: str) -> bool:
+    """Let the kernel read ahead a block at a time (where it may: root only); True if it did.
+
+    The kernel reads ahead 128 KiB at a time on a FUSE mount, and a FUSE mount may only
+    lower that, so a sequential reader costs a request per 128 KiB: 2,062 requests for
+    256 MiB, read from the cache at 2.1–2.5 GB/s; with 1 MiB, 262 requests and 3.8 GB/s.
+    (Random reads are not read ahead either way.) Run beside the request loop: the stat
+    of the mount point, from a worker thread, returns once the kernel's INIT is answered,
+    which would set the knob back."""
+    st = await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
+    try:
+        with open(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb", "w") as knob:
+            knob.write(f"{READAHEAD_KB}\n")
+    except OSError:  # not root (or no sysfs): the kernel's default stays
+        return False
+    return True

@@ -11,11 +11,11 @@ import pyfuse3
 import trio
 
 from ..services import commands, sharing
-from ..services.process import (announce, folder_for, limit_malloc_arenas, prepare_cache_dir, run_device, serve_beside,
+from ..services.process import (announce, folder_for, tune_malloc, prepare_cache_dir, run_device, serve_beside,
                                  stop_serving)
 from ..engine.drive import Drive
 from ..errors import FuseUnavailable, MountError
-from .kernel import KernelCache
+from .kernel import KernelCache, widen_readahead
 from .operations import DriveOperations
 from .options import Presentation
 from ..store.volume import Volume
@@ -43,7 +43,7 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
               hub_url: str | None = None, notify: bool = False, metrics: str | None = None,
               io_timeout: float = 60.0, presentation: Presentation = Presentation()) -> None:
     """Mount and serve until unmounted; then drain the upload queue and return."""
-    limit_malloc_arenas()  # before the first worker thread
+    tune_malloc()  # before the first worker thread
     os.umask(0o077)  # everything the mount creates in its cache dir is the owner's alone
     path = check_mountpoint(mountpoint)
     lock_fd = prepare_cache_dir(cache_dir, volume)
@@ -61,6 +61,7 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
             await serve_beside(nursery, drive, path, commands.handlers(drive, path, sharing.clean_scratch(cache_dir)),
                                notify, metrics)
             pyfuse3.init(operations, path, options)
+            nursery.start_soon(widen_readahead, path)
             drive.changes.front_end = KernelCache(drive.files, nursery)
             signal.signal(signal.SIGTERM, lambda *_: pyfuse3.terminate())
             signal.signal(signal.SIGINT, lambda *_: pyfuse3.terminate())

@@ -13,7 +13,7 @@ import trio
 from ..engine.drive import Drive
 from ..errors import MountError
 from ..services import commands, sharing
-from ..services.process import (announce, folder_for, limit_malloc_arenas, prepare_cache_dir, run_device, serve_beside,
+from ..services.process import (announce, folder_for, tune_malloc, prepare_cache_dir, run_device, serve_beside,
                                  stop_serving)
 from ..store.volume import Volume
 from .folder import clean_leftovers
@@ -74,7 +74,7 @@ def run_mirror(volume: Volume, folder: str, cache_dir: Path, device: str, cache_
                ready_fd: int | None = None, poll_interval: float = 2.0, hub_url: str | None = None,
                notify: bool = False, metrics: str | None = None, io_timeout: float = 60.0) -> None:
     """Keep `folder` and the volume equal until stopped; then upload what waits and return."""
-    limit_malloc_arenas()
+    tune_malloc()
     path = check_folder(folder)
     os.umask(0o077)  # the cache dir's files are the owner's alone; the folder's get their modes explicitly
     lock_fd = prepare_cache_dir(cache_dir, volume)
