@@ -4,8 +4,9 @@ above), never wrong bytes (blocks.py verifies).
 
 A read away from where the file's last read ended (a database page, an index lookup)
 takes only its bytes from the cache (`BlockCache.read_range`: the 8 KiB segments it
-touches, checked) in the trio thread, as staged reads are; a sequential read loads
-whole blocks, in worker threads, and fetches ahead."""
+touches, checked) in the trio thread, as staged reads are; one whose block is not here
+fetches it with the other blocks of its 8 MiB window, side by side. A sequential read
+loads whole blocks, in worker threads, and fetches ahead."""
 
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ SEQUENTIAL_WINDOW = 1024 * 1024
 # pages, and taking that for a sequential reader loaded and prefetched whole blocks for
 # every few random reads (a database's or an index's page reads ran at half speed).
 SEQUENTIAL_STREAK = 512 * 1024
+# A random read that has to go to the store brings the other blocks of the file's
+# READ_AROUND-aligned window too, side by side (Reader._read_around). 4 KiB random reads
+# of a 512 MiB file from a store 20 ms away: 163/s with none, 516 with 4 MiB, 790 with 8.
+READ_AROUND = 8 * 1024 * 1024
 
 
 @dataclass
@@ -108,6 +113,8 @@ class Reader:
                 part = None if sequential else self.cache.read_range(
                     piece.block, piece.offset + take_from, piece.offset + take_to)
                 if part is None:
+                    if not sequential:
+                        self._read_around(layout, index)
                     part = piece.of(await self.fetch_block(piece, node), take_from, take_to)
                 parts.append(part)
             offset = start + take_to
@@ -129,6 +136,22 @@ class Reader:
         for piece in layout.pieces[index:index + PREFETCH_BLOCKS]:
             if (piece.block is not None and piece.block not in self._in_flight and self.nursery is not None
                     and not self.cache.in_memory(piece.block)):
+                self.nursery.start_soon(self._prefetch_one, piece)
+
+    def _read_around(self, layout: Layout, index: int) -> None:
+        """A random read whose block is not here: fetch the other blocks of the file's
+        READ_AROUND-aligned window with it, side by side. A GET costs its round trip
+        whatever its size, so a database or an index reading pages all over a file
+        pays a round trip per window instead of one per block; the bet costs bandwidth
+        where the reads stay sparse."""
+        if self.nursery is None or self.cache.contains(layout.pieces[index].block):
+            return
+        window = layout.starts[index] // READ_AROUND * READ_AROUND
+        first = max(bisect.bisect_right(layout.starts, window) - 1, 0)
+        last = bisect.bisect_left(layout.starts, window + READ_AROUND)
+        for piece in layout.pieces[first:last]:
+            if (piece.block is not None and piece.block != layout.pieces[index].block
+                    and piece.block not in self._in_flight and not self.cache.contains(piece.block)):
                 self.nursery.start_soon(self._prefetch_one, piece)
 
     async def _prefetch_one(self, piece: Piece) -> None:
