@@ -147,6 +147,50 @@ def test_small_edits_upload_small_blocks_until_the_manifest_is_compacted(tmp_pat
     assert patched > MAX_PATCH_EXTENTS // 2 and compacted >= 1
 
 
+def test_a_file_cut_up_in_one_place_is_compacted_there_not_chunked_whole(tmp_path, monkeypatch):
+    """A database written in place at a few pages of a big file: once its manifest is too
+    cut up, the upload reads and chunks the cut-up place again, not the whole file, and
+    sends only the blocks the edits changed."""
+    from fusedrive.engine import uploader
+
+    store_dir = tmp_path / "store"
+    volume = create_volume(open_store(f"file://{store_dir}"), "passphrase")
+    blocks = BlockStore(volume, BlockCache(tmp_path / "cache", 1 << 30, volume.keys.id_of))
+    rng = random.Random(11)
+    data = bytearray(rng.randbytes(48 * MiB))
+    staged = tmp_path / "staged"
+    staged.write_bytes(data)
+    chunked: list[int] = []
+    chunk_spans = uploader.chunk_spans
+    monkeypatch.setattr(uploader, "chunk_spans", lambda window, chunking: (chunked.append(len(window)),
+                                                                           chunk_spans(window, chunking))[1])
+    fd = os.open(staged, os.O_RDWR)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            manifest = build_manifest(fd, len(data), volume.chunking, blocks, pool).extents
+            whole_before = {extent[0] for extent in manifest}
+            hot = range(20 * MiB, 22 * MiB)  # the pages written: 2 MiB of the 48
+            for _ in range(MAX_PATCH_EXTENTS):
+                at = rng.choice(hot) // 4096 * 4096
+                page = rng.randbytes(4096)
+                os.pwrite(fd, page, at)
+                data[at:at + 4096] = page
+                chunked.clear()
+                before = _stored_bytes(store_dir)
+                manifest = build_manifest(fd, len(data), volume.chunking, blocks, pool,
+                                          patchable=Patchable(manifest, len(data), [(at, at + 4096)])).extents
+                if all(len(extent) == 2 for extent in manifest):
+                    break
+            else:
+                pytest.fail("the manifest was never compacted")
+        assert sum(chunked) < 12 * MiB  # the cut-up place and the blocks around it, not 48 MiB
+        assert _stored_bytes(store_dir) - before < 8 * MiB  # the blocks the pages changed
+        assert len(whole_before & {extent[0] for extent in manifest}) >= len(whole_before) - 8
+        assert b"".join(contents(manifest, blocks.fetch)) == data
+    finally:
+        os.close(fd)
+
+
 def test_an_edit_keeping_a_block_gc_may_have_deleted_uploads_the_whole_file_again(tmp_path):
     store_dir = tmp_path / "store"
     volume = create_volume(open_store(f"file://{store_dir}"), "passphrase")

@@ -5,7 +5,8 @@
 - `[block_id, length, offset]`: `length` bytes of a block, from `offset` in it. An
   in-place edit leaves these: it uploads the bytes it wrote as a new block and keeps
   the parts of the old blocks around them (`patch_plan`), instead of re-uploading every
-  block it touched. A later full upload of the file (see uploader.py) compacts them.
+  block it touched. Once they are too many, the cut-up places are chunked again
+  (`compacted`, see uploader.py).
 - `[block_id, length, offset or None, [pack, start, size]]`: a block stored inside a
   pack object (small files, see blocks.py) rather than as its own object: its sealed
   bytes are `size` bytes from `start` in `packs/<pack>`. `None`: the whole block.
@@ -164,6 +165,31 @@ def patch_plan(base: list[list], base_size: int, written: list[tuple[int, int]],
             plan.append((start, end - start))
         pos = end
     return plan
+
+
+def compacted(plan: list[list | tuple[int, int]], min_block: int) -> list[list | tuple[int, int]]:
+    """`plan` with each run of items that are not whole blocks of at least `min_block`
+    bytes (pieces of cut blocks, the small blocks earlier edits made, ranges to upload)
+    merged into one range to chunk again: a file cut up by many in-place edits gets
+    content-defined blocks back where it was cut, and keeps the whole blocks between
+    (holes too). Chunking such a run from a block boundary finds the old boundaries
+    again, so the blocks no edit touched are the stored ones: only the edited ones go."""
+    out: list[list | tuple[int, int]] = []
+    pos, run_from = 0, None
+    for item in plan:
+        whole = isinstance(item, list) and (item[0] is None or (len(item) == 2 or item[2] is None)
+                                            and item[1] >= min_block)
+        if whole:
+            if run_from is not None:
+                out.append((run_from, pos - run_from))
+                run_from = None
+            out.append(item)
+        elif run_from is None:
+            run_from = pos
+        pos += item[1]
+    if run_from is not None:
+        out.append((run_from, pos - run_from))
+    return out
 
 
 def _merged(ranges: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:

@@ -11,8 +11,10 @@ pack's short linger, so small files must upload from many threads at once to sha
 A file staged from committed content and then written in place (`Patchable`) uploads
 only the ranges written: the rest of its manifest is the old one, cut around them (see
 manifest.py). Once that leaves more than MAX_PATCH_EXTENTS extents beyond what whole
-blocks would need, the whole file is chunked again, which compacts the pieces back into
-content-defined blocks (the ones no edit touched are already stored and not sent).
+blocks would need, the cut-up places are chunked again (`manifest.compacted`: the
+pieces between two whole blocks become content-defined blocks again; the blocks no edit
+touched are found again, already stored, and not sent). Only they are read: a database
+of a GiB written in place at random pages chunked all of itself every few dozen fsyncs.
 
 When someone waits for the upload (fsync), the store answers and the volume allows it, up to
 CARRY_MAX_BYTES of new blocks are carried by the journal entry instead of stored
@@ -28,11 +30,11 @@ from typing import NamedTuple
 
 from .blocks import CARRY_MAX_BYTES, BlockStore
 from .chunker import chunk_spans
-from .manifest import block_ids, extent, patch_plan
+from .manifest import block_ids, compacted, extent, patch_plan
 from .staging import Patchable, data_spans
 
 WINDOW = 16 * 1024 * 1024
-MAX_IN_FLIGHT = 8
+MAX_IN_FLIGHT = 16
 MAX_PATCH_EXTENTS = 64
 
 
@@ -163,12 +165,15 @@ def build_manifest(fd: int, size: int, chunking: dict, blocks: BlockStore, pool:
 
 
 def _patched(fd: int, size: int, chunking: dict, patchable: Patchable, uploads: _BlockUploads) -> list[list] | None:
-    """The manifest from the old one and the written ranges; None if it would be too cut up,
-    or if it would keep a block not known to be stored (gc may have taken a block only
-    pruned versions held: chunking the whole file uploads such blocks again)."""
+    """The manifest from the old one and the written ranges (its cut-up places chunked
+    again once they are too many); None if it would keep a block not known to be stored
+    (gc may have taken a block only pruned versions held: chunking the whole file
+    uploads such blocks again)."""
     plan = patch_plan(patchable.base, patchable.base_size, patchable.written, size)
-    if plan is None or len(plan) > size // chunking["avg"] + MAX_PATCH_EXTENTS:
+    if plan is None:
         return None
+    if len(plan) > size // chunking["avg"] + MAX_PATCH_EXTENTS:
+        plan = compacted(plan, chunking["min"])
     if not all(uploads.blocks.is_known(block) for block in block_ids(e for e in plan if isinstance(e, list))):
         return None
     extents: list[list] = []

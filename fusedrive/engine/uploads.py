@@ -52,7 +52,7 @@ class Uploads:
         self.events = events
         self.problems = problems
         self.changes = changes
-        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="upload")
+        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="upload")
         self._upload_threads = trio.CapacityLimiter(UPLOAD_WORKERS)
         self._large_uploads = trio.Semaphore(LARGE_UPLOADS)
         self._send, self._receive = trio.open_memory_channel(1_000_000)
