@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 # Small files upload from many tasks at once, so their blocks share packs (see blocks.py);
 # at most LARGE_UPLOADS files of a minimum chunk or more are chunked at a time (each holds
-# a window and up to 8 blocks in memory).
+# a window and up to 16 blocks in memory).
 UPLOAD_WORKERS = 32
 LARGE_UPLOADS = 2
 
