@@ -8,6 +8,7 @@ import random
 
 import pytest
 import trio
+import trio.testing
 
 from engines import devices
 from fusedrive.engine.blocks import block_key
@@ -41,7 +42,10 @@ def test_a_random_read_from_the_store_brings_its_window_and_no_more():
             async def page_at(offset: int) -> bytes:
                 with trio.fail_after(30):
                     page = await desktop.drive.read(node, offset, PAGE)
-                    while desktop.drive.reader._in_flight:  # the window's other blocks, on their way
+                    while True:  # the window's other blocks: started, then on their way
+                        await trio.testing.wait_all_tasks_blocked()
+                        if not desktop.drive.reader._in_flight:
+                            break
                         await trio.sleep(0.01)
                 return page
 

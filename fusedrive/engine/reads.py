@@ -5,7 +5,7 @@ above), never wrong bytes (blocks.py verifies).
 A read away from where the file's last read ended (a database page, an index lookup)
 takes only its bytes from the cache (`BlockCache.read_range`: the 8 KiB segments it
 touches, checked) in the trio thread, as staged reads are; one whose block is not here
-fetches it with the other blocks of its 8 MiB window, side by side. A sequential read
+fetches it, then the other blocks of its 8 MiB window, side by side. A sequential read
 loads whole blocks, in worker threads, and fetches ahead."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ SEQUENTIAL_WINDOW = 1024 * 1024
 # every few random reads (a database's or an index's page reads ran at half speed).
 SEQUENTIAL_STREAK = 512 * 1024
 # A random read that has to go to the store brings the other blocks of the file's
-# READ_AROUND-aligned window too, side by side (Reader._read_around). 4 KiB random reads
+# READ_AROUND-aligned window after its own, side by side (Reader._read_around). 4 KiB random reads
 # of a 512 MiB file from a store 20 ms away: 163/s with none, 516 with 4 MiB, 790 with 8.
 READ_AROUND = 8 * 1024 * 1024
 
@@ -113,9 +113,10 @@ class Reader:
                 part = None if sequential else self.cache.read_range(
                     piece.block, piece.offset + take_from, piece.offset + take_to)
                 if part is None:
-                    if not sequential:
-                        self._read_around(layout, index)
+                    from_store = not sequential and not self.cache.contains(piece.block)
                     part = piece.of(await self.fetch_block(piece, node), take_from, take_to)
+                    if from_store:
+                        self._read_around(layout, index)
                 parts.append(part)
             offset = start + take_to
             index += 1
@@ -139,19 +140,20 @@ class Reader:
                 self.nursery.start_soon(self._prefetch_one, piece)
 
     def _read_around(self, layout: Layout, index: int) -> None:
-        """A random read whose block is not here: fetch the other blocks of the file's
-        READ_AROUND-aligned window with it, side by side. A GET costs its round trip
-        whatever its size, so a database or an index reading pages all over a file
-        pays a round trip per window instead of one per block; the bet costs bandwidth
+        """A random read whose block came from the store: fetch the other blocks of the
+        file's READ_AROUND-aligned window too, side by side. A GET costs its round trip
+        whatever its size, so a database or an index reading pages all over a file pays
+        a round trip per window instead of one per block. They start once the read's own
+        block is in, so they never slow the read that needed it; the bet costs bandwidth
         where the reads stay sparse."""
-        if self.nursery is None or self.cache.contains(layout.pieces[index].block):
+        if self.nursery is None:
             return
         window = layout.starts[index] // READ_AROUND * READ_AROUND
         first = max(bisect.bisect_right(layout.starts, window) - 1, 0)
         last = bisect.bisect_left(layout.starts, window + READ_AROUND)
         for piece in layout.pieces[first:last]:
-            if (piece.block is not None and piece.block != layout.pieces[index].block
-                    and piece.block not in self._in_flight and not self.cache.contains(piece.block)):
+            if (piece.block is not None and piece.block not in self._in_flight
+                    and not self.cache.contains(piece.block)):
                 self.nursery.start_soon(self._prefetch_one, piece)
 
     async def _prefetch_one(self, piece: Piece) -> None:
