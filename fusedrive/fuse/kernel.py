@@ -55,10 +55,10 @@ async def widen_readahead(mountpoint: str) -> bool:
     (Random reads are not read ahead either way.) Run beside the request loop: the stat
     of the mount point, from a worker thread, returns once the kernel's INIT is answered,
     which would set the knob back."""
-    st = await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
     try:
+        st = await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
         with open(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb", "w") as knob:
             knob.write(f"{READAHEAD_KB}\n")
-    except OSError:  # not root (or no sysfs): the kernel's default stays
+    except OSError:  # not root, no sysfs, or unmounted already: the kernel's default stays
         return False
     return True
