@@ -114,10 +114,15 @@ def _stored_bytes(root) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _dirs, files in os.walk(root) for f in files)
 
 
-def test_small_edits_upload_small_blocks_until_the_manifest_is_compacted(tmp_path):
+def _file_volume(tmp_path):
+    """A new volume in a `file://` store under `tmp_path`: (its directory, it, its block store)."""
     store_dir = tmp_path / "store"
     volume = create_volume(open_store(f"file://{store_dir}"), "passphrase")
-    blocks = BlockStore(volume, BlockCache(tmp_path / "cache", 1 << 30, volume.keys.id_of))
+    return store_dir, volume, BlockStore(volume, BlockCache(tmp_path / "cache", 1 << 30, volume.keys.id_of))
+
+
+def test_small_edits_upload_small_blocks_until_the_manifest_is_compacted(tmp_path):
+    store_dir, volume, blocks = _file_volume(tmp_path)
     rng = random.Random(7)
     data = bytearray(rng.randbytes(8 * MiB))
     staged = tmp_path / "staged"
@@ -153,9 +158,7 @@ def test_a_file_cut_up_in_one_place_is_compacted_there_not_chunked_whole(tmp_pat
     sends only the blocks the edits changed."""
     from fusedrive.engine import uploader
 
-    store_dir = tmp_path / "store"
-    volume = create_volume(open_store(f"file://{store_dir}"), "passphrase")
-    blocks = BlockStore(volume, BlockCache(tmp_path / "cache", 1 << 30, volume.keys.id_of))
+    store_dir, volume, blocks = _file_volume(tmp_path)
     rng = random.Random(11)
     data = bytearray(rng.randbytes(48 * MiB))
     staged = tmp_path / "staged"
@@ -192,9 +195,7 @@ def test_a_file_cut_up_in_one_place_is_compacted_there_not_chunked_whole(tmp_pat
 
 
 def test_an_edit_keeping_a_block_gc_may_have_deleted_uploads_the_whole_file_again(tmp_path):
-    store_dir = tmp_path / "store"
-    volume = create_volume(open_store(f"file://{store_dir}"), "passphrase")
-    blocks = BlockStore(volume, BlockCache(tmp_path / "cache", 1 << 30, volume.keys.id_of))
+    store_dir, volume, blocks = _file_volume(tmp_path)
     staged = tmp_path / "staged"
     staged.write_bytes(os.urandom(3 * MiB))
     fd = os.open(staged, os.O_RDWR)
