@@ -78,7 +78,7 @@ def which(got: bytes | None, in_flight: bytes, started: dict[bytes, str]) -> str
     return f"{len(got)} bytes nobody saved"
 
 
-def kill_mount(mount) -> None:
+def kill_mount_process(mount) -> None:
     """SIGKILL the mount process; its mount point stays attached (every call on it fails)."""
     entry = control.read_registry(str(mount.path))
     os.kill(entry["pid"], signal.SIGKILL)
@@ -90,6 +90,12 @@ def detach(mount) -> None:
     subprocess.run(["fusermount3", "-u", "-z", str(mount.path)], capture_output=True, timeout=30)
 
 
+def kill_mount(mount) -> None:
+    """The mount process killed and its dead mount point detached, ready to mount again."""
+    kill_mount_process(mount)
+    detach(mount)
+
+
 def test_sigkill_at_random_moments_loses_nothing_that_was_closed(s3_volume):
     rng = random.Random(SEED)
     closed: dict[str, bytes] = {}
@@ -99,7 +105,7 @@ def test_sigkill_at_random_moments_loses_nothing_that_was_closed(s3_volume):
         workload = Workload(str(mount.path), random.Random(rng.random()), closed, started, iteration)
         workload.start()
         time.sleep(rng.uniform(0.05, 1.5))
-        kill_mount(mount)
+        kill_mount_process(mount)
         # before detaching it: a program still writing after that writes into the plain
         # folder, and never fails (the test saw that once, when the workload was between
         # two saves for all of the kill)

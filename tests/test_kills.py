@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from test_crash import kill_mount
+from test_crash import kill_mount, kill_mount_process
 from test_history import trash
 from test_posix import read, write
 from test_store_faults import wait_caught_up, wait_drained
@@ -191,7 +191,7 @@ def test_umount_with_nothing_waiting_stops_promptly_while_the_store_is_unreachab
 def test_a_dead_mount_is_named_so_by_status_and_cleaned_up_by_umount(proxied_volume):
     laptop = proxied_volume.mount("laptop")
     write(laptop.p("kept.txt"), b"closed before the kill")
-    kill_mount_process_only(laptop)
+    kill_mount_process(laptop)
     status = proxied_volume.cli.run("status", str(laptop.path), check=False)
     assert status.returncode == 13
     assert "has stopped" in status.stdout and f"fusedrive umount {laptop.path}" in status.stdout
@@ -202,17 +202,6 @@ def test_a_dead_mount_is_named_so_by_status_and_cleaned_up_by_umount(proxied_vol
     proxied_volume.mounts.remove(laptop)
     again = proxied_volume.mount("laptop", cache_dir=laptop.cache_dir)
     assert read(again.p("kept.txt")) == b"closed before the kill"
-
-
-def kill_mount_process_only(mount) -> None:
-    """SIGKILL the mount process and leave its dead mount point as it is."""
-    import signal
-
-    from fusedrive.services import control
-
-    pid = mount_process(mount)
-    os.kill(pid, signal.SIGKILL)
-    assert control.wait_for_exit(pid, 30)
 
 
 def test_a_device_mounts_offline_from_its_cache_dir_and_catches_up(proxied_volume, store_proxy, tmp_path):
