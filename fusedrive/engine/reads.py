@@ -11,6 +11,7 @@ loads whole blocks, in worker threads, and fetches ahead."""
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -35,8 +36,9 @@ SEQUENTIAL_WINDOW = 1024 * 1024
 # every few random reads (a database's or an index's page reads ran at half speed).
 SEQUENTIAL_STREAK = 512 * 1024
 # A random read that has to go to the store brings the other blocks of the file's
-# READ_AROUND-aligned window after its own, side by side (Reader._read_around). 4 KiB random reads
-# of a 512 MiB file from a store 20 ms away: 163/s with none, 516 with 4 MiB, 790 with 8.
+# READ_AROUND-aligned window after its own, side by side (Reader._read_around). 4 KiB
+# random reads of a 512 MiB file from a store 20 ms away: 163/s with none, 516 with
+# 4 MiB, 790 with 8.
 READ_AROUND = 8 * 1024 * 1024
 
 
@@ -134,10 +136,7 @@ class Reader:
     def _prefetch(self, layout: Layout, index: int) -> None:
         """Start fetching the next blocks a sequential reader will want. Called for every
         kernel read, so blocks already in memory or on their way cost no task."""
-        for piece in layout.pieces[index:index + PREFETCH_BLOCKS]:
-            if (piece.block is not None and piece.block not in self._in_flight and self.nursery is not None
-                    and not self.cache.in_memory(piece.block)):
-                self.nursery.start_soon(self._prefetch_one, piece)
+        self._fetch_soon(layout.pieces[index:index + PREFETCH_BLOCKS], self.cache.in_memory)
 
     def _read_around(self, layout: Layout, index: int) -> None:
         """A random read whose block came from the store: fetch the other blocks of the
@@ -146,14 +145,18 @@ class Reader:
         a round trip per window instead of one per block. They start once the read's own
         block is in, so they never slow the read that needed it; the bet costs bandwidth
         where the reads stay sparse."""
-        if self.nursery is None:
-            return
         window = layout.starts[index] // READ_AROUND * READ_AROUND
         first = max(bisect.bisect_right(layout.starts, window) - 1, 0)
         last = bisect.bisect_left(layout.starts, window + READ_AROUND)
-        for piece in layout.pieces[first:last]:
-            if (piece.block is not None and piece.block not in self._in_flight
-                    and not self.cache.contains(piece.block)):
+        self._fetch_soon(layout.pieces[first:last], self.cache.contains)
+
+    def _fetch_soon(self, candidates: list[Piece], here: Callable[[str], bool]) -> None:
+        """A background fetch of each block of `candidates` that is neither on its way nor
+        `here` (a check of the cache) yet."""
+        if self.nursery is None:
+            return
+        for piece in candidates:
+            if piece.block is not None and piece.block not in self._in_flight and not here(piece.block):
                 self.nursery.start_soon(self._prefetch_one, piece)
 
     async def _prefetch_one(self, piece: Piece) -> None:

@@ -42,7 +42,6 @@ async def invalidate_inode(ino: int) -> None:
         pass
 
 
-
 READAHEAD_KB = 1024  # a block of the default chunking, on average
 
 
