@@ -70,8 +70,6 @@ def test_an_unknown_o_option_is_a_usage_error(volume, tmp_path):
 
 
 def test_mount_t_fuse_fusedrive_and_an_fstab_line_mount_and_unmount_for_real(volume, root_only, tmp_path):
-    from fusedrive.services import control
-
     helper = Path("/sbin/mount.fuse.fusedrive")
     installed = not helper.exists()
     if installed:
@@ -110,11 +108,11 @@ def test_mount_t_fuse_fusedrive_and_an_fstab_line_mount_and_unmount_for_real(vol
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
 
-
 def test_a_file_read_through_asks_the_mount_a_request_per_mib_not_per_128_kib(volume, root_only):
     """Reading a file from start to end (a copy, a video) goes a block at a time: the kernel
     reads ahead 1 MiB on this mount, not its 128 KiB default, so it asks the mount an
-    eighth as often. Counted as the reads the mount process makes of /dev/fuse."""
+    eighth as often. Counted as the mount process's read calls: the requests it takes from
+    /dev/fuse and its cache reads answering them."""
     drive = volume.mount("reader")
     data = os.urandom(32 << 20)
     write(drive.p("film.bin"), data)
