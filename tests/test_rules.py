@@ -61,3 +61,35 @@ def test_queued_creates_under_names_another_device_took_become_conflicted_copies
     assert len(rules.conflicts) == 2
     laptop_dir = replica.ino_of("dir-laptop")
     assert names(replica, laptop_dir) == ["note.txt"]  # the laptop's note stays in the laptop's folder
+
+
+def test_a_replica_written_by_an_older_build_keeps_its_queue_and_undo_log(tmp_path):
+    """Older builds logged undo rows through persistent triggers that read an `undo_flag`
+    table, into an AUTOINCREMENT table. Opened by this build, the queued ops are still
+    taken back and replayed by a rebase, and nothing of the old scheme is left."""
+    path = tmp_path / "laptop.sqlite3"
+    replica = new_replica(tmp_path, "laptop")
+    replica.record(mknod("top-laptop", "top.txt"))
+    logged = replica.db.execute("SELECT id, pending_id, sql FROM undo ORDER BY id").fetchall()
+    assert logged
+    replica.db.executescript(
+        "ALTER TABLE undo RENAME TO undo_new;"
+        "CREATE TABLE undo(id INTEGER PRIMARY KEY AUTOINCREMENT, pending_id INTEGER NOT NULL, sql TEXT NOT NULL);"
+        "INSERT INTO undo SELECT * FROM undo_new; DROP TABLE undo_new;"
+        "CREATE TABLE undo_flag(pending_id INTEGER NOT NULL); INSERT INTO undo_flag VALUES(0);"
+        "CREATE TRIGGER undo_dentries_insert AFTER INSERT ON dentries WHEN (SELECT pending_id FROM undo_flag) > 0 "
+        "BEGIN INSERT INTO undo(pending_id, sql) VALUES((SELECT pending_id FROM undo_flag), "
+        "'DELETE FROM dentries WHERE rowid=' || NEW.rowid); END;")
+    replica.close()
+
+    replica = Replica(str(path))
+    schema = dict(replica.db.execute("SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'trigger')"))
+    assert "undo_flag" not in schema and "undo_dentries_insert" not in schema
+    assert "AUTOINCREMENT" not in schema["undo"]
+    assert replica.db.execute("SELECT id, pending_id, sql FROM undo ORDER BY id").fetchall() == logged
+    replica.record(mknod("note-laptop", "note.txt"))
+    replica.rebase([Entry(2, "desktop", [mknod("top-desktop", "top.txt"), mknod("note-desktop", "note.txt")])],
+                   Revalidator("laptop"))
+    top = names(replica)
+    assert top[0].startswith("note (conflicted copy from laptop ") and top[1] == "note.txt"
+    assert top[2].startswith("top (conflicted copy from laptop ") and top[3] == "top.txt"

@@ -20,7 +20,7 @@ from ..crashpoints import crash_point
 from ..errors import IntegrityError
 from .applying import Applying
 from .manifest import BlockRef, Carried, block_refs, pieces
-from .tree import ROOT_FID, ROOT_INO, SCHEMA, Inode, fids_of, name_to_json, undo_triggers
+from .tree import ROOT_FID, ROOT_INO, SCHEMA, UNDO_TABLE, Inode, fids_of, name_to_json, undo_triggers
 
 PATH_HISTORY_FORMAT = 3  # entries from this format on: history follows the path (applying.py)
 
@@ -41,6 +41,7 @@ class Replica(Applying):
     def __init__(self, path: str, in_use: Callable[[int], bool] = lambda ino: False) -> None:
         """`in_use(ino)` says whether the kernel still holds an inode whose last name is gone."""
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._depth = 0  # nesting of `with self:` (one SQLite transaction)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         # A transaction here writes ~15 pages (an unlink: the tree, trash, undo log, queue):
@@ -48,12 +49,27 @@ class Replica(Applying):
         # off deletes and creates.
         self.db.execute("PRAGMA wal_autocheckpoint=10000")
         self.db.executescript(SCHEMA)
+        self._renumber_undo_log()
+        self._undo_pending_id = 0  # the queued row whose changes the undo triggers log (0: none)
+        self.db.create_function("undo_pending_id", 0, lambda: self._undo_pending_id)
         self.db.executescript(undo_triggers())
         self.in_use = in_use
         self.base_locations: dict[str, dict] = {}  # set by rebase, see _locations
         self.on_record: Callable[[], None] = lambda: None  # a mount commits what was queued (Committer.kick)
         self.on_carried: Callable[[dict[str, int]], None] = lambda where: None  # BlockStore.carried_in
-        self._depth = 0
+
+    def _renumber_undo_log(self) -> None:
+        """Replicas written before numbered undo rows AUTOINCREMENT, which updates
+        `sqlite_sequence` for every row logged; only their order matters, which a plain
+        rowid (one past the largest) keeps. Rebuilds such a table once, rows kept."""
+        (sql,) = self.db.execute("SELECT sql FROM sqlite_master WHERE type='table' AND name='undo'").fetchone()
+        if "AUTOINCREMENT" not in sql.upper():
+            return
+        with self:
+            self.db.execute("ALTER TABLE undo RENAME TO undo_numbered")
+            self.db.execute(UNDO_TABLE)
+            self.db.execute("INSERT INTO undo(id, pending_id, sql) SELECT id, pending_id, sql FROM undo_numbered")
+            self.db.execute("DROP TABLE undo_numbered")
 
     # --- transactions -----------------------------------------------------------------
 
@@ -175,11 +191,11 @@ class Replica(Applying):
         self.on_record()
 
     def _apply_logged(self, pending_id: int, op: dict) -> None:
-        self.db.execute("UPDATE undo_flag SET pending_id=?", (pending_id,))
+        self._undo_pending_id = pending_id
         try:
             self.apply(op)
         finally:
-            self.db.execute("UPDATE undo_flag SET pending_id=0")
+            self._undo_pending_id = 0
 
     def pending_ops(self, limit: int, through: int | None = None) -> list[tuple[int, list[dict]]]:
         """Queued rows, oldest first (up to id `through`): (id, the operations that row stands for now)."""

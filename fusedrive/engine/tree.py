@@ -14,7 +14,11 @@ from dataclasses import dataclass
 ROOT_INO = 1
 ROOT_FID = "root"
 
-SCHEMA = """
+# The undo log is read in id order: a plain rowid (one past the largest) keeps it
+# (Replica._renumber_undo_log rebuilds the AUTOINCREMENT table of older replicas).
+UNDO_TABLE = "CREATE TABLE IF NOT EXISTS undo(id INTEGER PRIMARY KEY, pending_id INTEGER NOT NULL, sql TEXT NOT NULL)"
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS inodes(
     ino INTEGER PRIMARY KEY, fid TEXT UNIQUE NOT NULL, mode INTEGER NOT NULL,
     uid INTEGER NOT NULL, gid INTEGER NOT NULL, size INTEGER NOT NULL DEFAULT 0,
@@ -47,9 +51,7 @@ CREATE TABLE IF NOT EXISTS carried(block TEXT PRIMARY KEY, seq INTEGER NOT NULL)
 CREATE TABLE IF NOT EXISTS carrying(block TEXT PRIMARY KEY, blob BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS vanished(fid TEXT PRIMARY KEY, locations TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS fid_inos(ino INTEGER PRIMARY KEY AUTOINCREMENT, fid TEXT UNIQUE NOT NULL);
-CREATE TABLE IF NOT EXISTS undo(id INTEGER PRIMARY KEY AUTOINCREMENT, pending_id INTEGER NOT NULL, sql TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS undo_flag(pending_id INTEGER NOT NULL);
-INSERT INTO undo_flag SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM undo_flag);
+{UNDO_TABLE};
 """
 
 TREE_TABLES = {
@@ -66,9 +68,13 @@ TREE_TABLES = {
 
 def undo_triggers() -> str:
     """Triggers that log, while a local operation is applied, the SQL that reverses each row
-    change (the classic SQLite undo log). Rebase uses it to take pending operations back."""
-    sql = []
-    flag = "(SELECT pending_id FROM undo_flag)"
+    change (the classic SQLite undo log). Rebase uses it to take pending operations back.
+
+    They are TEMP triggers of the replica's own connection and ask the connection's SQL
+    function `undo_pending_id()` (0: not logging) which queued row they log for: a flag in a
+    table cost two UPDATEs and a page in the WAL per recorded change. Replicas written
+    before had persistent triggers and an `undo_flag` table; these statements drop them."""
+    sql = ["DROP TABLE IF EXISTS main.undo_flag;"]
     for table, columns in TREE_TABLES.items():
         assign = " || ',' || ".join(f"'{c}=' || quote(OLD.{c})" for c in columns)
         values = " || ',' || ".join(f"quote(OLD.{c})" for c in columns)
@@ -78,9 +84,12 @@ def undo_triggers() -> str:
             "DELETE": f"'INSERT INTO {table}(rowid,{','.join(columns)}) VALUES(' || OLD.rowid || ',' || {values} || ')'",
         }
         for event, body in bodies.items():
+            name = f"undo_{table}_{event.lower()}"
+            sql.append(f"DROP TRIGGER IF EXISTS main.{name};")
             sql.append(
-                f"CREATE TRIGGER IF NOT EXISTS undo_{table}_{event.lower()} AFTER {event} ON {table} "
-                f"WHEN {flag} > 0 BEGIN INSERT INTO undo(pending_id, sql) VALUES({flag}, {body}); END;"
+                f"CREATE TEMP TRIGGER IF NOT EXISTS {name} AFTER {event} ON main.{table} "
+                f"WHEN undo_pending_id() > 0 BEGIN INSERT INTO undo(pending_id, sql) "
+                f"VALUES(undo_pending_id(), {body}); END;"
             )
     return "\n".join(sql)
 
