@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,26 @@ def test_a_file_read_through_asks_the_mount_a_request_per_mib_not_per_128_kib(vo
         os.close(fd)
     assert read_back == data
     assert requests < 256, requests  # 128 KiB at a time: 256 from /dev/fuse alone
+    drive.fsck_clean()
+
+
+def test_names_walked_again_seconds_later_are_answered_by_the_kernel(volume):
+    """`git status`, `make`, an IDE walk the same files again and again: the kernel keeps
+    names and attributes (every change it did not make is invalidated explicitly, see
+    test_sync), so a walk a few seconds after the last asks the mount nothing per file."""
+    drive = volume.mount("walker")
+    os.mkdir(drive.p("src"))
+    names = [drive.p(f"src/f{i:03d}.c") for i in range(500)]
+    for name in names:
+        write(name, b"int x;")
+    drive.sync()
+    pid = control.read_registry(str(drive.path))["pid"]
+    assert all(os.lstat(name).st_size == 6 for name in names)
+    time.sleep(2)  # past the one second the kernel used to keep them
+    before = _reads_of_dev_fuse(pid)
+    assert all(os.lstat(name).st_size == 6 for name in names)
+    requests = _reads_of_dev_fuse(pid) - before
+    assert requests < 50, requests  # a LOOKUP per name: 500
     drive.fsck_clean()
 
 

@@ -30,7 +30,14 @@ from ..engine.tree import ROOT_INO, Inode, b64, name_to_json
 
 log = logging.getLogger(__name__)
 
-ATTR_TIMEOUT = 1.0
+# How long the kernel may keep a name and its attributes without asking. Every change not
+# made through this kernel (another device's commit, a conflicted copy, a restore) is
+# invalidated when it is applied (kernel.KernelCache), so this bounds no staleness a user
+# could see; past it, every name walked costs a LOOKUP again (a `stat` or an `rm` of each
+# of 2,000 files a few seconds after they were made).
+CACHE_TIMEOUT = 60.0
+# The history tree is not invalidated when gc prunes a version: it keeps the old second.
+HISTORY_CACHE_TIMEOUT = 1.0
 XATTR_NAMESPACE = b"user."
 LOCAL_XATTR = b"user.fusedrive.local"  # read-only, computed: is the file's content on this device
 DOT_ENTRIES = 2  # "." and ".." open every directory listing
@@ -90,8 +97,7 @@ class DriveOperations(pyfuse3.Operations):
         size, mtime_ns = self.drive.files.size_and_mtime(node)
         a.st_ino = node.ino
         a.generation = 0
-        a.entry_timeout = ATTR_TIMEOUT
-        a.attr_timeout = ATTR_TIMEOUT
+        a.entry_timeout = a.attr_timeout = HISTORY_CACHE_TIMEOUT if self.view.owns(node.ino) else CACHE_TIMEOUT
         a.st_mode = self.presentation.mode(node.mode)
         a.st_nlink = node.nlink
         a.st_uid = node.uid if self.presentation.uid is None else self.presentation.uid
