@@ -113,6 +113,11 @@ class Replica(Applying):
         row = self.db.execute("SELECT * FROM inodes WHERE ino=?", (ino,)).fetchone()
         return Inode(*row) if row else None
 
+    def inodes(self, inos: list[int]) -> dict[int, Inode]:
+        """The rows of these inodes (those that exist), in one query: a directory listing's."""
+        marks = ",".join("?" * len(inos))
+        return {row[0]: Inode(*row) for row in self.db.execute(f"SELECT * FROM inodes WHERE ino IN ({marks})", inos)}
+
     def ino_of(self, fid: str) -> int | None:
         row = self.db.execute("SELECT ino FROM inodes WHERE fid=?", (fid,)).fetchone()
         return row[0] if row else None
