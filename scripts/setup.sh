@@ -11,11 +11,17 @@ extras=""
 need_apt=""
 command -v fusermount3 >/dev/null 2>&1 || need_apt=1
 pkg-config --exists fuse3 2>/dev/null || need_apt=1
+packages="fuse3 libfuse3-dev pkg-config python3-venv gcc"
+if [ -n "$extras" ]; then
+    # the real programs tests/test_programs.py runs in the mount
+    packages="$packages git rsync sqlite3 vim make tar"
+    for tool in git rsync sqlite3 vim make tar; do command -v "$tool" >/dev/null 2>&1 || need_apt=1; done
+fi
 if [ -n "$need_apt" ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq fuse3 libfuse3-dev pkg-config python3-venv gcc >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $packages >/dev/null
 fi
 
 PYTHON="${PYTHON:-python3}"
