@@ -5,11 +5,13 @@ agreed state survives renames (property-based: hypothesis draws the combinations
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusedrive.mirror.folder import IgnoreRules, LocalEntry
+from fusedrive.mirror.folder import IgnoreRules, LocalEntry, look, swap_in
 from fusedrive.mirror.rules import Action, Merge, RemoteEntry, decide, local_unchanged, merge, remote_unchanged
 from fusedrive.mirror.synced import Synced, SyncedState
 
@@ -126,3 +128,35 @@ def test_ignore_rules_from_the_defaults_and_the_folder(tmp_path):
     assert rules.ignored(b"docs/.fusedrive-1234.part")
     assert not rules.ignored(b"notes.txt") and not rules.ignored(b".fusedriveignore")
     assert not rules.ignored(b"caf\xe9.txt"), "a name that is not UTF-8 is still a name"
+
+
+def test_a_download_never_replaces_a_save_made_after_the_mirror_looked(tmp_path):
+    """The mirror looks at a path, fetches the volume's version, then puts it in place: a
+    save landing between the look and the put must stay (the path is merged again
+    later), whether the path held a file or nothing."""
+    full = bytes(tmp_path / "notes.txt")
+
+    def download(data: bytes) -> bytes:
+        temporary = bytes(tmp_path / ".fusedrive-notes.part")
+        with open(temporary, "wb") as f:
+            f.write(data)
+        return temporary
+
+    with open(full, "wb") as f:
+        f.write(b"agreed")
+    looked = look(bytes(tmp_path), b"notes.txt")
+    assert swap_in(download(b"from the volume"), full, looked)
+    assert open(full, "rb").read() == b"from the volume"
+
+    looked = look(bytes(tmp_path), b"notes.txt")
+    with open(full, "r+b") as f:  # the user's save, after the look, in place
+        f.write(b"the user's save")
+    assert not swap_in(download(b"newer from the volume"), full, looked)
+    assert open(full, "rb").read() == b"the user's save"
+
+    os.unlink(full)
+    with open(full, "wb") as f:  # nothing there when the mirror looked; a new file since
+        f.write(b"a new save")
+    assert not swap_in(download(b"from the volume"), full, None)
+    assert open(full, "rb").read() == b"a new save"
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]  # no download left behind

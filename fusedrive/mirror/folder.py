@@ -5,6 +5,8 @@ atomically), which runs in worker threads.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import stat
 from dataclasses import dataclass
@@ -133,6 +135,49 @@ def temporary_beside(full: bytes, token: str) -> bytes:
     """A name in the same folder for content being written: renamed over `full` when done."""
     directory, _, _ = full.rpartition(b"/")
     return os.path.join(directory, TEMP_PREFIX + token.encode() + b".part")
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_AT_FDCWD = -100
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+
+
+def _renameat2(source: bytes, destination: bytes, flags: int) -> bool:
+    """renameat2(2); False where the file system (or libc) cannot do it with these flags."""
+    call = getattr(_LIBC, "renameat2", None)
+    if call is None:
+        return False
+    if call(_AT_FDCWD, source, _AT_FDCWD, destination, flags) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), destination)
+
+
+def swap_in(temporary: bytes, full: bytes, expected: LocalEntry | None) -> bool:
+    """Put the finished download `temporary` at `full`, which held `expected` when the
+    caller looked; False (the download dropped, what is there left alone) if a save
+    landed there since. A plain rename would replace a save made between that look and
+    the rename: atomically swapping the names first lets us look at what we took away,
+    and swap back if it is not what we looked at (RENAME_NOREPLACE where nothing was).
+    Where the file system cannot, a plain rename (the window is the look's)."""
+    if expected is None:
+        try:
+            if _renameat2(temporary, full, _RENAME_NOREPLACE):
+                return True
+        except FileExistsError:
+            os.unlink(temporary)
+            return False
+    elif expected.kind == "file" and _renameat2(temporary, full, _RENAME_EXCHANGE):
+        if entry_of(os.lstat(temporary), temporary) != expected:
+            _renameat2(temporary, full, _RENAME_EXCHANGE)  # theirs back in place
+            os.unlink(temporary)
+            return False
+        os.unlink(temporary)
+        return True
+    os.replace(temporary, full)
+    return True
 
 
 def finish_download(temporary: bytes, mode: int, mtime_ns: int) -> None:

@@ -36,7 +36,7 @@ from ..engine.rebase import conflict_name
 from ..engine.tree import ROOT_INO, Inode, name_from_json, name_to_json
 from ..errors import FusedriveError
 from .folder import (IGNORE_FILE, TEMP_PREFIX, IgnoreRules, LocalEntry, copy_if_settled, finish_download, look, names_in,
-                     temporary_beside)
+                     swap_in, temporary_beside)
 from .rules import Action, Merge, RemoteEntry, decide, local_unchanged, merge
 from .synced import Synced, SyncedState, join, name_of, parent_of
 
@@ -310,11 +310,11 @@ class Mirror:
     def _replace(self, path: bytes, temporary: bytes, local: LocalEntry | None, remote: RemoteEntry) -> None:
         """Put what was pulled in place, unless the local side changed while it came: then
         it is left alone and the path reconciled again (a merge now)."""
-        if look(self.root, path) != local:
-            os.unlink(temporary)
+        if look(self.root, path) != local or not swap_in(temporary, self._full(path), local):
+            if os.path.lexists(temporary):
+                os.unlink(temporary)
             self._due[path] = trio.current_time()
             return
-        os.replace(temporary, self._full(path))
         self._agree(path, remote)
 
     def _moved_here(self, path: bytes, remote: RemoteEntry) -> bool:
