@@ -154,6 +154,12 @@ def test_a_download_never_replaces_a_save_made_after_the_mirror_looked(tmp_path)
     assert not swap_in(download(b"newer from the volume"), full, looked)
     assert open(full, "rb").read() == b"the user's save"
 
+    looked = look(bytes(tmp_path), b"notes.txt")
+    with open(full, "ab") as appending:  # opened before the swap, written after it
+        assert not swap_in(download(b"newer still from the volume"), full, looked)
+        appending.write(b", appended")
+    assert open(full, "rb").read() == b"the user's save, appended"
+
     os.unlink(full)
     with open(full, "wb") as f:  # nothing there when the mirror looked; a new file since
         f.write(b"a new save")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import stat
 from dataclasses import dataclass
@@ -140,6 +141,7 @@ def temporary_beside(full: bytes, token: str) -> bytes:
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _AT_FDCWD = -100
 _RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+_F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
 
 
 def _renameat2(source: bytes, destination: bytes, flags: int) -> bool:
@@ -160,7 +162,8 @@ def swap_in(temporary: bytes, full: bytes, expected: LocalEntry | None) -> bool:
     caller looked; False (the download dropped, what is there left alone) if a save
     landed there since. A plain rename would replace a save made between that look and
     the rename: atomically swapping the names first lets us look at what we took away,
-    and swap back if it is not what we looked at (RENAME_NOREPLACE where nothing was).
+    and swap back if it is not what we looked at or someone still has it open
+    (RENAME_NOREPLACE where nothing was).
     Where the file system cannot, a plain rename (the window is the look's)."""
     if expected is None:
         try:
@@ -170,7 +173,7 @@ def swap_in(temporary: bytes, full: bytes, expected: LocalEntry | None) -> bool:
             os.unlink(temporary)
             return False
     elif expected.kind == "file" and _renameat2(temporary, full, _RENAME_EXCHANGE):
-        if entry_of(os.lstat(temporary), temporary) != expected:
+        if _open_elsewhere(temporary) or entry_of(os.lstat(temporary), temporary) != expected:
             _renameat2(temporary, full, _RENAME_EXCHANGE)  # theirs back in place
             os.unlink(temporary)
             return False
@@ -178,6 +181,22 @@ def swap_in(temporary: bytes, full: bytes, expected: LocalEntry | None) -> bool:
         return True
     os.replace(temporary, full)
     return True
+
+
+def _open_elsewhere(path: bytes) -> bool:
+    """Whether another process has this file open: one that opened it before the swap
+    may still write into it (an append opens, then writes). A write lease is granted
+    only to the one open file there is; where leases are off or not ours to take, no
+    one is assumed (the check of its stat remains)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_WRLCK)
+        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    except OSError as exc:
+        return exc.errno in (errno.EAGAIN, errno.EBUSY)
+    finally:
+        os.close(fd)
 
 
 def finish_download(temporary: bytes, mode: int, mtime_ns: int) -> None:
