@@ -199,3 +199,33 @@ class IgnoresConditions:
 def test_probe_refuses_a_store_without_conditional_writes():
     with pytest.raises(StoreUnsupported, match="does not enforce conditional writes"):
         probe_conditional_writes(IgnoresConditions())
+
+
+@pytest.mark.inprocess
+def test_the_cache_size_check_counts_a_cache_that_a_running_mount_empties_meanwhile(tmp_path, monkeypatch):
+    """`fusedrive mount` weighs the cache after the mount has started, while it evicts:
+    files and folders that go meanwhile count as gone, never a failed command."""
+    from fusedrive.services import process
+
+    blocks = tmp_path / "blocks"
+    for folder in ("04", "05"):
+        (blocks / folder / "ab").mkdir(parents=True)
+        (blocks / folder / "ab" / "value.val").write_bytes(b"x" * 1000)
+    real_lstat, real_scandir = os.lstat, os.scandir
+
+    def evicting_lstat(path, *args, **kwargs):
+        if "04" in str(path):
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real_lstat(path, *args, **kwargs)
+
+    def evicting_scandir(path="."):
+        if str(path).endswith("05"):
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(process.os, "lstat", evicting_lstat)
+    monkeypatch.setattr(process.os, "scandir", evicting_scandir)
+    assert process.bytes_under(blocks) == 0
+    assert process.cache_size_warning(tmp_path, 1) is None  # what `fusedrive mount` asks after mounting
+    monkeypatch.undo()
+    assert process.bytes_under(blocks) == 2000

@@ -140,13 +140,25 @@ def cache_size_warning(cache_dir: Path, cache_size: int) -> str | None:
     """A sentence when --cache-size is more than the cache disk can give (what the cache
     already holds counts as available)."""
     free, reserve = free_and_reserve(cache_dir)
-    held = sum(f.stat().st_size for f in (cache_dir / "blocks").rglob("*") if f.is_file()) \
-        if (cache_dir / "blocks").is_dir() else 0
-    room = free - reserve + held
+    room = free - reserve + bytes_under(cache_dir / "blocks")
     if cache_size <= room:
         return None
     return (f"The cache may grow to {human_bytes(cache_size)} (--cache-size) but its disk has room for "
             f"{human_bytes(max(room, 0))}: it stops there, and writes fail with ENOSPC once the disk is nearly full.")
+
+
+def bytes_under(directory: Path) -> int:
+    """What the files under `directory` hold. It runs beside the mount just started, which
+    evicts and removes emptied folders meanwhile: what goes while it counts counts as
+    gone (a folder gone mid-walk made `fusedrive mount` exit 14 after it had mounted)."""
+    total = 0
+    for root, _dirs, files in os.walk(directory):  # a folder that cannot be listed is skipped
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
 
 
 def prepare_cache_dir(cache_dir: Path, volume: Volume) -> int:
