@@ -310,12 +310,12 @@ class Mirror:
     def _replace(self, path: bytes, temporary: bytes, local: LocalEntry | None, remote: RemoteEntry) -> None:
         """Put what was pulled in place, unless the local side changed while it came: then
         it is left alone and the path reconciled again (a merge now)."""
-        if look(self.root, path) != local or not swap_in(temporary, self._full(path), local):
-            if os.path.lexists(temporary):
-                os.unlink(temporary)
-            self._due[path] = trio.current_time()
+        if look(self.root, path) != local:
+            os.unlink(temporary)
+        elif swap_in(temporary, self._full(path), local):  # (drops the download itself if not)
+            self._agree(path, remote)
             return
-        self._agree(path, remote)
+        self._due[path] = trio.current_time()
 
     def _moved_here(self, path: bytes, remote: RemoteEntry) -> bool:
         """Another device renamed what this folder holds elsewhere: rename it here too
