@@ -33,10 +33,7 @@ def root_only():
 
 
 def test_allow_other_lets_other_users_in_and_without_it_they_get_eacces(volume, root_only, tmp_path):
-    for folder in (tmp_path, *tmp_path.parents):  # pytest's folders are root's alone: let nobody pass
-        if folder == Path(tempfile.gettempdir()):
-            break
-        os.chmod(folder, os.stat(folder).st_mode | 0o711)
+    let_nobody_reach(tmp_path)
     private = volume.mount("private")
     write(private.p("shared.txt"), b"for everyone")
     os.chmod(private.p("shared.txt"), 0o644)
@@ -46,6 +43,84 @@ def test_allow_other_lets_other_users_in_and_without_it_they_get_eacces(volume, 
     open_mount = volume.mount("open", args=("--allow-other",))
     allowed = as_nobody("cat", open_mount.p("shared.txt"))
     assert allowed.returncode == 0 and allowed.stdout == "for everyone", allowed.stderr
+
+
+def let_nobody_reach(path: Path) -> None:
+    for folder in (path, *path.parents):  # pytest's folders are root's alone: let nobody pass
+        if folder == Path(tempfile.gettempdir()):
+            break
+        os.chmod(folder, os.stat(folder).st_mode | 0o711)
+
+
+def as_nobody_connects(socket_path: Path) -> bool:
+    """Whether another local user can reach a mount's control socket (trash, history, restore)."""
+    import socket
+
+    pid = os.fork()
+    if pid == 0:  # the child becomes nobody and tries; nothing of pytest runs in it
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(str(socket_path))
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def test_every_fusedrive_view_is_no_more_visible_to_another_user_than_the_live_file(s3_volume, root_only, tmp_path):
+    """With --allow-other, the history of a 0600 file, of a file in a 0700 folder and of a
+    conflicted copy of a 0600 file is its owner's alone, as the live files are; what everyone
+    may read stays readable in history too; nobody else reaches the control socket (trash,
+    restore, history through the CLI)."""
+    from test_store_faults import wait_caught_up
+
+    let_nobody_reach(tmp_path)
+    desktop = s3_volume.mount("desktop", poll_interval=0.5, args=("--allow-other",))
+    laptop = s3_volume.mount("laptop", poll_interval=0.5)
+    for text in (b"secret v1", b"secret v2"):
+        write(desktop.p("secret.txt"), text)
+        desktop.sync()
+    os.chmod(desktop.p("secret.txt"), 0o600)
+    os.mkdir(desktop.p("private"), 0o700)
+    write(desktop.p("private", "p.txt"), b"private data")
+    os.chmod(desktop.p("private", "p.txt"), 0o644)
+    write(desktop.p("shared.txt"), b"for everyone")
+    os.chmod(desktop.p("shared.txt"), 0o644)
+    desktop.sync()
+    wait_caught_up(laptop, desktop, what="the laptop to see the files")
+    laptop.control("pause")
+    write(laptop.p("secret.txt"), b"the laptop's secret")
+    write(desktop.p("secret.txt"), b"the desktop's secret")
+    desktop.sync()
+    wait_caught_up(laptop, desktop, what="the laptop to see the desktop's edit")
+    laptop.control("resume")
+    laptop.sync()
+    wait_caught_up(desktop, laptop, what="the desktop to see the conflicted copy")
+    [copy] = [n for n in os.listdir(desktop.path) if n.startswith("secret (conflicted copy")]
+
+    history = Path(desktop.p(".fusedrive", "history"))
+    versions = {name: sorted((history / name).iterdir()) for name in ("secret.txt", "shared.txt", copy)}
+    private_versions = sorted((history / "private" / "p.txt").iterdir())
+    assert len(versions["secret.txt"]) >= 2 and versions[copy] and private_versions
+    assert stat.S_IMODE(os.stat(desktop.p(copy)).st_mode) == 0o600, "a conflicted copy keeps the file's mode"
+
+    folders = [history / "secret.txt", history / copy, history / "private"]
+    files = [*versions["secret.txt"], *versions[copy], *private_versions, desktop.p("secret.txt"), desktop.p(copy)]
+    for program, path in [("ls", p) for p in folders] + [("cat", p) for p in files]:
+        result = as_nobody(program, str(path))
+        assert result.returncode != 0 and "Permission denied" in result.stderr, f"{program} {path}: {result.stdout!r}"
+    allowed = as_nobody("cat", *map(str, versions["shared.txt"]))
+    assert allowed.returncode == 0 and allowed.stdout == "for everyone", allowed.stderr
+    assert as_nobody("ls", desktop.p(".fusedrive")).stdout.split() == ["history"]
+    for path in versions["secret.txt"]:
+        st = os.stat(path)
+        assert stat.S_IMODE(st.st_mode) == 0o400, "a version is read-only, as private as the file"
+    assert read(str(versions["secret.txt"][1])) == b"secret v2", "its owner still reads it"
+    assert not as_nobody_connects(control.socket_path(str(desktop.path)))
 
 
 def test_read_only_uid_gid_and_umask_as_options_and_as_o_options(volume, tmp_path):

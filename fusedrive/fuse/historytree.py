@@ -22,8 +22,23 @@ from ..engine.tree import ROOT_FID, ROOT_INO, Inode
 
 VIRTUAL_BASE = 1 << 48
 CONTROL_DIR = b".fusedrive"
-DIR_MODE = stat.S_IFDIR | 0o555
-FILE_MODE = stat.S_IFREG | 0o444
+
+
+def folder_mode(real: Inode) -> int:
+    """A folder of the view is no more open than what it shows: a live folder's permission
+    bits without write; for a file's folder of versions, whoever may read the file may list
+    and enter it. So a 0600 file's versions are its owner's alone, and a 0700 folder's whole
+    history too: the kernel checks these (default_permissions) as in the live tree."""
+    bits = stat.S_IMODE(real.mode)
+    if real.is_dir:
+        return stat.S_IFDIR | (bits & 0o555)
+    readable = bits & 0o444
+    return stat.S_IFDIR | readable | (readable >> 2)
+
+
+def version_mode(real: Inode) -> int:
+    """A kept version reads as the live file does, never writable, never setuid."""
+    return stat.S_IFREG | (stat.S_IMODE(real.mode) & 0o555)
 
 
 class HistoryView:
@@ -55,16 +70,16 @@ class HistoryView:
             return None
         if key[0] in ("control", "history"):
             real = self.replica.inode(ROOT_INO)
-            return _row(ino, key, DIR_MODE, real, nlink=2)
+            return _row(ino, key, folder_mode(real), real, nlink=2)
         real = self._real(key[1])
         if real is None:
             return None
         if key[0] in ("dir", "file"):
-            return _row(ino, key, DIR_MODE, real, nlink=2)
+            return _row(ino, key, folder_mode(real), real, nlink=2)
         kept = next((v for v in history.versions(self.replica, key[1]) if v.number == key[2]), None)
         if kept is None:
             return None
-        return Inode(ino=ino, fid=f"history:{key[1]}:{key[2]}", mode=FILE_MODE, uid=real.uid, gid=real.gid,
+        return Inode(ino=ino, fid=f"history:{key[1]}:{key[2]}", mode=version_mode(real), uid=real.uid, gid=real.gid,
                      size=kept.size, atime_ns=kept.saved_ns, mtime_ns=kept.saved_ns, ctime_ns=kept.saved_ns,
                      nlink=1, rdev=0, target=None, manifest=json.dumps(kept.manifest), version=kept.number)
 

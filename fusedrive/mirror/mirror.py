@@ -269,7 +269,7 @@ class Mirror:
             return  # and reconciled again: its content or permissions may have changed too
         if remote.kind == "dir":
             if local is None:
-                os.makedirs(full)
+                os.makedirs(full, mode=0o700)  # opened to its mode just below, never wider first
             os.chmod(full, remote.mode)
             self._agree(path, remote)
             await self._children(path)
