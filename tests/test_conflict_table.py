@@ -202,6 +202,24 @@ async def test_a_file_created_in_a_directory_deleted_elsewhere_brings_the_direct
 
 
 @on_devices("laptop", "desktop")
+async def test_a_rename_within_a_directory_deleted_elsewhere_with_the_file_brings_both_back(laptop, desktop):
+    """The stalled device of issue 40 (fixture stalled-rebase): the revival of the renamed
+    file and of the folder it is renamed into both recreated the folder, so every rebase
+    failed on a UNIQUE constraint and nothing after that entry was ever applied."""
+    laptop.mkdir("/a")
+    await laptop.save("/a/f2.doc", b"the report")
+    await agree(laptop, desktop)
+    desktop.cut_off()
+    laptop.delete("/a/f2.doc")
+    laptop.delete("/a")
+    desktop.rename("/a/f2.doc", "/a/f1.txt")
+    await laptop.sync()
+    final = await agree(desktop, laptop)
+    assert final["/a/f1.txt"] == b"the report" and "/a/f2.doc" not in final
+    assert desktop.drive.replica.pending_count() == 0, "the rename is committed"
+
+
+@on_devices("laptop", "desktop")
 async def test_removing_a_directory_that_gained_entries_elsewhere_is_dropped(laptop, desktop):
     laptop.mkdir("/photos")
     await agree(laptop, desktop)

@@ -175,7 +175,10 @@ class Revalidator:
             revival = self._revive_to_rename(r, op)
             if not revival:
                 return []
-        prefix = self._with_parent(r, op, "newparent")
+        if any(back["fid"] == op["newparent"] for back in revival):
+            prefix = []  # the revival brings the folder back already (renamed within a folder deleted elsewhere)
+        else:
+            prefix = self._with_parent(r, op, "newparent")
         if prefix is None:
             return []
         if prefix:
