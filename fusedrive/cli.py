@@ -21,7 +21,7 @@ from . import __version__
 from .services import control
 from .store import volume as volumes
 from .fuse.options import Presentation, expand_o_options, parse_umask
-from .errors import (CacheDirError, FusedriveError, IntegrityError, LocalError, MountError, NewerFormat,
+from .errors import (CacheDirError, DeviceStuck, FusedriveError, IntegrityError, LocalError, MountError, NewerFormat,
                      StoreRefused, UsageError, first_clear_error)
 
 DEFAULT_CACHE_SIZE = "4G"
@@ -29,6 +29,9 @@ MIN_CACHE_SIZE = 4 << 20  # one largest block
 DRAIN_RETRY_SECONDS = 2
 DEAD_MOUNT_EXIT = 13  # status: a mount's process is gone
 INTERNAL_ERROR_EXIT = 70  # a bug (EX_SOFTWARE)
+# what stops commits until the user acts (umount does not wait for the store then)
+NEEDS_THE_USER = {DeviceStuck.exit_code, NewerFormat.exit_code, IntegrityError.exit_code, CacheDirError.exit_code}
+EXIT_GRACE_SECONDS = 30  # umount: how long a mount told to leave its queue may take to exit past --timeout
 
 
 def parse_size(text: str) -> int:
@@ -368,6 +371,9 @@ def _wait_for_upload(mountpoint: str, timeout: float) -> bool:
             if bar is not None:
                 bar.close()
             return "reply" in outcome
+        if outcome["error"].exit_code in NEEDS_THE_USER:  # waiting cannot help: say so, leave them queued
+            print(f"{outcome['error']}", file=sys.stderr)
+            return False
         if not told:
             status = control.request(mountpoint, "status")
             print(f"The store does not answer ({outcome['error']}); {_waiting(status)}. Waiting up to "
@@ -400,6 +406,7 @@ def cmd_umount(args) -> int:
     if control.has_exited(entry["pid"]):
         _clean_up_dead_mount(mountpoint, entry)
         return 0
+    deadline = time.monotonic() + args.timeout
     complete = not args.no_wait and _wait_for_upload(mountpoint, args.timeout)
     if not complete:
         status = control.request(mountpoint, "leave-queued")  # the mount exits without waiting for the store
@@ -408,7 +415,7 @@ def cmd_umount(args) -> int:
         control.request(mountpoint, "stop")  # a mirror's folder is no mount: its process is told to stop
     else:
         _unmount_kernel(mountpoint, args.lazy)
-    control.wait_for_exit(entry["pid"], max(args.timeout, 30))
+    control.wait_for_exit(entry["pid"], max(deadline - time.monotonic(), EXIT_GRACE_SECONDS))
     done, next_time = ("Stopped mirroring", "next start") if entry.get("mirror") else ("Unmounted", "next mount")
     if not complete:
         print(f"{done} {args.mountpoint}, but {_waiting(status)} to upload; they are kept in the local queue "
@@ -450,6 +457,7 @@ def cmd_status(args) -> int:
         code = (DEAD_MOUNT_EXIT if dead else CacheDirError.exit_code if broken
                 else NewerFormat.exit_code if any(s.get("needs_upgrade") for s in statuses)
                 else IntegrityError.exit_code if any(s.get("integrity_problem") for s in statuses)
+                else DeviceStuck.exit_code if any(s.get("stuck") for s in statuses)
                 else StoreRefused.exit_code if any(s.get("store_needs_attention") for s in statuses)
                 else 1 if any(report.is_pending(s) for s in statuses) else 0)
         if args.watch and sys.stdout.isatty():

@@ -56,6 +56,14 @@ class IntegrityError(FusedriveError):
     exit_code = 8
 
 
+class DeviceStuck(FusedriveError):
+    """This device cannot apply the journal or commit its queue for a reason that is neither
+    the store nor a newer format (a state this build cannot handle: a bug). It goes on
+    serving what it has; its changes stay queued; the user must hear of it."""
+
+    exit_code = 17
+
+
 class LocalError(FusedriveError):
     """This machine refused a file operation: a read-only disk, a permission, a path that is
     not a directory."""

@@ -48,6 +48,10 @@ def verdict(status: dict) -> str:
     if status.get("integrity_problem"):
         return (f"Something read from the store failed verification, so it was not applied: "
                 f"{status['integrity_problem']} Changes stay queued here; run `fusedrive fsck`.")
+    if status.get("stuck"):
+        return (f"This device is stuck — {status['stuck'][0].lower()}{status['stuck'][1:]} (an internal error): it "
+                f"serves what it has and keeps {status['ops_waiting']} changes queued; run `fusedrive fsck "
+                f"{status['volume']}` and report the mount's log.")
     if not is_pending(status):
         line = f"All changes are {where_data_lives(status['volume'])}"
         if status.get("store_needs_attention"):

@@ -26,6 +26,7 @@ from fusedrive.testing.seaweed import start_seaweed
 PASSPHRASE = "correct horse battery staple"
 BUCKET = "fusedrive-tests"
 CLI_TIMEOUT = 120
+UMOUNT_TIMEOUT = 120
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -164,7 +165,9 @@ class Mount:
         assert result.returncode == 0, f"fsck found problems:\n{result.stdout}{result.stderr}"
 
     def umount(self) -> None:
-        self.volume.cli.run("umount", str(self.path), "--timeout", "120")
+        """umount waits up to --timeout for the queue, then up to its exit grace (30 s) for the
+        process: the CLI is given both, and a minute to start and ask."""
+        self.volume.cli.run("umount", str(self.path), "--timeout", str(UMOUNT_TIMEOUT), timeout=UMOUNT_TIMEOUT + 90)
         self.volume.mounts.remove(self)
 
     def force_unmount(self) -> None:

@@ -130,3 +130,42 @@ def test_a_journal_entry_this_build_cannot_apply_stops_commits_never_the_mount(s
     result = s3_volume.cli.run("umount", str(laptop.path), "--no-wait", check=False)
     assert result.returncode == 1 and not os.path.ismount(laptop.path)
     s3_volume.mounts.remove(laptop)
+
+
+def test_a_device_that_cannot_apply_an_entry_says_it_is_stuck_never_that_all_is_fine(s3_volume):
+    """An entry this build reads but cannot apply for a reason that is neither the store nor
+    a newer format (here: a file created in a folder no entry ever made — what a bug in the
+    conflict rules left behind in issue 40's stalled device): status exits 17 with one
+    sentence and no raw library text, the mount goes on serving, and umount says so at
+    once instead of waiting for a store that is fine."""
+    import time
+    import uuid
+
+    from fusedrive.engine.journal import Entry, Journal
+    from test_sync import wait_for
+
+    laptop = s3_volume.mount("laptop", poll_interval=0.5)
+    write(laptop.p("before.txt"), b"before")
+    laptop.sync()
+    with s3_volume.opened() as volume:
+        journal = Journal(volume)
+        seq = journal.seqs_after(0)[-1] + 1
+        assert journal.append(Entry(seq=seq, device="desktop", ops=[
+            {"op": "mknod", "fid": str(uuid.uuid4()), "parent": str(uuid.uuid4()), "name": "orphan.txt",
+             "mode": 0o100644, "uid": 0, "gid": 0, "rdev": 0, "t": time.time_ns()}]))
+    wait_for(lambda: laptop.control("status")["stuck"], timeout=30, what="the device to say it is stuck")
+    write(laptop.p("after.txt"), b"written while stuck")
+    assert read(laptop.p("after.txt")) == b"written while stuck" and read(laptop.p("before.txt")) == b"before"
+    wait_for(lambda: laptop.control("status")["ops_waiting"], timeout=30, what="the new file queued")
+    shown = s3_volume.cli.run("status", str(laptop.path), check=False)
+    verdict = shown.stdout.splitlines()[0]
+    assert shown.returncode == 17, shown.stdout + shown.stderr
+    assert "stuck" in verdict and f"after entry {seq - 1}" in verdict and "fusedrive fsck" in verdict
+    for raw in ("KeyError", "unknown file id", "Traceback", "sqlite"):
+        assert raw not in shown.stdout + shown.stderr, f"{raw!r} is for the log, not the user"
+    assert "unknown file id" in (laptop.cache_dir / "mount.log").read_text(), "the log has the details"
+    started = time.monotonic()
+    result = s3_volume.cli.run("umount", str(laptop.path), "--timeout", "60", check=False)
+    assert result.returncode == 1 and "cannot commit" in result.stderr and not os.path.ismount(laptop.path)
+    assert time.monotonic() - started < 30, "waiting cannot help a stuck device: umount does not wait for it"
+    s3_volume.mounts.remove(laptop)

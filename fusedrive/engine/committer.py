@@ -19,7 +19,7 @@ import trio
 
 from .checkpoints import CHECKPOINT_EVERY, dump_state, write_checkpoint
 from ..crashpoints import crash_point
-from ..errors import FusedriveError, StoreUnreachable
+from ..errors import DeviceStuck, FusedriveError, StoreUnreachable
 from .events import StoreHealth
 from .journal import Entry, Journal
 from .rebase import Revalidator
@@ -47,7 +47,8 @@ class Committer:
         self.unsaved = unsaved
         self.open_files = open_files
         self.on_commit: Callable[[int], None] = lambda seq: None
-        self.on_error: Callable[[str, Exception], None] = lambda message, cause: None  # for status
+        self.on_error: Callable[[Exception], None] = lambda cause: None  # a failure not of the store: for status
+        self.on_success: Callable[[], None] = lambda: None
         self.check_ready: Callable[[], None] = lambda: None  # raises FusedriveError when nothing may be committed
         self.replica = replica
         self.journal = journal
@@ -58,7 +59,7 @@ class Committer:
         self._wake = trio.Event()
         self._hurry = trio.Event()  # someone waits (fsync): the batching delay ends now
         self.last_pull = float("-inf")
-        self.last_error: str | None = None
+        self.last_failure: Exception | None = None
         self.failures = 0  # commit attempts that failed, ever (see wait_committed)
         self.journal_head = 0  # the newest entry seen in the store
         self.commits = 0
@@ -221,20 +222,29 @@ class Committer:
             self._hurry = trio.Event()
             try:
                 await self.commit_pending()
-                self.last_error, delay = None, 1.0
+                self.last_failure, delay = None, 1.0
+                self.on_success()
             except Exception as exc:  # noqa: BLE001 - a commit that fails stops commits, never the mount
-                self.last_error = str(exc)
+                self.last_failure = exc
                 self.failures += 1
                 self.committed.fire()
                 if isinstance(exc, StoreUnreachable):
                     log.warning("commit failed, retrying in %.0f s: %s", delay, exc)
                 else:  # an entry this device cannot apply, a lost cache dir, a bug: the user must hear of it
-                    log.exception("commit failed")
-                    self.on_error(f"Cannot commit (changes stay queued here): "
-                                  f"{exc if isinstance(exc, FusedriveError) else repr(exc)}", exc)
+                    self.on_error(exc)
                 await self.health.backoff(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
                 self.kick()
+
+    def _failure_for_waiters(self) -> FusedriveError:
+        """What an fsync or a `sync` waiting for a commit is told: our own errors as they
+        are (the store, the cache dir, a newer format), anything else as this device being
+        stuck (the raw text is in the log)."""
+        failure = self.last_failure
+        if isinstance(failure, FusedriveError):
+            return failure
+        return DeviceStuck("This device cannot commit its changes (an internal error, in the mount's log); they "
+                           "stay queued here.")
 
     async def wait_committed(self, pending_id: int) -> None:
         """Wait until the queued operation `pending_id` (and all before it) is in the journal;
@@ -247,6 +257,6 @@ class Committer:
             if first is None or first > pending_id:
                 return
             if self.failures != failures:
-                raise StoreUnreachable(self.last_error)
+                raise self._failure_for_waiters()
             self.kick(urgent=True)
             await self.committed.wait()

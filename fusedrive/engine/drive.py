@@ -82,7 +82,8 @@ class Drive:
                                  self.problems, device, HubClient(hub_url, volume.volume_id) if hub_url else None,
                                  poll_interval, io_timeout)
         self.committer.on_commit = self.follower.announce
-        self.committer.on_error = self.problems.report
+        self.committer.on_error = lambda exc: self.problems.cannot("commit", "Cannot commit its changes", exc)
+        self.committer.on_success = lambda: self.problems.resolved("commit")
         self.committer.check_ready = self._check_cache_dir
         self.cache_dir_lost: str | None = None
         self.replica.on_record = self.committer.kick  # a rename or delete commits on its own, not with the next upload
@@ -113,9 +114,7 @@ class Drive:
             if isinstance(exc, StoreUnreachable):
                 log.warning("mounted offline, serving what this device has: %s", exc)
             else:
-                log.exception("cannot apply the journal at start")
-                self.problems.report(f"Cannot apply the journal after entry {self.replica.applied_seq} (changes "
-                                     f"stay queued here): {exc}", exc)
+                self.problems.cannot("apply", f"Cannot apply the journal after entry {self.replica.applied_seq}", exc)
         if self.replica.inode(1) is None:
             raise MountError(f"The volume at {self.volume.url} has no root directory in its journal.")
         for orphan in self.replica.reap_orphans():
@@ -289,6 +288,7 @@ class Drive:
             "cache_dir_lost": self.cache_dir_lost,
             "needs_upgrade": self.problems.needs_upgrade,
             "integrity_problem": self.problems.integrity,
+            "stuck": next(iter(self.problems.stuck.values()), None),
             "errors": list(self.problems.recent),
             **self.pins.state(),
         }

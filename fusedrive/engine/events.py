@@ -18,7 +18,7 @@ from typing import Iterator
 
 import trio
 
-from ..errors import IntegrityError, NewerFormat, StoreRefused, StoreUnreachable
+from ..errors import FusedriveError, IntegrityError, NewerFormat, StoreRefused, StoreUnreachable
 from ..signals import Broadcast
 
 log = logging.getLogger(__name__)
@@ -81,25 +81,51 @@ class EventBus:
 SLOW_SECONDS = 3.0  # a request waiting this long means the store is not answering
 
 
+def in_words(exc: BaseException) -> str:
+    """What a user is told of a failure: our errors are sentences written for them; anything
+    else (SQLite's text, an S3 client's, a bug) is only in the log."""
+    return str(exc) if isinstance(exc, FusedriveError) else "an internal error (the mount's log has the details)"
+
+
 class Problems:
-    """The problems the user should see in `fusedrive status` (the last 20 are kept)."""
+    """The problems the user should see in `fusedrive status` (the last 20 are kept), and
+    the parts of the device that cannot go on (`stuck`) until what stops them is gone."""
 
     def __init__(self) -> None:
         self.recent: deque[str] = deque(maxlen=20)
         self.needs_upgrade: str | None = None  # why this device cannot follow the volume until upgraded
         self.integrity: str | None = None  # a journal entry or checkpoint that failed verification
+        self.stuck: dict[str, str] = {}  # "apply" / "commit" → why it cannot, for a cause that is not the store
+        self._said: dict[str, str] = {}  # place → the last message said from there
 
-    def report(self, message: str, cause: Exception | None = None) -> None:
+    def report(self, message: str, cause: Exception | None = None, place: str | None = None) -> None:
         """`cause`: the exception behind it, when it says more than the words (a newer
-        format, a failed verification: status shows those apart, with their exit codes)."""
+        format, a failed verification: status shows those apart, with their exit codes).
+        `place`: where it comes from; the same message from the same place (a retry) is said once."""
         if isinstance(cause, NewerFormat):
             self.needs_upgrade = str(cause)
         elif isinstance(cause, IntegrityError):
             self.integrity = str(cause)
-        log.error(message)
-        if self.recent and self.recent[-1].endswith(message):
+        log.error(message, exc_info=cause if cause is not None and not isinstance(cause, FusedriveError) else None)
+        said = self.recent[-1] if place is None and self.recent else self._said.get(place or "", "")
+        if said.endswith(message):
             return  # the same problem again (a retry): said once
+        if place is not None:
+            self._said[place] = message
         self.recent.append(f"{time.strftime('%H:%M:%S')} {message}")
+
+    def cannot(self, part: str, message: str, cause: Exception) -> None:
+        """`part` ("apply", "commit") failed for `cause`, not the store: said once; and for
+        a cause that is not one of ours (those have their own verdicts: a newer format, a
+        failed verification, a lost cache dir), the device says it is stuck (status exit
+        17) until `resolved(part)`."""
+        self.report(f"{message}: {in_words(cause)}", cause, place=part)
+        if not isinstance(cause, FusedriveError):
+            self.stuck[part] = message
+
+    def resolved(self, part: str) -> None:
+        self.stuck.pop(part, None)
+        self._said.pop(part, None)
 
 
 class StoreHealth:

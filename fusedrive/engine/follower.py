@@ -59,7 +59,9 @@ class Follower:
             except StoreUnreachable as exc:
                 log.info("journal poll failed: %s", exc)
             except Exception as exc:  # noqa: BLE001 - an entry we cannot apply must not take the mount down
-                self.problems.report(f"Cannot apply the journal after entry {self.replica.applied_seq}: {exc}", exc)
+                self.problems.cannot("apply", f"Cannot apply the journal after entry {self.replica.applied_seq}", exc)
+            else:
+                self.problems.resolved("apply")
 
     async def _wait_for_hub(self) -> bool:
         """True once the hub says something may have changed (or its wait timed out)."""
