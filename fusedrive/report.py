@@ -91,7 +91,8 @@ def pins_line(state: dict) -> str:
 
 
 def details(status: dict) -> list[str]:
-    lines = [f"volume      {status['volume']} (device {status['device']})"]
+    endpoint = f" at {status['endpoint']}" if status.get("endpoint") else ""
+    lines = [f"volume      {status['volume']}{endpoint} (device {status['device']})"]
     if "folder" in status:  # a mirror
         waiting = status["folder_changes_waiting"]
         folder = f"{status['folder']}, mirrored: " + (f"{waiting} changes being taken" if waiting else "nothing waiting")

@@ -94,6 +94,8 @@ class Drive:
     async def start(self, nursery: trio.Nursery) -> None:
         """Catch up with the journal, recover what a crash left, start the background tasks."""
         self.reader.nursery = self.follower.nursery = nursery
+        endpoint = getattr(self.volume.store, "endpoint", None)
+        log.info("volume %s%s, device %s", self.volume.url, f" at {endpoint}" if endpoint else "", self.device)
         if self.replica.inode(1) is None:
             await self._start_from_checkpoint()
         # What a crash or a kill left unsaved must be known before the first pull: its
@@ -264,6 +266,7 @@ class Drive:
             waiting_since.append(oldest_op)
         return {
             "volume": self.volume.url,
+            "endpoint": getattr(self.volume.store, "endpoint", None),  # an S3 store's, as both its clients use it
             "device": self.device,
             "files_waiting": len(files.unsaved),
             "bytes_waiting": files.unsaved_bytes(),

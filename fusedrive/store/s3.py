@@ -1,7 +1,8 @@
 """A volume in an S3 bucket (`s3://bucket/prefix`), any service with conditional writes.
 
 Endpoint, region and credentials come from wherever boto3 users already keep them
-(env vars, ~/.aws, AWS_ENDPOINT_URL) plus an explicit `--endpoint-url`. Transient
+(env vars, ~/.aws, AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_S3) plus an explicit `--endpoint-url`,
+which wins over all of them; both clients use the one endpoint boto3 resolves. Transient
 failures (5xx, throttling, dropped connections) are retried with exponential backoff;
 what still fails becomes StoreUnreachable.
 
@@ -20,6 +21,8 @@ obstore's time, and every fsync waits on one.
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from datetime import timedelta
 from typing import Iterator
@@ -37,12 +40,27 @@ from obstore.auth.boto3 import Boto3CredentialProvider
 from ..errors import StoreRefused, StoreUnreachable, UsageError
 from . import Listed, NotFound
 
+log = logging.getLogger(__name__)
+
 _PRECONDITION_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4 presigned URLs live at most a week
 CONNECT_TIMEOUT_SECONDS = 5
 STALL_TIMEOUT_SECONDS = 30  # no byte for this long: the connection is dead, try again
 WHOLE_REQUEST_TIMEOUT_SECONDS = 300  # a 4 MiB block takes 34 s on a 1 Mbit/s uplink
 RETRIES = 3  # after the first attempt, as botocore's max_attempts=4
+
+
+def _in_words(exc: Exception, code: str) -> str:
+    """Why an obstore request failed, without the client's retry counters and URLs."""
+    text = str(exc).lower()
+    if code:
+        return f"it answered {code}"
+    status = re.search(r"status(?: code)?:? (\d{3})", text)
+    if status:
+        return f"it answered HTTP {status.group(1)}"
+    if "timed out" in text.replace("retry_timeout", ""):
+        return "no answer in time"
+    return "no answer (the connection failed)"
 
 
 def _s3_code(exc: Exception) -> str:
@@ -72,6 +90,7 @@ class S3Store:
         )
         session = boto3.session.Session()
         self.client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        self.endpoint: str = self.client.meta.endpoint_url  # the one both clients use
         # botocore sends every PUT body with "Expect: 100-continue" and waits for the
         # server's go-ahead: a round trip per PUT that saves nothing for bodies of a few
         # MiB at most (2,000 4 KiB PUTs: 570 -> 640 per second, 9% less client CPU)
@@ -86,11 +105,15 @@ class S3Store:
         if session.get_credentials() is None:
             raise self._no_credentials()
         endpoint = self.client.meta.endpoint_url
-        if endpoint.endswith(".amazonaws.com"):  # obstore finds the regional endpoint itself
-            # bucket.s3.region.amazonaws.com, unless a dot in the name would break its TLS name
+        if endpoint.endswith(".amazonaws.com") and "AWS_ENDPOINT_URL_S3" not in os.environ:
+            # obstore finds the regional endpoint itself: bucket.s3.region.amazonaws.com,
+            # unless a dot in the name would break its TLS name
             where = {"virtual_hosted_style_request": "." not in self.bucket}
         else:
-            where = {"endpoint": endpoint}
+            # the one boto3 resolved (--endpoint-url first, then the environment): obstore
+            # would put AWS_ENDPOINT_URL_S3 before an `endpoint` given to it, and a device
+            # would list one store and write another
+            where = {"endpoint": endpoint, "aws_endpoint_url_s3": endpoint}
         if self.prefix:
             where["prefix"] = self.prefix.rstrip("/")
         return obstore.store.S3Store(
@@ -122,8 +145,9 @@ class S3Store:
             return self._no_bucket()
         if isinstance(exc, (obstore.exceptions.PermissionDeniedError, obstore.exceptions.UnauthenticatedError)):
             return self._refused(code or "denied")
-        return StoreUnreachable(f"Cannot reach the store for {self.url} while trying to {what} {key}: "
-                                f"{str(exc).splitlines()[0]}")
+        log.info("%s %s at %s failed: %s", what, key, self.endpoint, exc)  # the client's own words: for the log
+        return StoreUnreachable(f"Cannot reach the store for {self.url} at {self.endpoint} while trying to {what} "
+                                f"{key}: {_in_words(exc, code)}.")
 
     def _call(self, what: str, fn, **kwargs):
         try:
