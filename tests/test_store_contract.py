@@ -22,7 +22,10 @@ def store(request, tmp_path, monkeypatch):
     if request.param == "memory":
         return MemoryStore()
     if request.param == "file":
-        return open_store((tmp_path / "volume").as_uri())
+        (tmp_path / "volume").mkdir()  # as `fusedrive init` makes it, with the header first
+        store = open_store((tmp_path / "volume").as_uri())
+        assert store.put_if_absent("volume", b"a header")
+        return store
     server = request.getfixturevalue("seaweed")
     for name, value in server.env.items():
         monkeypatch.setenv(name, value)
@@ -98,3 +101,42 @@ def test_a_memory_store_cut_off_fails_as_a_store_that_is_down():
         with pytest.raises(StoreUnreachable):
             call()
     assert shared.get("volume") == b"header"
+
+
+@pytest.mark.inprocess
+def test_a_volume_directory_that_vanished_or_was_replaced_is_never_written_into(tmp_path):
+    """A USB disk unplugged, a NAS share not mounted yet, the folder renamed away, another
+    volume's folder in its place: writes and listings fail as a store that is down (work
+    queues), nothing recreates the directory, a missing block there is not a lost block."""
+    import os
+    import shutil
+
+    root = tmp_path / "volume"
+    root.mkdir()
+    store = open_store(root.as_uri())
+    with pytest.raises(StoreUnreachable, match="holds no volume"):
+        store.put("blocks/ab/cd", b"x")  # not even init's directory takes anything but a header
+    assert store.put_if_absent("volume", b"this volume") and store.get("volume") == b"this volume"
+    store.put("blocks/ab/cd", b"block")
+    os.rename(root, tmp_path / "unplugged")
+    for write in (lambda: store.put("blocks/ef/01", b"y"), lambda: store.put_if_absent("journal/2", b"e"),
+                  lambda: store.delete("blocks/ab/cd"), lambda: list(store.list("journal/")),
+                  lambda: store.get("blocks/ab/cd")):
+        with pytest.raises(StoreUnreachable, match="is missing"):
+            write()
+    assert not root.exists(), "the vanished directory was recreated"
+    root.mkdir()  # an empty mount point where the share should be
+    with pytest.raises(StoreUnreachable):
+        store.put_if_absent("journal/2", b"entry")
+    assert os.listdir(root) == []
+    shutil.rmtree(root)
+    other = tmp_path / "another"
+    other.mkdir()
+    (other / "volume").write_bytes(b"another volume")
+    os.rename(other, root)
+    with pytest.raises(StoreUnreachable, match="another volume"):
+        store.put("blocks/ef/01", b"y")
+    shutil.rmtree(root)
+    shutil.copytree(tmp_path / "unplugged", root)  # the disk back (a copy: other inodes, same volume)
+    store.put("blocks/ef/01", b"y")
+    assert store.get("blocks/ab/cd") == b"block"

@@ -31,14 +31,64 @@ def _raise(error: OSError) -> None:
         raise error
 
 
+HEADER = "volume"  # the key whose presence says the directory holds a volume (store/volume.py)
+PROBES = "probe/"  # init's test of put-if-absent, made before the header
+
+
 class FileStore:
+    """Writes go only into a directory that holds a volume, and the one this store first
+    saw there: a directory that vanished (a USB disk unplugged, a share not mounted, a
+    rename) or was replaced is never recreated or written into — a device's saves would
+    land in an impostor and fork the volume. Only the header itself may be written into a
+    directory without one (`fusedrive init`, which makes the directory)."""
+
+    guards_identity = True  # a device that holds the volume may mount while the directory is away
+
     def __init__(self, url: str, root: str) -> None:
         self.url = url
         self.root = os.path.abspath(root)
         self._tmp = os.path.join(self.root, ".tmp")
+        self._header: tuple[tuple, bytes] | None = None  # (stat identity, content) of the header first seen
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/"))
+
+    def _gone(self, why: str) -> StoreUnreachable:
+        return StoreUnreachable(f"The volume directory {self.root} {why} (a disk unplugged, a network share not "
+                                "mounted, a folder renamed?); nothing is written until it is back.")
+
+    def _check_volume(self) -> None:
+        """The directory still holds the volume this store first saw (its header, unchanged);
+        StoreUnreachable if not. A stat per call; the header is read again only when its
+        file changed (a restored copy has the same content and passes)."""
+        header = os.path.join(self.root, HEADER)
+        try:
+            st = os.stat(header)
+            identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            if self._header is not None and self._header[0] == identity:
+                return
+            with open(header, "rb") as f:
+                content = f.read()
+        except FileNotFoundError:
+            raise self._gone("is missing or holds no volume") from None
+        except OSError as exc:
+            raise StoreUnreachable(f"Cannot read the volume directory {self.root}: "
+                                   f"{DISK_ERRORS.get(exc.errno, exc.strerror)}.") from exc
+        if self._header is not None and self._header[1] != content:
+            raise self._gone("holds another volume now")
+        self._header = (identity, content)
+
+    def _make_parents(self, path: str) -> None:
+        """The folders between the volume directory and `path`, never the directory itself."""
+        parent = os.path.dirname(path)
+        if parent != self.root and not os.path.isdir(parent):
+            self._make_parents(parent)
+            try:
+                os.mkdir(parent, 0o700)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:
+                raise self._gone("is missing") from None
 
     @contextmanager
     def _disk(self, doing: str) -> Iterator[None]:
@@ -53,8 +103,8 @@ class FileStore:
             raise StoreUnreachable(f"Cannot {doing} the volume directory {self.root}: {reason}.") from exc
 
     def _write_temp(self, data: bytes) -> str:
-        os.makedirs(self._tmp, mode=0o700, exist_ok=True)
         tmp = os.path.join(self._tmp, uuid.uuid4().hex)
+        self._make_parents(tmp)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(data)
@@ -76,35 +126,53 @@ class FileStore:
         try:
             with self._disk("read from"), open(self._path(key), "rb") as f:
                 f.seek(start)
-                return f.read(length)
+                data = f.read(length)
         except FileNotFoundError as exc:
+            if key != HEADER:
+                self._check_volume()  # a block missing from a missing volume is not a missing block
             raise NotFound(key) from exc
+        if key == HEADER and self._header is None:
+            self._check_volume()  # remember what this directory held when first read
+        return data
 
     def put(self, key: str, data: bytes) -> None:
         dest = self._path(key)
         with self._disk("write to"):
+            self._writable(key)
             tmp = self._write_temp(data)
-            os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+            self._make_parents(dest)
             os.replace(tmp, dest)
+
+    def _writable(self, key: str) -> None:
+        if key == HEADER or key.startswith(PROBES):  # init's: into the directory it made, before the header
+            if not os.path.isdir(self.root):
+                raise self._gone("is missing")
+        else:
+            self._check_volume()
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         dest = self._path(key)
         with self._disk("write to"):
+            self._writable(key)
             tmp = self._write_temp(data)
             try:
-                os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+                self._make_parents(dest)
                 os.link(tmp, dest)
-                return True
+                created = True
             except FileExistsError:
-                return False
+                created = False
             finally:
                 os.unlink(tmp)
+        if created and key == HEADER:
+            self._check_volume()
+        return created
 
     def list(self, prefix: str, start_after: str = "") -> Iterator[Listed]:
         directory, _, name_prefix = prefix.rpartition("/")
         base = self._path(directory) if directory else self.root
         keys = []
         with self._disk("list"):
+            self._check_volume()  # an empty listing of a missing directory is not an empty volume
             for dirpath, dirnames, filenames in os.walk(base, onerror=_raise):
                 dirnames[:] = [d for d in dirnames if not (dirpath == self.root and d == ".tmp")]
                 rel = os.path.relpath(dirpath, self.root)
@@ -122,6 +190,7 @@ class FileStore:
     def delete(self, key: str) -> None:
         try:
             with self._disk("delete from"):
+                self._writable(key)
                 os.unlink(self._path(key))
         except FileNotFoundError:
             pass
@@ -129,9 +198,10 @@ class FileStore:
     def put_file(self, key: str, path: str) -> None:
         dest = self._path(key)
         with self._disk("write to"):
+            self._writable(key)
             tmp = self._write_temp(b"")
             shutil.copyfile(path, tmp)
-            os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+            self._make_parents(dest)
             os.replace(tmp, dest)
 
     def share_url(self, key: str, expires_in: int) -> str:

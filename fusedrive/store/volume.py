@@ -134,7 +134,11 @@ def open_volume(store: ObjectStore, passphrase: str, offline_header: bytes | Non
     try:
         raw = store.get(HEADER_KEY)
     except NotFound:
-        raise VolumeNotFound(f"No fusedrive volume at {store.url} (create one with `fusedrive init`).") from None
+        if offline_header is None or not getattr(store, "guards_identity", False):
+            raise VolumeNotFound(f"No fusedrive volume at {store.url} (create one with `fusedrive init`).") from None
+        # This device holds the volume and the store writes nothing where the volume is not
+        # (a volume directory not there now: a disk unplugged): mount offline from the cache.
+        raw = offline_header
     except StoreUnreachable:
         if offline_header is None:
             raise

@@ -1,0 +1,79 @@
+"""The drive knows its store: a file:// volume directory that goes away (a USB disk
+unplugged, a NAS share not mounted, the folder renamed) or is replaced by an empty one is
+never written into; saves queue, `status` says why, a device that holds the volume mounts
+while it is away, and when it is back every closed save arrives."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import _new_volume, _teardown
+from test_posix import read, write
+from test_sync import same_everywhere, wait_for
+
+
+@pytest.fixture
+def file_volume(tmp_path, request):
+    volume = _new_volume("file", tmp_path, request)
+    yield volume
+    _teardown(volume)
+
+
+def status_of(volume, mount) -> tuple[int, dict, str]:
+    shown = volume.cli.run("status", str(mount.path), check=False)
+    [entry] = json.loads(volume.cli.run("status", str(mount.path), "--json", check=False).stdout)
+    return shown.returncode, entry, shown.stdout
+
+
+def test_a_volume_directory_that_goes_away_is_never_recreated_and_loses_no_save(file_volume, tmp_path):
+    laptop = file_volume.mount("laptop", poll_interval=0.3)
+    desktop = file_volume.mount("desktop", poll_interval=0.3)
+    write(laptop.p("before.txt"), b"before")
+    laptop.sync()
+    same_everywhere(laptop, desktop)
+    directory = tmp_path / "volume"
+    away = tmp_path / "unplugged"
+    os.rename(directory, away)
+    directory.mkdir()  # the empty mount point of a share not mounted yet
+    write(laptop.p("laptop.txt"), b"saved while the disk was away")
+    write(desktop.p("desktop.txt"), b"saved on the desktop meanwhile")
+    for device in (laptop, desktop):
+        code, entry, text = status_of(file_volume, device)
+        assert code != 0 and (entry["ops_waiting"] or entry["files_waiting"]), text
+        wait_for(lambda: status_of(file_volume, device)[1]["store_offline_since"], timeout=30,
+                 what=f"{device.device} to see the store is away")
+        code, entry, text = status_of(file_volume, device)
+        assert code != 0 and "is missing or holds no volume" in text, text
+    assert os.listdir(directory) == [], "nothing is written into the impostor"
+
+    desktop.control("leave-queued")  # the desktop restarts while the disk is away
+    file_volume.cli.run("umount", str(desktop.path), "--no-wait", check=False)
+    file_volume.mounts.remove(desktop)
+    desktop.start(poll_interval=0.3)
+    file_volume.mounts.append(desktop)
+    assert read(desktop.p("before.txt")) == b"before", "it mounts from its cache dir"
+    assert read(desktop.p("desktop.txt")) == b"saved on the desktop meanwhile"
+
+    directory.rmdir()
+    os.rename(away, directory)  # the disk is back
+    laptop.sync()
+    desktop.sync()
+    tree = same_everywhere(laptop, desktop)
+    assert {"before.txt", "laptop.txt", "desktop.txt"} <= set(tree)
+    assert read(desktop.p("laptop.txt")) == b"saved while the disk was away"
+    assert read(laptop.p("desktop.txt")) == b"saved on the desktop meanwhile"
+    assert status_of(file_volume, laptop)[0] == 0
+
+
+def test_a_device_that_never_joined_is_told_there_is_no_volume(file_volume, tmp_path):
+    os.rename(tmp_path / "volume", tmp_path / "unplugged")
+    (tmp_path / "m").mkdir()
+    result = file_volume.cli.run("mount", file_volume.url, str(tmp_path / "m"), "--cache-dir",
+                                 str(tmp_path / "new-cache"), check=False)
+    assert result.returncode == 3 and "No fusedrive volume" in result.stderr, result.stderr
+    assert not (tmp_path / "volume").exists()
+    shutil.move(str(tmp_path / "unplugged"), str(tmp_path / "volume"))
