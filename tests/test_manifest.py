@@ -117,6 +117,7 @@ def _stored_bytes(root) -> int:
 def _file_volume(tmp_path):
     """A new volume in a `file://` store under `tmp_path`: (its directory, it, its block store)."""
     store_dir = tmp_path / "store"
+    store_dir.mkdir()  # as `fusedrive init` makes it: a store never makes a volume's directory
     volume = create_volume(open_store(f"file://{store_dir}"), "passphrase")
     return store_dir, volume, BlockStore(volume, BlockCache(tmp_path / "cache", 1 << 30, volume.keys.id_of))
 
