@@ -102,17 +102,25 @@ def test_a_newer_format_is_refused_in_one_sentence_unless_it_stays_readable(volu
         assert volume.cli.run(*command, check=False).returncode == 15
 
 
-def test_a_journal_entry_this_build_cannot_apply_stops_commits_never_the_mount(s3_volume):
+def mount_then_append(volume, device: str, ops: list[dict]):
+    """A mounted device that saved a file, and then an entry of `ops` from `device` at the
+    journal's head: (the mount, that entry's seq)."""
     from fusedrive.engine.journal import Entry, Journal
-    from test_sync import wait_for
 
-    laptop = s3_volume.mount("laptop", poll_interval=0.5)
+    laptop = volume.mount("laptop", poll_interval=0.5)
     write(laptop.p("before.txt"), b"before")
     laptop.sync()
-    with s3_volume.opened() as volume:
-        journal = Journal(volume)
+    with volume.opened() as opened:
+        journal = Journal(opened)
         seq = journal.seqs_after(0)[-1] + 1
-        assert journal.append(Entry(seq=seq, device="from-the-future", ops=[{"op": "teleport", "fid": "x"}]))
+        assert journal.append(Entry(seq=seq, device=device, ops=ops))
+    return laptop, seq
+
+
+def test_a_journal_entry_this_build_cannot_apply_stops_commits_never_the_mount(s3_volume):
+    from test_sync import wait_for
+
+    laptop, _ = mount_then_append(s3_volume, "from-the-future", [{"op": "teleport", "fid": "x"}])
     status = wait_for(lambda: (s := laptop.control("status"))["needs_upgrade"] and s, timeout=30,
                       what="the cause in status")
     assert "newer fusedrive" in status["needs_upgrade"] and "Upgrade fusedrive" in status["needs_upgrade"]
@@ -141,18 +149,11 @@ def test_a_device_that_cannot_apply_an_entry_says_it_is_stuck_never_that_all_is_
     import time
     import uuid
 
-    from fusedrive.engine.journal import Entry, Journal
     from test_sync import wait_for
 
-    laptop = s3_volume.mount("laptop", poll_interval=0.5)
-    write(laptop.p("before.txt"), b"before")
-    laptop.sync()
-    with s3_volume.opened() as volume:
-        journal = Journal(volume)
-        seq = journal.seqs_after(0)[-1] + 1
-        assert journal.append(Entry(seq=seq, device="desktop", ops=[
-            {"op": "mknod", "fid": str(uuid.uuid4()), "parent": str(uuid.uuid4()), "name": "orphan.txt",
-             "mode": 0o100644, "uid": 0, "gid": 0, "rdev": 0, "t": time.time_ns()}]))
+    laptop, seq = mount_then_append(s3_volume, "desktop", [
+        {"op": "mknod", "fid": str(uuid.uuid4()), "parent": str(uuid.uuid4()), "name": "orphan.txt",
+         "mode": 0o100644, "uid": 0, "gid": 0, "rdev": 0, "t": time.time_ns()}])
     wait_for(lambda: laptop.control("status")["stuck"], timeout=30, what="the device to say it is stuck")
     write(laptop.p("after.txt"), b"written while stuck")
     assert read(laptop.p("after.txt")) == b"written while stuck" and read(laptop.p("before.txt")) == b"before"

@@ -195,3 +195,44 @@ def test_a_repository_committed_on_one_device_is_whole_on_another_which_commits_
     assert (repo / "file3.txt").read_text() == "three\n"
     laptop.fsck_clean()
     desktop.fsck_clean()
+
+
+def test_a_days_work_with_git_office_saves_and_sqlite_leaves_only_what_the_user_deleted_in_the_trash(s3_volume):
+    """git's lock and temporary files and the loose objects gc packs, office lock files and
+    saves by rename, SQLite's rollback journals: none of it is the user's to restore, so none
+    of it fills the trash (engine/scratch.py); a file the user deletes still goes there."""
+    import json
+
+    laptop = s3_volume.mount("laptop", poll_interval=0.5)
+    desktop = s3_volume.mount("desktop", poll_interval=0.5)
+    (Path(desktop.path) / "old-notes.txt").write_text("written on the desktop yesterday\n")
+    desktop.sync()
+    work = Path(laptop.path)
+    wait_for(lambda: (work / "old-notes.txt").exists(), timeout=30, what="the desktop's file on the laptop")
+    repo = work / "repo"
+    git(work, "init", "-q", str(repo))
+    for i in range(6):
+        (repo / f"module{i % 3}.py").write_text(f"VALUE = {i}\n")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", f"change {i}")
+    git(repo, "branch", "feature")
+    git(repo, "tag", "v1")
+    git(repo, "gc", "-q", "--prune=now")
+    # (not a checkout: git rewrites a work-tree file as unlink + create, and that unlink is
+    # the file's, into the trash, though its content goes on in the new file's history)
+    for version in range(3):  # LibreOffice: a lock, the new content in a temporary renamed over, no lock
+        lock = work / ".~lock.report.odt#"
+        lock.write_text("Ada,laptop,01.12.2026 10:00,\n")
+        (work / "lu12345.tmp").write_bytes(os.urandom(20_000) + bytes([version]))
+        os.rename(work / "lu12345.tmp", work / "report.odt")
+        lock.unlink()
+    run("sqlite3", str(work / "ledger.db"), "PRAGMA journal_mode=DELETE; CREATE TABLE t(x);"
+        + "".join(f"INSERT INTO t VALUES({i});" for i in range(30)))
+    for i in range(20):
+        run("sqlite3", str(work / "ledger.db"), f"INSERT INTO t VALUES({i});")
+    (work / "old-notes.txt").unlink()  # what the user deletes
+    laptop.sync()
+    listed = json.loads(s3_volume.cli.run("trash", "list", str(laptop.path), "--json").stdout)
+    assert [item["path"] for item in listed] == ["/old-notes.txt"], [item["path"] for item in listed]
+    assert git(repo, "fsck", "--full", "--strict") is not None
+    assert git(repo, "status", "--porcelain") == ""

@@ -112,14 +112,17 @@ class Applying:
             base = bases[-1][1]
         return bases
 
-    def _drop_dentry(self, parent: int, name: bytes, t: int, replaced_by: Inode | None = None) -> None:
-        """A name goes. `replaced_by`: the file a rename puts there instead."""
+    def _drop_dentry(self, parent: int, name: bytes, t: int, replaced_by: Inode | None = None,
+                     scratch: bool = False) -> None:
+        """A name goes. `replaced_by`: the file a rename puts there instead. `scratch`: a
+        lock, swap or temporary file (engine/scratch.py) leaves no trace: no trash entry, no
+        versions, no history for a file made there next."""
         ino = self.lookup(parent, name)
         node = self.inode(ino) if ino is not None else None
         self.db.execute("DELETE FROM dentries WHERE parent=? AND name=?", (parent, name))
         if node is None:
             return
-        if replaced_by is None:
+        if replaced_by is None and not scratch:
             self._depart(parent, name, node, t)
         self.db.execute("UPDATE inodes SET ctime_ns=? WHERE ino=?", (t, ino))
         # A directory's own "." link goes with its last name.
@@ -130,7 +133,9 @@ class Applying:
         if node.nlink - drop <= 0:
             if self.path_history and replaced_by is not None and node.is_reg and replaced_by.is_reg:
                 self._succeed(replaced_by.fid, node.fid)  # a save by rename: history, not trash
-            if not (self.path_history and node.is_reg and self.successor_of(node.fid)):
+            if scratch:
+                self.db.execute("DELETE FROM versions WHERE fid=?", (node.fid,))
+            elif not (self.path_history and node.is_reg and self.successor_of(node.fid)):
                 self._to_trash(node, parent, name, t)
             if not self.in_use(ino):
                 self.forget_inode(ino)
@@ -200,7 +205,7 @@ class Applying:
 
     def _op_unlink(self, op: dict) -> None:
         parent = self._ino(op["parent"])
-        self._drop_dentry(parent, name_from_json(op["name"]), op["t"])
+        self._drop_dentry(parent, name_from_json(op["name"]), op["t"], scratch=op.get("scratch", False))
         self._touch(parent, op["t"])
 
     def _op_rename(self, op: dict) -> None:

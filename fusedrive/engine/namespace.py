@@ -13,6 +13,7 @@ import time
 import uuid
 
 from .replica import Replica
+from .scratch import is_scratch
 from .tree import Inode, name_to_json
 
 NAME_MAX = 255
@@ -80,7 +81,8 @@ class Namespace:
                              "t": time.time_ns()})
 
     def remove(self, parent: int, name: bytes, want_dir: bool) -> None:
-        """unlink (or rmdir with `want_dir`): the name goes; a file's last name sends it to the trash."""
+        """unlink (or rmdir with `want_dir`): the name goes; a file's last name sends it to the
+        trash, unless it is a scratch file (engine/scratch.py)."""
         check_name(name)
         parent_node = self.directory(parent)
         ino = self.replica.lookup(parent, name)
@@ -93,8 +95,11 @@ class Namespace:
             raise refuse(errno.EISDIR)
         if want_dir and self.replica.has_children(ino):
             raise refuse(errno.ENOTEMPTY)
-        self.replica.record({"op": "unlink", "parent": parent_node.fid, "name": name_to_json(name), "fid": node.fid,
-                             "version": node.version, "t": time.time_ns()})
+        op = {"op": "unlink", "parent": parent_node.fid, "name": name_to_json(name), "fid": node.fid,
+              "version": node.version, "t": time.time_ns()}
+        if is_scratch(self.replica, parent, name):
+            op["scratch"] = True  # a lock, a swap file, a temporary: no trash entry, no history kept
+        self.replica.record(op)
 
     def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
                noreplace: bool = False, exchange: bool = False) -> None:

@@ -34,7 +34,7 @@ OPS: dict[str, OpKind] = {
     "mknod": OpKind({**CREATE, "mode": Int}, {"rdev": Int}),
     "symlink": OpKind({**CREATE, "target": Str}),
     "link": OpKind({"fid": Str, "parent": Str, "name": Str, "t": Int}),
-    "unlink": OpKind({"parent": Str, "name": Str, "t": Int}, {"fid": Str, "version": Int}),
+    "unlink": OpKind({"parent": Str, "name": Str, "t": Int}, {"fid": Str, "version": Int, "scratch": Bool}),
     "rename": OpKind({"parent": Str, "name": Str, "newparent": Str, "newname": Str, "t": Int},
                      {"fid": Str, "exchange": Bool, "replaces": List}),
     "setattr": OpKind({"fid": Str, "t": Int}, {"mode": Int, "uid": Int, "gid": Int, "atime_ns": Int,

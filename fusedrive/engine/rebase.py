@@ -12,6 +12,8 @@ adjusted, or replaced by safe ones, so that nothing written and closed is lost:
   back where it was; the last save of a file deleted here before it uploaded goes
   into its trash entry (dropped if the trash was emptied meanwhile), or into a
   conflicted copy if another device's save brought the file back (Drive does that one);
+- a scratch file (a lock, a swap file: engine/scratch.py) never gets a conflicted copy: a
+  later create of its name takes the name from the other device's, a later save wins;
 - a rename follows the file (ids, not paths) and is dropped if it would make a cycle;
   a rename of a file another device deleted brings it back under its new name (as the
   other way round a delete of a file moved elsewhere is dropped: the result does not
@@ -30,6 +32,7 @@ import time
 import uuid
 
 from .replica import Replica
+from .scratch import is_scratch_name
 from .tree import ROOT_FID, name_from_json, name_to_json
 
 log = logging.getLogger(__name__)
@@ -120,7 +123,7 @@ class Revalidator:
             prefix = []
         if prefix:
             return prefix + [op]  # names are checked again when the caller applies them in order
-        return [self._free_name(r, op)]
+        return self.claim_name(r, op)
 
     _mknod = _symlink = _create
 
@@ -132,13 +135,29 @@ class Revalidator:
             return []  # another device made the very same link
         return self._create(r, op)
 
-    def claim_name(self, r: Replica, op: dict) -> dict:
+    def claim_name(self, r: Replica, op: dict) -> list[dict]:
         """Just before a rebased create is applied: if its name was taken by an operation
-        applied after it was checked, it gets a conflicted-copy name too. Whatever order
+        applied after it was checked, it gets a conflicted-copy name too — or, for a scratch
+        file (a lock another device made at the same moment), takes the name from it: both
+        programs remove their lock by name, and a copy would stay for good. Whatever order
         operations come back in, a rebase never fails on a name both devices used."""
-        if op["op"] in ("mknod", "symlink", "link"):
-            return self._free_name(r, op)
-        return op
+        if op["op"] not in ("mknod", "symlink", "link"):
+            return [op]
+        taking = self._take_scratch_name(r, op)
+        return taking + [op] if taking else [self._free_name(r, op)]  # the caller claims it again after
+
+    def _take_scratch_name(self, r: Replica, op: dict) -> list[dict]:
+        """The unlink of another device's regular scratch file holding a new regular file's name."""
+        parent_ino = r.ino_of(op["parent"])
+        name = name_from_json(op["name"])
+        taken = r.lookup(parent_ino, name) if parent_ino is not None else None
+        if taken is None or op["op"] != "mknod" or not stat.S_ISREG(op["mode"]) or not is_scratch_name(name):
+            return []
+        holder = r.inode(taken)
+        if holder.fid == op["fid"] or not holder.is_reg:
+            return []
+        return [{"op": "unlink", "parent": op["parent"], "name": op["name"], "fid": holder.fid,
+                 "version": holder.version, "scratch": True, "t": op["t"]}]
 
     def _unlink(self, r: Replica, op: dict) -> list[dict]:
         fid = op.get("fid")
@@ -244,6 +263,10 @@ class Revalidator:
         op.pop("trash", None)  # brought back from the trash meanwhile: an ordinary save
         node = r.inode(r.ino_of(fid))
         if op.get("base", node.version) == node.version:
+            return [op]
+        where = r.location_of(fid)
+        if where is not None and is_scratch_name(where[1]):
+            op["base"] = node.version  # a lock or swap file: the later save takes it, no copy
             return [op]
         # Another device saved this file first: ours becomes a conflicted copy beside it.
         create = self.conflicted_copy(r, fid, op["t"])

@@ -138,6 +138,11 @@ class Replica(Applying):
         row = self.db.execute("SELECT parent FROM dentries WHERE ino=? LIMIT 1", (ino,)).fetchone()
         return row[0] if row else None
 
+    def place_of(self, ino: int) -> tuple[int, bytes] | None:
+        """(parent inode, name) of one of the inode's names, None if it has none."""
+        row = self.db.execute("SELECT parent, name FROM dentries WHERE ino=? LIMIT 1", (ino,)).fetchone()
+        return (row[0], row[1]) if row else None
+
     def is_ancestor(self, ancestor: int, ino: int) -> bool:
         """True if `ancestor` is `ino` or one of its parent directories."""
         while ino is not None:
@@ -319,10 +324,10 @@ class Replica(Applying):
                 kept = []
                 for op in json.loads(ops):
                     for new_op in revalidate(self, op):
-                        new_op = revalidate.claim_name(self, new_op)
-                        self._apply_logged(pending_id, new_op)
-                        kept.append(new_op)
-                        applied.append(new_op)
+                        for claimed in revalidate.claim_name(self, new_op):
+                            self._apply_logged(pending_id, claimed)
+                            kept.append(claimed)
+                            applied.append(claimed)
                 self.db.execute("UPDATE pending SET op=? WHERE id=?", (json.dumps(kept), pending_id))
             for fid in keep_alive & named_here:  # one deleted here stays deleted: its save goes to the trash
                 ino = self.ino_of(fid)

@@ -15,14 +15,15 @@ from pathlib import Path
 
 import pathspec
 
+from ..engine.scratch import SCRATCH_NAMES
+
 IGNORE_FILE = ".fusedriveignore"
 TEMP_PREFIX = b".fusedrive-"  # the mirror's own files being written: never synced
-# Editors' swap, lock and backup files and desktop litter: never synced (a .fusedriveignore
-# in the folder adds patterns, gitignore syntax).
-DEFAULT_IGNORED = [
-    ".fusedrive-*", ".*.swp", ".*.swo", ".*.swx", "*~", ".#*", "#*#", "4913", ".~lock.*#", ".DS_Store",
-    "Thumbs.db", "desktop.ini", ".goutputstream-*",
-]
+# Never synced: the mirror's own temporaries, the scratch files of engine/scratch.py (locks,
+# swap files: the one list both front ends share), backup files and desktop litter (a
+# .fusedriveignore in the folder adds patterns, gitignore syntax).
+DEFAULT_IGNORED = [".fusedrive-*", *(f"\\{p}" if p.startswith("#") else p for p in SCRATCH_NAMES),  # "#": a comment
+                   "*~", ".DS_Store", "Thumbs.db", "desktop.ini"]
 COPY_CHUNK = 1 << 20
 
 
