@@ -19,10 +19,12 @@ def trash(device: Device) -> list[str]:
 
 
 def versions_of_deleted(device: Device) -> int:
-    """Versions kept of files that have no name and are not in the trash."""
+    """Versions kept of files that have no name, are not in the trash and whose history goes
+    on in no other file: kept for nobody."""
     return device.drive.replica.db.execute(
         "SELECT count(*) FROM versions WHERE fid NOT IN (SELECT fid FROM trash) AND fid NOT IN "
-        "(SELECT i.fid FROM inodes i JOIN dentries d ON d.ino = i.ino)").fetchone()[0]
+        "(SELECT i.fid FROM inodes i JOIN dentries d ON d.ino = i.ino) AND fid NOT IN "
+        "(SELECT predecessor FROM lineage)").fetchone()[0]
 
 
 async def same_state(*devices: Device) -> None:
@@ -103,4 +105,23 @@ async def test_a_file_made_and_deleted_at_once_is_still_the_users_and_goes_to_th
     laptop.delete("/from-the-desktop.txt")
     await agree(laptop, desktop)
     assert trash(laptop) == trash(desktop) == ["/draft.txt", "/from-the-desktop.txt"]
+    await same_state(laptop, desktop)
+
+
+@on_devices("laptop", "desktop")
+async def test_a_repositorys_files_replaced_by_rename_keep_no_history(laptop, desktop):
+    """git writes index.lock and renames it over index at every command: the old index is
+    no version of anything a user would restore."""
+    laptop.mkdir("/.git")
+    for number in range(5):
+        await laptop.save("/.git/index.lock", f"index {number}".encode())
+        laptop.rename("/.git/index.lock", "/.git/index")
+    await laptop.save_by_rename("/essay.txt", b"draft 1")
+    await laptop.save_by_rename("/essay.txt", b"draft 2")
+    await agree(laptop, desktop)
+    replica = desktop.drive.replica
+    index = desktop.lookup("/.git/index")
+    assert history.versions(replica, index.fid) == history.versions(replica, index.fid)[-1:]
+    assert len(history.versions(replica, desktop.lookup("/essay.txt").fid)) == 2, "a document keeps its history"
+    assert versions_of_deleted(desktop) == 0 and trash(desktop) == []
     await same_state(laptop, desktop)

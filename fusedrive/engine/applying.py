@@ -131,7 +131,7 @@ class Applying:
         if node.is_dir:
             self.db.execute("UPDATE inodes SET nlink = nlink - 1 WHERE ino=?", (parent,))
         if node.nlink - drop <= 0:
-            if self.path_history and replaced_by is not None and node.is_reg and replaced_by.is_reg:
+            if self.path_history and replaced_by is not None and node.is_reg and replaced_by.is_reg and not scratch:
                 self._succeed(replaced_by.fid, node.fid)  # a save by rename: history, not trash
             if scratch:
                 self.db.execute("DELETE FROM versions WHERE fid=?", (node.fid,))
@@ -172,7 +172,7 @@ class Applying:
         # and is no longer in the trash.
         self.db.execute("DELETE FROM inodes WHERE ino=?", (ino,))
         self.db.execute("DELETE FROM trash WHERE fid=?", (op["fid"],))
-        if self.path_history and stat.S_ISREG(mode):
+        if self.path_history and stat.S_ISREG(mode) and not op.get("scratch"):
             self._succeed_departed(op)
         self.db.execute(
             "INSERT INTO inodes(ino, fid, mode, uid, gid, atime_ns, mtime_ns, ctime_ns, nlink, rdev, target)"
@@ -227,7 +227,7 @@ class Applying:
             moving = self.inode(ino)
             self._depart(old_parent, old_name, moving, t)
             if target is not None:
-                self._drop_dentry(new_parent, new_name, t, replaced_by=moving)
+                self._drop_dentry(new_parent, new_name, t, replaced_by=moving, scratch=op.get("scratch", False))
             is_dir = moving.is_dir
             self.db.execute(
                 "UPDATE dentries SET parent=?, name=? WHERE parent=? AND name=?",

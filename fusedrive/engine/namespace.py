@@ -69,6 +69,8 @@ class Namespace:
             op.update(op="symlink", target=name_to_json(target))
         else:
             op.update(op="mknod", mode=mode, rdev=rdev)
+            if stat.S_ISREG(mode) and is_scratch(self.replica, parent, name):
+                op["scratch"] = True  # a lock made again: it continues no earlier lock's history
         self.replica.record(op)
         return self.replica.ino_of(fid)
 
@@ -103,7 +105,8 @@ class Namespace:
 
     def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
                noreplace: bool = False, exchange: bool = False) -> None:
-        """rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE; a file it replaces goes to the trash."""
+        """rename(2) with RENAME_NOREPLACE and RENAME_EXCHANGE; a file it replaces becomes a
+        version of the path (or, for a scratch file, goes without a trace)."""
         check_name(old_name)
         check_name(new_name)
         old_dir, new_dir = self.directory(old_parent), self.directory(new_parent)
@@ -136,6 +139,8 @@ class Namespace:
         elif target is not None and target != ino:
             replaced = self.node(target)
             op["replaces"] = [replaced.fid, replaced.version]
+            if is_scratch(self.replica, new_parent, new_name):
+                op["scratch"] = True  # git's index.lock renamed over its index: no history of the old one
         self.replica.record(op)
 
     def set_attributes(self, node: Inode, **changes: int) -> None:

@@ -31,12 +31,12 @@ COMMON = {"conflict_of": Str, "t": Int}
 CREATE = {"fid": Str, "parent": Str, "name": Str, "uid": Int, "gid": Int, "t": Int}
 OPS: dict[str, OpKind] = {
     "mkroot": OpKind({"mode": Int, "uid": Int, "gid": Int, "t": Int}),
-    "mknod": OpKind({**CREATE, "mode": Int}, {"rdev": Int}),
+    "mknod": OpKind({**CREATE, "mode": Int}, {"rdev": Int, "scratch": Bool}),
     "symlink": OpKind({**CREATE, "target": Str}),
     "link": OpKind({"fid": Str, "parent": Str, "name": Str, "t": Int}),
     "unlink": OpKind({"parent": Str, "name": Str, "t": Int}, {"fid": Str, "version": Int, "scratch": Bool}),
     "rename": OpKind({"parent": Str, "name": Str, "newparent": Str, "newname": Str, "t": Int},
-                     {"fid": Str, "exchange": Bool, "replaces": List}),
+                     {"fid": Str, "exchange": Bool, "replaces": List, "scratch": Bool}),
     "setattr": OpKind({"fid": Str, "t": Int}, {"mode": Int, "uid": Int, "gid": Int, "atime_ns": Int,
                                                "mtime_ns": Int}),
     "update": OpKind({"fid": Str, "manifest": List, "size": Int, "mtime_ns": Int, "t": Int},
