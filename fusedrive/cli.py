@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -34,18 +35,27 @@ NEEDS_THE_USER = {DeviceStuck.exit_code, NewerFormat.exit_code, IntegrityError.e
 EXIT_GRACE_SECONDS = 30  # umount: how long a mount told to leave its queue may take to exit past --timeout
 
 
-def parse_size(text: str) -> int:
+def parse_size(given: str) -> int:
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    text = given.strip().upper().removesuffix("B").removesuffix("I")
     number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "")
     try:
-        return int(float(number) * units[unit])
+        size = float(number) * units[unit]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 500M or 4G)") from None
+        raise argparse.ArgumentTypeError(f"not a size: {given!r} (try 500M or 4G)") from None
+    if not 0 <= size < float("inf"):
+        raise argparse.ArgumentTypeError(f"a size is 0 or more, not {given!r} (try 500M or 4G)")
+    return int(size)
 
 
 class Parser(argparse.ArgumentParser):
-    """Bad usage is one sentence and exit 64 (argparse's own is a usage dump and exit 2)."""
+    """Bad usage is one sentence and exit 64 (argparse's own is a usage dump and exit 2).
+    A value such as -5G is a (bad) value, not an unknown option: argparse would say
+    "expected one argument"."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\d+(\.\d*)?[a-zA-Z]*$")
 
     def error(self, message: str) -> NoReturn:
         print(f"fusedrive: {message[0].upper()}{message[1:]} (see `{self.prog} --help`).", file=sys.stderr)
@@ -145,7 +155,8 @@ def open_volume_for(url: str, args, offline_header: bytes | None = None) -> volu
     from .store import open_store
 
     store = open_store(url, args.endpoint_url)
-    return volumes.open_volume(store, volumes.get_passphrase(args.key_file), offline_header)
+    args.key_file = volumes.key_file_for(url, args.key_file)
+    return volumes.open_volume(store, lambda: volumes.get_passphrase(args.key_file), offline_header)
 
 
 def ensure_default_volume(endpoint_url: str | None) -> tuple[str, Path]:
@@ -385,8 +396,12 @@ def _wait_for_upload(mountpoint: str, timeout: float) -> bool:
 
 def _clean_up_dead_mount(mountpoint: str, entry: dict) -> None:
     """The mount process was killed or crashed: detach its mount point and forget it."""
-    if os.path.ismount(mountpoint):
+    from .services.process import mounted_at
+
+    if mounted_at(mountpoint):
         _unmount_kernel(mountpoint, lazy=True)
+        if mounted_at(mountpoint):
+            raise MountError(f"Cannot detach the dead mount at {mountpoint}; try `fusermount3 -u -z {mountpoint}`.")
     control.registry_path(mountpoint).unlink(missing_ok=True)
     control.socket_path(mountpoint).unlink(missing_ok=True)
     print(f"The mount process of {mountpoint} had stopped (killed or crashed); its mount point is cleaned up. "
@@ -398,10 +413,13 @@ def cmd_umount(args) -> int:
 
     mountpoint = os.path.realpath(args.mountpoint)
     entry = control.read_registry(mountpoint)
-    if entry is None:
-        if not os.path.ismount(mountpoint):
+    if entry is None:  # a mount this machine's fusedrive does not know (another user's runtime dir, a reboot)
+        from .services.process import FUSEDRIVE_FS_TYPE, mounted_at
+
+        if mounted_at(mountpoint) != FUSEDRIVE_FS_TYPE:
             raise MountError(f"{args.mountpoint} is not a fusedrive mount.")
         _unmount_kernel(mountpoint, args.lazy)
+        print(f"Unmounted {args.mountpoint}.")
         return 0
     if control.has_exited(entry["pid"]):
         _clean_up_dead_mount(mountpoint, entry)

@@ -17,6 +17,11 @@ def human_bytes(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def count(n: int, one: str, many: str) -> str:
+    """"1 conflicted copy", "3 conflicted copies"."""
+    return f"{n:,} {one if n == 1 else many}"
+
+
 def clock(timestamp: float) -> str:
     """10:42 today, else 2026-11-23 10:42."""
     local = time.localtime(timestamp)
@@ -74,7 +79,7 @@ def verdict(status: dict) -> str:
         elif status["paused"]:
             line += " — paused"
     if status["conflicted_copies"]:
-        line += f"; {status['conflicted_copies']} conflicted copies to look at"
+        line += f"; {count(status['conflicted_copies'], 'conflicted copy', 'conflicted copies')} to look at"
     return line + "."
 
 
@@ -121,8 +126,8 @@ def details(status: dict) -> list[str]:
     if status.get("pinned"):
         lines.append(f"offline     {pins_line(status)}")
     if status["conflicted_copies"]:
-        lines.append(f"conflicts   {status['conflicted_copies']} conflicted copies in the drive (keep what you "
-                     "need, delete the copy):")
+        lines.append(f"conflicts   {count(status['conflicted_copies'], 'conflicted copy', 'conflicted copies')} in "
+                     "the drive (keep what you need, delete the copy):")
         lines += [f"              {path}" for path in status.get("conflicted_copy_paths", [])]
     for error in status["errors"][-3:]:
         lines.append(f"error       {error}")

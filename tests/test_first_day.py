@@ -138,7 +138,7 @@ def test_status_lists_conflicted_copies_until_the_user_deals_with_them(s3_volume
     [copy] = entry["conflicted_copy_paths"]
     assert copy.startswith("/plan (conflicted copy from laptop ")
     text = s3_volume.cli.run("status", str(laptop.path)).stdout
-    assert "1 conflicted copies to look at" in text and copy in text
+    assert "1 conflicted copy to look at" in text and copy in text
     os.unlink(laptop.p(copy.lstrip("/")))
     [entry] = json.loads(s3_volume.cli.run("status", str(laptop.path), "--json").stdout)
     assert entry["conflicted_copies"] == 0
@@ -163,6 +163,8 @@ def test_status_and_du_of_a_file_volume_say_where_the_data_is(tmp_path, request)
 
 BAD_OPTIONS = [
     ("mount", "file:///x", "{mnt}", "--cache-size", "-5"),
+    ("mount", "file:///x", "{mnt}", "--cache-size", "-5G"),
+    ("mount", "file:///x", "{mnt}", "--cache-size", "abc"),
     ("mount", "file:///x", "{mnt}", "--cache-size", "0"),
     ("mount", "file:///x", "{mnt}", "--io-timeout", "-1"),
     ("mount", "file:///x", "{mnt}", "--poll-interval", "-1"),
@@ -178,8 +180,17 @@ def test_bad_option_values_are_refused_at_once_in_one_sentence(tmp_path, args):
     from conftest import Cli
 
     result = Cli({}).run(*[a.format(mnt=tmp_path / "mnt") for a in args], check=False, timeout=20)
-    expect_failure(result, 64, args[-1])
+    expect_failure(result, 64, repr(args[-1]) if args[-2] == "--cache-size" else args[-1])  # as typed
+    assert "expected one argument" not in result.stderr
     assert not (tmp_path / "mnt").exists()
+
+
+def test_a_volume_that_is_not_there_is_said_so_before_any_passphrase_is_asked(tmp_path):
+    from conftest import Cli
+
+    result = Cli({}).run("mount", (tmp_path / "nothing-here").as_uri(), str(tmp_path / "mnt"), passphrase=None,
+                         check=False, timeout=60)
+    expect_failure(result, 3, "No fusedrive volume")
 
 
 def test_local_mistakes_are_one_sentence_never_a_traceback(tmp_path, volume):

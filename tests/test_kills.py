@@ -188,17 +188,26 @@ def test_umount_with_nothing_waiting_stops_promptly_while_the_store_is_unreachab
     proxied_volume.mounts.remove(laptop)
 
 
-def test_a_dead_mount_is_named_so_by_status_and_cleaned_up_by_umount(proxied_volume):
+def test_a_dead_mount_is_named_so_by_status_and_cleaned_up_by_umount(proxied_volume, tmp_path):
+    from fusedrive.services.process import mounted_at
+
     laptop = proxied_volume.mount("laptop")
     write(laptop.p("kept.txt"), b"closed before the kill")
     kill_mount_process(laptop)
+    assert mounted_at(str(laptop.path)) == "fuse.fusedrive"
+    refused = proxied_volume.cli.run("mount", proxied_volume.url, str(laptop.path), "--cache-dir",
+                                     str(tmp_path / "other-cache"), check=False)
+    assert refused.returncode == 9 and "fusedrive umount" in refused.stderr, refused.stderr
     status = proxied_volume.cli.run("status", str(laptop.path), check=False)
     assert status.returncode == 13
     assert "has stopped" in status.stdout and f"fusedrive umount {laptop.path}" in status.stdout
     result = proxied_volume.cli.run("umount", str(laptop.path), check=False)
     assert result.returncode == 0, result.stderr
     assert "cleaned up" in result.stdout
-    assert not os.path.ismount(laptop.path)
+    # os.path.ismount says False for a dead FUSE mount too (stat fails): ask the mount table,
+    # and look in the folder as the user would
+    assert mounted_at(str(laptop.path)) is None, "the dead mount is still attached"
+    assert os.listdir(laptop.path) == []
     proxied_volume.mounts.remove(laptop)
     again = proxied_volume.mount("laptop", cache_dir=laptop.cache_dir)
     assert read(again.p("kept.txt")) == b"closed before the kill"

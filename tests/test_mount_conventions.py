@@ -235,3 +235,23 @@ def _reads_of_dev_fuse(pid: int) -> int:
     and the reads of its cache files that answer them (a few per request)."""
     with open(f"/proc/{pid}/io") as counters:
         return int(dict(line.split(": ") for line in counters.read().splitlines())["syscr"])
+
+
+@pytest.mark.inprocess
+def test_a_user_who_may_not_open_dev_fuse_is_told_so_with_exit_11(monkeypatch):
+    """libfuse fails with a bare RuntimeError (and its reason on stderr) when neither this
+    user nor fusermount3 may open /dev/fuse: one sentence and exit 11, as the README says,
+    not an internal error. (A real second user cannot run this venv's python here.)"""
+    import pyfuse3
+
+    from fusedrive.errors import FuseUnavailable
+    from fusedrive.fuse import mounting
+
+    def refused(*args):
+        raise RuntimeError("fuse_session_mount failed")
+
+    monkeypatch.setattr(pyfuse3, "init", refused)
+    monkeypatch.setattr(os, "access", lambda path, mode: path != "/dev/fuse")
+    with pytest.raises(FuseUnavailable) as caught:
+        mounting.attach(None, "/mnt/drive", set())
+    assert caught.value.exit_code == 11 and "cannot open /dev/fuse" in str(caught.value)

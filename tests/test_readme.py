@@ -42,8 +42,9 @@ def test_the_readmes_first_command_mounts_a_drive_from_a_fresh_home(tmp_path):
                                 text=True, timeout=60)
         assert status.returncode in (0, 1) and "FuseDrive" in status.stdout
         fusedrive = str(REPO / ".venv/bin/fusedrive")
+        default_url = (home / ".local/share/fusedrive/default-volume").as_uri()  # as status names it
         for args in (["du"], ["du", str(drive)], ["config"], ["gc", "--dry-run"],
-                     ["history", "hello.txt", "--volume", "default"]):
+                     ["history", "hello.txt", "--volume", "default"], ["du", default_url]):
             # the default drive is managed without knowing its hidden key file
             managed = subprocess.run([fusedrive, *args], env=env, capture_output=True, text=True, timeout=120,
                                      stdin=subprocess.DEVNULL)

@@ -17,6 +17,7 @@ from typing import Callable
 
 import trio
 
+from .blocks import Transfers
 from .checkpoints import CHECKPOINT_EVERY, dump_state, write_checkpoint
 from ..crashpoints import crash_point
 from ..errors import DeviceStuck, FusedriveError, StoreUnreachable
@@ -39,10 +40,12 @@ AppliedCallback = Callable[[list[Entry], Rebased], None]
 class Committer:
     def __init__(self, replica: Replica, journal: Journal, device: str, on_applied: AppliedCallback,
                  health: StoreHealth, unsaved: Callable[[], set[str]] = set,
-                 open_files: Callable[[], set[str]] = set) -> None:
+                 open_files: Callable[[], set[str]] = set, sent: Transfers | None = None) -> None:
         """`on_applied(entries, what the rebase did)` after each rebase;
         `unsaved()`: ids of files with local content not yet uploaded (kept alive by rebases);
-        `open_files()`: ids of files open here (remembered if another device deletes them)."""
+        `open_files()`: ids of files open here (remembered if another device deletes them);
+        `sent`: where the blocks an entry carries are counted as uploaded (status, metrics)."""
+        self.sent = sent or Transfers()
         self.health = health
         self.unsaved = unsaved
         self.open_files = open_files
@@ -152,6 +155,8 @@ class Committer:
                         self.replica.set_state("inflight", None)
                         self.replica.reap_orphans()
                     self.commits += 1
+                    for blob in entry.blocks.values():  # small writes travel in the entry: uploaded too
+                        self.sent.add(len(blob))
                     self.last_pull = started  # taking the next seq proves we were at the head then
                     self.journal_head = max(self.journal_head, entry.seq)
                     await self._maybe_checkpoint()

@@ -77,7 +77,7 @@ class Drive:
         self.committer = Committer(self.replica, self.journal, device,
                                    lambda entries, rebased: self.follower.applied(entries, rebased), self.health,
                                    unsaved=lambda: set(self.files.unsaved),
-                                   open_files=lambda: set(self.files.open_handles))
+                                   open_files=lambda: set(self.files.open_handles), sent=self.blocks.uploaded)
         self.follower = Follower(self.committer, self.replica, self.files, self.uploads, self.changes, self.blocks,
                                  self.problems, device, HubClient(hub_url, volume.volume_id) if hub_url else None,
                                  poll_interval, io_timeout)

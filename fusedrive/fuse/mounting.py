@@ -11,8 +11,8 @@ import pyfuse3
 import trio
 
 from ..services import commands, sharing
-from ..services.process import (announce, folder_for, tune_malloc, prepare_cache_dir, run_device, serve_beside,
-                                 stop_serving)
+from ..services.process import (FUSEDRIVE_FS_TYPE, announce, folder_for, mounted_at, tune_malloc, prepare_cache_dir,
+                                 run_device, serve_beside, stop_serving)
 from ..engine.drive import Drive
 from ..errors import FuseUnavailable, MountError
 from .kernel import KernelCache, widen_readahead
@@ -30,12 +30,29 @@ def check_mountpoint(mountpoint: str) -> str:
     if not os.path.exists("/dev/fuse"):
         raise FuseUnavailable("/dev/fuse is missing: this system cannot mount FUSE file systems "
                               "(load the fuse module, or give the container the device).")
-    if os.path.ismount(path):
+    mounted = mounted_at(path)
+    if mounted == FUSEDRIVE_FS_TYPE:
+        raise MountError(f"{mountpoint} is already a mount point (a fusedrive mount; if its process stopped, "
+                         f"`fusedrive umount {mountpoint}` cleans it up).")
+    if mounted:
         raise MountError(f"{mountpoint} is already a mount point.")
     folder_for(mountpoint, "mount point")
     if os.listdir(path):
         raise MountError(f"The mount point {mountpoint} is not empty.")
     return path
+
+
+def attach(operations: DriveOperations, path: str, options: set[str]) -> None:
+    """pyfuse3.init, whose failure (libfuse printed why on stderr) is said in one sentence:
+    most often this user may not open /dev/fuse and fusermount3 could not do it for them."""
+    try:
+        pyfuse3.init(operations, path, options)
+    except RuntimeError as exc:
+        if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            raise FuseUnavailable(f"This user cannot open /dev/fuse (permission denied) and fusermount3 could not "
+                                  f"mount for it ({exc}): run as a user who may, or make fusermount3 setuid root "
+                                  "(the fuse3 package does).") from None
+        raise MountError(f"The kernel refused the mount at {path} ({exc}); the mount's log says more.") from None
 
 
 def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cache_size: int,
@@ -60,7 +77,7 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
             await drive.start(nursery)
             await serve_beside(nursery, drive, path, commands.handlers(drive, path, sharing.clean_scratch(cache_dir)),
                                notify, metrics)
-            pyfuse3.init(operations, path, options)
+            attach(operations, path, options)
             nursery.start_soon(widen_readahead, path)
             drive.changes.front_end = KernelCache(drive.files, nursery)
             signal.signal(signal.SIGTERM, lambda *_: pyfuse3.terminate())

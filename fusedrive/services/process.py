@@ -8,6 +8,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -81,6 +82,32 @@ async def return_freed_memory() -> None:
     while True:
         await trio.sleep(TRIM_SECONDS)
         trim(0)
+
+
+FUSEDRIVE_FS_TYPE = "fuse.fusedrive"
+
+
+def mounted_at(path: str) -> str | None:
+    """The type of the file system mounted exactly at `path` ("fuse.fusedrive", "ext4"), None
+    if none, from the mount table: os.path.ismount says False for a FUSE mount whose process
+    died (stat fails with ENOTCONN), and a dead mount must still be found to be cleaned up."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return "unknown" if os.path.ismount(path) else None
+    found = None
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        parts = fields.split(" ")
+        if len(parts) > 4 and _unescape(parts[4]) == path:
+            found = rest.split(" ")[0]  # the last mount there is the one seen
+    return found
+
+
+def _unescape(field: str) -> str:
+    """The mount table writes a space, tab, newline and backslash as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def folder_for(given: str, what: str) -> str:

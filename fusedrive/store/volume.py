@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,8 +128,11 @@ def create_volume(store: ObjectStore, passphrase: str) -> Volume:
     return Volume(store, volume_id, chunking, sealing.VolumeKeys.derive(master, volume_id))
 
 
-def open_volume(store: ObjectStore, passphrase: str, offline_header: bytes | None = None) -> Volume:
+def open_volume(store: ObjectStore, passphrase: str | Callable[[], str],
+                offline_header: bytes | None = None) -> Volume:
     """Read the header and unwrap the master key; a wrong passphrase is one clear error.
+    `passphrase` may be a function asked only once the header is there (no volume there is
+    said as that, not as a missing passphrase).
     `offline_header`: the header a cache dir kept, used when the store does not answer
     (a device that holds the volume mounts without it)."""
     try:
@@ -158,6 +162,8 @@ def open_volume(store: ObjectStore, passphrase: str, offline_header: bytes | Non
         volume_id, chunking = header["volume_id"], header["chunking"]
     except (ValueError, KeyError, TypeError):
         raise FusedriveError(f"The object `volume` at {store.url} is not a fusedrive volume header.") from None
+    if callable(passphrase):
+        passphrase = passphrase()
     wrapping = sealing.passphrase_key(passphrase, salt, kdf["n"], kdf["r"], kdf["p"])
     try:
         master = sealing.unseal(wrapping, wrapped, _wrap_aad(volume_id, chunking), "volume key")
@@ -220,6 +226,18 @@ def default_volume_url() -> str:
 
 def default_key_file() -> Path:
     return config_dir() / "default.key"
+
+
+def key_file_for(url: str, key_file: str | None) -> str | None:
+    """`key_file`, or for the default volume named by its URL (as status and mount.log show
+    it) the generated key it was made with, unless a passphrase is given otherwise."""
+    if key_file or os.environ.get("FUSEDRIVE_PASSPHRASE") or not default_key_file().exists():
+        return key_file
+    from urllib.parse import unquote, urlparse
+
+    parsed, default = urlparse(url), urlparse(default_volume_url())
+    same = parsed.scheme == "file" and os.path.realpath(unquote(parsed.path)) == os.path.realpath(unquote(default.path))
+    return str(default_key_file()) if same else key_file
 
 
 def read_key_file(path: str | Path) -> str:
