@@ -271,6 +271,45 @@ class BlockStore:
             self.cache.put(block_id, plaintext)
         self._stored(block_id, len(blob), None)
 
+    def put_back(self, refs: Iterable[BlockRef]) -> list[str]:
+        """Objects the store lost (it went back in time) that these blocks live in, stored
+        again from this device's cache: a block of its own sealed anew, a pack rebuilt with
+        each known block sealed anew at its place (the same body seals to the same length;
+        bytes no reference names stay zeros). Blocking. The keys that could not be, for want
+        of a block here."""
+        refs = list(refs)
+        objects = stored_objects(refs)
+        places: dict[str, list[tuple[str, Location]]] = {}
+        for block_id, where in refs:
+            if isinstance(where, Location):
+                places.setdefault(pack_key(where.pack), []).append((block_id, where))
+        lost = []
+        for key in sorted(objects):
+            try:
+                self.volume.store.get_range(key, 0, 1)
+                continue  # still there
+            except NotFound:
+                pass
+            plaintexts = {block_id: self.cache.get(block_id) for block_id in objects[key]}
+            if any(plaintext is None for plaintext in plaintexts.values()):
+                lost.append(key)
+                continue
+            if key.startswith(BLOCKS):
+                [(block_id, plaintext)] = plaintexts.items()
+                self.volume.store.put(key, self._seal(block_id, plaintext))
+                continue
+            body = bytearray(max(where.start + where.size for _, where in places[key]))
+            for block_id, where in places[key]:
+                blob = self._seal(block_id, plaintexts[block_id])
+                if len(blob) != where.size:
+                    break  # sealed otherwise than when it was packed: it cannot go back in place
+                body[where.start:where.start + where.size] = blob
+            else:
+                self.volume.store.put(key, bytes(body))
+                continue
+            lost.append(key)
+        return lost
+
     def carry(self, block_id: str, plaintext: bytes) -> bytes | None:
         """Seal a block to travel in the journal entry that commits its file (and cache it);
         its sealed bytes, for the caller to queue with the update. None when too many

@@ -22,7 +22,7 @@ from .checkpoints import CHECKPOINT_EVERY, dump_state, write_checkpoint
 from ..crashpoints import crash_point
 from ..errors import DeviceStuck, FusedriveError, StoreUnreachable
 from .events import StoreHealth
-from .journal import Entry, Journal
+from .journal import Entry, Journal, StoreWentBack
 from .rebase import Revalidator
 from .replica import Rebased, Replica
 from ..signals import Broadcast
@@ -52,6 +52,10 @@ class Committer:
         self.on_commit: Callable[[int], None] = lambda seq: None
         self.on_error: Callable[[Exception], None] = lambda cause: None  # a failure not of the store: for status
         self.on_success: Callable[[], None] = lambda: None
+        # the store had gone back in time: the blocks of the entries put back go back too (blocking;
+        # the objects it could not), and the user hears of it
+        self.put_back_blocks: Callable[[list[Entry]], list[str]] = lambda entries: []
+        self.on_put_back: Callable[[list[Entry], list[str]], None] = lambda entries, lost: None
         self.check_ready: Callable[[], None] = lambda: None  # raises FusedriveError when nothing may be committed
         self.replica = replica
         self.journal = journal
@@ -98,7 +102,15 @@ class Committer:
     async def _pull_locked(self) -> None:
         started = trio.current_time()
         start = self.replica.applied_seq
-        entries = await self._store_call(lambda: list(self.journal.entries_after(start)), abandon=True)
+        try:
+            entries = await self._store_call(lambda: list(self.journal.entries_after(start)), abandon=True)
+        except StoreWentBack as went_back:
+            # Restored from an older copy: put back what it lost before anything is appended
+            # after it (an append at our head would leave a gap; one at its head, a fork).
+            restored = await self._store_call(self.journal.put_back, went_back)
+            lost = await self._store_call(self.put_back_blocks, restored)
+            self.on_put_back(restored, lost)
+            entries = await self._store_call(lambda: list(self.journal.entries_after(start)), abandon=True)
         self.last_pull = started
         self.journal_head = max(self.journal_head, entries[-1].seq if entries else start)
         inflight = json.loads(self.replica.get_state("inflight", "null") or "null")

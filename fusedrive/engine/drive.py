@@ -30,10 +30,10 @@ from .committer import Committer
 from .events import EventBus, Problems, StoreHealth
 from .follower import FRESHNESS_WAIT_SECONDS, Follower
 from .hubclient import HubClient
-from .journal import Journal
+from .journal import Entry, Journal, KeptEntries
 from .localfiles import LocalFiles
 from .pins import Pins
-from .manifest import Piece
+from .manifest import Piece, block_refs
 from .reads import Reader
 from .replica import Replica
 from .tree import Inode
@@ -63,7 +63,7 @@ class Drive:
         self.replica.on_carried = self.blocks.carried_in
         self.blocks.carried_in(self.replica.carried_blocks())
         self.blocks.still_carrying(self.replica.carrying_blocks())
-        self.journal = Journal(volume)
+        self.journal = Journal(volume, KeptEntries(cache_dir / "journal"))
         self.events = EventBus()
         self.problems = Problems()
         self.health = StoreHealth(self.events)
@@ -84,6 +84,9 @@ class Drive:
         self.committer.on_commit = self.follower.announce
         self.committer.on_error = lambda exc: self.problems.cannot("commit", "Cannot commit its changes", exc)
         self.committer.on_success = lambda: self.problems.resolved("commit")
+        self.committer.put_back_blocks = lambda entries: self.blocks.put_back(
+            ref for entry in entries for op in entry.ops if op["op"] == "update" for ref in block_refs(op["manifest"]))
+        self.committer.on_put_back = self._store_went_back
         self.committer.check_ready = self._check_cache_dir
         self.cache_dir_lost: str | None = None
         self.replica.on_record = self.committer.kick  # a rename or delete commits on its own, not with the next upload
@@ -129,6 +132,19 @@ class Drive:
         nursery.start_soon(self.pins.keep_local)
         if self.replica.pending_count():
             self.committer.kick()
+
+    def _store_went_back(self, restored: list[Entry], lost: list[str]) -> None:
+        """Said once, to status and events: the store lost entries and this device put them back."""
+        seqs = [entry.seq for entry in restored]
+        message = (f"The store had gone back in time (restored from an older copy?): it had lost journal entries "
+                   f"{seqs[0]}–{seqs[-1]}, which this device put back" if len(seqs) > 1 else
+                   f"The store had gone back in time (restored from an older copy?): it had lost journal entry "
+                   f"{seqs[0]}, which this device put back") if seqs else "The store had gone back in time"
+        message += (f"; {len(lost)} stored objects with content saved since are not on this device to put back "
+                    f"({', '.join(lost[:3])}{'…' if len(lost) > 3 else ''}): another device may have them."
+                    if lost else ", with their content: nothing saved since is lost.")
+        self.problems.report(message)
+        self.events.publish("store-went-back", error=message)
 
     def _check_cache_dir(self) -> None:
         """The cache dir deleted under a running mount (a cleanup script, a user): what is

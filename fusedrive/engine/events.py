@@ -28,7 +28,7 @@ SUBSCRIBER_BUFFER = 1000
 REFUSED_RETRY_SECONDS = 300  # credentials refused, bucket missing: the user must act
 
 # kinds worth interrupting the user for (--notify); remote changes never are
-NOTIFY_KINDS = {"conflict", "upload-failed", "store-offline", "store-refused", "store-online"}
+NOTIFY_KINDS = {"conflict", "upload-failed", "store-offline", "store-refused", "store-online", "store-went-back"}
 
 
 def describe(event: dict) -> str:
@@ -51,6 +51,8 @@ def describe(event: dict) -> str:
         return f"the store needs attention: {event['error']} (changes stay queued here)"
     if kind == "store-online":
         return "store reachable again: uploading what is queued"
+    if kind in ("store-went-back", "cache-dir-lost"):
+        return event["error"]
     return f"{kind}: {event}"
 
 
@@ -97,6 +99,7 @@ class Problems:
         self.integrity: str | None = None  # a journal entry or checkpoint that failed verification
         self.stuck: dict[str, str] = {}  # "apply" / "commit" → why it cannot, for a cause that is not the store
         self._said: dict[str, str] = {}  # place → the last message said from there
+        self._integrity_from: str | None = None  # the part whose failure set `integrity`, if one did
 
     def report(self, message: str, cause: Exception | None = None, place: str | None = None) -> None:
         """`cause`: the exception behind it, when it says more than the words (a newer
@@ -120,12 +123,17 @@ class Problems:
         failed verification, a lost cache dir), the device says it is stuck (status exit
         17) until `resolved(part)`."""
         self.report(f"{message}: {in_words(cause)}", cause, place=part)
+        if isinstance(cause, IntegrityError):
+            self._integrity_from = part
         if not isinstance(cause, FusedriveError):
             self.stuck[part] = message
 
     def resolved(self, part: str) -> None:
+        """`part` works again: what stopped it is over (a journal gap another device filled)."""
         self.stuck.pop(part, None)
         self._said.pop(part, None)
+        if self._integrity_from == part:
+            self.integrity, self._integrity_from = None, None
 
 
 class StoreHealth:

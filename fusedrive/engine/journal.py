@@ -7,6 +7,13 @@ moved or reordered entry fails its tag. Every entry carries a commit id: a PUT
 whose answer was lost and that is retried meets 412, and the id tells whether
 the existing entry is ours after all.
 
+A device keeps the sealed bytes of the entries it applied or wrote lately (`KeptEntries`,
+in its cache dir). A store that goes back in time (restored from an older copy, a
+versioning rollback, a disk image put back) has a journal that ends before the entry a
+device last applied: the listing of a pull shows it (`StoreWentBack`), and the device puts
+the lost entries back, byte for byte, at their seqs — never appending after its own head
+on a store that lost it, which would leave a gap no new device could read past.
+
 From format 4 an entry may also carry blocks (`blocks`: id → sealed bytes, as
 `blocks/<id>` would hold them): the few KiB an fsync of a small edit wrote travel in
 the entry that commits the edit, so it costs one PUT instead of two (see blocks.py).
@@ -16,10 +23,12 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 import zstandard
@@ -31,6 +40,40 @@ from .ops import check_entry
 
 PREFIX = "journal/"
 FETCH_THREADS = 8
+KEEP_ENTRIES = 5000  # the newest entries a device keeps a copy of, to put back on a store that lost them
+
+
+class StoreWentBack(Exception):
+    """The store's journal no longer holds entry `missing`, which this device has applied."""
+
+    def __init__(self, missing: int) -> None:
+        super().__init__(f"The store's journal no longer holds entry {missing}, which this device has applied.")
+        self.missing = missing
+
+
+class KeptEntries:
+    """The sealed bytes of the newest journal entries, one file each (written whole, then
+    renamed: a crash leaves the old copy or none). Written from the fetch threads."""
+
+    def __init__(self, directory: Path, keep: int = KEEP_ENTRIES) -> None:
+        self.directory = directory
+        self.keep = keep
+        directory.mkdir(mode=0o700, exist_ok=True)
+
+    def put(self, seq: int, blob: bytes) -> None:
+        path = self.directory / str(seq)
+        if path.exists():
+            return
+        temporary = self.directory / f".{seq}.{uuid.uuid4().hex}"
+        temporary.write_bytes(blob)
+        os.replace(temporary, path)
+        (self.directory / str(seq - self.keep)).unlink(missing_ok=True)
+
+    def get(self, seq: int) -> bytes | None:
+        try:
+            return (self.directory / str(seq)).read_bytes()
+        except FileNotFoundError:
+            return None
 
 
 def entry_key(seq: int) -> str:
@@ -49,9 +92,11 @@ class Entry:
 
 
 class Journal:
-    def __init__(self, volume: Volume) -> None:
+    def __init__(self, volume: Volume, kept: KeptEntries | None = None) -> None:
+        """`kept`: where a device keeps copies of the entries it reads and writes."""
         self.volume = volume
         self.store = volume.store
+        self.kept = kept
 
     def _seal(self, entry: Entry) -> bytes:
         fields = {"format": FORMAT_VERSION, "commit_id": entry.commit_id, "device": entry.device,
@@ -76,6 +121,9 @@ class Journal:
 
     def seqs_after(self, seq: int) -> list[int]:
         """Seqs of the entries after `seq` (one list call per 1000 entries)."""
+        return [found for found in self._listed_from(seq) if found > seq]
+
+    def _listed_from(self, seq: int) -> list[int]:
         found = []
         for key, *_ in self.store.list(PREFIX, start_after=entry_key(seq)):
             suffix = key[len(PREFIX):]
@@ -84,12 +132,21 @@ class Journal:
         return found
 
     def read(self, seq: int) -> Entry:
-        return self._unseal(seq, self.store.get(entry_key(seq)))
+        blob = self.store.get(entry_key(seq))
+        entry = self._unseal(seq, blob)
+        if self.kept is not None:
+            self.kept.put(seq, blob)
+        return entry
 
     def entries_after(self, seq: int) -> Iterator[Entry]:
         """Every entry after `seq`, in order (fetched 8 at a time, for catching up after
-        a long time offline); a gap in the seqs is an integrity error."""
-        seqs = self.seqs_after(seq)
+        a long time offline); a gap in the seqs is an integrity error. The listing starts
+        at `seq` itself: a store whose journal no longer holds it went back in time
+        (`StoreWentBack`)."""
+        listed = self._listed_from(seq - 1) if seq > 0 else self._listed_from(0)
+        if seq > 0 and (not listed or listed[0] != seq):
+            raise StoreWentBack(seq)
+        seqs = [found for found in listed if found > seq]
         for expected, found in enumerate(seqs, start=seq + 1):
             if found != expected:
                 raise IntegrityError(f"Journal entry {expected} is missing (found {found} after it).")
@@ -101,13 +158,34 @@ class Journal:
 
     def append(self, entry: Entry) -> bool:
         """Try to take `entry.seq`; False if another commit already holds it."""
-        if self.store.put_if_absent(entry_key(entry.seq), self._seal(entry)):
+        blob = self._seal(entry)
+        if self.store.put_if_absent(entry_key(entry.seq), blob):
+            if self.kept is not None:
+                self.kept.put(entry.seq, blob)
             return True
         try:
             existing = self.read(entry.seq)
         except NotFound:
             return False
         return existing.commit_id == entry.commit_id
+
+    def put_back(self, went_back: StoreWentBack) -> list[Entry]:
+        """Put every entry up to the one missing that the store lost back at its seq, byte
+        for byte, from the kept copies; the entries put back. Raises IntegrityError naming what
+        cannot be: an entry this device has no copy of, or a seq the store now holds another
+        entry at (a device committed there after the store went back: the journal forked)."""
+        held = set(self._listed_from(0))
+        restored = []
+        for seq in (seq for seq in range(1, went_back.missing + 1) if seq not in held):
+            blob = self.kept.get(seq) if self.kept is not None else None
+            if blob is None:
+                raise IntegrityError(f"{went_back} This device has no copy of entry {seq} to put back; another "
+                                     "device may (mount it), or run `fusedrive fsck --repair`.")
+            if not self.store.put_if_absent(entry_key(seq), blob) and self.store.get(entry_key(seq)) != blob:
+                raise IntegrityError(f"{went_back} Another device committed entry {seq} since, so the journal "
+                                     "forked; run `fusedrive fsck --repair`.")
+            restored.append(self._unseal(seq, blob))
+        return restored
 
 
 def start_journal(volume: Volume) -> None:
