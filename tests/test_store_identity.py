@@ -110,3 +110,31 @@ def test_a_store_restored_from_an_older_copy_gets_back_every_entry_it_lost(file_
     assert said and "which this device put back" in said[0] and "nothing saved since is lost" in said[0], said
     newcomer = file_volume.mount("newcomer")
     assert read(newcomer.p("f3.txt")) == b"three" and read(newcomer.p("f5.txt")) == b"five"
+
+
+def test_an_s3_volume_emptied_under_a_running_mount_is_never_refilled_and_comes_back_whole(s3_volume):
+    """Every object of the volume deleted (a bucket emptied by mistake, a lifecycle rule):
+    the device does not put its journal back into a store without the volume's header —
+    status says the store needs attention — and when the objects are back (restored from a
+    backup), a save made meanwhile arrives and fsck is clean."""
+    list_objects, read_object = s3_volume.list_objects, s3_volume.read_object
+    write_object, delete_object = s3_volume.write_object, s3_volume.delete_object
+    laptop = s3_volume.mount("laptop", poll_interval=0.3)
+    write(laptop.p("before.txt"), b"before")
+    laptop.sync()
+    backup = {key: read_object(key) for key, _ in list_objects()}
+    for key in backup:
+        delete_object(key)
+    entry = wait_for(lambda: (s := status_of(s3_volume, laptop)[1])["store_needs_attention"] and s, timeout=30,
+                     what="the device to see the volume is gone")
+    assert "no longer holds this volume" in entry["store_needs_attention"]
+    assert "volume" not in {key for key, _ in list_objects()}, "the header is not written back"
+    code, _, text = status_of(s3_volume, laptop)
+    assert code == 16 and "no longer holds this volume" in text, text
+    write(laptop.p("after.txt"), b"saved while the bucket was away")
+    for key, data in backup.items():
+        write_object(key, data)
+    laptop.sync()
+    assert read(laptop.p("after.txt")) == b"saved while the bucket was away"
+    assert read(laptop.p("before.txt")) == b"before"
+    assert status_of(s3_volume, laptop)[0] == 0

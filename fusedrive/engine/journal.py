@@ -33,9 +33,9 @@ from typing import Iterator
 
 import zstandard
 
-from ..errors import IntegrityError
+from ..errors import IntegrityError, StoreRefused
 from ..store import NotFound
-from ..store.volume import FORMAT_VERSION, Volume
+from ..store.volume import FORMAT_VERSION, HEADER_KEY, Volume
 from .ops import check_entry
 
 PREFIX = "journal/"
@@ -169,11 +169,25 @@ class Journal:
             return False
         return existing.commit_id == entry.commit_id
 
+    def _still_this_volume(self) -> None:
+        """A store that lost its header too was emptied or is another store: nothing is
+        put into it (StoreRefused: the device stays offline, status says it needs the user)."""
+        try:
+            header = json.loads(self.store.get(HEADER_KEY))
+        except NotFound:
+            header = None
+        except ValueError:
+            header = {}
+        if header is None or header.get("volume_id") != self.volume.volume_id:
+            raise StoreRefused(f"The store at {self.store.url} no longer holds this volume (emptied, or another "
+                                   "store at that address?); nothing is written to it.")
+
     def put_back(self, went_back: StoreWentBack) -> list[Entry]:
         """Put every entry up to the one missing that the store lost back at its seq, byte
         for byte, from the kept copies; the entries put back. Raises IntegrityError naming what
         cannot be: an entry this device has no copy of, or a seq the store now holds another
         entry at (a device committed there after the store went back: the journal forked)."""
+        self._still_this_volume()
         held = set(self._listed_from(0))
         restored = []
         for seq in (seq for seq in range(1, went_back.missing + 1) if seq not in held):
