@@ -922,7 +922,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--cache-dir", default=None, help="where this device keeps its replica, staging and block cache")
         p.add_argument("--cache-size", type=positive_size, default=parse_size(DEFAULT_CACHE_SIZE),
                        help=f"block cache limit (default {DEFAULT_CACHE_SIZE})")
-        p.add_argument("--device-name", default=socket.gethostname(), help="how this device is named in the journal")
+        # a mount and a mirror on one machine are two devices: their conflicted copies must say which
+        host = socket.gethostname()
+        p.add_argument("--device-name", default=host if name == "mount" else f"{host}-mirror",
+                       help=f"how this device is named in the journal (default: the host name"
+                            f"{'' if name == 'mount' else ' and -mirror'})")
         p.add_argument("--poll-interval", type=positive_seconds, default=2.0,
                        help="seconds between checks for other devices' changes (default 2)")
         p.add_argument("--hub", type=hub_url, default=None, metavar="URL",

@@ -11,7 +11,8 @@ extras=""
 need_apt=""
 command -v fusermount3 >/dev/null 2>&1 || need_apt=1
 pkg-config --exists fuse3 2>/dev/null || need_apt=1
-packages="fuse3 libfuse3-dev pkg-config python3-venv gcc"
+command -v getfattr >/dev/null 2>&1 || need_apt=1  # the README shows getfattr (attr)
+packages="fuse3 libfuse3-dev pkg-config python3-venv gcc attr"
 if [ -n "$extras" ]; then
     # the real programs tests/test_programs.py runs in the mount
     packages="$packages git rsync sqlite3 vim make tar"

@@ -229,3 +229,16 @@ def test_the_cache_size_check_counts_a_cache_that_a_running_mount_empties_meanwh
     assert process.cache_size_warning(tmp_path, 1) is None  # what `fusedrive mount` asks after mounting
     monkeypatch.undo()
     assert process.bytes_under(blocks) == 2000
+
+
+@pytest.mark.inprocess
+def test_a_mount_and_a_mirror_on_one_machine_are_two_devices_by_default():
+    """Their conflicted copies would both say "from HOST" otherwise."""
+    import socket
+
+    from fusedrive.cli import build_parser
+
+    parser = build_parser()
+    mount = parser.parse_args(["mount", "file:///v", "/mnt/d"])
+    mirror = parser.parse_args(["mirror", "file:///v", "/home/me/Drive"])
+    assert mount.device_name == socket.gethostname() and mirror.device_name == f"{socket.gethostname()}-mirror"

@@ -60,3 +60,14 @@ def test_the_readmes_first_command_mounts_a_drive_from_a_fresh_home(tmp_path):
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     key = home / ".config/fusedrive/default.key"
     assert key.exists() and (key.stat().st_mode & 0o077) == 0
+
+
+def test_the_tools_the_readme_shows_are_installed_by_setup():
+    """What a reader copies from the README runs: setup installs the programs it shows
+    beside fusedrive (getfattr, from the attr package)."""
+    import shutil
+
+    text = (REPO / "README.md").read_text()
+    shown = set(re.findall(r"^\$ (\w[\w-]*) ", text, flags=re.MULTILINE)) - {"fusedrive", "cd", "ls", "cat", "echo"}
+    assert "getfattr" in shown
+    assert not [tool for tool in sorted(shown) if shutil.which(tool) is None]

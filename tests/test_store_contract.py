@@ -140,3 +140,17 @@ def test_a_volume_directory_that_vanished_or_was_replaced_is_never_written_into(
     shutil.copytree(tmp_path / "unplugged", root)  # the disk back (a copy: other inodes, same volume)
     store.put("blocks/ef/01", b"y")
     assert store.get("blocks/ab/cd") == b"block"
+
+
+@pytest.mark.inprocess
+def test_a_file_volume_keeps_no_empty_folder_of_a_share_that_is_gone(tmp_path):
+    root = tmp_path / "volume"
+    root.mkdir()
+    store = open_store(root.as_uri())
+    assert store.put_if_absent("volume", b"a header")
+    store.put("shares/0123abcd/report.pdf", b"shared copy")
+    store.put("blocks/ab/abcdef", b"a block")
+    store.delete("shares/0123abcd/report.pdf")
+    store.delete("blocks/ab/abcdef")
+    assert not (root / "shares" / "0123abcd").exists(), "unshare leaves an empty folder behind"
+    assert (root / "blocks" / "ab").is_dir(), "a block folder stays: an upload may be making its file there"

@@ -33,6 +33,7 @@ def _raise(error: OSError) -> None:
 
 HEADER = "volume"  # the key whose presence says the directory holds a volume (store/volume.py)
 PROBES = "probe/"  # init's test of put-if-absent, made before the header
+SHARES = "shares/"  # a share link's copy: shares/<token>/<name> (services/sharing.py)
 
 
 class FileStore:
@@ -192,8 +193,16 @@ class FileStore:
             with self._disk("delete from"):
                 self._writable(key)
                 os.unlink(self._path(key))
+                if key.startswith(SHARES):  # a share's own folder goes with its copy (others stay: a PUT may be
+                    self._remove_if_empty(os.path.dirname(self._path(key)))  # making its file in them)
         except FileNotFoundError:
             pass
+
+    def _remove_if_empty(self, folder: str) -> None:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass  # not empty: another file of it is there
 
     def put_file(self, key: str, path: str) -> None:
         dest = self._path(key)
