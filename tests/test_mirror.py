@@ -380,3 +380,36 @@ def test_a_mirror_killed_offline_keeps_its_files_as_they_are_and_uploads_them_la
     store_proxy.up()
     converged(mirror, mount, timeout=90)
     assert read(mount.p("offline.txt")) == b"written on the train"
+
+
+def test_moves_made_while_the_mirror_was_stopped_are_renames_with_their_history(mirror_and_mount):
+    """A file renamed, a folder of 100 files renamed and a file moved between folders while
+    the mirror was not running: the start-up scan finds them by inode (and size and mtime)
+    and commits renames — history goes on, nothing goes to the trash, nothing is uploaded
+    again."""
+    import json
+
+    mirror, mount = mirror_and_mount
+    write(mirror.p("essay.txt"), b"draft one")
+    converged(mirror, mount)
+    write(mirror.p("essay.txt"), b"draft two, longer")
+    for i in range(100):
+        write(mirror.p(f"photos/img{i:03}.jpg"), os.urandom(200) + bytes([i]))
+    write(mirror.p("docs/plan.txt"), b"the plan")
+    converged(mirror, mount)
+    mirror.umount()
+    os.rename(mirror.p("essay.txt"), mirror.p("final essay.txt"))
+    os.rename(mirror.p("photos"), mirror.p("album"))
+    os.makedirs(mirror.p("archive"))
+    os.rename(mirror.p("docs/plan.txt"), mirror.p("archive/plan.txt"))
+    uploaded_before = mirror.volume.stored_bytes("blocks") + mirror.volume.stored_bytes("packs")
+    mirror.start(poll_interval=POLL)
+    mirror.volume.mounts.append(mirror)
+    tree = converged(mirror, mount)
+    assert "final essay.txt" in tree and "album/img099.jpg" in tree and "archive/plan.txt" in tree
+    assert "essay.txt" not in tree and "photos" not in tree and "docs/plan.txt" not in tree
+    trash = json.loads(mount.volume.cli.run("trash", "list", str(mount.path), "--json").stdout)
+    assert trash == [], [item["path"] for item in trash]
+    history = json.loads(mount.volume.cli.run("history", mount.p("final essay.txt"), "--json").stdout)
+    assert len(history) == 2, "the renamed file's history goes on"
+    assert mirror.volume.stored_bytes("blocks") + mirror.volume.stored_bytes("packs") == uploaded_before

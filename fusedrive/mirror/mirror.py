@@ -158,6 +158,8 @@ class Mirror:
             self._rescan = False
             self.ignore.reload()
             self.scanning, self.scanned = True, 0
+            for source, destination in await self._moves_while_away():
+                await self._local_move(source, destination)
             await self._reconcile(b"", deep=True)
             self.scanning = False
         moves, self._moves = self._moves, []
@@ -510,6 +512,42 @@ class Mirror:
         return ours == theirs.digest()
 
     # --- renames in the folder ----------------------------------------------------------------
+
+    async def _moves_while_away(self) -> list[tuple[bytes, bytes]]:
+        """Renames made in the folder while no watcher saw them (the mirror stopped, its
+        events lost): a path nothing was agreed at now holds the inode agreed at a path
+        that no longer holds it — the same kind, and for a file the same size and mtime
+        (an inode reused by a new file rarely has both). Outermost first: a folder's move
+        carries what is in it. `_local_move` checks each again before renaming."""
+        agreed = self.state.by_inode()
+        if not agreed:
+            return []
+        found = await trio.to_thread.run_sync(self._walk_for, set(agreed))
+        moves = []
+        for path, entry in found:
+            source, synced = agreed[entry.ino]
+            if path == source or self.state.get(path) is not None or synced.kind != entry.kind:
+                continue
+            if entry.kind == "file" and (entry.size, entry.mtime_ns) != (synced.size, synced.mtime_ns):
+                continue
+            moves.append((source, path))
+        return sorted(moves, key=lambda move: move[1].count(b"/"))
+
+    def _walk_for(self, inodes: set[int]) -> list[tuple[bytes, LocalEntry]]:
+        """Every path in the folder (not ignored) whose inode is one of `inodes` (blocking)."""
+        found = []
+        for directory, dirs, files in os.walk(self.root):
+            relative = os.path.relpath(directory, self.root)
+            base = b"" if relative == b"." else relative
+            dirs[:] = [d for d in dirs if not self.ignore.ignored(join(base, d), True)]
+            for name in dirs + files:
+                path = join(base, name)
+                if name not in dirs and self.ignore.ignored(path):
+                    continue
+                entry = look(self.root, path)
+                if entry is not None and entry.ino in inodes:
+                    found.append((path, entry))
+        return found
 
     async def _local_move(self, source: bytes, destination: bytes) -> None:
         """A rename in the folder is a rename in the volume (its history follows it), when

@@ -110,5 +110,19 @@ class SyncedState:
             for path, kind, fid, *local in rows:
                 self.put(new + path[len(old):], Synced(kind, *local, fid=fid))
 
+    def by_inode(self) -> dict[int, tuple[bytes, Synced]]:
+        """Local inode → the one path agreed with it (inodes of several paths, hard links,
+        left out: they say nothing about where one of them went)."""
+        found: dict[int, tuple[bytes, Synced]] = {}
+        shared: set[int] = set()
+        for path, kind, fid, size, mtime_ns, ino, mode, target in self.db.execute(
+                "SELECT path, kind, fid, size, mtime_ns, ino, mode, target FROM synced"):
+            if ino in found:
+                shared.add(ino)
+            found[ino] = (path, Synced(kind, size, mtime_ns, ino, mode, target, fid))
+        for ino in shared:
+            del found[ino]
+        return found
+
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM synced").fetchone()[0]
