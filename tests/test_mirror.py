@@ -413,3 +413,27 @@ def test_moves_made_while_the_mirror_was_stopped_are_renames_with_their_history(
     history = json.loads(mount.volume.cli.run("history", mount.p("final essay.txt"), "--json").stdout)
     assert len(history) == 2, "the renamed file's history goes on"
     assert mirror.volume.stored_bytes("blocks") + mirror.volume.stored_bytes("packs") == uploaded_before
+
+
+def test_sparse_files_stay_sparse_both_ways(mirror_and_mount):
+    """A VM image or a database with holes: 256 MiB with a few hundred KiB written takes a
+    few hundred KiB in the folder and in the volume, whichever side made it."""
+    mirror, mount = mirror_and_mount
+    size, pieces = 256 << 20, {0: os.urandom(4096), 100 << 20: os.urandom(300_000), (256 << 20) - 5: b"tail!"}
+    for device, name in ((mount, "from-the-mount.img"), (mirror, "from-the-folder.img")):
+        with open(device.p(name), "wb") as f:
+            f.truncate(size)
+            for offset, data in pieces.items():
+                f.seek(offset)
+                f.write(data)
+    tree = converged(mirror, mount)
+    assert {"from-the-mount.img", "from-the-folder.img"} <= set(tree)
+    for device in (mirror, mount):
+        for name in ("from-the-mount.img", "from-the-folder.img"):
+            st = os.stat(device.p(name))
+            assert st.st_size == size and st.st_blocks * 512 < 4 << 20, f"{name} in {device.device}: not sparse"
+            with open(device.p(name), "rb") as f:
+                for offset, data in pieces.items():
+                    f.seek(offset)
+                    assert f.read(len(data)) == data
+    assert mount.volume.stored_bytes() < 16 << 20, "the holes were stored"

@@ -33,7 +33,7 @@ from .hubclient import HubClient
 from .journal import Entry, Journal, KeptEntries
 from .localfiles import LocalFiles
 from .pins import Pins
-from .manifest import Piece, block_refs
+from .manifest import Piece, block_refs, data_ranges
 from .reads import Reader
 from .replica import Replica
 from .tree import Inode
@@ -189,6 +189,14 @@ class Drive:
 
     async def read(self, node: Inode, offset: int, size: int) -> bytes:
         return await self.reader.read(node, offset, size)
+
+    def data_ranges(self, node: Inode) -> list[tuple[int, int]]:
+        """Where the file has data, holes left out (a copy leaves them unwritten, as `cp
+        --sparse` does); all of it while this device holds its content staged."""
+        size, _ = self.files.size_and_mtime(node)
+        if node.fid in self.files.attrs:
+            return [(0, size)] if size else []
+        return data_ranges(node.extents(), size)
 
     async def fetch_block(self, piece: Piece, node: Inode | None) -> bytes:
         return await self.reader.fetch_block(piece, node)

@@ -102,6 +102,23 @@ def block_ids(manifest: Iterable[list]) -> Iterable[str]:
 BlockRef = tuple[str, Where]
 
 
+def data_ranges(manifest: Iterable[list], size: int) -> list[tuple[int, int]]:
+    """(offset, length) of the file's data within `size`, holes left out (adjacent data joined)."""
+    ranges: list[list[int]] = []
+    offset = 0
+    for piece in pieces(manifest):
+        length = min(piece.length, size - offset)
+        if length <= 0:
+            break
+        if piece.block is not None:
+            if ranges and ranges[-1][0] + ranges[-1][1] == offset:
+                ranges[-1][1] += length
+            else:
+                ranges.append([offset, length])
+        offset += piece.length
+    return [(start, length) for start, length in ranges]  # past the manifest's end: zeros, a hole
+
+
 def block_refs(manifest: Iterable[list]) -> Iterable[BlockRef]:
     """(block id, where it is stored) for each block a manifest names."""
     return ((piece.block, piece.location) for piece in pieces(manifest) if piece.block is not None)

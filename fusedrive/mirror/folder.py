@@ -16,6 +16,7 @@ from pathlib import Path
 import pathspec
 
 from ..engine.scratch import SCRATCH_NAMES
+from ..engine.staging import data_spans
 
 IGNORE_FILE = ".fusedriveignore"
 TEMP_PREFIX = b".fusedrive-"  # the mirror's own files being written: never synced
@@ -121,9 +122,17 @@ def copy_if_settled(source: bytes, prepared: Path, expected: LocalEntry) -> Loca
         before = entry_of(os.fstat(fd), source)
         if before != expected:
             return None
-        with open(prepared, "wb") as out:
-            while chunk := os.read(fd, COPY_CHUNK):
-                out.write(chunk)
+        with open(prepared, "wb") as out:  # holes stay holes: only the data is copied (the upload stores none)
+            for start, length, is_data in data_spans(fd, before.size):
+                offset = start
+                while is_data and offset < start + length:
+                    chunk = os.pread(fd, min(COPY_CHUNK, start + length - offset), offset)
+                    if not chunk:
+                        break  # cut short meanwhile: the checks below find it changed
+                    out.seek(offset)
+                    out.write(chunk)
+                    offset += len(chunk)
+            out.truncate(before.size)
         after = entry_of(os.fstat(fd), source)
     finally:
         os.close(fd)

@@ -289,20 +289,24 @@ class Mirror:
     async def _download(self, path: bytes, node: Inode, local: LocalEntry | None, remote: RemoteEntry) -> None:
         temporary = self._temporary_for(path)
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        complete = True
         try:
-            offset = 0
-            while offset < remote.size:
-                data = await self.drive.read(node, offset, min(READ_CHUNK, remote.size - offset))
-                if not data:
-                    break
-                await trio.to_thread.run_sync(os.pwrite, fd, data, offset)
-                offset += len(data)
+            for start, length in self.drive.data_ranges(node):  # holes stay holes: never written
+                offset, end = start, min(start + length, remote.size)
+                while offset < end:
+                    data = await self.drive.read(node, offset, min(READ_CHUNK, end - offset))
+                    if not data:
+                        complete = False
+                        break
+                    await trio.to_thread.run_sync(os.pwrite, fd, data, offset)
+                    offset += len(data)
+            os.ftruncate(fd, remote.size)
         except BaseException:
             os.close(fd)
             os.unlink(temporary)
             raise
         os.close(fd)
-        if self._remote(path)[1] != remote or offset != remote.size:
+        if self._remote(path)[1] != remote or not complete:
             os.unlink(temporary)  # it changed while it came: fetched again
             self._due[path] = trio.current_time()
             return
