@@ -29,7 +29,7 @@ from fusedrive.engine.journal import start_journal
 from fusedrive.engine.namespace import Namespace
 from fusedrive.engine.tree import ROOT_INO, Inode
 from fusedrive.store.memory import MemoryObjects, MemoryStore
-from fusedrive.store.volume import READER_VERSION, Volume, create_volume
+from fusedrive.store.volume import HEADER_KEY, READER_VERSION, Volume, create_volume
 
 PASSPHRASE = "in-process"
 STEP_SECONDS = 30  # no single engine step of a test may take longer
@@ -223,6 +223,7 @@ async def devices(*names: str, keys_of: Volume | None = None,
         volume = create_volume(MemoryStore(objects=objects), PASSPHRASE)
     else:
         volume = Volume(MemoryStore(objects=objects), keys_of.volume_id, keys_of.chunking, keys_of.keys)
+        volume.store.put_if_absent(HEADER_KEY, keys_of.header)  # the same volume's header, as devices check it
     start_journal(volume)
     base = Path(tempfile.mkdtemp(prefix="engines-"))
     started: list[Device] = []

@@ -138,3 +138,26 @@ def test_an_s3_volume_emptied_under_a_running_mount_is_never_refilled_and_comes_
     assert read(laptop.p("after.txt")) == b"saved while the bucket was away"
     assert read(laptop.p("before.txt")) == b"before"
     assert status_of(s3_volume, laptop)[0] == 0
+
+
+def test_a_device_that_knows_the_volume_mounts_from_its_cache_while_the_bucket_is_empty(s3_volume):
+    """Never "run fusedrive init" for a volume this device holds: it mounts from its cache
+    dir, serves what it has, queues its saves and appends nothing to the empty store."""
+    laptop = s3_volume.mount("laptop", poll_interval=0.3)
+    write(laptop.p("kept.txt"), b"on this device")
+    laptop.sync()
+    laptop.umount()
+    backup = {key: s3_volume.read_object(key) for key, _ in s3_volume.list_objects()}
+    for key in backup:
+        s3_volume.delete_object(key)
+    laptop.start(poll_interval=0.3)
+    s3_volume.mounts.append(laptop)
+    assert read(laptop.p("kept.txt")) == b"on this device"
+    write(laptop.p("queued.txt"), b"saved while the bucket was empty")
+    wait_for(lambda: status_of(s3_volume, laptop)[1]["store_needs_attention"], timeout=30,
+             what="status to say the store needs attention")
+    assert not [key for key, _ in s3_volume.list_objects("journal/")], "an entry was appended to the empty store"
+    for key, data in backup.items():
+        s3_volume.write_object(key, data)
+    laptop.sync()
+    assert status_of(s3_volume, laptop)[0] == 0

@@ -62,6 +62,9 @@ class Committer:
         self.device = device
         self.on_applied = on_applied
         self.lock = trio.Lock()
+        # the store was seen to hold this volume's header since start: a device mounted from
+        # its cache dir on a store emptied (or replaced) must append nothing there
+        self.identity_checked = False
         self.committed = Broadcast()
         self._wake = trio.Event()
         self._hurry = trio.Event()  # someone waits (fsync): the batching delay ends now
@@ -107,7 +110,9 @@ class Committer:
         except StoreWentBack as went_back:
             # Restored from an older copy: put back what it lost before anything is appended
             # after it (an append at our head would leave a gap; one at its head, a fork).
+            self.identity_checked = False  # whatever happens next, the next append asks again
             restored = await self._store_call(self.journal.put_back, went_back)
+            self.identity_checked = True
             lost = await self._store_call(self.put_back_blocks, restored)
             self.on_put_back(restored, lost)
             entries = await self._store_call(lambda: list(self.journal.entries_after(start)), abandon=True)
@@ -144,6 +149,9 @@ class Committer:
                 # pulling recognizes it if it landed; either way that attempt is settled then.
                 await self._pull_locked()
                 self.replica.set_state("inflight", None)
+            if not self.identity_checked:  # the first append after start: is this still the volume?
+                await self._store_call(self.journal.check_identity)
+                self.identity_checked = True
             through = self.replica.last_pending_id()
             while True:
                 rows = self.replica.pending_ops(BATCH_OPS, through)

@@ -169,7 +169,7 @@ class Journal:
             return False
         return existing.commit_id == entry.commit_id
 
-    def _still_this_volume(self) -> None:
+    def check_identity(self) -> None:
         """A store that lost its header too was emptied or is another store: nothing is
         put into it (StoreRefused: the device stays offline, status says it needs the user)."""
         try:
@@ -187,7 +187,7 @@ class Journal:
         for byte, from the kept copies; the entries put back. Raises IntegrityError naming what
         cannot be: an entry this device has no copy of, or a seq the store now holds another
         entry at (a device committed there after the store went back: the journal forked)."""
-        self._still_this_volume()
+        self.check_identity()
         held = set(self._listed_from(0))
         restored = []
         for seq in (seq for seq in range(1, went_back.missing + 1) if seq not in held):

@@ -43,8 +43,6 @@ class FileStore:
     land in an impostor and fork the volume. Only the header itself may be written into a
     directory without one (`fusedrive init`, which makes the directory)."""
 
-    guards_identity = True  # a device that holds the volume may mount while the directory is away
-
     def __init__(self, url: str, root: str) -> None:
         self.url = url
         self.root = os.path.abspath(root)

@@ -123,9 +123,10 @@ def create_volume(store: ObjectStore, passphrase: str) -> Volume:
         "kdf": {"name": "scrypt", "salt": base64.b64encode(salt).decode(), **SCRYPT},
         "wrapped_key": base64.b64encode(sealing.seal(wrapping, master, _wrap_aad(volume_id, chunking))).decode(),
     }
-    if not store.put_if_absent(HEADER_KEY, json.dumps(header, indent=1).encode()):
+    raw = json.dumps(header, indent=1).encode()
+    if not store.put_if_absent(HEADER_KEY, raw):
         raise VolumeExists(f"Another device created a volume at {store.url} just now; not overwriting it.")
-    return Volume(store, volume_id, chunking, sealing.VolumeKeys.derive(master, volume_id))
+    return Volume(store, volume_id, chunking, sealing.VolumeKeys.derive(master, volume_id), raw)
 
 
 def open_volume(store: ObjectStore, passphrase: str | Callable[[], str],
@@ -138,10 +139,10 @@ def open_volume(store: ObjectStore, passphrase: str | Callable[[], str],
     try:
         raw = store.get(HEADER_KEY)
     except NotFound:
-        if offline_header is None or not getattr(store, "guards_identity", False):
+        if offline_header is None:
             raise VolumeNotFound(f"No fusedrive volume at {store.url} (create one with `fusedrive init`).") from None
-        # This device holds the volume and the store writes nothing where the volume is not
-        # (a volume directory not there now: a disk unplugged): mount offline from the cache.
+        # This device holds the volume (a disk unplugged, a bucket emptied or restored later):
+        # it mounts from its cache, and its committer appends nothing until the header is back.
         raw = offline_header
     except StoreUnreachable:
         if offline_header is None:
