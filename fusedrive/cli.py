@@ -871,6 +871,13 @@ def cmd_fsck(args) -> int:
 
     volume = open_volume_for(args.volume, args)
     cache_dir = Path(args.cache_dir) if args.cache_dir else volumes.cache_root() / volume.volume_id
+    if args.repair:
+        from .engine.journal import KeptEntries
+        from .tools.fsck import repair_journal
+
+        kept = KeptEntries(cache_dir / "journal") if (cache_dir / "journal").is_dir() else None
+        for line in repair_journal(Journal(volume), kept):
+            print(line)
     with tempfile.TemporaryDirectory() as scratch:
         blocks = BlockStore(volume, BlockCache(Path(scratch), 1 << 20, volume.keys.id_of))
         problems = fsck(Journal(volume), blocks, cache_dir / "replica.sqlite3", args.verify_blocks, progress)
@@ -1119,6 +1126,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "every referenced block exists, and compare this device's replica. Exit 1 if problems.")
     p.add_argument("--cache-dir", default=None, help="the cache dir of the replica to compare")
     p.add_argument("--verify-blocks", action="store_true", help="download and verify every referenced block")
+    p.add_argument("--repair", action="store_true", help="first fill the journal's gaps (a store restored from an "
+                   "older copy): put back what this device's cache dir kept, mark the rest lost so new devices "
+                   "can join; name forks, change nothing else; safe to run again")
     return parser
 
 

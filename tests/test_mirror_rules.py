@@ -69,9 +69,12 @@ def test_the_side_that_changed_wins_and_a_double_change_is_merged(local, synced,
 def test_a_merge_never_drops_a_side_that_has_something(local, remote, same_content):
     outcome = merge(local, remote, same_content)
     if local is not None and remote is not None:
-        different = local.kind != remote.kind or (local.kind == "file" and not same_content) or \
+        empty = local.kind == remote.kind == "file" and not same_content and 0 in (local.size, remote.size)
+        different = local.kind != remote.kind or (local.kind == "file" and not same_content and not empty) or \
             (local.kind == "link" and local.target != remote.target)
         assert (outcome is Merge.CONFLICT) == different, "two different things: both kept, one as a copy"
+        if empty:  # an empty file holds nothing to lose: the other side's content is the file
+            assert outcome is (Merge.PUSH if remote.size == 0 else Merge.PULL)
     elif local is not None:
         assert outcome is Merge.PUSH, "a change beats a delete: the folder's comes back to the volume"
     elif remote is not None:

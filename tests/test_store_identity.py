@@ -161,3 +161,36 @@ def test_a_device_that_knows_the_volume_mounts_from_its_cache_while_the_bucket_i
         s3_volume.write_object(key, data)
     laptop.sync()
     assert status_of(s3_volume, laptop)[0] == 0
+
+
+def test_fsck_repair_fills_a_journal_gap_from_a_devices_copy_or_marks_it_lost(file_volume, tmp_path):
+    """A journal with a gap (an entry the store lost and no running device put back) locks
+    every new device out; `fsck --repair` puts the entry back from a device's cache dir,
+    or without one marks it lost so devices read past it; a second repair changes nothing."""
+    laptop = file_volume.mount("laptop")
+    for name in ("a.txt", "b.txt", "c.txt"):
+        write(laptop.p(name), name.encode())
+        laptop.sync()
+    laptop.umount()
+    journal = sorted(key for key, _ in file_volume.list_objects("journal/"))
+    lost_key = journal[-2]  # the entry that made b.txt
+    lost = file_volume.read_object(lost_key)
+    file_volume.delete_object(lost_key)
+    (tmp_path / "m").mkdir()
+    refused = file_volume.cli.run("mount", file_volume.url, str(tmp_path / "m"), "--cache-dir",
+                                  str(tmp_path / "new-cache"), check=False)
+    assert refused.returncode == 8 and "is missing" in refused.stderr, refused.stderr
+
+    repaired = file_volume.cli.run("fsck", file_volume.url, "--repair", "--cache-dir", str(laptop.cache_dir))
+    assert "put back from this device's copy" in repaired.stdout and file_volume.read_object(lost_key) == lost
+    newcomer = file_volume.mount("newcomer")
+    assert read(newcomer.p("b.txt")) == b"b.txt" and read(newcomer.p("c.txt")) == b"c.txt"
+    newcomer.umount()
+
+    file_volume.delete_object(lost_key)
+    marked = file_volume.cli.run("fsck", file_volume.url, "--repair", "--cache-dir", str(tmp_path / "none"))
+    assert "marked lost" in marked.stdout, marked.stdout + marked.stderr
+    again = file_volume.cli.run("fsck", file_volume.url, "--repair", "--cache-dir", str(tmp_path / "none"))
+    assert "Journal entry" not in again.stdout and again.returncode == 0
+    late = file_volume.mount("late")
+    assert read(late.p("a.txt")) == b"a.txt" and read(late.p("c.txt")) == b"c.txt"

@@ -89,4 +89,12 @@ def merge(local: LocalEntry | None, remote: RemoteEntry | None, same_content: bo
         return Merge.AGREE if local.mode == remote.mode else Merge.PUSH
     if local.kind == "link":
         return Merge.AGREE if local.target == remote.target else Merge.CONFLICT
-    return Merge.AGREE if same_content else Merge.CONFLICT
+    if same_content:
+        return Merge.AGREE
+    # An empty file on one side holds nothing to lose (a `touch`, or the create of a push
+    # a kill cut off before its content was taken): the other side's content is the file.
+    if remote.size == 0:
+        return Merge.PUSH
+    if local.size == 0:
+        return Merge.PULL
+    return Merge.CONFLICT

@@ -25,12 +25,13 @@ from ..engine.blocks import BLOCKS, PACKS, BlockStore, object_key, stored_object
 from ..engine.pins import blocks_needed, pinned_files
 from ..engine.checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from ..errors import FusedriveError
-from ..engine.journal import Journal
+from ..engine.journal import Entry, Journal, KeptEntries, entry_key
 from ..engine.manifest import BlockRef, Carried, pieces
 from ..report import Progress
 from ..engine.replica import Replica
 from ..engine.tree import ROOT_INO
 
+REPAIR_DEVICE = "fsck --repair"  # the device named by the entries a repair marks lost
 
 
 def check_tree(replica: Replica) -> list[str]:
@@ -180,6 +181,31 @@ def check_blocks(refs: set[BlockRef], blocks: BlockStore, verify: bool, progress
             bar.update(1)
         bar.close()
     return problems
+
+
+def repair_journal(journal: Journal, kept: KeptEntries | None) -> list[str]:
+    """Make a journal with gaps readable again, as one sentence per seq: each missing entry
+    is put back, byte for byte, from the copies a device's cache dir kept (`kept`), or
+    else marked lost — an entry of no operations (every build reads it; put-if-absent, so
+    an entry a device puts back meanwhile wins, and a second repair changes nothing).
+    Entries a device holds at a seq the store holds otherwise (a fork) are named, not
+    changed: which side to keep is the user's to say."""
+    said = []
+    held = journal.seqs_after(0)
+    for seq in sorted(set(range(1, max(held, default=0) + 1)) - set(held)):
+        blob = kept.get(seq) if kept is not None else None
+        if blob is not None and journal.store.put_if_absent(entry_key(seq), blob):
+            said.append(f"Journal entry {seq} was missing: put back from this device's copy.")
+        elif blob is None and journal.append(Entry(seq=seq, device=REPAIR_DEVICE, ops=[])):
+            said.append(f"Journal entry {seq} was missing and no copy of it is here: marked lost, so devices read "
+                        f"past it (its changes are gone unless a device that applied it puts them back).")
+    if kept is not None:
+        for seq in held:
+            mine = kept.get(seq)
+            if mine is not None and mine != journal.store.get(entry_key(seq)):
+                said.append(f"Journal entry {seq} in the store is not the one this device applied (the journal "
+                            "forked after the store went back in time); nothing was changed.")
+    return said
 
 
 def fsck(journal: Journal, blocks: BlockStore, local_replica: Path | None, verify_blocks: bool,
