@@ -327,3 +327,19 @@ async def test_an_explicit_mtime_of_unsaved_content_survives_a_restart(laptop):
     node = laptop.lookup("/notes.txt")
     assert laptop.drive.files.size_and_mtime(node) == (12, 1_600_000_000_123_456_789)
     assert await laptop.read("/notes.txt") == b"offline edit"
+
+
+@on_devices("laptop", "desktop")
+async def test_a_commit_whose_answer_was_lost_is_in_the_journal_once_and_the_sync_returns(laptop, desktop):
+    """The append landed, the device was told it failed: the next try recognises its own
+    entry — and tells whoever waits (a sync, an fsync), who waited forever before."""
+    from fusedrive.engine.journal import Journal
+
+    await laptop.save("/x.txt", b"one")
+    laptop.store.answers_to_lose = 1
+    with trio.fail_after(10):
+        await laptop.sync()
+    await desktop.pull()
+    assert await desktop.read("/x.txt") == b"one"
+    entries = [e for e in Journal(laptop.drive.volume).entries_after(0) if e.device == "laptop"]
+    assert len(entries) == 1

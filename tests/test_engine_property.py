@@ -1,5 +1,6 @@
 """The promise as a property, on three devices' real engines in this process: whatever
-sequence of saves, deletes, renames, partitions, syncs and pulls they make, once all of
+sequence of saves, deletes, renames, partitions, syncs, pulls, commits whose answer is
+lost (they landed) and kills with a restart from the cache dir they make, once all of
 them sync
 
 - they hold the same tree;
@@ -37,7 +38,8 @@ STEP = st.one_of(
     st.tuples(st.just("save"), st.sampled_from(DEVICES), st.sampled_from(NAMES), st.just("")),
     st.tuples(st.just("delete"), st.sampled_from(DEVICES), st.sampled_from(NAMES), st.just("")),
     st.tuples(st.just("rename"), st.sampled_from(DEVICES), st.sampled_from(NAMES), st.sampled_from(NAMES)),
-    st.tuples(st.sampled_from(["cut", "heal", "sync", "pull"]), st.sampled_from(DEVICES), st.just(""), st.just("")),
+    st.tuples(st.sampled_from(["cut", "heal", "sync", "pull", "lose-answer", "restart"]), st.sampled_from(DEVICES),
+              st.just(""), st.just("")),
     st.just(("settle", "", "", "")),  # every device that reaches the store syncs, then pulls
 )
 KEYS = new_volume()
@@ -104,6 +106,10 @@ async def play(steps: list[tuple[str, str, str, str]]) -> None:
                 unuploaded = {key: block for key, block in unuploaded.items() if key[0] != name}
             elif kind == "pull" and name not in cut:
                 await device.pull()
+            elif kind == "lose-answer":  # its next commit lands, and it is told it failed
+                device.store.answers_to_lose = 1
+            elif kind == "restart":  # killed, and started again from its cache dir
+                await device.restart()
         for device in started:
             device.cut_off(False)
             await device.sync()

@@ -132,6 +132,8 @@ class Committer:
                 self.replica.mark_committed(inflight["last_id"], entries[own].seq)
                 self.replica.carried_by(entries[own].seq, entries[own].blocks)
                 self.replica.set_state("inflight", None)
+            inflight = None
+            self.committed.fire()  # an fsync or sync waiting for it is done (it waited forever)
             entries = entries[own + 1:]
 
     async def commit_pending(self) -> None:

@@ -3,7 +3,8 @@ devices' engines on one volume, no FUSE and no S3 server) and for trying the eng
 
 Thread-safe, with the same contract as the real stores (tests/test_store_contract.py
 runs one suite over all three). `unreachable` makes every call fail as a store that is
-down does, so one device can be cut off while others go on.
+down does, so one device can be cut off while others go on; `answers_to_lose` makes a
+conditional write that lands look failed, as a reply lost on the way does.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class MemoryStore:
         self.url = url
         self.objects = objects or MemoryObjects()
         self.unreachable = False
+        self.answers_to_lose = 0  # the next N conditional writes are made, but their answer is lost
 
     def _check(self) -> None:
         if self.unreachable:
@@ -56,6 +58,9 @@ class MemoryStore:
             if key in self.objects.data:
                 return False
             self.objects.data[key] = (bytes(data), time.time())
+            if self.answers_to_lose:
+                self.answers_to_lose -= 1
+                raise StoreUnreachable(f"The answer to the write of {key} was lost (by the test).")
             return True
 
     def list(self, prefix: str, start_after: str = "") -> Iterator[Listed]:
