@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from engines import Device, devices, tree
-from fusedrive.errors import IntegrityError
+from fusedrive.errors import FusedriveError, IntegrityError
 
 pytestmark = pytest.mark.inprocess
 
@@ -343,3 +343,23 @@ async def test_a_commit_whose_answer_was_lost_is_in_the_journal_once_and_the_syn
     assert await desktop.read("/x.txt") == b"one"
     entries = [e for e in Journal(laptop.drive.volume).entries_after(0) if e.device == "laptop"]
     assert len(entries) == 1
+
+
+@on_devices("laptop")
+async def test_after_an_outage_the_store_is_asked_again_whether_it_holds_the_volume(laptop):
+    """A device that committed before an outage does not take the store that answers after
+    it for the same one: emptied meanwhile, it gets nothing appended."""
+    from fusedrive.errors import StoreRefused
+
+    await laptop.save("/before.txt", b"before")
+    await laptop.sync()
+    laptop.cut_off()
+    with pytest.raises(FusedriveError):
+        await laptop.pull()  # it sees the store fail (no commit in flight to look for after)
+    with laptop.store.objects.lock:
+        laptop.store.objects.data.clear()  # emptied while it could not see
+    laptop.cut_off(False)
+    await laptop.save("/after.txt", b"saved after the outage")
+    with pytest.raises(StoreRefused, match="no longer holds this volume"):
+        await laptop.sync()
+    assert not [key for key in laptop.store.objects.data if key.startswith("journal/")]

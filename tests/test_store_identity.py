@@ -194,3 +194,4 @@ def test_fsck_repair_fills_a_journal_gap_from_a_devices_copy_or_marks_it_lost(fi
     assert "Journal entry" not in again.stdout and again.returncode == 0
     late = file_volume.mount("late")
     assert read(late.p("a.txt")) == b"a.txt" and read(late.p("c.txt")) == b"c.txt"
+

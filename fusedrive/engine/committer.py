@@ -33,6 +33,7 @@ BATCH_OPS = 2000
 BATCH_DELAY_SECONDS = 0.05
 ENTRY_CARRY_MAX_BYTES = 1 << 20  # of carried blocks in one entry (see blocks.py)
 RETRY_MAX_SECONDS = 30
+IDENTITY_RECHECK_SECONDS = 300  # the store's header is read again before an append at least this often
 
 AppliedCallback = Callable[[list[Entry], Rebased], None]
 
@@ -62,9 +63,10 @@ class Committer:
         self.device = device
         self.on_applied = on_applied
         self.lock = trio.Lock()
-        # the store was seen to hold this volume's header since start: a device mounted from
-        # its cache dir on a store emptied (or replaced) must append nothing there
-        self.identity_checked = False
+        # when the store was last seen to hold this volume's header (trio's clock): asked again
+        # before an append after start, after a store failure and every few minutes, since a
+        # device mounted from its cache dir on a store emptied (or replaced) must append nothing
+        self.identity_seen = float("-inf")
         self.committed = Broadcast()
         self._wake = trio.Event()
         self._hurry = trio.Event()  # someone waits (fsync): the batching delay ends now
@@ -110,9 +112,8 @@ class Committer:
         except StoreWentBack as went_back:
             # Restored from an older copy: put back what it lost before anything is appended
             # after it (an append at our head would leave a gap; one at its head, a fork).
-            self.identity_checked = False  # whatever happens next, the next append asks again
-            restored = await self._store_call(self.journal.put_back, went_back)
-            self.identity_checked = True
+            restored = await self._store_call(self.journal.put_back, went_back)  # (asks it first)
+            self.identity_seen = trio.current_time()
             lost = await self._store_call(self.put_back_blocks, restored)
             self.on_put_back(restored, lost)
             entries = await self._store_call(lambda: list(self.journal.entries_after(start)), abandon=True)
@@ -151,9 +152,9 @@ class Committer:
                 # pulling recognizes it if it landed; either way that attempt is settled then.
                 await self._pull_locked()
                 self.replica.set_state("inflight", None)
-            if not self.identity_checked:  # the first append after start: is this still the volume?
+            if trio.current_time() - self.identity_seen > IDENTITY_RECHECK_SECONDS:  # is this still the volume?
                 await self._store_call(self.journal.check_identity)
-                self.identity_checked = True
+                self.identity_seen = trio.current_time()
             through = self.replica.last_pending_id()
             while True:
                 rows = self.replica.pending_ops(BATCH_OPS, through)
@@ -217,6 +218,7 @@ class Committer:
                 result = await trio.to_thread.run_sync(function, *args, abandon_on_cancel=abandon)
         except StoreUnreachable as exc:
             self.health.failed(exc)
+            self.identity_seen = float("-inf")  # what answers next may not be the same store
             raise
         self.health.succeeded(wrote=not abandon)
         return result
