@@ -363,3 +363,33 @@ async def test_after_an_outage_the_store_is_asked_again_whether_it_holds_the_vol
     with pytest.raises(StoreRefused, match="no longer holds this volume"):
         await laptop.sync()
     assert not [key for key in laptop.store.objects.data if key.startswith("journal/")]
+
+
+@on_devices("laptop", "desktop")
+async def test_a_journal_forked_by_a_rollback_stops_the_device_whose_entry_was_lost(laptop, desktop):
+    """The store goes back to before the laptop's entry, and the desktop (which never saw
+    it) commits at that seq: the laptop must not build on its own lost entry. It sees the
+    entry at its seq is not the one it applied and stops with one sentence, appending
+    nothing (putting the lost changes back on top is not built: issue 36)."""
+    from fusedrive.engine.journal import Journal
+
+    await laptop.save("/common.txt", b"both have it")
+    await agree(laptop, desktop)
+    with laptop.store.objects.lock:
+        backup = dict(laptop.store.objects.data)
+    await laptop.save("/lost.txt", b"the laptop's, lost with the rollback")
+    await laptop.sync()
+    with laptop.store.objects.lock:
+        laptop.store.objects.data.clear()
+        laptop.store.objects.data.update(backup)  # the store restored from the older copy
+    await desktop.save("/desktop.txt", b"the desktop's, at the same seq")
+    await desktop.sync()
+    laptop.cut_off()
+    with pytest.raises(FusedriveError):
+        await laptop.pull()
+    laptop.cut_off(False)
+    await laptop.save("/after.txt", b"saved after")
+    with pytest.raises(IntegrityError, match="forked"):
+        await laptop.sync()
+    devices_of = [e.device for e in Journal(laptop.drive.volume).entries_after(0)]
+    assert devices_of[-1] == "desktop", "the laptop appended on top of an entry the store no longer has"

@@ -154,6 +154,7 @@ class Committer:
                 self.replica.set_state("inflight", None)
             if trio.current_time() - self.identity_seen > IDENTITY_RECHECK_SECONDS:  # is this still the volume?
                 await self._store_call(self.journal.check_identity)
+                await self._pull_locked()  # and does it still hold what this device applied (went back, forked)?
                 self.identity_seen = trio.current_time()
             through = self.replica.last_pending_id()
             while True:

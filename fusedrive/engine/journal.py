@@ -123,12 +123,13 @@ class Journal:
         """Seqs of the entries after `seq` (one list call per 1000 entries)."""
         return [found for found in self._listed_from(seq) if found > seq]
 
-    def _listed_from(self, seq: int) -> list[int]:
-        found = []
-        for key, *_ in self.store.list(PREFIX, start_after=entry_key(seq)):
+    def _listed_from(self, seq: int) -> dict[int, int]:
+        """Seq → stored size of the entries after `seq`, in order."""
+        found = {}
+        for key, size, *_ in self.store.list(PREFIX, start_after=entry_key(seq)):
             suffix = key[len(PREFIX):]
             if suffix.isdigit():
-                found.append(int(suffix))
+                found[int(suffix)] = size
         return found
 
     def read(self, seq: int) -> Entry:
@@ -144,17 +145,34 @@ class Journal:
         at `seq` itself: a store whose journal no longer holds it went back in time
         (`StoreWentBack`)."""
         listed = self._listed_from(seq - 1) if seq > 0 else self._listed_from(0)
-        if seq > 0 and (not listed or listed[0] != seq):
+        if seq > 0 and next(iter(listed), None) != seq:
             raise StoreWentBack(seq)
         seqs = [found for found in listed if found > seq]
         for expected, found in enumerate(seqs, start=seq + 1):
             if found != expected:
                 raise IntegrityError(f"Journal entry {expected} is missing (found {found} after it).")
+        mine = self.kept.get(seq) if self.kept is not None and seq > 0 else None
+        if mine is not None and len(mine) != listed[seq]:  # (free: the listing says each entry's size)
+            raise self._forked(seq)
+        if mine is not None and seqs:  # what comes next must follow the entry this device applied
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                theirs = pool.submit(self.store.get, entry_key(seq))
+                first = pool.submit(self.read, seqs[0])
+                if theirs.result() != mine:
+                    raise self._forked(seq)
+                yield first.result()
+            seqs = seqs[1:]
         if len(seqs) <= 1:
             yield from (self.read(s) for s in seqs)
             return
         with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
             yield from pool.map(self.read, seqs)
+
+    @staticmethod
+    def _forked(seq: int) -> IntegrityError:
+        return IntegrityError(f"Journal entry {seq} in the store is not the one this device applied: after the "
+                              "store went back in time another device committed there, so the journal forked "
+                              "(`fusedrive fsck --repair --cache-dir` names where); nothing more is applied here.")
 
     def append(self, entry: Entry) -> bool:
         """Try to take `entry.seq`; False if another commit already holds it."""
@@ -188,7 +206,7 @@ class Journal:
         cannot be: an entry this device has no copy of, or a seq the store now holds another
         entry at (a device committed there after the store went back: the journal forked)."""
         self.check_identity()
-        held = set(self._listed_from(0))
+        held = set(self._listed_from(0))  # (the seqs)
         restored = []
         for seq in (seq for seq in range(1, went_back.missing + 1) if seq not in held):
             blob = self.kept.get(seq) if self.kept is not None else None
