@@ -29,12 +29,18 @@ def status_of(volume, mount) -> tuple[int, dict, str]:
     return shown.returncode, entry, shown.stdout
 
 
-def test_a_volume_directory_that_goes_away_is_never_recreated_and_loses_no_save(file_volume, tmp_path):
-    laptop = file_volume.mount("laptop", poll_interval=0.3)
-    desktop = file_volume.mount("desktop", poll_interval=0.3)
-    write(laptop.p("before.txt"), b"before")
+def two_devices_with(volume, name: str, data: bytes):
+    """A laptop and a desktop mounted, both holding `name`, saved on the laptop."""
+    laptop = volume.mount("laptop", poll_interval=0.3)
+    desktop = volume.mount("desktop", poll_interval=0.3)
+    write(laptop.p(name), data)
     laptop.sync()
     same_everywhere(laptop, desktop)
+    return laptop, desktop
+
+
+def test_a_volume_directory_that_goes_away_is_never_recreated_and_loses_no_save(file_volume, tmp_path):
+    laptop, desktop = two_devices_with(file_volume, "before.txt", b"before")
     directory = tmp_path / "volume"
     away = tmp_path / "unplugged"
     os.rename(directory, away)
@@ -84,11 +90,7 @@ def test_a_store_restored_from_an_older_copy_gets_back_every_entry_it_lost(file_
     (a backup restored, a disk image rolled back), then f4 and f5 saved on two devices: the
     devices put the lost entries back byte for byte before going on, so nothing is lost,
     no seq holds two entries, status says what happened, and a new device joins."""
-    laptop = file_volume.mount("laptop", poll_interval=0.3)
-    desktop = file_volume.mount("desktop", poll_interval=0.3)
-    write(laptop.p("f1.txt"), b"one")
-    laptop.sync()
-    same_everywhere(laptop, desktop)
+    laptop, desktop = two_devices_with(file_volume, "f1.txt", b"one")
     directory = tmp_path / "volume"
     shutil.copytree(directory, tmp_path / "backup")
     write(laptop.p("f2.txt"), b"two")

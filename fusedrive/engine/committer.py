@@ -133,7 +133,6 @@ class Committer:
                 self.replica.mark_committed(inflight["last_id"], entries[own].seq)
                 self.replica.carried_by(entries[own].seq, entries[own].blocks)
                 self.replica.set_state("inflight", None)
-            inflight = None
             self.committed.fire()  # an fsync or sync waiting for it is done (it waited forever)
             entries = entries[own + 1:]
 
@@ -147,14 +146,16 @@ class Committer:
             await self._resumed.wait()
         self.check_ready()
         async with self.lock:
-            if self.replica.get_state("inflight"):
-                # An append whose outcome we never learned (a crash, an error after the PUT):
-                # pulling recognizes it if it landed; either way that attempt is settled then.
+            identity_due = trio.current_time() - self.identity_seen > IDENTITY_RECHECK_SECONDS
+            if identity_due:  # is this still the volume?
+                await self._store_call(self.journal.check_identity)
+            # A pull, when the store is to be checked (does it still hold what this device
+            # applied: went back, forked?) or an append's outcome was never learned (a crash, an
+            # error after the PUT: pulling recognizes it if it landed; that attempt is settled then).
+            if identity_due or self.replica.get_state("inflight"):
                 await self._pull_locked()
                 self.replica.set_state("inflight", None)
-            if trio.current_time() - self.identity_seen > IDENTITY_RECHECK_SECONDS:  # is this still the volume?
-                await self._store_call(self.journal.check_identity)
-                await self._pull_locked()  # and does it still hold what this device applied (went back, forked)?
+            if identity_due:
                 self.identity_seen = trio.current_time()
             through = self.replica.last_pending_id()
             while True:

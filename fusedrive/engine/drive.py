@@ -33,7 +33,7 @@ from .hubclient import HubClient
 from .journal import Entry, Journal, KeptEntries
 from .localfiles import LocalFiles
 from .pins import Pins
-from .manifest import Piece, block_refs, data_ranges
+from .manifest import Piece, block_refs
 from .reads import Reader
 from .replica import Replica
 from .tree import Inode
@@ -135,11 +135,10 @@ class Drive:
 
     def _store_went_back(self, restored: list[Entry], lost: list[str]) -> None:
         """Said once, to status and events: the store lost entries and this device put them back."""
-        seqs = [entry.seq for entry in restored]
-        message = (f"The store had gone back in time (restored from an older copy?): it had lost journal entries "
-                   f"{seqs[0]}–{seqs[-1]}, which this device put back" if len(seqs) > 1 else
-                   f"The store had gone back in time (restored from an older copy?): it had lost journal entry "
-                   f"{seqs[0]}, which this device put back") if seqs else "The store had gone back in time"
+        first, last = restored[0].seq, restored[-1].seq
+        entries = f"entries {first}–{last}" if last > first else f"entry {first}"
+        message = (f"The store had gone back in time (restored from an older copy?): it had lost journal {entries}, "
+                   "which this device put back")
         message += (f"; {len(lost)} stored objects with content saved since are not on this device to put back "
                     f"({', '.join(lost[:3])}{'…' if len(lost) > 3 else ''}): another device may have them."
                     if lost else ", with their content: nothing saved since is lost.")
@@ -191,12 +190,7 @@ class Drive:
         return await self.reader.read(node, offset, size)
 
     def data_ranges(self, node: Inode) -> list[tuple[int, int]]:
-        """Where the file has data, holes left out (a copy leaves them unwritten, as `cp
-        --sparse` does); all of it while this device holds its content staged."""
-        size, _ = self.files.size_and_mtime(node)
-        if node.fid in self.files.attrs:
-            return [(0, size)] if size else []
-        return data_ranges(node.extents(), size)
+        return self.files.data_ranges(node)
 
     async def fetch_block(self, piece: Piece, node: Inode | None) -> bytes:
         return await self.reader.fetch_block(piece, node)

@@ -144,7 +144,7 @@ class Journal:
         a long time offline); a gap in the seqs is an integrity error. The listing starts
         at `seq` itself: a store whose journal no longer holds it went back in time
         (`StoreWentBack`)."""
-        listed = self._listed_from(seq - 1) if seq > 0 else self._listed_from(0)
+        listed = self._listed_from(max(seq - 1, 0))
         if seq > 0 and next(iter(listed), None) != seq:
             raise StoreWentBack(seq)
         seqs = [found for found in listed if found > seq]
@@ -206,7 +206,7 @@ class Journal:
         cannot be: an entry this device has no copy of, or a seq the store now holds another
         entry at (a device committed there after the store went back: the journal forked)."""
         self.check_identity()
-        held = set(self._listed_from(0))  # (the seqs)
+        held = set(self._listed_from(0))
         restored = []
         for seq in (seq for seq in range(1, went_back.missing + 1) if seq not in held):
             blob = self.kept.get(seq) if self.kept is not None else None

@@ -17,7 +17,7 @@ from collections import Counter
 
 from ..signals import Broadcast
 from .cache import BlockCache
-from .manifest import pieces
+from .manifest import data_ranges, pieces
 from .replica import Replica
 from .tree import Inode
 from .staging import Staging
@@ -61,6 +61,14 @@ class LocalFiles:
     def ctime(self, node: Inode) -> int:
         """The later of the last metadata change and the last staged write."""
         return max(node.ctime_ns, self.attrs.get(node.fid, (0, 0, 0))[2])
+
+    def data_ranges(self, node: Inode) -> list[tuple[int, int]]:
+        """Where the file has data, holes left out (a copy leaves them unwritten, as `cp
+        --sparse` does); all of it while its content is staged here."""
+        size, _ = self.size_and_mtime(node)
+        if node.fid in self.attrs:
+            return [(0, size)] if size else []
+        return data_ranges(node.extents(), size)
 
     def stored_blocks(self, node: Inode, size: int) -> int:
         """st_blocks: the 512-byte units really stored, so `du` of a sparse file counts only

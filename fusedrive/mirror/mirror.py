@@ -538,18 +538,24 @@ class Mirror:
         return sorted(moves, key=lambda move: move[1].count(b"/"))
 
     def _walk_for(self, inodes: set[int]) -> list[tuple[bytes, LocalEntry]]:
-        """Every path in the folder (not ignored) whose inode is one of `inodes` (blocking)."""
+        """Every path in the folder (not ignored) whose inode is one of `inodes` (blocking).
+        A directory listing says each name's inode: only those are looked at further."""
         found = []
-        for directory, dirs, files in os.walk(self.root):
-            relative = os.path.relpath(directory, self.root)
-            base = b"" if relative == b"." else relative
-            dirs[:] = [d for d in dirs if not self.ignore.ignored(join(base, d), True)]
-            for name in dirs + files:
-                path = join(base, name)
-                if name not in dirs and self.ignore.ignored(path):
+        folders = [b""]
+        while folders:
+            base = folders.pop()
+            try:
+                listing = list(os.scandir(os.path.join(self.root, base) if base else self.root))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for item in listing:
+                path = join(base, item.name)
+                is_dir = item.is_dir(follow_symlinks=False)
+                if self.ignore.ignored(path, is_dir):
                     continue
-                entry = look(self.root, path)
-                if entry is not None and entry.ino in inodes:
+                if is_dir:
+                    folders.append(path)
+                if item.inode() in inodes and (entry := look(self.root, path)) is not None:
                     found.append((path, entry))
         return found
 
