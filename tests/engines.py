@@ -15,9 +15,7 @@ and killed and started again from its cache dir (`restart()`).
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import stat
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -26,23 +24,20 @@ import trio
 from fusedrive.engine.drive import Drive
 from fusedrive.errors import FusedriveError
 from fusedrive.engine.journal import start_journal
-from fusedrive.engine.namespace import Namespace
-from fusedrive.engine.tree import ROOT_INO, Inode
 from fusedrive.store.memory import MemoryObjects, MemoryStore
 from fusedrive.store.volume import HEADER_KEY, READER_VERSION, Volume, create_volume
+from fusedrive.testing.bypath import STEP_SECONDS, PathFrontEnd, tree as drive_tree
 
 PASSPHRASE = "in-process"
-STEP_SECONDS = 30  # no single engine step of a test may take longer
 
 
-class Device:
+class Device(PathFrontEnd):
     """One device: its engine (`drive`) and a small front end that acts by path."""
 
     def __init__(self, name: str, drive: Drive, store: MemoryStore, nursery: trio.Nursery) -> None:
         self.name = name
         self.drive = drive
         self.store = store
-        self.namespace = Namespace(drive.replica)
         self._nursery = nursery
         self._running: tuple[trio.CancelScope, trio.Event] | None = None
 
@@ -64,85 +59,7 @@ class Device:
             self.drive.cache_dir.mkdir()
             (self.drive.cache_dir / "volume-id").write_text(volume.volume_id)
         self.drive = Drive(volume, self.drive.cache_dir, self.name, 1 << 30, poll_interval=3600)
-        self.namespace = Namespace(self.drive.replica)
         await self.start()
-
-    # --- looking things up --------------------------------------------------------------
-
-    def lookup(self, path: str) -> Inode | None:
-        ino = ROOT_INO
-        for part in [p for p in path.split("/") if p]:
-            ino = self.drive.replica.lookup(ino, part.encode())
-            if ino is None:
-                return None
-        return self.drive.replica.inode(ino)
-
-    def _parent_and_name(self, path: str) -> tuple[int, bytes]:
-        parent, _, name = path.rstrip("/").rpartition("/")
-        node = self.lookup(parent or "/")
-        assert node is not None and node.is_dir, f"{self.name}: no directory {parent or '/'}"
-        return node.ino, name.encode()
-
-    def names(self, path: str = "/") -> list[str]:
-        node = self.lookup(path)
-        return sorted(name.decode() for name, _ in self.drive.replica.children(node.ino))
-
-    # --- what programs do ---------------------------------------------------------------
-
-    async def read(self, path: str) -> bytes:
-        node = self.lookup(path)
-        assert node is not None, f"{self.name}: {path} does not exist"
-        size, _ = self.drive.files.size_and_mtime(node)
-        with trio.fail_after(STEP_SECONDS):
-            return await self.drive.read(node, 0, size)
-
-    def mkdir(self, path: str) -> None:
-        parent, name = self._parent_and_name(path)
-        self.namespace.create(parent, name, stat.S_IFDIR | 0o755, os.getuid(), os.getgid())
-
-    def delete(self, path: str) -> None:
-        parent, name = self._parent_and_name(path)
-        node = self.lookup(path)
-        self.namespace.remove(parent, name, want_dir=node is not None and node.is_dir)
-
-    def rename(self, old: str, new: str) -> None:
-        old_parent, old_name = self._parent_and_name(old)
-        new_parent, new_name = self._parent_and_name(new)
-        self.namespace.rename(old_parent, old_name, new_parent, new_name)
-
-    async def open_for_writing(self, path: str) -> Inode:
-        """open(O_WRONLY|O_CREAT): the file, open, until `close`."""
-        node = self.lookup(path)
-        if node is None:
-            parent, name = self._parent_and_name(path)
-            node = self.drive.replica.inode(self.namespace.create(parent, name, stat.S_IFREG | 0o644,
-                                                                  os.getuid(), os.getgid()))
-        self.drive.opened(node.fid, writing=True)
-        return node
-
-    async def write(self, node: Inode, data: bytes, offset: int = 0, truncate: bool = True) -> None:
-        with trio.fail_after(STEP_SECONDS):
-            if truncate:
-                await self.drive.truncate(node, 0)
-            await self.drive.write(node, offset, data)
-
-    def close(self, node: Inode) -> None:
-        self.drive.flushed(node.fid)
-        self.drive.released(node.fid, writing=True)
-
-    async def save(self, path: str, data: bytes) -> None:
-        """What an editor's plain save does: open(O_TRUNC|O_CREAT), write, close."""
-        node = await self.open_for_writing(path)
-        try:
-            await self.write(node, data)
-        finally:
-            self.close(node)
-
-    async def save_by_rename(self, path: str, data: bytes) -> None:
-        """What most editors and office programs do: write a temporary file, rename it over."""
-        temporary = path + ".tmp~"
-        await self.save(temporary, data)
-        self.rename(temporary, path)
 
     # --- the store ----------------------------------------------------------------------
 
@@ -174,18 +91,9 @@ class Device:
         assert not problems, f"{self.name}: {problems}"
 
 
-async def _content(device: Device, node: Inode) -> bytes:
-    size, _ = device.drive.files.size_and_mtime(node)
-    return await device.drive.read(node, 0, size)
-
-
 async def tree(device: Device) -> dict[str, bytes | None]:
     """Every path → its content (None for a directory), as this device sees it now."""
-    found = {}
-    for path, node in device.drive.replica.walk():
-        found[path.decode(errors="surrogateescape") if isinstance(path, bytes) else path] = \
-            None if not node.is_reg else await _content(device, node)
-    return found
+    return await drive_tree(device.drive)
 
 
 async def _serve(drive: Drive, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import pytest
 
-import json
 import os
 import uuid
 
@@ -27,6 +26,7 @@ from hypothesis import HealthCheck, given, seed, settings, strategies as st
 from engines import devices, new_volume, tree
 from fusedrive.engine.checkpoints import replay_to_head
 from fusedrive.engine.replica import Replica
+from fusedrive.testing.simulation import digest, kept_contents
 from fusedrive.tools.fsck import snapshot
 
 pytestmark = pytest.mark.inprocess
@@ -45,28 +45,16 @@ STEP = st.one_of(
 KEYS = new_volume()
 
 
-def referenced_blocks(replica) -> set[str]:
-    """The blocks a user can reach: live files and trashed ones, and the versions in their
-    histories (a version row no chain leads to is lost to the user, whatever the table holds)."""
-    reachable = [fid for (fid,) in replica.db.execute("SELECT fid FROM inodes WHERE nlink > 0 UNION SELECT fid "
-                                                      "FROM trash")]
-    fids = {member for fid in reachable for member in replica.history_chain(fid)}
-    manifests = [m for (m,) in replica.db.execute(
-        "SELECT manifest FROM inodes WHERE nlink > 0 UNION ALL SELECT manifest FROM trash")]
-    manifests += [m for fid in fids for (m,) in replica.db.execute("SELECT manifest FROM versions WHERE fid=?", (fid,))]
-    return {extent[0] for manifest in manifests for extent in json.loads(manifest) if extent and extent[0]}
-
-
 async def play(steps: list[tuple[str, str, str, str]]) -> None:
     async with devices(*DEVICES, keys_of=KEYS) as started:
         by_name = {device.name: device for device in started}
         cut: set[str] = set()
-        required: dict[str, str] = {}  # block id of each save that must survive → what it was
-        unuploaded: dict[tuple[str, str], str] = {}  # (device, fid) → the block of its save not uploaded yet
+        required: dict[str, str] = {}  # digest of each save that must survive → what it was
+        unuploaded: dict[tuple[str, str], str] = {}  # (device, fid) → the digest of its save not uploaded yet
         for path in NAMES:  # from a common start: every device has every name
             content = f"the first {path}".encode()
             await started[0].save("/" + path, content)
-            required[KEYS.keys.id_of(content)] = content.decode()
+            required[digest(content)] = content.decode()
         steps = [("settle", "", "", ""), *steps]
         for kind, name, path, other in steps:
             if kind == "settle":
@@ -83,7 +71,7 @@ async def play(steps: list[tuple[str, str, str, str]]) -> None:
             if kind == "save":
                 content = f"{name} saved {path} #{uuid.uuid4().hex[:8]}".encode()
                 await device.save("/" + path, content)
-                block = KEYS.keys.id_of(content)
+                block = digest(content)
                 fid = device.lookup("/" + path).fid
                 superseded = unuploaded.pop((name, fid), None)
                 required.pop(superseded, None)  # overwritten here before it could upload
@@ -122,7 +110,7 @@ async def play(steps: list[tuple[str, str, str, str]]) -> None:
         replay_to_head(started[0].drive.volume, replayed)
         for device in started:
             assert snapshot(device.drive.replica) == snapshot(replayed), f"{device.name}'s replica is not the journal's"
-        kept = referenced_blocks(started[0].drive.replica)
+        kept = kept_contents(started[0].drive.replica, started[0].drive.blocks)
         lost = {content for block, content in required.items() if block not in kept}
         assert not lost, f"closed saves lost: {sorted(lost)}"
 

@@ -169,8 +169,10 @@ class Applying:
         self.db.execute("INSERT OR IGNORE INTO fid_inos(fid) VALUES(?)", (op["fid"],))
         ino = self.db.execute("SELECT ino FROM fid_inos WHERE fid=?", (op["fid"],)).fetchone()[0]
         # A file that comes back may still have a nameless row here (open when it was deleted),
-        # and is no longer in the trash.
+        # and is no longer in the trash. It comes back as the op makes it, as on a device that
+        # had forgotten the row: without the old row's extended attributes.
         self.db.execute("DELETE FROM inodes WHERE ino=?", (ino,))
+        self.db.execute("DELETE FROM xattrs WHERE ino=?", (ino,))
         self.db.execute("DELETE FROM trash WHERE fid=?", (op["fid"],))
         if self.path_history and stat.S_ISREG(mode) and not op.get("scratch"):
             self._succeed_departed(op)

@@ -1,4 +1,5 @@
-"""Changing the tree the way a program does — create, link, remove, rename, set attributes —
+"""Changing the tree the way a program does — create, link, remove, rename, set attributes and
+extended attributes —
 with the POSIX checks every front end needs, raised as OSError with the errno (EEXIST,
 ENOENT, ENOTDIR, EISDIR, ENOTEMPTY, EINVAL, ENAMETOOLONG). Each change is recorded as the
 journal op that carries it (engine/ops.py). Front ends add their own rules on top (the
@@ -14,7 +15,7 @@ import uuid
 
 from .replica import Replica
 from .scratch import is_scratch
-from .tree import Inode, name_to_json
+from .tree import Inode, b64, name_to_json
 
 NAME_MAX = 255
 
@@ -150,3 +151,12 @@ class Namespace:
             changes["mode"] = stat.S_IFMT(node.mode) | stat.S_IMODE(changes["mode"])
         op.update(changes)
         self.replica.record(op)
+
+    def set_xattr(self, node: Inode, name: bytes, value: bytes) -> None:
+        self.replica.record({"op": "setxattr", "fid": node.fid, "name": name_to_json(name), "value": b64(value),
+                             "t": time.time_ns()})
+
+    def remove_xattr(self, node: Inode, name: bytes) -> None:
+        if self.replica.xattr(node.ino, name) is None:
+            raise refuse(errno.ENODATA)
+        self.replica.record({"op": "rmxattr", "fid": node.fid, "name": name_to_json(name), "t": time.time_ns()})

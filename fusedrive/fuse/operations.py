@@ -26,7 +26,7 @@ from ..errors import FusedriveError
 from .historytree import CONTROL_DIR, HistoryView
 from .kernel import invalidate_inode
 from .options import Presentation
-from ..engine.tree import ROOT_INO, Inode, b64, name_to_json
+from ..engine.tree import ROOT_INO, Inode
 
 log = logging.getLogger(__name__)
 
@@ -394,8 +394,7 @@ class DriveOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ERANGE)
         if name == LOCAL_XATTR:
             raise pyfuse3.FUSEError(errno.EPERM)
-        self.replica.record({"op": "setxattr", "fid": node.fid, "name": name_to_json(name), "value": b64(value),
-                             "t": time.time_ns()})
+        self.namespace.set_xattr(node, name, value)
 
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
@@ -423,6 +422,4 @@ class DriveOperations(pyfuse3.Operations):
     async def removexattr(self, inode, name, ctx):
         self._writable(inode)
         node = self._node(inode)
-        if self.replica.xattr(inode, name) is None:
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        self.replica.record({"op": "rmxattr", "fid": node.fid, "name": name_to_json(name), "t": time.time_ns()})
+        self.namespace.remove_xattr(node, name)
