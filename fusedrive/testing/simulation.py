@@ -601,6 +601,14 @@ class Simulation:
         healthy = Volume(MemoryStore(objects=self.objects), self.keys.volume_id, self.keys.chunking, self.keys.keys)
         replayed = Replica(":memory:")
         replay_to_head(healthy, replayed)
+        committed: dict[str, int] = {}
+        for entry in Journal(healthy).entries_after(0):
+            for op in entry.ops:
+                said = json.dumps(op, sort_keys=True)
+                if said in committed:  # each change a program made is committed once
+                    return self.fail(f"entries {committed[said]} and {entry.seq} both commit {said[:200]} "
+                                     "(a retry appended its entry again?)")
+                committed[said] = entry.seq
         for device in self.devices:
             mine, journal = snapshot(device.drive.replica), snapshot(replayed)
             if mine != journal:
