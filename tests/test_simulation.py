@@ -60,3 +60,16 @@ def test_a_file_brought_back_under_a_rebase_has_the_attributes_of_its_journal_no
         Step(2, 'sync', '/d/y', '', 1.128), Step(1, 'pull', '/b', '', 0.186), Step(2, 'rename', '/b', '/a', 0.286),
         Step(1, 'sync', '/c', '', 0.341),
     ], Faults())
+
+
+def test_a_rename_within_a_folder_deleted_elsewhere_with_the_file_never_stalls_the_device():
+    """Found by the simulation with the rule of before 4f1f327 put back (seed 503, shrunk from
+    60 steps to 5): the phone saves /d/x while the laptop removes /d with everything in it,
+    then the phone renames /d/x. Its rebase brought /d back twice (once for the file's
+    revival, once as the rename's destination), failed on UNIQUE(dentries.parent, name) at
+    every pull, and the phone never applied or committed again — the stall of issue 40's
+    fixture (stuck at entry 52 of 88)."""
+    replay(503, [
+        Step(2, 'mkdir', '/d', '', 0.867), Step(0, 'fsync-save', '/c', '', 1.98), Step(0, 'rm-r', '/d', '', 0.812),
+        Step(2, 'fsync-save', '/d/x', '', 0.278), Step(2, 'rename', '/d/x', '/d/x', 4.658),
+    ], Faults())

@@ -54,14 +54,18 @@ class Follower:
         while True:
             if not await self._wait_for_hub():
                 await trio.sleep(self.poll_interval)
-            try:
-                await self.committer.pull()
-            except StoreUnreachable as exc:
-                log.info("journal poll failed: %s", exc)
-            except Exception as exc:  # noqa: BLE001 - an entry we cannot apply must not take the mount down
-                self.problems.cannot("apply", f"Cannot apply the journal after entry {self.replica.applied_seq}", exc)
-            else:
-                self.problems.resolved("apply")
+            await self.pull_now()
+
+    async def pull_now(self) -> None:
+        """One look at the journal: what a failure to apply means is said (status), never raised."""
+        try:
+            await self.committer.pull()
+        except StoreUnreachable as exc:
+            log.info("journal poll failed: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - an entry we cannot apply must not take the mount down
+            self.problems.cannot("apply", f"Cannot apply the journal after entry {self.replica.applied_seq}", exc)
+        else:
+            self.problems.resolved("apply")
 
     async def _wait_for_hub(self) -> bool:
         """True once the hub says something may have changed (or its wait timed out)."""

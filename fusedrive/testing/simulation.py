@@ -69,7 +69,7 @@ FOLDERS = ["/d", "/e"]
 DEVICES = ["laptop", "desktop", "phone"]
 # (kind, weight): what users do, and what happens to devices and the store
 STEP_KINDS = [("save", 20), ("save-by-rename", 8), ("fsync-save", 6), ("edit", 6), ("truncate", 3),
-              ("delete", 8), ("rename", 8), ("mkdir", 4), ("rmdir", 3), ("link", 2), ("chmod", 3),
+              ("delete", 8), ("rename", 8), ("mkdir", 4), ("rmdir", 2), ("rm-r", 2), ("link", 2), ("chmod", 3),
               ("setxattr", 2), ("read", 5), ("sync", 4), ("pull", 2),
               ("cut", 3), ("heal", 3), ("outage", 1), ("lose-answer", 3), ("crash", 3)]
 SETTLE_SECONDS = 1800  # virtual: once the store is healthy, every device must be done within this
@@ -116,7 +116,7 @@ def plan(seed: int, operations: int = 60, devices: int = len(DEVICES)) -> list[S
     steps = []
     for _ in range(operations):
         kind = rng.choices(kinds, weights)[0]
-        a = rng.choice(FOLDERS if kind in ("mkdir", "rmdir") else FILES)
+        a = rng.choice(FOLDERS if kind in ("mkdir", "rmdir", "rm-r") else FILES)
         b = rng.choice(FILES)
         steps.append(Step(rng.randrange(devices), kind, a, b if kind in ("rename", "link") else "",
                           round(rng.expovariate(1.0), 3)))
@@ -480,9 +480,12 @@ class Simulation:
             if node is None or node.is_dir:
                 return False
             device.delete(path)
-        elif kind == "rmdir":
+        elif kind in ("rmdir", "rm-r"):
             if node is None or not node.is_dir:
                 return False
+            if kind == "rm-r":  # what rm -r does: the files in it, then the folder
+                for name in device.names(path):
+                    device.delete(f"{path}/{name}")
             device.delete(path)
         elif kind == "rename":
             device.rename(path, other)
@@ -568,8 +571,8 @@ class Simulation:
                     with trio.move_on_after(CALL_SECONDS), contextlib.suppress(FusedriveError):
                         await device.drive.sync_all()
                 for device in self.devices:
-                    with trio.move_on_after(CALL_SECONDS), contextlib.suppress(FusedriveError):
-                        await device.drive.committer.pull()
+                    with trio.move_on_after(CALL_SECONDS):
+                        await device.drive.follower.pull_now()
                 head = len(list(self.objects_with("journal/")))
                 if all(self._done(device, head) for device in self.devices):
                     return True
