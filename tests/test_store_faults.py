@@ -1,7 +1,8 @@
 """The store misbehaving while devices keep working: answering 500 or 503, answering
 slowly, losing the answer to a commit, hanging, stopping, or unreachable from one
-device for minutes. Faults come from the HTTP proxy in front of SeaweedFS
-(fusedrive/testing/faultproxy.py). Every wait is bounded; nothing closed is lost.
+device for a minute (past the longest backoff, 30 s; partitions of many virtual minutes are
+the simulation's, tests/test_simulation.py). Faults come from the HTTP proxy in front of
+SeaweedFS (fusedrive/testing/faultproxy.py). Every wait is bounded; nothing closed is lost.
 
 Replay the partition longer: FUSEDRIVE_PARTITION_SECONDS=600 scripts/test.sh -k cut_off
 """
@@ -21,7 +22,7 @@ from test_history import history, subprocess_bytes, trash
 from test_posix import read, write
 from test_sync import wait_for
 
-PARTITION_SECONDS = float(os.environ.get("FUSEDRIVE_PARTITION_SECONDS", "120"))
+PARTITION_SECONDS = float(os.environ.get("FUSEDRIVE_PARTITION_SECONDS", "60"))
 
 
 def drained(mount) -> bool:

@@ -23,6 +23,7 @@ from ..crashpoints import crash_point
 from ..errors import DeviceStuck, FusedriveError, StoreUnreachable
 from .events import StoreHealth
 from .journal import Entry, Journal, StoreWentBack
+from .ops import check_recorded
 from .rebase import Revalidator
 from .replica import Rebased, Replica
 from ..signals import Broadcast
@@ -200,6 +201,8 @@ class Committer:
         carried_bytes = 0
         last_id = rows[0][0]
         for row_id, row_ops in rows:
+            for op in row_ops:  # as a rebase left them: checked again before they go out
+                check_recorded(op)
             row_carried = {block: blob for block, blob in self.replica.blocks_to_carry(row_ops).items()
                            if block not in carried}
             row_bytes = sum(map(len, row_carried.values()))

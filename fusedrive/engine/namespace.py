@@ -2,7 +2,7 @@
 extended attributes —
 with the POSIX checks every front end needs, raised as OSError with the errno (EEXIST,
 ENOENT, ENOTDIR, EISDIR, ENOTEMPTY, EINVAL, ENAMETOOLONG). Each change is recorded as the
-journal op that carries it (engine/ops.py). Front ends add their own rules on top (the
+journal op that carries it, built by `ops.make` from the op table (engine/ops.py). Front ends add their own rules on top (the
 FUSE mount's read-only history tree and control directory)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import stat
 import time
 import uuid
 
+from . import ops
 from .replica import Replica
 from .scratch import is_scratch
 from .tree import Inode, b64, name_to_json
@@ -64,14 +65,13 @@ class Namespace:
             if stat.S_ISDIR(mode):
                 mode |= stat.S_ISGID
         fid = str(uuid.uuid4())
-        op = {"fid": fid, "parent": parent_node.fid, "name": name_to_json(name), "uid": uid, "gid": gid,
-              "t": time.time_ns()}
+        made = dict(fid=fid, parent=parent_node.fid, name=name_to_json(name), uid=uid, gid=gid, t=time.time_ns())
         if target is not None:
-            op.update(op="symlink", target=name_to_json(target))
+            op = ops.make("symlink", **made, target=name_to_json(target))
         else:
-            op.update(op="mknod", mode=mode, rdev=rdev)
-            if stat.S_ISREG(mode) and is_scratch(self.replica, parent, name):
-                op["scratch"] = True  # a lock made again: it continues no earlier lock's history
+            # a lock made again continues no earlier lock's history
+            scratch = stat.S_ISREG(mode) and is_scratch(self.replica, parent, name)
+            op = ops.make("mknod", **made, mode=mode, rdev=rdev, scratch=scratch or None)
         self.replica.record(op)
         return self.replica.ino_of(fid)
 
@@ -80,8 +80,8 @@ class Namespace:
         if node.is_dir:
             raise refuse(errno.EPERM)
         parent_node = self.vacant(parent, name)
-        self.replica.record({"op": "link", "fid": node.fid, "parent": parent_node.fid, "name": name_to_json(name),
-                             "t": time.time_ns()})
+        self.replica.record(ops.make("link", fid=node.fid, parent=parent_node.fid, name=name_to_json(name),
+                                     t=time.time_ns()))
 
     def remove(self, parent: int, name: bytes, want_dir: bool) -> None:
         """unlink (or rmdir with `want_dir`): the name goes; a file's last name sends it to the
@@ -98,11 +98,10 @@ class Namespace:
             raise refuse(errno.EISDIR)
         if want_dir and self.replica.has_children(ino):
             raise refuse(errno.ENOTEMPTY)
-        op = {"op": "unlink", "parent": parent_node.fid, "name": name_to_json(name), "fid": node.fid,
-              "version": node.version, "t": time.time_ns()}
-        if is_scratch(self.replica, parent, name):
-            op["scratch"] = True  # a lock, a swap file, a temporary: no trash entry, no history kept
-        self.replica.record(op)
+        # a lock, a swap file, a temporary: no trash entry, no history kept
+        scratch = is_scratch(self.replica, parent, name) or None
+        self.replica.record(ops.make("unlink", parent=parent_node.fid, name=name_to_json(name), fid=node.fid,
+                                     version=node.version, t=time.time_ns(), scratch=scratch))
 
     def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes,
                noreplace: bool = False, exchange: bool = False) -> None:
@@ -133,30 +132,27 @@ class Namespace:
                 raise refuse(errno.EISDIR)
             elif target_node.is_dir and self.replica.has_children(target):
                 raise refuse(errno.ENOTEMPTY)
-        op = {"op": "rename", "parent": old_dir.fid, "name": name_to_json(old_name), "newparent": new_dir.fid,
-              "newname": name_to_json(new_name), "fid": node.fid, "t": time.time_ns()}
-        if exchange:
-            op["exchange"] = True
-        elif target is not None and target != ino:
+        replaces = scratch = None
+        if not exchange and target is not None and target != ino:
             replaced = self.node(target)
-            op["replaces"] = [replaced.fid, replaced.version]
-            if is_scratch(self.replica, new_parent, new_name):
-                op["scratch"] = True  # git's index.lock renamed over its index: no history of the old one
-        self.replica.record(op)
+            replaces = [replaced.fid, replaced.version]
+            # git's index.lock renamed over its index: no history of the old one
+            scratch = is_scratch(self.replica, new_parent, new_name) or None
+        self.replica.record(ops.make("rename", parent=old_dir.fid, name=name_to_json(old_name), newparent=new_dir.fid,
+                                     newname=name_to_json(new_name), fid=node.fid, t=time.time_ns(),
+                                     exchange=exchange or None, replaces=replaces, scratch=scratch))
 
     def set_attributes(self, node: Inode, **changes: int) -> None:
         """Any of mode (permission bits), uid, gid, atime_ns, mtime_ns."""
-        op = {"op": "setattr", "fid": node.fid, "t": time.time_ns()}
         if "mode" in changes:
             changes["mode"] = stat.S_IFMT(node.mode) | stat.S_IMODE(changes["mode"])
-        op.update(changes)
-        self.replica.record(op)
+        self.replica.record(ops.make("setattr", fid=node.fid, t=time.time_ns(), **changes))
 
     def set_xattr(self, node: Inode, name: bytes, value: bytes) -> None:
-        self.replica.record({"op": "setxattr", "fid": node.fid, "name": name_to_json(name), "value": b64(value),
-                             "t": time.time_ns()})
+        self.replica.record(ops.make("setxattr", fid=node.fid, name=name_to_json(name), value=b64(value),
+                                     t=time.time_ns()))
 
     def remove_xattr(self, node: Inode, name: bytes) -> None:
         if self.replica.xattr(node.ino, name) is None:
             raise refuse(errno.ENODATA)
-        self.replica.record({"op": "rmxattr", "fid": node.fid, "name": name_to_json(name), "t": time.time_ns()})
+        self.replica.record(ops.make("rmxattr", fid=node.fid, name=name_to_json(name), t=time.time_ns()))

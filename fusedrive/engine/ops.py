@@ -50,25 +50,54 @@ OPS: dict[str, OpKind] = {
 }
 
 
+def make(kind: str, **fields) -> dict:
+    """A journal op of `kind` with `fields`, checked against OPS: what records ops builds them
+    with, so a malformed op is a TypeError where it is made, never an entry every device refuses."""
+    op = {"op": kind, **{name: value for name, value in fields.items() if value is not None}}
+    problem = _problem(op)
+    if problem is not None:
+        raise TypeError(f"A {kind!r} operation {problem}.")
+    return op
+
+
+def check_recorded(op: dict) -> None:
+    """An op about to be queued for the journal (however it was built): raises TypeError if a
+    reader would refuse it."""
+    problem = _problem(op)
+    if problem is not None:
+        raise TypeError(f"Refusing to queue a malformed {op.get('op')!r} operation: it {problem}.")
+
+
+def _problem(op: dict) -> str | None:
+    """What is wrong with an op of a known kind (None: nothing); "is unknown" for another kind."""
+    kind = OPS.get(op.get("op"))
+    if kind is None:
+        return "is of no kind this build knows"
+    for name, kind_type in kind.required.items():
+        if not isinstance(op.get(name), kind_type) or isinstance(op.get(name), bool) and kind_type is Int:
+            return f"lacks {name!r} or it is not a {kind_type.__name__}"
+    for name, kind_type in {**COMMON, **kind.optional}.items():
+        if name in op and op[name] is not None and not isinstance(op[name], kind_type):
+            return f"has {name!r} that is not a {kind_type.__name__}"
+    unknown = set(op) - {"op"} - set(kind.required) - set(kind.optional) - set(COMMON)
+    if unknown:
+        return f"has fields no reader knows ({', '.join(sorted(unknown))})"
+    return None
+
+
 def check_entry(seq: int, ops: object, entry_format: int) -> list[dict]:
     """The entry's operations, each checked against OPS; raises before anything is applied."""
     if not isinstance(ops, list) or not all(isinstance(op, dict) for op in ops):
         raise IntegrityError(f"Journal entry {seq} is malformed: its operations are not a list of objects.")
     for op in ops:
-        kind = OPS.get(op.get("op"))
-        if kind is None:
+        if op.get("op") not in OPS:
             newer = f" (format {entry_format}; this fusedrive reads format {FORMAT_VERSION})" \
                 if entry_format > FORMAT_VERSION else ""
             raise UnknownOperation(
                 f"This volume was changed by a newer fusedrive{newer}: journal entry {seq} holds an operation "
                 f"this version cannot apply ({op.get('op')!r}). Upgrade fusedrive on this device; changes made "
                 "here stay queued until then.")
-        for name, kind_type in kind.required.items():
-            if not isinstance(op.get(name), kind_type) or isinstance(op.get(name), bool) and kind_type is Int:
-                raise IntegrityError(f"Journal entry {seq} is malformed: a {op['op']!r} operation lacks "
-                                     f"{name!r} or it is not a {kind_type.__name__}.")
-        for name, kind_type in {**COMMON, **kind.optional}.items():
-            if name in op and op[name] is not None and not isinstance(op[name], kind_type):
-                raise IntegrityError(f"Journal entry {seq} is malformed: {name!r} of a {op['op']!r} operation "
-                                     f"is not a {kind_type.__name__}.")
+        problem = _problem(op)
+        if problem is not None and not problem.startswith("has fields no reader knows"):
+            raise IntegrityError(f"Journal entry {seq} is malformed: a {op['op']!r} operation {problem}.")
     return ops

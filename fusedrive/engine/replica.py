@@ -20,6 +20,7 @@ from ..crashpoints import crash_point
 from ..errors import IntegrityError
 from .applying import Applying
 from .manifest import BlockRef, Carried, block_refs, pieces
+from .ops import check_recorded
 from .tree import ROOT_FID, ROOT_INO, SCHEMA, UNDO_TABLE, Inode, fids_of, name_to_json, undo_triggers
 
 PATH_HISTORY_FORMAT = 3  # entries from this format on: history follows the path (applying.py)
@@ -194,6 +195,8 @@ class Replica(Applying):
 
     def record(self, *ops: dict) -> None:
         """Apply local operations and queue them for the journal as one row, atomically (undo-logged)."""
+        for op in ops:
+            check_recorded(op)
         with self:
             cur = self.db.execute("INSERT INTO pending(op) VALUES(?)", (json.dumps(list(ops)),))
             for op in ops:
