@@ -44,9 +44,9 @@ def seed_range(text: str) -> range:
         raise argparse.ArgumentTypeError(f"{text!r} is not a seed or a range of seeds FIRST:LAST") from None
 
 
-def run_seeds(seeds: list[int], operations: int) -> list[Outcome]:
+def run_seeds(seeds: list[int], operations: int, rollbacks: bool) -> list[Outcome]:
     logging.disable(logging.CRITICAL)  # the engine's warnings about the faults it is fed
-    return [simulate(seed, plan(seed, operations), base=SCRATCH) for seed in seeds]
+    return [simulate(seed, plan(seed, operations, rollbacks=rollbacks), base=SCRATCH) for seed in seeds]
 
 
 def print_failure(outcome: Outcome, shrunk: tuple[list[Step], Faults] | None) -> None:
@@ -64,6 +64,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=seed_range, default=seed_range("0:2000"), help="FIRST:LAST (default 0:2000)")
     parser.add_argument("--operations", type=int, default=60, help="steps per seed (default 60)")
+    parser.add_argument("--rollbacks", action="store_true",
+                        help="the store is also put back to an older copy now and then (goes back in time)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: every core)")
     parser.add_argument("--shrink", type=int, default=3, metavar="N", help="shrink the first N failures (default 3)")
     parser.add_argument("--failures", type=Path, help="append each failure here as a JSON line, as it is found")
@@ -76,7 +78,7 @@ def main() -> int:
     if args.replay is not None:
         os.environ["FUSEDRIVE_SIMULATION_TRACE"] = "1"
         logging.disable(logging.CRITICAL)
-        outcome = simulate(args.replay, plan(args.replay, args.operations), base=SCRATCH)
+        outcome = simulate(args.replay, plan(args.replay, args.operations, rollbacks=args.rollbacks), base=SCRATCH)
         print(outcome.report())
         return 0 if outcome.failure is None else 1
 
@@ -87,7 +89,7 @@ def main() -> int:
     failures: list[Outcome] = []
     with multiprocessing.get_context("fork").Pool(args.workers) as pool, \
             tqdm(total=len(seeds), unit="seed", disable=args.quiet, file=sys.stderr) as bar:
-        for outcomes in pool.imap_unordered(_run_chunk, [(chunk, args.operations) for chunk in chunks]):
+        for outcomes in pool.imap_unordered(_run_chunk, [(chunk, args.operations, args.rollbacks) for chunk in chunks]):
             for outcome in outcomes:
                 for name in totals:
                     totals[name] += getattr(outcome, name)
@@ -111,7 +113,7 @@ def main() -> int:
     return 1 if failures else 0
 
 
-def _run_chunk(job: tuple[list[int], int]) -> list[Outcome]:
+def _run_chunk(job: tuple[list[int], int, bool]) -> list[Outcome]:
     return run_seeds(*job)
 
 

@@ -72,6 +72,7 @@ STEP_KINDS = [("save", 20), ("save-by-rename", 8), ("fsync-save", 6), ("edit", 6
               ("delete", 8), ("rename", 8), ("mkdir", 4), ("rmdir", 2), ("rm-r", 2), ("link", 2), ("chmod", 3),
               ("setxattr", 2), ("read", 5), ("sync", 4), ("pull", 2),
               ("cut", 3), ("heal", 3), ("outage", 1), ("lose-answer", 3), ("crash", 3)]
+ROLLBACK_KINDS = [("backup", 2), ("restore", 1)]
 SETTLE_SECONDS = 1800  # virtual: once the store is healthy, every device must be done within this
 POLL_SECONDS = 10.0  # virtual: how often a device lists the journal (idle devices' polls are most of a run's CPU)
 PLAY_SECONDS = 7200  # virtual: the steps of a run are done within this (each is bounded far below)
@@ -109,10 +110,12 @@ class Faults:
         return cls(0, 0, 0, 0, 0.05)
 
 
-def plan(seed: int, operations: int = 60, devices: int = len(DEVICES)) -> list[Step]:
-    """The steps of the run `seed`: `operations` of them over `devices` devices."""
+def plan(seed: int, operations: int = 60, devices: int = len(DEVICES), rollbacks: bool = False) -> list[Step]:
+    """The steps of the run `seed`: `operations` of them over `devices` devices. `rollbacks`:
+    the store is also copied now and then and put back to its last copy (a bucket restored
+    from a backup: the store goes back in time)."""
     rng = random.Random(f"plan {seed}")
-    kinds, weights = zip(*STEP_KINDS)
+    kinds, weights = zip(*(STEP_KINDS + ROLLBACK_KINDS if rollbacks else STEP_KINDS))
     steps = []
     for _ in range(operations):
         kind = rng.choices(kinds, weights)[0]
@@ -368,6 +371,7 @@ class Simulation:
         self.unrecorded: dict[tuple[str, str], str] = {}  # (device, fid) → digest of its last closed save
         self.counter = 0
         self.notes: list[str] = []
+        self.backup: dict | None = None  # the store as a "backup" step copied it
 
     # --- faults, asked by the store and the thread calls --------------------------
 
@@ -523,6 +527,15 @@ class Simulation:
             device.answers_to_lose += 1
         elif kind == "crash":
             device.crash()
+        elif kind == "backup":
+            with self.objects.lock:
+                self.backup = dict(self.objects.data)
+        elif kind == "restore":
+            if self.backup is None:
+                return False
+            with self.objects.lock:
+                self.objects.data.clear()
+                self.objects.data.update(self.backup)
         else:
             raise ValueError(f"no such step: {kind}")
         return None
