@@ -393,3 +393,61 @@ async def test_a_journal_forked_by_a_rollback_stops_the_device_whose_entry_was_l
         await laptop.sync()
     devices_of = [e.device for e in Journal(laptop.drive.volume).entries_after(0)]
     assert devices_of[-1] == "desktop", "the laptop appended on top of an entry the store no longer has"
+
+
+@on_devices("laptop", "desktop")
+async def test_entries_lost_by_a_rollback_are_never_put_back_on_top_of_another_devices_entry(laptop, desktop):
+    """The laptop commits two entries, the store goes back to before both, and the desktop
+    (which never saw them) commits at the first one's seq. The laptop's next pull finds its
+    second entry gone and would put it back — on top of the desktop's entry, a history no
+    device made (its changes name the laptop's lost file: every device then failed to apply
+    it, 'unknown file id', found by the simulation with --rollbacks). It must see the fork
+    and put nothing back."""
+    from fusedrive.engine.checkpoints import replay_to_head
+    from fusedrive.engine.journal import Journal
+    from fusedrive.engine.replica import Replica
+
+    await laptop.save("/common.txt", b"both have it")
+    await agree(laptop, desktop)
+    with laptop.store.objects.lock:
+        backup = dict(laptop.store.objects.data)
+    await laptop.save("/lost.txt", b"the laptop's first, lost with the rollback")
+    await laptop.sync()
+    await laptop.save("/lost.txt", b"the laptop's second, lost with the rollback")
+    await laptop.sync()
+    with laptop.store.objects.lock:
+        laptop.store.objects.data.clear()
+        laptop.store.objects.data.update(backup)  # the store restored from the older copy
+    await desktop.save("/desktop.txt", b"the desktop's, at the first one's seq")
+    await desktop.sync()
+    with pytest.raises(IntegrityError, match="forked"):
+        await laptop.pull()
+    devices_of = [e.device for e in Journal(laptop.drive.volume).entries_after(0)]
+    assert devices_of[-1] == "desktop", "the laptop put its lost entry back on top of the desktop's"
+    replay_to_head(laptop.drive.volume, Replica(":memory:"))  # the journal is one history: it applies
+
+
+@on_devices("laptop", "desktop")
+async def test_a_commit_made_after_a_rollback_before_the_device_noticed_leaves_no_gap(laptop, desktop):
+    """The store goes back to before two of the laptop's entries; the laptop, which had just
+    checked the store, commits a third at its own head — a gap under it that every other
+    device was refused at ('Journal entry N is missing') and that no pull of the laptop's
+    saw (it looked only at its last entry). Its next pull checks the entries it applied
+    last, finds them gone, and puts them back: the desktop gets all three saves."""
+    await laptop.save("/common.txt", b"both have it")
+    await agree(laptop, desktop)
+    with laptop.store.objects.lock:
+        backup = dict(laptop.store.objects.data)
+    await laptop.save("/one.txt", b"first, lost with the rollback")
+    await laptop.sync()
+    await laptop.save("/two.txt", b"second, lost with the rollback")
+    await laptop.sync()
+    with laptop.store.objects.lock:
+        laptop.store.objects.data.clear()
+        laptop.store.objects.data.update(backup)  # the store restored from the older copy
+    await laptop.save("/three.txt", b"third, committed at the laptop's head")
+    await laptop.sync()
+    await laptop.pull()
+    await desktop.pull()
+    assert [await desktop.read(f"/{name}.txt") for name in ("one", "two", "three")] == [
+        b"first, lost with the rollback", b"second, lost with the rollback", b"third, committed at the laptop's head"]

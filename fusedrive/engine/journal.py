@@ -40,15 +40,18 @@ from .ops import check_entry
 
 PREFIX = "journal/"
 FETCH_THREADS = 8
+CHECKED_BEHIND = 16  # a pull checks that the store still holds this many of the entries it applied last
 KEEP_ENTRIES = 5000  # the newest entries a device keeps a copy of, to put back on a store that lost them
 
 
 class StoreWentBack(Exception):
-    """The store's journal no longer holds entry `missing`, which this device has applied."""
+    """The store's journal no longer holds entry `missing`, which this device has applied (as
+    it has every entry up to `through`)."""
 
-    def __init__(self, missing: int) -> None:
+    def __init__(self, missing: int, through: int | None = None) -> None:
         super().__init__(f"The store's journal no longer holds entry {missing}, which this device has applied.")
         self.missing = missing
+        self.through = missing if through is None else through
 
 
 class KeptEntries:
@@ -142,11 +145,14 @@ class Journal:
     def entries_after(self, seq: int) -> Iterator[Entry]:
         """Every entry after `seq`, in order (fetched 8 at a time, for catching up after
         a long time offline); a gap in the seqs is an integrity error. The listing starts
-        at `seq` itself: a store whose journal no longer holds it went back in time
-        (`StoreWentBack`)."""
-        listed = self._listed_from(max(seq - 1, 0))
-        if seq > 0 and next(iter(listed), None) != seq:
-            raise StoreWentBack(seq)
+        CHECKED_BEHIND entries before `seq`: a store whose journal no longer holds one of
+        them went back in time (`StoreWentBack`) — also when a device appended after what
+        it remembered before it noticed, which leaves a gap under its own entry that only
+        it (or another device that applied those entries) can fill."""
+        listed = self._listed_from(max(seq - CHECKED_BEHIND, 0))
+        for held in range(max(seq - CHECKED_BEHIND + 1, 1), seq + 1):
+            if held not in listed:  # (the same listing: free)
+                raise StoreWentBack(held, through=seq)
         seqs = [found for found in listed if found > seq]
         for expected, found in enumerate(seqs, start=seq + 1):
             if found != expected:
@@ -206,9 +212,18 @@ class Journal:
         cannot be: an entry this device has no copy of, or a seq the store now holds another
         entry at (a device committed there after the store went back: the journal forked)."""
         self.check_identity()
-        held = set(self._listed_from(0))
+        held = self._listed_from(0)  # seq → size
+        lost = [seq for seq in range(1, went_back.through + 1) if seq not in held]
+        checked = range(max(lost[0] - CHECKED_BEHIND, 1), went_back.through + 1) if lost else range(0)
+        for seq in (seq for seq in checked if seq in held):
+            mine = self.kept.get(seq) if self.kept is not None else None
+            if mine is not None and (len(mine) != held[seq] or self.store.get(entry_key(seq)) != mine):
+                # another device committed at this seq after the store went back: putting ours
+                # back around it would mix two histories (entries naming files the other never made)
+                raise IntegrityError(f"{went_back} Another device committed entry {seq} since, so the journal "
+                                     "forked; run `fusedrive fsck --repair`.")
         restored = []
-        for seq in (seq for seq in range(1, went_back.missing + 1) if seq not in held):
+        for seq in lost:
             blob = self.kept.get(seq) if self.kept is not None else None
             if blob is None:
                 raise IntegrityError(f"{went_back} This device has no copy of entry {seq} to put back; another "
