@@ -616,6 +616,12 @@ class Simulation:
                 return self.fail(f"{device.name} and {self.devices[0].name} do not agree: {differ[:6]}")
         healthy = Volume(MemoryStore(objects=self.objects), self.keys.volume_id, self.keys.chunking, self.keys.keys)
         replayed = Replica(":memory:")
+        try:
+            await self._check_against(healthy, replayed)
+        finally:
+            replayed.close()
+
+    async def _check_against(self, healthy: Volume, replayed: Replica) -> None:
         replay_to_head(healthy, replayed)
         committed: dict[str, int] = {}
         for entry in Journal(healthy).entries_after(0):
