@@ -137,8 +137,10 @@ class Committer:
             self.committed.fire()  # an fsync or sync waiting for it is done (it waited forever)
             entries = entries[own + 1:]
 
-    async def commit_pending(self) -> None:
-        """Commit everything queued now; raises StoreUnreachable if the store fails.
+    async def commit_pending(self) -> bool:
+        """Commit everything queued now; raises StoreUnreachable if the store fails. Whether
+        it did anything (pulled or appended): a call with nothing to do proves nothing about
+        a problem a failed one had.
 
         Not what is queued while this commits: that waits for the next kick and its
         batching delay, or a steady stream of changes (an untar, 2,000 small files)
@@ -153,16 +155,19 @@ class Committer:
             # A pull, when the store is to be checked (does it still hold what this device
             # applied: went back, forked?) or an append's outcome was never learned (a crash, an
             # error after the PUT: pulling recognizes it if it landed; that attempt is settled then).
+            worked = False
             if identity_due or self.replica.get_state("inflight"):
                 await self._pull_locked()
                 self.replica.set_state("inflight", None)
+                worked = True
             if identity_due:
                 self.identity_seen = trio.current_time()
             through = self.replica.last_pending_id()
             while True:
                 rows = self.replica.pending_ops(BATCH_OPS, through)
                 if not rows:
-                    return
+                    return worked
+                worked = True
                 last_id, ops, carried = self._batch(rows)
                 if not ops:  # everything in these rows was dropped by a rebase
                     self.replica.mark_committed(last_id, self.replica.applied_seq)
@@ -255,9 +260,9 @@ class Committer:
             self._wake = trio.Event()
             self._hurry = trio.Event()
             try:
-                await self.commit_pending()
+                if await self.commit_pending():
+                    self.on_success()
                 self.last_failure, delay = None, 1.0
-                self.on_success()
             except Exception as exc:  # noqa: BLE001 - a commit that fails stops commits, never the mount
                 self.last_failure = exc
                 self.failures += 1
