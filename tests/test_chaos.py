@@ -1,7 +1,8 @@
 """Three devices doing a seeded random mix of changes while the faults users have strike:
-a device killed (SIGKILL) and mounted again from its cache dir (also while cut off), a
-device cut off from the store (connections refused, or never answered), the hub killed
-and started again. At the end every device is back, all trees are identical, and every
+a device killed (SIGKILL) and mounted again from its cache dir (also while cut off, and
+0–400 ms after a burst of closed saves), a device cut off from the store (connections
+refused, or never answered), the whole store down for every device at once, a journal
+write that lands but whose answer is lost, the hub killed and started again. At the end every device is back, all trees are identical, and every
 save whose close() returned 0 is live, a conflicted copy, in history or in the trash
 (the whole trash is restored before looking).
 
@@ -18,11 +19,13 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import time
 
 import pytest
 
+from fusedrive.errors import FusedriveError
 from fusedrive.services import control
-from fusedrive.testing.faultproxy import FaultProxy
+from fusedrive.testing.faultproxy import Fault, FaultProxy
 from oracle import assert_nothing_lost
 from test_mirror import converged
 from test_sync import same_everywhere, wait_for
@@ -92,6 +95,14 @@ class Device:
                                                      **where)
         self.alive = True
 
+    def sync(self) -> None:
+        """`fusedrive sync` as a user runs it: once more if it said the store failed (a lost
+        answer: the commit landed, the sync was told it failed, the retry recognises it)."""
+        try:
+            self.mount.sync()
+        except FusedriveError:
+            self.mount.sync()
+
     def taken(self) -> None:
         """A mirror takes a closed file when its watcher says so; a person's saves are further
         apart than that, so each step's change is taken before the next (even cut off)."""
@@ -125,8 +136,8 @@ def test_three_devices_under_kills_partitions_and_hub_failures_lose_no_closed_sa
     try:
         for step in range(STEPS):
             device = rng.choice(devices)
-            op = rng.choices(["write", "append", "rename", "delete", "mkdir", "cut", "kill", "hub"],
-                             [6, 2, 2, 2, 1, 2, 1, 1])[0]
+            op = rng.choices(["write", "append", "rename", "delete", "mkdir", "cut", "kill", "hub", "outage",
+                              "burst-kill", "lose-answer"], [6, 2, 2, 2, 1, 2, 1, 1, 1, 1, 1])[0]
             path = rng.choice(FILES)
             log.append(f"{step} {device.name} {op} {path}")
             if op == "hub":
@@ -147,6 +158,22 @@ def test_three_devices_under_kills_partitions_and_hub_failures_lose_no_closed_sa
                 log[-1] += f" ({device.cut or 'healed'})"
                 continue
             if op == "kill":
+                device.kill()
+                continue
+            if op == "outage":  # the store itself: every device loses it at once
+                for each in devices:
+                    each.cut_off("refused")
+                continue
+            if op == "lose-answer":  # its next journal write lands, and it is told it failed
+                device.proxy.inject(Fault(method="PUT", path="journal", lose_answer=True, times=1))
+                continue
+            if op == "burst-kill":  # saves closed one after another, then killed before (or while) they upload
+                for i, burst_path in enumerate(rng.sample(FILES, 3)):
+                    content, ino = save(device.p(burst_path), f"{device.name} burst {step}.{i}\n".encode(), False)
+                    closed[f"{log[-1]} {burst_path}"] = content
+                    closed.pop(unsynced.get((device.name, ino), ""), None)  # overwritten here before it uploaded
+                    unsynced[(device.name, ino)] = f"{log[-1]} {burst_path}"
+                time.sleep(rng.uniform(0, 0.4))
                 device.kill()
                 continue
             full = device.p(path)
@@ -170,7 +197,7 @@ def test_three_devices_under_kills_partitions_and_hub_failures_lose_no_closed_sa
                 continue  # not there on this device (yet): fine, as for any user
             device.taken()
             if not device.cut:
-                device.mount.sync()
+                device.sync()
                 for key in [k for k in unsynced if k[0] == device.name]:
                     del unsynced[key]
         if hub.process.poll() is not None:
@@ -182,13 +209,14 @@ def test_three_devices_under_kills_partitions_and_hub_failures_lose_no_closed_sa
         for device in devices:
             wait_for(lambda: device.mount.control("status")["store_offline_since"] is None, timeout=60,
                      what=f"{device.name} to see the store again")
-            device.mount.sync()
+            device.sync()
         for device in devices:
-            device.mount.sync()
+            device.sync()
         if server == "mirror":  # a real folder's folders have their own mtimes, and it keeps no xattrs
             converged(*(d.mount for d in devices))
         else:
             same_everywhere(*(d.mount for d in devices))
         assert_nothing_lost(devices[0].mount, closed)
+        print(f"seed {seed} ({server}), {STEPS} steps: 0 lost, 0 divergent, 0 stuck; {len(closed)} closed saves checked")
     except AssertionError as exc:
         raise AssertionError(f"seed {seed}: {exc}\nsteps:\n" + "\n".join(log)) from None
