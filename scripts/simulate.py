@@ -44,9 +44,9 @@ def seed_range(text: str) -> range:
         raise argparse.ArgumentTypeError(f"{text!r} is not a seed or a range of seeds FIRST:LAST") from None
 
 
-def run_seeds(seeds: list[int], operations: int, rollbacks: bool) -> list[Outcome]:
+def run_seeds(seeds: list[int], operations: int, rollbacks: bool, faults: Faults) -> list[Outcome]:
     logging.disable(logging.CRITICAL)  # the engine's warnings about the faults it is fed
-    return [simulate(seed, plan(seed, operations, rollbacks=rollbacks), base=SCRATCH) for seed in seeds]
+    return [simulate(seed, plan(seed, operations, rollbacks=rollbacks), faults, base=SCRATCH) for seed in seeds]
 
 
 def print_failure(outcome: Outcome, shrunk: tuple[list[Step], Faults] | None) -> None:
@@ -66,6 +66,11 @@ def main() -> int:
     parser.add_argument("--operations", type=int, default=60, help="steps per seed (default 60)")
     parser.add_argument("--rollbacks", action="store_true",
                         help="the store is also put back to an older copy now and then (goes back in time)")
+    defaults = Faults()
+    for name, what in (("fail", "a request fails"), ("lose", "a write's answer is lost"), ("hang", "a call hangs"),
+                       ("crash", "the device is killed at a store call or crash point")):
+        parser.add_argument(f"--{name}", type=float, default=getattr(defaults, name), metavar="P",
+                            help=f"chance that {what} (default {getattr(defaults, name)})")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: every core)")
     parser.add_argument("--shrink", type=int, default=3, metavar="N", help="shrink the first N failures (default 3)")
     parser.add_argument("--failures", type=Path, help="append each failure here as a JSON line, as it is found")
@@ -74,11 +79,15 @@ def main() -> int:
     args = parser.parse_args()
     if args.operations < 1 or args.workers < 1:
         parser.error("--operations and --workers must be at least 1")
+    if not all(0 <= chance < 1 for chance in (args.fail, args.lose, args.hang, args.crash)):
+        parser.error("--fail, --lose, --hang and --crash are chances from 0 to 1")
+    faults = Faults(args.fail, args.lose, args.hang, args.crash)
 
     if args.replay is not None:
         os.environ["FUSEDRIVE_SIMULATION_TRACE"] = "1"
         logging.disable(logging.CRITICAL)
-        outcome = simulate(args.replay, plan(args.replay, args.operations, rollbacks=args.rollbacks), base=SCRATCH)
+        outcome = simulate(args.replay, plan(args.replay, args.operations, rollbacks=args.rollbacks), faults,
+                           base=SCRATCH)
         print(outcome.report())
         return 0 if outcome.failure is None else 1
 
@@ -89,7 +98,7 @@ def main() -> int:
     failures: list[Outcome] = []
     with multiprocessing.get_context("fork").Pool(args.workers) as pool, \
             tqdm(total=len(seeds), unit="seed", disable=args.quiet, file=sys.stderr) as bar:
-        for outcomes in pool.imap_unordered(_run_chunk, [(chunk, args.operations, args.rollbacks) for chunk in chunks]):
+        for outcomes in pool.imap_unordered(_run_chunk, [(chunk, args.operations, args.rollbacks, faults) for chunk in chunks]):
             for outcome in outcomes:
                 for name in totals:
                     totals[name] += getattr(outcome, name)
@@ -107,13 +116,13 @@ def main() -> int:
           f"{totals['saves_checked']} closed saves checked", flush=True)
     for outcome in sorted(failures, key=lambda o: o.seed)[:args.shrink]:
         logging.disable(logging.CRITICAL)
-        print_failure(outcome, shrink(outcome.seed, outcome.steps, outcome.failure, base=SCRATCH))
+        print_failure(outcome, shrink(outcome.seed, outcome.steps, outcome.failure, faults, base=SCRATCH))
     for outcome in sorted(failures, key=lambda o: o.seed)[args.shrink:]:
         print_failure(outcome, None)
     return 1 if failures else 0
 
 
-def _run_chunk(job: tuple[list[int], int, bool]) -> list[Outcome]:
+def _run_chunk(job: tuple[list[int], int, bool, Faults]) -> list[Outcome]:
     return run_seeds(*job)
 
 

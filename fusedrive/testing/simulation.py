@@ -731,14 +731,14 @@ def simulate(seed: int, steps: list[Step] | None = None, faults: Faults | None =
     return simulation.outcome
 
 
-def shrink(seed: int, steps: list[Step], failure: str, base: Path | None = None,
+def shrink(seed: int, steps: list[Step], failure: str, faults: Faults | None = None, base: Path | None = None,
            runs: int = 400) -> tuple[list[Step], Faults]:
     """The shortest sequence of `steps` that still fails the same way, and the faults it
     needs: without the random ones (only its own cut, outage, lose-answer and crash
     steps) when it fails so too, which makes it shrink much further. Delta debugging:
     chunks removed, then single steps, within `runs` runs."""
     kind = failure.split(":")[0]
-    faults = Faults()
+    faults = faults or Faults()
 
     def fails(candidate: list[Step], trying: Faults) -> bool:
         nonlocal runs
