@@ -68,7 +68,7 @@ FILES = ["/a", "/b", "/c", "/d/x", "/d/y"]
 FOLDERS = ["/d", "/e"]
 DEVICES = ["laptop", "desktop", "phone"]
 # (kind, weight): what users do, and what happens to devices and the store
-STEP_KINDS = [("save", 20), ("save-by-rename", 8), ("fsync-save", 6), ("edit", 6), ("truncate", 3),
+STEP_KINDS = [("save", 20), ("save-by-rename", 8), ("mirror-save", 4), ("fsync-save", 6), ("edit", 6), ("truncate", 3),
               ("delete", 8), ("rename", 8), ("mkdir", 4), ("rmdir", 2), ("rm-r", 2), ("link", 2), ("chmod", 3),
               ("setxattr", 2), ("read", 5), ("sync", 4), ("pull", 2),
               ("cut", 3), ("heal", 3), ("outage", 1), ("lose-answer", 3), ("crash", 3)]
@@ -461,6 +461,19 @@ class Simulation:
             await device.save(temporary, data)
             self._closed(device, temporary, data)
             device.rename(temporary, path)
+        elif kind == "mirror-save":  # what a mirror does with a file saved in its folder (mirror._upload)
+            if node is not None and not node.is_reg:
+                return False
+            data = self._content(device, kind)
+            self._before_writing(device, path)
+            if node is None:
+                parent, name = device._parent_and_name(path)
+                node = device.drive.replica.inode(device.namespace.create(parent, name, stat.S_IFREG | 0o644,
+                                                                          os.getuid(), os.getgid()))
+            prepared = device.drive.staging.prepared_path()
+            prepared.write_bytes(data)
+            device.drive.take_content(node, prepared, time.time_ns())
+            self._closed(device, path, data)
         elif kind in ("edit", "truncate"):
             if node is None or not node.is_reg:
                 return False
