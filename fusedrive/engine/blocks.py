@@ -275,21 +275,18 @@ class BlockStore:
         """Objects the store lost (it went back in time) that these blocks live in, stored
         again from this device's cache: a block of its own sealed anew, a pack rebuilt with
         each known block sealed anew at its place (the same body seals to the same length;
-        bytes no reference names stay zeros). Blocking. The keys that could not be, for want
-        of a block here."""
+        bytes no reference names stay zeros). Blocking; one listing of the blocks and packs.
+        The keys that could not be, for want of a block here (no longer known as stored: a
+        save of the same content uploads it again)."""
         refs = list(refs)
         objects = stored_objects(refs)
         places: dict[str, list[tuple[str, Location]]] = {}
         for block_id, where in refs:
             if isinstance(where, Location):
                 places.setdefault(pack_key(where.pack), []).append((block_id, where))
+        present = {listed.key for prefix in (BLOCKS, PACKS) for listed in self.volume.store.list(prefix)}
         lost = []
-        for key in sorted(objects):
-            try:
-                self.volume.store.get_range(key, 0, 1)
-                continue  # still there
-            except NotFound:
-                pass
+        for key in sorted(objects.keys() - present):
             plaintexts = {block_id: self.cache.get(block_id) for block_id in objects[key]}
             if any(plaintext is None for plaintext in plaintexts.values()):
                 lost.append(key)
@@ -308,6 +305,10 @@ class BlockStore:
                 self.volume.store.put(key, bytes(body))
                 continue
             lost.append(key)
+        with self._known_lock:  # not stored any more: a save of the same content uploads it again
+            for key in lost:
+                for block_id in objects[key]:
+                    self._known.pop(block_id, None)
         return lost
 
     def carry(self, block_id: str, plaintext: bytes) -> bytes | None:

@@ -33,7 +33,7 @@ from .hubclient import HubClient
 from .journal import Entry, Journal, KeptEntries
 from .localfiles import LocalFiles
 from .pins import Pins
-from .manifest import Piece, block_refs
+from .manifest import Piece
 from .reads import Reader
 from .replica import Replica
 from .tree import Inode
@@ -84,8 +84,9 @@ class Drive:
         self.committer.on_commit = self.follower.announce
         self.committer.on_error = lambda exc: self.problems.cannot("commit", "Cannot commit its changes", exc)
         self.committer.on_success = lambda: self.problems.resolved("commit")
-        self.committer.put_back_blocks = lambda entries: self.blocks.put_back(
-            ref for entry in entries for op in entry.ops if op["op"] == "update" for ref in block_refs(op["manifest"]))
+        # every block this device's tree names, not only the restored entries': what it uploaded
+        # after the older copy was made may be named by an entry the store kept
+        self.committer.put_back_blocks = lambda entries: self.blocks.put_back(self.replica.all_block_refs())
         self.committer.on_put_back = self._store_went_back
         self.committer.check_ready = self._check_cache_dir
         self.cache_dir_lost: str | None = None
