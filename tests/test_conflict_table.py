@@ -451,3 +451,28 @@ async def test_a_commit_made_after_a_rollback_before_the_device_noticed_leaves_n
     await desktop.pull()
     assert [await desktop.read(f"/{name}.txt") for name in ("one", "two", "three")] == [
         b"first, lost with the rollback", b"second, lost with the rollback", b"third, committed at the laptop's head"]
+
+
+@on_devices("laptop", "desktop")
+async def test_blocks_lost_with_a_rollback_come_back_from_whichever_device_has_them(laptop, desktop):
+    """The store goes back to before the laptop's save. The desktop, which applied the entry
+    but never read the file, notices first and puts the entry back — without its blocks, which
+    only the laptop has. The laptop's own entries are back by the time it looks, so it would
+    never notice: the put-back leaves a mark every device's journal listing shows, and the
+    laptop puts back the blocks it has. The desktop reads the file exactly."""
+    import os as _os
+
+    await laptop.save("/common.txt", b"both have it")
+    await agree(laptop, desktop)
+    with laptop.store.objects.lock:
+        backup = dict(laptop.store.objects.data)
+    content = _os.urandom(300_000)  # blocks of their own (not carried in the entry)
+    await laptop.save("/photo.jpg", content)
+    await laptop.sync()
+    await desktop.pull()
+    with laptop.store.objects.lock:
+        laptop.store.objects.data.clear()
+        laptop.store.objects.data.update(backup)  # the store restored from the older copy
+    await desktop.pull()  # puts the laptop's entry back, not its blocks
+    await laptop.pull()
+    assert await desktop.read("/photo.jpg") == content

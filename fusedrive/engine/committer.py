@@ -118,6 +118,12 @@ class Committer:
             lost = await self._store_call(self.put_back_blocks, restored)
             self.on_put_back(restored, lost)
             entries = await self._store_call(lambda: list(self.journal.entries_after(start)), abandon=True)
+        marks = self.journal.went_back_marks - set(json.loads(self.replica.get_state("went_back_marks", "[]")))
+        if marks:  # another device put entries back: the blocks they name that this device has go back too
+            lost = await self._store_call(self.put_back_blocks, [])
+            if lost:
+                log.warning("the store went back in time; %d objects are not on this device to put back", len(lost))
+            self.replica.set_state("went_back_marks", json.dumps(sorted(self.journal.went_back_marks)))
         self.last_pull = started
         self.journal_head = max(self.journal_head, entries[-1].seq if entries else start)
         inflight = json.loads(self.replica.get_state("inflight", "null") or "null")

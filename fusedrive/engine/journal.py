@@ -25,6 +25,7 @@ import base64
 import json
 import os
 import time
+import secrets
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from .ops import check_entry
 
 PREFIX = "journal/"
 FETCH_THREADS = 8
+WENT_BACK = "went-back-"  # journal/went-back-<seq>-<random>: a device put lost entries back (empty object)
 CHECKED_BEHIND = 16  # a pull checks that the store still holds this many of the entries it applied last
 KEEP_ENTRIES = 5000  # the newest entries a device keeps a copy of, to put back on a store that lost them
 
@@ -100,6 +102,7 @@ class Journal:
         self.volume = volume
         self.store = volume.store
         self.kept = kept
+        self.went_back_marks: set[str] = set()
 
     def _seal(self, entry: Entry) -> bytes:
         fields = {"format": FORMAT_VERSION, "commit_id": entry.commit_id, "device": entry.device,
@@ -127,12 +130,18 @@ class Journal:
         return [found for found in self._listed_from(seq) if found > seq]
 
     def _listed_from(self, seq: int) -> dict[int, int]:
-        """Seq → stored size of the entries after `seq`, in order."""
+        """Seq → stored size of the entries after `seq`, in order. The went-back marks list
+        after every entry (letters sort after digits): `went_back_marks` is what the last
+        listing found, free."""
         found = {}
+        marks = set()
         for key, size, *_ in self.store.list(PREFIX, start_after=entry_key(seq)):
             suffix = key[len(PREFIX):]
             if suffix.isdigit():
                 found[int(suffix)] = size
+            elif suffix.startswith(WENT_BACK):
+                marks.add(suffix)
+        self.went_back_marks = marks
         return found
 
     def read(self, seq: int) -> Entry:
@@ -232,6 +241,9 @@ class Journal:
                 raise IntegrityError(f"{went_back} Another device committed entry {seq} since, so the journal "
                                      "forked; run `fusedrive fsck --repair`.")
             restored.append(self._unseal(seq, blob))
+        # Every device learns the store went back (at its next listing), so that each puts
+        # back the blocks it has: the entries it restored may name blocks only another uploaded.
+        self.store.put(f"{PREFIX}{WENT_BACK}{went_back.through:020d}-{secrets.token_hex(8)}", b"")
         return restored
 
 
