@@ -476,3 +476,33 @@ async def test_blocks_lost_with_a_rollback_come_back_from_whichever_device_has_t
     await desktop.pull()  # puts the laptop's entry back, not its blocks
     await laptop.pull()
     assert await desktop.read("/photo.jpg") == content
+
+
+@on_devices("laptop", "desktop")
+async def test_an_entry_that_follows_another_history_is_never_applied(laptop, desktop):
+    """The store goes back to before the laptop's entry; the laptop, before it notices,
+    appends its next entry at its own head (leaving a gap); the desktop, which never saw the
+    lost entry, fills the gap with its own. The laptop's entry now follows an entry it never
+    saw: each entry names the one before it as its writer applied it (`prev`), so the
+    desktop stops with one sentence instead of applying a history no device made (found by
+    the simulation with --rollbacks: 'unknown file id' where an entry changed a file of the
+    lost one)."""
+    await laptop.save("/common.txt", b"both have it")
+    await desktop.save("/desktop.txt", b"the desktop has committed: it checked the store")
+    await desktop.sync()
+    await agree(laptop, desktop)
+    with laptop.store.objects.lock:
+        backup = dict(laptop.store.objects.data)
+    await laptop.save("/one.txt", b"lost with the rollback")
+    await laptop.sync()
+    with laptop.store.objects.lock:
+        laptop.store.objects.data.clear()
+        laptop.store.objects.data.update(backup)  # the store restored from the older copy
+    await laptop.save("/one.txt", b"an edit of a file the store no longer has")
+    await laptop.sync()  # at its own head: a gap under it
+    await desktop.save("/x.txt", b"the desktop's, in the gap")
+    await desktop.sync()
+    await desktop.save("/y.txt", b"the desktop's next")
+    with pytest.raises(IntegrityError, match="does not follow"):
+        await desktop.sync()
+    assert desktop.lookup("/one.txt") is None, "the desktop applied the laptop's entry on top of its own"

@@ -20,7 +20,7 @@ import trio
 from .blocks import Transfers
 from .checkpoints import CHECKPOINT_EVERY, dump_state, write_checkpoint
 from ..crashpoints import crash_point
-from ..errors import DeviceStuck, FusedriveError, StoreUnreachable
+from ..errors import DeviceStuck, FusedriveError, IntegrityError, StoreUnreachable
 from .events import StoreHealth
 from .journal import Entry, Journal, StoreWentBack
 from .ops import check_recorded
@@ -126,6 +126,7 @@ class Committer:
             self.replica.set_state("went_back_marks", json.dumps(sorted(self.journal.went_back_marks)))
         self.last_pull = started
         self.journal_head = max(self.journal_head, entries[-1].seq if entries else start)
+        self._check_chain(entries)
         inflight = json.loads(self.replica.get_state("inflight", "null") or "null")
         while entries:
             own = next((i for i, e in enumerate(entries) if inflight and e.commit_id == inflight["commit_id"]), None)
@@ -137,11 +138,24 @@ class Committer:
                 return
             # Our own append went through before a crash or a lost answer: it is committed.
             with self.replica:
-                self.replica.mark_committed(inflight["last_id"], entries[own].seq)
+                self.replica.mark_committed(inflight["last_id"], entries[own].seq, entries[own].commit_id)
                 self.replica.carried_by(entries[own].seq, entries[own].blocks)
                 self.replica.set_state("inflight", None)
             self.committed.fire()  # an fsync or sync waiting for it is done (it waited forever)
             entries = entries[own + 1:]
+
+    def _check_chain(self, entries: list[Entry]) -> None:
+        """Each entry names the one before it as its writer applied it (`prev`): an entry that
+        names another followed another history (the store went back and a device appended at
+        its own head before it noticed, and others filled the seqs under it). Applying it
+        would mix two histories; the device stops instead, as for any fork."""
+        expected = self.replica.get_state("applied_commit")
+        for entry in entries:
+            if entry.prev is not None and expected is not None and entry.prev != expected:
+                raise IntegrityError(f"Journal entry {entry.seq} does not follow entry {entry.seq - 1} as this device "
+                                     "applied it: after the store went back in time the journal forked (`fusedrive "
+                                     "fsck --repair --cache-dir` names where); nothing more is applied here.")
+            expected = entry.chain_id
 
     async def commit_pending(self) -> bool:
         """Commit everything queued now; raises StoreUnreachable if the store fails. Whether
@@ -179,7 +193,8 @@ class Committer:
                     self.replica.mark_committed(last_id, self.replica.applied_seq)
                     self.committed.fire()
                     continue
-                entry = Entry(seq=self.replica.applied_seq + 1, device=self.device, ops=ops, blocks=carried)
+                entry = Entry(seq=self.replica.applied_seq + 1, device=self.device, ops=ops, blocks=carried,
+                              prev=self.replica.get_state("applied_commit"))
                 self.replica.set_state("inflight", json.dumps({"commit_id": entry.commit_id, "last_id": last_id}))
                 started = trio.current_time()
                 crash_point("before-append")
@@ -187,7 +202,7 @@ class Committer:
                     crash_point("after-append")
                     self.commit_seconds += trio.current_time() - started
                     with self.replica:
-                        self.replica.mark_committed(last_id, entry.seq)
+                        self.replica.mark_committed(last_id, entry.seq, entry.commit_id)
                         self.replica.carried_by(entry.seq, entry.blocks)
                         self.replica.set_state("inflight", None)
                         self.replica.reap_orphans()

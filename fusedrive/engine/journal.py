@@ -41,6 +41,7 @@ from .ops import check_entry
 
 PREFIX = "journal/"
 FETCH_THREADS = 8
+REPAIR_DEVICE = "fsck --repair"  # the device name of the entries fsck --repair puts in place of lost ones
 WENT_BACK = "went-back-"  # journal/went-back-<seq>-<random>: a device put lost entries back (empty object)
 CHECKED_BEHIND = 16  # a pull checks that the store still holds this many of the entries it applied last
 KEEP_ENTRIES = 5000  # the newest entries a device keeps a copy of, to put back on a store that lost them
@@ -94,6 +95,13 @@ class Entry:
     time: float = field(default_factory=time.time)
     format: int = FORMAT_VERSION  # of the build that wrote it (its rules apply to it)
     blocks: dict[str, bytes] = field(default_factory=dict)  # carried blocks: id → sealed bytes
+    prev: str | None = None  # the commit id of the entry before it, as its writer applied it
+
+    @property
+    def chain_id(self) -> str | None:
+        """What the next entry's `prev` must name; None (anything may follow) for the marker
+        `fsck --repair` puts where an entry was lost: the entries after it name the lost one."""
+        return None if self.device == REPAIR_DEVICE else self.commit_id
 
 
 class Journal:
@@ -107,6 +115,8 @@ class Journal:
     def _seal(self, entry: Entry) -> bytes:
         fields = {"format": FORMAT_VERSION, "commit_id": entry.commit_id, "device": entry.device,
                   "time": entry.time, "ops": entry.ops}
+        if entry.prev is not None:
+            fields["prev"] = entry.prev
         if entry.blocks:
             fields["blocks"] = {block_id: base64.b64encode(blob).decode() for block_id, blob in entry.blocks.items()}
         body = json.dumps(fields, separators=(",", ":")).encode()
@@ -119,7 +129,11 @@ class Journal:
             entry_format = int(data.get("format", 1))  # entries before format 2 do not say
             blocks = {str(block_id): base64.b64decode(blob, validate=True)
                       for block_id, blob in data.get("blocks", {}).items()}
-            entry = Entry(seq, data["device"], data["ops"], data["commit_id"], data["time"], entry_format, blocks)
+            prev = data.get("prev")
+            if prev is not None and not isinstance(prev, str):
+                raise TypeError("prev")
+            entry = Entry(seq, data["device"], data["ops"], data["commit_id"], data["time"], entry_format, blocks,
+                          prev)
         except (ValueError, KeyError, TypeError, AttributeError, zstandard.ZstdError) as exc:
             raise IntegrityError(f"Journal entry {seq} is malformed.") from exc
         check_entry(seq, entry.ops, entry_format)

@@ -232,11 +232,15 @@ class Replica(Applying):
     def last_pending_id(self) -> int:
         return self.db.execute("SELECT coalesce(max(id), 0) FROM pending").fetchone()[0]
 
-    def mark_committed(self, last_id: int, seq: int) -> None:
+    def mark_committed(self, last_id: int, seq: int, commit_id: str | None = None) -> None:
+        """Queued rows up to `last_id` are in the journal, as entry `seq` (`commit_id`: its id,
+        when this device's own entry took the seq)."""
         with self:
             self.db.execute("DELETE FROM pending WHERE id <= ?", (last_id,))
             self.db.execute("DELETE FROM undo WHERE pending_id <= ?", (last_id,))
             self.set_state("applied_seq", seq)
+            if commit_id is not None:
+                self.set_state("applied_commit", commit_id)
 
     # --- carried blocks (format 4: small blocks inside journal entries, see blocks.py) -----
 
@@ -319,6 +323,7 @@ class Replica(Applying):
                 self.carried_by(entry.seq, entry.blocks)
                 applied.extend(entry.ops)
                 self.set_state("applied_seq", entry.seq)
+                self.set_state("applied_commit", entry.chain_id)
             for fid in named_here:
                 if fid in self.base_locations and self.location_of(fid) is None:
                     self._remember_vanished(fid)

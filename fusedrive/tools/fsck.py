@@ -25,13 +25,11 @@ from ..engine.blocks import BLOCKS, PACKS, BlockStore, object_key, stored_object
 from ..engine.pins import blocks_needed, pinned_files
 from ..engine.checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from ..errors import FusedriveError
-from ..engine.journal import Entry, Journal, KeptEntries, entry_key
+from ..engine.journal import REPAIR_DEVICE, Entry, Journal, KeptEntries, entry_key
 from ..engine.manifest import BlockRef, Carried, pieces
 from ..report import Progress
 from ..engine.replica import Replica
 from ..engine.tree import ROOT_INO
-
-REPAIR_DEVICE = "fsck --repair"  # the device named by the entries a repair marks lost
 
 
 def check_tree(replica: Replica) -> list[str]:
