@@ -365,6 +365,31 @@ async def test_after_an_outage_the_store_is_asked_again_whether_it_holds_the_vol
     assert not [key for key in laptop.store.objects.data if key.startswith("journal/")]
 
 
+def copy_of_the_store(device: Device) -> dict:
+    """What a backup of the bucket holds now."""
+    with device.store.objects.lock:
+        return dict(device.store.objects.data)
+
+
+def put_back_the_store(device: Device, copy: dict) -> None:
+    """The bucket restored from `copy`: everything written since is gone."""
+    with device.store.objects.lock:
+        device.store.objects.data.clear()
+        device.store.objects.data.update(copy)
+
+
+async def rolled_back(laptop: Device, desktop: Device, *saves: tuple[str, bytes]) -> None:
+    """Both devices agree on a file; the bucket is copied; the laptop makes `saves` (each
+    synced: an entry each); the bucket is restored from the copy, losing them."""
+    await laptop.save("/common.txt", b"both have it")
+    await agree(laptop, desktop)
+    backup = copy_of_the_store(laptop)
+    for path, data in saves:
+        await laptop.save(path, data)
+        await laptop.sync()
+    put_back_the_store(laptop, backup)
+
+
 @on_devices("laptop", "desktop")
 async def test_a_journal_forked_by_a_rollback_stops_the_device_whose_entry_was_lost(laptop, desktop):
     """The store goes back to before the laptop's entry, and the desktop (which never saw
@@ -373,15 +398,7 @@ async def test_a_journal_forked_by_a_rollback_stops_the_device_whose_entry_was_l
     nothing (putting the lost changes back on top is not built: issue 36)."""
     from fusedrive.engine.journal import Journal
 
-    await laptop.save("/common.txt", b"both have it")
-    await agree(laptop, desktop)
-    with laptop.store.objects.lock:
-        backup = dict(laptop.store.objects.data)
-    await laptop.save("/lost.txt", b"the laptop's, lost with the rollback")
-    await laptop.sync()
-    with laptop.store.objects.lock:
-        laptop.store.objects.data.clear()
-        laptop.store.objects.data.update(backup)  # the store restored from the older copy
+    await rolled_back(laptop, desktop, ("/lost.txt", b"the laptop's, lost with the rollback"))
     await desktop.save("/desktop.txt", b"the desktop's, at the same seq")
     await desktop.sync()
     laptop.cut_off()
@@ -407,17 +424,8 @@ async def test_entries_lost_by_a_rollback_are_never_put_back_on_top_of_another_d
     from fusedrive.engine.journal import Journal
     from fusedrive.engine.replica import Replica
 
-    await laptop.save("/common.txt", b"both have it")
-    await agree(laptop, desktop)
-    with laptop.store.objects.lock:
-        backup = dict(laptop.store.objects.data)
-    await laptop.save("/lost.txt", b"the laptop's first, lost with the rollback")
-    await laptop.sync()
-    await laptop.save("/lost.txt", b"the laptop's second, lost with the rollback")
-    await laptop.sync()
-    with laptop.store.objects.lock:
-        laptop.store.objects.data.clear()
-        laptop.store.objects.data.update(backup)  # the store restored from the older copy
+    await rolled_back(laptop, desktop, ("/lost.txt", b"the laptop's first, lost with the rollback"),
+                      ("/lost.txt", b"the laptop's second, lost with the rollback"))
     await desktop.save("/desktop.txt", b"the desktop's, at the first one's seq")
     await desktop.sync()
     with pytest.raises(IntegrityError, match="forked"):
@@ -434,17 +442,8 @@ async def test_a_commit_made_after_a_rollback_before_the_device_noticed_leaves_n
     device was refused at ('Journal entry N is missing') and that no pull of the laptop's
     saw (it looked only at its last entry). Its next pull checks the entries it applied
     last, finds them gone, and puts them back: the desktop gets all three saves."""
-    await laptop.save("/common.txt", b"both have it")
-    await agree(laptop, desktop)
-    with laptop.store.objects.lock:
-        backup = dict(laptop.store.objects.data)
-    await laptop.save("/one.txt", b"first, lost with the rollback")
-    await laptop.sync()
-    await laptop.save("/two.txt", b"second, lost with the rollback")
-    await laptop.sync()
-    with laptop.store.objects.lock:
-        laptop.store.objects.data.clear()
-        laptop.store.objects.data.update(backup)  # the store restored from the older copy
+    await rolled_back(laptop, desktop, ("/one.txt", b"first, lost with the rollback"),
+                      ("/two.txt", b"second, lost with the rollback"))
     await laptop.save("/three.txt", b"third, committed at the laptop's head")
     await laptop.sync()
     await laptop.pull()
@@ -464,15 +463,12 @@ async def test_blocks_lost_with_a_rollback_come_back_from_whichever_device_has_t
 
     await laptop.save("/common.txt", b"both have it")
     await agree(laptop, desktop)
-    with laptop.store.objects.lock:
-        backup = dict(laptop.store.objects.data)
+    backup = copy_of_the_store(laptop)
     content = _os.urandom(300_000)  # blocks of their own (not carried in the entry)
     await laptop.save("/photo.jpg", content)
     await laptop.sync()
     await desktop.pull()
-    with laptop.store.objects.lock:
-        laptop.store.objects.data.clear()
-        laptop.store.objects.data.update(backup)  # the store restored from the older copy
+    put_back_the_store(laptop, backup)  # the store restored from the older copy
     await desktop.pull()  # puts the laptop's entry back, not its blocks
     await laptop.pull()
     assert await desktop.read("/photo.jpg") == content
@@ -487,17 +483,9 @@ async def test_an_entry_that_follows_another_history_is_never_applied(laptop, de
     desktop stops with one sentence instead of applying a history no device made (found by
     the simulation with --rollbacks: 'unknown file id' where an entry changed a file of the
     lost one)."""
-    await laptop.save("/common.txt", b"both have it")
     await desktop.save("/desktop.txt", b"the desktop has committed: it checked the store")
     await desktop.sync()
-    await agree(laptop, desktop)
-    with laptop.store.objects.lock:
-        backup = dict(laptop.store.objects.data)
-    await laptop.save("/one.txt", b"lost with the rollback")
-    await laptop.sync()
-    with laptop.store.objects.lock:
-        laptop.store.objects.data.clear()
-        laptop.store.objects.data.update(backup)  # the store restored from the older copy
+    await rolled_back(laptop, desktop, ("/one.txt", b"lost with the rollback"))
     await laptop.save("/one.txt", b"an edit of a file the store no longer has")
     await laptop.sync()  # at its own head: a gap under it
     await desktop.save("/x.txt", b"the desktop's, in the gap")
