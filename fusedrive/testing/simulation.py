@@ -47,8 +47,8 @@ import trio
 import trio.testing
 
 from .. import crashpoints
-from ..engine import blocks as blocks_module, drive as drive_module, journal as journal_module, \
-    uploads as uploads_module
+from ..engine import blocks as blocks_module, committer as committer_module, drive as drive_module, \
+    journal as journal_module, uploads as uploads_module
 from ..engine.blocks import BlockStore
 from ..engine.cache import BlockCache
 from ..engine.checkpoints import replay_to_head
@@ -74,6 +74,7 @@ STEP_KINDS = [("save", 20), ("save-by-rename", 8), ("mirror-save", 4), ("fsync-s
               ("cut", 3), ("heal", 3), ("outage", 1), ("lose-answer", 3), ("crash", 3)]
 ROLLBACK_KINDS = [("backup", 2), ("restore", 1)]
 SETTLE_SECONDS = 1800  # virtual: once the store is healthy, every device must be done within this
+CHECKPOINT_EVERY = 10  # entries between checkpoints (1,000 in the drive)
 POLL_SECONDS = 10.0  # virtual: how often a device lists the journal (idle devices' polls are most of a run's CPU)
 PLAY_SECONDS = 7200  # virtual: the steps of a run are done within this (each is bounded far below)
 CALL_SECONDS = 120  # virtual: one sync or fsync may wait this long for a store that fails
@@ -212,6 +213,7 @@ def _deterministic(seed: int) -> Iterator[None]:
         (trio.to_thread, "run_sync", _in_thread_of_the_simulation),
         (blocks_module, "PACK_LINGER_SECONDS", 0),
         (drive_module, "CACHE_DIR_CHECK_SECONDS", POLL_SECONDS),
+        (committer_module, "CHECKPOINT_EVERY", CHECKPOINT_EVERY),  # a run makes tens of entries, not thousands
         (blocks_module, "ThreadPoolExecutor", InlineExecutor),
         (journal_module, "ThreadPoolExecutor", InlineExecutor),
         (uploads_module, "ThreadPoolExecutor", InlineExecutor),
