@@ -28,8 +28,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
-import math
 import json
+import math
 import os
 import random
 import secrets
@@ -39,7 +39,7 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -373,6 +373,7 @@ class Simulation:
         self.counter = 0
         self.notes: list[str] = []
         self.backup: dict | None = None  # the store as a "backup" step copied it
+        self.nursery: trio.Nursery | None = None  # the run's, once it runs
 
     # --- faults, asked by the store and the thread calls --------------------------
 
@@ -536,7 +537,7 @@ class Simulation:
             device.cut = False
         elif kind == "outage":
             self.outage = True
-            _nursery.get().start_soon(self._end_outage, self.rng.uniform(5, 120))
+            self.nursery.start_soon(self._end_outage, self.rng.uniform(5, 120))
         elif kind == "lose-answer":
             device.answers_to_lose += 1
         elif kind == "crash":
@@ -562,7 +563,7 @@ class Simulation:
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
-            _nursery.set(nursery)
+            self.nursery = nursery
             for device in self.devices:
                 device.cache_dir.mkdir()
                 (device.cache_dir / "volume-id").write_text(self.keys.volume_id)
@@ -675,9 +676,6 @@ class Simulation:
         if lost:
             return self.fail(f"closed saves lost: {lost}")
         self.outcome.saves_checked = len(self.required)
-
-
-_nursery: contextvars.ContextVar[trio.Nursery] = contextvars.ContextVar("nursery")
 
 
 class _NoBar:
