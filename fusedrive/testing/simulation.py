@@ -70,11 +70,14 @@ DEVICES = ["laptop", "desktop", "phone"]
 STEP_KINDS = [("save", 20), ("save-by-rename", 8), ("mirror-save", 4), ("fsync-save", 6), ("edit", 6), ("truncate", 3),
               ("delete", 8), ("rename", 8), ("mkdir", 4), ("rmdir", 2), ("rm-r", 2), ("link", 2), ("chmod", 3),
               ("setxattr", 2), ("read", 5), ("sync", 4), ("pull", 2),
-              ("cut", 3), ("heal", 3), ("outage", 1), ("lose-answer", 3), ("crash", 3)]
+              ("cut", 3), ("heal", 3), ("outage", 1), ("lose-answer", 3), ("crash", 3), ("rejoin", 1)]
 ROLLBACK_KINDS = [("backup", 2), ("restore", 1)]
+# steps that happen to the store or the network, whether or not the device's process runs
+AROUND_THE_DEVICE = {"cut", "heal", "outage", "lose-answer", "backup", "restore"}
 SETTLE_SECONDS = 1800  # virtual: once the store is healthy, every device must be done within this
 CHECKPOINT_EVERY = 10  # entries between checkpoints (1,000 in the drive)
 POLL_SECONDS = 10.0  # virtual: how often a device lists the journal (idle devices' polls are most of a run's CPU)
+STARTING_SECONDS = 60  # virtual: a user waits this long for a device to start before giving up a step
 PLAY_SECONDS = 7200  # virtual: the steps of a run are done within this (each is bounded far below)
 CALL_SECONDS = 120  # virtual: one sync or fsync may wait this long for a store that fails
 
@@ -274,6 +277,7 @@ class SimDevice(PathFrontEnd):
         self.cut = False
         self.answers_to_lose = 0
         self.rng = random.Random()  # its faults' stream (the simulation seeds it)
+        self.wipe = False  # its cache dir goes with the next kill (a "rejoin" step)
 
     @property
     def drive(self) -> Drive:
@@ -318,6 +322,11 @@ class SimDevice(PathFrontEnd):
                 with trio.CancelScope(shield=True):
                     await self.idle.wait()  # the front end's call in progress ends first
                 self._drive.close()
+            if self.wipe:
+                self.wipe = False
+                shutil.rmtree(self.cache_dir)
+                self.cache_dir.mkdir()
+                (self.cache_dir / "volume-id").write_text(self.volume.volume_id)
             await trio.sleep(1.0 if started else 5.0)  # the service manager starts it again
 
     async def run_steps(self, steps: list[Step]) -> None:
@@ -327,7 +336,12 @@ class SimDevice(PathFrontEnd):
         simulation = _SIMULATION.get()
         for step in steps:
             await trio.sleep(step.wait)
-            await self.up.wait()
+            if step.kind not in AROUND_THE_DEVICE:
+                with trio.move_on_after(STARTING_SECONDS):  # a new device cut off cannot start at all
+                    await self.up.wait()
+                if not self.up.is_set():
+                    simulation.note(f"{self.name} {step.kind} {step.a} {step.b}: not running")
+                    continue
             self.idle = trio.Event()
             try:
                 said = await self._do(simulation, step)
@@ -447,6 +461,8 @@ class Simulation:
     async def act(self, device: SimDevice, step: Step) -> bool | None:
         """Do one step; False when there was nothing to do it on."""
         kind, path, other = step.kind, step.a, step.b
+        if kind in AROUND_THE_DEVICE:
+            return self._around(device, kind)
         node = device.lookup(path)
         if kind in ("save", "fsync-save"):
             data = self._content(device, kind)
@@ -531,7 +547,21 @@ class Simulation:
         elif kind == "pull":
             with trio.fail_after(CALL_SECONDS):
                 await device.drive.committer.pull()
-        elif kind == "cut":
+        elif kind == "crash":
+            device.crash()
+        elif kind == "rejoin":  # the device replaced: an empty cache dir joins (from the newest checkpoint)
+            drive = device.drive
+            if drive.files.unsaved or drive.replica.pending_count():
+                return False  # what only this device has would go with it
+            device.wipe = True
+            device.crash()
+        else:
+            raise ValueError(f"no such step: {kind}")
+        return None
+
+    def _around(self, device: SimDevice, kind: str) -> bool | None:
+        """A step that happens to the store or the network (the device's process may be down)."""
+        if kind == "cut":
             device.cut = True
         elif kind == "heal":
             device.cut = False
@@ -540,8 +570,6 @@ class Simulation:
             self.nursery.start_soon(self._end_outage, self.rng.uniform(5, 120))
         elif kind == "lose-answer":
             device.answers_to_lose += 1
-        elif kind == "crash":
-            device.crash()
         elif kind == "backup":
             with self.objects.lock:
                 self.backup = dict(self.objects.data)
@@ -551,8 +579,6 @@ class Simulation:
             with self.objects.lock:
                 self.objects.data.clear()
                 self.objects.data.update(self.backup)
-        else:
-            raise ValueError(f"no such step: {kind}")
         return None
 
     async def _end_outage(self, after: float) -> None:
