@@ -23,7 +23,6 @@ from ..crashpoints import crash_point
 from ..errors import DeviceStuck, FusedriveError, IntegrityError, StoreUnreachable
 from .events import StoreHealth
 from .journal import Entry, Journal, StoreWentBack
-from .ops import check_recorded
 from .rebase import Revalidator
 from .replica import Rebased, Replica
 from ..signals import Broadcast
@@ -54,9 +53,9 @@ class Committer:
         self.on_commit: Callable[[int], None] = lambda seq: None
         self.on_error: Callable[[Exception], None] = lambda cause: None  # a failure not of the store: for status
         self.on_success: Callable[[], None] = lambda: None
-        # the store had gone back in time: the blocks of the entries put back go back too (blocking;
-        # the objects it could not), and the user hears of it
-        self.put_back_blocks: Callable[[list[Entry]], list[str]] = lambda entries: []
+        # the store had gone back in time: the objects this device's tree names that the store lost
+        # go back too (blocking; returns those it could not), and the user hears of it
+        self.put_back_blocks: Callable[[], list[str]] = lambda: []
         self.on_put_back: Callable[[list[Entry], list[str]], None] = lambda entries, lost: None
         self.check_ready: Callable[[], None] = lambda: None  # raises FusedriveError when nothing may be committed
         self.replica = replica
@@ -108,6 +107,7 @@ class Committer:
     async def _pull_locked(self) -> None:
         started = trio.current_time()
         start = self.replica.applied_seq
+        restored = None
         try:
             entries = await self._store_call(lambda: list(self.journal.entries_after(start)), abandon=True)
         except StoreWentBack as went_back:
@@ -115,13 +115,15 @@ class Committer:
             # after it (an append at our head would leave a gap; one at its head, a fork).
             restored = await self._store_call(self.journal.put_back, went_back)  # (asks it first)
             self.identity_seen = trio.current_time()
-            lost = await self._store_call(self.put_back_blocks, restored)
-            self.on_put_back(restored, lost)
             entries = await self._store_call(lambda: list(self.journal.entries_after(start)), abandon=True)
-        marks = self.journal.went_back_marks - set(json.loads(self.replica.get_state("went_back_marks", "[]")))
-        if marks:  # another device put entries back: the blocks they name that this device has go back too
-            lost = await self._store_call(self.put_back_blocks, [])
-            if lost:
+        seen = set(json.loads(self.replica.get_state("went_back_marks", "[]")))
+        if restored is not None or self.journal.went_back_marks - seen:
+            # This device put entries back, or another did (its mark): the objects this device's
+            # tree names that the store lost go back from here, once for both.
+            lost = await self._store_call(self.put_back_blocks)
+            if restored:  # (empty when another device put the same entries back first)
+                self.on_put_back(restored, lost)
+            elif lost:
                 log.warning("the store went back in time; %d objects are not on this device to put back", len(lost))
             self.replica.set_state("went_back_marks", json.dumps(sorted(self.journal.went_back_marks)))
         self.last_pull = started
@@ -227,8 +229,6 @@ class Committer:
         carried_bytes = 0
         last_id = rows[0][0]
         for row_id, row_ops in rows:
-            for op in row_ops:  # as a rebase left them: checked again before they go out
-                check_recorded(op)
             row_carried = {block: blob for block, blob in self.replica.blocks_to_carry(row_ops).items()
                            if block not in carried}
             row_bytes = sum(map(len, row_carried.values()))

@@ -86,7 +86,7 @@ class Drive:
         self.committer.on_success = lambda: self.problems.resolved("commit")
         # every block this device's tree names, not only the restored entries': what it uploaded
         # after the older copy was made may be named by an entry the store kept
-        self.committer.put_back_blocks = lambda entries: self.blocks.put_back(self.replica.all_block_refs())
+        self.committer.put_back_blocks = lambda: self.blocks.put_back(self.replica.all_block_refs())
         self.committer.on_put_back = self._store_went_back
         self.committer.check_ready = self._check_cache_dir
         self.cache_dir_lost: str | None = None

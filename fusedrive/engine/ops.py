@@ -68,8 +68,9 @@ def check_recorded(op: dict) -> None:
         raise TypeError(f"Refusing to queue a malformed {op.get('op')!r} operation: it {problem}.")
 
 
-def _problem(op: dict) -> str | None:
-    """What is wrong with an op of a known kind (None: nothing); "is unknown" for another kind."""
+def _problem(op: dict, unknown_fields: bool = True) -> str | None:
+    """What is wrong with an op (None: nothing). `unknown_fields`: fields no reader knows
+    are wrong too — in what this build makes; a reader ignores them (a newer build's)."""
     kind = OPS.get(op.get("op"))
     if kind is None:
         return "is of no kind this build knows"
@@ -79,7 +80,7 @@ def _problem(op: dict) -> str | None:
     for name, kind_type in {**COMMON, **kind.optional}.items():
         if name in op and op[name] is not None and not isinstance(op[name], kind_type):
             return f"has {name!r} that is not a {kind_type.__name__}"
-    unknown = set(op) - {"op"} - set(kind.required) - set(kind.optional) - set(COMMON)
+    unknown = set(op) - {"op"} - set(kind.required) - set(kind.optional) - set(COMMON) if unknown_fields else ()
     if unknown:
         return f"has fields no reader knows ({', '.join(sorted(unknown))})"
     return None
@@ -97,7 +98,7 @@ def check_entry(seq: int, ops: object, entry_format: int) -> list[dict]:
                 f"This volume was changed by a newer fusedrive{newer}: journal entry {seq} holds an operation "
                 f"this version cannot apply ({op.get('op')!r}). Upgrade fusedrive on this device; changes made "
                 "here stay queued until then.")
-        problem = _problem(op)
-        if problem is not None and not problem.startswith("has fields no reader knows"):
+        problem = _problem(op, unknown_fields=False)
+        if problem is not None:
             raise IntegrityError(f"Journal entry {seq} is malformed: a {op['op']!r} operation {problem}.")
     return ops

@@ -333,6 +333,7 @@ class Replica(Applying):
                 for op in json.loads(ops):
                     for new_op in revalidate(self, op):
                         for claimed in revalidate.claim_name(self, new_op):
+                            check_recorded(claimed)  # queued anew, as record() checks what it queues
                             self._apply_logged(pending_id, claimed)
                             kept.append(claimed)
                             applied.append(claimed)
