@@ -76,13 +76,15 @@ class PathFrontEnd:
         parent, name = self._parent_and_name(new)
         self.namespace.link(node.ino, parent, name)
 
+    def create_file(self, path: str) -> Inode:
+        """A new empty regular file (mknod)."""
+        parent, name = self._parent_and_name(path)
+        return self.drive.replica.inode(self.namespace.create(parent, name, stat.S_IFREG | 0o644, os.getuid(),
+                                                              os.getgid()))
+
     async def open_for_writing(self, path: str) -> Inode:
         """open(O_WRONLY|O_CREAT): the file, open, until `close`."""
-        node = self.lookup(path)
-        if node is None:
-            parent, name = self._parent_and_name(path)
-            node = self.drive.replica.inode(self.namespace.create(parent, name, stat.S_IFREG | 0o644,
-                                                                  os.getuid(), os.getgid()))
+        node = self.lookup(path) or self.create_file(path)
         self.drive.opened(node.fid, writing=True)
         return node
 

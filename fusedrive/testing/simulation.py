@@ -34,7 +34,6 @@ import os
 import random
 import secrets
 import shutil
-import stat
 import tempfile
 import time
 import uuid
@@ -484,10 +483,7 @@ class Simulation:
                 return False
             data = self._content(device, kind)
             self._before_writing(device, path)
-            if node is None:
-                parent, name = device._parent_and_name(path)
-                node = device.drive.replica.inode(device.namespace.create(parent, name, stat.S_IFREG | 0o644,
-                                                                          os.getuid(), os.getgid()))
+            node = node or device.create_file(path)
             prepared = device.drive.staging.prepared_path()
             prepared.write_bytes(data)
             device.drive.take_content(node, prepared, time.time_ns())
@@ -675,19 +671,20 @@ class Simulation:
                                      "(a retry appended its entry again?)")
                 committed[said] = entry.seq
         journal = snapshot(replayed)
+        stored = {entry.seq: healthy.store.get(entry_key(entry.seq)) for entry in entries}
         for device in self.devices:
-            mine = snapshot(device.drive.replica)
-            if mine != journal:
+            replica = snapshot(device.drive.replica)
+            if replica != journal:
                 return self.fail(f"{device.name}'s replica is not a replay of the journal: it has "
-                                 f"{[row for row in mine if row not in journal][:4]}, the journal "
-                                 f"{[row for row in journal if row not in mine][:4]}")
+                                 f"{[row for row in replica if row not in journal][:4]}, the journal "
+                                 f"{[row for row in journal if row not in replica][:4]}")
             problems = device.drive.check_invariants()
             if problems:
                 return self.fail(f"{device.name}: {problems}")
-            kept = device.drive.journal.kept
-            for seq in range(1, replayed.applied_seq + 1):
-                mine = kept.get(seq) if kept is not None else None
-                if mine is not None and mine != healthy.store.get(entry_key(seq)):
+            copies = device.drive.journal.kept
+            for seq, blob in stored.items():
+                copy = copies.get(seq) if copies is not None else None
+                if copy is not None and copy != blob:
                     return self.fail(f"{device.name} applied another journal entry {seq} than the store holds")
         with tempfile.TemporaryDirectory(prefix="fsck-") as scratch:
             cache = BlockCache(Path(scratch) / "blocks", 1 << 30, self.keys.keys.id_of)
