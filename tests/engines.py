@@ -15,6 +15,7 @@ and killed and started again from its cache dir (`restart()`).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import shutil
 from pathlib import Path
 from typing import AsyncIterator
@@ -155,3 +156,18 @@ async def devices(*names: str, keys_of: Volume | None = None,
     for device in started:
         device.drive.close()
     shutil.rmtree(base, ignore_errors=True)
+
+
+def on_devices(*names: str):
+    """Run the async test on engines of these devices (its first arguments), in one trio run."""
+    def decorate(test):
+        def run(*args, **kwargs):
+            async def scenario():
+                async with devices(*names) as started:
+                    await test(*started, *args, **kwargs)
+            trio.run(scenario)
+        signature = inspect.signature(test)
+        run.__signature__ = signature.replace(parameters=list(signature.parameters.values())[len(names):])
+        run.__name__, run.__doc__ = test.__name__, test.__doc__
+        return run
+    return decorate

@@ -5,31 +5,15 @@ Every test ends with the devices agreeing on the whole tree."""
 from __future__ import annotations
 
 import errno
-import inspect
 import threading
 
 import pytest
 import trio
 
-from engines import Device, devices, tree
+from engines import Device, on_devices, tree
 from fusedrive.errors import FusedriveError, IntegrityError
 
 pytestmark = pytest.mark.inprocess
-
-
-def on_devices(*names: str):
-    """Run the async test on engines of these devices (its first arguments), in one trio run."""
-    def decorate(test):
-        def run(*args, **kwargs):
-            async def scenario():
-                async with devices(*names) as started:
-                    await test(*started, *args, **kwargs)
-            trio.run(scenario)
-        signature = inspect.signature(test)
-        run.__signature__ = signature.replace(parameters=list(signature.parameters.values())[len(names):])
-        run.__name__, run.__doc__ = test.__name__, test.__doc__
-        return run
-    return decorate
 
 
 def copies(device: Device, path: str = "/") -> list[str]:

@@ -69,7 +69,7 @@ class Drive:
         self.health = StoreHealth(self.events)
         self.reader = Reader(self.replica, self.files, self.staging, self.cache, self.blocks, self.health,
                              self.problems, volume.url, io_timeout)
-        self.writer = Writer(self.replica, self.files, self.staging, self.blocks, self.reader, cache_dir)
+        self.writer = Writer(self.replica, self.files, self.staging, cache_dir)
         self.pins = Pins(self.replica, self.blocks, self.cache, self.events, cache_size)
         self.changes = Changes(self.replica, self.events, device, self.reader.forget, self.files.changed.fire)
         self.uploads = Uploads(volume, device, self.replica, self.files, self.staging, self.blocks, self.health,

@@ -75,9 +75,16 @@ class LocalFiles:
         its data (holes are never stored, and a staged file is sparse on the cache disk)."""
         if node.fid in self.attrs:
             try:
-                return os.stat(self.staging.path(node.fid)).st_blocks
+                staged = os.stat(self.staging.path(node.fid)).st_blocks
             except FileNotFoundError:
                 pass
+            else:
+                partial = self.staging.partial(node.fid)
+                if partial is None:
+                    return staged
+                # what it holds, and its base's data (some of which those bytes replace)
+                base = sum(length for _, length in data_ranges(partial.base, partial.base_size))
+                return min(staged + (base + 511) // 512, (size + 511) // 512)
         elif "[null," in node.manifest:  # holes: rare, so only such manifests are read
             size = sum(piece.length for piece in pieces(node.extents()) if piece.block is not None)
         return (size + 511) // 512
@@ -178,7 +185,7 @@ class LocalFiles:
         drops whichever staged file the replica does not say is unsaved."""
         copy = create["fid"]
         try:
-            os.link(self.staging.path(fid), self.staging.path(copy))
+            self.staging.copy_as(fid, copy)
         except FileNotFoundError:
             return False
         with self.replica:
@@ -189,7 +196,6 @@ class LocalFiles:
         self.unsaved_since[copy] = self.unsaved_since.get(fid, time.time())
         self.staged.add(copy)
         self.attrs[copy] = self.attrs[fid]
-        self.staging.bump(copy)
         self.discard(fid)
         return True
 

@@ -144,11 +144,33 @@ def known_lengths(manifests: Iterable[list[list]]) -> dict[str, int]:
     return lengths
 
 
+def window(manifest: list[list], file_pieces: list[Piece], offsets: list[int], lo: int, hi: int) -> list[list]:
+    """Extents for bytes [lo, hi) of a file (`file_pieces` and their `offsets` are the
+    manifest's, computed once by the caller)."""
+    out: list[list] = []
+    index = bisect.bisect_right(offsets, lo) - 1
+    while lo < hi:
+        piece, start = file_pieces[index], offsets[index]
+        end = min(hi, start + piece.length)
+        if lo == start and end == start + piece.length:
+            out.append(manifest[index])
+        else:
+            out.append(piece.cut(lo - start, end - lo))
+        lo, index = end, index + 1
+    return out
+
+
+def prefix(manifest: list[list], size: int) -> list[list]:
+    """The extents of a file's first `size` bytes (no more than the manifest covers)."""
+    file_pieces = pieces(manifest)
+    return window(manifest, file_pieces, starts(file_pieces), 0, size)
+
+
 def patch_plan(base: list[list], base_size: int, written: list[tuple[int, int]],
                size: int) -> list[list | tuple[int, int]] | None:
     """The extents of a file that was `base` (`base_size` bytes) before the byte ranges
-    `written` ([start, end)) were written, and is `size` bytes now (never truncated in
-    between): `base` cut around the writes, with `(start, length)` tuples where the bytes
+    `written` ([start, end)) were written, and is `size` bytes now (a truncate in between
+    cut `base` and the ranges already, see staging.py): `base` cut around the writes, with `(start, length)` tuples where the bytes
     must be read from the staged file and uploaded. Past `base_size`, what was not
     written is a hole. None if `base` does not describe `base_size` bytes."""
     if sum(extent[1] for extent in base) != base_size or size < base_size:
@@ -157,18 +179,7 @@ def patch_plan(base: list[list], base_size: int, written: list[tuple[int, int]],
     base_starts = starts(base_pieces)
 
     def old(lo: int, hi: int) -> list[list]:
-        """Extents for [lo, hi) of the base file."""
-        out: list[list] = []
-        index = bisect.bisect_right(base_starts, lo) - 1
-        while lo < hi:
-            piece, start = base_pieces[index], base_starts[index]
-            end = min(hi, start + piece.length)
-            if lo == start and end == start + piece.length:
-                out.append(base[index])
-            else:
-                out.append(piece.cut(lo - start, end - lo))
-            lo, index = end, index + 1
-        return out
+        return window(base, base_pieces, base_starts, lo, hi)
 
     plan: list[list | tuple[int, int]] = []
     pos = 0

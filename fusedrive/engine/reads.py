@@ -1,4 +1,5 @@
-"""Reads: from staging while a file is written here, else from its blocks (cache first),
+"""Reads: from staging while a file is written here (a partial one's unwritten bytes from
+the blocks it was staged over), else from its blocks (cache first),
 fetching ahead of sequential readers. A block that fails verification is an error (EIO
 above), never wrong bytes (blocks.py verifies).
 
@@ -25,7 +26,7 @@ from .localfiles import LocalFiles
 from .manifest import Piece, Where, pieces, starts
 from .replica import Replica
 from .tree import Inode
-from .staging import Staging
+from .staging import BASE, ZERO, Patchable, Staging, segments
 
 DOWNLOAD_THREADS = 24
 PREFETCH_BLOCKS = 16
@@ -42,6 +43,9 @@ SEQUENTIAL_STREAK = 512 * 1024
 READ_AROUND = 8 * 1024 * 1024
 
 
+MAX_BASE_LAYOUTS = 64
+
+
 @dataclass
 class Layout:
     """A committed file's extents with their start offsets, for bisecting reads."""
@@ -50,6 +54,11 @@ class Layout:
     starts: list[int]
     pieces: list[Piece]
     length: int  # the bytes the pieces cover
+
+
+def layout_of(extents: list[list], version: int) -> Layout:
+    layout_pieces = pieces(extents)
+    return Layout(version, starts(layout_pieces), layout_pieces, sum(piece.length for piece in layout_pieces))
 
 
 class Reader:
@@ -73,7 +82,8 @@ class Reader:
         self.nursery: trio.Nursery | None = None  # for prefetches, once started
         self._layouts: dict[int, Layout] = {}
         self._in_flight: dict[str, trio.Event] = {}
-        self._runs: dict[int, tuple[int, int]] = {}  # inode → (where its last read ended, bytes read in a row)
+        self._runs: dict[int, tuple[int, int]] = {}
+        self._base_layouts: dict[str, tuple[list[list], Layout]] = {}  # fid → a partial file's base, its layout  # inode → (where its last read ended, bytes read in a row)
 
     def forget(self, ino: int) -> None:
         """The file changed or went: its layout is rebuilt at the next read."""
@@ -82,7 +92,10 @@ class Reader:
 
     async def read(self, node: Inode, offset: int, size: int) -> bytes:
         if node.fid in self.files.staged:
-            return self.staging.read(node.fid, offset, size)
+            partial = self.staging.partial(node.fid)
+            if partial is None:
+                return self.staging.read(node.fid, offset, size)
+            return await self._read_partial(node, partial, offset, size)
         file_size = node.size
         if offset >= file_size:
             return b""
@@ -94,6 +107,27 @@ class Reader:
             exc = IntegrityError(f"{path} is {file_size} bytes, but its saved content covers only {layout.length}.")
             self.problems.report(f"Cannot read {path!r}: {exc}", exc)
             raise exc
+        return await self._read_layout(node, layout, offset, size)
+
+    async def _read_partial(self, node: Inode, partial: Patchable, offset: int, size: int) -> bytes:
+        """A file written here over committed content it never read: each byte from the
+        staged file where it was written, else from the base's blocks, else zeros. The
+        staged parts are read after every await, so a write that lands meanwhile is seen."""
+        end = min(offset + size, self.staging.size(node.fid))
+        runs = list(segments(partial, offset, end))
+        parts: list[bytes | None] = []
+        for start, stop, where in runs:
+            if where == BASE:
+                parts.append(await self._read_layout(node, self._base_layout(node.fid, partial.base), start, stop - start))
+            else:
+                parts.append(bytes(stop - start) if where == ZERO else None)
+        if self.staging.partial(node.fid) is not partial:  # uploaded, truncated away or dropped meanwhile
+            return await self.read(self.replica.inode(node.ino) or node, offset, size)
+        return b"".join(self.staging.read(node.fid, start, stop - start) if part is None else part
+                        for (start, stop, _), part in zip(runs, parts))
+
+    async def _read_layout(self, node: Inode, layout: Layout, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset + size) of committed content (within `layout.length`)."""
         index = bisect.bisect_right(layout.starts, offset) - 1
         # Kernel readahead sends several reads at once and they are served concurrently,
         # so "sequential" means near where the last read ended, not exactly there.
@@ -127,11 +161,17 @@ class Reader:
     def _layout(self, node: Inode) -> Layout:
         layout = self._layouts.get(node.ino)
         if layout is None or layout.version != node.version:
-            layout_pieces = pieces(node.extents())
-            layout = Layout(node.version, starts(layout_pieces), layout_pieces,
-                            sum(piece.length for piece in layout_pieces))
-            self._layouts[node.ino] = layout
+            layout = self._layouts[node.ino] = layout_of(node.extents(), node.version)
         return layout
+
+    def _base_layout(self, fid: str, base: list[list]) -> Layout:
+        """The layout of a partial file's base, kept while the base is the same list."""
+        known = self._base_layouts.get(fid)
+        if known is None or known[0] is not base:
+            if len(self._base_layouts) >= MAX_BASE_LAYOUTS:
+                del self._base_layouts[next(iter(self._base_layouts))]
+            known = self._base_layouts[fid] = (base, layout_of(base, 0))
+        return known[1]
 
     def _prefetch(self, layout: Layout, index: int) -> None:
         """Start fetching the next blocks a sequential reader will want. Called for every

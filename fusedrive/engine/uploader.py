@@ -26,12 +26,12 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 from .blocks import CARRY_MAX_BYTES, BlockStore
 from .chunker import chunk_spans
-from .manifest import block_ids, compacted, extent, patch_plan
-from .staging import Patchable, data_spans
+from .manifest import Fetch, Where, block_ids, compacted, contents, extent, patch_plan, pieces, starts, window
+from .staging import BASE, STAGED, ZERO, Patchable, data_spans, folded, segments
 
 WINDOW = 16 * 1024 * 1024
 MAX_IN_FLIGHT = 16
@@ -54,12 +54,61 @@ def fits_in_entry(size: int, patchable: Patchable | None) -> bool:
     return new_bytes <= CARRY_MAX_BYTES
 
 
-def _chunks_of_span(fd: int, start: int, length: int, chunking: dict):
+class StagedBytes:
+    """A staged file's bytes as an upload reads them: from the staged file, and where a
+    partial one does not hold them, from the blocks it was staged over (`fetch`)."""
+
+    def __init__(self, fd: int, patchable: Patchable | None, fetch: Fetch) -> None:
+        self.fd = fd
+        self.partial = patchable if patchable is not None and patchable.present is not None else None
+        self.fetch = fetch
+        if self.partial is not None:
+            self._pieces = pieces(self.partial.base)
+            self._starts = starts(self._pieces)
+
+    def _base(self, start: int, stop: int) -> list[list]:
+        return window(self.partial.base, self._pieces, self._starts, start, stop)
+
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to `length` bytes from `offset` (fewer only where the staged file ends)."""
+        if self.partial is None:
+            return os.pread(self.fd, length, offset)
+        end = min(offset + length, os.fstat(self.fd).st_size)
+        parts = []
+        for start, stop, where in segments(self.partial, offset, end):
+            if where == STAGED:
+                parts.append(os.pread(self.fd, stop - start, start))
+                if len(parts[-1]) < stop - start:
+                    raise StagingChanged()  # truncated meanwhile
+            elif where == ZERO:
+                parts.append(bytes(stop - start))
+            else:
+                parts.append(b"".join(contents(self._base(start, stop), self.fetch)))
+        return b"".join(parts)
+
+    def spans(self, size: int) -> Iterator[tuple[int, int, bool]]:
+        """(offset, length, is_data) runs of [0, size), as `data_spans`: a partial file's
+        data is what it holds and its base's data."""
+        if self.partial is None:
+            return data_spans(self.fd, size)
+        runs: list[tuple[int, int, bool]] = []
+        for start, stop, where in segments(self.partial, 0, size):
+            if where == BASE:
+                pos = start
+                for piece in pieces(self._base(start, stop)):
+                    runs.append((pos, piece.length, piece.block is not None))
+                    pos += piece.length
+            else:
+                runs.append((start, stop - start, where == STAGED))
+        return folded(runs)
+
+
+def _chunks_of_span(content: StagedBytes, start: int, length: int, chunking: dict):
     """Yield the bytes of each content-defined chunk of [start, start + length)."""
     pending = b""
     pos, end = start, start + length
     while True:
-        piece = os.pread(fd, min(WINDOW, end - pos), pos) if pos < end else b""
+        piece = content.read(pos, min(WINDOW, end - pos)) if pos < end else b""
         if pos < end and not piece:
             raise StagingChanged()
         pos += len(piece)
@@ -138,11 +187,11 @@ def build_manifest(fd: int, size: int, chunking: dict, blocks: BlockStore, pool:
     """Chunk and upload the first `size` bytes of a staged file; return its extents and
     the blocks they carry. `cache_blocks`: copy each uploaded block into the block cache
     too. `patchable`: what the staged file is known to be, to upload only what was
-    written. `urgent`: someone waits for this file alone (fsync): a small file's pack does
-    not wait for company. `carry`: a few new blocks are carried by the entry (the
-    volume allowing). Not `store_allowed`: raise NeedsStore rather than send anything or
-    chunk much (so that the fsync of a small edit can be prepared without a hop to a
-    worker thread)."""
+    written (and, for a partial file, where to read what it does not hold). `urgent`:
+    someone waits for this file alone (fsync): a small file's pack does not wait for
+    company. `carry`: a few new blocks are carried by the entry (the volume allowing). Not
+    `store_allowed`: raise NeedsStore rather than send or fetch anything or chunk much (so
+    that the fsync of a small edit can be prepared without a hop to a worker thread)."""
     if os.fstat(fd).st_size < size:  # the part past its end would otherwise pass for a hole
         raise StagingChanged()
     if not store_allowed and not fits_in_entry(size, patchable):
@@ -150,21 +199,33 @@ def build_manifest(fd: int, size: int, chunking: dict, blocks: BlockStore, pool:
     carry_budget = CARRY_MAX_BYTES if carry and blocks.volume.carries_blocks else 0
     uploads = _BlockUploads(blocks, pool, cache_blocks, small=is_small(size, chunking), urgent=urgent,
                             carry_budget=carry_budget, store_allowed=store_allowed)
-    extents = _patched(fd, size, chunking, patchable, uploads) if patchable is not None else None
+    content = StagedBytes(fd, patchable, blocks.fetch if store_allowed else _cached(blocks))
+    extents = _patched(content, size, chunking, patchable, uploads) if patchable is not None else None
     if extents is None and not store_allowed:
         raise NeedsStore()  # the whole file would be chunked again
     if extents is None:
         extents = []
-        for start, length, is_data in data_spans(fd, size):
+        for start, length, is_data in content.spans(size):
             if is_data:
-                extents.extend(uploads.extent(chunk) for chunk in _chunks_of_span(fd, start, length, chunking))
+                extents.extend(uploads.extent(chunk) for chunk in _chunks_of_span(content, start, length, chunking))
             else:
                 extents.append([None, length])
     uploads.wait()
     return Built(extents, uploads.carried)
 
 
-def _patched(fd: int, size: int, chunking: dict, patchable: Patchable, uploads: _BlockUploads) -> list[list] | None:
+def _cached(blocks: BlockStore) -> Fetch:
+    """A fetch from the cache only (NeedsStore for a block not in it)."""
+    def fetch(block_id: str, location: Where) -> bytes:
+        data = blocks.cache.get(block_id)
+        if data is None:
+            raise NeedsStore()
+        return data
+    return fetch
+
+
+def _patched(content: StagedBytes, size: int, chunking: dict, patchable: Patchable,
+             uploads: _BlockUploads) -> list[list] | None:
     """The manifest from the old one and the written ranges (its cut-up places chunked
     again once they are too many); None if it would keep a block not known to be stored
     (gc may have taken a block only pruned versions held: chunking the whole file
@@ -180,7 +241,7 @@ def _patched(fd: int, size: int, chunking: dict, patchable: Patchable, uploads: 
     for item in plan:
         if isinstance(item, tuple):
             start, length = item
-            extents.extend(uploads.extent(chunk) for chunk in _chunks_of_span(fd, start, length, chunking))
+            extents.extend(uploads.extent(chunk) for chunk in _chunks_of_span(content, start, length, chunking))
         else:
             extents.append(item)
     return extents

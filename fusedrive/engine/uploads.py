@@ -165,7 +165,8 @@ class Uploads:
                 files.discard(fid)
             return False
         try:
-            keep = self._keeps_whole(size)
+            # a partial staged file is not the file: its new blocks go to the cache instead
+            keep = self._keeps_whole(size) and (patchable is None or patchable.present is None)
             # an fsync (or a sync) waiting for this file alone: its pack need not wait for others
             urgent = files.sync_requested == {fid}
             # Carried by the entry only while the store answers: offline it would save no
