@@ -374,6 +374,39 @@ def fsync_edits(t: Target, size_mib: int, edits: int = 30) -> dict[str, float]:
     return {f"16-byte edit in place of {size_mib} MiB, write + fsync (ms)": statistics.median(times) * 1000}
 
 
+def first_writes(t: Target, size_mib: int, edits: int = 10) -> dict[str, float]:
+    """Writes that change a few bytes of a big saved file: the first one after it was
+    saved (a VM image written after a reboot, a tag rewritten in a media file), then edits
+    made durable with open/close each time (a database opened per request), then one after
+    the target's caches were dropped (a device that has none of the file: nothing of it
+    should be read to change a byte). Milliseconds."""
+    path = t.mountpoint / "first-write.img"
+    path.write_bytes(os.urandom(size_mib * MiB))
+    t.make_durable(path)
+
+    def edit(offset: int, data: bytes, durable: bool) -> float:
+        start = time.perf_counter()
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, offset)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return (time.perf_counter() - start) * 1000
+
+    rng = random.Random(5)
+    results = {f"1-byte write into a saved {size_mib} MiB file, first open (ms)": edit(size_mib * MiB // 2, b"!", False)}
+    if t.durable_fsync:
+        times = [edit(rng.randrange(size_mib * MiB), os.urandom(16), True) for _ in range(edits)]
+        results[f"16-byte edit + fsync of {size_mib} MiB, open/close each (ms)"] = statistics.median(times)
+    t.make_durable(path)
+    t.drop_caches()
+    results["1-byte write + fsync into it, caches dropped (ms)"] = edit(size_mib * MiB // 3, b"?", t.durable_fsync)
+    path.unlink()
+    return results
+
+
 def sqlite_commits(t: Target, transactions: int) -> dict[str, float]:
     """SQLite in WAL mode (synchronous=FULL: every commit fsyncs the log), one row per
     transaction, as an application database saves each change."""
@@ -698,7 +731,7 @@ def _number(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
 
 
-WORKLOADS = ["sequential write and reads", "random reads", "fsync", "sqlite", "small files", "tree", "real tree",
+WORKLOADS = ["sequential write and reads", "random reads", "fsync", "first writes", "sqlite", "small files", "tree", "real tree",
              "edits", "sync", "rss", "mirror"]
 
 
@@ -714,6 +747,7 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=2000, help="number of 4 KiB files")
     parser.add_argument("--random-reads", type=int, default=2000, help="number of 4 KiB random reads")
     parser.add_argument("--edit-mib", type=int, default=64, help="size of the edited file")
+    parser.add_argument("--first-write-mib", type=int, default=1024, help="size of the file the first writes change")
     parser.add_argument("--sync-changes", type=int, default=100, help="changes timed between two devices (0: skip)")
     parser.add_argument("--rss-files", type=int, default=100_000, help="files for the RSS measure (0: skip)")
     parser.add_argument("--mirror-mib", type=int, default=1024, help="MiB a new mirror's first sync brings "
@@ -759,6 +793,7 @@ def main() -> int:
         runs = {"sequential write and reads": (targets, sequential, [args.size_mib]),
                 "random reads": (targets, random_reads, [args.random_reads]),
                 "fsync": (targets, fsync_edits, [args.edit_mib]),
+                "first writes": (targets, first_writes, [args.first_write_mib]),
                 "sqlite": (targets, sqlite_commits, [args.transactions]),
                 "small files": (targets, small_files, [args.files]),
                 "tree": (targets, tree, []),

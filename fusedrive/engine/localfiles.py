@@ -42,6 +42,9 @@ class LocalFiles:
         self.sync_requested: set[str] = set()  # files fsync or sync wants uploaded though a writer is open
         self.keep_on_close: dict[str, list[list]] = {}  # uploaded while open: kept whole once closed
         self.changed = Broadcast()  # fired whenever a file stops being unsaved (sync waits on it)
+        # fid → (first, last): its versions first..last came from this device's own saves in
+        # a row of what its front end wrote (`same_content`)
+        self.saved_here: dict[str, tuple[int, int]] = {}
 
     # --- questions ----------------------------------------------------------------------
 
@@ -88,6 +91,13 @@ class LocalFiles:
         elif "[null," in node.manifest:  # holes: rare, so only such manifests are read
             size = sum(piece.length for piece in pieces(node.extents()) if piece.block is not None)
         return (size + 511) // 512
+
+    def same_content(self, fid: str, seen: int, now: int) -> bool:
+        """Whether a front end that saw version `seen` of a file has the content of version
+        `now`: the same version, or only this device's saves of what it wrote since (the
+        kernel's pages of a file written here need not be dropped once it is uploaded)."""
+        first, last = self.saved_here.get(fid, (now + 1, now))
+        return seen == now or last == now and first <= seen <= last
 
     def unsaved_bytes(self) -> int:
         return sum(self.attrs.get(fid, (0, 0, 0))[0] for fid in self.unsaved)
@@ -161,6 +171,11 @@ class LocalFiles:
         self.unsaved_since.pop(fid, None)
         self.attrs.pop(fid, None)
         self.sync_requested.discard(fid)
+
+    def saved_as_is(self, fid: str, base: int, version: int) -> None:
+        """A save of what was written here, from version `base`, is recorded as `version`."""
+        first, last = self.saved_here.get(fid, (base, base))
+        self.saved_here[fid] = (first if last == base else base, version)
 
     def discard(self, fid: str, keep_as: list[list] | None = None) -> None:
         """Drop a file's staged copy; `keep_as`: the manifest it was uploaded as, to keep

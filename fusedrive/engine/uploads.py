@@ -247,6 +247,8 @@ class Uploads:
             self.changes.publish_conflict(conflict, self.device)
         self.files.saved(fid)
         uploaded_as_itself = any(op["op"] == "update" and op["fid"] == fid for op in ops)
+        if ops == [update] and self.files.lookups[node.ino] > 0:  # (a front end that caches it)
+            self.files.saved_as_is(fid, update["base"], self.replica.inode(node.ino).version)
         if not uploaded_as_itself:
             # Gone to a conflicted copy: the file holds the other device's save now, so what
             # is staged is not its content (a handle still open reads and writes that save).

@@ -163,7 +163,10 @@ class DriveOperations(pyfuse3.Operations):
             self.drive.files.lookups[ino] -= nlookup
             if self.drive.files.lookups[ino] <= 0:
                 del self.drive.files.lookups[ino]
+                self._opened_version.pop(ino, None)  # the kernel dropped its pages with the inode
                 node = self.replica.inode(ino)
+                if node is not None:
+                    self.drive.files.saved_here.pop(node.fid, None)
                 if node is not None and node.nlink <= 0:
                     self.drive.forget_unlinked(node)
 
@@ -295,7 +298,8 @@ class DriveOperations(pyfuse3.Operations):
         writing = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
         if self.view.owns(inode) and writing:
             raise pyfuse3.FUSEError(errno.EROFS)
-        unchanged = self._opened_version.get(inode) == node.version
+        seen = self._opened_version.get(inode)
+        unchanged = seen is not None and self.drive.files.same_content(node.fid, seen, node.version)
         # The writer counts before the truncate: no upload may catch the file emptied with
         # the write still to come (see Drive._upload).
         fh = self._open_handle(node, writing)
