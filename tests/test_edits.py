@@ -76,3 +76,42 @@ def test_a_file_kept_open_uploads_each_fsynced_edit_small(proxied_volume, store_
             data[at:at + 4] = b"page"
             assert store_proxy.uploaded_bytes - before < SMALL_UPLOAD
     _reads_on_a_new_device(proxied_volume, "app.db", data)
+
+
+def test_a_byte_written_into_a_gib_file_a_device_never_read_fetches_and_copies_nothing(proxied_volume, store_proxy):
+    """Issue 37: the first write into a big file on a device that has none of its blocks
+    (a VM image after a reboot on another machine) sends no GET and stages a page, not
+    the file; every device then reads the file exactly."""
+    from fusedrive.testing.faultproxy import Fault
+
+    laptop = proxied_volume.mount("laptop")
+    data = {at: os.urandom(4 * MiB) for at in (0, 512 * MiB, 1020 * MiB)}  # 1 GiB, holes between (never stored)
+    with open(laptop.p("vm.img"), "wb") as f:
+        f.truncate(1024 * MiB)
+        for at, part in data.items():
+            f.seek(at)
+            f.write(part)
+    laptop.sync()
+    desk = proxied_volume.mount("desk")
+    wait_for(lambda: os.path.exists(desk.p("vm.img")), what="the desk to see vm.img")
+    gets = store_proxy.inject(Fault(method="GET", path=r"/(blocks|packs)/"))  # counts them, changes nothing
+    with open(desk.p("vm.img"), "r+b") as f:
+        f.seek(512 * MiB + 12345)
+        f.write(b"!")
+        f.flush()
+        staged = sum(p.stat().st_blocks * 512 for p in (desk.cache_dir / "staging").iterdir())
+    desk.sync()
+    assert gets.hits == 0, "nothing of the file was fetched to change a byte of it"
+    assert staged <= 1 * MiB, f"{staged} bytes staged for a 1-byte write"
+    part = bytearray(data[512 * MiB])
+    part[12345] = ord("!")
+    data[512 * MiB] = bytes(part)
+    expected = hashlib.sha256()
+    pos = 0
+    for at, part in data.items():
+        expected.update(bytes(at - pos) + part)
+        pos = at + len(part)
+    expected.update(bytes(1024 * MiB - pos))
+    wait_for(lambda: _digest(laptop.p("vm.img")) == expected.hexdigest(), what="the laptop to read the edit")
+    store_proxy.clear()
+    assert _digest(desk.p("vm.img")) == expected.hexdigest()

@@ -157,3 +157,52 @@ async def test_an_edit_that_loses_to_another_devices_save_becomes_a_conflicted_c
     copies = [content for path, content in files.items() if "conflicted copy" in path]
     assert copies == [original[:MiB] + b"desktop's edit" + original[MiB + 14:]]
     assert files == await tree(desktop)
+
+
+@pytest.mark.parametrize("seed", range(12))
+@on_devices("laptop", "desktop")
+async def test_random_writes_truncates_reads_and_kills_of_a_partial_file_match_a_model(laptop, desktop, seed):
+    """Seeded, replayable: one device writes, truncates, reads, closes, syncs, is cut off
+    and killed at random on a file it never read; every read and, at the end, every device
+    sees exactly what a bytearray saw."""
+    rng = random.Random(seed)
+    model = bytearray(rng.randbytes(rng.randrange(1, 6 * MiB)))
+    await laptop.save("/f", bytes(model))
+    await laptop.sync()
+    await desktop.pull()
+    node = None
+    for _ in range(60):
+        step = rng.choices(["write", "truncate", "read", "close", "sync", "cut", "kill"], [8, 2, 5, 2, 1, 1, 1])[0]
+        if step in ("write", "truncate") and node is None:
+            node = await desktop.open_for_writing("/f")
+        if step == "write":
+            at = rng.randrange(len(model) + MiB)
+            data = rng.randbytes(rng.choice([1, 100, 4096, 70_000, 600_000]))
+            await desktop.write(node, data, at, truncate=False)
+            model.extend(bytes(max(0, at + len(data) - len(model))))
+            model[at:at + len(data)] = data
+        elif step == "truncate":
+            size = rng.randrange(len(model) + MiB)
+            await desktop.drive.truncate(node, size)
+            model[:] = model[:size] + bytes(max(0, size - len(model)))
+        elif step == "read" and not desktop.store.unreachable:  # (its base is in the store)
+            start = rng.randrange(len(model) + 1)
+            current = desktop.lookup("/f")
+            assert await desktop.drive.read(current, start, 300_000) == bytes(model[start:start + 300_000])
+        elif step == "close" and node is not None:
+            desktop.close(node)
+            node = None
+        elif step == "sync" and node is None and not desktop.store.unreachable:
+            await desktop.sync()
+        elif step == "cut":
+            desktop.cut_off(not desktop.store.unreachable)
+        elif step == "kill":
+            await desktop.restart()  # a handle open for writing dies with the process
+            node = None
+    if node is not None:
+        desktop.close(node)
+    desktop.cut_off(False)
+    await desktop.sync()
+    await laptop.pull()
+    assert (await tree(laptop))["/f"] == bytes(model)
+    assert (await tree(desktop))["/f"] == bytes(model)

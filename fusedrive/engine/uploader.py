@@ -104,26 +104,22 @@ class StagedBytes:
 
 
 def _chunks_of_span(content: StagedBytes, start: int, length: int, chunking: dict):
-    """Yield the bytes of each content-defined chunk of [start, start + length)."""
-    pending = b""
+    """Yield the bytes of each content-defined chunk of [start, start + length). Each window
+    starts where the last one's chunks ended (its unfinished last chunk is read again
+    rather than joined to the next window: a copy under the GIL of every byte, where the
+    read copies outside it)."""
     pos, end = start, start + length
-    while True:
-        piece = content.read(pos, min(WINDOW, end - pos)) if pos < end else b""
-        if pos < end and not piece:
-            raise StagingChanged()
-        pos += len(piece)
-        pending += piece
-        last = pos >= end
-        spans = list(chunk_spans(pending, chunking))
+    while pos < end:
+        window = content.read(pos, min(WINDOW, end - pos))
+        last = pos + len(window) >= end
+        spans = list(chunk_spans(window, chunking))
         if not last:
             spans = spans[:-1]
-        consumed = 0
+        if not spans:
+            raise StagingChanged()  # nothing read where the file should go on: truncated meanwhile
         for offset, size in spans:
-            yield pending[offset:offset + size]
-            consumed = offset + size
-        pending = pending[consumed:]
-        if last:
-            return
+            yield window if size == len(window) else window[offset:offset + size]
+        pos += spans[-1][0] + spans[-1][1]
 
 
 class Built(NamedTuple):
