@@ -42,6 +42,7 @@ class Actor:
         # digests of the actor's saves that the actor did not itself overwrite or delete
         # since (by content, not path: the mirror may rename a file, to keep it apart)
         self.required: set[str] = set()
+        self.texts: dict[str, bytes] = {}  # digest → the save, to say which one was lost
 
     def full(self, path: bytes) -> bytes:
         return os.path.join(self.root, path)
@@ -73,7 +74,7 @@ class Actor:
                 self._destroy(path)
                 with open(self.full(path), "wb") as f:
                     f.write(data)
-                self.required.add(digest(data))
+                self._require(data)
                 self.mirror.local_changed(path, closed=True)
             elif step == "save by rename":
                 path = self.pick(focus)
@@ -84,7 +85,7 @@ class Actor:
                     f.write(data)
                 self._destroy(path)
                 os.rename(self.full(temporary), self.full(path))
-                self.required.add(digest(data))
+                self._require(data)
                 self.mirror.local_moved(temporary, path)
             elif step == "delete" and existing:
                 path = focus if focus in existing else rng.choice(existing)
@@ -107,6 +108,10 @@ class Actor:
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return  # the mirror moved it meanwhile: a user's program would try again
         self.changes += 1
+
+    def _require(self, data: bytes) -> None:
+        self.required.add(digest(data))
+        self.texts[digest(data)] = data
 
     def _destroy(self, path: bytes) -> None:
         """The actor is about to overwrite or delete what `path` holds: not required any more."""
@@ -228,6 +233,7 @@ async def test_a_folder_changed_at_every_await_ends_equal_to_the_volume_and_lose
     assert folder_tree(root) == volume, "the folder and the volume differ"
     assert {p: c for p, c in (await tree(laptop)).items() if p != "/"} == volume, "the devices differ"
     kept = kept_contents(laptop.drive.replica, laptop.drive.blocks)
-    assert required <= kept, f"{len(required - kept)} save(s) made in the folder are nowhere in the volume"
+    lost = sorted(actor.texts[saved] for saved in required - kept)
+    assert not lost, f"saves made in the folder are nowhere in the volume: {lost}; the folder: {folder_tree(root)}"
     assert laptop_saves <= kept, "a save of the other device is nowhere in the volume"
     desktop.drive.changes.front_end = None
