@@ -29,6 +29,19 @@ CLI_TIMEOUT = 120
 UMOUNT_TIMEOUT = 120
 
 
+# The files that take minutes, started first: `--dist loadfile` hands files to workers in
+# collection order, and one of these collected last ran on while the other workers idled.
+LONGEST_FIRST = ["test_simulation.py", "test_chaos.py", "test_store_faults.py", "test_mirror.py", "test_sync_random.py",
+                 "test_crash.py", "test_hub.py"]
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    def rank(item) -> int:
+        name = Path(str(item.fspath)).name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+    items.sort(key=rank)  # (stable: the order within a file, and among the rest, stays)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_home():
     """HOME, XDG dirs and a short runtime dir of the session's own: tests never touch the user's."""
