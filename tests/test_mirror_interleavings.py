@@ -194,7 +194,13 @@ def folder_tree(root: Path) -> dict[str, bytes | None]:
     return found
 
 
-@pytest.mark.parametrize("seed", range(int(os.environ.get("FUSEDRIVE_MIRROR_SEEDS", 40))))
+def _seeds() -> range:
+    """FUSEDRIVE_MIRROR_SEEDS: how many (from 0), or FIRST:END."""
+    first, _, end = os.environ.get("FUSEDRIVE_MIRROR_SEEDS", "40").rpartition(":")
+    return range(int(first or 0), int(end))
+
+
+@pytest.mark.parametrize("seed", _seeds())
 @on_devices("laptop", "desktop")
 async def test_a_folder_changed_at_every_await_ends_equal_to_the_volume_and_loses_nothing(laptop, desktop, seed,
                                                                                           tmp_path):
