@@ -43,6 +43,15 @@ def staged_bytes_on_disk(device, path: str) -> int:
     return os.stat(device.drive.staging.path(node.fid)).st_blocks * 512
 
 
+async def saved_elsewhere(laptop, desktop, path: str, size: int, seed: int) -> bytes:
+    """Random content of `size` bytes saved on the laptop, and known (not read) by the desktop."""
+    data = random.Random(seed).randbytes(size)
+    await laptop.save(path, data)
+    await laptop.sync()
+    await desktop.pull()
+    return data
+
+
 async def edit(device, path: str, offset: int, data: bytes) -> None:
     """open without O_TRUNC, pwrite, close."""
     node = await device.open_for_writing(path)
@@ -54,10 +63,7 @@ async def edit(device, path: str, offset: int, data: bytes) -> None:
 
 @on_devices("laptop", "desktop")
 async def test_a_byte_written_into_a_big_file_this_device_never_read_fetches_and_copies_nothing(laptop, desktop):
-    original = random.Random(1).randbytes(24 * MiB)
-    await laptop.save("/vm.img", original)
-    await laptop.sync()
-    await desktop.pull()
+    original = await saved_elsewhere(laptop, desktop, "/vm.img", 24 * MiB, 1)
     asked = count_reads(desktop)
     await edit(desktop, "/vm.img", 13 * MiB + 5, b"!")
     assert [key for key in asked if key.startswith(("blocks/", "packs/"))] == []
@@ -76,10 +82,7 @@ async def test_a_byte_written_into_a_big_file_this_device_never_read_fetches_and
 @on_devices("laptop", "desktop")
 async def test_reads_of_a_file_being_edited_merge_what_was_written_with_what_was_saved(laptop, desktop):
     rng = random.Random(2)
-    model = bytearray(rng.randbytes(5 * MiB))
-    await laptop.save("/db", bytes(model))
-    await laptop.sync()
-    await desktop.pull()
+    model = bytearray(await saved_elsewhere(laptop, desktop, "/db", 5 * MiB, 2))
     node = await desktop.open_for_writing("/db")
     try:
         for _ in range(40):
@@ -100,10 +103,7 @@ async def test_reads_of_a_file_being_edited_merge_what_was_written_with_what_was
 
 @on_devices("laptop", "desktop")
 async def test_truncates_of_a_partial_file_cut_its_saved_bytes_and_grow_with_zeros(laptop, desktop):
-    original = random.Random(3).randbytes(3 * MiB)
-    await laptop.save("/f", original)
-    await laptop.sync()
-    await desktop.pull()
+    original = await saved_elsewhere(laptop, desktop, "/f", 3 * MiB, 3)
     node = await desktop.open_for_writing("/f")
     try:
         await desktop.write(node, b"head", 100, truncate=False)
@@ -121,10 +121,7 @@ async def test_truncates_of_a_partial_file_cut_its_saved_bytes_and_grow_with_zer
 
 @on_devices("laptop", "desktop")
 async def test_a_killed_device_finds_its_written_ranges_again_and_uploads_them(laptop, desktop):
-    original = random.Random(4).randbytes(4 * MiB)
-    await laptop.save("/f", original)
-    await laptop.sync()
-    await desktop.pull()
+    original = await saved_elsewhere(laptop, desktop, "/f", 4 * MiB, 4)
     desktop.cut_off()
     await edit(desktop, "/f", 2 * MiB, b"written offline")
     node = await desktop.open_for_writing("/f")
@@ -141,10 +138,7 @@ async def test_a_killed_device_finds_its_written_ranges_again_and_uploads_them(l
 
 @on_devices("laptop", "desktop")
 async def test_an_edit_that_loses_to_another_devices_save_becomes_a_conflicted_copy_of_the_edit(laptop, desktop):
-    original = random.Random(5).randbytes(2 * MiB)
-    await laptop.save("/doc", original)
-    await laptop.sync()
-    await desktop.pull()
+    original = await saved_elsewhere(laptop, desktop, "/doc", 2 * MiB, 5)
     desktop.cut_off()
     await edit(desktop, "/doc", MiB, b"desktop's edit")
     await laptop.save("/doc", b"laptop's new version")
@@ -166,10 +160,7 @@ async def test_random_writes_truncates_reads_and_kills_of_a_partial_file_match_a
     and killed at random on a file it never read; every read and, at the end, every device
     sees exactly what a bytearray saw."""
     rng = random.Random(seed)
-    model = bytearray(rng.randbytes(rng.randrange(1, 6 * MiB)))
-    await laptop.save("/f", bytes(model))
-    await laptop.sync()
-    await desktop.pull()
+    model = bytearray(await saved_elsewhere(laptop, desktop, "/f", rng.randrange(1, 6 * MiB), seed))
     node = None
     for _ in range(60):
         step = rng.choices(["write", "truncate", "read", "close", "sync", "cut", "kill"], [8, 2, 5, 2, 1, 1, 1])[0]

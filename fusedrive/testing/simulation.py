@@ -498,13 +498,12 @@ class Simulation:
                     await device.write(node, self._content(device, "edit")[-6:], offset=2, truncate=False)
                 else:
                     await device.drive.truncate(node, 3)
+                # what the close saves, read before it: once closed it uploads, and a pull may
+                # put another device's save in its place while a read of it awaits the store
+                with trio.fail_after(CALL_SECONDS):
+                    data = await content(device.drive, device.drive.replica.inode(node.ino) or node)
             finally:
                 device.close(node)
-            node = device.drive.replica.inode(node.ino)  # the file as it is now (a pull may have moved it)
-            if node is None:
-                return None
-            with trio.fail_after(CALL_SECONDS):
-                data = await content(device.drive, node)
             if data:
                 self._closed(device, node, data)
         elif kind == "delete":
