@@ -114,6 +114,55 @@ def test_a_store_restored_from_an_older_copy_gets_back_every_entry_it_lost(file_
     assert read(newcomer.p("f3.txt")) == b"three" and read(newcomer.p("f5.txt")) == b"five"
 
 
+def unmounted(volume, device) -> None:
+    """The device is switched off (its cache dir stays)."""
+    volume.cli.run("umount", str(device.path), check=False)
+    volume.mounts.remove(device)
+
+
+def mounted_again(volume, device) -> None:
+    device.start(poll_interval=0.3)
+    volume.mounts.append(device)
+
+
+def test_a_store_restored_while_a_device_was_off_forks_nothing_and_loses_nothing(file_volume, tmp_path):
+    """The laptop saves f2 and edits f1, then is switched off; the volume directory is put
+    back to a copy from before (the laptop's entries are gone); the desktop, which never saw
+    them, saves f3 and edits f1 at the same seqs: the journal forked. The laptop, switched
+    on, takes the store's history and commits its lost changes again on top — f2 arrives
+    everywhere, its edit of f1 (which lost to the desktop's) as a conflicted copy — says so
+    in status, and a new device reads it all."""
+    laptop, desktop = two_devices_with(file_volume, "f1.txt", b"one")
+    unmounted(file_volume, desktop)
+    directory = tmp_path / "volume"
+    shutil.copytree(directory, tmp_path / "backup")
+    write(laptop.p("f2.txt"), b"two, saved on the laptop")
+    write(laptop.p("f1.txt"), b"one, edited on the laptop")
+    laptop.sync()
+    unmounted(file_volume, laptop)
+    directory.rename(tmp_path / "replaced")
+    shutil.copytree(tmp_path / "backup", directory)  # the restore, while the laptop is off
+    mounted_again(file_volume, desktop)
+    write(desktop.p("f3.txt"), b"three, saved on the desktop")
+    write(desktop.p("f1.txt"), b"one, edited on the desktop")
+    desktop.sync()
+    mounted_again(file_volume, laptop)
+    laptop.sync()
+    desktop.sync()
+    tree = same_everywhere(laptop, desktop)
+    [copy] = [name for name in tree if name.startswith("f1 (conflicted copy")]
+    for device in (laptop, desktop):
+        assert read(device.p("f1.txt")) == b"one, edited on the desktop"
+        assert read(device.p(copy)) == b"one, edited on the laptop"
+        assert read(device.p("f2.txt")) == b"two, saved on the laptop"
+        assert read(device.p("f3.txt")) == b"three, saved on the desktop"
+    said = [e for e in laptop.control("status")["errors"] if "forked" in e]
+    assert said and "committed again" in said[0], laptop.control("status")["errors"]
+    newcomer = file_volume.mount("newcomer")
+    assert read(newcomer.p("f2.txt")) == b"two, saved on the laptop"
+    assert read(newcomer.p(copy)) == b"one, edited on the laptop"
+
+
 def test_an_s3_volume_emptied_under_a_running_mount_is_never_refilled_and_comes_back_whole(s3_volume):
     """Every object of the volume deleted (a bucket emptied by mistake, a lifecycle rule):
     the device does not put its journal back into a store without the volume's header —

@@ -348,6 +348,13 @@ class BlockStore:
             for block_id in where:
                 self._carrying.pop(block_id, None)
 
+    def carried_anew(self, where: dict[str, int], carrying: dict[str, bytes]) -> None:
+        """The replica took another history (a fork): which entry each carried block is read
+        from now, and the carried blocks queued again (those of entries the store lost)."""
+        with self._known_lock:
+            self._carried_in = dict(where)
+            self._carrying.update(carrying)
+
     def is_carried(self, block_id: str) -> bool:
         """Whether an entry this device applied carries the block."""
         with self._known_lock:

@@ -17,7 +17,7 @@ import json
 import zstandard
 
 from ..errors import IntegrityError
-from .journal import Journal
+from .journal import Entry, Journal, follow_chain
 from ..report import Progress
 from .replica import Replica
 from .tree import ROOT_FID, ROOT_INO, name_from_json, name_to_json
@@ -56,19 +56,20 @@ def dump_state(replica: Replica) -> dict:
     departed = [[parent, name_to_json(name), fid, t] for parent, name, fid, t in db.execute(
         "SELECT parent, name, fid, t FROM departed")]
     carried = [list(row) for row in db.execute("SELECT block, seq FROM carried")]
-    return {"seq": replica.applied_seq, "inodes": inodes, "dentries": dentries, "xattrs": xattrs,
+    return {"seq": replica.applied_seq, "commit": replica.get_state("applied_commit"), "inodes": inodes, "dentries": dentries, "xattrs": xattrs,
             "versions": versions, "trash": trash, "archived": archived, "lineage": lineage, "departed": departed,
             "carried": carried}
 
 
 def load_state(replica: Replica, state: dict) -> None:
-    """Fill an empty replica from a checkpoint."""
+    """Fill an empty replica from a checkpoint (in the caller's transaction, if any)."""
     db = replica.db
     with replica:
-        db.execute("INSERT INTO fid_inos(ino, fid) VALUES(?, ?)", (ROOT_INO, ROOT_FID))
+        # (a replica that takes the store's history after a fork keeps its inode numbers)
+        db.execute("INSERT OR IGNORE INTO fid_inos(ino, fid) VALUES(?, ?)", (ROOT_INO, ROOT_FID))
         for row in state["inodes"]:
             if row[0] != ROOT_FID:
-                db.execute("INSERT INTO fid_inos(fid) VALUES(?)", (row[0],))
+                db.execute("INSERT OR IGNORE INTO fid_inos(fid) VALUES(?)", (row[0],))
         inos = dict(db.execute("SELECT fid, ino FROM fid_inos"))
         for row in state["inodes"]:
             target = None if row[10] is None else name_from_json(row[10])
@@ -92,6 +93,7 @@ def load_state(replica: Replica, state: dict) -> None:
                        [(parent, name_from_json(name), fid, t) for parent, name, fid, t in state.get("departed", [])])
         replica.carried_by_many(state.get("carried", []))
         replica.set_state("applied_seq", state["seq"])
+        replica.set_state("applied_commit", state.get("commit"))
         replica.set_state("checkpoint_seq", state["seq"])
 
 
@@ -115,6 +117,16 @@ def read_checkpoint(volume: Volume, seq: int) -> dict:
     if state.get("seq") != seq:
         raise IntegrityError(f"Checkpoint {seq} is not the state at {seq}.")
     return state
+
+
+def state_at(volume: Volume, journal: Journal, seq: int) -> tuple[dict | None, list[Entry]]:
+    """What rebuilds the committed state at `seq`: the newest checkpoint at or before it (None:
+    from the first entry) and the entries after that checkpoint up to `seq` (dead ones
+    emptied), from the kept copies where `journal` has them."""
+    checkpoint = max((found for found in checkpoint_seqs(volume) if found <= seq), default=None)
+    state = None if checkpoint is None else read_checkpoint(volume, checkpoint)
+    chain = None if state is None else state.get("commit")
+    return state, list(follow_chain(journal.kept_entries((checkpoint or 0) + 1, seq), chain))
 
 
 def replay_to_head(volume: Volume, replica: Replica, progress: Progress | None = None) -> None:

@@ -19,10 +19,11 @@ import trio
 
 from .blocks import Transfers
 from .checkpoints import CHECKPOINT_EVERY, dump_state, write_checkpoint
+from .forks import read_forked_history, take_store_history
 from ..crashpoints import crash_point
-from ..errors import DeviceStuck, FusedriveError, IntegrityError, StoreUnreachable
+from ..errors import DeviceStuck, FusedriveError, StoreUnreachable
 from .events import StoreHealth
-from .journal import Entry, Journal, StoreWentBack
+from .journal import Entry, Journal, JournalForked, StoreWentBack
 from .rebase import Revalidator
 from .replica import Rebased, Replica
 from ..signals import Broadcast
@@ -57,6 +58,9 @@ class Committer:
         # go back too (blocking; returns those it could not), and the user hears of it
         self.put_back_blocks: Callable[[], list[str]] = lambda: []
         self.on_put_back: Callable[[list[Entry], list[str]], None] = lambda entries, lost: None
+        # the journal had forked: the entries this device re-queues, the objects it could not put back
+        self.on_fork: Callable[[list[Entry], list[str]], None] = lambda entries, lost: None
+        self.on_restarted: Callable[[], None] = lambda: None  # the replica took another history
         self.check_ready: Callable[[], None] = lambda: None  # raises FusedriveError when nothing may be committed
         self.replica = replica
         self.journal = journal
@@ -106,32 +110,32 @@ class Committer:
 
     async def _pull_locked(self) -> None:
         started = trio.current_time()
-        start = self.replica.applied_seq
-        restored = None
+        self._drop_stale_copies()
+        forked = None
         try:
-            entries = await self._store_call(lambda: list(self.journal.entries_after(start)), abandon=True)
-        except StoreWentBack as went_back:
-            # Restored from an older copy: put back what it lost before anything is appended
-            # after it (an append at our head would leave a gap; one at its head, a fork).
-            restored = await self._store_call(self.journal.put_back, went_back)  # (asks it first)
-            self.identity_seen = trio.current_time()
-            entries = await self._store_call(lambda: list(self.journal.entries_after(start)), abandon=True)
+            entries, restored = await self._entries_after_applied()
+        except JournalForked:
+            forked = await self._take_store_history()
+            entries, restored = await self._entries_after_applied()
         seen = set(json.loads(self.replica.get_state("went_back_marks", "[]")))
-        if restored is not None or self.journal.went_back_marks - seen:
-            # This device put entries back, or another did (its mark): the objects this device's
-            # tree names that the store lost go back from here, once for both.
+        if restored is not None or forked or self.journal.went_back_marks - seen:
+            # This device put entries back, or another did (its mark), or the journal forked: the
+            # objects this device's tree names that the store lost go back from here, once for all.
             lost = await self._store_call(self.put_back_blocks)
             if restored:  # (empty when another device put the same entries back first)
                 self.on_put_back(restored, lost)
+            elif forked:
+                self.on_fork(forked, lost)
             elif lost:
                 log.warning("the store went back in time; %d objects are not on this device to put back", len(lost))
             self.replica.set_state("went_back_marks", json.dumps(sorted(self.journal.went_back_marks)))
         self.last_pull = started
+        start = self.replica.applied_seq
         self.journal_head = max(self.journal_head, entries[-1].seq if entries else start)
-        self._check_chain(entries)
         inflight = json.loads(self.replica.get_state("inflight", "null") or "null")
         while entries:
-            own = next((i for i, e in enumerate(entries) if inflight and e.commit_id == inflight["commit_id"]), None)
+            own = next((i for i, e in enumerate(entries)
+                        if inflight and not e.dead and e.commit_id == inflight["commit_id"]), None)
             others = entries if own is None else entries[:own]
             if others:
                 rebased = self.replica.rebase(others, Revalidator(self.device), self.unsaved(), self.open_files())
@@ -146,18 +150,51 @@ class Committer:
             self.committed.fire()  # an fsync or sync waiting for it is done (it waited forever)
             entries = entries[own + 1:]
 
-    def _check_chain(self, entries: list[Entry]) -> None:
-        """Each entry names the one before it as its writer applied it (`prev`): an entry that
-        names another followed another history (the store went back and a device appended at
-        its own head before it noticed, and others filled the seqs under it). Applying it
-        would mix two histories; the device stops instead, as for any fork."""
-        expected = self.replica.get_state("applied_commit")
-        for entry in entries:
-            if entry.prev is not None and expected is not None and entry.prev != expected:
-                raise IntegrityError(f"Journal entry {entry.seq} does not follow entry {entry.seq - 1} as this device "
-                                     "applied it: after the store went back in time the journal forked (`fusedrive "
-                                     "fsck --repair --cache-dir` names where); nothing more is applied here.")
-            expected = entry.chain_id
+    async def _entries_after_applied(self) -> tuple[list[Entry], list[Entry] | None]:
+        """The store's entries after the one this device applied last (dead ones emptied, see
+        Journal.entries_after), and the entries it put back first if the store had lost some."""
+        start, chain = self.replica.applied_seq, self.replica.get_state("applied_commit")
+        read = lambda: list(self.journal.entries_after(start, chain, self.device))  # noqa: E731
+        try:
+            return await self._store_call(read, abandon=True), None
+        except StoreWentBack as went_back:
+            # Restored from an older copy: put back what it lost before anything is appended
+            # after it (an append at our head would leave a gap; one at its head, a fork).
+            restored = await self._store_call(self.journal.put_back, went_back)  # (asks it first)
+            self.identity_seen = trio.current_time()
+            return await self._store_call(read, abandon=True), restored
+
+    async def _take_store_history(self) -> list[Entry]:
+        """The journal forked (the store went back in time and another device committed at seqs
+        this device had applied): this device takes the store's history up to the fork point,
+        with everything it applied after it queued again (its own changes and others', from the
+        kept copies) and its queue after them (forks.py). The pull that follows rebases
+        them onto the store's entries like any queued change — a file changed on both sides
+        keeps both, as a conflicted copy — and they commit as new entries. The lost entries."""
+        applied = self.replica.applied_seq
+        history = await self._store_call(read_forked_history, self.journal, applied, self.device, abandon=True)
+        common, lost = history.common, history.lost
+        log.warning("the journal forked after entry %d: %d entries this device applied (%d–%d) are not in the "
+                    "store's history; their changes are committed again", common, len(lost), common + 1, applied)
+        with self.replica:
+            take_store_history(self.replica, history)
+            # the copies of the lost entries are not the store's entries at those seqs
+            self.replica.set_state("stale_copies", json.dumps([common + 1, applied]))
+        self.on_restarted()
+        self._drop_stale_copies()
+        self.kick()  # what is queued again commits as soon as the pull has put it on top
+        return lost
+
+    def _drop_stale_copies(self) -> None:
+        """Forget the kept copies of entries the store's history lost (after the replica took
+        its history, in a transaction of its own: a crash between the two finds them here)."""
+        stale = self.replica.get_state("stale_copies")
+        if not stale:
+            return
+        if self.journal.kept is not None:
+            first, last = json.loads(stale)
+            self.journal.kept.drop(range(first, last + 1))
+        self.replica.set_state("stale_copies", None)
 
     async def commit_pending(self) -> bool:
         """Commit everything queued now; raises StoreUnreachable if the store fails. Whether
@@ -196,7 +233,8 @@ class Committer:
                     self.committed.fire()
                     continue
                 entry = Entry(seq=self.replica.applied_seq + 1, device=self.device, ops=ops, blocks=carried,
-                              prev=self.replica.get_state("applied_commit"))
+                              prev=self.replica.get_state("applied_commit"),
+                              restores=self.replica.requeued_commits(rows[0][0], last_id))
                 self.replica.set_state("inflight", json.dumps({"commit_id": entry.commit_id, "last_id": last_id}))
                 started = trio.current_time()
                 crash_point("before-append")
@@ -261,8 +299,15 @@ class Committer:
         if seq - self.replica.get_state("checkpoint_seq", 0) < CHECKPOINT_EVERY or self.replica.pending_count():
             return
         state = dump_state(self.replica)
+
+        def write_if_live() -> None:
+            # the entries this device appended last may be dead (the store went back under
+            # them): a checkpoint of them would hand a history no reader applies to new devices
+            if self.journal.fork_point(seq, self.device) == seq:
+                write_checkpoint(self.journal.volume, state)
+
         try:
-            await trio.to_thread.run_sync(write_checkpoint, self.journal.volume, state)
+            await trio.to_thread.run_sync(write_if_live)
         except FusedriveError as exc:
             log.warning("could not write checkpoint %d (will try after the next commit): %s", seq, exc)
             return

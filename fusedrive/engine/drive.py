@@ -88,6 +88,9 @@ class Drive:
         # after the older copy was made may be named by an entry the store kept
         self.committer.put_back_blocks = lambda: self.blocks.put_back(self.replica.all_block_refs())
         self.committer.on_put_back = self._store_went_back
+        self.committer.on_fork = self._journal_forked
+        self.committer.on_restarted = lambda: self.blocks.carried_anew(self.replica.carried_blocks(),
+                                                                        self.replica.carrying_blocks())
         self.committer.check_ready = self._check_cache_dir
         self.cache_dir_lost: str | None = None
         self.replica.on_record = self.committer.kick  # a rename or delete commits on its own, not with the next upload
@@ -140,11 +143,21 @@ class Drive:
         entries = f"entries {first}–{last}" if last > first else f"entry {first}"
         message = (f"The store had gone back in time (restored from an older copy?): it had lost journal {entries}, "
                    "which this device put back")
-        message += (f"; {len(lost)} stored objects with content saved since are not on this device to put back "
-                    f"({', '.join(lost[:3])}{'…' if len(lost) > 3 else ''}): another device may have them."
-                    if lost else ", with their content: nothing saved since is lost.")
+        message += _not_put_back(lost) if lost else ", with their content: nothing saved since is lost."
         self.problems.report(message)
         self.events.publish("store-went-back", error=message)
+
+    def _journal_forked(self, lost: list[Entry], missing: list[str]) -> None:
+        """Said once, to status and events: the journal had forked, and this device commits
+        again what the store's history lost."""
+        first, last = lost[0].seq, lost[-1].seq
+        entries = f"entries {first}–{last}" if last > first else f"entry {first}"
+        message = (f"The store had gone back in time and other devices committed since (the journal forked): the "
+                   f"changes of journal {entries}, which the store lost, are committed again on top of theirs "
+                   "(a file changed on both sides keeps both, as a conflicted copy)")
+        message += _not_put_back(missing) if missing else "."
+        self.problems.report(message)
+        self.events.publish("journal-forked", error=message)
 
     def _check_cache_dir(self) -> None:
         """The cache dir deleted under a running mount (a cleanup script, a user): what is
@@ -314,3 +327,9 @@ class Drive:
             "errors": list(self.problems.recent),
             **self.pins.state(),
         }
+
+
+def _not_put_back(missing: list[str]) -> str:
+    """The end of a sentence about a store that went back: the objects this device could not restore."""
+    return (f"; {len(missing)} stored objects with content saved since are not on this device to put back "
+            f"({', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}): another device may have them.")

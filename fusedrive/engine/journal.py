@@ -22,6 +22,7 @@ the entry that commits the edit, so it costs one PUT instead of two (see blocks.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import time
@@ -30,12 +31,12 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import zstandard
 
 from ..errors import IntegrityError, StoreRefused
-from ..store import NotFound
+from ..store import Listed, NotFound
 from ..store.volume import FORMAT_VERSION, HEADER_KEY, Volume
 from .ops import check_entry
 
@@ -44,6 +45,9 @@ FETCH_THREADS = 8
 REPAIR_DEVICE = "fsck --repair"  # the device name of the entries fsck --repair puts in place of lost ones
 WENT_BACK = "went-back-"  # journal/went-back-<seq>-<random>: a device put lost entries back (empty object)
 CHECKED_BEHIND = 16  # a pull checks that the store still holds this many of the entries it applied last
+# an entry listed as written later than this device kept its copy of it (allowing for the
+# store's clock) may be another: compared byte for byte (see Journal._fetched)
+CLOCK_SLACK_SECONDS = 1
 KEEP_ENTRIES = 5000  # the newest entries a device keeps a copy of, to put back on a store that lost them
 
 
@@ -55,6 +59,14 @@ class StoreWentBack(Exception):
         super().__init__(f"The store's journal no longer holds entry {missing}, which this device has applied.")
         self.missing = missing
         self.through = missing if through is None else through
+
+
+class JournalForked(IntegrityError):
+    """The store's history is not the one this device applied from some entry on: after the
+    store went back in time another device committed at a seq this device had applied (or
+    this device appended on top of an entry the store had lost). The committer takes the
+    store's history and commits this device's lost changes again on top (`Journal.fork_point`,
+    `forks.py`); raised as is, it stops the device."""
 
 
 class KeptEntries:
@@ -72,6 +84,8 @@ class KeptEntries:
             return
         temporary = self.directory / f".{seq}.{uuid.uuid4().hex}"
         temporary.write_bytes(blob)
+        now = time.time()  # (the engine's clock: a simulation's is virtual)
+        os.utime(temporary, (now, now))
         os.replace(temporary, path)
         (self.directory / str(seq - self.keep)).unlink(missing_ok=True)
 
@@ -80,6 +94,18 @@ class KeptEntries:
             return (self.directory / str(seq)).read_bytes()
         except FileNotFoundError:
             return None
+
+    def kept_at(self, seq: int) -> float:
+        """When the copy of entry `seq` was kept (Unix seconds): after the entry was stored."""
+        try:
+            return (self.directory / str(seq)).stat().st_mtime
+        except FileNotFoundError:
+            return float("inf")
+
+    def drop(self, seqs: range) -> None:
+        """Forget the copies of entries the store's history does not hold (after a fork)."""
+        for seq in seqs:
+            (self.directory / str(seq)).unlink(missing_ok=True)
 
 
 def entry_key(seq: int) -> str:
@@ -96,12 +122,31 @@ class Entry:
     format: int = FORMAT_VERSION  # of the build that wrote it (its rules apply to it)
     blocks: dict[str, bytes] = field(default_factory=dict)  # carried blocks: id → sealed bytes
     prev: str | None = None  # the commit id of the entry before it, as its writer applied it
+    dead: bool = False  # its `prev` names another history: no reader applies its ops (Journal.entries_after)
+    restores: list[str] = field(default_factory=list)  # commit ids of lost entries whose changes it commits again
 
     @property
     def chain_id(self) -> str | None:
         """What the next entry's `prev` must name; None (anything may follow) for the marker
         `fsck --repair` puts where an entry was lost: the entries after it name the lost one."""
         return None if self.device == REPAIR_DEVICE else self.commit_id
+
+    def follows(self, chain: str | None) -> bool:
+        """Whether this entry may come after one whose chain id is `chain`."""
+        return self.prev is None or chain is None or self.prev == chain
+
+
+def follow_chain(entries: Iterable[Entry], chain: str | None) -> Iterator[Entry]:
+    """The entries as a reader applies them after the entry whose chain id is `chain`: one whose
+    `prev` names another history is dead — it comes with no ops and no blocks, and the next must
+    follow the entry before it. Decided by the store's entries alone, so every reader agrees."""
+    for entry in entries:
+        if entry.follows(chain):
+            chain = entry.chain_id
+            yield entry
+        else:
+            yield Entry(entry.seq, entry.device, [], entry.commit_id, entry.time, entry.format, {}, entry.prev,
+                        dead=True)
 
 
 class Journal:
@@ -117,6 +162,8 @@ class Journal:
                   "time": entry.time, "ops": entry.ops}
         if entry.prev is not None:
             fields["prev"] = entry.prev
+        if entry.restores:
+            fields["restores"] = entry.restores
         if entry.blocks:
             fields["blocks"] = {block_id: base64.b64encode(blob).decode() for block_id, blob in entry.blocks.items()}
         body = json.dumps(fields, separators=(",", ":")).encode()
@@ -132,8 +179,9 @@ class Journal:
             prev = data.get("prev")
             if prev is not None and not isinstance(prev, str):
                 raise TypeError("prev")
+            restores = [str(commit_id) for commit_id in data.get("restores", [])]
             entry = Entry(seq, data["device"], data["ops"], data["commit_id"], data["time"], entry_format, blocks,
-                          prev)
+                          prev, restores=restores)
         except (ValueError, KeyError, TypeError, AttributeError, zstandard.ZstdError) as exc:
             raise IntegrityError(f"Journal entry {seq} is malformed.") from exc
         check_entry(seq, entry.ops, entry_format)
@@ -143,16 +191,16 @@ class Journal:
         """Seqs of the entries after `seq` (one list call per 1000 entries)."""
         return [found for found in self._listed_from(seq) if found > seq]
 
-    def _listed_from(self, seq: int) -> dict[int, int]:
-        """Seq → stored size of the entries after `seq`, in order. The went-back marks list
-        after every entry (letters sort after digits): `went_back_marks` is what the last
+    def _listed_from(self, seq: int) -> dict[int, Listed]:
+        """Seq → what the listing says of each entry after `seq`, in order. The went-back marks
+        list after every entry (letters sort after digits): `went_back_marks` is what the last
         listing found, free."""
         found = {}
         marks = set()
-        for key, size, *_ in self.store.list(PREFIX, start_after=entry_key(seq)):
-            suffix = key[len(PREFIX):]
+        for listed in self.store.list(PREFIX, start_after=entry_key(seq)):
+            suffix = listed.key[len(PREFIX):]
             if suffix.isdigit():
-                found[int(suffix)] = size
+                found[int(suffix)] = listed
             elif suffix.startswith(WENT_BACK):
                 marks.add(suffix)
         self.went_back_marks = marks
@@ -165,13 +213,19 @@ class Journal:
             self.kept.put(seq, blob)
         return entry
 
-    def entries_after(self, seq: int) -> Iterator[Entry]:
+    def entries_after(self, seq: int, chain: str | None = None, device: str | None = None) -> Iterator[Entry]:
         """Every entry after `seq`, in order (fetched 8 at a time, for catching up after
         a long time offline); a gap in the seqs is an integrity error. The listing starts
         CHECKED_BEHIND entries before `seq`: a store whose journal no longer holds one of
         them went back in time (`StoreWentBack`) — also when a device appended after what
         it remembered before it noticed, which leaves a gap under its own entry that only
-        it (or another device that applied those entries) can fill."""
+        it (or another device that applied those entries) can fill.
+
+        `chain`: the chain id of entry `seq` as the reader applied it. An entry whose `prev`
+        names another history is dead: it comes with no ops and no blocks (`dead`), and the
+        next must follow the entry before it — every reader of the store decides the same. When
+        it is the first one, the reader's own history is checked first (`fork_point`, with
+        `device`, its name): JournalForked if the store lost part of it."""
         listed = self._listed_from(max(seq - CHECKED_BEHIND, 0))
         for held in range(max(seq - CHECKED_BEHIND + 1, 1), seq + 1):
             if held not in listed:  # (the same listing: free)
@@ -180,8 +234,19 @@ class Journal:
         for expected, found in enumerate(seqs, start=seq + 1):
             if found != expected:
                 raise IntegrityError(f"Journal entry {expected} is missing (found {found} after it).")
+        fetched = self._fetched(seq, seqs, listed)
+        first = next(fetched, None)
+        if first is None:
+            return
+        if not first.follows(chain) and device is not None and self.fork_point(seq, device) < seq:
+            raise self._forked(seq)
+        yield from follow_chain(itertools.chain([first], fetched), chain)
+
+    def _fetched(self, seq: int, seqs: list[int], listed: dict[int, int]) -> Iterator[Entry]:
+        """Entries `seqs`, read in order; first, that the store's entry `seq` is still the one
+        this device kept (the listing's size, free; then the bytes, read beside the next entry)."""
         mine = self.kept.get(seq) if self.kept is not None and seq > 0 else None
-        if mine is not None and len(mine) != listed[seq]:  # (free: the listing says each entry's size)
+        if mine is not None and len(mine) != listed[seq].size:
             raise self._forked(seq)
         if mine is not None and seqs:  # what comes next must follow the entry this device applied
             with ThreadPoolExecutor(max_workers=2) as pool:
@@ -191,6 +256,11 @@ class Journal:
                     raise self._forked(seq)
                 yield first.result()
             seqs = seqs[1:]
+        elif mine is not None and listed[seq].modified > self.kept.kept_at(seq) + CLOCK_SLACK_SECONDS:
+            # nothing after it, and the store's was written after this device kept its copy:
+            # another device's, at the same seq after the store went back? (else: free)
+            if self.store.get(entry_key(seq)) != mine:
+                raise self._forked(seq)
         if len(seqs) <= 1:
             yield from (self.read(s) for s in seqs)
             return
@@ -198,10 +268,52 @@ class Journal:
             yield from pool.map(self.read, seqs)
 
     @staticmethod
-    def _forked(seq: int) -> IntegrityError:
-        return IntegrityError(f"Journal entry {seq} in the store is not the one this device applied: after the "
-                              "store went back in time another device committed there, so the journal forked "
-                              "(`fusedrive fsck --repair --cache-dir` names where); nothing more is applied here.")
+    def _forked(seq: int) -> JournalForked:
+        return JournalForked(f"Journal entry {seq} in the store is not the one this device applied: after the "
+                             "store went back in time another device committed there, so the journal forked.")
+
+    def fork_point(self, applied: int, device: str) -> int:
+        """The newest seq up to which the store holds the history this device applied through
+        `applied` (`applied` itself when it lost none of it). Walks back over the kept copies,
+        comparing each with the store's (the listing's sizes, then the bytes). An entry this
+        device appended counts only with the entries below it down to one another device
+        wrote: it was appended on what this device had applied, which the store may already
+        have lost (then it is dead in the store's history, though its bytes are there).
+        IntegrityError when the kept copies end before the two histories meet."""
+        if self.kept is None:
+            raise self._forked(applied)
+        low = max(applied - self.kept.keep, 0)
+        listed = self._listed_from(low)
+        candidate = None
+        for at in range(applied, low, -1):
+            mine = self.kept.get(at)
+            if mine is None and (at == applied or candidate is not None):
+                # applied here from a checkpoint (a new device), or an own run down to it: the
+                # store's history, as far as this device has one of its own
+                return applied if candidate is None else candidate
+            if mine is None:
+                break
+            if at not in listed or listed[at].size != len(mine) or self.store.get(entry_key(at)) != mine:
+                candidate = None
+                continue
+            candidate = at if candidate is None else candidate
+            if self._unseal(at, mine).device != device:
+                return candidate
+        else:
+            if low == 0:  # every entry down to the first compared
+                return candidate or 0
+        raise IntegrityError(f"The journal forked after the store went back in time, before the oldest entry this "
+                             f"device keeps a copy of (it applied {applied}); nothing more is applied here "
+                             "(`fusedrive fsck --repair --cache-dir` names where).")
+
+    def kept_entries(self, first: int, last: int) -> list[Entry]:
+        """Entries `first`..`last` as this device applied them, from its kept copies (the
+        store's where it has none: below a fork point both histories are one)."""
+        entries = []
+        for seq in range(first, last + 1):
+            blob = self.kept.get(seq) if self.kept is not None else None
+            entries.append(self.read(seq) if blob is None else self._unseal(seq, blob))
+        return entries
 
     def append(self, entry: Entry) -> bool:
         """Try to take `entry.seq`; False if another commit already holds it."""
@@ -235,16 +347,16 @@ class Journal:
         cannot be: an entry this device has no copy of, or a seq the store now holds another
         entry at (a device committed there after the store went back: the journal forked)."""
         self.check_identity()
-        held = self._listed_from(0)  # seq → size
+        held = self._listed_from(0)
         lost = [seq for seq in range(1, went_back.through + 1) if seq not in held]
         checked = range(max(lost[0] - CHECKED_BEHIND, 1), went_back.through + 1) if lost else range(0)
         for seq in (seq for seq in checked if seq in held):
             mine = self.kept.get(seq) if self.kept is not None else None
-            if mine is not None and (len(mine) != held[seq] or self.store.get(entry_key(seq)) != mine):
+            if mine is not None and (len(mine) != held[seq].size or self.store.get(entry_key(seq)) != mine):
                 # another device committed at this seq after the store went back: putting ours
                 # back around it would mix two histories (entries naming files the other never made)
-                raise IntegrityError(f"{went_back} Another device committed entry {seq} since, so the journal "
-                                     "forked; run `fusedrive fsck --repair`.")
+                raise JournalForked(f"{went_back} Another device committed entry {seq} since, so the journal "
+                                    "forked.")
         restored = []
         for seq in lost:
             blob = self.kept.get(seq) if self.kept is not None else None
@@ -252,8 +364,8 @@ class Journal:
                 raise IntegrityError(f"{went_back} This device has no copy of entry {seq} to put back; another "
                                      "device may (mount it), or run `fusedrive fsck --repair`.")
             if not self.store.put_if_absent(entry_key(seq), blob) and self.store.get(entry_key(seq)) != blob:
-                raise IntegrityError(f"{went_back} Another device committed entry {seq} since, so the journal "
-                                     "forked; run `fusedrive fsck --repair`.")
+                raise JournalForked(f"{went_back} Another device committed entry {seq} since, so the journal "
+                                    "forked.")
             restored.append(self._unseal(seq, blob))
         # Every device learns the store went back (at its next listing), so that each puts
         # back the blocks it has: the entries it restored may name blocks only another uploaded.

@@ -203,6 +203,15 @@ class Replica(Applying):
                 self._apply_logged(cur.lastrowid, op)
         self.on_record()
 
+    def queue_again(self, pending_id: int, ops: list[dict], commit_id: str | None = None) -> None:
+        """Queue `ops` as row `pending_id` and apply them (undo-logged), unchecked: they were
+        applied here before (see forks.py). `commit_id`: the lost entry they commit again."""
+        self.db.execute("INSERT INTO pending(id, op) VALUES(?, ?)", (pending_id, json.dumps(ops)))
+        if commit_id is not None:
+            self.db.execute("INSERT INTO requeued(pending_id, commit_id) VALUES(?, ?)", (pending_id, commit_id))
+        for op in ops:
+            self._apply_logged(pending_id, op)
+
     def _apply_logged(self, pending_id: int, op: dict) -> None:
         self._undo_pending_id = pending_id
         try:
@@ -232,12 +241,18 @@ class Replica(Applying):
     def last_pending_id(self) -> int:
         return self.db.execute("SELECT coalesce(max(id), 0) FROM pending").fetchone()[0]
 
+    def requeued_commits(self, first_id: int, last_id: int) -> list[str]:
+        """The commit ids of the lost entries that queued rows `first_id`..`last_id` commit again."""
+        return [row[0] for row in self.db.execute(
+            "SELECT commit_id FROM requeued WHERE pending_id BETWEEN ? AND ? ORDER BY pending_id", (first_id, last_id))]
+
     def mark_committed(self, last_id: int, seq: int, commit_id: str | None = None) -> None:
         """Queued rows up to `last_id` are in the journal, as entry `seq` (`commit_id`: its id,
         when this device's own entry took the seq)."""
         with self:
             self.db.execute("DELETE FROM pending WHERE id <= ?", (last_id,))
             self.db.execute("DELETE FROM undo WHERE pending_id <= ?", (last_id,))
+            self.db.execute("DELETE FROM requeued WHERE pending_id <= ?", (last_id,))
             self.set_state("applied_seq", seq)
             if commit_id is not None:
                 self.set_state("applied_commit", commit_id)
@@ -309,6 +324,7 @@ class Replica(Applying):
         applied, remote and local, so the caller can invalidate what the front end cached.
         """
         applied: list[dict] = []
+        entries = list(entries)
         watched = set(watched) | set(keep_alive)
         with self:
             named_here = {fid for fid in watched if self.location_of(fid) is not None}
@@ -323,11 +339,18 @@ class Replica(Applying):
                 self.carried_by(entry.seq, entry.blocks)
                 applied.extend(entry.ops)
                 self.set_state("applied_seq", entry.seq)
-                self.set_state("applied_commit", entry.chain_id)
+                if not entry.dead:  # (another history's: the next entry follows the one before it)
+                    self.set_state("applied_commit", entry.chain_id)
             for fid in named_here:
                 if fid in self.base_locations and self.location_of(fid) is None:
                     self._remember_vanished(fid)
             crash_point("rebase")
+            # a lost entry another device has committed again since (both had applied it): not twice
+            restored = [(commit_id,) for entry in entries for commit_id in entry.restores]
+            self.db.executemany("UPDATE pending SET op='[]' WHERE id IN (SELECT pending_id FROM requeued "
+                                "WHERE commit_id=?)", restored)
+            rows = [(pending_id, self.db.execute("SELECT op FROM pending WHERE id=?", (pending_id,)).fetchone()[0])
+                    for pending_id, _ in rows]
             for pending_id, ops in rows:
                 kept = []
                 for op in json.loads(ops):

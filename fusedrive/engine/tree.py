@@ -50,6 +50,9 @@ CREATE TABLE IF NOT EXISTS archived(block TEXT PRIMARY KEY, storage_class TEXT N
 CREATE TABLE IF NOT EXISTS carried(block TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS carrying(block TEXT PRIMARY KEY, blob BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS vanished(fid TEXT PRIMARY KEY, locations TEXT NOT NULL);
+-- queued rows that commit again a journal entry the store lost (a fork, forks.py): the
+-- entry's commit id, named in the entry that commits them (`restores`)
+CREATE TABLE IF NOT EXISTS requeued(pending_id INTEGER PRIMARY KEY, commit_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS fid_inos(ino INTEGER PRIMARY KEY AUTOINCREMENT, fid TEXT UNIQUE NOT NULL);
 {UNDO_TABLE};
 """
@@ -71,7 +74,8 @@ def undo_triggers() -> str:
     change (the classic SQLite undo log). Rebase uses it to take pending operations back.
 
     They are TEMP triggers of the replica's own connection and ask the connection's SQL
-    function `undo_pending_id()` (0: not logging) which queued row they log for: a flag in a
+    function `undo_pending_id()` (0: not logging; rows queued again after a fork may have
+    ids below 1, see forks.py) which queued row they log for: a flag in a
     table cost two UPDATEs and a page in the WAL per recorded change. Replicas written
     before had persistent triggers and an `undo_flag` table; these statements drop them."""
     sql = ["DROP TABLE IF EXISTS main.undo_flag;"]
@@ -88,7 +92,7 @@ def undo_triggers() -> str:
             sql.append(f"DROP TRIGGER IF EXISTS main.{name};")
             sql.append(
                 f"CREATE TEMP TRIGGER IF NOT EXISTS {name} AFTER {event} ON main.{table} "
-                f"WHEN undo_pending_id() > 0 BEGIN INSERT INTO undo(pending_id, sql) "
+                f"WHEN undo_pending_id() != 0 BEGIN INSERT INTO undo(pending_id, sql) "
                 f"VALUES(undo_pending_id(), {body}); END;"
             )
     return "\n".join(sql)

@@ -187,7 +187,7 @@ def repair_journal(journal: Journal, kept: KeptEntries | None) -> list[str]:
     else marked lost — an entry of no operations (every build reads it; put-if-absent, so
     an entry a device puts back meanwhile wins, and a second repair changes nothing).
     Entries a device holds at a seq the store holds otherwise (a fork) are named, not
-    changed: which side to keep is the user's to say."""
+    changed: that device takes the store's history and commits them again when it runs."""
     said = []
     held = journal.seqs_after(0)
     for seq in sorted(set(range(1, max(held, default=0) + 1)) - set(held)):
@@ -202,7 +202,8 @@ def repair_journal(journal: Journal, kept: KeptEntries | None) -> list[str]:
             mine = kept.get(seq)
             if mine is not None and mine != journal.store.get(entry_key(seq)):
                 said.append(f"Journal entry {seq} in the store is not the one this device applied (the journal "
-                            "forked after the store went back in time); nothing was changed.")
+                            "forked after the store went back in time); nothing was changed: mounted, this device "
+                            "commits what it applied there again on top of the store's history.")
     return said
 
 
@@ -214,13 +215,17 @@ def fsck(journal: Journal, blocks: BlockStore, local_replica: Path | None, verif
     seqs = journal.seqs_after(0)
     checkpoints = set(checkpoint_seqs(journal.volume))
     bar = progress("journal", len(seqs))
+    chain = None
     for expected, seq in enumerate(seqs, start=1):
         if seq != expected:
             problems.append(f"Journal entry {expected} is missing.")
             break
         try:
             entry = journal.read(seq)
-            scratch.apply_remote(seq, entry.ops, entry.format, entry.blocks)
+            if entry.follows(chain):  # (else dead: appended on another history, applied by no reader)
+                chain = entry.chain_id
+                scratch.apply_remote(seq, entry.ops, entry.format, entry.blocks)
+                scratch.set_state("applied_commit", chain)
         except FusedriveError as exc:
             problems.append(str(exc))
             break

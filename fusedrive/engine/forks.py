@@ -1,0 +1,76 @@
+"""A journal that forked: the store went back in time (a backup restored, a versioning
+rollback, a disk image put back) and another device committed at seqs this device had
+applied. The device takes the store's history up to the fork point and queues again what
+it applied after it — its own changes and other devices', from its kept copies — with its
+own queue after them; the pull that follows rebases them onto the store's entries like any
+queued change, and they commit as new entries (docs/format.md, "Fork")."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .checkpoints import load_state, state_at
+from .journal import Entry, Journal, follow_chain
+from .replica import Replica
+from .tree import TREE_TABLES, Inode
+
+
+@dataclass
+class ForkedHistory:
+    """What a device needs to take the store's history: the fork point (`common`), the
+    checkpoint at or before it (None: from the first entry) and the store's entries after
+    that up to it (`shared`), and the entries this device applied after it (`lost`)."""
+
+    common: int
+    state: dict | None
+    shared: list[Entry]
+    lost: list[Entry]
+
+
+def read_forked_history(journal: Journal, applied: int, device: str) -> ForkedHistory:
+    """Both histories, as far as they are needed (store calls: run in a worker thread)."""
+    common = journal.fork_point(applied, device)
+    state, shared = state_at(journal.volume, journal, common)
+    chain = None if state is None else state.get("commit")
+    for entry in shared:
+        chain = chain if entry.dead else entry.chain_id
+    return ForkedHistory(common, state, shared, list(follow_chain(journal.kept_entries(common + 1, applied), chain)))
+
+
+def take_store_history(replica: Replica, history: ForkedHistory) -> None:
+    """In one transaction: the tree becomes the store's state at the fork point; then the ops
+    of each lost entry are queued and applied, a row per entry, and after them every row that
+    was queued here. The tree is the same after as before — only what is committed changed.
+    File ids keep their inode numbers (fid_inos stays) and files open here with no name keep
+    their rows. The lost entries' rows take ids below the queued ones (below 1 if need be):
+    whoever waits for a queued row waits for them too."""
+    db = replica.db
+    with replica:
+        rows = db.execute("SELECT id, op FROM pending ORDER BY id").fetchall()
+        nameless = db.execute("SELECT * FROM inodes WHERE nlink=0").fetchall()
+        nameless_xattrs = db.execute(
+            "SELECT x.ino, x.name, x.value FROM xattrs x JOIN inodes i ON i.ino = x.ino WHERE i.nlink=0").fetchall()
+        for table in [*TREE_TABLES, "archived", "carried", "pending", "undo"]:
+            db.execute(f"DELETE FROM {table}")
+        replica.set_state("applied_seq", 0)
+        replica.set_state("applied_commit", None)
+        replica.set_state("inflight", None)
+        if history.state is not None:
+            load_state(replica, history.state)
+        for entry in history.shared:
+            replica.apply_remote(entry.seq, entry.ops, entry.format, entry.blocks)
+            if not entry.dead:
+                replica.set_state("applied_commit", entry.chain_id)
+        db.executemany(f"INSERT OR IGNORE INTO inodes VALUES({','.join('?' * len(Inode.__annotations__))})", nameless)
+        db.executemany("INSERT OR IGNORE INTO xattrs(ino, name, value) VALUES(?, ?, ?)", nameless_xattrs)
+        carried = set(replica.carried_blocks())
+        lost = [entry for entry in history.lost if entry.ops]
+        for entry in lost:  # their blocks travel again, in the entries that commit them again
+            replica.carry({block: blob for block, blob in entry.blocks.items() if block not in carried})
+        first = rows[0][0] if rows else replica.last_pending_id() + 1
+        top = first if first - len(lost) >= 1 else min(first, 0)
+        for pending_id, entry in zip(range(top - len(lost), top), lost):
+            replica.queue_again(pending_id, entry.ops, entry.commit_id)
+        for pending_id, ops in rows:
+            replica.queue_again(pending_id, json.loads(ops))
