@@ -78,9 +78,12 @@ class KeptEntries:
         self.keep = keep
         directory.mkdir(mode=0o700, exist_ok=True)
 
-    def put(self, seq: int, blob: bytes) -> None:
+    def put(self, seq: int, blob: bytes, replace: bool = False) -> None:
+        """Keep a copy of entry `seq`; `replace`: also over another copy, for an entry this
+        device had not applied (a copy there is stale: an append of its own whose outcome a
+        crash hid, committed again since as another entry)."""
         path = self.directory / str(seq)
-        if path.exists():
+        if path.exists() and (not replace or self.get(seq) == blob):
             return
         temporary = self.directory / f".{seq}.{uuid.uuid4().hex}"
         temporary.write_bytes(blob)
@@ -206,12 +209,17 @@ class Journal:
         self.went_back_marks = marks
         return found
 
-    def read(self, seq: int) -> Entry:
+    def read(self, seq: int, new: bool = False) -> Entry:
+        """Entry `seq` from the store, kept (`new`: one this device has not applied, see
+        KeptEntries.put)."""
         blob = self.store.get(entry_key(seq))
         entry = self._unseal(seq, blob)
         if self.kept is not None:
-            self.kept.put(seq, blob)
+            self.kept.put(seq, blob, replace=new)
         return entry
+
+    def _read_new(self, seq: int) -> Entry:
+        return self.read(seq, new=True)
 
     def entries_after(self, seq: int, chain: str | None = None, device: str | None = None) -> Iterator[Entry]:
         """Every entry after `seq`, in order (fetched 8 at a time, for catching up after
@@ -251,7 +259,7 @@ class Journal:
         if mine is not None and seqs:  # what comes next must follow the entry this device applied
             with ThreadPoolExecutor(max_workers=2) as pool:
                 theirs = pool.submit(self.store.get, entry_key(seq))
-                first = pool.submit(self.read, seqs[0])
+                first = pool.submit(self._read_new, seqs[0])
                 if theirs.result() != mine:
                     raise self._forked(seq)
                 yield first.result()
@@ -262,10 +270,10 @@ class Journal:
             if self.store.get(entry_key(seq)) != mine:
                 raise self._forked(seq)
         if len(seqs) <= 1:
-            yield from (self.read(s) for s in seqs)
+            yield from (self._read_new(s) for s in seqs)
             return
         with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
-            yield from pool.map(self.read, seqs)
+            yield from pool.map(self._read_new, seqs)
 
     @staticmethod
     def _forked(seq: int) -> JournalForked:
@@ -320,7 +328,7 @@ class Journal:
         blob = self._seal(entry)
         if self.store.put_if_absent(entry_key(entry.seq), blob):
             if self.kept is not None:
-                self.kept.put(entry.seq, blob)
+                self.kept.put(entry.seq, blob, replace=True)
             return True
         try:
             existing = self.read(entry.seq)
