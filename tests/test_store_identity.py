@@ -85,20 +85,30 @@ def test_a_device_that_never_joined_is_told_there_is_no_volume(file_volume, tmp_
     shutil.move(str(tmp_path / "unplugged"), str(tmp_path / "volume"))
 
 
+def copy_of_the_volume(tmp_path) -> None:
+    """A backup of the volume directory, as it is now."""
+    shutil.copytree(tmp_path / "volume", tmp_path / "backup")
+
+
+def put_back_the_copy(tmp_path) -> None:
+    """The backup restored: the directory moved aside at once (a device may be writing into
+    it, a checkpoint), the copy put in its place."""
+    (tmp_path / "volume").rename(tmp_path / "replaced")
+    shutil.copytree(tmp_path / "backup", tmp_path / "volume")
+
+
 def test_a_store_restored_from_an_older_copy_gets_back_every_entry_it_lost(file_volume, tmp_path):
     """The volume directory copied after f1, then f2 and f3 saved, then the copy put back
     (a backup restored, a disk image rolled back), then f4 and f5 saved on two devices: the
     devices put the lost entries back byte for byte before going on, so nothing is lost,
     no seq holds two entries, status says what happened, and a new device joins."""
     laptop, desktop = two_devices_with(file_volume, "f1.txt", b"one")
-    directory = tmp_path / "volume"
-    shutil.copytree(directory, tmp_path / "backup")
+    copy_of_the_volume(tmp_path)
     write(laptop.p("f2.txt"), b"two")
     write(laptop.p("f3.txt"), b"three")
     laptop.sync()
     same_everywhere(laptop, desktop)
-    directory.rename(tmp_path / "replaced")  # at once: a device may be writing into it (a checkpoint)
-    shutil.copytree(tmp_path / "backup", directory)  # the restore
+    put_back_the_copy(tmp_path)
     write(laptop.p("f4.txt"), b"four")
     write(desktop.p("f5.txt"), b"five")
     laptop.sync()
@@ -134,14 +144,12 @@ def test_a_store_restored_while_a_device_was_off_forks_nothing_and_loses_nothing
     in status, and a new device reads it all."""
     laptop, desktop = two_devices_with(file_volume, "f1.txt", b"one")
     unmounted(file_volume, desktop)
-    directory = tmp_path / "volume"
-    shutil.copytree(directory, tmp_path / "backup")
+    copy_of_the_volume(tmp_path)
     write(laptop.p("f2.txt"), b"two, saved on the laptop")
     write(laptop.p("f1.txt"), b"one, edited on the laptop")
     laptop.sync()
     unmounted(file_volume, laptop)
-    directory.rename(tmp_path / "replaced")
-    shutil.copytree(tmp_path / "backup", directory)  # the restore, while the laptop is off
+    put_back_the_copy(tmp_path)  # while the laptop is off
     mounted_again(file_volume, desktop)
     write(desktop.p("f3.txt"), b"three, saved on the desktop")
     write(desktop.p("f1.txt"), b"one, edited on the desktop")
