@@ -119,27 +119,44 @@ def read_checkpoint(volume: Volume, seq: int) -> dict:
     return state
 
 
+def newest_live_checkpoint(volume: Volume, upto: int | None = None) -> dict | None:
+    """The newest checkpoint (at or before `upto`) of the store's history: one whose chain id
+    is the store's entry's at its seq. A checkpoint of a history the store lost (it went back
+    in time below it, and other entries took its seq) would hand a new device a tree no
+    reader has; checkpoints without a chain id (older builds) are taken as they are."""
+    journal = Journal(volume)
+    for seq in sorted((found for found in checkpoint_seqs(volume) if upto is None or found <= upto), reverse=True):
+        state = read_checkpoint(volume, seq)
+        if state.get("commit") is None:
+            return state
+        try:
+            if journal.read(seq).chain_id == state["commit"]:
+                return state
+        except NotFound:
+            continue
+    return None
+
+
 def state_at(volume: Volume, journal: Journal, seq: int) -> tuple[dict | None, list[Entry]]:
     """What rebuilds the committed state at `seq`: the newest checkpoint at or before it (None:
     from the first entry) and the entries after that checkpoint up to `seq` (dead ones
     emptied), from the kept copies where `journal` has them."""
-    checkpoint = max((found for found in checkpoint_seqs(volume) if found <= seq), default=None)
-    state = None if checkpoint is None else read_checkpoint(volume, checkpoint)
-    chain = None if state is None else state.get("commit")
-    return state, list(follow_chain(journal.kept_entries((checkpoint or 0) + 1, seq), chain))
+    state = newest_live_checkpoint(volume, seq)
+    checkpoint, chain = (0, None) if state is None else (state["seq"], state.get("commit"))
+    return state, list(follow_chain(journal.kept_entries(checkpoint + 1, seq), chain))
 
 
 def replay_to_head(volume: Volume, replica: Replica, progress: Progress | None = None) -> None:
     """Fill an empty replica with the volume's committed state: the newest checkpoint,
     then every entry after it (for commands that work without a mount), with a progress
     bar on a terminal."""
-    seqs = checkpoint_seqs(volume)
-    if seqs:
-        load_state(replica, read_checkpoint(volume, max(seqs)))
+    state = newest_live_checkpoint(volume)
+    if state is not None:
+        load_state(replica, state)
     journal = Journal(volume)
     start = replica.applied_seq
     bar = progress("reading the journal", len(journal.seqs_after(start))) if progress else None
-    for entry in journal.entries_after(start):
+    for entry in journal.entries_after(start, replica.get_state("applied_commit")):
         replica.apply_remote(entry.seq, entry.ops, entry.format, entry.blocks)
         if bar is not None:
             bar.update(1)

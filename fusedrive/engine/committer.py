@@ -34,7 +34,10 @@ BATCH_OPS = 2000
 BATCH_DELAY_SECONDS = 0.05
 ENTRY_CARRY_MAX_BYTES = 1 << 20  # of carried blocks in one entry (see blocks.py)
 RETRY_MAX_SECONDS = 30
-IDENTITY_RECHECK_SECONDS = 300  # the store's header is read again before an append at least this often
+IDENTITY_RECHECK_SECONDS = 300
+# a journal gap (entries missing below others: a store restored from a copy taken while a gap was
+# open, or past every device's kept copies) no device has put back in this long is filled here
+GAP_FILL_SECONDS = 300  # the store's header is read again before an append at least this often
 
 AppliedCallback = Callable[[list[Entry], Rebased], None]
 
@@ -61,6 +64,7 @@ class Committer:
         # the journal had forked: the entries this device re-queues, the objects it could not put back
         self.on_fork: Callable[[list[Entry], list[str]], None] = lambda entries, lost: None
         self.on_restarted: Callable[[], None] = lambda: None  # the replica took another history
+        self.on_gap_filled: Callable[[range], None] = lambda missing: None  # this device filled a gap (_fill_gap)
         self.check_ready: Callable[[], None] = lambda: None  # raises FusedriveError when nothing may be committed
         self.replica = replica
         self.journal = journal
@@ -81,6 +85,7 @@ class Committer:
         self.commits = 0
         self.commit_seconds = 0.0  # total time of successful appends (for metrics)
         self._resumed: trio.Event | None = None
+        self._gap_seen: tuple[int, float] | None = None  # the first missing entry seen, and since when
 
     def pause(self) -> None:
         """Hold commits (changes keep queueing locally) until resume()."""
@@ -109,6 +114,36 @@ class Committer:
             await self._pull_locked()
 
     async def _pull_locked(self) -> None:
+        await self._pull_up_to_a_gap()
+        gap = self.journal.gap
+        if gap is None:
+            self._gap_seen = None
+            return
+        if self._gap_seen is None or self._gap_seen[0] != gap.missing.start:
+            self._gap_seen = (gap.missing.start, trio.current_time())
+        if trio.current_time() - self._gap_seen[1] < GAP_FILL_SECONDS or \
+                self.replica.applied_seq != gap.missing.start - 1:
+            raise gap  # (a device that has the entries may put them back meanwhile)
+        await self._fill_gap(gap.missing)
+        await self._pull_up_to_a_gap()
+        if self.journal.gap is not None:
+            raise self.journal.gap
+
+    async def _fill_gap(self, missing: range) -> None:
+        """No device put the `missing` entries back within GAP_FILL_SECONDS: this device takes
+        their seqs with entries of no operations that follow what it applied. The entries after
+        the gap name a lost one before them, so they are dead for every reader; the devices
+        that made them find their history forked and commit their changes again (forks.py)."""
+        for seq in missing:
+            entry = Entry(seq=seq, device=self.device, ops=[], prev=self.replica.get_state("applied_commit"))
+            if not await self._store_call(self.journal.append, entry):
+                return  # another device filled it (or put it back) first: the next pull reads it
+            with self.replica:
+                self.replica.set_state("applied_seq", seq)
+                self.replica.set_state("applied_commit", entry.chain_id)
+        self.on_gap_filled(missing)
+
+    async def _pull_up_to_a_gap(self) -> None:
         started = trio.current_time()
         self._drop_stale_copies()
         forked = None
@@ -154,7 +189,7 @@ class Committer:
         """The store's entries after the one this device applied last (dead ones emptied, see
         Journal.entries_after), and the entries it put back first if the store had lost some."""
         start, chain = self.replica.applied_seq, self.replica.get_state("applied_commit")
-        read = lambda: list(self.journal.entries_after(start, chain, self.device))  # noqa: E731
+        read = lambda: list(self.journal.entries_after(start, chain, self.device, up_to_a_gap=True))  # noqa: E731
         try:
             return await self._store_call(read, abandon=True), None
         except StoreWentBack as went_back:
@@ -172,14 +207,16 @@ class Committer:
         them onto the store's entries like any queued change — a file changed on both sides
         keeps both, as a conflicted copy — and they commit as new entries. The lost entries."""
         applied = self.replica.applied_seq
-        history = await self._store_call(read_forked_history, self.journal, applied, self.device, abandon=True)
+        history = await self._store_call(read_forked_history, self.journal, applied, self.device,
+                                         self.replica.get_state("applied_commit"), abandon=True)
         common, lost = history.common, history.lost
         log.warning("the journal forked after entry %d: %d entries this device applied (%d–%d) are not in the "
                     "store's history; their changes are committed again", common, len(lost), common + 1, applied)
         with self.replica:
-            take_store_history(self.replica, history)
+            take_store_history(self.replica, history, self.device)
             # the copies of the lost entries are not the store's entries at those seqs
-            self.replica.set_state("stale_copies", json.dumps([common + 1, applied]))
+            first = min([entry.seq for entry in lost] + [common + 1])
+            self.replica.set_state("stale_copies", json.dumps([first, applied]))
         self.on_restarted()
         self._drop_stale_copies()
         self.kick()  # what is queued again commits as soon as the pull has put it on top
@@ -299,11 +336,12 @@ class Committer:
         if seq - self.replica.get_state("checkpoint_seq", 0) < CHECKPOINT_EVERY or self.replica.pending_count():
             return
         state = dump_state(self.replica)
+        chain = self.replica.get_state("applied_commit")
 
         def write_if_live() -> None:
             # the entries this device appended last may be dead (the store went back under
             # them): a checkpoint of them would hand a history no reader applies to new devices
-            if self.journal.fork_point(seq, self.device) == seq:
+            if self.journal.fork_point(seq, self.device, chain) == seq:
                 write_checkpoint(self.journal.volume, state)
 
         try:

@@ -25,8 +25,8 @@ from ..store.volume import Volume
 from .blocks import BlockStore
 from .cache import BlockCache
 from .changes import Changes
-from .checkpoints import checkpoint_seqs, load_state, read_checkpoint
-from .committer import Committer
+from .checkpoints import load_state, newest_live_checkpoint
+from .committer import GAP_FILL_SECONDS, Committer
 from .events import EventBus, Problems, StoreHealth
 from .follower import FRESHNESS_WAIT_SECONDS, Follower
 from .hubclient import HubClient
@@ -89,6 +89,7 @@ class Drive:
         self.committer.put_back_blocks = lambda: self.blocks.put_back(self.replica.all_block_refs())
         self.committer.on_put_back = self._store_went_back
         self.committer.on_fork = self._journal_forked
+        self.committer.on_gap_filled = self._journal_gap_filled
         self.committer.on_restarted = lambda: self.blocks.carried_anew(self.replica.carried_blocks(),
                                                                         self.replica.carrying_blocks())
         self.committer.check_ready = self._check_cache_dir
@@ -159,6 +160,15 @@ class Drive:
         self.problems.report(message)
         self.events.publish("journal-forked", error=message)
 
+    def _journal_gap_filled(self, missing: range) -> None:
+        entries = f"entries {missing.start}–{missing[-1]}" if len(missing) > 1 else f"entry {missing.start}"
+        message = (f"Journal {entries} had been missing from the store for over "
+                   f"{GAP_FILL_SECONDS // 60} minutes and no device put them back: this device filled their place, and "
+                   "the devices that committed after them commit their changes again; what only those entries held "
+                   "is lost unless a device that applied them mounts.")
+        self.problems.report(message)
+        self.events.publish("journal-gap-filled", error=message)
+
     def _check_cache_dir(self) -> None:
         """The cache dir deleted under a running mount (a cleanup script, a user): what is
         staged is gone and what is queued may be half made, so nothing more is committed;
@@ -182,10 +192,12 @@ class Drive:
 
     async def _start_from_checkpoint(self) -> None:
         """A new (or wiped) device starts from the newest checkpoint, then replays what follows."""
-        seqs = await trio.to_thread.run_sync(checkpoint_seqs, self.volume)
-        if not seqs:
+        state = await trio.to_thread.run_sync(newest_live_checkpoint, self.volume)
+        if state is None:
             return
-        state = await trio.to_thread.run_sync(read_checkpoint, self.volume, max(seqs))
+        # a copy of the entry the checkpoint stands at, as of every entry applied here: if the
+        # store later goes back below it and another takes its seq, the next pull sees the fork
+        await trio.to_thread.run_sync(self.journal.read, state["seq"])
         load_state(self.replica, state)
         log.info("started from checkpoint %d", state["seq"])
 

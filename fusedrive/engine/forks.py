@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .checkpoints import load_state, state_at
-from .journal import Entry, Journal, follow_chain
+from .checkpoints import load_state, newest_live_checkpoint, state_at
+from .journal import Entry, Journal, UnknownForkPoint, follow_chain
 from .replica import Replica
-from .tree import TREE_TABLES, Inode
+from .rebase import Revalidator
+from .tree import TREE_TABLES, Inode, fids_of
 
 
 @dataclass
@@ -26,11 +27,16 @@ class ForkedHistory:
     state: dict | None
     shared: list[Entry]
     lost: list[Entry]
+    exact: bool = True  # the lost entries follow the state at `common` exactly (else: rewritten to fit)
 
 
-def read_forked_history(journal: Journal, applied: int, device: str) -> ForkedHistory:
-    """Both histories, as far as they are needed (store calls: run in a worker thread)."""
-    common = journal.fork_point(applied, device)
+def read_forked_history(journal: Journal, applied: int, device: str, chain: str | None) -> ForkedHistory:
+    """Both histories, as far as they are needed (store calls: run in a worker thread);
+    `chain`: the chain id of what this device applied last."""
+    try:
+        common = journal.fork_point(applied, device, chain)
+    except UnknownForkPoint:
+        return _where_the_store_starts(journal, applied)
     state, shared = state_at(journal.volume, journal, common)
     chain = None if state is None else state.get("commit")
     for entry in shared:
@@ -38,16 +44,39 @@ def read_forked_history(journal: Journal, applied: int, device: str) -> ForkedHi
     return ForkedHistory(common, state, shared, list(follow_chain(journal.kept_entries(common + 1, applied), chain)))
 
 
-def take_store_history(replica: Replica, history: ForkedHistory) -> None:
+def _where_the_store_starts(journal: Journal, applied: int) -> ForkedHistory:
+    """The histories part below what this device keeps of its own (it started from a checkpoint
+    of a history the store lost, or the fork is older than its 5,000 kept copies): it takes the
+    store's history from its newest live checkpoint (or its first entry) and queues again the
+    entries it kept that the store does not hold, with its queue. What it applied before those
+    is not its to put back: the devices that made it, or kept it, do. Its queued rows were made
+    on another tree: applied there, they may not apply (the transaction then undoes everything
+    and the device stops with one sentence) — or they do, and the rebase after checks them
+    against the store's entries as any queued change."""
+    state = newest_live_checkpoint(journal.volume)
+    if state is None:
+        return ForkedHistory(1, None, journal.kept_entries(1, 1), journal.kept_not_held(applied), exact=False)
+    return ForkedHistory(state["seq"], state, [], journal.kept_not_held(applied), exact=False)
+
+
+def take_store_history(replica: Replica, history: ForkedHistory, device: str) -> None:
     """In one transaction: the tree becomes the store's state at the fork point; then the ops
     of each lost entry are queued and applied, a row per entry, and after them every row that
     was queued here. The tree is the same after as before — only what is committed changed.
     File ids keep their inode numbers (fid_inos stays) and files open here with no name keep
     their rows. The lost entries' rows take ids below the queued ones (below 1 if need be):
-    whoever waits for a queued row waits for them too."""
+    whoever waits for a queued row waits for them too. When the histories part below what
+    this device keeps (not `exact`), the rows are fitted to the store's tree by the conflict
+    rules (`device` names the conflicted copies they make), as a rebase does."""
     db = replica.db
     with replica:
         rows = db.execute("SELECT id, op FROM pending ORDER BY id").fetchall()
+        revalidate = None
+        if not history.exact:  # the conflict rules fit them to the store's tree, as in a rebase
+            revalidate = Revalidator(device)
+            replica.base_locations = replica.locations(
+                {fid for entry in history.lost for op in entry.ops for fid in fids_of(op)}
+                | {fid for _, ops in rows for op in json.loads(ops) for fid in fids_of(op)})
         nameless = db.execute("SELECT * FROM inodes WHERE nlink=0").fetchall()
         nameless_xattrs = db.execute(
             "SELECT x.ino, x.name, x.value FROM xattrs x JOIN inodes i ON i.ino = x.ino WHERE i.nlink=0").fetchall()
@@ -71,6 +100,6 @@ def take_store_history(replica: Replica, history: ForkedHistory) -> None:
         first = rows[0][0] if rows else replica.last_pending_id() + 1
         top = first if first - len(lost) >= 1 else min(first, 0)
         for pending_id, entry in zip(range(top - len(lost), top), lost):
-            replica.queue_again(pending_id, entry.ops, entry.commit_id)
+            replica.queue_again(pending_id, entry.ops, entry.commit_id, revalidate)
         for pending_id, ops in rows:
-            replica.queue_again(pending_id, json.loads(ops))
+            replica.queue_again(pending_id, json.loads(ops), revalidate=revalidate)

@@ -45,9 +45,6 @@ FETCH_THREADS = 8
 REPAIR_DEVICE = "fsck --repair"  # the device name of the entries fsck --repair puts in place of lost ones
 WENT_BACK = "went-back-"  # journal/went-back-<seq>-<random>: a device put lost entries back (empty object)
 CHECKED_BEHIND = 16  # a pull checks that the store still holds this many of the entries it applied last
-# an entry listed as written later than this device kept its copy of it (allowing for the
-# store's clock) may be another: compared byte for byte (see Journal._fetched)
-CLOCK_SLACK_SECONDS = 1
 KEEP_ENTRIES = 5000  # the newest entries a device keeps a copy of, to put back on a store that lost them
 
 
@@ -59,6 +56,23 @@ class StoreWentBack(Exception):
         super().__init__(f"The store's journal no longer holds entry {missing}, which this device has applied.")
         self.missing = missing
         self.through = missing if through is None else through
+
+
+class JournalGap(IntegrityError):
+    """The store's journal lacks entries that come before others it holds (restored from a copy
+    made while a gap was open, or older than what this device keeps): nothing past it is
+    applied or appended here until a device that has them puts them back (or `fsck --repair`
+    marks them lost). A state of the store, not of this device: a pull later may find it
+    filled."""
+
+
+    def __init__(self, message: str, missing: range = range(0)) -> None:
+        super().__init__(message)
+        self.missing = missing  # the entries missing below one the store holds
+
+
+class UnknownForkPoint(IntegrityError):
+    """Where the store's history and this device's part lies below what the device keeps."""
 
 
 class JournalForked(IntegrityError):
@@ -159,6 +173,7 @@ class Journal:
         self.store = volume.store
         self.kept = kept
         self.went_back_marks: set[str] = set()
+        self.gap: JournalGap | None = None  # what the last entries_after(up_to_a_gap=True) stopped at
 
     def _seal(self, entry: Entry) -> bytes:
         fields = {"format": FORMAT_VERSION, "commit_id": entry.commit_id, "device": entry.device,
@@ -221,9 +236,11 @@ class Journal:
     def _read_new(self, seq: int) -> Entry:
         return self.read(seq, new=True)
 
-    def entries_after(self, seq: int, chain: str | None = None, device: str | None = None) -> Iterator[Entry]:
+    def entries_after(self, seq: int, chain: str | None = None, device: str | None = None,
+                      up_to_a_gap: bool = False) -> Iterator[Entry]:
         """Every entry after `seq`, in order (fetched 8 at a time, for catching up after
-        a long time offline); a gap in the seqs is an integrity error. The listing starts
+        a long time offline); a gap in the seqs is an integrity error (`JournalGap`) — with
+        `up_to_a_gap`, the entries before it come and `gap` names it. The listing starts
         CHECKED_BEHIND entries before `seq`: a store whose journal no longer holds one of
         them went back in time (`StoreWentBack`) — also when a device appended after what
         it remembered before it noticed, which leaves a gap under its own entry that only
@@ -239,14 +256,20 @@ class Journal:
             if held not in listed:  # (the same listing: free)
                 raise StoreWentBack(held, through=seq)
         seqs = [found for found in listed if found > seq]
+        self.gap = None
         for expected, found in enumerate(seqs, start=seq + 1):
             if found != expected:
-                raise IntegrityError(f"Journal entry {expected} is missing (found {found} after it).")
+                self.gap = JournalGap(f"Journal entry {expected} is missing (found {found} after it).",
+                                      range(expected, found))
+                if not up_to_a_gap:
+                    raise self.gap
+                seqs = seqs[:expected - seq - 1]
+                break
         fetched = self._fetched(seq, seqs, listed)
         first = next(fetched, None)
         if first is None:
             return
-        if not first.follows(chain) and device is not None and self.fork_point(seq, device) < seq:
+        if not first.follows(chain) and device is not None and self._forked_below(seq, device, chain):
             raise self._forked(seq)
         yield from follow_chain(itertools.chain([first], fetched), chain)
 
@@ -264,9 +287,11 @@ class Journal:
                     raise self._forked(seq)
                 yield first.result()
             seqs = seqs[1:]
-        elif mine is not None and listed[seq].modified > self.kept.kept_at(seq) + CLOCK_SLACK_SECONDS:
+        elif mine is not None and listed[seq].modified > self.kept.kept_at(seq):
             # nothing after it, and the store's was written after this device kept its copy:
-            # another device's, at the same seq after the store went back? (else: free)
+            # another device's, at the same seq after the store went back? (else: free; a store
+            # whose clock runs ahead costs a GET here, one that keeps whole seconds may hide a
+            # fork within the second until the next entry)
             if self.store.get(entry_key(seq)) != mine:
                 raise self._forked(seq)
         if len(seqs) <= 1:
@@ -280,14 +305,15 @@ class Journal:
         return JournalForked(f"Journal entry {seq} in the store is not the one this device applied: after the "
                              "store went back in time another device committed there, so the journal forked.")
 
-    def fork_point(self, applied: int, device: str) -> int:
+    def fork_point(self, applied: int, device: str, chain: str | None = None) -> int:
         """The newest seq up to which the store holds the history this device applied through
-        `applied` (`applied` itself when it lost none of it). Walks back over the kept copies,
-        comparing each with the store's (the listing's sizes, then the bytes). An entry this
-        device appended counts only with the entries below it down to one another device
-        wrote: it was appended on what this device had applied, which the store may already
-        have lost (then it is dead in the store's history, though its bytes are there).
-        IntegrityError when the kept copies end before the two histories meet."""
+        `applied` (`applied` itself when it lost none of it; `chain`: the chain id it applied
+        there). Walks back over the kept copies, comparing each with the store's (the listing's
+        sizes, then the bytes). An entry this device appended counts only with the entries
+        below it down to one another device wrote: it was appended on what this device had
+        applied, which the store may already have lost (then it is dead in the store's
+        history, though its bytes are there). UnknownForkPoint when the two histories meet
+        below the kept copies, or the checkpoint this device started from is not the store's."""
         if self.kept is None:
             raise self._forked(applied)
         low = max(applied - self.kept.keep, 0)
@@ -295,13 +321,15 @@ class Journal:
         candidate = None
         for at in range(applied, low, -1):
             mine = self.kept.get(at)
-            if mine is None and (at == applied or candidate is not None):
-                # applied here from a checkpoint (a new device), or an own run down to it: the
-                # store's history, as far as this device has one of its own
-                return applied if candidate is None else candidate
+            if mine is None and at == applied:  # applied from a checkpoint: is it the store's still?
+                if chain is None or (at in listed and self._unseal(at, self.store.get(entry_key(at))).chain_id == chain):
+                    return applied
+                break
+            if mine is None and candidate is not None:  # an own run down to where its copies start
+                return candidate
             if mine is None:
                 break
-            if at not in listed or listed[at].size != len(mine) or self.store.get(entry_key(at)) != mine:
+            if not self._holds(at, mine, listed):
                 candidate = None
                 continue
             candidate = at if candidate is None else candidate
@@ -310,9 +338,32 @@ class Journal:
         else:
             if low == 0:  # every entry down to the first compared
                 return candidate or 0
-        raise IntegrityError(f"The journal forked after the store went back in time, before the oldest entry this "
-                             f"device keeps a copy of (it applied {applied}); nothing more is applied here "
-                             "(`fusedrive fsck --repair --cache-dir` names where).")
+        raise UnknownForkPoint(f"The journal forked after the store went back in time, below what this device "
+                               f"keeps of its history (it applied {applied}).")
+
+    def _forked_below(self, applied: int, device: str, chain: str | None) -> bool:
+        """Whether the store lost part of the history this device applied through `applied`."""
+        try:
+            return self.fork_point(applied, device, chain) < applied
+        except UnknownForkPoint:
+            return True
+
+    def _holds(self, seq: int, mine: bytes, listed: dict[int, Listed]) -> bool:
+        """Whether the store's entry `seq` is byte for byte this device's copy."""
+        return seq in listed and listed[seq].size == len(mine) and self.store.get(entry_key(seq)) == mine
+
+    def kept_not_held(self, applied: int) -> list[Entry]:
+        """The entries this device kept copies of, from `applied` down to its oldest copy, that
+        the store does not hold at their seqs, in order."""
+        listed = self._listed_from(max(applied - self.kept.keep, 0)) if self.kept is not None else {}
+        entries = []
+        for seq in range(applied, 0, -1):
+            mine = self.kept.get(seq) if self.kept is not None else None
+            if mine is None:
+                break
+            if not self._holds(seq, mine, listed):
+                entries.append(self._unseal(seq, mine))
+        return entries[::-1]
 
     def kept_entries(self, first: int, last: int) -> list[Entry]:
         """Entries `first`..`last` as this device applied them, from its kept copies (the
@@ -369,7 +420,7 @@ class Journal:
         for seq in lost:
             blob = self.kept.get(seq) if self.kept is not None else None
             if blob is None:
-                raise IntegrityError(f"{went_back} This device has no copy of entry {seq} to put back; another "
+                raise JournalGap(f"{went_back} This device has no copy of entry {seq} to put back; another "
                                      "device may (mount it), or run `fusedrive fsck --repair`.")
             if not self.store.put_if_absent(entry_key(seq), blob) and self.store.get(entry_key(seq)) != blob:
                 raise JournalForked(f"{went_back} Another device committed entry {seq} since, so the journal "

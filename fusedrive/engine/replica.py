@@ -203,14 +203,31 @@ class Replica(Applying):
                 self._apply_logged(cur.lastrowid, op)
         self.on_record()
 
-    def queue_again(self, pending_id: int, ops: list[dict], commit_id: str | None = None) -> None:
-        """Queue `ops` as row `pending_id` and apply them (undo-logged), unchecked: they were
-        applied here before (see forks.py). `commit_id`: the lost entry they commit again."""
+    def queue_again(self, pending_id: int, ops: list[dict], commit_id: str | None = None,
+                    revalidate=None) -> None:
+        """Queue `ops` as row `pending_id` and apply them (undo-logged): as they are, when they
+        were applied to this very tree before (see forks.py), else as `revalidate` rewrites
+        them. `commit_id`: the lost entry they commit again."""
+        if revalidate is None:
+            for op in ops:
+                self._apply_logged(pending_id, op)
+        else:
+            ops = self._apply_rewritten(pending_id, ops, revalidate)
         self.db.execute("INSERT INTO pending(id, op) VALUES(?, ?)", (pending_id, json.dumps(ops)))
         if commit_id is not None:
             self.db.execute("INSERT INTO requeued(pending_id, commit_id) VALUES(?, ?)", (pending_id, commit_id))
+
+    def _apply_rewritten(self, pending_id: int, ops: list[dict], revalidate) -> list[dict]:
+        """Apply queued ops as `revalidate(replica, op)` rewrites them (the conflict rules), each
+        name claimed just before it is applied; the ops applied."""
+        kept = []
         for op in ops:
-            self._apply_logged(pending_id, op)
+            for new_op in revalidate(self, op):
+                for claimed in revalidate.claim_name(self, new_op):
+                    check_recorded(claimed)  # queued anew, as record() checks what it queues
+                    self._apply_logged(pending_id, claimed)
+                    kept.append(claimed)
+        return kept
 
     def _apply_logged(self, pending_id: int, op: dict) -> None:
         self._undo_pending_id = pending_id
@@ -333,7 +350,7 @@ class Replica(Applying):
                 self.db.execute(sql)
             self.db.execute("DELETE FROM undo")
             referenced = {fid for _, ops in rows for op in json.loads(ops) for fid in fids_of(op)} | watched
-            self.base_locations = self._locations(referenced)
+            self.base_locations = self.locations(referenced)
             for entry in entries:
                 self._apply_entry(entry.ops, entry.format)
                 self.carried_by(entry.seq, entry.blocks)
@@ -352,14 +369,8 @@ class Replica(Applying):
             rows = [(pending_id, self.db.execute("SELECT op FROM pending WHERE id=?", (pending_id,)).fetchone()[0])
                     for pending_id, _ in rows]
             for pending_id, ops in rows:
-                kept = []
-                for op in json.loads(ops):
-                    for new_op in revalidate(self, op):
-                        for claimed in revalidate.claim_name(self, new_op):
-                            check_recorded(claimed)  # queued anew, as record() checks what it queues
-                            self._apply_logged(pending_id, claimed)
-                            kept.append(claimed)
-                            applied.append(claimed)
+                kept = self._apply_rewritten(pending_id, json.loads(ops), revalidate)
+                applied.extend(kept)
                 self.db.execute("UPDATE pending SET op=? WHERE id=?", (json.dumps(kept), pending_id))
             for fid in keep_alive & named_here:  # one deleted here stays deleted: its save goes to the trash
                 ino = self.ino_of(fid)
@@ -401,7 +412,7 @@ class Replica(Applying):
     def forget_vanished(self, fid: str) -> None:
         self.db.execute("DELETE FROM vanished WHERE fid=?", (fid,))
 
-    def _locations(self, fids: set[str]) -> dict[str, dict]:
+    def locations(self, fids: set[str]) -> dict[str, dict]:
         """Where each file and its ancestors are in the committed state, to bring them back."""
         found: dict[str, dict] = {}
         todo = list(fids)

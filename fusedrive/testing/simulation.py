@@ -51,7 +51,7 @@ from ..engine import blocks as blocks_module, committer as committer_module, dri
 from ..engine.blocks import BlockStore
 from ..engine.cache import BlockCache
 from ..engine.drive import Drive
-from ..engine.journal import Journal, entry_key, start_journal
+from ..engine.journal import Journal, JournalGap, entry_key, start_journal
 from ..engine.manifest import contents
 from ..engine.replica import Replica
 from ..engine.tree import Inode
@@ -360,6 +360,8 @@ class SimDevice(PathFrontEnd):
                     simulation.outcome.operations += 1
             except SimulatedCrash:
                 said = "killed"
+            except JournalGap as exc:  # the store's state, which a device that has the entries repairs:
+                said = f"refused: {exc!r}"  # the settle's oracle requires that it was
             except IntegrityError as exc:
                 simulation.fail(f"{self.name}: {step}: a read failed verification: {exc}")
             except (OSError, FusedriveError, trio.TooSlowError) as exc:
