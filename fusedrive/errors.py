@@ -56,6 +56,11 @@ class IntegrityError(FusedriveError):
     exit_code = 8
 
 
+class BlockMissing(IntegrityError):
+    """A block the journal names is not in the store (lost when the store went back in time:
+    a device that has it puts it back at its next pull; or never uploaded). Never wrong bytes."""
+
+
 class DeviceStuck(FusedriveError):
     """This device cannot apply the journal or commit its queue for a reason that is neither
     the store nor a newer format (a state this build cannot handle: a bug). It goes on

@@ -37,7 +37,7 @@ import zstandard
 
 from ..store import sealing
 from .cache import BlockCache
-from ..errors import IntegrityError
+from ..errors import BlockMissing, IntegrityError
 from .journal import Journal
 from .manifest import CARRIED, BlockRef, Carried, Location, Where
 from ..store import NotFound, ObjectStore
@@ -399,7 +399,7 @@ class BlockStore:
             return self.volume.store.get_range(pack_key(location.pack), location.start, location.size)
         except NotFound:
             where = "" if location is None else f" (in {pack_key(location.pack)})"
-            raise IntegrityError(f"Block {block_id} is missing from the store{where}.") from None
+            raise BlockMissing(f"Block {block_id} is missing from the store{where}.") from None
 
     def _carried_blob(self, block_id: str) -> bytes:
         """A carried block's sealed bytes: this device's, not committed yet, or from its entry."""

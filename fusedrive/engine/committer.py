@@ -141,6 +141,7 @@ class Committer:
             with self.replica:
                 self.replica.set_state("applied_seq", seq)
                 self.replica.set_state("applied_commit", entry.chain_id)
+        await self._store_call(self.journal.mark_went_back, missing[-1])
         self.on_gap_filled(missing)
 
     async def _pull_up_to_a_gap(self) -> None:
@@ -210,6 +211,7 @@ class Committer:
         history = await self._store_call(read_forked_history, self.journal, applied, self.device,
                                          self.replica.get_state("applied_commit"), abandon=True)
         common, lost = history.common, history.lost
+        await self._store_call(self.journal.mark_went_back, applied)
         log.warning("the journal forked after entry %d: %d entries this device applied (%d–%d) are not in the "
                     "store's history; their changes are committed again", common, len(lost), common + 1, applied)
         with self.replica:

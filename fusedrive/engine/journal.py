@@ -400,6 +400,13 @@ class Journal:
             raise StoreRefused(f"The store at {self.store.url} no longer holds this volume (emptied, or another "
                                    "store at that address?); nothing is written to it.")
 
+    def mark_went_back(self, seq: int) -> None:
+        """Tell every device (at its next listing) that the store went back in time around entry
+        `seq`, so that each puts back the objects its tree names that the store lost: a device
+        that put entries back, took the store's history after a fork or filled a gap may name
+        blocks only another device has."""
+        self.store.put(f"{PREFIX}{WENT_BACK}{seq:020d}-{secrets.token_hex(8)}", b"")
+
     def put_back(self, went_back: StoreWentBack) -> list[Entry]:
         """Put every entry up to the one missing that the store lost back at its seq, byte
         for byte, from the kept copies; the entries put back. Raises IntegrityError naming what
@@ -428,7 +435,7 @@ class Journal:
             restored.append(self._unseal(seq, blob))
         # Every device learns the store went back (at its next listing), so that each puts
         # back the blocks it has: the entries it restored may name blocks only another uploaded.
-        self.store.put(f"{PREFIX}{WENT_BACK}{went_back.through:020d}-{secrets.token_hex(8)}", b"")
+        self.mark_went_back(went_back.through)
         return restored
 
 

@@ -346,11 +346,15 @@ class Replica(Applying):
         with self:
             named_here = {fid for fid in watched if self.location_of(fid) is not None}
             rows = self.db.execute("SELECT id, op FROM pending ORDER BY id").fetchall()
+            referenced = {fid for _, ops in rows for op in json.loads(ops) for fid in fids_of(op)} | watched
+            # rows queued again after a fork may be dropped below (their entry is back in the
+            # store): a file one of them made is then the store's, and where it was here is
+            # where a later row brings it back if the store's entries deleted it
+            here = self.locations(referenced) if self.db.execute("SELECT 1 FROM requeued").fetchone() else {}
             for (sql,) in self.db.execute("SELECT sql FROM undo ORDER BY id DESC").fetchall():
                 self.db.execute(sql)
             self.db.execute("DELETE FROM undo")
-            referenced = {fid for _, ops in rows for op in json.loads(ops) for fid in fids_of(op)} | watched
-            self.base_locations = self.locations(referenced)
+            self.base_locations = {**here, **self.locations(referenced)}
             for entry in entries:
                 self._apply_entry(entry.ops, entry.format)
                 self.carried_by(entry.seq, entry.blocks)
@@ -362,8 +366,10 @@ class Replica(Applying):
                 if fid in self.base_locations and self.location_of(fid) is None:
                     self._remember_vanished(fid)
             crash_point("rebase")
-            # a lost entry another device has committed again since (both had applied it): not twice
-            restored = [(commit_id,) for entry in entries for commit_id in entry.restores]
+            # a lost entry another device has put back, or committed again since (both had applied
+            # it): not twice
+            restored = [(commit_id,) for entry in entries
+                        for commit_id in [*entry.restores, *([] if entry.dead else [entry.commit_id])]]
             self.db.executemany("UPDATE pending SET op='[]' WHERE id IN (SELECT pending_id FROM requeued "
                                 "WHERE commit_id=?)", restored)
             rows = [(pending_id, self.db.execute("SELECT op FROM pending WHERE id=?", (pending_id,)).fetchone()[0])

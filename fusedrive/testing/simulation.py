@@ -55,7 +55,7 @@ from ..engine.journal import Journal, JournalGap, entry_key, start_journal
 from ..engine.manifest import contents
 from ..engine.replica import Replica
 from ..engine.tree import Inode
-from ..errors import FusedriveError, IntegrityError, StoreUnreachable
+from ..errors import BlockMissing, FusedriveError, IntegrityError, StoreUnreachable
 from ..store.memory import MemoryObjects, MemoryStore
 from ..store.volume import HEADER_KEY, Volume, create_volume
 from ..tools.fsck import fsck, snapshot
@@ -360,8 +360,8 @@ class SimDevice(PathFrontEnd):
                     simulation.outcome.operations += 1
             except SimulatedCrash:
                 said = "killed"
-            except JournalGap as exc:  # the store's state, which a device that has the entries repairs:
-                said = f"refused: {exc!r}"  # the settle's oracle requires that it was
+            except (JournalGap, BlockMissing) as exc:  # the store's state after it went back, which a
+                said = f"refused: {exc!r}"  # device that has what it lost repairs: the final oracles require it
             except IntegrityError as exc:
                 simulation.fail(f"{self.name}: {step}: a read failed verification: {exc}")
             except (OSError, FusedriveError, trio.TooSlowError) as exc:
