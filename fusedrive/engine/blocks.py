@@ -412,7 +412,7 @@ class BlockStore:
         try:
             return self._journal.read(seq).blocks[block_id]
         except (NotFound, KeyError):
-            raise IntegrityError(f"Block {block_id} is missing from journal entry {seq}, which should carry it.") \
+            raise BlockMissing(f"Block {block_id} is missing from journal entry {seq}, which should carry it.") \
                 from None
 
     def _unseal_from(self, block_id: str, location: Where, blob: bytes) -> bytes:
