@@ -37,7 +37,7 @@ import zstandard
 
 from ..store import sealing
 from .cache import BlockCache
-from ..errors import BlockMissing, IntegrityError
+from ..errors import BlockMissing, FusedriveError, IntegrityError
 from .journal import Journal
 from .manifest import CARRIED, BlockRef, Carried, Location, Where
 from ..store import NotFound, ObjectStore
@@ -219,6 +219,7 @@ class BlockStore:
         self._carried_in: dict[str, int] = {}  # carried block → the entry it is read from
         self._carrying: dict[str, bytes] = {}  # this device's carried blocks not committed yet: sealed
         self._journal = Journal(volume)
+        self._missing_told: set[str] = set()  # blocks found missing, each told once (see _missing)
         self._caching = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-carried")
         self.packer = Packer(volume.store, cache)
         self.uploaded = Transfers()
@@ -399,7 +400,7 @@ class BlockStore:
             return self.volume.store.get_range(pack_key(location.pack), location.start, location.size)
         except NotFound:
             where = "" if location is None else f" (in {pack_key(location.pack)})"
-            raise BlockMissing(f"Block {block_id} is missing from the store{where}.") from None
+            raise self._missing(block_id, f"Block {block_id} is missing from the store{where}.") from None
 
     def _carried_blob(self, block_id: str) -> bytes:
         """A carried block's sealed bytes: this device's, not committed yet, or from its entry."""
@@ -412,8 +413,24 @@ class BlockStore:
         try:
             return self._journal.read(seq).blocks[block_id]
         except (NotFound, KeyError):
-            raise BlockMissing(f"Block {block_id} is missing from journal entry {seq}, which should carry it.") \
-                from None
+            raise self._missing(block_id, f"Block {block_id} is missing from journal entry {seq}, which should "
+                                          "carry it.") from None
+
+    def _missing(self, block_id: str, message: str) -> BlockMissing:
+        """A block the journal names that the store does not hold: it went back in time (a
+        copy restored) and lost it, though no journal entry was lost — or the entry naming it
+        was put back without it. Every device hears of it (a went-back mark at its next
+        listing) and the one that has it in its cache puts it back; the read that found it is
+        an EIO, never wrong bytes. Said once per block."""
+        with self._known_lock:
+            first = block_id not in self._missing_told
+            self._missing_told.add(block_id)
+        if first:
+            try:
+                self._journal.mark_went_back(0)
+            except FusedriveError as exc:
+                log.warning("could not tell other devices that block %s is missing: %s", block_id, exc)
+        return BlockMissing(message)
 
     def _unseal_from(self, block_id: str, location: Where, blob: bytes) -> bytes:
         """_unseal, naming the pack or entry a damaged block came from."""

@@ -19,7 +19,7 @@ import trio
 
 from .blocks import Transfers
 from .checkpoints import CHECKPOINT_EVERY, dump_state, write_checkpoint
-from .forks import read_forked_history, take_store_history
+from .forks import queue_first, read_forked_history, take_store_history
 from ..crashpoints import crash_point
 from ..errors import DeviceStuck, FusedriveError, StoreUnreachable
 from .events import StoreHealth
@@ -131,9 +131,13 @@ class Committer:
 
     async def _fill_gap(self, missing: range) -> None:
         """No device put the `missing` entries back within GAP_FILL_SECONDS: this device takes
-        their seqs with entries of no operations that follow what it applied. The entries after
-        the gap name a lost one before them, so they are dead for every reader; the devices
-        that made them find their history forked and commit their changes again (forks.py)."""
+        their seqs with entries of no operations that follow what it applied. The entries above
+        the gap name a lost one before them, so they are dead for every reader: this device
+        queues their changes again, first, fitted to its tree by the conflict rules, naming them
+        (`restores`) — their writers, if they come back, find their history forked and drop
+        what it names. Nothing they held is lost; what only the missing entries held is, unless
+        a device that applied them comes back (it forks and commits them again)."""
+        above = await self._store_call(self.journal.stored_entries, missing[-1])
         for seq in missing:
             entry = Entry(seq=seq, device=self.device, ops=[], prev=self.replica.get_state("applied_commit"))
             if not await self._store_call(self.journal.append, entry):
@@ -141,8 +145,14 @@ class Committer:
             with self.replica:
                 self.replica.set_state("applied_seq", seq)
                 self.replica.set_state("applied_commit", entry.chain_id)
+        with self.replica:
+            for entry in above:  # their blocks travel again, in the entries that commit them again
+                self.replica.carry(entry.blocks)
+            queue_first(self.replica, above, Revalidator(self.device))
+        self.on_restarted()
         await self._store_call(self.journal.mark_went_back, missing[-1])
         self.on_gap_filled(missing)
+        self.kick()
 
     async def _pull_up_to_a_gap(self) -> None:
         started = trio.current_time()

@@ -30,7 +30,7 @@ from .committer import GAP_FILL_SECONDS, Committer
 from .events import EventBus, Problems, StoreHealth
 from .follower import FRESHNESS_WAIT_SECONDS, Follower
 from .hubclient import HubClient
-from .journal import Entry, Journal, KeptEntries
+from .journal import Entry, Journal, JournalGap, KeptEntries
 from .localfiles import LocalFiles
 from .pins import Pins
 from .manifest import Piece
@@ -104,7 +104,8 @@ class Drive:
         self.reader.nursery = self.follower.nursery = nursery
         endpoint = getattr(self.volume.store, "endpoint", None)
         log.info("volume %s%s, device %s", self.volume.url, f" at {endpoint}" if endpoint else "", self.device)
-        if self.replica.inode(1) is None:
+        joining = self.replica.inode(1) is None
+        if joining:
             await self._start_from_checkpoint()
         # What a crash or a kill left unsaved must be known before the first pull: its
         # rebase keeps unsaved files alive (a remote delete brings them back, a remote save
@@ -119,8 +120,8 @@ class Drive:
         except trio.TooSlowError:
             log.warning("mounted offline: the store did not answer the first pull in time")
         except Exception as exc:  # noqa: BLE001 - what is here must stay reachable: mount, commits retry
-            if self.replica.inode(1) is None:
-                raise  # nothing here to serve (a new device): say why and stop
+            if self.replica.inode(1) is None or (joining and isinstance(exc, JournalGap)):
+                raise  # nothing here to serve (a new device, or one that would show part of the tree): say why
             if isinstance(exc, StoreUnreachable):
                 log.warning("mounted offline, serving what this device has: %s", exc)
             else:

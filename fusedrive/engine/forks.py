@@ -7,7 +7,6 @@ queued change, and they commit as new entries (docs/format.md, "Fork")."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from .checkpoints import load_state, newest_live_checkpoint, state_at
@@ -62,25 +61,23 @@ def _where_the_store_starts(journal: Journal, applied: int) -> ForkedHistory:
 def take_store_history(replica: Replica, history: ForkedHistory, device: str) -> None:
     """In one transaction: the tree becomes the store's state at the fork point; then the ops
     of each lost entry are queued and applied, a row per entry, and after them every row that
-    was queued here. The tree is the same after as before — only what is committed changed.
-    File ids keep their inode numbers (fid_inos stays) and files open here with no name keep
-    their rows. The lost entries' rows take ids below the queued ones (below 1 if need be):
-    whoever waits for a queued row waits for them too. When the histories part below what
-    this device keeps (not `exact`), the rows are fitted to the store's tree by the conflict
-    rules (`device` names the conflicted copies they make), as a rebase does."""
+    was queued here (`requeue`). The tree is the same after as before — only what is
+    committed changed. File ids keep their inode numbers (fid_inos stays) and files open here
+    with no name keep their rows. When the histories part below what this device keeps (not
+    `exact`), the rows are fitted to the store's tree by the conflict rules (`device` names
+    the conflicted copies they make), as a rebase does."""
     db = replica.db
     with replica:
-        rows = db.execute("SELECT id, op FROM pending ORDER BY id").fetchall()
         revalidate = None
         if not history.exact:  # the conflict rules fit them to the store's tree, as in a rebase
             revalidate = Revalidator(device)
             replica.base_locations = replica.locations(
                 {fid for entry in history.lost for op in entry.ops for fid in fids_of(op)}
-                | {fid for _, ops in rows for op in json.loads(ops) for fid in fids_of(op)})
+                | {fid for _, ops in replica.pending_ops(2**31) for op in ops for fid in fids_of(op)})
         nameless = db.execute("SELECT * FROM inodes WHERE nlink=0").fetchall()
         nameless_xattrs = db.execute(
             "SELECT x.ino, x.name, x.value FROM xattrs x JOIN inodes i ON i.ino = x.ino WHERE i.nlink=0").fetchall()
-        for table in [*TREE_TABLES, "archived", "carried", "pending", "undo"]:
+        for table in [*TREE_TABLES, "archived", "carried", "undo"]:  # (the queue stays, not applied)
             db.execute(f"DELETE FROM {table}")
         replica.set_state("applied_seq", 0)
         replica.set_state("applied_commit", None)
@@ -94,12 +91,37 @@ def take_store_history(replica: Replica, history: ForkedHistory, device: str) ->
         db.executemany(f"INSERT OR IGNORE INTO inodes VALUES({','.join('?' * len(Inode.__annotations__))})", nameless)
         db.executemany("INSERT OR IGNORE INTO xattrs(ino, name, value) VALUES(?, ?, ?)", nameless_xattrs)
         carried = set(replica.carried_blocks())
-        lost = [entry for entry in history.lost if entry.ops]
-        for entry in lost:  # their blocks travel again, in the entries that commit them again
+        for entry in history.lost:  # their blocks travel again, in the entries that commit them again
             replica.carry({block: blob for block, blob in entry.blocks.items() if block not in carried})
-        first = rows[0][0] if rows else replica.last_pending_id() + 1
-        top = first if first - len(lost) >= 1 else min(first, 0)
-        for pending_id, entry in zip(range(top - len(lost), top), lost):
-            replica.queue_again(pending_id, entry.ops, entry.commit_id, revalidate)
-        for pending_id, ops in rows:
-            replica.queue_again(pending_id, json.loads(ops), revalidate=revalidate)
+        requeue(replica, history.lost, revalidate)
+
+
+def queue_first(replica: Replica, lost: list[Entry], revalidate: Revalidator) -> None:
+    """Queue the ops of `lost` entries (dead in the store's history, see Committer._fill_gap)
+    before everything queued here, all fitted to the tree by the conflict rules, in one
+    transaction."""
+    with replica:
+        rows = replica.pending_ops(2**31)
+        referenced = {fid for entry in lost for op in entry.ops for fid in fids_of(op)} | {
+            fid for _, ops in rows for op in ops for fid in fids_of(op)}
+        here = replica.locations(referenced)
+        replica.take_back_queue()
+        replica.base_locations = {**here, **replica.locations(referenced)}
+        requeue(replica, lost, revalidate)
+
+
+def requeue(replica: Replica, lost: list[Entry], revalidate: Revalidator | None = None) -> None:
+    """With the queue not applied to the tree (taken back, or the tree rebuilt): queue and
+    apply the ops of each of the `lost` entries, a row per entry, then every row that was
+    queued, as they are or as `revalidate` rewrites them. The lost entries' rows take ids
+    below the queued ones (below 1 if need be): whoever waits for a queued row waits for
+    them too. (In the caller's transaction.)"""
+    rows = replica.pending_ops(2**31)
+    replica.db.execute("DELETE FROM pending")
+    lost = [entry for entry in lost if entry.ops]
+    first = rows[0][0] if rows else replica.last_pending_id() + 1
+    top = first if first - len(lost) >= 1 else min(first, 0)
+    for pending_id, entry in zip(range(top - len(lost), top), lost):
+        replica.queue_again(pending_id, entry.ops, entry.commit_id, revalidate)
+    for pending_id, ops in rows:
+        replica.queue_again(pending_id, ops, revalidate=revalidate)

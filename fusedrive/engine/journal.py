@@ -365,6 +365,11 @@ class Journal:
                 entries.append(self._unseal(seq, mine))
         return entries[::-1]
 
+    def stored_entries(self, after: int) -> list[Entry]:
+        """The store's entries after `after`, as written (no copies kept: this device does not
+        apply them; see Committer._fill_gap)."""
+        return [self._unseal(seq, self.store.get(entry_key(seq))) for seq in self.seqs_after(after)]
+
     def kept_entries(self, first: int, last: int) -> list[Entry]:
         """Entries `first`..`last` as this device applied them, from its kept copies (the
         store's where it has none: below a fork point both histories are one)."""

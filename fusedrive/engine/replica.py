@@ -259,9 +259,12 @@ class Replica(Applying):
         return self.db.execute("SELECT coalesce(max(id), 0) FROM pending").fetchone()[0]
 
     def requeued_commits(self, first_id: int, last_id: int) -> list[str]:
-        """The commit ids of the lost entries that queued rows `first_id`..`last_id` commit again."""
+        """The commit ids of the lost entries that queued rows `first_id`..`last_id` commit again
+        (not of a row the conflict rules emptied here: the device that wrote that entry may
+        fit it to its tree better, and would drop its own row for an entry named)."""
         return [row[0] for row in self.db.execute(
-            "SELECT commit_id FROM requeued WHERE pending_id BETWEEN ? AND ? ORDER BY pending_id", (first_id, last_id))]
+            "SELECT r.commit_id FROM requeued r JOIN pending p ON p.id = r.pending_id WHERE r.pending_id BETWEEN ? "
+            "AND ? AND p.op != '[]' ORDER BY r.pending_id", (first_id, last_id))]
 
     def mark_committed(self, last_id: int, seq: int, commit_id: str | None = None) -> None:
         """Queued rows up to `last_id` are in the journal, as entry `seq` (`commit_id`: its id,
@@ -351,9 +354,7 @@ class Replica(Applying):
             # store): a file one of them made is then the store's, and where it was here is
             # where a later row brings it back if the store's entries deleted it
             here = self.locations(referenced) if self.db.execute("SELECT 1 FROM requeued").fetchone() else {}
-            for (sql,) in self.db.execute("SELECT sql FROM undo ORDER BY id DESC").fetchall():
-                self.db.execute(sql)
-            self.db.execute("DELETE FROM undo")
+            self.take_back_queue()
             self.base_locations = {**here, **self.locations(referenced)}
             for entry in entries:
                 self._apply_entry(entry.ops, entry.format)
@@ -396,6 +397,12 @@ class Replica(Applying):
                 if self.location_of(fid) is not None:
                     self.forget_vanished(fid)
         return Rebased(applied, list(revalidate.conflicts), brought_back)
+
+    def take_back_queue(self) -> None:
+        """Undo every queued operation (the undo log), leaving the rows queued."""
+        for (sql,) in self.db.execute("SELECT sql FROM undo ORDER BY id DESC").fetchall():
+            self.db.execute(sql)
+        self.db.execute("DELETE FROM undo")
 
     def _remember_vanished(self, fid: str) -> None:
         """Keep where a file (and the directories above it) was before another device deleted it."""

@@ -610,6 +610,8 @@ class Simulation:
             for device in self.devices:
                 device.cut, device.answers_to_lose = False, 0
             settled = await self._settle()
+            if settled and any(step.kind == "restore" for step in self.outcome.steps) and await self._open_everything():
+                settled = await self._settle()  # the device that has a block the store lost puts it back
             self.outcome.virtual_seconds = trio.current_time()
             if settled:
                 await self._check()
@@ -637,6 +639,17 @@ class Simulation:
             f"{d.name} applied {d.drive.replica.applied_seq}, {d.drive.replica.pending_count()} changes queued, "
             f"{len(d.drive.files.unsaved)} files unsaved, says {list(d.drive.problems.recent)[-2:]}" for d in stuck))
         return False
+
+    async def _open_everything(self) -> bool:
+        """After the store went back in time, users open their files: whether one found a block
+        the store lost (the device that found it tells the others, see BlockStore._missing)."""
+        found = False
+        for device in self.devices:
+            try:
+                await tree(device.drive)
+            except BlockMissing:
+                found = True
+        return found
 
     def journal_head(self) -> int:
         with self.objects.lock:
