@@ -641,14 +641,17 @@ class Simulation:
         return False
 
     async def _open_everything(self) -> bool:
-        """After the store went back in time, users open their files: whether one found a block
-        the store lost (the device that found it tells the others, see BlockStore._missing)."""
+        """After the store went back in time, users open their files and their histories: whether
+        one found a block the store lost (the device that found it tells the others, see
+        BlockStore._missing)."""
         found = False
         for device in self.devices:
-            try:
-                await tree(device.drive)
-            except BlockMissing:
-                found = True
+            drive = device.drive
+            for block_id, where in sorted(drive.replica.all_block_refs(), key=lambda ref: ref[0]):
+                try:
+                    await trio.to_thread.run_sync(drive.blocks.fetch, block_id, where)
+                except BlockMissing:
+                    found = True
         return found
 
     def journal_head(self) -> int:
