@@ -112,6 +112,12 @@ class KeptEntries:
         except FileNotFoundError:
             return None
 
+    def size(self, seq: int) -> int | None:
+        try:
+            return (self.directory / str(seq)).stat().st_size
+        except FileNotFoundError:
+            return None
+
     def kept_at(self, seq: int) -> float:
         """When the copy of entry `seq` was kept (Unix seconds): after the entry was stored."""
         try:
@@ -255,6 +261,9 @@ class Journal:
         for held in range(max(seq - CHECKED_BEHIND + 1, 1), seq + 1):
             if held not in listed:  # (the same listing: free)
                 raise StoreWentBack(held, through=seq)
+        for held in range(max(seq - CHECKED_BEHIND + 1, 1), seq):
+            if self._replaced(held, listed[held]):  # (an entry under this device's last ones)
+                raise self._forked(held)
         seqs = [found for found in listed if found > seq]
         self.gap = None
         for expected, found in enumerate(seqs, start=seq + 1):
@@ -340,6 +349,17 @@ class Journal:
                 return candidate or 0
         raise UnknownForkPoint(f"The journal forked after the store went back in time, below what this device "
                                f"keeps of its history (it applied {applied}).")
+
+    def _replaced(self, seq: int, listed: Listed) -> bool:
+        """Whether the store's entry `seq` is not the copy this device kept: its size says so
+        (free), or it was written after the copy was kept and its bytes say so (a GET). A device
+        whose last entries are its own would otherwise build on them after another device
+        took a seq under them (the store went back): they are dead, and it would never see."""
+        if self.kept is None or (size := self.kept.size(seq)) is None:
+            return False
+        if size != listed.size:
+            return True
+        return listed.modified > self.kept.kept_at(seq) and self.store.get(entry_key(seq)) != self.kept.get(seq)
 
     def _forked_below(self, applied: int, device: str, chain: str | None) -> bool:
         """Whether the store lost part of the history this device applied through `applied`."""
