@@ -205,9 +205,9 @@ class Replica(Applying):
 
     def queue_again(self, pending_id: int, ops: list[dict], commit_id: str | None = None,
                     revalidate=None) -> None:
-        """Queue `ops` as row `pending_id` and apply them (undo-logged): as they are, when they
-        were applied to this very tree before (see forks.py), else as `revalidate` rewrites
-        them. `commit_id`: the lost entry they commit again."""
+        """Queue `ops` as row `pending_id` and apply them (undo-logged): as they are (applied to
+        this very tree before, forks.py), else as `revalidate` rewrites them. `commit_id`: the
+        lost entry they commit again."""
         if revalidate is None:
             for op in ops:
                 self._apply_logged(pending_id, op)
@@ -259,9 +259,8 @@ class Replica(Applying):
         return self.db.execute("SELECT coalesce(max(id), 0) FROM pending").fetchone()[0]
 
     def requeued_commits(self, first_id: int, last_id: int) -> list[str]:
-        """The commit ids of the lost entries that queued rows `first_id`..`last_id` commit again
-        (not of a row the conflict rules emptied here: the device that wrote that entry may
-        fit it to its tree better, and would drop its own row for an entry named)."""
+        """Commit ids of the lost entries rows `first_id`..`last_id` commit again (not of a row the
+        conflict rules emptied: its writer may fit it better, and drops its own row for one named)."""
         return [row[0] for row in self.db.execute(
             "SELECT r.commit_id FROM requeued r JOIN pending p ON p.id = r.pending_id WHERE r.pending_id BETWEEN ? "
             "AND ? AND p.op != '[]' ORDER BY r.pending_id", (first_id, last_id))]
@@ -350,9 +349,8 @@ class Replica(Applying):
             named_here = {fid for fid in watched if self.location_of(fid) is not None}
             rows = self.db.execute("SELECT id, op FROM pending ORDER BY id").fetchall()
             referenced = {fid for _, ops in rows for op in json.loads(ops) for fid in fids_of(op)} | watched
-            # rows queued again after a fork may be dropped below (their entry is back in the
-            # store): a file one of them made is then the store's, and where it was here is
-            # where a later row brings it back if the store's entries deleted it
+            # rows queued again after a fork may be dropped below (their entry is back): where a
+            # file one made was here is where a later row brings it back if the entries deleted it
             here = self.locations(referenced) if self.db.execute("SELECT 1 FROM requeued").fetchone() else {}
             self.take_back_queue()
             self.base_locations = {**here, **self.locations(referenced)}
@@ -367,16 +365,9 @@ class Replica(Applying):
                 if fid in self.base_locations and self.location_of(fid) is None:
                     self._remember_vanished(fid)
             crash_point("rebase")
-            # a lost entry another device has put back, or committed again since (both had applied
-            # it): not twice
-            restored = [(commit_id,) for entry in entries
-                        for commit_id in [*entry.restores, *([] if entry.dead else [entry.commit_id])]]
-            self.db.executemany("UPDATE pending SET op='[]' WHERE id IN (SELECT pending_id FROM requeued "
-                                "WHERE commit_id=?)", restored)
-            rows = [(pending_id, self.db.execute("SELECT op FROM pending WHERE id=?", (pending_id,)).fetchone()[0])
-                    for pending_id, _ in rows]
+            rows = self._without_restored(rows, entries)
             for pending_id, ops in rows:
-                kept = self._apply_rewritten(pending_id, json.loads(ops), revalidate)
+                kept = self._apply_rewritten(pending_id, ops, revalidate)
                 applied.extend(kept)
                 self.db.execute("UPDATE pending SET op=? WHERE id=?", (json.dumps(kept), pending_id))
             for fid in keep_alive & named_here:  # one deleted here stays deleted: its save goes to the trash
@@ -397,6 +388,18 @@ class Replica(Applying):
                 if self.location_of(fid) is not None:
                     self.forget_vanished(fid)
         return Rebased(applied, list(revalidate.conflicts), brought_back)
+
+    def _without_restored(self, rows: list, entries: list) -> list[tuple[int, list[dict]]]:
+        """Queued rows without what `entries` commit already: a row queued again after a fork
+        whose lost entry another device put back or committed again (`restores`), and any op
+        of such a row that an entry commits as it is (a lost entry that itself committed
+        others' lost changes again, beside changes of its own)."""
+        restored = {c for entry in entries for c in [*entry.restores, *([] if entry.dead else [entry.commit_id])]}
+        requeued = dict(self.db.execute("SELECT pending_id, commit_id FROM requeued"))
+        incoming = {json.dumps(op, sort_keys=True) for entry in entries for op in entry.ops} if requeued else set()
+        return [(pending_id, [] if requeued.get(pending_id) in restored else
+                 [op for op in json.loads(ops) if pending_id not in requeued
+                  or json.dumps(op, sort_keys=True) not in incoming]) for pending_id, ops in rows]
 
     def take_back_queue(self) -> None:
         """Undo every queued operation (the undo log), leaving the rows queued."""
