@@ -389,6 +389,7 @@ class BlockCache:
             descriptors, self._open = list(self._open.values()), OrderedDict()
         for fd in descriptors:
             os.close(fd)
-        self._disk.close()
-        self._pinned.close()
+        with self._disk_lock:  # a read a cancelled caller left in a thread may still be in a tier:
+            self._disk.close()  # closing SQLite under it crashed the process (a full run, once)
+            self._pinned.close()
         self.kept.close()

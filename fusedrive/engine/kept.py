@@ -129,4 +129,5 @@ class KeptFiles:
                 self.total -= size
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:  # not under a query of another thread (a read its caller gave up on)
+            self._db.close()
