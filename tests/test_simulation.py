@@ -35,7 +35,7 @@ def test_thousands_of_seeds_of_three_devices_with_faults_and_kills_keep_every_sa
 def test_a_hundred_seeds_of_a_store_that_goes_back_in_time_keep_every_save():
     """The same, with the store copied now and then and put back to its last copy (a bucket
     restored from a backup): entries put back, forks resolved, gaps filled, lost blocks put
-    back by the device that has them; every oracle holds (4,000 seeds pass: docs/simulation.md)."""
+    back by the device that has them; every oracle holds (7,000 seeds pass: docs/simulation.md)."""
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "simulate.py"), "--seeds", "0:100", "--rollbacks",
                           "--workers", "2", "--quiet"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert run.returncode == 0, run.stdout[-20000:] + run.stderr[-5000:]
