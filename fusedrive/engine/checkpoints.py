@@ -56,9 +56,9 @@ def dump_state(replica: Replica) -> dict:
     departed = [[parent, name_to_json(name), fid, t] for parent, name, fid, t in db.execute(
         "SELECT parent, name, fid, t FROM departed")]
     carried = [list(row) for row in db.execute("SELECT block, seq FROM carried")]
-    return {"seq": replica.applied_seq, "commit": replica.get_state("applied_commit"), "inodes": inodes, "dentries": dentries, "xattrs": xattrs,
-            "versions": versions, "trash": trash, "archived": archived, "lineage": lineage, "departed": departed,
-            "carried": carried}
+    return {"seq": replica.applied_seq, "commit": replica.get_state("applied_commit"), "inodes": inodes,
+            "dentries": dentries, "xattrs": xattrs, "versions": versions, "trash": trash, "archived": archived,
+            "lineage": lineage, "departed": departed, "carried": carried}
 
 
 def load_state(replica: Replica, state: dict) -> None:
@@ -119,21 +119,21 @@ def read_checkpoint(volume: Volume, seq: int) -> dict:
     return state
 
 
-def newest_live_checkpoint(volume: Volume, upto: int | None = None) -> dict | None:
+def newest_live_checkpoint(journal: Journal, upto: int | None = None) -> dict | None:
     """The newest checkpoint (at or before `upto`) of the store's history: one whose chain id
-    is the store's entry's at its seq. A checkpoint of a history the store lost (it went back
-    in time below it, and other entries took its seq) would hand a new device a tree no
-    reader has; checkpoints without a chain id (older builds) are taken as they are."""
-    journal = Journal(volume)
+    is the store's entry's at its seq (checkpoints without one, from older builds, are taken
+    as they are). A checkpoint of a history the store lost (it went back in time below it, and
+    other entries took its seq) would hand a new device a tree no reader has. The entry at
+    the checkpoint's seq is read through `journal`, so a device keeping copies keeps it."""
+    volume = journal.volume
     for seq in sorted((found for found in checkpoint_seqs(volume) if upto is None or found <= upto), reverse=True):
         state = read_checkpoint(volume, seq)
-        if state.get("commit") is None:
-            return state
         try:
-            if journal.read(seq).chain_id == state["commit"]:
-                return state
+            entry = journal.read(seq)
         except NotFound:
             continue
+        if state.get("commit") in (None, entry.chain_id):
+            return state
     return None
 
 
@@ -141,7 +141,7 @@ def state_at(volume: Volume, journal: Journal, seq: int) -> tuple[dict | None, l
     """What rebuilds the committed state at `seq`: the newest checkpoint at or before it (None:
     from the first entry) and the entries after that checkpoint up to `seq` (dead ones
     emptied), from the kept copies where `journal` has them."""
-    state = newest_live_checkpoint(volume, seq)
+    state = newest_live_checkpoint(journal, seq)
     checkpoint, chain = (0, None) if state is None else (state["seq"], state.get("commit"))
     return state, list(follow_chain(journal.kept_entries(checkpoint + 1, seq), chain))
 
@@ -150,10 +150,10 @@ def replay_to_head(volume: Volume, replica: Replica, progress: Progress | None =
     """Fill an empty replica with the volume's committed state: the newest checkpoint,
     then every entry after it (for commands that work without a mount), with a progress
     bar on a terminal."""
-    state = newest_live_checkpoint(volume)
+    journal = Journal(volume)
+    state = newest_live_checkpoint(journal)
     if state is not None:
         load_state(replica, state)
-    journal = Journal(volume)
     start = replica.applied_seq
     bar = progress("reading the journal", len(journal.seqs_after(start))) if progress else None
     for entry in journal.entries_after(start, replica.get_state("applied_commit")):

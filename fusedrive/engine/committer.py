@@ -34,10 +34,10 @@ BATCH_OPS = 2000
 BATCH_DELAY_SECONDS = 0.05
 ENTRY_CARRY_MAX_BYTES = 1 << 20  # of carried blocks in one entry (see blocks.py)
 RETRY_MAX_SECONDS = 30
-IDENTITY_RECHECK_SECONDS = 300
+IDENTITY_RECHECK_SECONDS = 300  # the store's header is read again before an append at least this often
 # a journal gap (entries missing below others: a store restored from a copy taken while a gap was
 # open, or past every device's kept copies) no device has put back in this long is filled here
-GAP_FILL_SECONDS = 300  # the store's header is read again before an append at least this often
+GAP_FILL_SECONDS = 300
 
 AppliedCallback = Callable[[list[Entry], Rebased], None]
 
@@ -145,10 +145,7 @@ class Committer:
             with self.replica:
                 self.replica.set_state("applied_seq", seq)
                 self.replica.set_state("applied_commit", entry.chain_id)
-        with self.replica:
-            for entry in above:  # their blocks travel again, in the entries that commit them again
-                self.replica.carry(entry.blocks)
-            queue_first(self.replica, above, Revalidator(self.device))
+        queue_first(self.replica, above, Revalidator(self.device))
         self.on_restarted()
         await self._store_call(self.journal.mark_went_back, missing[-1])
         self.on_gap_filled(missing)

@@ -141,8 +141,7 @@ class Drive:
 
     def _store_went_back(self, restored: list[Entry], lost: list[str]) -> None:
         """Said once, to status and events: the store lost entries and this device put them back."""
-        first, last = restored[0].seq, restored[-1].seq
-        entries = f"entries {first}–{last}" if last > first else f"entry {first}"
+        entries = _entries_named(restored[0].seq, restored[-1].seq)
         message = (f"The store had gone back in time (restored from an older copy?): it had lost journal {entries}, "
                    "which this device put back")
         message += _not_put_back(lost) if lost else ", with their content: nothing saved since is lost."
@@ -152,8 +151,7 @@ class Drive:
     def _journal_forked(self, lost: list[Entry], missing: list[str]) -> None:
         """Said once, to status and events: the journal had forked, and this device commits
         again what the store's history lost."""
-        first, last = lost[0].seq, lost[-1].seq
-        entries = f"entries {first}–{last}" if last > first else f"entry {first}"
+        entries = _entries_named(lost[0].seq, lost[-1].seq)
         message = (f"The store had gone back in time and other devices committed since (the journal forked): the "
                    f"changes of journal {entries}, which the store lost, are committed again on top of theirs "
                    "(a file changed on both sides keeps both, as a conflicted copy)")
@@ -162,7 +160,7 @@ class Drive:
         self.events.publish("journal-forked", error=message)
 
     def _journal_gap_filled(self, missing: range) -> None:
-        entries = f"entries {missing.start}–{missing[-1]}" if len(missing) > 1 else f"entry {missing.start}"
+        entries = _entries_named(missing.start, missing[-1])
         message = (f"Journal {entries} had been missing from the store for over "
                    f"{GAP_FILL_SECONDS // 60} minutes and no device put them back: this device filled their place, and "
                    "the devices that committed after them commit their changes again; what only those entries held "
@@ -193,12 +191,11 @@ class Drive:
 
     async def _start_from_checkpoint(self) -> None:
         """A new (or wiped) device starts from the newest checkpoint, then replays what follows."""
-        state = await trio.to_thread.run_sync(newest_live_checkpoint, self.volume)
+        # (read through this device's journal: it keeps a copy of the entry the checkpoint stands
+        # at, as of every entry applied here, so a later fork at that seq is seen)
+        state = await trio.to_thread.run_sync(newest_live_checkpoint, self.journal)
         if state is None:
             return
-        # a copy of the entry the checkpoint stands at, as of every entry applied here: if the
-        # store later goes back below it and another takes its seq, the next pull sees the fork
-        await trio.to_thread.run_sync(self.journal.read, state["seq"])
         load_state(self.replica, state)
         log.info("started from checkpoint %d", state["seq"])
 
@@ -340,6 +337,10 @@ class Drive:
             "errors": list(self.problems.recent),
             **self.pins.state(),
         }
+
+
+def _entries_named(first: int, last: int) -> str:
+    return f"entries {first}–{last}" if last > first else f"entry {first}"
 
 
 def _not_put_back(missing: list[str]) -> str:

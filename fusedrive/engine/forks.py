@@ -52,7 +52,7 @@ def _where_the_store_starts(journal: Journal, applied: int) -> ForkedHistory:
     on another tree: applied there, they may not apply (the transaction then undoes everything
     and the device stops with one sentence) — or they do, and the rebase after checks them
     against the store's entries as any queued change."""
-    state = newest_live_checkpoint(journal.volume)
+    state = newest_live_checkpoint(journal)
     if state is None:
         return ForkedHistory(1, None, journal.kept_entries(1, 1), journal.kept_not_held(applied), exact=False)
     return ForkedHistory(state["seq"], state, [], journal.kept_not_held(applied), exact=False)
@@ -90,9 +90,6 @@ def take_store_history(replica: Replica, history: ForkedHistory, device: str) ->
                 replica.set_state("applied_commit", entry.chain_id)
         db.executemany(f"INSERT OR IGNORE INTO inodes VALUES({','.join('?' * len(Inode.__annotations__))})", nameless)
         db.executemany("INSERT OR IGNORE INTO xattrs(ino, name, value) VALUES(?, ?, ?)", nameless_xattrs)
-        carried = set(replica.carried_blocks())
-        for entry in history.lost:  # their blocks travel again, in the entries that commit them again
-            replica.carry({block: blob for block, blob in entry.blocks.items() if block not in carried})
         requeue(replica, history.lost, revalidate)
 
 
@@ -115,10 +112,14 @@ def requeue(replica: Replica, lost: list[Entry], revalidate: Revalidator | None 
     apply the ops of each of the `lost` entries, a row per entry, then every row that was
     queued, as they are or as `revalidate` rewrites them. The lost entries' rows take ids
     below the queued ones (below 1 if need be): whoever waits for a queued row waits for
-    them too. (In the caller's transaction.)"""
+    them too. Their carried blocks travel again, in the entries that commit them again. (In
+    the caller's transaction.)"""
     rows = replica.pending_ops(2**31)
     replica.db.execute("DELETE FROM pending")
     lost = [entry for entry in lost if entry.ops]
+    carried = set(replica.carried_blocks())
+    for entry in lost:
+        replica.carry({block: blob for block, blob in entry.blocks.items() if block not in carried})
     first = rows[0][0] if rows else replica.last_pending_id() + 1
     top = first if first - len(lost) >= 1 else min(first, 0)
     for pending_id, entry in zip(range(top - len(lost), top), lost):

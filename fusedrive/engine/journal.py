@@ -65,7 +65,6 @@ class JournalGap(IntegrityError):
     marks them lost). A state of the store, not of this device: a pull later may find it
     filled."""
 
-
     def __init__(self, message: str, missing: range = range(0)) -> None:
         super().__init__(message)
         self.missing = missing  # the entries missing below one the store holds
@@ -282,7 +281,7 @@ class Journal:
             raise self._forked(seq)
         yield from follow_chain(itertools.chain([first], fetched), chain)
 
-    def _fetched(self, seq: int, seqs: list[int], listed: dict[int, int]) -> Iterator[Entry]:
+    def _fetched(self, seq: int, seqs: list[int], listed: dict[int, Listed]) -> Iterator[Entry]:
         """Entries `seqs`, read in order; first, that the store's entry `seq` is still the one
         this device kept (the listing's size, free; then the bytes, read beside the next entry)."""
         mine = self.kept.get(seq) if self.kept is not None and seq > 0 else None
@@ -296,13 +295,8 @@ class Journal:
                     raise self._forked(seq)
                 yield first.result()
             seqs = seqs[1:]
-        elif mine is not None and listed[seq].modified > self.kept.kept_at(seq):
-            # nothing after it, and the store's was written after this device kept its copy:
-            # another device's, at the same seq after the store went back? (else: free; a store
-            # whose clock runs ahead costs a GET here, one that keeps whole seconds may hide a
-            # fork within the second until the next entry)
-            if self.store.get(entry_key(seq)) != mine:
-                raise self._forked(seq)
+        elif mine is not None and self._replaced(seq, listed[seq]):  # (nothing after it to read beside it)
+            raise self._forked(seq)
         if len(seqs) <= 1:
             yield from (self._read_new(s) for s in seqs)
             return
@@ -331,7 +325,7 @@ class Journal:
         for at in range(applied, low, -1):
             mine = self.kept.get(at)
             if mine is None and at == applied:  # applied from a checkpoint: is it the store's still?
-                if chain is None or (at in listed and self._unseal(at, self.store.get(entry_key(at))).chain_id == chain):
+                if chain is None or (at in listed and self._chain_at(at) == chain):
                     return applied
                 break
             if mine is None and candidate is not None:  # an own run down to where its copies start
@@ -350,11 +344,16 @@ class Journal:
         raise UnknownForkPoint(f"The journal forked after the store went back in time, below what this device "
                                f"keeps of its history (it applied {applied}).")
 
+    def _chain_at(self, seq: int) -> str | None:
+        return self._unseal(seq, self.store.get(entry_key(seq))).chain_id
+
     def _replaced(self, seq: int, listed: Listed) -> bool:
         """Whether the store's entry `seq` is not the copy this device kept: its size says so
         (free), or it was written after the copy was kept and its bytes say so (a GET). A device
         whose last entries are its own would otherwise build on them after another device
-        took a seq under them (the store went back): they are dead, and it would never see."""
+        took a seq under them (the store went back): they are dead, and it would never see. (A
+        store whose clock runs ahead costs a GET here; one that keeps whole seconds may hide a
+        replacement made within the second.)"""
         if self.kept is None or (size := self.kept.size(seq)) is None:
             return False
         if size != listed.size:
@@ -443,7 +442,7 @@ class Journal:
         checked = range(max(lost[0] - CHECKED_BEHIND, 1), went_back.through + 1) if lost else range(0)
         for seq in (seq for seq in checked if seq in held):
             mine = self.kept.get(seq) if self.kept is not None else None
-            if mine is not None and (len(mine) != held[seq].size or self.store.get(entry_key(seq)) != mine):
+            if mine is not None and not self._holds(seq, mine, held):
                 # another device committed at this seq after the store went back: putting ours
                 # back around it would mix two histories (entries naming files the other never made)
                 raise JournalForked(f"{went_back} Another device committed entry {seq} since, so the journal "
