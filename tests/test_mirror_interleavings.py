@@ -14,11 +14,13 @@ import contextlib
 import os
 import random
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
 
 from engines import Device, on_devices, tree
+from fusedrive.mirror import folder
 from fusedrive.mirror.folder import TEMP_PREFIX
 from fusedrive.mirror.mirror import Mirror
 from fusedrive.mirror.synced import SyncedState
@@ -229,6 +231,7 @@ async def test_a_folder_changed_at_every_await_ends_equal_to_the_volume_and_lose
                 await desktop.pull()
         actor.acting = False
         required = actor.required
+        await trio.sleep(folder.TICK_NS / 1e9)  # quiet: the clock's tick of the last save is over
         for _ in range(3):  # quiet: what each side did reaches the other
             await mirror_pass(mirror)
             await desktop.sync()
@@ -243,3 +246,31 @@ async def test_a_folder_changed_at_every_await_ends_equal_to_the_volume_and_lose
     assert not lost, f"saves made in the folder are nowhere in the volume: {lost}; the folder: {folder_tree(root)}"
     assert laptop_saves <= kept, "a save of the other device is nowhere in the volume"
     desktop.drive.changes.front_end = None
+
+
+@on_devices("desktop")
+async def test_a_second_save_within_the_clock_tick_of_the_mirrors_copy_is_taken_too(desktop, tmp_path, monkeypatch):
+    """A program saves twice within one tick of the clock that stamps mtimes, the second
+    save the same size: the file then has the size, mtime and inode the mirror recorded
+    when it took the first. It took the first and kept it in the volume for good."""
+    root = tmp_path / "folder"
+    root.mkdir()
+    state = SyncedState(str(tmp_path / "mirror.sqlite3"))
+    state.start_over_for(str(root))
+    mirror = Mirror(desktop.drive, str(root), state)
+    await mirror_pass(mirror)
+    path = root / "notes.txt"
+    path.write_bytes(b"first save")
+    tick = path.stat().st_mtime_ns
+    clock = SimpleNamespace(time_ns=lambda: tick + 1_000_000)  # the mirror looks a millisecond later
+    monkeypatch.setattr(folder, "time", clock)
+    mirror.local_changed(b"notes.txt", closed=True)
+    await mirror_pass(mirror)
+    with open(path, "r+b") as f:  # the same inode, the same size
+        f.write(b"later save")
+    os.utime(path, ns=(tick, tick))  # stamped in the same tick
+    mirror.local_changed(b"notes.txt", closed=True)
+    clock.time_ns = lambda: tick + 2 * folder.COARSE_TICK_NS
+    await mirror_pass(mirror)
+    assert (await tree(desktop))["/notes.txt"] == b"later save"
+    assert folder_tree(root) == {"/notes.txt": b"later save"}

@@ -10,6 +10,7 @@ import errno
 import fcntl
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,9 @@ TEMP_PREFIX = b".fusedrive-"  # the mirror's own files being written: never sync
 DEFAULT_IGNORED = [".fusedrive-*", *(f"\\{p}" if p.startswith("#") else p for p in SCRATCH_NAMES),  # "#": a comment
                    "*~", ".DS_Store", "Thumbs.db", "desktop.ini"]
 COPY_CHUNK = 1 << 20
+# The kernel stamps mtimes from a clock that ticks every few milliseconds (at most 10 ms
+# on Linux); some file systems keep whole seconds (FAT: two).
+TICK_NS, COARSE_TICK_NS = 50_000_000, 2_000_000_000
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,16 @@ def entry_of(st: os.stat_result, full: bytes) -> LocalEntry | None:
     size = st.st_size if kind == "file" else 0
     mtime = st.st_mtime_ns if kind == "file" else 0  # a folder's mtime is its children's business
     return LocalEntry(kind, size, mtime, st.st_ino, stat.S_IMODE(st.st_mode) if kind != "link" else 0o777, target)
+
+
+def written_within_a_tick(local: LocalEntry) -> bool:
+    """Whether the file could be written again without its mtime changing: its mtime is
+    in the file system clock's current tick. Content read now and recorded with this
+    size, mtime and inode could then be replaced by a same-size write that looks the
+    same (git's "racily clean" entries): such a file is taken only once its tick is over.
+    An mtime set far from now (touch -d, tar, rsync -t) is not one the clock made."""
+    tick = COARSE_TICK_NS if local.mtime_ns % 1_000_000_000 == 0 else TICK_NS
+    return local.kind == "file" and abs(time.time_ns() - local.mtime_ns) < tick
 
 
 def names_in(root: bytes, path: bytes) -> list[bytes]:

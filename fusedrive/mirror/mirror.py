@@ -35,8 +35,8 @@ from ..engine.namespace import Namespace
 from ..engine.rebase import conflict_name
 from ..engine.tree import ROOT_INO, Inode, name_from_json, name_to_json
 from ..errors import FusedriveError
-from .folder import (IGNORE_FILE, TEMP_PREFIX, IgnoreRules, LocalEntry, copy_if_settled, finish_download, look, names_in,
-                     swap_in, temporary_beside)
+from .folder import (COARSE_TICK_NS, IGNORE_FILE, TEMP_PREFIX, TICK_NS, IgnoreRules, LocalEntry, copy_if_settled,
+                     finish_download, look, names_in, swap_in, temporary_beside, written_within_a_tick)
 from .rules import Action, Merge, RemoteEntry, decide, local_unchanged, merge
 from .synced import Synced, SyncedState, join, name_of, parent_of
 
@@ -124,6 +124,11 @@ class Mirror:
         await self._catch_up()
         async with self._lock:
             await self._pass(everything=True)
+            # what was put off to the end of its clock tick, or changed while it was copied
+            deadline = trio.current_time() + COARSE_TICK_NS / 1e9
+            while self._due and (soonest := min(self._due.values())) <= deadline:
+                await trio.sleep_until(soonest)
+                await self._pass(everything=False)
 
     async def _catch_up(self) -> None:
         """Wait until the watcher has brought every event of changes made so far: a file
@@ -417,6 +422,9 @@ class Mirror:
             self.state.put(path, Synced.of(local, node.fid))
 
     async def _upload(self, path: bytes, local: LocalEntry, remote: RemoteEntry | None) -> None:
+        if written_within_a_tick(local):
+            self._after_its_tick(path)
+            return
         prepared = self.drive.staging.prepared_path()
         taken = await trio.to_thread.run_sync(copy_if_settled, self._full(path), prepared, local)
         if taken is None:
@@ -464,6 +472,9 @@ class Mirror:
 
     async def _merge(self, path: bytes, local: LocalEntry | None, node: Inode | None,
                      remote: RemoteEntry | None) -> None:
+        if local is not None and written_within_a_tick(local):
+            self._after_its_tick(path)  # its content is compared, or kept apart and pushed
+            return
         same = local is not None and remote is not None and local.kind == remote.kind == "file" and \
             local.size == remote.size and await self._same_content(path, node, local)
         outcome = merge(local, remote, same)
@@ -651,6 +662,11 @@ class Mirror:
         """Both sides hold `remote` at `path` now: remember it with the local inode."""
         local = look(self.root, path)
         self.state.put(path, Synced.of(local, remote.fid))
+
+    def _after_its_tick(self, path: bytes) -> None:
+        """The file was written in the clock's current tick: reconciled again once the tick
+        is over, so that what is recorded for it is not a look-alike of a later write."""
+        self._due[path] = trio.current_time() + TICK_NS / 1e9
 
     def _temporary_for(self, path: bytes) -> bytes:
         """A new temporary name beside `path` (its folder made if missing)."""
