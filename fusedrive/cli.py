@@ -152,11 +152,19 @@ def resolve_volume(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def open_volume_for(url: str, args, offline_header: bytes | None = None) -> volumes.Volume:
+    """The volume, with its replica behind the store if it has one (or --replica names one:
+    a device joining while the primary does not answer reads the header from it)."""
     from .store import open_store
+    from .store.replicated import ReplicatedStore, attach_replica
 
     store = open_store(url, args.endpoint_url)
+    if getattr(args, "replica", None):
+        store = ReplicatedStore(store, {"url": args.replica, "endpoint_url": args.replica_endpoint_url})
     args.key_file = volumes.key_file_for(url, args.key_file)
-    return volumes.open_volume(store, lambda: volumes.get_passphrase(args.key_file), offline_header)
+    volume = volumes.open_volume(store, lambda: volumes.get_passphrase(args.key_file), offline_header)
+    cache_dir = getattr(args, "cache_dir", None)
+    attach_replica(volume, Path(cache_dir) if cache_dir else None)
+    return volume
 
 
 def ensure_default_volume(endpoint_url: str | None) -> tuple[str, Path]:
@@ -225,6 +233,9 @@ def _device_argv(args, cache_dir: Path) -> list[str]:
         argv += ["--metrics", args.metrics]
     if args.endpoint_url:
         argv += ["--endpoint-url", args.endpoint_url]
+    for flag, value in (("--replica", args.replica), ("--replica-endpoint-url", args.replica_endpoint_url)):
+        if value:
+            argv += [flag, value]
     argv += [flag for flag, on in (("--verbose", args.verbose), ("--quiet", args.quiet),
                                    ("--debug", getattr(args, "debug", False))) if on]
     return argv
@@ -841,6 +852,49 @@ def cmd_thaw(args) -> int:
     return 0
 
 
+def cmd_replica(args) -> int:
+    """add / sync / remove / show the volume's replica store."""
+    from .report import human_bytes
+    from .store.replicated import ReplicatedStore, check_replica, missing_on_replica, read_record, sync_replica, \
+        write_record
+
+    volume = open_volume_for(args.volume, args)
+    if args.action == "show":
+        record = read_record(volume)
+        if record is None:
+            print(f"{args.volume} has no replica.")
+            return 0
+        endpoint = f" at {record['endpoint_url']}" if record.get("endpoint_url") else ""
+        kept_by = "the provider's replication" if record.get("provider_replicated") else "the devices"
+        print(f"replica {record['url']}{endpoint}, kept by {kept_by}")
+        return 0
+    if args.action == "remove":
+        write_record(volume, None)
+        print(f"{args.volume} has no replica now; devices stop copying to it at their next mount "
+              "(its objects stay where they are).")
+        return 0
+    if args.action == "add":
+        if not args.url:
+            raise UsageError("Name the replica: fusedrive replica add VOLUME URL.")
+        record = {"url": args.url, "endpoint_url": args.replica_endpoint_url,
+                  "provider_replicated": args.provider_replicated}
+        check_replica(record, volume)
+        write_record(volume, record)
+        print(f"{args.url} is the replica of {args.volume}; devices copy their writes to it from their next mount.")
+        if args.provider_replicated:
+            return 0
+        volume.store = ReplicatedStore(volume.store.primary if isinstance(volume.store, ReplicatedStore)
+                                       else volume.store, record)
+    if not isinstance(volume.store, ReplicatedStore):
+        raise UsageError(f"{args.volume} has no replica: add one with fusedrive replica add VOLUME URL.")
+    missing = missing_on_replica(volume.store)
+    with progress("copying to the replica", sum(listed.size for listed in missing), "B") as bar:
+        sync_replica(volume.store, missing, bar.update)
+    print(f"The replica has everything the store has: {len(missing):,} objects "
+          f"({human_bytes(sum(listed.size for listed in missing))}) copied.")
+    return 0
+
+
 def cmd_hub(args) -> int:
     import trio
 
@@ -900,6 +954,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def volume_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: boto3's, or $AWS_ENDPOINT_URL)")
+        p.add_argument("--replica", default=None, metavar="URL", help="the volume's replica store, read when the "
+                       "store does not answer (only needed to start while it does not: the volume names its replica)")
+        p.add_argument("--replica-endpoint-url", default=None, metavar="URL", help="the replica's S3 endpoint")
         p.add_argument("--key-file", default=None, help="read the passphrase from this file "
                        "(default: $FUSEDRIVE_PASSPHRASE, else ask)")
 
@@ -1114,6 +1171,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = volume_command("thaw", cmd_thaw, help="bring archived versions back",
                        description="Move every archived block back "
                        "to the standard storage class (on AWS, the restore may take hours: exit 1 until done).")
+
+    p = sub.add_parser("replica", help="a copy of the volume in another store, read when it fails",
+                       description="add URL: make URL (another S3 region or provider, or a directory) the volume's "
+                       "replica and copy everything there; devices then copy what they write to it in the background, "
+                       "and read from it when the store does not answer. sync: copy what the replica is missing "
+                       "(objects from before it was added, or from devices that did not know it yet). remove: "
+                       "stop copying to it. show: which replica the volume names.")
+    p.add_argument("action", choices=["add", "sync", "remove", "show"])
+    p.add_argument("volume", metavar="VOLUME", help="s3://BUCKET/PREFIX, file:///DIR or a mount point of the volume")
+    p.add_argument("url", nargs="?", metavar="URL", help="the replica (add): s3://BUCKET/PREFIX or file:///DIR")
+    volume_options(p)
+    p.set_defaults(func=lambda args: cmd_replica(resolve_volume(args)))
+    p.add_argument("--provider-replicated", action="store_true", help="the provider copies the bucket itself "
+                   "(S3 cross-region replication): devices only read from the replica")
 
     p = sub.add_parser("hub", help="run a notification hub", description="Serve long-poll change "
                        "notifications to devices (mount --hub URL). Holds no data; devices fall back to polling "

@@ -63,6 +63,9 @@ def verdict(status: dict) -> str:
             line += f" — but the store needs attention: {status['store_needs_attention']}"
         elif status["store_offline_since"] is not None:
             line += f" — but the store has not answered since {clock(status['store_offline_since'])}"
+        elif status.get("replica_reads_since") is not None:
+            line += f" — but the store has not answered since {clock(status['replica_reads_since'])}: files are " \
+                    "read from its replica"
     else:
         parts = []
         if status.get("folder_changes_waiting"):  # a mirror: changes in its folder not taken yet
@@ -81,6 +84,22 @@ def verdict(status: dict) -> str:
     if status["conflicted_copies"]:
         line += f"; {count(status['conflicted_copies'], 'conflicted copy', 'conflicted copies')} to look at"
     return line + "."
+
+
+def replica_line(status: dict) -> str:
+    """The replica store, how far behind it is of what this device wrote, and whether reads come from it."""
+    line = status["replica"]
+    if status.get("replica_reads_since") is not None:
+        line += f", READING FROM IT since {clock(status['replica_reads_since'])} (the store does not answer)"
+    behind = status.get("replica_objects_behind", 0)
+    if behind:
+        line += f", {count(behind, 'object', 'objects')} ({human_bytes(status['replica_bytes_behind'])}) written " \
+                "here not copied yet"
+    elif "replica_objects_behind" in status:
+        line += ", has everything written here"
+    if status.get("replica_error"):
+        line += f" — {status['replica_error']}"
+    return line
 
 
 def pins_line(state: dict) -> str:
@@ -113,6 +132,8 @@ def details(status: dict) -> list[str]:
         lines.append(f"store       OFFLINE since {clock(status['store_offline_since'])}: {status['store_error']}")
     else:
         lines.append("store       reachable")
+    if "replica" in status:
+        lines.append(f"replica     {replica_line(status)}")
     hub = status["hub"]
     lines.append(f"changes     {'hub ' + hub if hub else 'polling the journal'}; applied entry "
                  f"{status['applied_seq']} of {status['journal_head']}")

@@ -7,7 +7,8 @@
 - `Uploads` (uploads.py): staged content → blocks and `update` ops;
 - `Committer` (committer.py): queued ops → journal, and rebases under remote entries;
 - `Follower` (follower.py): other devices' commits, the hub;
-- `Changes` (changes.py): what front ends must invalidate, what the user is told.
+- `Changes` (changes.py): what front ends must invalidate, what the user is told;
+- `Replication` (replication.py): with a replica store, copying this device's writes to it.
 
 See docs/concurrency.md for what runs where and what may interleave.
 """
@@ -21,6 +22,7 @@ import trio
 
 from ..crashpoints import crash_point
 from ..errors import CacheDirError, MountError, StoreUnreachable
+from ..store.replicated import Backlog, ReplicatedStore
 from ..store.volume import Volume
 from .blocks import BlockStore
 from .cache import BlockCache
@@ -36,6 +38,7 @@ from .pins import Pins
 from .manifest import Piece
 from .reads import Reader
 from .replica import Replica
+from .replication import Replication
 from .tree import Inode
 from .staging import Staging
 from .uploads import Uploads
@@ -67,6 +70,9 @@ class Drive:
         self.events = EventBus()
         self.problems = Problems()
         self.health = StoreHealth(self.events)
+        store = volume.store
+        self.replication = Replication(store, Backlog(str(cache_dir / "replication.sqlite3")), self.events) \
+            if isinstance(store, ReplicatedStore) and store.copies else None
         self.reader = Reader(self.replica, self.files, self.staging, self.cache, self.blocks, self.health,
                              self.problems, volume.url, io_timeout)
         self.writer = Writer(self.replica, self.files, self.staging, cache_dir)
@@ -136,6 +142,8 @@ class Drive:
         nursery.start_soon(self.follower.follow)
         nursery.start_soon(self._watch_cache_dir)
         nursery.start_soon(self.pins.keep_local)
+        if self.replication is not None:
+            nursery.start_soon(self.replication.run)
         if self.replica.pending_count():
             self.committer.kick()
 
@@ -204,6 +212,8 @@ class Drive:
         self.uploads.close()
         self.cache.close()
         self.replica.close()
+        if self.replication is not None:
+            self.replication.backlog.close()
 
     # --- what front ends call -----------------------------------------------------------
 
@@ -336,6 +346,7 @@ class Drive:
             "stuck": next(iter(self.problems.stuck.values()), None),
             "errors": list(self.problems.recent),
             **self.pins.state(),
+            **(self.replication.status() if self.replication is not None else {}),
         }
 
 

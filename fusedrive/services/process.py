@@ -24,6 +24,7 @@ from . import control
 from .metrics import serve_metrics
 from ..errors import CacheDirError, FusedriveError, MountError, UsageError, first_clear_error
 from ..report import human_bytes
+from ..store.replicated import keep_record
 from ..store.volume import Volume, keep_header
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,7 @@ def prepare_cache_dir(cache_dir: Path, volume: Volume) -> int:
         marker.write_text(volume.volume_id + "\n")
         if volume.header:
             keep_header(cache_dir, volume)
+        keep_record(cache_dir, volume)
         lock_fd = os.open(cache_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         raise CacheDirError(f"Cannot use the cache dir {cache_dir}: {exc.strerror}.") from None

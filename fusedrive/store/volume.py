@@ -206,14 +206,21 @@ def keep_header(cache_dir: Path, volume: Volume) -> None:
 def kept_header(url: str, cache_dir: Path | None) -> bytes | None:
     """The header a cache dir kept for `url`: the one given, else the first under the
     default cache root that holds this volume."""
+    kept = kept_in_cache_dir(OFFLINE_HEADER, url, cache_dir)
+    return kept["header"].encode() if kept is not None else None
+
+
+def kept_in_cache_dir(name: str, url: str, cache_dir: Path | None) -> dict | None:
+    """The JSON file `name` a cache dir kept for the volume at `url`: in the one given, else
+    in the first under the default cache root that holds it."""
     candidates = [cache_dir] if cache_dir is not None else sorted(cache_root().glob("*"))
     for directory in candidates:
         try:
-            kept = json.loads((directory / OFFLINE_HEADER).read_text())
+            kept = json.loads((directory / name).read_text())
         except (OSError, ValueError):
             continue
         if kept.get("url") == url:
-            return kept["header"].encode()
+            return kept
     return None
 
 
