@@ -115,16 +115,17 @@ class Backlog:
 class ReplicatedStore:
     """The primary with a replica behind it (see the module docstring)."""
 
-    def __init__(self, primary: ObjectStore, record: dict) -> None:
-        """`record`: the replica record (`url`, `endpoint_url`, `provider_replicated`)."""
+    def __init__(self, primary: ObjectStore, record: dict, replica: ObjectStore | None = None) -> None:
+        """`record`: the replica record (`url`, `endpoint_url`, `provider_replicated`);
+        `replica`: the store it names, if the caller has it open already."""
         self.primary, self.record = primary, record
-        self.replica = open_store(record["url"], record.get("endpoint_url"))
+        self.replica = replica or open_store(record["url"], record.get("endpoint_url"))
         self.copies = not record.get("provider_replicated")  # devices copy their writes (else the provider does)
         self.backlog: Backlog | None = None  # a device's (Replication attaches it); None in a command
         self.url = primary.url
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="primary-read")
         self._lock = threading.Lock()
-        self._replica_first_until = 0.0  # time.monotonic(): reads go to the replica first until then
+        self._replica_first_until = 0.0  # time.monotonic(): reads go to the replica first until then (0: never)
         self._probing = False  # one read is trying the primary again
         self.reading_replica_since: float | None = None  # Unix seconds: the last read was the replica's
         self.primary_error = ""
@@ -175,10 +176,12 @@ class ReplicatedStore:
         return result
 
     def _try_primary(self) -> bool:
+        """Whether this read asks the primary: always while it answers; after it failed, one
+        read at a time once RETRY_PRIMARY_SECONDS are over."""
         with self._lock:
-            if time.monotonic() >= self._replica_first_until:
+            if not self._replica_first_until:
                 return True
-            if self._probing:
+            if time.monotonic() < self._replica_first_until or self._probing:
                 return False
             self._probing = True
             return True
@@ -201,7 +204,7 @@ class ReplicatedStore:
     @property
     def primary_down(self) -> bool:
         with self._lock:
-            return time.monotonic() < self._replica_first_until
+            return bool(self._replica_first_until)
 
     # --- writes: the primary only, noted for the replica ------------------------------------
 
@@ -219,17 +222,24 @@ class ReplicatedStore:
 
     def _write(self, key: str, size: int, deleted: bool, write: Callable[[], T]) -> T:
         if not self.copies:
-            return write()
+            return self._primary_wrote(write)
         if self.backlog is None:
-            result = write()
+            result = self._primary_wrote(write)
             try:
                 copy_to_replica(self, Noted(0, key, size, deleted))
             except StoreUnreachable as exc:
                 log.warning("%s is not on the replica yet (fusedrive replica sync copies it): %s", key, exc)
             return result
         self.backlog.note(key, size, deleted)
-        result = write()
+        result = self._primary_wrote(write)
         self.backlog.confirm(key)
+        return result
+
+    def _primary_wrote(self, write: Callable[[], T]) -> T:
+        """A write the primary took says it is back: reads go to it again."""
+        result = write()
+        if self._replica_first_until:
+            self._primary_answered()
         return result
 
 
