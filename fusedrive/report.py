@@ -87,19 +87,22 @@ def verdict(status: dict) -> str:
 
 
 def replica_line(status: dict) -> str:
-    """The replica store, how far behind it is of what this device wrote, and whether reads come from it."""
-    line = status["replica"]
+    """The replica store, how far behind it is, and whether reads come from it."""
+    parts = [status["replica"]]
     if status.get("replica_reads_since") is not None:
-        line += f", READING FROM IT since {clock(status['replica_reads_since'])} (the store does not answer)"
-    behind = status.get("replica_objects_behind", 0)
-    if behind:
-        line += f", {count(behind, 'object', 'objects')} ({human_bytes(status['replica_bytes_behind'])}) written " \
-                "here not copied yet"
-    elif "replica_objects_behind" in status:
-        line += ", has everything written here"
-    if status.get("replica_error"):
-        line += f" — {status['replica_error']}"
-    return line
+        parts.append(f"READING FROM IT since {clock(status['replica_reads_since'])} (the store does not answer)")
+    if status.get("replica_by_provider"):
+        parts.append("kept by the provider's replication")
+    elif status.get("replica_objects_behind"):
+        parts.append(f"{count(status['replica_objects_behind'], 'object', 'objects')} "
+                     f"({human_bytes(status['replica_bytes_behind'])}) written here not copied yet")
+    else:
+        parts.append("has everything written here")
+    entries = status.get("replica_entries_behind")
+    if entries:
+        parts.append(f"its journal {count(entries, 'entry', 'entries')} behind")
+    line = ", ".join(parts)
+    return line + (f" — {status['replica_error']}" if status.get("replica_error") else "")
 
 
 def pins_line(state: dict) -> str:

@@ -228,3 +228,25 @@ def test_a_kill_while_the_replica_is_away_loses_nothing_of_what_waits_to_be_copi
 def write_file(path: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write(path, data)
+
+
+def test_a_replica_the_provider_keeps_is_only_measured(s3_volume, tmp_path):
+    """--provider-replicated: the provider copies the bucket (S3 cross-region replication);
+    devices copy nothing and say how many journal entries the replica is behind."""
+    volume = s3_volume
+    replica_dir = tmp_path / "replica"
+    replica_dir.mkdir()
+    volume.cli.run("replica", "add", volume.url, replica_dir.as_uri(), "--provider-replicated")
+    laptop = volume.mount("laptop", poll_interval=1)
+    for path, data in FILES.items():
+        write_file(laptop.p(path), data)
+    laptop.sync()
+    behind = wait_for(lambda: (replica_status(laptop).get("replica_entries_behind") or 0) > 0 and
+                      replica_status(laptop), timeout=30, what="the replica's lag to be measured")
+    assert behind["replica_by_provider"] and behind["replica_objects_behind"] == 0
+    assert not (laptop.cache_dir / "replication.sqlite3").exists()
+    assert "kept by the provider's replication" in volume.cli.run("status", str(laptop.path)).stdout
+    assert not os.listdir(replica_dir), "a device copied to a replica the provider keeps"
+    volume.cli.run("replica", "sync", volume.url)  # what the provider would have done
+    wait_for(lambda: replica_status(laptop)["replica_entries_behind"] == 0, timeout=30,
+             what="the replica's lag to return to 0")

@@ -71,8 +71,9 @@ class Drive:
         self.problems = Problems()
         self.health = StoreHealth(self.events)
         store = volume.store
-        self.replication = Replication(store, Backlog(str(cache_dir / "replication.sqlite3")), self.events) \
-            if isinstance(store, ReplicatedStore) and store.copies else None
+        self.replication = Replication(store, Backlog(str(cache_dir / "replication.sqlite3")) if store.copies else None,
+                                       self.events, lambda: self.replica.applied_seq) \
+            if isinstance(store, ReplicatedStore) else None
         self.reader = Reader(self.replica, self.files, self.staging, self.cache, self.blocks, self.health,
                              self.problems, volume.url, io_timeout)
         self.writer = Writer(self.replica, self.files, self.staging, cache_dir)
@@ -212,7 +213,7 @@ class Drive:
         self.uploads.close()
         self.cache.close()
         self.replica.close()
-        if self.replication is not None:
+        if self.replication is not None and self.replication.backlog is not None:
             self.replication.backlog.close()
 
     # --- what front ends call -----------------------------------------------------------

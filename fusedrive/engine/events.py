@@ -28,7 +28,8 @@ SUBSCRIBER_BUFFER = 1000
 REFUSED_RETRY_SECONDS = 300  # credentials refused, bucket missing: the user must act
 
 # kinds worth interrupting the user for (--notify); remote changes never are
-NOTIFY_KINDS = {"conflict", "upload-failed", "store-offline", "store-refused", "store-online", "store-went-back"}
+NOTIFY_KINDS = {"conflict", "upload-failed", "store-offline", "store-refused", "store-online", "store-went-back",
+                "replica-reads"}
 
 
 def describe(event: dict) -> str:
@@ -51,6 +52,10 @@ def describe(event: dict) -> str:
         return f"the store needs attention: {event['error']} (changes stay queued here)"
     if kind == "store-online":
         return "store reachable again: uploading what is queued"
+    if kind == "replica-reads":
+        return f"reading from the replica {event['replica']}: the store does not answer ({event['error']})"
+    if kind == "primary-reads":
+        return f"reading from the store {event['store']} again"
     if kind in ("store-went-back", "cache-dir-lost"):
         return event["error"]
     return f"{kind}: {event}"
