@@ -158,8 +158,8 @@ def open_volume_for(url: str, args, offline_header: bytes | None = None) -> volu
     from .store.replicated import ReplicatedStore, attach_replica
 
     store = open_store(url, args.endpoint_url)
-    if getattr(args, "replica", None):
-        store = ReplicatedStore(store, {"url": args.replica, "endpoint_url": args.replica_endpoint_url})
+    if getattr(args, "replica_url", None):
+        store = ReplicatedStore(store, {"url": args.replica_url, "endpoint_url": args.replica_endpoint_url})
     args.key_file = volumes.key_file_for(url, args.key_file)
     volume = volumes.open_volume(store, lambda: volumes.get_passphrase(args.key_file), offline_header)
     cache_dir = getattr(args, "cache_dir", None)
@@ -233,7 +233,7 @@ def _device_argv(args, cache_dir: Path) -> list[str]:
         argv += ["--metrics", args.metrics]
     if args.endpoint_url:
         argv += ["--endpoint-url", args.endpoint_url]
-    for flag, value in (("--replica", args.replica), ("--replica-endpoint-url", args.replica_endpoint_url)):
+    for flag, value in (("--replica-url", args.replica_url), ("--replica-endpoint-url", args.replica_endpoint_url)):
         if value:
             argv += [flag, value]
     argv += [flag for flag, on in (("--verbose", args.verbose), ("--quiet", args.quiet),
@@ -935,6 +935,8 @@ def cmd_fsck(args) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         blocks = BlockStore(volume, BlockCache(Path(scratch), 1 << 20, volume.keys.id_of))
         problems = fsck(Journal(volume), blocks, cache_dir / "replica.sqlite3", args.verify_blocks, progress)
+    if args.replica:
+        problems += _compare_replica(volume)
     for problem in problems:
         print(problem)
     if problems:
@@ -942,6 +944,14 @@ def cmd_fsck(args) -> int:
         return 1
     print(f"fsck: {args.volume} is consistent.")
     return 0
+
+
+def _compare_replica(volume: volumes.Volume) -> list[str]:
+    from .store.replicated import ReplicatedStore, compare_with_replica
+
+    if not isinstance(volume.store, ReplicatedStore):
+        raise UsageError(f"{volume.url} has no replica to compare (fusedrive replica add VOLUME URL).")
+    return compare_with_replica(volume.store)
 
 
 # --- argument parsing ----------------------------------------------------------------------
@@ -954,8 +964,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def volume_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: boto3's, or $AWS_ENDPOINT_URL)")
-        p.add_argument("--replica", default=None, metavar="URL", help="the volume's replica store, read when the "
-                       "store does not answer (only needed to start while it does not: the volume names its replica)")
+        p.add_argument("--replica-url", default=None, metavar="URL", help="the volume's replica store, read when "
+                       "the store does not answer (only needed to start while it does not: the volume names its "
+                       "replica)")
         p.add_argument("--replica-endpoint-url", default=None, metavar="URL", help="the replica's S3 endpoint")
         p.add_argument("--key-file", default=None, help="read the passphrase from this file "
                        "(default: $FUSEDRIVE_PASSPHRASE, else ask)")
@@ -1197,6 +1208,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "every referenced block exists, and compare this device's replica. Exit 1 if problems.")
     p.add_argument("--cache-dir", default=None, help="the cache dir of the replica to compare")
     p.add_argument("--verify-blocks", action="store_true", help="download and verify every referenced block")
+    p.add_argument("--replica", action="store_true", help="also compare the volume's replica with the store: what "
+                   "it is missing (copies not made yet), and journal entries that differ (never right)")
     p.add_argument("--repair", action="store_true", help="first fill the journal's gaps (a store restored from an "
                    "older copy): put back what this device's cache dir kept, mark the rest lost so new devices "
                    "can join; name forks, change nothing else; safe to run again")

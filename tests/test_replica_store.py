@@ -155,7 +155,7 @@ def test_with_the_store_down_a_new_device_reads_every_file_from_the_replica_and_
     assert replica_status(laptop)["replica"] == replica[0]
 
     store_proxy.down()
-    desk = volume.mount("desk", poll_interval=1, args=("--replica", *replica))  # a new device, an empty cache
+    desk = volume.mount("desk", poll_interval=1, args=("--replica-url", *replica))  # a new device, an empty cache
     for path, data in FILES.items():
         assert read(desk.p(path)) == data, path
     shown = volume.cli.run("status", str(desk.path)).stdout
@@ -196,7 +196,7 @@ def test_a_replica_added_late_is_filled_by_replica_sync_and_serves_a_new_device(
     nothing_missing_on_replica(volume)
 
     store_proxy.blackhole()  # the store hangs: reads wait FAILOVER_SECONDS once, then go to the replica
-    desk = volume.mount("desk", poll_interval=1, endpoint=store_proxy.endpoint, args=("--replica", replica_dir.as_uri()))
+    desk = volume.mount("desk", poll_interval=1, endpoint=store_proxy.endpoint, args=("--replica-url", replica_dir.as_uri()))
     for path, data in FILES.items():
         assert read(desk.p(path)) == data, path
     store_proxy.up()
@@ -220,9 +220,15 @@ def test_a_kill_while_the_replica_is_away_loses_nothing_of_what_waits_to_be_copi
     away.rename(replica_dir)
     laptop.start(poll_interval=1)
     wait_replicated(laptop)
-    nothing_missing_on_replica(volume)
+    compared = volume.cli.run("fsck", volume.url, "--replica", check=False)
+    assert compared.returncode == 0, compared.stdout + compared.stderr
     checked = volume.cli.run("fsck", replica_dir.as_uri(), "--verify-blocks", check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    entry = sorted(key for key, _ in volume.list_objects("journal/") if key[len("journal/"):].isdigit())[-1]
+    (replica_dir / entry).write_bytes(volume.read_object(entry)[:-1] + b"!")  # a copy that is not one
+    compared = volume.cli.run("fsck", volume.url, "--replica", check=False)
+    assert compared.returncode == 1 and f"the replica's {entry} differs" in compared.stdout, compared.stdout
+    (replica_dir / entry).write_bytes(volume.read_object(entry))
 
 
 def write_file(path: str, data: bytes) -> None:
@@ -247,6 +253,10 @@ def test_a_replica_the_provider_keeps_is_only_measured(s3_volume, tmp_path):
     assert not (laptop.cache_dir / "replication.sqlite3").exists()
     assert "kept by the provider's replication" in volume.cli.run("status", str(laptop.path)).stdout
     assert not os.listdir(replica_dir), "a device copied to a replica the provider keeps"
+    compared = volume.cli.run("fsck", volume.url, "--replica", check=False)
+    assert compared.returncode == 1 and "the replica" in compared.stdout and "is missing" in compared.stdout, \
+        compared.stdout
     volume.cli.run("replica", "sync", volume.url)  # what the provider would have done
     wait_for(lambda: replica_status(laptop)["replica_entries_behind"] == 0, timeout=30,
              what="the replica's lag to return to 0")
+    assert volume.cli.run("fsck", volume.url, "--replica", check=False).returncode == 0

@@ -354,3 +354,21 @@ def sync_replica(store: ReplicatedStore, missing: list[Listed], copied: Callable
 def _copy_listed(store: ReplicatedStore, listed: Listed) -> Listed:
     copy_to_replica(store, Noted(0, listed.key, listed.size, False))
     return listed
+
+
+def compare_with_replica(store: ReplicatedStore) -> list[str]:
+    """What fsck --replica reports: objects the replica is missing (copies not made yet: the
+    devices' backlogs, or `replica sync`), and journal entries the two stores hold
+    differently (never right: a replica must be a copy)."""
+    missing = missing_on_replica(store)
+    problems = []
+    if missing:
+        shown = ", ".join(listed.key for listed in missing[:3]) + ("…" if len(missing) > 3 else "")
+        problems.append(f"the replica {store.replica.url} is missing {len(missing):,} objects the store holds "
+                        f"({shown}): devices copy what they wrote when they can; fusedrive replica sync copies the rest")
+    missing_keys = {listed.key for listed in missing}
+    for listed in store.primary.list("journal/"):
+        if listed.key[len("journal/"):].isdigit() and listed.key not in missing_keys and \
+                store.primary.get(listed.key) != store.replica.get(listed.key):
+            problems.append(f"the replica's {listed.key} differs from the store's")
+    return problems
