@@ -23,7 +23,7 @@ from .services import control
 from .store import volume as volumes
 from .fuse.options import Presentation, expand_o_options, parse_umask
 from .errors import (CacheDirError, DeviceStuck, FusedriveError, IntegrityError, LocalError, MountError, NewerFormat,
-                     StoreRefused, UsageError, first_clear_error)
+                     StoreRefused, StoreUnreachable, UsageError, first_clear_error)
 
 DEFAULT_CACHE_SIZE = "4G"
 MIN_CACHE_SIZE = 4 << 20  # one largest block
@@ -155,15 +155,16 @@ def open_volume_for(url: str, args, offline_header: bytes | None = None) -> volu
     """The volume, with its replica behind the store if it has one (or --replica names one:
     a device joining while the primary does not answer reads the header from it)."""
     from .store import open_store
-    from .store.replicated import ReplicatedStore, attach_replica
+    from .store.replicated import VolumeStore, attach_replica, follow_move
 
-    store = open_store(url, args.endpoint_url)
+    store = VolumeStore(open_store(url, args.endpoint_url))
     if getattr(args, "replica_url", None):
-        store = ReplicatedStore(store, {"url": args.replica_url, "endpoint_url": args.replica_endpoint_url})
+        store.attach({"url": args.replica_url, "endpoint_url": args.replica_endpoint_url})
     args.key_file = volumes.key_file_for(url, args.key_file)
     volume = volumes.open_volume(store, lambda: volumes.get_passphrase(args.key_file), offline_header)
     cache_dir = getattr(args, "cache_dir", None)
     attach_replica(volume, Path(cache_dir) if cache_dir else None)
+    follow_move(volume)
     return volume
 
 
@@ -853,16 +854,15 @@ def cmd_thaw(args) -> int:
 
 
 def cmd_replica(args) -> int:
-    """add / sync / remove / show the volume's replica store."""
-    from .report import human_bytes
-    from .store.replicated import ReplicatedStore, check_replica, missing_on_replica, read_record, sync_replica, \
-        write_record
+    """add / sync / remove / show / promote the volume's replica store."""
+    from .store.replicated import check_replica, read_record, write_record
 
     volume = open_volume_for(args.volume, args)
+    store = volume.store
     if args.action == "show":
         record = read_record(volume)
         if record is None:
-            print(f"{args.volume} has no replica.")
+            print(f"{volume.url} has no replica.")
             return 0
         endpoint = f" at {record['endpoint_url']}" if record.get("endpoint_url") else ""
         kept_by = "the provider's replication" if record.get("provider_replicated") else "the devices"
@@ -870,8 +870,8 @@ def cmd_replica(args) -> int:
         return 0
     if args.action == "remove":
         write_record(volume, None)
-        print(f"{args.volume} has no replica now; devices stop copying to it at their next mount "
-              "(its objects stay where they are).")
+        print(f"{volume.url} has no replica now; devices stop copying to it within a minute (its objects stay "
+              "where they are).")
         return 0
     if args.action == "add":
         if not args.url:
@@ -880,18 +880,45 @@ def cmd_replica(args) -> int:
                   "provider_replicated": args.provider_replicated}
         check_replica(record, volume)
         write_record(volume, record)
-        print(f"{args.url} is the replica of {args.volume}; devices copy their writes to it from their next mount.")
+        store.attach(record)
+        print(f"{args.url} is the replica of {volume.url}; devices copy their writes to it within a minute.")
         if args.provider_replicated:
             return 0
-        volume.store = ReplicatedStore(volume.store.primary if isinstance(volume.store, ReplicatedStore)
-                                       else volume.store, record)
-    if not isinstance(volume.store, ReplicatedStore):
-        raise UsageError(f"{args.volume} has no replica: add one with fusedrive replica add VOLUME URL.")
-    missing = missing_on_replica(volume.store)
+    if store.replica is None:
+        raise UsageError(f"{volume.url} has no replica: add one with fusedrive replica add VOLUME URL.")
+    if args.action == "promote":
+        return _promote(volume)
+    _copy_missing(store, "The replica has everything the store has")
+    return 0
+
+
+def _copy_missing(store, done: str) -> None:
+    from .report import human_bytes
+    from .store.replicated import missing_on_replica, sync_replica
+
+    missing = missing_on_replica(store)
     with progress("copying to the replica", sum(listed.size for listed in missing), "B") as bar:
-        sync_replica(volume.store, missing, bar.update)
-    print(f"The replica has everything the store has: {len(missing):,} objects "
-          f"({human_bytes(sum(listed.size for listed in missing))}) copied.")
+        sync_replica(store, missing, bar.update)
+    print(f"{done}: {len(missing):,} objects ({human_bytes(sum(listed.size for listed in missing))}) copied.")
+
+
+def _promote(volume: volumes.Volume) -> int:
+    """The replica becomes the volume's store: what the old store holds and the replica
+    does not is copied first where the old store answers; then the move is recorded."""
+    from .store.replicated import promote
+
+    old = volume.url
+    try:
+        _copy_missing(volume.store, "The replica has caught up with the store")
+    except StoreUnreachable as exc:
+        print(f"The store at {old} does not answer ({exc}): what only it holds stays there; a device that has "
+              "it puts it back.")
+    move, fenced = promote(volume)
+    print(f"The volume now lives at {move['to']} (its replica, promoted): running devices move to it within "
+          f"seconds; mount it from there (devices that name {old} are moved too).")
+    if not fenced:
+        print(f"The old store at {old} does not answer: the first device that reaches it writes the fence there, "
+              "so no device commits to it again.")
     return 0
 
 
@@ -947,9 +974,9 @@ def cmd_fsck(args) -> int:
 
 
 def _compare_replica(volume: volumes.Volume) -> list[str]:
-    from .store.replicated import ReplicatedStore, compare_with_replica
+    from .store.replicated import compare_with_replica
 
-    if not isinstance(volume.store, ReplicatedStore):
+    if volume.store.replica is None:
         raise UsageError(f"{volume.url} has no replica to compare (fusedrive replica add VOLUME URL).")
     return compare_with_replica(volume.store)
 
@@ -1188,8 +1215,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "replica and copy everything there; devices then copy what they write to it in the background, "
                        "and read from it when the store does not answer. sync: copy what the replica is missing "
                        "(objects from before it was added, or from devices that did not know it yet). remove: "
-                       "stop copying to it. show: which replica the volume names.")
-    p.add_argument("action", choices=["add", "sync", "remove", "show"])
+                       "stop copying to it. show: which replica the volume names. promote: make the replica the "
+                       "volume's store, for a region lost for good (the old store is fenced: no device commits to "
+                       "it again; running devices move to the replica).")
+    p.add_argument("action", choices=["add", "sync", "remove", "show", "promote"])
     p.add_argument("volume", metavar="VOLUME", help="s3://BUCKET/PREFIX, file:///DIR or a mount point of the volume")
     p.add_argument("url", nargs="?", metavar="URL", help="the replica (add): s3://BUCKET/PREFIX or file:///DIR")
     volume_options(p)

@@ -105,6 +105,17 @@ def replica_line(status: dict) -> str:
     return line + (f" — {status['replica_error']}" if status.get("replica_error") else "")
 
 
+def moved_line(status: dict) -> str:
+    """The volume moved to its promoted replica: from where, and what is left to do about the old store."""
+    line = f"from {status['moved_from']} at {clock(status['moved_at'])} (its replica was promoted)"
+    if not status["old_store_fenced"]:
+        line += "; the old store is not fenced yet (it does not answer: tried again every few seconds)"
+    if status.get("replica_objects_behind") and "replica" not in status:
+        line += (f"; {count(status['replica_objects_behind'], 'object', 'objects')} written here before the move "
+                 "are not on the new store yet")
+    return line
+
+
 def pins_line(state: dict) -> str:
     """What is pinned and whether it is all here, in one line."""
     if not state.get("pinned"):
@@ -135,6 +146,8 @@ def details(status: dict) -> list[str]:
         lines.append(f"store       OFFLINE since {clock(status['store_offline_since'])}: {status['store_error']}")
     else:
         lines.append("store       reachable")
+    if "moved_from" in status:
+        lines.append(f"moved       {moved_line(status)}")
     if "replica" in status:
         lines.append(f"replica     {replica_line(status)}")
     hub = status["hub"]

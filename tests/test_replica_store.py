@@ -18,16 +18,18 @@ from fusedrive.errors import StoreUnreachable
 from fusedrive.store import NotFound
 from fusedrive.store import replicated
 from fusedrive.store.memory import MemoryStore
-from fusedrive.store.replicated import Backlog, ReplicatedStore, copy_to_replica
+from fusedrive.store.replicated import Backlog, VolumeStore, copy_to_replica
 from fusedrive.testing.seaweed import start_seaweed
 from test_crash import kill_mount
 from test_posix import read, write
 from test_sync import wait_for
 
 
-def _pair() -> tuple[MemoryStore, MemoryStore, ReplicatedStore]:
+def _pair() -> tuple[MemoryStore, MemoryStore, VolumeStore]:
     primary, replica = MemoryStore("memory://primary"), MemoryStore("memory://replica")
-    return primary, replica, ReplicatedStore(primary, {"url": replica.url}, replica)
+    for store in (primary, replica):
+        store.put("volume", b"the header")
+    return primary, replica, VolumeStore(primary, {"url": replica.url}, replica)
 
 
 @pytest.mark.inprocess
@@ -49,6 +51,10 @@ def test_reads_come_from_the_replica_while_the_store_fails_and_from_the_store_ag
     assert store.get("blocks/a") == b"from the replica"  # the replica first for a while
     monkeypatch.setattr(replicated, "RETRY_PRIMARY_SECONDS", 0.0)
     store._primary_failed(StoreUnreachable("again"))
+    assert store.get("blocks/a") == b"from the replica"  # a reader never waits on the probe
+    deadline = time.monotonic() + 10
+    while store.primary_down and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert store.get("blocks/a") == b"from the primary"
     assert store.reading_replica_since is None
 
@@ -260,3 +266,53 @@ def test_a_replica_the_provider_keeps_is_only_measured(s3_volume, tmp_path):
     wait_for(lambda: replica_status(laptop)["replica_entries_behind"] == 0, timeout=30,
              what="the replica's lag to return to 0")
     assert volume.cli.run("fsck", volume.url, "--replica", check=False).returncode == 0
+
+
+def journal_entries(volume) -> list[str]:
+    return sorted(key for key, _ in volume.list_objects("journal/") if key[len("journal/"):].isdigit())
+
+
+def test_promotion_while_the_region_is_lost_moves_every_device_and_the_old_store_never_takes_a_write(
+        proxied_volume, store_proxy, replica_server, tmp_path):
+    volume = proxied_volume
+    replica = [f"s3://{BUCKET}/replica-{uuid.uuid4().hex[:8]}", "--replica-endpoint-url", replica_server.endpoint]
+    volume.cli.run("replica", "add", volume.url, *replica)
+    laptop = volume.mount("laptop", poll_interval=1)
+    desk = volume.mount("desk", poll_interval=1)
+    for path, data in FILES.items():
+        write_file(laptop.p(path), data)
+    laptop.sync()
+    wait_replicated(laptop)
+    wait_for(lambda: os.path.exists(desk.p("notes.txt")), timeout=30, what="the desk to catch up")
+    before = journal_entries(volume)
+
+    store_proxy.down()  # the region is lost
+    promoted = volume.cli.run("replica", "promote", volume.url, "--replica-url", *replica)
+    assert f"now lives at {replica[0]}" in promoted.stdout and "does not answer" in promoted.stdout, promoted.stdout
+    for device in (laptop, desk):
+        wait_for(lambda: replica_status(device).get("moved_from") == volume.url, timeout=60,
+                 what=f"{device.device} to move to the promoted replica")
+    write_file(laptop.p("after-the-move.txt"), b"committed to the new store")
+    laptop.sync()
+    wait_for(lambda: os.path.exists(desk.p("after-the-move.txt")), timeout=30, what="the laptop's save on the desk")
+    shown = volume.cli.run("status", str(desk.path)).stdout
+    assert "moved" in shown and "not fenced yet" in shown, shown
+
+    store_proxy.up()  # the old region comes back: a device fences it before anything is written there
+    wait_for(lambda: replica_status(desk)["old_store_fenced"] and replica_status(laptop)["old_store_fenced"],
+             timeout=60, what="the devices to fence the old store")
+    write_file(desk.p("old-store-back.txt"), b"written once the old store answers again")
+    desk.sync()
+    assert journal_entries(volume) == before, "a device committed to the old store after the promotion"
+    assert "journal/moved" in {key for key, _ in volume.list_objects("journal/")}
+
+    tablet = volume.mount("tablet", poll_interval=1)  # offline all along, it names the old store
+    for path, data in {**FILES, "after-the-move.txt": b"committed to the new store",
+                       "old-store-back.txt": b"written once the old store answers again"}.items():
+        assert read(tablet.p(path)) == data, path
+    write_file(tablet.p("from-the-tablet.txt"), b"the tablet's save")
+    tablet.sync()
+    wait_for(lambda: os.path.exists(laptop.p("from-the-tablet.txt")), timeout=30, what="the tablet's save")
+    assert journal_entries(volume) == before
+    checked = volume.cli.run("fsck", replica[0], "--endpoint-url", replica_server.endpoint, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr

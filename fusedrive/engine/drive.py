@@ -22,7 +22,7 @@ import trio
 
 from ..crashpoints import crash_point
 from ..errors import CacheDirError, MountError, StoreUnreachable
-from ..store.replicated import Backlog, ReplicatedStore
+from ..store.replicated import store_of
 from ..store.volume import Volume
 from .blocks import BlockStore
 from .cache import BlockCache
@@ -53,6 +53,7 @@ CACHE_DIR_CHECK_SECONDS = 1.0
 class Drive:
     def __init__(self, volume: Volume, cache_dir: Path, device: str, cache_size: int,
                  poll_interval: float = 2.0, hub_url: str | None = None, io_timeout: float = 60.0) -> None:
+        store_of(volume)  # from here on one store object that knows the replica and follows a move, for all parts
         self.volume = volume
         self.device = device
         self.cache_dir = cache_dir
@@ -70,10 +71,8 @@ class Drive:
         self.events = EventBus()
         self.problems = Problems()
         self.health = StoreHealth(self.events)
-        store = volume.store
-        self.replication = Replication(store, Backlog(str(cache_dir / "replication.sqlite3")) if store.copies else None,
-                                       self.events, lambda: self.replica.applied_seq) \
-            if isinstance(store, ReplicatedStore) else None
+        self.replication = Replication(volume, cache_dir, self.events, lambda: self.replica.applied_seq,
+                                       lambda: self.journal.fenced)
         self.reader = Reader(self.replica, self.files, self.staging, self.cache, self.blocks, self.health,
                              self.problems, volume.url, io_timeout)
         self.writer = Writer(self.replica, self.files, self.staging, cache_dir)
@@ -143,8 +142,7 @@ class Drive:
         nursery.start_soon(self.follower.follow)
         nursery.start_soon(self._watch_cache_dir)
         nursery.start_soon(self.pins.keep_local)
-        if self.replication is not None:
-            nursery.start_soon(self.replication.run)
+        nursery.start_soon(self.replication.run)
         if self.replica.pending_count():
             self.committer.kick()
 
@@ -213,8 +211,7 @@ class Drive:
         self.uploads.close()
         self.cache.close()
         self.replica.close()
-        if self.replication is not None and self.replication.backlog is not None:
-            self.replication.backlog.close()
+        self.replication.close()
 
     # --- what front ends call -----------------------------------------------------------
 
@@ -347,7 +344,7 @@ class Drive:
             "stuck": next(iter(self.problems.stuck.values()), None),
             "errors": list(self.problems.recent),
             **self.pins.state(),
-            **(self.replication.status() if self.replication is not None else {}),
+            **self.replication.status(),
         }
 
 

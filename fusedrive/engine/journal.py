@@ -37,6 +37,7 @@ import zstandard
 
 from ..errors import IntegrityError, StoreRefused
 from ..store import Listed, NotFound
+from ..store.replicated import FENCE_KEY
 from ..store.volume import FORMAT_VERSION, HEADER_KEY, Volume
 from .ops import check_entry
 
@@ -178,6 +179,7 @@ class Journal:
         self.store = volume.store
         self.kept = kept
         self.went_back_marks: set[str] = set()
+        self.fenced = False  # the last listing found the fence: the volume moved to its promoted replica
         self.gap: JournalGap | None = None  # what the last entries_after(up_to_a_gap=True) stopped at
 
     def _seal(self, entry: Entry) -> bytes:
@@ -217,16 +219,18 @@ class Journal:
     def _listed_from(self, seq: int) -> dict[int, Listed]:
         """Seq → what the listing says of each entry after `seq`, in order. The went-back marks
         list after every entry (letters sort after digits): `went_back_marks` is what the last
-        listing found, free."""
+        listing found, free; so does the fence of a promotion (`fenced`)."""
         found = {}
         marks = set()
+        fenced = False
         for listed in self.store.list(PREFIX, start_after=entry_key(seq)):
             suffix = listed.key[len(PREFIX):]
             if suffix.isdigit():
                 found[int(suffix)] = listed
             elif suffix.startswith(WENT_BACK):
                 marks.add(suffix)
-        self.went_back_marks = marks
+            fenced |= listed.key == FENCE_KEY
+        self.went_back_marks, self.fenced = marks, fenced
         return found
 
     def read(self, seq: int, new: bool = False) -> Entry:

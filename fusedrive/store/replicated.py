@@ -1,7 +1,7 @@
 """A volume with a replica store (issue 38): the primary, where commits are ordered, and a
 copy in another region or provider that reads fall back to when the primary fails.
 
-`ReplicatedStore` stands where the primary did, for everything above it. Reads go to the
+`VolumeStore` stands where the primary did, for everything above it. Reads go to the
 primary; one that fails, or does not answer within FAILOVER_SECONDS (the call is left to
 finish on its own), is answered by the replica, and for RETRY_PRIMARY_SECONDS after that
 reads go to the replica first (one read at a time tries the primary again). Writes go to
@@ -37,10 +37,14 @@ from .volume import HEADER_KEY, Volume, kept_in_cache_dir
 
 log = logging.getLogger(__name__)
 
-FAILOVER_SECONDS = 10.0  # a primary read unanswered this long is answered by the replica
+FAILOVER_SECONDS = 10.0  # a primary read unanswered this long (plus its bytes' time) is answered by the replica
+SLOWEST_RATE = 128 * 1024  # bytes/s a primary read may take before it counts as hanging (a slow uplink is not down)
+LARGE_OBJECT_BYTES = 4 * 1024 * 1024  # what a whole-object read of a block, pack or checkpoint is allowed for
 RETRY_PRIMARY_SECONDS = 15.0  # after the primary failed, reads go to the replica first this long
 UNCONFIRMED_CHECK_SECONDS = 600.0  # a noted write not confirmed this long is checked against the primary
 RECORD_KEY = "replica"  # the sealed replica record in the volume (docs/format.md)
+PROMOTED_KEY = "promoted"  # on a promoted replica: the move record (put-if-absent)
+FENCE_KEY = "journal/moved"  # on the old primary: the same record (put-if-absent), seen in every journal listing
 KEPT_RECORD = "replica.json"  # a device's copy of it in its cache dir, for mounting while the primary is down
 SYNC_THREADS = 8
 
@@ -112,23 +116,45 @@ class Backlog:
             self._db.close()
 
 
-class ReplicatedStore:
-    """The primary with a replica behind it (see the module docstring)."""
+class VolumeStore:
+    """The volume's store as a device or a command sees it: the primary, the replica behind
+    it if the volume has one, and where it moved when the replica was promoted (see the
+    module docstring). One owner of "which store is the volume's": everything above calls
+    this, and it changes in place (`attach`, `detach`, `move_to_replica`)."""
 
-    def __init__(self, primary: ObjectStore, record: dict, replica: ObjectStore | None = None) -> None:
-        """`record`: the replica record (`url`, `endpoint_url`, `provider_replicated`);
-        `replica`: the store it names, if the caller has it open already."""
-        self.primary, self.record = primary, record
-        self.replica = replica or open_store(record["url"], record.get("endpoint_url"))
-        self.copies = not record.get("provider_replicated")  # devices copy their writes (else the provider does)
+    def __init__(self, primary: ObjectStore, record: dict | None = None, replica: ObjectStore | None = None) -> None:
+        """`record`: the replica record (`url`, `endpoint_url`, `provider_replicated`), if it
+        has one; `replica`: the store it names, if the caller has it open already."""
+        self.primary, self.url = primary, primary.url
+        self.record: dict | None = None
+        self.replica: ObjectStore | None = None
+        self.copies = False  # devices copy their writes to the replica (not when the provider does)
+        self.copy_from: ObjectStore | None = None  # where the backlog's objects are copied from, and to
+        self.copy_to: ObjectStore | None = None
         self.backlog: Backlog | None = None  # a device's (Replication attaches it); None in a command
-        self.url = primary.url
+        self.moved_from: str | None = None  # the old primary's URL, once the replica was promoted
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="primary-read")
         self._lock = threading.Lock()
         self._replica_first_until = 0.0  # time.monotonic(): reads go to the replica first until then (0: never)
         self._probing = False  # one read is trying the primary again
         self.reading_replica_since: float | None = None  # Unix seconds: the last read was the replica's
         self.primary_error = ""
+        if record is not None:
+            self.attach(record, replica)
+
+    def attach(self, record: dict, replica: ObjectStore | None = None) -> None:
+        """The volume names this replica (now, or from now on)."""
+        opened = replica or open_store(record["url"], record.get("endpoint_url"))
+        with self._lock:
+            self.record, self.replica = record, opened
+            self.copies = not record.get("provider_replicated")
+            self.copy_from, self.copy_to = self.primary, opened
+
+    def detach(self) -> None:
+        """The volume names no replica any more."""
+        with self._lock:
+            self.record, self.replica, self.copies = None, None, False
+            self._replica_first_until, self.reading_replica_since = 0.0, None
 
     def __getattr__(self, name: str):
         """What only some stores do (share links, storage classes, a directory's root): the primary's."""
@@ -137,19 +163,27 @@ class ReplicatedStore:
     # --- reads -----------------------------------------------------------------------------
 
     def get(self, key: str) -> bytes:
-        return self._read(key, lambda store: store.get(key))
+        large = key.startswith(("blocks/", "packs/", "checkpoints/"))
+        return self._read(key, lambda store: store.get(key), LARGE_OBJECT_BYTES if large else 0)
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
-        return self._read(key, lambda store: store.get_range(key, start, length))
+        return self._read(key, lambda store: store.get_range(key, start, length),
+                          LARGE_OBJECT_BYTES if length < 0 else length)
 
     def list(self, prefix: str, start_after: str = "") -> Iterator[Listed]:
-        return iter(self._read(prefix, lambda store: list(store.list(prefix, start_after))))
+        if self.replica is None:
+            return self.primary.list(prefix, start_after)
+        return iter(self._read(prefix, lambda store: list(store.list(prefix, start_after)), 0))
 
-    def _read(self, key: str, call: Callable[[ObjectStore], T]) -> T:
+    def _read(self, key: str, call: Callable[[ObjectStore], T], size: int) -> T:
+        """`size`: about how many bytes come back (the time they take is not a hang)."""
+        replica = self.replica
+        if replica is None:
+            return call(self.primary)
         if self._try_primary():
             future = self._pool.submit(call, self.primary)
             try:
-                result = future.result(timeout=FAILOVER_SECONDS)
+                result = future.result(timeout=FAILOVER_SECONDS + size / SLOWEST_RATE)
             except NotFound as exc:
                 if key != HEADER_KEY:
                     self._primary_answered()
@@ -161,30 +195,39 @@ class ReplicatedStore:
                 self._primary_answered()
                 return result
         try:
-            result = call(self.replica)
+            result = call(replica)
         except NotFound:
             raise StoreUnreachable(f"The store at {self.url} does not answer ({self.primary_error}) and its replica "
                                    f"does not have {key} yet.") from None
         except StoreUnreachable as exc:
             raise StoreUnreachable(f"Neither the store at {self.url} ({self.primary_error}) nor its replica at "
-                                   f"{self.replica.url} answers ({exc}).") from None
+                                   f"{replica.url} answers ({exc}).") from None
         with self._lock:
             if self.reading_replica_since is None:
                 self.reading_replica_since = time.time()
-                log.warning("reading from the replica %s: the store at %s does not answer (%s)", self.replica.url,
+                log.warning("reading from the replica %s: the store at %s does not answer (%s)", replica.url,
                             self.url, self.primary_error)
         return result
 
     def _try_primary(self) -> bool:
-        """Whether this read asks the primary: always while it answers; after it failed, one
-        read at a time once RETRY_PRIMARY_SECONDS are over."""
+        """Whether this read asks the primary: while it answers. After it failed, reads go
+        to the replica, and once RETRY_PRIMARY_SECONDS are over a probe in the background
+        (never a reader's wait) asks it whether it answers again."""
         with self._lock:
             if not self._replica_first_until:
                 return True
-            if time.monotonic() < self._replica_first_until or self._probing:
-                return False
-            self._probing = True
-            return True
+            if time.monotonic() >= self._replica_first_until and not self._probing:
+                self._probing = True
+                self._pool.submit(self._probe)
+            return False
+
+    def _probe(self) -> None:
+        try:
+            self.primary.get_range(HEADER_KEY, 0, 1)
+        except (NotFound, StoreUnreachable) as exc:
+            self._primary_failed(exc)
+        else:
+            self._primary_answered()
 
     def _primary_failed(self, exc: BaseException) -> None:
         with self._lock:
@@ -200,6 +243,16 @@ class ReplicatedStore:
             if self.reading_replica_since is not None:
                 log.warning("the store at %s answers again: reading from it", self.url)
             self.reading_replica_since = None
+
+    def move_to_replica(self) -> None:
+        """The replica was promoted: it is the store from now on (reads, writes, commits).
+        What the backlog still holds is copied from the old primary to it, if it answers."""
+        with self._lock:
+            old, new = self.primary, self.replica
+            self.moved_from = old.url
+            self.copy_from, self.copy_to = old, new
+            self.primary, self.url, self.record, self.replica, self.copies = new, new.url, None, None, False
+            self._replica_first_until, self.reading_replica_since = 0.0, None
 
     @property
     def primary_down(self) -> bool:
@@ -243,20 +296,33 @@ class ReplicatedStore:
         return result
 
 
-def copy_to_replica(store: ReplicatedStore, noted: Noted) -> None:
+def copy_to_replica(store: VolumeStore, noted: Noted) -> None:
     """Copy one written object from the primary to the replica (blocking). Nothing to copy
-    if the primary does not have it: a write that never landed, or deleted since."""
+    if the primary does not have it: a write that never landed, or deleted since. What
+    orders devices (the header, journal entries, checkpoints) is never replaced: once the
+    replica is promoted, what its own devices committed there is the volume's."""
+    source, destination = store.copy_from, store.copy_to
     if noted.deleted:
-        store.replica.delete(noted.key)
+        destination.delete(noted.key)
         return
     try:
-        data = store.primary.get(noted.key)
+        data = source.get(noted.key)
     except NotFound:
         return
-    store.replica.put(noted.key, data)
+    if copy_order(noted.key)[0] == 1:
+        destination.put(noted.key, data)
+    else:
+        destination.put_if_absent(noted.key, data)
 
 
 # --- the record in the volume, and a device's copy of it ---------------------------------------
+
+
+def store_of(volume: Volume) -> VolumeStore:
+    """The volume's store as a VolumeStore (put in place the first time)."""
+    if not isinstance(volume.store, VolumeStore):
+        volume.store = VolumeStore(volume.store)
+    return volume.store
 
 
 def read_record(volume: Volume) -> dict | None:
@@ -269,18 +335,19 @@ def read_record(volume: Volume) -> dict | None:
 
 
 def write_record(volume: Volume, record: dict | None) -> None:
-    """Name the volume's replica (None: it has none any more); devices learn it at their next mount."""
-    primary = volume.store.primary if isinstance(volume.store, ReplicatedStore) else volume.store
+    """Name the volume's replica (None: it has none any more); running devices learn it
+    within RECORD_CHECK_SECONDS."""
     if record is None:
-        primary.delete(RECORD_KEY)
+        volume.store.delete(RECORD_KEY)
     else:
-        primary.put(RECORD_KEY, volume.seal(RECORD_KEY, json.dumps(record).encode()))
+        volume.store.put(RECORD_KEY, volume.seal(RECORD_KEY, json.dumps(record).encode()))
 
 
 def attach_replica(volume: Volume, cache_dir: Path | None = None) -> None:
     """Put the volume's replica behind its store, if it has one: the record in the volume,
     or while the primary does not answer the copy a device's cache dir kept."""
-    if isinstance(volume.store, ReplicatedStore):
+    store = store_of(volume)
+    if store.replica is not None:
         return
     try:
         record = read_record(volume)
@@ -288,31 +355,36 @@ def attach_replica(volume: Volume, cache_dir: Path | None = None) -> None:
         kept = kept_in_cache_dir(KEPT_RECORD, volume.url, cache_dir)
         record = kept["record"] if kept is not None else None
     if record is not None:
-        volume.store = ReplicatedStore(volume.store, record)
+        store.attach(record)
 
 
 def keep_record(cache_dir: Path, volume: Volume) -> None:
     """Remember the volume's replica in a device's cache dir (or that it has none)."""
     path = cache_dir / KEPT_RECORD
-    if not isinstance(volume.store, ReplicatedStore):
+    record = getattr(volume.store, "record", None)
+    if record is None:
         path.unlink(missing_ok=True)
         return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"url": volume.url, "record": volume.store.record}, f)
+        json.dump({"url": volume.url, "record": record}, f)
 
 
-def check_replica(record: dict, volume: Volume) -> ObjectStore:
-    """The replica store a record names, if it can be one of this volume: it answers, and
-    holds no other volume."""
+def check_replica(record: dict, volume: Volume) -> None:
+    """UsageError unless the store a record names can be this volume's replica: it answers,
+    and holds no other volume (nor this one promoted elsewhere)."""
     replica = open_store(record["url"], record.get("endpoint_url"))
     try:
         header = replica.get(HEADER_KEY)
     except NotFound:
-        return replica
+        return
     if header != volume.header:
         raise UsageError(f"{record['url']} holds another volume: a replica must be empty or this volume's copy.")
-    return replica
+    try:
+        replica.get_range(PROMOTED_KEY, 0, 1)
+    except NotFound:
+        return
+    raise UsageError(f"{record['url']} was promoted: it is a store of its own now, not a replica.")
 
 
 # --- copying what is missing ---------------------------------------------------------------------
@@ -326,7 +398,7 @@ def copy_order(key: str) -> tuple[int, str]:
     return group, key
 
 
-def missing_on_replica(store: ReplicatedStore) -> list[Listed]:
+def missing_on_replica(store: VolumeStore) -> list[Listed]:
     """What the primary holds that the replica does not (or holds at another size), in copy order."""
     try:
         store.replica.get_range(HEADER_KEY, 0, 1)
@@ -338,7 +410,7 @@ def missing_on_replica(store: ReplicatedStore) -> list[Listed]:
                   key=lambda listed: copy_order(listed.key))
 
 
-def sync_replica(store: ReplicatedStore, missing: list[Listed], copied: Callable[[int], None]) -> None:
+def sync_replica(store: VolumeStore, missing: list[Listed], copied: Callable[[int], None]) -> None:
     """Copy `missing` (in copy order) to the replica, `copied(size)` after each: the content
     side by side, the header and the journal one at a time."""
     for group, in_group in itertools.groupby(missing, key=lambda listed: copy_order(listed.key)[0]):
@@ -351,12 +423,12 @@ def sync_replica(store: ReplicatedStore, missing: list[Listed], copied: Callable
                 copied(_copy_listed(store, listed).size)
 
 
-def _copy_listed(store: ReplicatedStore, listed: Listed) -> Listed:
+def _copy_listed(store: VolumeStore, listed: Listed) -> Listed:
     copy_to_replica(store, Noted(0, listed.key, listed.size, False))
     return listed
 
 
-def compare_with_replica(store: ReplicatedStore) -> list[str]:
+def compare_with_replica(store: VolumeStore) -> list[str]:
     """What fsck --replica reports: objects the replica is missing (copies not made yet: the
     devices' backlogs, or `replica sync`), and journal entries the two stores hold
     differently (never right: a replica must be a copy)."""
@@ -372,3 +444,82 @@ def compare_with_replica(store: ReplicatedStore) -> list[str]:
                 store.primary.get(listed.key) != store.replica.get(listed.key):
             problems.append(f"the replica's {listed.key} differs from the store's")
     return problems
+
+
+# --- promotion: the replica becomes the store, the old one is fenced --------------------------------
+
+
+def move_record(volume: Volume) -> dict:
+    """What a promotion of the volume's replica writes (`promoted` on it, the fence on the old store)."""
+    store = store_of(volume)
+    return {"from": store.primary.url, "to": store.replica.url, "endpoint_url": store.record.get("endpoint_url"),
+            "time": time.time()}
+
+
+def _sealed(volume: Volume, key: str, record: dict) -> bytes:
+    return volume.seal(key, json.dumps(record).encode())
+
+
+def _unsealed(volume: Volume, store: ObjectStore, key: str) -> dict | None:
+    try:
+        return json.loads(volume.unseal(key, store.get(key), "the record of the volume's move"))
+    except NotFound:
+        return None
+
+
+def promote(volume: Volume) -> tuple[dict, bool]:
+    """Make the volume's replica its store (blocking): the move record put-if-absent on the
+    replica first (two promotions at once: one record wins, the other finds it and agrees or
+    is refused), then the fence on the old store where it answers, then the volume uses the
+    replica. Returns the record in force and whether the old store is fenced."""
+    store = store_of(volume)
+    move, old, new = move_record(volume), store.primary, store.replica
+    if not new.put_if_absent(PROMOTED_KEY, _sealed(volume, PROMOTED_KEY, move)):
+        there = _unsealed(volume, new, PROMOTED_KEY)
+        if there is None or there["from"] != move["from"]:
+            raise UsageError(f"{move['to']} was promoted already, from {there and there['from']}: it is "
+                             "another volume's store now.")
+        move = there
+    new.delete(RECORD_KEY)  # the copied record named the new store as its own replica
+    store.move_to_replica()
+    return move, fence(volume, move, old)
+
+
+def fence(volume: Volume, move: dict, old: ObjectStore) -> bool:
+    """Put the move record on the old store, where every device listing its journal sees it
+    (and a device that opens it follows it); False if the old store does not answer."""
+    try:
+        old.put_if_absent(FENCE_KEY, _sealed(volume, FENCE_KEY, move))
+    except StoreUnreachable:
+        return False
+    return True
+
+
+def moved(volume: Volume) -> dict | None:
+    """The move record in force for this volume: the fence on its store, or where the store
+    does not answer the record on its replica. None if it has not moved."""
+    store = store_of(volume)
+    try:
+        return _unsealed(volume, store, FENCE_KEY)  # (the replica answers it while the primary does not: never there)
+    except StoreUnreachable:
+        if store.replica is None:
+            raise
+    found = _unsealed(volume, store.replica, PROMOTED_KEY)
+    return found if found is not None and found["from"] == store.primary.url else None
+
+
+def follow_move(volume: Volume) -> dict | None:
+    """If the volume moved to its promoted replica, use that store from now on; the move
+    record (None if it did not move, or neither store answers)."""
+    try:
+        move = moved(volume)
+    except StoreUnreachable:
+        return None
+    if move is None:
+        return None
+    store = store_of(volume)
+    if store.replica is None or store.replica.url != move["to"]:
+        store.attach({"url": move["to"], "endpoint_url": move.get("endpoint_url")})
+    store.move_to_replica()
+    log.warning("the volume moved to %s (its replica was promoted): using it", move["to"])
+    return move
