@@ -855,6 +855,7 @@ def cmd_thaw(args) -> int:
 
 def cmd_replica(args) -> int:
     """add / sync / remove / show / promote the volume's replica store."""
+    from .store import open_store
     from .store.replicated import check_replica, read_record, write_record
 
     volume = open_volume_for(args.volume, args)
@@ -878,9 +879,10 @@ def cmd_replica(args) -> int:
             raise UsageError("Name the replica: fusedrive replica add VOLUME URL.")
         record = {"url": args.url, "endpoint_url": args.replica_endpoint_url,
                   "provider_replicated": args.provider_replicated}
-        check_replica(record, volume)
+        replica = open_store(args.url, args.replica_endpoint_url)
+        check_replica(replica, volume)
         write_record(volume, record)
-        store.attach(record)
+        store.attach(record, replica)
         print(f"{args.url} is the replica of {volume.url}; devices copy their writes to it within a minute.")
         if args.provider_replicated:
             return 0

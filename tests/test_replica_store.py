@@ -316,3 +316,33 @@ def test_promotion_while_the_region_is_lost_moves_every_device_and_the_old_store
     assert journal_entries(volume) == before
     checked = volume.cli.run("fsck", replica[0], "--endpoint-url", replica_server.endpoint, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.inprocess
+def test_two_promotions_at_once_agree_on_one_move_and_a_promoted_replica_is_no_ones_replica_again():
+    from fusedrive.errors import UsageError
+    from fusedrive.store.replicated import FENCE_KEY, check_replica, moved, promote
+    from fusedrive.store.volume import create_volume, open_volume
+
+    primary, replica = MemoryStore("memory://primary"), MemoryStore("memory://replica")
+    create_volume(primary, "passphrase")
+    for key, (data, _) in list(primary.objects.data.items()):
+        replica.put(key, data)
+    devices = [open_volume(VolumeStore(primary, {"url": replica.url}, replica), "passphrase") for _ in range(2)]
+    results: list = []
+    threads = [threading.Thread(target=lambda volume=volume: results.append(promote(volume))) for volume in devices]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 2 and results[0][0] == results[1][0], "two moves recorded"
+    assert all(fenced for _, fenced in results) and FENCE_KEY in primary.objects.data
+    assert all(volume.store.primary is replica and volume.store.replica is None for volume in devices)
+    late = open_volume(VolumeStore(primary), "passphrase")  # a device that opens the old store
+    assert moved(late) == results[0][0]
+    elsewhere = open_volume(VolumeStore(MemoryStore("memory://elsewhere", primary.objects), {"url": replica.url},
+                                        replica), "passphrase")
+    with pytest.raises(UsageError, match="promoted already"):
+        promote(elsewhere)
+    with pytest.raises(UsageError, match="was promoted"):
+        check_replica(replica, late)

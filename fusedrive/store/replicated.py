@@ -370,21 +370,20 @@ def keep_record(cache_dir: Path, volume: Volume) -> None:
         json.dump({"url": volume.url, "record": record}, f)
 
 
-def check_replica(record: dict, volume: Volume) -> None:
-    """UsageError unless the store a record names can be this volume's replica: it answers,
-    and holds no other volume (nor this one promoted elsewhere)."""
-    replica = open_store(record["url"], record.get("endpoint_url"))
+def check_replica(replica: ObjectStore, volume: Volume) -> None:
+    """UsageError unless `replica` can be this volume's replica: it answers, and holds no
+    other volume (nor this one promoted: a store of its own)."""
     try:
         header = replica.get(HEADER_KEY)
     except NotFound:
         return
     if header != volume.header:
-        raise UsageError(f"{record['url']} holds another volume: a replica must be empty or this volume's copy.")
+        raise UsageError(f"{replica.url} holds another volume: a replica must be empty or this volume's copy.")
     try:
         replica.get_range(PROMOTED_KEY, 0, 1)
     except NotFound:
         return
-    raise UsageError(f"{record['url']} was promoted: it is a store of its own now, not a replica.")
+    raise UsageError(f"{replica.url} was promoted: it is a store of its own now, not a replica.")
 
 
 # --- copying what is missing ---------------------------------------------------------------------
