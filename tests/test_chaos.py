@@ -1,10 +1,11 @@
 """Three devices doing a seeded random mix of changes while the faults users have strike:
 a device killed (SIGKILL) and mounted again from its cache dir (also while cut off, and
 0–400 ms after a burst of closed saves), a device cut off from the store (connections
-refused, or never answered), the whole store down for every device at once, a journal
-write that lands but whose answer is lost, the hub killed and started again. At the end every device is back, all trees are identical, and every
+refused, or never answered), the whole store down for every device at once (its replica
+answers reads meanwhile), a journal write that lands but whose answer is lost, the hub
+killed and started again. At the end every device is back, all trees are identical, every
 save whose close() returned 0 is live, a conflicted copy, in history or in the trash
-(the whole trash is restored before looking).
+(the whole trash is restored before looking), and the replica holds what the store holds.
 
 A save a device overwrote before it was known uploaded (same file, by inode; the device
 was cut off, or healed but still backing off, so no sync had returned since) is
@@ -122,9 +123,14 @@ def proxies(seaweed):
 @pytest.mark.parametrize("server", ["mount", "mirror"])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_three_devices_under_kills_partitions_and_hub_failures_lose_no_closed_save(
-        proxies, hub, s3_volume, seed, server):
-    """`server`: the third device is a mount, or a mirror (a real folder, watched)."""
+        proxies, hub, s3_volume, seed, server, tmp_path):
+    """`server`: the third device is a mount, or a mirror (a real folder, watched). The volume
+    has a replica (a directory the devices reach directly): a device cut off, or all of them
+    in an outage, read from it; at the end it holds everything the store holds."""
     hub_url = f"http://127.0.0.1:{hub.port}"
+    replica = tmp_path / "replica"
+    replica.mkdir()
+    s3_volume.cli.run("replica", "add", s3_volume.url, replica.as_uri())
     devices = [Device(s3_volume, name, proxy, hub_url, kind) for name, proxy, kind
                in zip(NAMES, proxies, ("mount", "mount", server))]
     rng = random.Random(seed)
@@ -217,6 +223,11 @@ def test_three_devices_under_kills_partitions_and_hub_failures_lose_no_closed_sa
         else:
             same_everywhere(*(d.mount for d in devices))
         assert_nothing_lost(devices[0].mount, closed)
+        for device in devices:
+            wait_for(lambda: device.mount.control("status")["replica_objects_behind"] == 0, timeout=60,
+                     what=f"{device.name}'s writes to reach the replica")
+        compared = s3_volume.cli.run("fsck", s3_volume.url, "--replica", check=False)
+        assert compared.returncode == 0, f"the replica is not a copy of the store:\n{compared.stdout}"
         print(f"seed {seed} ({server}), {STEPS} steps: 0 lost, 0 divergent, 0 stuck; {len(closed)} closed saves checked")
     except AssertionError as exc:
         raise AssertionError(f"seed {seed}: {exc}\nsteps:\n" + "\n".join(log)) from None

@@ -105,13 +105,13 @@ def test_writes_go_to_the_store_only_and_are_copied_from_the_backlog_a_kill_lose
 
 
 @pytest.mark.inprocess
-def test_an_unconfirmed_write_of_this_run_waits_until_it_is_confirmed(tmp_path):
+def test_a_write_in_flight_is_not_copied_until_it_is_over(tmp_path):
     """The replication task must not copy a write the primary has not answered yet: it
     would find nothing, drop the note, and the write would land after."""
     backlog = Backlog(str(tmp_path / "replication.sqlite3"))
     backlog.note("blocks/in-flight", 5, False)
     assert backlog.ready(10) == []
-    backlog.confirm("blocks/in-flight")
+    backlog.settled("blocks/in-flight")
     assert [noted.key for noted in backlog.ready(10)] == ["blocks/in-flight"]
 
 

@@ -41,7 +41,6 @@ FAILOVER_SECONDS = 10.0  # a primary read unanswered this long (plus its bytes' 
 SLOWEST_RATE = 128 * 1024  # bytes/s a primary read may take before it counts as hanging (a slow uplink is not down)
 LARGE_OBJECT_BYTES = 4 * 1024 * 1024  # what a whole-object read of a block, pack or checkpoint is allowed for
 RETRY_PRIMARY_SECONDS = 15.0  # after the primary failed, reads go to the replica first this long
-UNCONFIRMED_CHECK_SECONDS = 600.0  # a noted write not confirmed this long is checked against the primary
 RECORD_KEY = "replica"  # the sealed replica record in the volume (docs/format.md)
 PROMOTED_KEY = "promoted"  # on a promoted replica: the move record (put-if-absent)
 FENCE_KEY = "journal/moved"  # on the old primary: the same record (put-if-absent), seen in every journal listing
@@ -64,8 +63,9 @@ class Noted:
 class Backlog:
     """What this device wrote to the primary and has not yet copied to the replica
     (`replication.sqlite3` in its cache dir). A row is made before the primary write and
-    confirmed after it; a row left unconfirmed by an earlier run (killed between the two),
-    or for UNCONFIRMED_CHECK_SECONDS (an answer lost), is copied if the primary has it."""
+    settled when it is over, whatever came of it (an answer lost, a failure): the copy
+    looks at what the primary holds. A row not settled by an earlier run (killed between
+    the two) is ready too; one of this run is not (the write may land after a look)."""
 
     def __init__(self, path: str) -> None:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -73,7 +73,7 @@ class Backlog:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS backlog (row INTEGER PRIMARY KEY AUTOINCREMENT, "
                          "key TEXT NOT NULL UNIQUE, size INTEGER NOT NULL, deleted INTEGER NOT NULL, "
-                         "run TEXT NOT NULL, confirmed INTEGER NOT NULL, noted REAL NOT NULL)")
+                         "run TEXT NOT NULL, settled INTEGER NOT NULL)")
         self._run = uuid.uuid4().hex
         self._lock = threading.Lock()
         self._closed = False
@@ -84,19 +84,19 @@ class Backlog:
             if self._closed:
                 raise StoreUnreachable("The device is stopping: nothing more is written.")
             self._db.execute("DELETE FROM backlog WHERE key = ?", (key,))
-            self._db.execute("INSERT INTO backlog (key, size, deleted, run, confirmed, noted) VALUES (?, ?, ?, ?, 0, ?)",
-                             (key, size, int(deleted), self._run, time.time()))
+            self._db.execute("INSERT INTO backlog (key, size, deleted, run, settled) VALUES (?, ?, ?, ?, 0)",
+                             (key, size, int(deleted), self._run))
 
-    def confirm(self, key: str) -> None:
+    def settled(self, key: str) -> None:
+        """The primary write of `key` is over (whatever its outcome)."""
         with self._lock:
-            self._db.execute("UPDATE backlog SET confirmed = 1 WHERE key = ?", (key,))
+            self._db.execute("UPDATE backlog SET settled = 1 WHERE key = ?", (key,))
 
     def ready(self, limit: int) -> list[Noted]:
-        """The oldest rows the primary has (or may have, for unconfirmed ones), in the order written."""
+        """The oldest rows whose primary write is over (or was cut short by a kill), in the order written."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT row, key, size, deleted FROM backlog WHERE confirmed = 1 OR run != ? OR noted < ? "
-                "ORDER BY row LIMIT ?", (self._run, time.time() - UNCONFIRMED_CHECK_SECONDS, limit)).fetchall()
+            rows = self._db.execute("SELECT row, key, size, deleted FROM backlog WHERE settled = 1 OR run != ? "
+                                    "ORDER BY row LIMIT ?", (self._run, limit)).fetchall()
         return [Noted(row, key, size, bool(deleted)) for row, key, size, deleted in rows]
 
     def copied(self, noted: Noted) -> None:
@@ -284,9 +284,10 @@ class VolumeStore:
                 log.warning("%s is not on the replica yet (fusedrive replica sync copies it): %s", key, exc)
             return result
         self.backlog.note(key, size, deleted)
-        result = self._primary_wrote(write)
-        self.backlog.confirm(key)
-        return result
+        try:
+            return self._primary_wrote(write)
+        finally:  # landed, failed, or its answer lost: the copy looks at what the primary holds
+            self.backlog.settled(key)
 
     def _primary_wrote(self, write: Callable[[], T]) -> T:
         """A write the primary took says it is back: reads go to it again."""
