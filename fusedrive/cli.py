@@ -880,6 +880,8 @@ def cmd_replica(args) -> int:
         record = {"url": args.url, "endpoint_url": args.replica_endpoint_url,
                   "provider_replicated": args.provider_replicated}
         replica = open_store(args.url, args.replica_endpoint_url)
+        if replica.url == volume.url and args.replica_endpoint_url in (None, args.endpoint_url):
+            raise UsageError(f"{args.url} is the volume's own store: a replica must be another one.")
         check_replica(replica, volume)
         write_record(volume, record)
         store.attach(record, replica)

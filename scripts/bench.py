@@ -194,6 +194,13 @@ class FusedriveMirror(Fusedrive):
                  "--device-name", self.device, *self.extra)
 
 
+class FusedriveReplicated(Fusedrive):
+    """A fusedrive volume with a replica (another bucket of the same server): what copying
+    each write to the replica costs the write path."""
+
+    name = "fusedrive + replica"
+
+
 class JuiceFS(Target):
     name = "JuiceFS"
 
@@ -752,6 +759,8 @@ def main() -> int:
     parser.add_argument("--rss-files", type=int, default=100_000, help="files for the RSS measure (0: skip)")
     parser.add_argument("--mirror-mib", type=int, default=1024, help="MiB a new mirror's first sync brings "
                         "(in --files files)")
+    parser.add_argument("--replica", action="store_true", help="also measure a fusedrive volume with a replica "
+                        "(another bucket on the same server)")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     parser.add_argument("--only", action="append", choices=WORKLOADS,
                         help="run only this workload group (repeatable; default: all; random reads read the sequential file)")
@@ -780,6 +789,13 @@ def main() -> int:
                                  {**server.env, "AWS_ENDPOINT_URL": proxy.endpoint})
         edited_drive.cli("init", edited_drive.url)
         targets += [LocalDir(work / "local"), drive]
+        if args.replica:
+            for bucket in ("fusedrive-replicated", "fusedrive-replica"):
+                client.create_bucket(Bucket=bucket)
+            replicated = FusedriveReplicated(work / "fusedrive-replicated", "s3://fusedrive-replicated/volume", env)
+            replicated.cli("init", replicated.url)
+            replicated.cli("replica", "add", replicated.url, "s3://fusedrive-replica/volume")
+            targets.append(replicated)
         edit_targets.append(edited_drive)
         if args.anchors:
             targets += [JuiceFS(work / "juicefs", endpoint, "juicefs"),

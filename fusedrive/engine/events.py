@@ -29,7 +29,7 @@ REFUSED_RETRY_SECONDS = 300  # credentials refused, bucket missing: the user mus
 
 # kinds worth interrupting the user for (--notify); remote changes never are
 NOTIFY_KINDS = {"conflict", "upload-failed", "store-offline", "store-refused", "store-online", "store-went-back",
-                "replica-reads"}
+                "replica-reads", "store-moved"}
 
 
 def describe(event: dict) -> str:
@@ -54,6 +54,8 @@ def describe(event: dict) -> str:
         return "store reachable again: uploading what is queued"
     if kind == "replica-reads":
         return f"reading from the replica {event['replica']}: the store does not answer ({event['error']})"
+    if kind == "store-moved":
+        return f"the volume moved to {event['new']} (its replica was promoted; {event['old']} is not used again)"
     if kind == "primary-reads":
         return f"reading from the store {event['store']} again"
     if kind in ("store-went-back", "cache-dir-lost"):

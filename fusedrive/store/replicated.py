@@ -1,16 +1,19 @@
-"""A volume with a replica store (issue 38): the primary, where commits are ordered, and a
-copy in another region or provider that reads fall back to when the primary fails.
+"""The volume's store as devices and commands see it: the primary, where commits are
+ordered, a replica in another region or provider that reads fall back to when the primary
+fails (issue 38), and the move to that replica when it is promoted.
 
 `VolumeStore` stands where the primary did, for everything above it. Reads go to the
 primary; one that fails, or does not answer within FAILOVER_SECONDS (the call is left to
 finish on its own), is answered by the replica, and for RETRY_PRIMARY_SECONDS after that
-reads go to the replica first (one read at a time tries the primary again). Writes go to
-the primary only — put-if-absent on one store is what orders devices — and each is noted
-in this device's `Backlog` first, so that the replication task (engine/replication.py)
-copies it to the replica once the primary has it; a kill between the note and the write
-loses nothing (the note of a write that never landed is dropped when the primary turns
-out not to have it). Without a backlog (a command run outside a mount) a write is copied
-at once, and what fails to copy is left for `fusedrive replica sync`.
+reads go to the replica; then a probe in the background asks the primary again. Writes go
+to the primary only — put-if-absent on one store is what orders devices — and each is
+noted in this device's `Backlog` first, so that the replication task
+(engine/replication.py) copies it to the replica once the primary has it; a kill between
+the note and the write loses nothing (the note of a write that never landed is dropped
+when the primary turns out not to have it). Without a backlog (a command run outside a
+mount) a write is copied at once, and what fails to copy is left for `fusedrive replica
+sync`. A promotion records the move on the replica (`promoted`) and fences the old store
+(`journal/moved`): every VolumeStore that meets either moves to the replica in place.
 
 All calls are blocking, as the stores' are: callers in the trio loop run them in worker
 threads, so the state here is guarded by a lock.
