@@ -858,6 +858,8 @@ def cmd_replica(args) -> int:
     from .store import open_store
     from .store.replicated import check_replica, read_record, write_record
 
+    if args.action == "promote" and args.url and not args.replica_url:
+        args.replica_url = args.url  # the store may not answer: the header and the rest come from the replica
     volume = open_volume_for(args.volume, args)
     store = volume.store
     if args.action == "show":
@@ -891,6 +893,9 @@ def cmd_replica(args) -> int:
     if store.replica is None:
         raise UsageError(f"{volume.url} has no replica: add one with fusedrive replica add VOLUME URL.")
     if args.action == "promote":
+        named = read_record(volume)
+        if named is not None and named["url"] != store.replica.url:
+            raise UsageError(f"The replica of {volume.url} is {named['url']}, not {store.replica.url}.")
         return _promote(volume)
     _copy_missing(store, "The replica has everything the store has")
     return 0
@@ -1224,7 +1229,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "it again; running devices move to the replica).")
     p.add_argument("action", choices=["add", "sync", "remove", "show", "promote"])
     p.add_argument("volume", metavar="VOLUME", help="s3://BUCKET/PREFIX, file:///DIR or a mount point of the volume")
-    p.add_argument("url", nargs="?", metavar="URL", help="the replica (add): s3://BUCKET/PREFIX or file:///DIR")
+    p.add_argument("url", nargs="?", metavar="URL", help="the replica (add; promote, where the volume cannot "
+                   "say which it is): s3://BUCKET/PREFIX or file:///DIR")
     volume_options(p)
     p.set_defaults(func=lambda args: cmd_replica(resolve_volume(args)))
     p.add_argument("--provider-replicated", action="store_true", help="the provider copies the bucket itself "

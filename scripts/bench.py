@@ -609,6 +609,36 @@ def mirror_first_sync(work: Path, url: str, env: dict, total_mib: int, files: in
             f"mirror first sync of {total_mib} MiB in {files:,} files (files/s)": files / seconds}
 
 
+def failover_read(work: Path, server_env: dict, endpoint: str, size_mib: int) -> dict[str, float]:
+    """A new device reading a file from the replica while the store is down: the volume's
+    devices reach the store through a proxy that goes down, the replica (another bucket)
+    directly. The first read waits out FAILOVER_SECONDS once: counted, as a user waits it."""
+    proxy = FaultProxy(int(endpoint.rsplit(":", 1)[1]))
+    env = {**server_env, "AWS_ENDPOINT_URL": proxy.endpoint}
+    url, replica = "s3://fusedrive-failover/volume", ["s3://fusedrive-failover-replica/volume",
+                                                       "--replica-endpoint-url", endpoint]
+    writer = Fusedrive(work / "failover-writer", url, env, device="failover-writer")
+    writer.cli("init", url)
+    writer.cli("replica", "add", url, *replica)
+    writer.mount()
+    try:
+        (writer.mountpoint / "big.bin").write_bytes(os.urandom(size_mib * MiB))
+        writer.settle(None)
+        wait_until(lambda: control.request(str(writer.mountpoint), "status")["replica_objects_behind"] == 0,
+                   600, "the file to reach the replica")
+    finally:
+        writer.umount()
+    proxy.down()
+    reader = Fusedrive(work / "failover-reader", url, env, device="failover-reader")
+    reader.extra = ["--replica-url", *replica]
+    reader.mount()
+    try:
+        seconds = timed(lambda: read_all(reader.mountpoint / "big.bin"))
+    finally:
+        reader.umount()
+    return {f"fresh device reading {size_mib} MiB from the replica, store down (MB/s)": size_mib * MiB / 1e6 / seconds}
+
+
 def idle_mirror(work: Path, url: str, env: dict, count: int, seconds: float = 60) -> dict[str, float]:
     """CPU and RSS of a mirror with nothing to do, over a folder of `count` files (made in
     the folder before it starts: its first sync uploads them)."""
@@ -839,6 +869,11 @@ def main() -> int:
                                                           FusedriveMirror))
             if args.rss_files:
                 results.add("fusedrive", idle_mirror(work, mirror_url, env, args.rss_files))
+        if args.replica and "sequential write and reads" in only:
+            print("failover: a new device reading from the replica, the store down ...", file=sys.stderr)
+            for bucket in ("fusedrive-failover", "fusedrive-failover-replica"):
+                client.create_bucket(Bucket=bucket)
+            results.add("fusedrive", failover_read(work, server.env, endpoint, args.size_mib))
         if args.rss_files and "rss" in only:  # fusedrive only: creating 100,000 files takes minutes per target
             results.run("RSS with many files", drive, server_pid, rss_with_files, args.rss_files)
     finally:

@@ -287,7 +287,7 @@ def test_promotion_while_the_region_is_lost_moves_every_device_and_the_old_store
     before = journal_entries(volume)
 
     store_proxy.down()  # the region is lost
-    promoted = volume.cli.run("replica", "promote", volume.url, "--replica-url", *replica)
+    promoted = volume.cli.run("replica", "promote", volume.url, *replica)  # the store cannot say which replica
     assert f"now lives at {replica[0]}" in promoted.stdout and "does not answer" in promoted.stdout, promoted.stdout
     for device in (laptop, desk):
         wait_for(lambda: replica_status(device).get("moved_from") == volume.url, timeout=60,
