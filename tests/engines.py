@@ -26,10 +26,12 @@ from fusedrive.engine.drive import Drive
 from fusedrive.errors import FusedriveError
 from fusedrive.engine.journal import start_journal
 from fusedrive.store.memory import MemoryObjects, MemoryStore
+from fusedrive.store.replicated import VolumeStore
 from fusedrive.store.volume import HEADER_KEY, READER_VERSION, Volume, create_volume
 from fusedrive.testing.bypath import STEP_SECONDS, PathFrontEnd, tree as drive_tree
 
 PASSPHRASE = "in-process"
+REPLICA_URL = "memory://replica"
 
 
 class Device(PathFrontEnd):
@@ -119,15 +121,17 @@ def new_volume() -> Volume:
 
 
 @contextlib.asynccontextmanager
-async def devices(*names: str, keys_of: Volume | None = None,
-                  reader_version: int = READER_VERSION) -> AsyncIterator[tuple[Device, ...]]:
+async def devices(*names: str, keys_of: Volume | None = None, reader_version: int = READER_VERSION,
+                  objects: MemoryObjects | None = None,
+                  replica: MemoryObjects | None = None) -> AsyncIterator[tuple[Device, ...]]:
     """Engines for `names` on one new in-memory volume, started, stopped after (every
     device's per-file state is checked first). `keys_of`: a volume whose id and keys the
     new one takes (no scrypt per test). `reader_version`: the volume's header's (an older
-    volume's, to see what this build does in one)."""
+    volume's, to see what this build does in one). `objects`: the store's (to look at
+    them); `replica`: a replica store's, which the devices copy to."""
     import tempfile
 
-    objects = MemoryObjects()
+    objects = objects or MemoryObjects()
     if keys_of is None:
         volume = create_volume(MemoryStore(objects=objects), PASSPHRASE)
     else:
@@ -142,7 +146,9 @@ async def devices(*names: str, keys_of: Volume | None = None,
             cache_dir = base / name
             cache_dir.mkdir()
             (cache_dir / "volume-id").write_text(volume.volume_id)
-            drive = Drive(Volume(store, volume.volume_id, volume.chunking, volume.keys, reader_version=reader_version),
+            seen = store if replica is None else \
+                VolumeStore(store, {"url": REPLICA_URL}, MemoryStore(REPLICA_URL, replica))
+            drive = Drive(Volume(seen, volume.volume_id, volume.chunking, volume.keys, reader_version=reader_version),
                           cache_dir, name, 1 << 30, poll_interval=3600)
             device = Device(name, drive, store, nursery)
             await device.start()

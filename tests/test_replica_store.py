@@ -44,7 +44,7 @@ def test_reads_come_from_the_replica_while_the_store_fails_and_from_the_store_ag
     primary.unreachable = True
     assert store.get("blocks/a") == b"from the replica"
     assert [listed.key for listed in store.list("blocks/")] == ["blocks/a", "blocks/only-copied"]
-    assert store.reading_replica_since is not None and store.primary_down
+    assert store.reading_replica_since is not None
     with pytest.raises(StoreUnreachable, match="replica does not have blocks/missing"):
         store.get("blocks/missing")  # not "missing": the store that would know does not answer
     primary.unreachable = False
@@ -53,7 +53,7 @@ def test_reads_come_from_the_replica_while_the_store_fails_and_from_the_store_ag
     store._primary_failed(StoreUnreachable("again"))
     assert store.get("blocks/a") == b"from the replica"  # a reader never waits on the probe
     deadline = time.monotonic() + 10
-    while store.primary_down and time.monotonic() < deadline:
+    while store.reading_replica_since is not None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert store.get("blocks/a") == b"from the primary"
     assert store.reading_replica_since is None
@@ -346,3 +346,65 @@ def test_two_promotions_at_once_agree_on_one_move_and_a_promoted_replica_is_no_o
         promote(elsewhere)
     with pytest.raises(UsageError, match="was promoted"):
         check_replica(replica, late)
+
+
+async def _until(check, what: str, seconds: float = 15) -> None:
+    import trio
+
+    with trio.fail_after(seconds):
+        while not check():
+            await trio.sleep(0.05)
+
+
+@pytest.mark.inprocess
+def test_a_device_that_commits_to_the_old_store_after_a_promotion_moves_and_brings_its_change_along():
+    """The old store still answers while the replica is promoted (a planned move, or a
+    partition): a device that has not seen the fence commits to the old store, then sees
+    it and moves; its change must reach the new store (its backlog, or the put-back of a
+    store that went back in time), and every device ends on the new store, in agreement."""
+    import trio
+
+    from engines import REPLICA_URL, devices, tree
+    from fusedrive.store.memory import MemoryObjects
+    from fusedrive.store.replicated import missing_on_replica, promote, sync_replica
+    from fusedrive.store.volume import Volume
+
+    def entries(objects: MemoryObjects) -> list[str]:
+        return sorted(key for key in objects.data if key.startswith("journal/") and key[8:].isdigit())
+
+    async def scenario():
+        objects, replica = MemoryObjects(), MemoryObjects()
+        async with devices("laptop", "desktop", objects=objects, replica=replica) as (laptop, desktop):
+            seen = laptop.drive.volume
+            promoter = Volume(VolumeStore(MemoryStore(objects=objects), {"url": REPLICA_URL},
+                                          MemoryStore(REPLICA_URL, replica)), seen.volume_id, seen.chunking, seen.keys)
+            sync_replica(promoter.store, missing_on_replica(promoter.store), lambda size: None)  # replica add
+            await laptop.save("/a.txt", b"before the promotion")
+            await laptop.sync()
+            await desktop.pull()
+            await _until(lambda: laptop.drive.status()["replica_objects_behind"] == 0, "the copies")
+
+            move, fenced = promote(promoter)
+            assert fenced and move["to"] == REPLICA_URL
+            before = entries(objects)
+            await laptop.save("/b.txt", b"saved before the laptop saw the fence")
+            await laptop.sync()
+            assert len(entries(objects)) == len(before) + 1, "the save was to be committed to the old store"
+            await laptop.pull()  # (its poll) the listing of the old store shows the fence
+            await _until(lambda: laptop.drive.replication.moved is not None, "the laptop to move")
+            await desktop.pull()
+            await _until(lambda: desktop.drive.replication.moved is not None, "the desktop to move")
+            old_entries = entries(objects)
+            for device in (laptop, desktop, laptop, desktop):
+                await device.sync()
+                await device.pull()
+            assert await desktop.read("/b.txt") == b"saved before the laptop saw the fence"
+            await desktop.save("/c.txt", b"saved on the new store")
+            await desktop.sync()
+            await laptop.pull()
+            assert await laptop.read("/c.txt") == b"saved on the new store"
+            assert await tree(laptop) == await tree(desktop)
+            assert entries(objects) == old_entries, "a device committed to the old store after it moved"
+            assert laptop.drive.volume.url == desktop.drive.volume.url == REPLICA_URL
+
+    trio.run(scenario)

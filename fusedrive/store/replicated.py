@@ -135,7 +135,6 @@ class VolumeStore:
         self.copy_from: ObjectStore | None = None  # where the backlog's objects are copied from, and to
         self.copy_to: ObjectStore | None = None
         self.backlog: Backlog | None = None  # a device's (Replication attaches it); None in a command
-        self.moved_from: str | None = None  # the old primary's URL, once the replica was promoted
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="primary-read")
         self._lock = threading.Lock()
         self._replica_first_until = 0.0  # time.monotonic(): reads go to the replica first until then (0: never)
@@ -252,15 +251,9 @@ class VolumeStore:
         What the backlog still holds is copied from the old primary to it, if it answers."""
         with self._lock:
             old, new = self.primary, self.replica
-            self.moved_from = old.url
             self.copy_from, self.copy_to = old, new
             self.primary, self.url, self.record, self.replica, self.copies = new, new.url, None, None, False
             self._replica_first_until, self.reading_replica_since = 0.0, None
-
-    @property
-    def primary_down(self) -> bool:
-        with self._lock:
-            return bool(self._replica_first_until)
 
     # --- writes: the primary only, noted for the replica ------------------------------------
 
