@@ -161,11 +161,36 @@ def open_volume_for(url: str, args, offline_header: bytes | None = None) -> volu
     if getattr(args, "replica_url", None):
         store.attach({"url": args.replica_url, "endpoint_url": args.replica_endpoint_url})
     args.key_file = volumes.key_file_for(url, args.key_file)
-    volume = volumes.open_volume(store, lambda: volumes.get_passphrase(args.key_file), offline_header)
+    volume = volumes.open_volume(store, lambda: volumes.get_passphrase(args.key_file), offline_header,
+                                 _member_key(store, args))
     cache_dir = getattr(args, "cache_dir", None)
     attach_replica(volume, Path(cache_dir) if cache_dir else None)
     follow_move(volume)
     return volume
+
+
+def _member_key(store, args):
+    """How open_volume gets the master key from this person's key slot: with an identity on
+    this machine and no passphrase given (a key file, FUSEDRIVE_PASSPHRASE), the slot is
+    tried first; None where that does not apply."""
+    from .store.members import load_public
+
+    if args.key_file or os.environ.get("FUSEDRIVE_PASSPHRASE") or load_public(volumes.config_dir()) is None:
+        return None
+
+    def from_slot(volume_id: str) -> bytes | None:
+        from .store.members import NotAMember, load_identity, read_slot, unwrap
+
+        identity = load_identity(volumes.config_dir(), os.environ.get("FUSEDRIVE_IDENTITY_PASSPHRASE"))
+        slot = read_slot(store, identity.public)
+        if slot is not None:
+            return unwrap(slot, identity, volume_id)
+        if sys.stdin.isatty():
+            return None  # the passphrase is asked
+        raise NotAMember(f"Your identity has no key slot in the volume at {store.url}: a member can give you one "
+                         f"(fusedrive members add VOLUME {identity.public.text}), or give the passphrase.")
+
+    return from_slot
 
 
 def ensure_default_volume(endpoint_url: str | None) -> tuple[str, Path]:
@@ -196,6 +221,7 @@ def ensure_default_volume(endpoint_url: str | None) -> tuple[str, Path]:
 def cmd_init(args) -> int:
     from .engine.journal import start_journal
     from .store import open_store
+    from .store.members import PublicIdentity, add_member
 
     store = open_store(args.volume, args.endpoint_url)
     if store.url.startswith("file://"):
@@ -203,9 +229,59 @@ def cmd_init(args) -> int:
             os.makedirs(store.root, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise LocalError(f"Cannot create the volume directory {store.root}: {exc.strerror}.") from None
+    members = [PublicIdentity.parse(text) for text in args.member]  # (before the volume: a typo stops nothing half made)
     volume = volumes.create_volume(store, volumes.get_passphrase(args.key_file, confirm=True))
     start_journal(volume)
-    print(f"Created volume {volume.volume_id} at {args.volume}.")
+    for member in members:
+        add_member(store, member, volume.master, volume.volume_id)
+    print(f"Created volume {volume.volume_id} at {args.volume}" +
+          (f", shared with {len(members)} member(s)." if members else "."))
+    return 0
+
+
+def cmd_id(args) -> int:
+    """Make this person's identity (once) and show its public half."""
+    from .store.members import create_identity, load_public
+
+    found = load_public(volumes.config_dir())
+    if found is None:
+        passphrase = volumes.get_passphrase(None, confirm=True, env="FUSEDRIVE_IDENTITY_PASSPHRASE") \
+            if args.passphrase else None
+        identity = create_identity(volumes.config_dir(), args.name or getpass_user(), passphrase)
+        found = identity.name, identity.public
+        print(f"Created your identity ({found[0]}). Send this to whoever shares a volume with you:", file=sys.stderr)
+    print(found[1].text)
+    return 0
+
+
+def getpass_user() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+def cmd_members(args) -> int:
+    """add / remove / list the people a volume is shared with."""
+    from .store.members import PublicIdentity, add_member, members, slot_key
+
+    volume = open_volume_for(args.volume, args)
+    if args.action == "list":
+        for text in members(volume.store):
+            print(text)
+        return 0
+    if not args.identity:
+        raise UsageError(f"Name the person: fusedrive members {args.action} VOLUME IDENTITY (from their `fusedrive id`).")
+    member = PublicIdentity.parse(args.identity)
+    if args.action == "add":
+        if not add_member(volume.store, member, volume.master, volume.volume_id):
+            print(f"{args.identity} is a member already.")
+            return 0
+        print(f"{args.identity} can now mount {volume.url} with their identity (and the store's credentials).")
+        return 0
+    volume.store.delete(slot_key(member))
+    print(f"{args.identity} has no key slot in {volume.url} any more. What they already had stays readable to "
+          "them: this build does not change the volume's key yet, and the bucket's own credentials must be "
+          "revoked by whoever owns the bucket.")
     return 0
 
 
@@ -242,10 +318,13 @@ def _device_argv(args, cache_dir: Path) -> list[str]:
     return argv
 
 
-def _start_in_background(args, argv: list[str], cache_dir: Path) -> Path:
+def _start_in_background(args, volume: volumes.Volume, argv: list[str], cache_dir: Path) -> Path:
+    """`volume` as this command opened it: by a member's identity, the process opens it so too."""
     from .services.process import start_background
 
-    env = dict(os.environ, FUSEDRIVE_PASSPHRASE=volumes.get_passphrase(args.key_file))
+    env = dict(os.environ)
+    if volume.opened_by != "identity":
+        env["FUSEDRIVE_PASSPHRASE"] = volumes.get_passphrase(args.key_file)
     log_file = Path(args.log_file).absolute() if args.log_file else cache_dir / "mount.log"
     start_background(argv, log_file, env)
     return log_file
@@ -280,7 +359,7 @@ def cmd_mount(args) -> int:
             check_mountpoint(args.mountpoint)
             check_cache_dir(cache_dir)
             argv = ["mount", args.volume, args.mountpoint, *_device_argv(args, cache_dir), *presentation.as_argv()]
-            log_file = _start_in_background(args, argv, cache_dir)
+            log_file = _start_in_background(args, volume, argv, cache_dir)
             print(f"Mounted {args.volume} at {args.mountpoint} (log: {log_file}).")
             _warn_about_cache_size(cache_dir, args.cache_size)
             return 0
@@ -306,8 +385,8 @@ def cmd_mirror(args) -> int:
         if not args.foreground:
             check_folder(folder)
             check_cache_dir(cache_dir)
-            log_file = _start_in_background(args, ["mirror", args.volume, folder, *_device_argv(args, cache_dir)],
-                                            cache_dir)
+            log_file = _start_in_background(args, volume, ["mirror", args.volume, folder,
+                                                           *_device_argv(args, cache_dir)], cache_dir)
             print(f"Mirroring {args.volume} in {folder} (log: {log_file}).")
             _warn_about_cache_size(cache_dir, args.cache_size)
             return 0 if args.no_wait else _wait_for_first_sync(folder)
@@ -1058,6 +1137,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = volume_command("init", cmd_init, help="create a new volume", description="Create a new volume in an S3 bucket "
                        "(s3://BUCKET/PREFIX) or a directory (file:///DIR). Refuses to overwrite an existing one.")
+    p.add_argument("--member", action="append", default=[], metavar="IDENTITY",
+                   help="share it with this person (their `fusedrive id`; repeatable)")
+
+    p = sub.add_parser("id", help="your identity, to be given volumes", description="Make your identity (once: a key "
+                       "pair to receive volumes' keys and one to sign, in the config dir) and print its public half, "
+                       "a short string to send to whoever shares a volume with you (fusedrive members add).")
+    p.add_argument("--name", default=None, help="how you are named (default: your user name)")
+    p.add_argument("--passphrase", action="store_true", help="protect it with a passphrase (asked, or "
+                   "$FUSEDRIVE_IDENTITY_PASSPHRASE) instead of a key file beside it")
+    p.set_defaults(func=cmd_id)
+
+    p = sub.add_parser("members", help="the people a volume is shared with", description="add IDENTITY: give a person "
+                       "(their `fusedrive id`) the volume's key, wrapped for them alone: they mount it with their "
+                       "identity, no passphrase. remove IDENTITY: take their key slot away (what they already had "
+                       "stays readable to them: the volume's key does not change yet). list: who has a key slot.")
+    p.add_argument("action", choices=["add", "remove", "list"])
+    p.add_argument("volume", metavar="VOLUME", help="s3://BUCKET/PREFIX, file:///DIR or a mount point of the volume")
+    p.add_argument("identity", nargs="?", metavar="IDENTITY", help="fdid1… (add, remove)")
+    volume_options(p)
+    p.set_defaults(func=lambda args: cmd_members(resolve_volume(args)))
 
     p = device_command("mount", "mountpoint", cmd_mount, help="mount a volume as a folder",
                        description="Mount VOLUME at MOUNTPOINT. With only MOUNTPOINT, mounts the default volume on "

@@ -142,14 +142,16 @@ class Mount:
         self.volume, self.path, self.cache_dir, self.device = volume, path, cache_dir, device
 
     def start(self, cache_size: str = "2G", poll_interval: float = 2.0, hub: str | None = None,
-              args: tuple[str, ...] = (), endpoint: str | None = None, env: dict | None = None) -> None:
+              args: tuple[str, ...] = (), endpoint: str | None = None, env: dict | None = None,
+              passphrase: str | None = PASSPHRASE) -> None:
         """`args`: more `fusedrive mount` options; `endpoint`: this device's way to the S3 server;
-        `env`: more environment for the mount process."""
+        `env`: more environment for the mount process; `passphrase`: None for a member who
+        opens the volume with their identity."""
         self.path.mkdir(parents=True, exist_ok=True)
         self.volume.cli.run("mount", self.volume.url, str(self.path), "--cache-dir", str(self.cache_dir),
                             "--device-name", self.device, "--cache-size", cache_size,
                             "--poll-interval", str(poll_interval), *(["--hub", hub] if hub else []), *args,
-                            endpoint=endpoint, env=env)
+                            endpoint=endpoint, env=env, passphrase=passphrase)
 
     def p(self, *parts: str) -> str:
         return os.path.join(self.path, *parts)

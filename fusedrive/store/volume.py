@@ -16,11 +16,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import (FusedriveError, NewerFormat, StoreUnreachable, StoreUnsupported, UsageError, VolumeExists,
-                      VolumeNotFound, WrongPassphrase)
+from ..errors import (FusedriveError, IntegrityError, NewerFormat, StoreUnreachable, StoreUnsupported, UsageError,
+                      VolumeExists, VolumeNotFound, WrongPassphrase)
 from . import NotFound, ObjectStore, sealing
 
 FORMAT = "fusedrive-volume"
@@ -43,6 +43,8 @@ class Volume:
     keys: sealing.VolumeKeys
     header: bytes = b""  # the `volume` object as read, kept in a cache dir for mounting offline
     reader_version: int = READER_VERSION  # the lowest format that can read it (its header says)
+    master: bytes = field(default=b"", repr=False)  # what key slots wrap (members.py); b"" where not opened
+    opened_by: str = "passphrase"  # or "identity": a member's key slot opened it
 
     @property
     def url(self) -> str:
@@ -126,16 +128,18 @@ def create_volume(store: ObjectStore, passphrase: str) -> Volume:
     raw = json.dumps(header, indent=1).encode()
     if not store.put_if_absent(HEADER_KEY, raw):
         raise VolumeExists(f"Another device created a volume at {store.url} just now; not overwriting it.")
-    return Volume(store, volume_id, chunking, sealing.VolumeKeys.derive(master, volume_id), raw)
+    return Volume(store, volume_id, chunking, sealing.VolumeKeys.derive(master, volume_id), raw, master=master)
 
 
 def open_volume(store: ObjectStore, passphrase: str | Callable[[], str],
-                offline_header: bytes | None = None) -> Volume:
+                offline_header: bytes | None = None, member: Callable[[str], bytes | None] | None = None) -> Volume:
     """Read the header and unwrap the master key; a wrong passphrase is one clear error.
     `passphrase` may be a function asked only once the header is there (no volume there is
     said as that, not as a missing passphrase).
     `offline_header`: the header a cache dir kept, used when the store does not answer
-    (a device that holds the volume mounts without it)."""
+    (a device that holds the volume mounts without it).
+    `member`: given the volume id, the master key from this person's key slot (members.py),
+    or None if they have none: then the passphrase is asked."""
     try:
         raw = store.get(HEADER_KEY)
     except NotFound:
@@ -163,6 +167,12 @@ def open_volume(store: ObjectStore, passphrase: str | Callable[[], str],
         volume_id, chunking = header["volume_id"], header["chunking"]
     except (ValueError, KeyError, TypeError):
         raise FusedriveError(f"The object `volume` at {store.url} is not a fusedrive volume header.") from None
+    master = member(volume_id) if member is not None else None
+    if master is not None:
+        volume = Volume(store, volume_id, chunking, sealing.VolumeKeys.derive(master, volume_id), raw, needed,
+                        master, "identity")
+        _check_master(volume)
+        return volume
     if callable(passphrase):
         passphrase = passphrase()
     wrapping = sealing.passphrase_key(passphrase, salt, kdf["n"], kdf["r"], kdf["p"])
@@ -170,7 +180,22 @@ def open_volume(store: ObjectStore, passphrase: str | Callable[[], str],
         master = sealing.unseal(wrapping, wrapped, _wrap_aad(volume_id, chunking), "volume key")
     except FusedriveError:
         raise WrongPassphrase(f"Wrong passphrase for the volume at {store.url}.") from None
-    return Volume(store, volume_id, chunking, sealing.VolumeKeys.derive(master, volume_id), raw, needed)
+    return Volume(store, volume_id, chunking, sealing.VolumeKeys.derive(master, volume_id), raw, needed, master)
+
+
+FIRST_ENTRY = "journal/" + "1".zfill(20)  # every volume's (docs/format.md): sealed with keys from the master key
+
+
+def _check_master(volume: Volume) -> None:
+    """A master key from a key slot is the volume's only if it opens the journal's first
+    entry: anyone who can write the bucket could write a slot wrapping another key."""
+    try:
+        volume.unseal(FIRST_ENTRY, volume.store.get(FIRST_ENTRY), "the journal's first entry")
+    except NotFound:
+        raise FusedriveError(f"The volume at {volume.url} has no journal.") from None
+    except IntegrityError:
+        raise WrongPassphrase(f"Your key slot in the volume at {volume.url} holds another key: it was not written "
+                              "by a member.") from None
 
 
 # --- where things live on this machine -------------------------------------------------
@@ -258,16 +283,16 @@ def read_key_file(path: str | Path) -> str:
     return text
 
 
-def get_passphrase(key_file: str | None, confirm: bool = False) -> str:
-    """--key-file, else $FUSEDRIVE_PASSPHRASE, else ask on the terminal."""
+def get_passphrase(key_file: str | None, confirm: bool = False, env: str = "FUSEDRIVE_PASSPHRASE") -> str:
+    """--key-file, else $FUSEDRIVE_PASSPHRASE (or `env`), else ask on the terminal."""
     if key_file:
         return read_key_file(key_file)
-    env = os.environ.get("FUSEDRIVE_PASSPHRASE")
-    if env:
-        return env
+    given = os.environ.get(env)
+    if given:
+        return given
     if not sys.stdin.isatty():
-        raise UsageError("No passphrase: pass --key-file, set FUSEDRIVE_PASSPHRASE, or run on a terminal.")
-    first = getpass.getpass("Volume passphrase: ")
+        raise UsageError(f"No passphrase: pass --key-file, set {env}, or run on a terminal.")
+    first = getpass.getpass("Volume passphrase: " if env == "FUSEDRIVE_PASSPHRASE" else "Identity passphrase: ")
     if confirm and getpass.getpass("Repeat passphrase: ") != first:
         raise UsageError("The two passphrases differ.")
     if not first:
