@@ -36,7 +36,9 @@ BATCH = 64
 PARALLEL_COPIES = 4
 IDLE_SECONDS = 1.0  # how often an empty backlog, and the volume's state, are looked at again
 RETRY_SECONDS = 5.0  # after a copy failed (either store away)
-LAG_CHECK_SECONDS = 10.0  # how often the replica's journal head is looked at
+LAG_CHECK_SECONDS = 15.0  # how often the replica's journal head is looked at (a listing of it)
+MOVE_CHECK_SECONDS = 3.0  # how often the replica's promotion record (while reads come from it) and a fence not
+#                           written yet are looked at
 RECORD_CHECK_SECONDS = 60.0  # how often the volume's replica record is read again (a replica added or removed)
 LAG_LOOKBACK = 1000  # entries below this device's head where the replica's is looked for first
 BACKLOG_FILE = "replication.sqlite3"
@@ -79,8 +81,10 @@ class Replication:
 
     async def _copy_backlog(self) -> None:
         while True:
-            noted = await trio.to_thread.run_sync(self.backlog.ready, BATCH) \
-                if self.backlog is not None and self.store.copy_to is not None else []
+            if self.backlog is None:  # no replica (yet): the record is read again this often
+                await trio.sleep(RECORD_CHECK_SECONDS)
+                continue
+            noted = await trio.to_thread.run_sync(self.backlog.ready, BATCH) if self.store.copy_to is not None else []
             if not noted:
                 await trio.sleep(IDLE_SECONDS)
                 continue
@@ -110,15 +114,21 @@ class Replication:
     # --- watching the volume ----------------------------------------------------------------
 
     async def _watch(self) -> None:
+        """Once a second while the volume has a replica or a move is under way; else once
+        a minute (reading the record again), which is also when a device that knew of no
+        replica notices a fence its listings saw."""
         next_record = trio.current_time() + RECORD_CHECK_SECONDS
-        next_lag = trio.current_time()
+        next_lag = next_check = trio.current_time()
         while True:
             self._tell_failover()
             now = trio.current_time()
             try:
-                if self.fence_seen() or (self.store.reading_replica_since is not None and now >= next_lag):
+                check = now >= next_check
+                if check:
+                    next_check = now + MOVE_CHECK_SECONDS
+                if self.fence_seen() or (self.store.reading_replica_since is not None and check):
                     await self._follow_move()
-                if self._fence_pending is not None and now >= next_lag:
+                if self._fence_pending is not None and check:
                     await self._write_fence()
                 if now >= next_record:
                     next_record = now + RECORD_CHECK_SECONDS
@@ -128,7 +138,8 @@ class Replication:
                     await self._measure_lag()
             except StoreUnreachable as exc:
                 log.debug("the volume's replica state not looked at: %s", exc)
-            await trio.sleep(IDLE_SECONDS)
+            closely = self.store.replica is not None or self._fence_pending is not None
+            await trio.sleep(IDLE_SECONDS if closely else max(IDLE_SECONDS, next_record - trio.current_time()))
 
     async def _follow_move(self) -> None:
         old = self.store.primary
