@@ -97,3 +97,29 @@ def test_a_mirror_runs_where_fuse_is_missing():
                              "print(sorted(m for m in sys.modules if m.split('.')[0] in {'pyfuse3'}))"],
                             capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]", f"the mirror's path loads FUSE modules: {loaded}"
+
+
+# The engine's parts behind Drive: front ends use Drive, its `tree` (queries), `namespace`,
+# `pins` and `events`, and modules' pure helpers (history's listings, manifest's pieces, tree's
+# names, namespace's name rules, staging's data_spans of a local file, cache's free_and_reserve).
+ENGINE_PARTS = ("replica", "files", "staging", "changes", "committer", "uploads", "reader", "writer", "follower",
+                "journal", "blocks", "cache", "replication")
+FRONT_ENDS = ("fuse", "mirror", "services")
+
+
+def test_front_ends_call_the_drive_never_the_parts_behind_it():
+    import re
+
+    reaching = re.compile(r"\bdrive\.(" + "|".join(ENGINE_PARTS) + r")\b")
+    internal = {f"fusedrive.engine.{part}" for part in ("replica", "localfiles", "changes", "committer", "uploads",
+                                                         "uploader", "reads", "writes", "follower", "journal",
+                                                         "blocks", "rebase", "applying", "replication", "forks",
+                                                         "kept")}
+    wrong = []
+    for unit in FRONT_ENDS:
+        for path in (PACKAGE / unit).rglob("*.py"):
+            text = path.read_text()
+            wrong += [f"{path.relative_to(PACKAGE)}: {m.group(0)}" for m in reaching.finditer(text)]
+            wrong += [f"{path.relative_to(PACKAGE)} imports {target}" for target in _imports(path)
+                      if target in internal or any(target.startswith(f"{name}.") for name in internal)]
+    assert not wrong, "front ends reaching behind Drive:\n" + "\n".join(wrong)

@@ -1,6 +1,10 @@
 """One volume on one device: the engine any front end (the FUSE mount, a mirror) drives.
 
-`Drive` wires the parts together and is what front ends call; each part owns its state:
+`Drive` wires the parts together and is the one interface front ends (fuse/, mirror/, the
+control socket's handlers) call: its methods, `tree` (the tree's queries), `namespace` (the
+tree's changes, with their POSIX checks), `pins` and `events` — never the parts behind it
+(tests/test_layers.py checks). A front end attaches itself (`attach`) to hear what changed.
+Each part owns its state:
 
 - `LocalFiles` (localfiles.py): every file's local life — staged, unsaved, open;
 - `Reader` (reads.py) and `Writer` (writes.py): the content paths;
@@ -16,6 +20,7 @@ See docs/concurrency.md for what runs where and what may interleave.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import trio
@@ -26,7 +31,8 @@ from ..store.replicated import store_of
 from ..store.volume import Volume
 from .blocks import BlockStore
 from .cache import BlockCache
-from .changes import Changes
+from . import history
+from .changes import Changes, FrontEnd
 from .checkpoints import load_state, newest_live_checkpoint
 from .committer import GAP_FILL_SECONDS, Committer
 from .events import EventBus, Problems, StoreHealth
@@ -36,10 +42,12 @@ from .journal import Entry, Journal, JournalGap, KeptEntries
 from .localfiles import LocalFiles
 from .pins import Pins
 from .manifest import Piece
+from .namespace import Namespace
 from .reads import Reader
+from .rebase import conflict_name
 from .replica import Replica
 from .replication import Replication
-from .tree import Inode
+from .tree import ROOT_INO, Inode, TreeView
 from .staging import Staging
 from .uploads import Uploads
 from .writes import Writer
@@ -101,6 +109,7 @@ class Drive:
         self.committer.check_ready = self._check_cache_dir
         self.cache_dir_lost: str | None = None
         self.replica.on_record = self.committer.kick  # a rename or delete commits on its own, not with the next upload
+        self.namespace = Namespace(self.replica)  # what front ends change the tree through
         self.upload_on_exit = True  # after the unmount, upload what is waiting before exiting (see services/process.drain)
 
     # --- start and stop ---------------------------------------------------------------
@@ -117,6 +126,7 @@ class Drive:
         # rebase keeps unsaved files alive (a remote delete brings them back, a remote save
         # makes ours a conflicted copy) and drops the staged copy of any other file it updates.
         self.files.recover()
+        self.staging.drop_prepared()  # a front end's content a crash left half handed over (take_content)
         try:
             if self.replica.inode(1) is None:
                 await self.committer.pull()
@@ -214,6 +224,107 @@ class Drive:
         self.replication.close()
 
     # --- what front ends call -----------------------------------------------------------
+    # Front ends (fuse/, mirror/, the control socket's handlers in services/) use this and
+    # `tree`, `namespace`, `pins`, `events`: never the parts behind them (tests/test_layers.py).
+
+    @property
+    def tree(self) -> TreeView:
+        """The tree's queries; changes go through `namespace` and the content calls below."""
+        return self.replica
+
+    def attach(self, front_end: FrontEnd | None) -> None:
+        """The front end told what changed here (applied entries, restores): one at a time."""
+        self.changes.front_end = front_end
+
+    def node_at(self, path: str) -> Inode:
+        """The node at a path of the drive ("/docs/a.txt"); UsageError if there is none."""
+        return self.replica.inode(history.resolve(self.replica, path))
+
+    def attributes(self, node: Inode) -> tuple[int, int, int, int]:
+        """(size, mtime_ns, ctime_ns, 512-byte blocks stored) as this device sees the file now."""
+        size, mtime_ns = self.files.size_and_mtime(node)
+        return size, mtime_ns, self.files.ctime(node), self.files.stored_blocks(node, size)
+
+    def set_mtime(self, node: Inode, mtime_ns: int) -> None:
+        self.files.set_mtime(node, mtime_ns)
+
+    def looked_up(self, ino: int) -> None:
+        """The front end (the kernel) holds one more reference to `ino`: it is not forgotten."""
+        self.files.lookups[ino] += 1
+
+    def forgotten(self, ino: int, count: int) -> bool:
+        """The front end dropped `count` references; True if that was the last one (the
+        kernel's pages went with it: a later open reads again; a file with no name left is
+        dropped)."""
+        self.files.lookups[ino] -= count
+        if self.files.lookups[ino] > 0:
+            return False
+        del self.files.lookups[ino]
+        node = self.replica.inode(ino)
+        if node is not None:
+            self.files.saved_here.pop(node.fid, None)
+            if node.nlink <= 0:
+                self.forget_unlinked(node)
+        return True
+
+    def holds(self, ino: int) -> bool:
+        """Whether the front end (the kernel) holds a reference to `ino` (or it is the root)."""
+        return self.files.lookups[ino] > 0 or ino == ROOT_INO
+
+    def same_content(self, fid: str, seen: int, version: int) -> bool:
+        """Whether version `version` of the file holds what the front end saw at `seen`."""
+        return self.files.same_content(fid, seen, version)
+
+    def is_staged(self, fid: str) -> bool:
+        return fid in self.files.staged
+
+    def is_open(self, fid: str) -> bool:
+        return self.files.open_handles[fid] > 0
+
+    def prepared_path(self) -> Path:
+        """Where a front end prepares a file's new content for `take_content`."""
+        return self.staging.prepared_path()
+
+    def conflicted_copy_name(self, parent_fid: str, name: str) -> str:
+        """The name a conflicted copy of `name` (JSON form) in that folder gets, as the engine's own are named."""
+        return conflict_name(self.replica, parent_fid, name, self.device)
+
+    def conflict_seen(self, conflict: dict) -> None:
+        """A front end kept both sides of a name apart itself (a mirror): told like the engine's."""
+        self.changes.publish_conflict(conflict, self.device)
+
+    def versions(self, fid: str) -> list[history.Version]:
+        return history.versions(self.replica, fid)
+
+    def version(self, fid: str, number: int) -> history.Version:
+        return history.version(self.replica, fid, number)
+
+    def trash(self) -> list[history.TrashItem]:
+        return history.trash_items(self.replica)
+
+    def restore_version(self, node: Inode, kept: history.Version, to: str | None) -> None:
+        """Make `kept` current again (or a copy of it at path `to`), as a user's change."""
+        target = None
+        if to is not None:
+            parent = self.node_at(os.path.dirname(to))
+            target = (parent.fid, os.fsencode(os.path.basename(to)))
+        self.record_user_ops(history.restore_version_ops(self.replica, node.fid, kept, target, self.device))
+
+    def restore_from_trash(self, path: str, item_id: str | None) -> str:
+        """Bring back what was deleted at `path` (one item of it with `item_id`); its path now."""
+        ops = history.trash_restore_ops(self.replica, path, self.device, item_id)
+        self.record_user_ops(ops)
+        return self.replica.path_of(next(op["fid"] for op in ops if op["op"] in ("mknod", "symlink")))
+
+    def pause_commits(self) -> None:
+        self.committer.pause()
+
+    def resume_commits(self) -> None:
+        self.committer.resume()
+
+    async def pull(self) -> None:
+        """Apply what other devices committed, now."""
+        await self.committer.pull()
 
     async def ensure_fresh(self) -> None:
         await self.follower.ensure_fresh()
@@ -293,6 +404,10 @@ class Drive:
     async def fsync(self, fid: str) -> None:
         """Return once this file's blocks and its journal commit are in the store."""
         await self.uploads.wait_uploaded({fid})
+        await self.wait_committed()
+
+    async def wait_committed(self) -> None:
+        """Return once every change made here so far is in the journal (fsync of a directory)."""
         await self.committer.wait_committed(self.replica.last_pending_id())
 
     def has_unsaved_work(self) -> bool:

@@ -10,6 +10,7 @@ import base64
 import json
 import stat
 from dataclasses import dataclass
+from typing import Protocol
 
 ROOT_INO = 1
 ROOT_FID = "root"
@@ -143,3 +144,33 @@ class Inode:
     def extents(self) -> list[list]:
         """The file's content: [[block id or None for a hole, length], ...]."""
         return json.loads(self.manifest)
+
+
+class TreeView(Protocol):
+    """The tree as front ends read it (`Drive.tree`; the Replica is it): queries only.
+    Changes go through `Drive.namespace` and the Drive's content calls."""
+
+    @property
+    def change_stamp(self) -> int: ...
+
+    def inode(self, ino: int) -> Inode | None: ...
+
+    def inodes(self, inos: list[int]) -> dict[int, Inode]: ...
+
+    def ino_of(self, fid: str) -> int | None: ...
+
+    def lookup(self, parent: int, name: bytes) -> int | None: ...
+
+    def children(self, parent: int) -> list[tuple[bytes, int]]: ...
+
+    def parent_of(self, ino: int) -> int | None: ...
+
+    def path_of(self, fid: str, name: bytes | None = None) -> str | None: ...
+
+    def location_of(self, fid: str) -> tuple[str, bytes] | None: ...
+
+    def xattr(self, ino: int, name: bytes) -> bytes | None: ...
+
+    def xattr_names(self, ino: int) -> list[bytes]: ...
+
+    def stats(self) -> dict: ...

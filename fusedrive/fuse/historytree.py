@@ -15,10 +15,10 @@ import json
 import os
 import stat
 from itertools import count
+from typing import Callable
 
-from ..engine import history
-from ..engine.replica import Replica
-from ..engine.tree import ROOT_FID, ROOT_INO, Inode
+from ..engine.history import Version
+from ..engine.tree import ROOT_FID, ROOT_INO, Inode, TreeView
 
 VIRTUAL_BASE = 1 << 48
 CONTROL_DIR = b".fusedrive"
@@ -42,8 +42,9 @@ def version_mode(real: Inode) -> int:
 
 
 class HistoryView:
-    def __init__(self, replica: Replica) -> None:
-        self.replica = replica
+    def __init__(self, tree: TreeView, versions: Callable[[str], list[Version]]) -> None:
+        """`tree`, `versions`: the drive's (Drive.tree, Drive.versions)."""
+        self.tree, self.versions = tree, versions
         self._ino_of: dict[tuple, int] = {}
         self._key_of: dict[int, tuple] = {}
         self._numbers = count(VIRTUAL_BASE)
@@ -59,8 +60,8 @@ class HistoryView:
         return self._ino_of[key]
 
     def _real(self, fid: str) -> Inode | None:
-        ino = self.replica.ino_of(fid)
-        node = self.replica.inode(ino) if ino is not None else None
+        ino = self.tree.ino_of(fid)
+        node = self.tree.inode(ino) if ino is not None else None
         return node if node is not None and (node.nlink > 0 or fid == ROOT_FID) else None
 
     def node(self, ino: int) -> Inode | None:
@@ -69,14 +70,14 @@ class HistoryView:
         if key is None:
             return None
         if key[0] in ("control", "history"):
-            real = self.replica.inode(ROOT_INO)
+            real = self.tree.inode(ROOT_INO)
             return _row(ino, key, folder_mode(real), real, nlink=2)
         real = self._real(key[1])
         if real is None:
             return None
         if key[0] in ("dir", "file"):
             return _row(ino, key, folder_mode(real), real, nlink=2)
-        kept = next((v for v in history.versions(self.replica, key[1]) if v.number == key[2]), None)
+        kept = next((v for v in self.versions(key[1]) if v.number == key[2]), None)
         if kept is None:
             return None
         return Inode(ino=ino, fid=f"history:{key[1]}:{key[2]}", mode=version_mode(real), uid=real.uid, gid=real.gid,
@@ -97,16 +98,16 @@ class HistoryView:
         if key[0] == "dir":
             return self._mirror(real.ino)
         if key[0] == "file":
-            where = self.replica.location_of(key[1])
+            where = self.tree.location_of(key[1])
             ext = os.path.splitext(where[1])[1] if where else b""
             return [(os.fsencode(v.label()) + ext, self._ino(("version", key[1], v.number)))
-                    for v in history.versions(self.replica, key[1])]
+                    for v in self.versions(key[1])]
         return []
 
     def _mirror(self, real_dir: int) -> list[tuple[bytes, int]]:
         entries = []
-        for name, child in self.replica.children(real_dir):
-            node = self.replica.inode(child)
+        for name, child in self.tree.children(real_dir):
+            node = self.tree.inode(child)
             if node is not None and (node.is_dir or node.is_reg):
                 entries.append((name, self._ino(("dir" if node.is_dir else "file", node.fid))))
         return entries

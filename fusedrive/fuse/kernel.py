@@ -4,18 +4,18 @@ says changed (another device's commit, a conflicted copy, a restore) is invalida
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import pyfuse3
 import trio
 
-from ..engine.localfiles import LocalFiles
-
 
 class KernelCache:
-    """Attached to the engine (`drive.changes.front_end`) while the file system is mounted."""
+    """Attached to the engine (`Drive.attach`) while the file system is mounted. `holds`:
+    whether the kernel holds a reference to an inode (only those have pages to drop)."""
 
-    def __init__(self, files: LocalFiles, nursery: trio.Nursery) -> None:
-        self.files = files
+    def __init__(self, holds: Callable[[int], bool], nursery: trio.Nursery) -> None:
+        self.holds = holds
         self.nursery = nursery
 
     def invalidate(self, inodes: set[int], names: set[tuple[int, bytes]]) -> None:
@@ -29,7 +29,7 @@ class KernelCache:
             except OSError:
                 pass
         for ino in inodes:
-            if self.files.lookups[ino] > 0 or ino == 1:
+            if self.holds(ino):
                 await invalidate_inode(ino)
 
 

@@ -79,7 +79,7 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
                                notify, metrics)
             attach(operations, path, options)
             nursery.start_soon(widen_readahead, path)
-            drive.changes.front_end = KernelCache(drive.files, nursery)
+            drive.attach(KernelCache(drive.holds, nursery))
             signal.signal(signal.SIGTERM, lambda *_: pyfuse3.terminate())
             signal.signal(signal.SIGINT, lambda *_: pyfuse3.terminate())
             announce(path, volume, device, cache_dir, ready_fd, f"Mounted {volume.url} at {path} (in the "
@@ -87,7 +87,7 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
             try:
                 await pyfuse3.main()
             finally:
-                drive.changes.front_end = None
+                drive.attach(None)
                 pyfuse3.close(unmount=True)
             await stop_serving(drive, nursery, ready_fd, f"Unmounted {path}.")
 

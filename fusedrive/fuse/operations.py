@@ -21,7 +21,7 @@ import pyfuse3
 import trio
 
 from ..engine.drive import Drive
-from ..engine.namespace import NAME_MAX, Namespace, check_name
+from ..engine.namespace import NAME_MAX, check_name
 from ..errors import FusedriveError
 from .historytree import CONTROL_DIR, HistoryView
 from .kernel import invalidate_inode
@@ -75,27 +75,27 @@ class DriveOperations(pyfuse3.Operations):
         super().__init__()
         self.drive = drive
         self.presentation = presentation
-        self.replica = drive.replica
-        self.namespace = Namespace(drive.replica)
+        self.tree = drive.tree
+        self.namespace = drive.namespace
         self._handles: dict[int, Inode] = {}
         self._handle_now: dict[int, tuple[int, Inode]] = {}  # fh -> (replica change stamp, node then)
         self._writing_handles: set[int] = set()
         self._dir_handles: dict[int, list[tuple[bytes, int]]] = {}
         self._opened_version: dict[int, int] = {}
         self._next_fh = count(1)
-        self.view = HistoryView(drive.replica)  # the read-only .fusedrive/history tree
+        self.view = HistoryView(drive.tree, drive.versions)  # the read-only .fusedrive/history tree
 
     # --- helpers ----------------------------------------------------------------------
 
     def _node(self, ino: int) -> Inode:
-        node = self.view.node(ino) if self.view.owns(ino) else self.replica.inode(ino)
+        node = self.view.node(ino) if self.view.owns(ino) else self.tree.inode(ino)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
 
     def _attrs(self, node: Inode) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
-        size, mtime_ns = self.drive.files.size_and_mtime(node)
+        size, mtime_ns, ctime_ns, blocks = self.drive.attributes(node)
         a.st_ino = node.ino
         a.generation = 0
         a.entry_timeout = a.attr_timeout = HISTORY_CACHE_TIMEOUT if self.view.owns(node.ino) else CACHE_TIMEOUT
@@ -106,14 +106,14 @@ class DriveOperations(pyfuse3.Operations):
         a.st_rdev = node.rdev
         a.st_size = size
         a.st_blksize = 128 * 1024
-        a.st_blocks = self.drive.files.stored_blocks(node, size)
+        a.st_blocks = blocks
         a.st_atime_ns = node.atime_ns
         a.st_mtime_ns = mtime_ns
-        a.st_ctime_ns = self.drive.files.ctime(node)
+        a.st_ctime_ns = ctime_ns
         return a
 
     def _entry(self, ino: int) -> pyfuse3.EntryAttributes:
-        self.drive.files.lookups[ino] += 1
+        self.drive.looked_up(ino)
         return self._attrs(self._node(ino))
 
     def _dir(self, ino: int) -> Inode:
@@ -147,28 +147,21 @@ class DriveOperations(pyfuse3.Operations):
         elif self.view.owns(parent_inode) or (parent_inode == ROOT_INO and name == CONTROL_DIR):
             ino = self.view.lookup(parent_inode, name) if self.view.owns(parent_inode) else self.view.control_ino
         elif name == b"..":
-            ino = self.replica.parent_of(parent_inode) or ROOT_INO
+            ino = self.tree.parent_of(parent_inode) or ROOT_INO
         else:
-            ino = self.replica.lookup(parent_inode, name)
+            ino = self.tree.lookup(parent_inode, name)
             if ino is None:
                 # close-to-open for new names: another device may have just created it
                 await self.drive.ensure_fresh()
-                ino = self.replica.lookup(parent_inode, name)
+                ino = self.tree.lookup(parent_inode, name)
         if ino is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._entry(ino)
 
     async def forget(self, inode_list):
         for ino, nlookup in inode_list:
-            self.drive.files.lookups[ino] -= nlookup
-            if self.drive.files.lookups[ino] <= 0:
-                del self.drive.files.lookups[ino]
+            if self.drive.forgotten(ino, nlookup):
                 self._opened_version.pop(ino, None)  # the kernel dropped its pages with the inode
-                node = self.replica.inode(ino)
-                if node is not None:
-                    self.drive.files.saved_here.pop(node.fid, None)
-                if node is not None and node.nlink <= 0:
-                    self.drive.forget_unlinked(node)
 
     @fuse_errors
     async def getattr(self, inode, ctx=None):
@@ -195,7 +188,7 @@ class DriveOperations(pyfuse3.Operations):
             changes["atime_ns"] = attr.st_atime_ns
         if fields.update_mtime:
             changes["mtime_ns"] = attr.st_mtime_ns
-            self.drive.files.set_mtime(node, attr.st_mtime_ns)
+            self.drive.set_mtime(node, attr.st_mtime_ns)
         if changes or not fields.update_size:
             self.namespace.set_attributes(node, **changes)
         return self._attrs(self._node(inode))
@@ -271,11 +264,11 @@ class DriveOperations(pyfuse3.Operations):
     def _handle_node(self, fh: int) -> Inode:
         """The open file as it is now. Re-read only when the replica changed: a query per
         128 KiB read releases the GIL and costs the read path more than the read."""
-        stamp = self.replica.change_stamp
+        stamp = self.tree.change_stamp
         seen = self._handle_now.get(fh)
         if seen is not None and seen[0] == stamp:
             return seen[1]
-        node = self.replica.inode(self._handles[fh].ino) or self._handles[fh]
+        node = self.tree.inode(self._handles[fh].ino) or self._handles[fh]
         self._handle_now[fh] = (stamp, node)
         return node
 
@@ -289,7 +282,7 @@ class DriveOperations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         await self.drive.ensure_fresh()
         node = self._node(inode)
-        if node.nlink <= 0 and self.drive.files.open_handles[node.fid] <= 0:
+        if node.nlink <= 0 and not self.drive.is_open(node.fid):
             # Another device deleted it and the kernel still had the name: ESTALE makes the
             # kernel look the name up again, so open(O_CREAT) creates a new file.
             raise pyfuse3.FUSEError(errno.ESTALE)
@@ -299,7 +292,7 @@ class DriveOperations(pyfuse3.Operations):
         if self.view.owns(inode) and writing:
             raise pyfuse3.FUSEError(errno.EROFS)
         seen = self._opened_version.get(inode)
-        unchanged = seen is not None and self.drive.files.same_content(node.fid, seen, node.version)
+        unchanged = seen is not None and self.drive.same_content(node.fid, seen, node.version)
         # The writer counts before the truncate: no upload may catch the file emptied with
         # the write still to come (see Drive._upload).
         fh = self._open_handle(node, writing)
@@ -330,7 +323,7 @@ class DriveOperations(pyfuse3.Operations):
     @fuse_errors
     async def release(self, fh):
         node = self._close_handle(fh)
-        current = self.replica.inode(node.ino)
+        current = self.tree.inode(node.ino)
         if current is not None and current.nlink <= 0:
             self.drive.forget_unlinked(current)
 
@@ -344,8 +337,8 @@ class DriveOperations(pyfuse3.Operations):
     async def opendir(self, inode, ctx):
         self._dir(inode)
         fh = next(self._next_fh)
-        children = self.view.children(inode) if self.view.owns(inode) else self.replica.children(inode)
-        parent = inode if self.view.owns(inode) else self.replica.parent_of(inode) or inode
+        children = self.view.children(inode) if self.view.owns(inode) else self.tree.children(inode)
+        parent = inode if self.view.owns(inode) else self.tree.parent_of(inode) or inode
         self._dir_handles[fh] = [(b".", inode), (b"..", parent), *children]  # `ls -a` shows them
         return fh
 
@@ -356,7 +349,7 @@ class DriveOperations(pyfuse3.Operations):
         # answers as of when it began): one query each, not one per name.
         for first in range(start_id, len(entries), READDIR_ROWS_AT_ONCE):
             batch = entries[first:first + READDIR_ROWS_AT_ONCE]
-            nodes = self.replica.inodes([ino for _name, ino in batch if not self.view.owns(ino)])
+            nodes = self.tree.inodes([ino for _name, ino in batch if not self.view.owns(ino)])
             for index, (name, ino) in enumerate(batch, first):
                 node = self.view.node(ino) if self.view.owns(ino) else nodes.get(ino)
                 if node is None:
@@ -364,19 +357,19 @@ class DriveOperations(pyfuse3.Operations):
                 if not pyfuse3.readdir_reply(token, name, self._attrs(node), index + 1):
                     return
                 if index >= DOT_ENTRIES:  # the kernel takes no reference for "." and ".."
-                    self.drive.files.lookups[ino] += 1
+                    self.drive.looked_up(ino)
 
     async def releasedir(self, fh):
         self._dir_handles.pop(fh, None)
 
     @fuse_errors
     async def fsyncdir(self, fh, datasync):
-        await self.drive.committer.wait_committed(self.replica.last_pending_id())
+        await self.drive.wait_committed()
 
     @fuse_errors
     async def statfs(self, ctx):
         disk = os.statvfs(self.drive.cache_dir)
-        used = self.replica.stats()
+        used = self.tree.stats()
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
         s.f_bavail = s.f_bfree = disk.f_bavail * disk.f_frsize // 4096
@@ -410,9 +403,9 @@ class DriveOperations(pyfuse3.Operations):
         node = self._node(inode)
         if name == LOCAL_XATTR and node.is_reg and not self.view.owns(inode):
             # "1": every byte of it is on this device (readable offline), "0": some must come from the store
-            local = node.fid in self.drive.files.staged or await trio.to_thread.run_sync(self.drive.pins.is_local, node)
+            local = self.drive.is_staged(node.fid) or await trio.to_thread.run_sync(self.drive.pins.is_local, node)
             return b"1" if local else b"0"
-        value = self.replica.xattr(inode, name)
+        value = self.tree.xattr(inode, name)
         if value is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return value
@@ -420,7 +413,7 @@ class DriveOperations(pyfuse3.Operations):
     @fuse_errors
     async def listxattr(self, inode, ctx):
         self._node(inode)
-        return self.replica.xattr_names(inode)
+        return self.tree.xattr_names(inode)
 
     @fuse_errors
     async def removexattr(self, inode, name, ctx):

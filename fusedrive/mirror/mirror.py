@@ -31,8 +31,6 @@ import uuid
 import trio
 
 from ..engine.drive import Drive
-from ..engine.namespace import Namespace
-from ..engine.rebase import conflict_name
 from ..engine.tree import ROOT_INO, Inode, name_from_json, name_to_json
 from ..errors import FusedriveError
 from .folder import (COARSE_TICK_NS, IGNORE_FILE, TEMP_PREFIX, TICK_NS, IgnoreRules, LocalEntry, copy_if_settled,
@@ -60,7 +58,7 @@ class Mirror:
         self.drive = drive
         self.root = os.fsencode(folder)
         self.state = state
-        self.namespace = Namespace(drive.replica)
+        self.namespace = drive.namespace
         self.ignore = IgnoreRules(self.root)
         self.failing: set[bytes] = set()  # paths whose last transfer failed: tried again later
         self.scanned = 0  # paths looked at by the scan in progress (the first sync's progress)
@@ -227,7 +225,7 @@ class Mirror:
         names = set(names_in(self.root, path)) | set(self.state.children(path))
         node, remote = self._remote(path)
         if remote is not None and remote.kind == "dir":
-            names |= {name for name, _ in self.drive.replica.children(node.ino)}
+            names |= {name for name, _ in self.drive.tree.children(node.ino)}
         downloads = []
         for name in sorted(names):
             child = join(path, name)
@@ -413,7 +411,7 @@ class Mirror:
             parent, name = self._remote_parent(path)
             ino = self.namespace.create(parent, name, stat.S_IFLNK | 0o777, os.getuid(), os.getgid(),
                                         target=local.target)
-            self.state.put(path, Synced.of(local, self.drive.replica.inode(ino).fid))
+            self.state.put(path, Synced.of(local, self.drive.tree.inode(ino).fid))
         elif synced is None or node is None or (local.size, local.mtime_ns, local.ino) != \
                 (synced.size, synced.mtime_ns, synced.ino):
             await self._upload(path, local, remote)
@@ -425,7 +423,7 @@ class Mirror:
         if written_within_a_tick(local):
             self._after_its_tick(path)
             return
-        prepared = self.drive.staging.prepared_path()
+        prepared = self.drive.prepared_path()
         taken = await trio.to_thread.run_sync(copy_if_settled, self._full(path), prepared, local)
         if taken is None:
             self.local_changed(path)  # being written: taken once it settles
@@ -439,7 +437,7 @@ class Mirror:
             return
         if node is None:
             parent, name = self._remote_parent(path)
-            node = self.drive.replica.inode(self.namespace.create(parent, name, stat.S_IFREG | local.mode,
+            node = self.drive.tree.inode(self.namespace.create(parent, name, stat.S_IFREG | local.mode,
                                                                   os.getuid(), os.getgid()))
         elif remote.mode != local.mode:
             self.namespace.set_attributes(node, mode=local.mode)
@@ -501,15 +499,14 @@ class Mirror:
         copy beside it (named as a mount names one) and is pushed as new; the volume's is
         pulled under the name."""
         parent, name = self._remote_parent(path)
-        parent_fid = self.drive.replica.inode(parent).fid
-        copy_name = conflict_name(self.drive.replica, parent_fid, name_to_json(name), self.drive.device)
+        parent_fid = self.drive.tree.inode(parent).fid
+        copy_name = self.drive.conflicted_copy_name(parent_fid, name_to_json(name))
         copy = join(parent_of(path), name_from_json(copy_name))
         if look(self.root, copy) is not None:
             raise OSError(errno.EEXIST, "the conflicted copy's name is taken; tried again")
         os.rename(self._full(path), self._full(copy))
         self.state.forget(path)
-        self.drive.changes.publish_conflict({"parent": parent_fid, "name": name_to_json(name), "copy": copy_name},
-                                            self.drive.device)
+        self.drive.conflict_seen({"parent": parent_fid, "name": name_to_json(name), "copy": copy_name})
         log.info("both sides changed %s: this device's version is kept as %s", self._shown(path), self._shown(copy))
         await self._reconcile(copy, deep=True)
         await self._reconcile(path, deep=True)
@@ -610,10 +607,10 @@ class Mirror:
     def _remote(self, path: bytes) -> tuple[Inode | None, RemoteEntry | None]:
         ino = ROOT_INO
         for part in path.split(b"/") if path else []:
-            ino = self.drive.replica.lookup(ino, part)
+            ino = self.drive.tree.lookup(ino, part)
             if ino is None:
                 return None, None
-        node = self.drive.replica.inode(ino)
+        node = self.drive.tree.inode(ino)
         if node is None:
             return None, None
         if node.is_dir:
@@ -621,7 +618,7 @@ class Mirror:
         if stat.S_ISLNK(node.mode):
             return node, RemoteEntry("link", node.fid, 0, 0, 0o777, node.target)
         if node.is_reg:
-            size, mtime_ns = self.drive.files.size_and_mtime(node)
+            size, mtime_ns, _, _ = self.drive.attributes(node)
             return node, RemoteEntry("file", node.fid, size, mtime_ns, stat.S_IMODE(node.mode))
         return node, None
 
@@ -645,15 +642,15 @@ class Mirror:
         mode = local.mode if local is not None and local.kind == "dir" else 0o755
         ino = self.namespace.create(parent, name_of(path), stat.S_IFDIR | mode, os.getuid(), os.getgid())
         if local is not None and local.kind == "dir":
-            self.state.put(path, Synced.of(local, self.drive.replica.inode(ino).fid))
+            self.state.put(path, Synced.of(local, self.drive.tree.inode(ino).fid))
         return ino
 
     def _path_of(self, ino: int) -> bytes | None:
-        node = self.drive.replica.inode(ino)
+        node = self.drive.tree.inode(ino)
         return None if node is None else self._path_of_fid(node.fid)
 
     def _path_of_fid(self, fid: str) -> bytes | None:
-        shown = self.drive.replica.path_of(fid)
+        shown = self.drive.tree.path_of(fid)
         return None if shown is None else name_from_json(shown)[1:]
 
     # --- small helpers ----------------------------------------------------------------------------
@@ -683,7 +680,7 @@ class Mirror:
     def status(self) -> dict:
         return {"folder": os.fsdecode(self.root), "folder_changes_waiting": self.waiting(),
                 "folder_paths_failing": len(self.failing), "first_scan_done": not self.scanning,
-                "scanned": self.scanned, "volume_entries": self.drive.replica.stats()["inodes"]}
+                "scanned": self.scanned, "volume_entries": self.drive.tree.stats()["inodes"]}
 
 
 def _digest_of_file(path: bytes) -> bytes:

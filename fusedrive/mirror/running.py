@@ -81,7 +81,6 @@ def run_mirror(volume: Volume, folder: str, cache_dir: Path, device: str, cache_
     drive = Drive(volume, cache_dir, device, cache_size, poll_interval, hub_url, io_timeout)
     state = SyncedState(str(cache_dir / "mirror.sqlite3"))
     state.start_over_for(path)
-    drive.staging.drop_prepared()
     clean_leftovers(os.fsencode(path))
 
     async def main() -> None:
@@ -89,7 +88,7 @@ def run_mirror(volume: Volume, folder: str, cache_dir: Path, device: str, cache_
         async with trio.open_nursery() as nursery:
             await drive.start(nursery)
             mirror = Mirror(drive, path, state)
-            drive.changes.front_end = mirror
+            drive.attach(mirror)
             await serve_beside(nursery, drive, path,
                                mirror_handlers(drive, mirror, path, sharing.clean_scratch(cache_dir), stop),
                                notify, metrics)

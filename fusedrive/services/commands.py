@@ -36,7 +36,7 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
         return "/" if relative == "." else "/" + relative
 
     def file_at(path: str) -> Inode:
-        node = drive.replica.inode(history.resolve(drive.replica, inside(path)))
+        node = drive.node_at(inside(path))
         if not node.is_reg:
             raise UsageError(f"{path} is not a file; only files have versions.")
         return node
@@ -59,11 +59,11 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
         return {"problems": drive.check_invariants()}
 
     async def pause(request: dict, send: Send) -> dict:
-        drive.committer.pause()
+        drive.pause_commits()
         return drive.status()
 
     async def resume(request: dict, send: Send) -> dict:
-        drive.committer.resume()
+        drive.resume_commits()
         return drive.status()
 
     async def events(request: dict, send: Send) -> dict:
@@ -77,8 +77,8 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
     async def share(request: dict, send: Send) -> dict:
         source = Path(request["path"])
         in_drive = inside(str(source))
-        # Looked up in the replica: a stat of our own mount from this thread would wait for itself.
-        history.resolve(drive.replica, in_drive)
+        # Looked up in the tree: a stat of our own mount from this thread would wait for itself.
+        drive.node_at(in_drive)
         expires_in = int(request["expires"])
         total = await trio.to_thread.run_sync(sharing.size_of, source)
         copy, name = await _with_progress(send, total, sharing.prepare_copy, source, scratch)
@@ -90,7 +90,7 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
         return {"share": asdict(made)}
 
     def node_at(path: str) -> Inode:
-        return drive.replica.inode(history.resolve(drive.replica, inside(path)))
+        return drive.node_at(inside(path))
 
     async def pin(request: dict, send: Send) -> dict:
         """Pin the paths; with `wait`, stream {"progress", "total"} until they are local (or
@@ -108,10 +108,10 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
     async def pins(request: dict, send: Send) -> dict:
         listed = []
         for fid in drive.pins.pinned_fids():
-            ino = drive.replica.ino_of(fid)
-            node = drive.replica.inode(ino) if ino is not None else None
+            ino = drive.tree.ino_of(fid)
+            node = drive.tree.inode(ino) if ino is not None else None
             if node is not None and node.nlink > 0:
-                listed.append({"path": drive.replica.path_of(fid), "folder": node.is_dir})
+                listed.append({"path": drive.tree.path_of(fid), "folder": node.is_dir})
         return {"pins": listed, **drive.pins.state()}
 
     async def shares(request: dict, send: Send) -> dict:
@@ -132,33 +132,28 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
     async def versions(request: dict, send: Send) -> dict:
         node = file_at(request["path"])
         await drive.wait_uploaded({node.fid})  # what was just saved is a version too
-        found = history.versions(drive.replica, node.fid)
+        found = drive.versions(node.fid)
         return {"versions": [dict(number=v.number, saved=v.saved_ns / 1e9, device=v.device, size=v.size,
                                   label=v.label()) for v in found]}
 
     async def restore(request: dict, send: Send) -> dict:
         node = file_at(request["path"])
         await drive.wait_uploaded({node.fid})  # the restore is based on what was saved last
-        node = drive.replica.inode(node.ino)
-        kept = history.version(drive.replica, node.fid, int(request["version"]))
-        to = None
-        if request.get("to"):
-            target = inside(request["to"])
-            parent = drive.replica.inode(history.resolve(drive.replica, os.path.dirname(target)))
-            to = (parent.fid, os.fsencode(os.path.basename(target)))
-        drive.record_user_ops(history.restore_version_ops(drive.replica, node.fid, kept, to, drive.device))
+        node = drive.tree.inode(node.ino)
+        kept = drive.version(node.fid, int(request["version"]))
+        drive.restore_version(node, kept, inside(request["to"]) if request.get("to") else None)
         return {"restored": kept.label()}
 
     async def cat(request: dict, send: Send) -> dict:
         node = file_at(request["path"])
-        kept = history.version(drive.replica, node.fid, int(request["version"]))
+        kept = drive.version(node.fid, int(request["version"]))
         for piece in pieces(kept.manifest):
             data = bytes(piece.length) if piece.block is None else piece.of(await drive.fetch_block(piece, node))
             await send({"data": base64.b64encode(data).decode()})
         return {}
 
     def trash_listing() -> list[dict]:
-        items = history.trash_items(drive.replica)
+        items = drive.trash()
         return [dict(path=i.path, id=i.fid, deleted=i.deleted_ns / 1e9, size=i.size, is_dir=i.is_dir,
                      inside=len(history.contents(items, i.fid))) for i in history.top_level(items)]
 
@@ -166,12 +161,10 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
         return {"items": trash_listing()}
 
     async def trash_restore(request: dict, send: Send) -> dict:
-        ops = history.trash_restore_ops(drive.replica, inside(request["path"]), drive.device, request.get("id"))
-        drive.record_user_ops(ops)
-        return {"path": drive.replica.path_of(_first_created(ops))}
+        return {"path": drive.restore_from_trash(inside(request["path"]), request.get("id"))}
 
     async def trash_empty(request: dict, send: Send) -> dict:
-        fids = [i.fid for i in history.trash_items(drive.replica)]
+        fids = [i.fid for i in drive.trash()]
         if fids:
             drive.record_user_ops([{"op": "purge", "fids": fids, "t": time.time_ns()}])
             await drive.sync_all()
@@ -182,10 +175,6 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
             "share": share, "shares": shares, "unshare": unshare, "versions": versions, "restore": restore,
             "cat": cat, "trash-list": trash_list, "trash-restore": trash_restore, "trash-empty": trash_empty,
             "pin": pin, "unpin": unpin, "pins": pins}
-
-
-def _first_created(ops: list[dict]) -> str:
-    return next(op["fid"] for op in ops if op["op"] in ("mknod", "symlink"))
 
 
 async def _with_progress(send: Send, total: int, function, *args):

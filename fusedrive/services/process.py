@@ -259,7 +259,7 @@ def announce(path: str, volume: Volume, device: str, cache_dir: Path, ready_fd: 
 async def stop_serving(drive: Drive, nursery: trio.Nursery, ready_fd: int | None, goodbye: str) -> None:
     """The front end has let go: upload what waits (see drain), say so in a terminal, and
     stop the tasks beside it."""
-    drive.changes.front_end = None
+    drive.attach(None)
     await drain(drive)
     if ready_fd is None:
         print(goodbye, flush=True)
@@ -302,12 +302,13 @@ async def drain(drive: Drive) -> None:
             log.warning("waiting for the store to upload the last changes: %s", exc)
             await trio.sleep(DRAIN_RETRY_SECONDS)
     if drive.has_unsaved_work():
+        waiting = drive.status()
         log.warning("exiting with %d files and %d changes queued in the cache dir: the next mount uploads them",
-                    len(drive.files.unsaved), drive.replica.pending_count())
+                    waiting["files_waiting"], waiting["ops_waiting"])
         return
     with trio.move_on_after(min(drive.io_timeout, DRAIN_RETRY_SECONDS * 5)):
         try:
-            await drive.committer.pull()  # leave the replica at the head for the next mount, if the store answers
+            await drive.pull()  # leave the replica at the head for the next mount, if the store answers
         except FusedriveError:
             pass
 

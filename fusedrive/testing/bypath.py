@@ -23,17 +23,17 @@ class PathFrontEnd:
 
     @property
     def namespace(self) -> Namespace:
-        return Namespace(self.drive.replica)
+        return self.drive.namespace
 
     # --- looking things up --------------------------------------------------------------
 
     def lookup(self, path: str) -> Inode | None:
         ino = ROOT_INO
         for part in [p for p in path.split("/") if p]:
-            ino = self.drive.replica.lookup(ino, part.encode())
+            ino = self.drive.tree.lookup(ino, part.encode())
             if ino is None:
                 return None
-        return self.drive.replica.inode(ino)
+        return self.drive.tree.inode(ino)
 
     def _parent_and_name(self, path: str) -> tuple[int, bytes]:
         parent, _, name = path.rstrip("/").rpartition("/")
@@ -44,7 +44,7 @@ class PathFrontEnd:
 
     def names(self, path: str = "/") -> list[str]:
         node = self.lookup(path)
-        return sorted(name.decode() for name, _ in self.drive.replica.children(node.ino))
+        return sorted(name.decode() for name, _ in self.drive.tree.children(node.ino))
 
     # --- what programs do ---------------------------------------------------------------
 
@@ -79,7 +79,7 @@ class PathFrontEnd:
     def create_file(self, path: str) -> Inode:
         """A new empty regular file (mknod)."""
         parent, name = self._parent_and_name(path)
-        return self.drive.replica.inode(self.namespace.create(parent, name, stat.S_IFREG | 0o644, os.getuid(),
+        return self.drive.tree.inode(self.namespace.create(parent, name, stat.S_IFREG | 0o644, os.getuid(),
                                                               os.getgid()))
 
     async def open_for_writing(self, path: str) -> Inode:
@@ -114,7 +114,7 @@ class PathFrontEnd:
 
 
 async def content(drive: Drive, node: Inode) -> bytes:
-    size, _ = drive.files.size_and_mtime(node)
+    size, _, _, _ = drive.attributes(node)
     return await drive.read(node, 0, size)
 
 
