@@ -122,8 +122,14 @@ class BlockCache:
         self._directory = directory
         self._size_limit = size_limit
         self.kept = KeptFiles(directory / "kept")
-        # Blocks of pinned files (pins.py): never evicted, outside the LRU limit's reach.
-        self._pinned = diskcache.Cache(str(directory / "pinned"), size_limit=1 << 62, eviction_policy="none")
+        # Blocks of pinned files (pins.py): never evicted, outside the LRU limit's reach. Opened
+        # once something is pinned: most devices pin nothing, and opening it was a third of
+        # what a device's start costs here.
+        self._pinned_directory = directory / "pinned"
+        self._pinned_tier: diskcache.Cache | None = None
+        self._pinned_opening = threading.Lock()
+        if self._pinned_directory.is_dir():  # (only this device pins into its cache dir)
+            self._pinned(create=True)
         self._id_of = id_of
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._spans: OrderedDict[str, _Span] = OrderedDict()
@@ -169,8 +175,8 @@ class BlockCache:
         data = self._read_tier(self._disk, block_id, lru=True)
         if data is None:
             data = self._read_kept(block_id)
-        if data is None:
-            data = self._read_tier(self._pinned, block_id, lru=False)
+        if data is None and (pinned := self._pinned()) is not None:
+            data = self._read_tier(pinned, block_id, lru=False)
         if data is None:
             self.misses += 1
             return None
@@ -276,7 +282,9 @@ class BlockCache:
             if span is not None:
                 self._spans.move_to_end(block_id)
                 return span
-        for tier, lru in ((self._disk, True), (self._pinned, False)):
+        for tier, lru in ((self._disk, True), (self._pinned(), False)):
+            if tier is None:
+                continue
             with self._disk_lock:
                 found, crcs = tier.get(block_id, read=True, tag=True)
             if found is not None and not isinstance(found, bytes):
@@ -362,27 +370,45 @@ class BlockCache:
         """Whether the block is on this device now (not verified: reading it will be)."""
         if self.in_memory(block_id) or self.kept.has(block_id):
             return True
+        pinned = self._pinned()
         with self._disk_lock:
-            return block_id in self._disk or block_id in self._pinned
+            return block_id in self._disk or (pinned is not None and block_id in pinned)
 
     # --- pinned blocks ---------------------------------------------------------------------
 
     def pin(self, block_id: str, data: bytes) -> None:
         """Keep this block whatever the LRU limit does (raises OSError when the disk is full)."""
+        pinned = self._pinned(create=True)
         with self._disk_lock:
-            _store_block(self._pinned, block_id, data)
+            _store_block(pinned, block_id, data)
 
     def unpin(self, block_ids: set[str]) -> None:
-        with self._disk_lock, self._pinned.transact():
+        pinned = self._pinned()
+        if pinned is None:
+            return
+        with self._disk_lock, pinned.transact():
             for block_id in block_ids:
-                self._pinned.delete(block_id)
+                pinned.delete(block_id)
 
     def pinned_ids(self) -> set[str]:
+        pinned = self._pinned()
+        if pinned is None:
+            return set()
         with self._disk_lock:
-            return set(self._pinned.iterkeys())
+            return set(pinned.iterkeys())
+
+    def _pinned(self, create: bool = False) -> diskcache.Cache | None:
+        """The tier of pinned blocks; None while nothing was ever pinned here."""
+        if self._pinned_tier is None and create:
+            with self._pinned_opening:
+                if self._pinned_tier is None:
+                    self._pinned_tier = diskcache.Cache(str(self._pinned_directory), size_limit=1 << 62,
+                                                        eviction_policy="none")
+        return self._pinned_tier
 
     def volume_bytes(self) -> int:
-        return self._disk.volume() + self.kept.total + self._pinned.volume()
+        pinned = self._pinned()
+        return self._disk.volume() + self.kept.total + (pinned.volume() if pinned is not None else 0)
 
     def close(self) -> None:
         with self._lock:
@@ -391,5 +417,6 @@ class BlockCache:
             os.close(fd)
         with self._disk_lock:  # a read a cancelled caller left in a thread may still be in a tier:
             self._disk.close()  # closing SQLite under it crashed the process (a full run, once)
-            self._pinned.close()
+            if self._pinned_tier is not None:
+                self._pinned_tier.close()
         self.kept.close()
