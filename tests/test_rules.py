@@ -79,7 +79,8 @@ def test_a_replica_written_by_an_older_build_keeps_its_queue_and_undo_log(tmp_pa
         "CREATE TABLE undo_flag(pending_id INTEGER NOT NULL); INSERT INTO undo_flag VALUES(0);"
         "CREATE TRIGGER undo_dentries_insert AFTER INSERT ON dentries WHEN (SELECT pending_id FROM undo_flag) > 0 "
         "BEGIN INSERT INTO undo(pending_id, sql) VALUES((SELECT pending_id FROM undo_flag), "
-        "'DELETE FROM dentries WHERE rowid=' || NEW.rowid); END;")
+        "'DELETE FROM dentries WHERE rowid=' || NEW.rowid); END;"
+        "PRAGMA user_version = 0;")  # (what a replica of an older build says: its schema needs bringing up)
     replica.close()
 
     replica = Replica(str(path))

@@ -21,7 +21,8 @@ from ..errors import IntegrityError
 from .applying import Applying
 from .manifest import BlockRef, Carried, block_refs, pieces
 from .ops import check_recorded
-from .tree import ROOT_FID, ROOT_INO, SCHEMA, UNDO_TABLE, Inode, fids_of, name_to_json, undo_triggers
+from .tree import (OLD_UNDO_TRIGGERS, ROOT_FID, ROOT_INO, SCHEMA, SCHEMA_STAMP, UNDO_TABLE, UNDO_TRIGGERS, Inode,
+                   fids_of, name_to_json)
 
 PATH_HISTORY_FORMAT = 3  # entries from this format on: history follows the path (applying.py)
 
@@ -43,17 +44,16 @@ class Replica(Applying):
         """`in_use(ino)` says whether the kernel still holds an inode whose last name is gone."""
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._depth = 0  # nesting of `with self:` (one SQLite transaction)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        # A transaction here writes ~15 pages (an unlink: the tree, trash, undo log, queue):
-        # checkpoints (with their fsyncs) every 10,000 pages instead of 1,000 took a tenth
-        # off deletes and creates.
+        self.db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+        # ~15 pages a transaction: a checkpoint every 10,000 instead of 1,000 took a tenth off deletes, creates
         self.db.execute("PRAGMA wal_autocheckpoint=10000")
-        self.db.executescript(SCHEMA)
-        self._renumber_undo_log()
+        if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_STAMP:
+            self.db.executescript(SCHEMA + OLD_UNDO_TRIGGERS)
+            self._renumber_undo_log()
+            self.db.execute(f"PRAGMA user_version = {SCHEMA_STAMP}")
         self._undo_pending_id = 0  # the queued row whose changes the undo triggers log (0: none)
         self.db.create_function("undo_pending_id", 0, lambda: self._undo_pending_id)
-        self.db.executescript(undo_triggers())
+        self.db.executescript(UNDO_TRIGGERS)
         self.in_use = in_use
         self.base_locations: dict[str, dict] = {}  # set by rebase, see _locations
         self.on_record: Callable[[], None] = lambda: None  # a mount commits what was queued (Committer.kick)

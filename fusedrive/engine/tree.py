@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import stat
+import zlib
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,9 +78,9 @@ def undo_triggers() -> str:
     They are TEMP triggers of the replica's own connection and ask the connection's SQL
     function `undo_pending_id()` (0: not logging; rows queued again after a fork may have
     ids below 1, see forks.py) which queued row they log for: a flag in a
-    table cost two UPDATEs and a page in the WAL per recorded change. Replicas written
-    before had persistent triggers and an `undo_flag` table; these statements drop them."""
-    sql = ["DROP TABLE IF EXISTS main.undo_flag;"]
+    table cost two UPDATEs and a page in the WAL per recorded change. (Replicas written
+    before had persistent triggers and an `undo_flag` table: `OLD_UNDO_TRIGGERS` drops them.)"""
+    sql = []
     for table, columns in TREE_TABLES.items():
         assign = " || ',' || ".join(f"'{c}=' || quote(OLD.{c})" for c in columns)
         values = " || ',' || ".join(f"quote(OLD.{c})" for c in columns)
@@ -90,13 +91,22 @@ def undo_triggers() -> str:
         }
         for event, body in bodies.items():
             name = f"undo_{table}_{event.lower()}"
-            sql.append(f"DROP TRIGGER IF EXISTS main.{name};")
             sql.append(
                 f"CREATE TEMP TRIGGER IF NOT EXISTS {name} AFTER {event} ON main.{table} "
                 f"WHEN undo_pending_id() != 0 BEGIN INSERT INTO undo(pending_id, sql) "
                 f"VALUES(undo_pending_id(), {body}); END;"
             )
     return "\n".join(sql)
+
+
+OLD_UNDO_TRIGGERS = "DROP TABLE IF EXISTS main.undo_flag;" + "".join(
+    f"DROP TRIGGER IF EXISTS main.undo_{table}_{event};" for table in TREE_TABLES for event in ("insert", "update",
+                                                                                                  "delete"))
+# The schema a replica was last brought to (its `user_version`): the tables and migrations
+# run only when it differs, not at each open (which parsed them all, every time). The undo
+# triggers are each connection's own (TEMP): made at every open.
+SCHEMA_STAMP = zlib.crc32((SCHEMA + OLD_UNDO_TRIGGERS).encode()) & 0x7FFFFFFF
+UNDO_TRIGGERS = undo_triggers()
 
 
 def name_to_json(name: bytes) -> str:
@@ -174,3 +184,4 @@ class TreeView(Protocol):
     def xattr_names(self, ino: int) -> list[bytes]: ...
 
     def stats(self) -> dict: ...
+
