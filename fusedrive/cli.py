@@ -161,36 +161,54 @@ def open_volume_for(url: str, args, offline_header: bytes | None = None) -> volu
     if getattr(args, "replica_url", None):
         store.attach({"url": args.replica_url, "endpoint_url": args.replica_endpoint_url})
     args.key_file = volumes.key_file_for(url, args.key_file)
-    volume = volumes.open_volume(store, lambda: volumes.get_passphrase(args.key_file), offline_header,
-                                 _member_key(store, args))
+    member = _member_key(store, args)
+    volume = volumes.open_volume(store, lambda: volumes.get_passphrase(args.key_file), offline_header, member)
+    if volume.opened_by == "identity" and member.opened is not None:
+        from .store.members import keep_slot
+
+        keep_slot(volumes.config_dir(), volume.volume_id, member.opened)  # it opened the volume: kept for offline
     cache_dir = getattr(args, "cache_dir", None)
     attach_replica(volume, Path(cache_dir) if cache_dir else None)
     follow_move(volume)
     return volume
 
 
-def _member_key(store, args):
-    """How open_volume gets the master key from this person's key slot: with an identity on
-    this machine and no passphrase given (a key file, FUSEDRIVE_PASSPHRASE), the slot is
-    tried first; None where that does not apply."""
+class _MemberKey:
+    """How open_volume gets the master key from this person's key slot (store/members.py):
+    with an identity on this machine and no passphrase given (a key file,
+    FUSEDRIVE_PASSPHRASE), the slot is tried first. `opened`: the slot read from the store."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.opened: dict | None = None
+
+    def __call__(self, volume_id: str) -> tuple[bytes, bool] | None:
+        from .store.members import NotAMember, keep_slot, kept_slot, load_identity, read_slot, unwrap
+
+        identity = load_identity(volumes.config_dir(), os.environ.get("FUSEDRIVE_IDENTITY_PASSPHRASE"))
+        try:
+            slot, checked = read_slot(self.store, identity.public), False
+        except StoreUnreachable:  # a device that has the volume mounts offline: with the slot kept once it opened it
+            slot, checked = kept_slot(volumes.config_dir(), volume_id), True
+            if slot is None:
+                raise
+        if slot is not None:
+            self.opened = None if checked else slot
+            return unwrap(slot, identity, volume_id), checked
+        keep_slot(volumes.config_dir(), volume_id, None)  # taken away: not opened offline either
+        if sys.stdin.isatty():
+            return None  # the passphrase is asked
+        raise NotAMember(f"Your identity has no key slot in the volume at {self.store.url}: a member can give you "
+                         f"one (fusedrive members add VOLUME {identity.public.text}), or give the passphrase.")
+
+
+def _member_key(store, args) -> _MemberKey | None:
+    """The slot opener where it applies (an identity here, no passphrase given); else None."""
     from .store.members import load_public
 
     if args.key_file or os.environ.get("FUSEDRIVE_PASSPHRASE") or load_public(volumes.config_dir()) is None:
         return None
-
-    def from_slot(volume_id: str) -> bytes | None:
-        from .store.members import NotAMember, load_identity, read_slot, unwrap
-
-        identity = load_identity(volumes.config_dir(), os.environ.get("FUSEDRIVE_IDENTITY_PASSPHRASE"))
-        slot = read_slot(store, identity.public)
-        if slot is not None:
-            return unwrap(slot, identity, volume_id)
-        if sys.stdin.isatty():
-            return None  # the passphrase is asked
-        raise NotAMember(f"Your identity has no key slot in the volume at {store.url}: a member can give you one "
-                         f"(fusedrive members add VOLUME {identity.public.text}), or give the passphrase.")
-
-    return from_slot
+    return _MemberKey(store)
 
 
 def ensure_default_volume(endpoint_url: str | None) -> tuple[str, Path]:

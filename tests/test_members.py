@@ -54,7 +54,7 @@ def test_a_key_slot_opens_the_volume_for_its_member_only(tmp_path):
     assert members(store) == [bob.public.text]
 
     def slot_of(identity):
-        return lambda volume_id: (unwrap(slot, identity, volume_id)
+        return lambda volume_id: ((unwrap(slot, identity, volume_id), False)
                                   if (slot := read_slot(store, identity.public)) is not None else None)
 
     as_bob = open_volume(store, lambda: pytest.fail("a member is not asked the passphrase"), member=slot_of(bob))
@@ -102,5 +102,27 @@ def test_a_member_mounts_with_their_identity_and_removal_takes_their_slot_away(v
     assert "stays readable to them" in removed.stdout and "credentials" in removed.stdout
     refused = volume.cli.run("du", volume.url, env=bob, passphrase=None, check=False)
     assert refused.returncode == 5 and "no key slot" in refused.stderr, refused.stderr
+    assert not list((tmp_path / "bob-config" / "fusedrive" / "slots").glob("*.json")), "the slot kept for offline"
     stranger = volume.cli.run("members", "add", volume.url, bob_id[:-3] + "abc", check=False)
     assert stranger.returncode == 64 and "not a whole fusedrive identity" in stranger.stderr
+
+
+def test_a_member_mounts_offline_with_the_slot_their_identity_kept(proxied_volume, store_proxy, tmp_path):
+    volume = proxied_volume
+    bob = person(tmp_path, "bob")
+    bob_id = volume.cli.run("id", env=bob, passphrase=None).stdout.strip()
+    alice = volume.mount("alice")
+    write(alice.p("plan.txt"), b"alice's plan")
+    alice.sync()
+    volume.cli.run("members", "add", volume.url, bob_id)
+    laptop = volume.mount("bob-laptop", passphrase=None, env=bob)
+    assert read(laptop.p("plan.txt")) == b"alice's plan"
+    laptop.umount()
+    store_proxy.down()
+    laptop.start(passphrase=None, env=bob)  # the same cache dir, the store away: no passphrase either
+    volume.mounts.append(laptop)
+    assert read(laptop.p("plan.txt")) == b"alice's plan"
+    write(laptop.p("offline.txt"), b"written by bob while the store is away")
+    store_proxy.up()
+    laptop.sync()
+    wait_for(lambda: os.path.exists(alice.p("offline.txt")), timeout=30, what="bob's offline file on alice's device")

@@ -42,6 +42,7 @@ SLOT_INFO = b"fusedrive.org/v1/member-slot"
 SLOTS = "members/"
 IDENTITY_FILE = "identity.json"
 IDENTITY_KEY_FILE = "identity.key"
+KEPT_SLOTS = "slots"  # beside the identity: the slots it opened, by volume id, to open them offline
 SCRYPT = {"n": 2**15, "r": 8, "p": 1}
 _RAW = serialization.Encoding.Raw
 
@@ -254,3 +255,23 @@ def members(store: ObjectStore) -> list[str]:
         except (NotFound, ValueError, KeyError):
             continue
     return found
+
+
+def keep_slot(config_dir: Path, volume_id: str, slot: dict | None) -> None:
+    """Remember (or forget, None) this person's slot of a volume, to open it while the store
+    does not answer: it is sealed for them alone, as in the volume."""
+    path = config_dir / KEPT_SLOTS / f"{volume_id}.json"
+    if slot is None:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(slot, f)
+
+
+def kept_slot(config_dir: Path, volume_id: str) -> dict | None:
+    try:
+        return json.loads((config_dir / KEPT_SLOTS / f"{volume_id}.json").read_text())
+    except (OSError, ValueError):
+        return None

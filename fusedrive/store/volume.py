@@ -132,14 +132,16 @@ def create_volume(store: ObjectStore, passphrase: str) -> Volume:
 
 
 def open_volume(store: ObjectStore, passphrase: str | Callable[[], str],
-                offline_header: bytes | None = None, member: Callable[[str], bytes | None] | None = None) -> Volume:
+                offline_header: bytes | None = None,
+                member: Callable[[str], tuple[bytes, bool] | None] | None = None) -> Volume:
     """Read the header and unwrap the master key; a wrong passphrase is one clear error.
     `passphrase` may be a function asked only once the header is there (no volume there is
     said as that, not as a missing passphrase).
     `offline_header`: the header a cache dir kept, used when the store does not answer
     (a device that holds the volume mounts without it).
-    `member`: given the volume id, the master key from this person's key slot (members.py),
-    or None if they have none: then the passphrase is asked."""
+    `member`: given the volume id, the master key from this person's key slot (members.py)
+    and whether that slot was checked before (kept once it opened the volume), or None if
+    they have none: then the passphrase is asked."""
     try:
         raw = store.get(HEADER_KEY)
     except NotFound:
@@ -167,11 +169,16 @@ def open_volume(store: ObjectStore, passphrase: str | Callable[[], str],
         volume_id, chunking = header["volume_id"], header["chunking"]
     except (ValueError, KeyError, TypeError):
         raise FusedriveError(f"The object `volume` at {store.url} is not a fusedrive volume header.") from None
-    master = member(volume_id) if member is not None else None
-    if master is not None:
+    slot = member(volume_id) if member is not None else None
+    if slot is not None:
+        master, checked = slot
         volume = Volume(store, volume_id, chunking, sealing.VolumeKeys.derive(master, volume_id), raw, needed,
                         master, "identity")
-        _check_master(volume)
+        try:
+            _check_master(volume)
+        except StoreUnreachable:
+            if not checked:
+                raise
         return volume
     if callable(passphrase):
         passphrase = passphrase()
