@@ -241,13 +241,13 @@ def cmd_init(args) -> int:
     from .store import open_store
     from .store.members import PublicIdentity, add_member
 
+    members = [PublicIdentity.parse(text) for text in args.member]  # first: a typo leaves nothing half made
     store = open_store(args.volume, args.endpoint_url)
     if store.url.startswith("file://"):
         try:
             os.makedirs(store.root, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise LocalError(f"Cannot create the volume directory {store.root}: {exc.strerror}.") from None
-    members = [PublicIdentity.parse(text) for text in args.member]  # (before the volume: a typo stops nothing half made)
     volume = volumes.create_volume(store, volumes.get_passphrase(args.key_file, confirm=True))
     start_journal(volume)
     for member in members:

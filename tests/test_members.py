@@ -126,3 +126,18 @@ def test_a_member_mounts_offline_with_the_slot_their_identity_kept(proxied_volum
     store_proxy.up()
     laptop.sync()
     wait_for(lambda: os.path.exists(alice.p("offline.txt")), timeout=30, what="bob's offline file on alice's device")
+
+
+def test_init_with_a_member_shares_the_new_volume_at_once(tmp_path):
+    from conftest import Cli
+
+    cli = Cli({})
+    bob = person(tmp_path, "bob")
+    bob_id = cli.run("id", env=bob, passphrase=None).stdout.strip()
+    url = (tmp_path / "shared-volume").as_uri()
+    made = cli.run("init", url, "--member", bob_id)
+    assert "shared with 1 member(s)" in made.stdout
+    listed = cli.run("members", "list", url, env=bob, passphrase=None)  # Bob opens it with his identity alone
+    assert listed.stdout.split() == [bob_id]
+    typo = cli.run("init", (tmp_path / "another").as_uri(), "--member", bob_id[:-2] + "zz", check=False)
+    assert typo.returncode == 64 and not (tmp_path / "another").exists(), "a mistyped member must stop init first"
