@@ -259,23 +259,19 @@ def cmd_init(args) -> int:
 
 def cmd_id(args) -> int:
     """Make this person's identity (once) and show its public half."""
+    import getpass
+
     from .store.members import create_identity, load_public
 
     found = load_public(volumes.config_dir())
     if found is None:
         passphrase = volumes.get_passphrase(None, confirm=True, env="FUSEDRIVE_IDENTITY_PASSPHRASE") \
             if args.passphrase else None
-        identity = create_identity(volumes.config_dir(), args.name or getpass_user(), passphrase)
+        identity = create_identity(volumes.config_dir(), args.name or getpass.getuser(), passphrase)
         found = identity.name, identity.public
         print(f"Created your identity ({found[0]}). Send this to whoever shares a volume with you:", file=sys.stderr)
     print(found[1].text)
     return 0
-
-
-def getpass_user() -> str:
-    import getpass
-
-    return getpass.getuser()
 
 
 def cmd_members(args) -> int:
@@ -1118,6 +1114,15 @@ def build_parser() -> argparse.ArgumentParser:
         volume_options(p)
         return p
 
+    def action_command(name: str, func, actions: list[str], **texts: str) -> argparse.ArgumentParser:
+        """A command doing ACTION to VOLUME (named: the action comes first, then what it acts on)."""
+        p = sub.add_parser(name, **texts)
+        p.add_argument("action", choices=actions)
+        p.add_argument("volume", metavar="VOLUME", help="s3://BUCKET/PREFIX, file:///DIR or a mount point of the volume")
+        volume_options(p)
+        p.set_defaults(func=lambda args: func(resolve_volume(args)))
+        return p
+
     def device_command(name: str, place: str, func, **texts: str) -> argparse.ArgumentParser:
         """A command that runs a device of a volume (a mount or a mirror) at a place."""
         p = sub.add_parser(name, **texts)
@@ -1166,15 +1171,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "$FUSEDRIVE_IDENTITY_PASSPHRASE) instead of a key file beside it")
     p.set_defaults(func=cmd_id)
 
-    p = sub.add_parser("members", help="the people a volume is shared with", description="add IDENTITY: give a person "
-                       "(their `fusedrive id`) the volume's key, wrapped for them alone: they mount it with their "
-                       "identity, no passphrase. remove IDENTITY: take their key slot away (what they already had "
-                       "stays readable to them: the volume's key does not change yet). list: who has a key slot.")
-    p.add_argument("action", choices=["add", "remove", "list"])
-    p.add_argument("volume", metavar="VOLUME", help="s3://BUCKET/PREFIX, file:///DIR or a mount point of the volume")
+    p = action_command("members", cmd_members, ["add", "remove", "list"], help="the people a volume is shared with",
+                       description="add IDENTITY: give a person (their `fusedrive id`) the volume's key, wrapped for "
+                       "them alone: they mount it with their identity, no passphrase. remove IDENTITY: take their key "
+                       "slot away (what they already had stays readable to them: the volume's key does not change "
+                       "yet). list: who has a key slot.")
     p.add_argument("identity", nargs="?", metavar="IDENTITY", help="fdid1… (add, remove)")
-    volume_options(p)
-    p.set_defaults(func=lambda args: cmd_members(resolve_volume(args)))
 
     p = device_command("mount", "mountpoint", cmd_mount, help="mount a volume as a folder",
                        description="Mount VOLUME at MOUNTPOINT. With only MOUNTPOINT, mounts the default volume on "
@@ -1336,20 +1338,16 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Move every archived block back "
                        "to the standard storage class (on AWS, the restore may take hours: exit 1 until done).")
 
-    p = sub.add_parser("replica", help="a copy of the volume in another store, read when it fails",
-                       description="add URL: make URL (another S3 region or provider, or a directory) the volume's "
+    p = action_command("replica", cmd_replica, ["add", "sync", "remove", "show", "promote"],
+                       help="a copy of the volume in another store, read when it fails", description="add URL: make URL (another S3 region or provider, or a directory) the volume's "
                        "replica and copy everything there; devices then copy what they write to it in the background, "
                        "and read from it when the store does not answer. sync: copy what the replica is missing "
                        "(objects from before it was added, or from devices that did not know it yet). remove: "
                        "stop copying to it. show: which replica the volume names. promote: make the replica the "
                        "volume's store, for a region lost for good (the old store is fenced: no device commits to "
                        "it again; running devices move to the replica).")
-    p.add_argument("action", choices=["add", "sync", "remove", "show", "promote"])
-    p.add_argument("volume", metavar="VOLUME", help="s3://BUCKET/PREFIX, file:///DIR or a mount point of the volume")
     p.add_argument("url", nargs="?", metavar="URL", help="the replica (add; promote, where the volume cannot "
                    "say which it is): s3://BUCKET/PREFIX or file:///DIR")
-    volume_options(p)
-    p.set_defaults(func=lambda args: cmd_replica(resolve_volume(args)))
     p.add_argument("--provider-replicated", action="store_true", help="the provider copies the bucket itself "
                    "(S3 cross-region replication): devices only read from the replica")
 

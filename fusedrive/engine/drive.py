@@ -240,6 +240,10 @@ class Drive:
         """The node at a path of the drive ("/docs/a.txt"); UsageError if there is none."""
         return self.replica.inode(history.resolve(self.replica, path))
 
+    def size_and_mtime(self, node: Inode) -> tuple[int, int]:
+        """The file's size and mtime as this device sees it now (its staged content's, if any)."""
+        return self.files.size_and_mtime(node)
+
     def attributes(self, node: Inode) -> tuple[int, int, int, int]:
         """(size, mtime_ns, ctime_ns, 512-byte blocks stored) as this device sees the file now."""
         size, mtime_ns = self.files.size_and_mtime(node)

@@ -618,7 +618,7 @@ class Mirror:
         if stat.S_ISLNK(node.mode):
             return node, RemoteEntry("link", node.fid, 0, 0, 0o777, node.target)
         if node.is_reg:
-            size, mtime_ns, _, _ = self.drive.attributes(node)
+            size, mtime_ns = self.drive.size_and_mtime(node)
             return node, RemoteEntry("file", node.fid, size, mtime_ns, stat.S_IMODE(node.mode))
         return node, None
 

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import FusedriveError, UsageError
 from . import NotFound, ObjectStore, sealing
+from .volume import keep_json
 
 PUBLIC_PREFIX = "fdid1"
 SLOT_INFO = b"fusedrive.org/v1/member-slot"
@@ -131,7 +132,8 @@ def create_identity(config_dir: Path, name: str, passphrase: str | None) -> Iden
     secret = identity.exchange_key.private_bytes(_RAW, serialization.PrivateFormat.Raw,
                                                  serialization.NoEncryption()) + \
         identity.signing_key.private_bytes(_RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-    sealed = sealing.seal(sealing.passphrase_key(passphrase, salt, **SCRYPT), secret, _identity_aad(identity))
+    sealed = sealing.seal(sealing.passphrase_key(passphrase, salt, **SCRYPT), secret,
+                          _identity_aad(identity.name, identity.public))
     record = {"version": 1, "name": name, "public": identity.public.text, **protection,
               "kdf": {"name": "scrypt", "salt": base64.b64encode(salt).decode(), **SCRYPT},
               "secret": base64.b64encode(sealed).decode()}
@@ -167,7 +169,7 @@ def load_identity(config_dir: Path, passphrase: str | None) -> Identity | None:
     kdf = record["kdf"]
     key = sealing.passphrase_key(passphrase, base64.b64decode(kdf["salt"]), kdf["n"], kdf["r"], kdf["p"])
     try:
-        secret = sealing.unseal(key, base64.b64decode(record["secret"]), _identity_aad_of(record["name"], public),
+        secret = sealing.unseal(key, base64.b64decode(record["secret"]), _identity_aad(record["name"], public),
                                 "your identity")
     except FusedriveError:
         raise UsageError(f"Wrong passphrase for your identity in {path}.") from None
@@ -178,11 +180,7 @@ def load_identity(config_dir: Path, passphrase: str | None) -> Identity | None:
     return identity
 
 
-def _identity_aad(identity: Identity) -> bytes:
-    return _identity_aad_of(identity.name, identity.public)
-
-
-def _identity_aad_of(name: str, public: PublicIdentity) -> bytes:
+def _identity_aad(name: str, public: PublicIdentity) -> bytes:
     return f"fusedrive-identity:{name}:{public.text}".encode()
 
 
@@ -261,13 +259,8 @@ def keep_slot(config_dir: Path, volume_id: str, slot: dict | None) -> None:
     """Remember (or forget, None) this person's slot of a volume, to open it while the store
     does not answer: it is sealed for them alone, as in the volume."""
     path = config_dir / KEPT_SLOTS / f"{volume_id}.json"
-    if slot is None:
-        path.unlink(missing_ok=True)
-        return
     path.parent.mkdir(mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(slot, f)
+    keep_json(path, slot)
 
 
 def kept_slot(config_dir: Path, volume_id: str) -> dict | None:

@@ -36,7 +36,7 @@ from typing import Callable, Iterator, TypeVar
 
 from ..errors import StoreUnreachable, UsageError
 from . import Listed, NotFound, ObjectStore, open_store
-from .volume import HEADER_KEY, Volume, kept_in_cache_dir
+from .volume import HEADER_KEY, Volume, keep_json, kept_in_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -357,14 +357,8 @@ def attach_replica(volume: Volume, cache_dir: Path | None = None) -> None:
 
 def keep_record(cache_dir: Path, volume: Volume) -> None:
     """Remember the volume's replica in a device's cache dir (or that it has none)."""
-    path = cache_dir / KEPT_RECORD
     record = getattr(volume.store, "record", None)
-    if record is None:
-        path.unlink(missing_ok=True)
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"url": volume.url, "record": record}, f)
+    keep_json(cache_dir / KEPT_RECORD, {"url": volume.url, "record": record} if record is not None else None)
 
 
 def check_replica(replica: ObjectStore, volume: Volume) -> None:
@@ -396,13 +390,22 @@ def copy_order(key: str) -> tuple[int, str]:
 
 def missing_on_replica(store: VolumeStore) -> list[Listed]:
     """What the primary holds that the replica does not (or holds at another size), in copy order."""
+    return _missing(*_listed_on_both(store))
+
+
+def _listed_on_both(store: VolumeStore) -> tuple[list[Listed], dict[str, int]]:
+    """Everything the primary lists, and key → size of what the replica holds."""
     try:
         store.replica.get_range(HEADER_KEY, 0, 1)
     except NotFound:
         there = {}  # a new replica (a directory store lists nothing before its header is there)
     else:
         there = {listed.key: listed.size for listed in store.replica.list("")}
-    return sorted((listed for listed in store.primary.list("") if there.get(listed.key) != listed.size),
+    return list(store.primary.list("")), there
+
+
+def _missing(here: list[Listed], there: dict[str, int]) -> list[Listed]:
+    return sorted((listed for listed in here if there.get(listed.key) != listed.size),
                   key=lambda listed: copy_order(listed.key))
 
 
@@ -428,16 +431,17 @@ def compare_with_replica(store: VolumeStore) -> list[str]:
     """What fsck --replica reports: objects the replica is missing (copies not made yet: the
     devices' backlogs, or `replica sync`), and journal entries the two stores hold
     differently (never right: a replica must be a copy)."""
-    missing = missing_on_replica(store)
+    here, there = _listed_on_both(store)
+    missing = _missing(here, there)
     problems = []
     if missing:
         shown = ", ".join(listed.key for listed in missing[:3]) + ("…" if len(missing) > 3 else "")
         problems.append(f"the replica {store.replica.url} is missing {len(missing):,} objects the store holds "
                         f"({shown}): devices copy what they wrote when they can; fusedrive replica sync copies the rest")
     missing_keys = {listed.key for listed in missing}
-    for listed in store.primary.list("journal/"):
-        if listed.key[len("journal/"):].isdigit() and listed.key not in missing_keys and \
-                store.primary.get(listed.key) != store.replica.get(listed.key):
+    for listed in here:
+        if listed.key.startswith("journal/") and listed.key[len("journal/"):].isdigit() and \
+                listed.key not in missing_keys and store.primary.get(listed.key) != store.replica.get(listed.key):
             problems.append(f"the replica's {listed.key} differs from the store's")
     return problems
 

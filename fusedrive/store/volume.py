@@ -228,11 +228,19 @@ OFFLINE_HEADER = "volume-header.json"  # in a cache dir: {"url", "header"}
 
 
 def keep_header(cache_dir: Path, volume: Volume) -> None:
-    """Remember the volume's header in its cache dir (owner-only) for mounting offline."""
-    path = cache_dir / OFFLINE_HEADER
+    """Remember the volume's header in its cache dir for mounting offline."""
+    keep_json(cache_dir / OFFLINE_HEADER, {"url": volume.url, "header": volume.header.decode()})
+
+
+def keep_json(path: Path, value: dict | None) -> None:
+    """Remember `value` in an owner-only file (what a device or a person keeps to work
+    offline); None: forget it."""
+    if value is None:
+        path.unlink(missing_ok=True)
+        return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"url": volume.url, "header": volume.header.decode()}, f)
+        json.dump(value, f)
 
 
 def kept_header(url: str, cache_dir: Path | None) -> bytes | None:

@@ -114,7 +114,7 @@ class PathFrontEnd:
 
 
 async def content(drive: Drive, node: Inode) -> bytes:
-    size, _, _, _ = drive.attributes(node)
+    size, _ = drive.size_and_mtime(node)
     return await drive.read(node, 0, size)
 
 
