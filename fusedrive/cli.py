@@ -167,10 +167,17 @@ def open_volume_for(url: str, args, offline_header: bytes | None = None) -> volu
         from .store.members import keep_slot
 
         keep_slot(volumes.config_dir(), volume.volume_id, member.opened)  # it opened the volume: kept for offline
+    volume.signer = _this_device_key()
     cache_dir = getattr(args, "cache_dir", None)
     attach_replica(volume, Path(cache_dir) if cache_dir else None)
     follow_move(volume)
     return volume
+
+
+def _this_device_key():
+    from .store.devices import this_machine_key
+
+    return this_machine_key(volumes.config_dir())
 
 
 class _MemberKey:
@@ -239,9 +246,12 @@ def ensure_default_volume(endpoint_url: str | None) -> tuple[str, Path]:
 def cmd_init(args) -> int:
     from .engine.journal import start_journal
     from .store import open_store
-    from .store.members import PublicIdentity, add_member
+    from .tools.people import parse_member, set_member
 
-    members = [PublicIdentity.parse(text) for text in args.member]  # first: a typo leaves nothing half made
+    members = [parse_member(text) for text in args.member]  # first: a typo leaves nothing half made
+    signer = _this_device_key() if members else None
+    if members and signer is None:
+        raise UsageError("Whoever shares a volume needs an identity: make yours first (fusedrive id).")
     store = open_store(args.volume, args.endpoint_url)
     if store.url.startswith("file://"):
         try:
@@ -250,17 +260,31 @@ def cmd_init(args) -> int:
             raise LocalError(f"Cannot create the volume directory {store.root}: {exc.strerror}.") from None
     volume = volumes.create_volume(store, volumes.get_passphrase(args.key_file, confirm=True))
     start_journal(volume)
-    for member in members:
-        add_member(store, member, volume.master, volume.volume_id)
+    volume.signer = signer
+    for member, role in members:
+        set_member(volume, member, role, _short_name(member), _my_name())
     print(f"Created volume {volume.volume_id} at {args.volume}" +
-          (f", shared with {len(members)} member(s)." if members else "."))
+          (f", shared with {len(members)} member(s) (you are its admin)." if members else "."))
     return 0
+
+
+def _my_name() -> str:
+    from .store.members import load_public
+
+    found = load_public(volumes.config_dir())
+    return found[0] if found else "admin"
+
+
+def _short_name(member) -> str:
+    """How a member is named until `members add --name` says: the start of their identity."""
+    return member.text[:12] + "…"
 
 
 def cmd_id(args) -> int:
     """Make this person's identity (once) and show its public half."""
     import getpass
 
+    from .store.devices import device_key
     from .store.members import create_identity, load_public
 
     found = load_public(volumes.config_dir())
@@ -268,34 +292,54 @@ def cmd_id(args) -> int:
         passphrase = volumes.get_passphrase(None, confirm=True, env="FUSEDRIVE_IDENTITY_PASSPHRASE") \
             if args.passphrase else None
         identity = create_identity(volumes.config_dir(), args.name or getpass.getuser(), passphrase)
+        device_key(volumes.config_dir(), identity)  # this machine's, certified now (the identity is open)
         found = identity.name, identity.public
         print(f"Created your identity ({found[0]}). Send this to whoever shares a volume with you:", file=sys.stderr)
+    if args.device:  # this machine's signing key, certified by the identity: what `members revoke` names
+        signer = _this_device_key()
+        if signer is None:
+            raise UsageError("Your identity is protected by a passphrase: set FUSEDRIVE_IDENTITY_PASSPHRASE.")
+        print(signer.signer["key"])
+        return 0
     print(found[1].text)
     return 0
 
 
 def cmd_members(args) -> int:
-    """add / remove / list the people a volume is shared with."""
-    from .store.members import PublicIdentity, add_member, members, slot_key
+    """add / remove / list / revoke: the people a volume is shared with, their roles, their devices."""
+    from .store.members import members
+    from .tools.people import parse_member, remove_member, revoke_device, roster_of, set_member
 
     volume = open_volume_for(args.volume, args)
     if args.action == "list":
-        for text in members(volume.store):
-            print(text)
+        roster, _replica = roster_of(volume, progress)
+        if not roster.founded:  # slots given before roles existed
+            for text in members(volume.store):
+                print(f"{text}  writer")
+        for text, member in sorted(roster.members.items(), key=lambda item: item[1]["name"]):
+            print(f"{text}  {member['role']:<6}  {member['name']}")
         return 0
     if not args.identity:
-        raise UsageError(f"Name the person: fusedrive members {args.action} VOLUME IDENTITY (from their `fusedrive id`).")
-    member = PublicIdentity.parse(args.identity)
-    if args.action == "add":
-        if not add_member(volume.store, member, volume.master, volume.volume_id):
-            print(f"{args.identity} is a member already.")
-            return 0
-        print(f"{args.identity} can now mount {volume.url} with their identity (and the store's credentials).")
+        raise UsageError(f"Name it: fusedrive members {args.action} VOLUME "
+                         f"{'DEVICE-KEY (fusedrive id --device on it)' if args.action == 'revoke' else 'IDENTITY'}.")
+    if args.action == "revoke":
+        revoke_device(volume, args.identity, progress)
+        print(f"Nothing signed by the device {args.identity} is applied by any device from now on.")
         return 0
-    volume.store.delete(slot_key(member))
-    print(f"{args.identity} has no key slot in {volume.url} any more. What they already had stays readable to "
-          "them: this build does not change the volume's key yet, and the bucket's own credentials must be "
-          "revoked by whoever owns the bucket.")
+    member, role = parse_member(args.identity)
+    if args.action == "add":
+        if not set_member(volume, member, role, args.name or _short_name(member), _my_name(), progress):
+            print(f"{member.text} is a {role} already.")
+            return 0
+        print(f"{member.text} is now a {role} of {volume.url}: they mount it with their identity (and the store's "
+              "credentials).")
+        return 0
+    if not remove_member(volume, member, progress):
+        print(f"{member.text} is not a member.")
+        return 0
+    print(f"{member.text} is no longer a member of {volume.url}: their devices may not change it and their key slot "
+          "is gone. What they already had stays readable to them: this build does not change the volume's key "
+          "yet, and the bucket's own credentials must be revoked by whoever owns the bucket.")
     return 0
 
 
@@ -567,6 +611,7 @@ def cmd_status(args) -> int:
     import json
 
     from . import report
+    from .engine.membership import NotAWriter
 
     entries = [control.read_registry(args.mountpoint)] if args.mountpoint else control.all_registered()
     entries = [e for e in entries if e]
@@ -581,6 +626,7 @@ def cmd_status(args) -> int:
                 else NewerFormat.exit_code if any(s.get("needs_upgrade") for s in statuses)
                 else IntegrityError.exit_code if any(s.get("integrity_problem") for s in statuses)
                 else DeviceStuck.exit_code if any(s.get("stuck") for s in statuses)
+                else NotAWriter.exit_code if any(s.get("cannot_write") and s["ops_waiting"] for s in statuses)
                 else StoreRefused.exit_code if any(s.get("store_needs_attention") for s in statuses)
                 else 1 if any(report.is_pending(s) for s in statuses) else 0)
         if args.watch and sys.stdout.isatty():
@@ -1160,8 +1206,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = volume_command("init", cmd_init, help="create a new volume", description="Create a new volume in an S3 bucket "
                        "(s3://BUCKET/PREFIX) or a directory (file:///DIR). Refuses to overwrite an existing one.")
-    p.add_argument("--member", action="append", default=[], metavar="IDENTITY",
-                   help="share it with this person (their `fusedrive id`; repeatable)")
+    p.add_argument("--member", action="append", default=[], metavar="IDENTITY[:ROLE]",
+                   help="share it with this person (their `fusedrive id`), a writer unless :reader or :admin "
+                        "follows; repeatable; you become its admin")
 
     p = sub.add_parser("id", help="your identity, to be given volumes", description="Make your identity (once: a key "
                        "pair to receive volumes' keys and one to sign, in the config dir) and print its public half, "
@@ -1169,14 +1216,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="how you are named (default: your user name)")
     p.add_argument("--passphrase", action="store_true", help="protect it with a passphrase (asked, or "
                    "$FUSEDRIVE_IDENTITY_PASSPHRASE) instead of a key file beside it")
+    p.add_argument("--device", action="store_true", help="print this machine's device key instead (what "
+                   "`members revoke` names if this machine is lost)")
     p.set_defaults(func=cmd_id)
 
-    p = action_command("members", cmd_members, ["add", "remove", "list"], help="the people a volume is shared with",
-                       description="add IDENTITY: give a person (their `fusedrive id`) the volume's key, wrapped for "
-                       "them alone: they mount it with their identity, no passphrase. remove IDENTITY: take their key "
-                       "slot away (what they already had stays readable to them: the volume's key does not change "
-                       "yet). list: who has a key slot.")
-    p.add_argument("identity", nargs="?", metavar="IDENTITY", help="fdid1… (add, remove)")
+    p = action_command("members", cmd_members, ["add", "remove", "list", "revoke"],
+                       help="the people a volume is shared with", description="add IDENTITY[:ROLE]: give a person "
+                       "(their `fusedrive id`) the volume's key, wrapped for them alone, and a role — reader, writer "
+                       "(the default) or admin; they mount it with their identity, no passphrase. The first member "
+                       "added makes you the volume's admin; then only admins change members. remove IDENTITY: take "
+                       "their role and key slot away (what they already had stays readable to them). revoke "
+                       "DEVICE-KEY: one device of a person (`fusedrive id --device` on it) may change nothing any "
+                       "more. list: members and roles.")
+    p.add_argument("identity", nargs="?", metavar="IDENTITY", help="fdid1…[:reader|writer|admin] (add, remove); "
+                   "a device key (revoke)")
+    p.add_argument("--name", default=None, help="how the member is named in listings (add)")
 
     p = device_command("mount", "mountpoint", cmd_mount, help="mount a volume as a folder",
                        description="Mount VOLUME at MOUNTPOINT. With only MOUNTPOINT, mounts the default volume on "

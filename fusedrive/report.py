@@ -57,8 +57,13 @@ def verdict(status: dict) -> str:
         return (f"This device is stuck — {status['stuck'][0].lower()}{status['stuck'][1:]} (an internal error): it "
                 f"serves what it has and keeps {status['ops_waiting']} changes queued; run `fusedrive fsck "
                 f"{status['volume']}` and report the mount's log.")
+    if status.get("cannot_write") and status["ops_waiting"]:
+        return (f"This device cannot commit: {status['cannot_write']}; {count(status['ops_waiting'], 'change', 'changes')} "
+                "made here stay queued, uncommitted.")
     if not is_pending(status):
         line = f"All changes are {where_data_lives(status['volume'])}"
+        if status.get("cannot_write"):
+            line += f" — read-only here: {status['cannot_write']}"
         if status.get("store_needs_attention"):
             line += f" — but the store needs attention: {status['store_needs_attention']}"
         elif status["store_offline_since"] is not None:

@@ -84,12 +84,19 @@ def test_a_member_mounts_with_their_identity_and_removal_takes_their_slot_away(v
     assert bob_id.startswith("fdid1") and "Created your identity" in made.stderr
     assert volume.cli.run("id", env=bob, passphrase=None).stdout.strip() == bob_id  # once: shown again after
 
-    alice = volume.mount("alice")
+    alice_env = person(tmp_path, "alice")
+    alice = volume.mount("alice", env=alice_env)  # by passphrase; she makes her identity while it runs
     write(alice.p("plan.txt"), b"alice's plan")
     alice.sync()
-    added = volume.cli.run("members", "add", volume.url, bob_id)
-    assert "can now mount" in added.stdout
-    assert volume.cli.run("members", "list", volume.url).stdout.split() == [bob_id]
+    refused = volume.cli.run("members", "add", volume.url, bob_id, check=False, env=alice_env)
+    assert refused.returncode == 64 and "make yours first" in refused.stderr
+    volume.cli.run("id", "--name", "alice", passphrase=None, env=alice_env)
+    added = volume.cli.run("members", "add", volume.url, bob_id, "--name", "bob", env=alice_env)
+    assert "is now a writer" in added.stdout
+    listed = [line.split() for line in volume.cli.run("members", "list", volume.url,
+                                                      env=alice_env).stdout.splitlines()]
+    assert [(role, name) for _id, role, name in listed] == [("admin", "alice"), ("writer", "bob")]
+    assert [bob_id] == [member for member, _role, name in listed if name == "bob"]
 
     laptop = volume.mount("bob-laptop", passphrase=None, env=bob)  # no passphrase anywhere
     assert read(laptop.p("plan.txt")) == b"alice's plan"
@@ -98,12 +105,13 @@ def test_a_member_mounts_with_their_identity_and_removal_takes_their_slot_away(v
     wait_for(lambda: os.path.exists(alice.p("bob.txt")), timeout=30, what="bob's file on alice's device")
     laptop.umount()
 
-    removed = volume.cli.run("members", "remove", volume.url, bob_id)
-    assert "stays readable to them" in removed.stdout and "credentials" in removed.stdout
+    removed = volume.cli.run("members", "remove", volume.url, bob_id, env=alice_env)
+    assert "no longer a member" in removed.stdout and "stays readable to them" in removed.stdout
+    assert "credentials" in removed.stdout
     refused = volume.cli.run("du", volume.url, env=bob, passphrase=None, check=False)
     assert refused.returncode == 5 and "no key slot" in refused.stderr, refused.stderr
     assert not list((tmp_path / "bob-config" / "fusedrive" / "slots").glob("*.json")), "the slot kept for offline"
-    stranger = volume.cli.run("members", "add", volume.url, bob_id[:-3] + "abc", check=False)
+    stranger = volume.cli.run("members", "add", volume.url, bob_id[:-3] + "abc", check=False, env=alice_env)
     assert stranger.returncode == 64 and "not a whole fusedrive identity" in stranger.stderr
 
 
@@ -111,10 +119,12 @@ def test_a_member_mounts_offline_with_the_slot_their_identity_kept(proxied_volum
     volume = proxied_volume
     bob = person(tmp_path, "bob")
     bob_id = volume.cli.run("id", env=bob, passphrase=None).stdout.strip()
-    alice = volume.mount("alice")
+    alice_env = person(tmp_path, "alice")
+    alice = volume.mount("alice", env=alice_env)
     write(alice.p("plan.txt"), b"alice's plan")
     alice.sync()
-    volume.cli.run("members", "add", volume.url, bob_id)
+    volume.cli.run("id", passphrase=None, env=alice_env)  # alice's, who shares it
+    volume.cli.run("members", "add", volume.url, bob_id, env=alice_env)
     laptop = volume.mount("bob-laptop", passphrase=None, env=bob)
     assert read(laptop.p("plan.txt")) == b"alice's plan"
     laptop.umount()
@@ -128,16 +138,220 @@ def test_a_member_mounts_offline_with_the_slot_their_identity_kept(proxied_volum
     wait_for(lambda: os.path.exists(alice.p("offline.txt")), timeout=30, what="bob's offline file on alice's device")
 
 
+def alice_id(cli, env) -> str:
+    return cli.run("id", env=env, passphrase=None).stdout.strip()
+
+
 def test_init_with_a_member_shares_the_new_volume_at_once(tmp_path):
     from conftest import Cli
 
     cli = Cli({})
     bob = person(tmp_path, "bob")
     bob_id = cli.run("id", env=bob, passphrase=None).stdout.strip()
+    alice = person(tmp_path, "alice")
+    cli.run("id", "--name", "alice", env=alice, passphrase=None)
     url = (tmp_path / "shared-volume").as_uri()
-    made = cli.run("init", url, "--member", bob_id)
-    assert "shared with 1 member(s)" in made.stdout
+    made = cli.run("init", url, "--member", bob_id + ":reader", env=alice)
+    assert "shared with 1 member(s) (you are its admin)" in made.stdout
     listed = cli.run("members", "list", url, env=bob, passphrase=None)  # Bob opens it with his identity alone
-    assert listed.stdout.split() == [bob_id]
-    typo = cli.run("init", (tmp_path / "another").as_uri(), "--member", bob_id[:-2] + "zz", check=False)
+    assert [line.split()[:2] for line in listed.stdout.splitlines()] == [[alice_id(cli, alice), "admin"], [bob_id, "reader"]]
+    typo = cli.run("init", (tmp_path / "another").as_uri(), "--member", bob_id[:-2] + "zz", check=False, env=alice)
     assert typo.returncode == 64 and not (tmp_path / "another").exists(), "a mistyped member must stop init first"
+
+
+# --- roles, signed entries, the membership log (issue 39, second part) --------------------------
+
+
+def people(tmp_path, *names: str) -> dict:
+    """name → (identity, this machine's device key) for each person, in config dirs of their own."""
+    from fusedrive.store.devices import device_key
+
+    found = {}
+    for name in names:
+        identity = create_identity(tmp_path / name, name, None)
+        found[name] = identity, device_key(tmp_path / name, identity)
+    return found
+
+
+def as_admin(device, signer):
+    """The volume as a `members` command on `device`'s machine opens it (its master key is
+    only wrapped into slots, which these tests do not open)."""
+    import dataclasses
+
+    return dataclasses.replace(device.drive.volume, signer=signer, master=os.urandom(32))
+
+
+def forge(volume, seq: int, signer, **entry_fields) -> None:
+    """An entry put straight into the bucket at `seq` (whoever holds the volume's key can)."""
+    import time
+
+    from fusedrive.engine.journal import Entry, Journal
+
+    ops = entry_fields.pop("ops", [{"op": "unlink", "parent": "root", "name": "plan.txt", "t": time.time_ns()}])
+    assert Journal(volume).append(Entry(seq=seq, device="forged", ops=ops, **entry_fields), signer)
+
+
+@pytest.mark.inprocess
+def test_members_write_by_role_and_an_entry_a_reader_forges_is_refused_by_every_device(tmp_path):
+    import trio
+
+    from engines import devices
+    from fusedrive.engine.membership import EntryRefused, NotAWriter
+    from fusedrive.tools.fsck import repair_journal
+    from fusedrive.tools.people import set_member
+    from fusedrive.engine.journal import Journal
+
+    keys = people(tmp_path, "alice", "bob", "carol")
+
+    async def scenario():
+        async with devices("alice", "bob", "carol") as (alice, bob, carol):
+            for device in (alice, bob, carol):
+                device.drive.volume.signer = keys[device.name][1]
+            await alice.save("/plan.txt", b"alice's plan")
+            await alice.sync()
+            admin = as_admin(alice, keys["alice"][1])
+            set_member(admin, keys["bob"][0].public, "writer", "bob", "alice")
+            set_member(admin, keys["carol"][0].public, "reader", "carol", "alice")
+            for device in (alice, bob, carol):
+                await device.pull()
+            assert [d.drive.write_refusal() for d in (alice, bob)] == [None, None]
+            assert carol.drive.write_refusal() == "you are a reader of this volume"
+            await bob.save("/bob.txt", b"bob was here")
+            await bob.sync()
+            await alice.pull()
+            assert await alice.read("/bob.txt") == b"bob was here"
+            await carol.pull()
+            await carol.save("/carol.txt", b"a reader's write")  # (a mount is read-only; the engine refuses too)
+            with pytest.raises(NotAWriter, match="reader"):
+                await carol.sync()
+            assert carol.drive.status()["cannot_write"] == "you are a reader of this volume"
+            # carol holds the volume's key: she forges an entry deleting alice's plan, signed by her
+            # own device; then one unsigned; every other device refuses it and applies nothing after
+            head = alice.drive.replica.applied_seq
+            forge(admin, head + 1, keys["carol"][1])
+            for device in (alice, bob):
+                with pytest.raises(EntryRefused, match="carol, a reader"):
+                    await device.pull()
+                assert await device.read("/plan.txt") == b"alice's plan"
+                assert device.drive.replica.applied_seq == head
+            await bob.save("/queued.txt", b"waits behind the forgery")
+            with pytest.raises(EntryRefused):
+                await bob.sync()
+            said = repair_journal(Journal(admin), None)
+            assert said and "carol, a reader" in said[0]
+            forge(admin, head + 2, None)  # unsigned
+            for device in (alice, bob):
+                with pytest.raises(EntryRefused, match="not signed"):
+                    await device.pull()
+            repair_journal(Journal(admin), None)
+            await bob.sync()
+            await alice.pull()
+            assert await alice.read("/queued.txt") == b"waits behind the forgery"
+            assert await alice.read("/plan.txt") == b"alice's plan"
+
+    trio.run(scenario)
+
+
+@pytest.mark.inprocess
+def test_what_a_signed_entry_must_be_to_be_applied(tmp_path):
+    """Each rule of membership.refusal, on entries as the store holds them."""
+    import base64
+    import time
+
+    from fusedrive.engine.journal import Entry, Journal
+    from fusedrive.engine.membership import Roster, refusal
+    from fusedrive.store.devices import device_key
+
+    keys = people(tmp_path, "alice", "bob", "carol")
+    volume = create_volume(MemoryStore(), "the passphrase")
+    start_journal(volume)
+    journal = Journal(volume)
+    seq = iter(range(2, 100))
+
+    def stored(signer, ops=(), device="laptop", tamper=None):
+        at = next(seq)
+        blob = journal._seal(Entry(seq=at, device=device, ops=list(ops)), signer)
+        if tamper:
+            blob = journal.volume.seal(f"journal/{at:020d}", tamper(volume.unseal(f"journal/{at:020d}", blob, "")))
+        return journal._unseal(at, blob)
+
+    def member(name, role):
+        return {"op": "member", "public": keys[name][0].public.text, "name": name, "role": role, "t": time.time_ns()}
+
+    roster = Roster()
+    assert refusal(roster, stored(None, [{"op": "mkroot", "mode": 0, "uid": 0, "gid": 0, "t": 1}])) is None
+    assert "without making its writer admin" in refusal(roster, stored(keys["bob"][1], [member("alice", "admin")]))
+    for op in stored(keys["alice"][1], [member("alice", "admin"), member("bob", "writer"),
+                                        member("carol", "reader")]).ops:
+        roster.apply(op)
+    touch = [{"op": "setattr", "fid": "root", "t": 1, "mode": 0o40755}]
+    assert refusal(roster, stored(keys["bob"][1], touch)) is None
+    assert "not signed" in refusal(roster, stored(None, touch))
+    assert refusal(roster, stored(None, [], device="fsck --repair")) is None  # an empty marker
+    assert "carol, a reader" in refusal(roster, stored(keys["carol"][1], touch))
+    assert "not an admin" in refusal(roster, stored(keys["bob"][1], [member("carol", "admin")]))
+    stranger = people(tmp_path / "elsewhere", "mallory")["mallory"][1]
+    assert "not a member" in refusal(roster, stored(stranger, touch))
+    import zstandard
+
+    def retouch(body):  # change the ops after signing (the volume's key seals it again)
+        return zstandard.compress(zstandard.decompress(body).replace(b'"mode":16877', b'"mode":16895'))
+    assert "signature does not verify" in refusal(roster, stored(keys["bob"][1], touch, tamper=retouch))
+    forged_cert = type(keys["bob"][1])(keys["carol"][1].key, keys["bob"][1].member, "x", keys["bob"][1].cert)
+    assert "certificate does not verify" in refusal(roster, stored(forged_cert, touch))
+    # one of bob's two machines is lost: revoked alone
+    other = device_key(tmp_path / "bob-desktop", keys["bob"][0])
+    roster.apply({"op": "revoke", "key": base64.b64encode(keys["bob"][1].public).decode(), "t": 1})
+    assert "revoked" in refusal(roster, stored(keys["bob"][1], touch))
+    assert refusal(roster, stored(other, touch)) is None
+    roster.apply(member("bob", "removed"))
+    assert "not a member" in refusal(roster, stored(other, touch))
+
+
+def test_a_writer_a_reader_and_a_removal_through_real_mounts(s3_volume, tmp_path):
+    """alice shares her volume with bob (writer) and carol (reader): bob's changes reach alice,
+    carol's mount is read-only, and once alice removes bob his device commits nothing more and
+    says so."""
+    import errno
+
+    volume = s3_volume
+
+    envs = {name: person(tmp_path, name) for name in ("alice", "bob", "carol")}
+    ids = {name: volume.cli.run("id", "--name", name, env=env, passphrase=None).stdout.strip()
+           for name, env in envs.items()}
+    alice = volume.mount("alice", env=envs["alice"])
+    write(alice.p("plan.txt"), b"alice's plan")
+    alice.sync()
+    volume.cli.run("members", "add", volume.url, ids["bob"], "--name", "bob", env=envs["alice"])
+    volume.cli.run("members", "add", volume.url, ids["carol"] + ":reader", "--name", "carol", env=envs["alice"])
+    bob = volume.mount("bob-laptop", passphrase=None, env=envs["bob"])
+    carol = volume.mount("carol-laptop", passphrase=None, env=envs["carol"])
+    write(bob.p("notes.txt"), b"bob's notes")
+    os.rename(bob.p("notes.txt"), bob.p("minutes.txt"))
+    os.mkdir(bob.p("drafts"))
+    bob.sync()
+    wait_for(lambda: os.path.exists(alice.p("minutes.txt")) and os.path.isdir(carol.p("drafts")), timeout=30,
+             what="bob's changes on alice's and carol's devices")
+    assert read(carol.p("minutes.txt")) == b"bob's notes"
+    for attempt in (lambda: write(carol.p("carol.txt"), b"x"), lambda: os.unlink(carol.p("plan.txt")),
+                    lambda: os.mkdir(carol.p("mine"))):
+        with pytest.raises(OSError) as refused:
+            attempt()
+        assert refused.value.errno == errno.EROFS
+    shown = volume.cli.run("status", str(carol.path), check=False)
+    assert shown.returncode == 0 and "read-only here: you are a reader" in shown.stdout, shown.stdout
+    write(alice.p("plan.txt"), b"alice's plan, v2")  # alice still writes (a passphrase mount, her identity)
+    alice.sync()
+
+    volume.cli.run("members", "remove", volume.url, ids["bob"], env=envs["alice"])
+    wait_for(lambda: "not a member" in (volume.cli.run("status", str(bob.path), check=False).stdout),
+             timeout=30, what="bob's device learning he was removed")
+    write(bob.p("after.txt"), b"written after the removal")
+    stuck = volume.cli.run("sync", str(bob.path), check=False)
+    assert stuck.returncode != 0
+    shown = volume.cli.run("status", str(bob.path), check=False)
+    assert shown.returncode == 5 and "cannot commit: you are not a member" in shown.stdout, shown.stdout
+    volume.cli.run("umount", str(bob.path), "--no-wait", check=False)  # his change cannot commit: left behind
+    volume.mounts.remove(bob)
+    assert not os.path.exists(alice.p("after.txt"))
+    assert read(carol.p("plan.txt")) == b"alice's plan, v2"

@@ -17,6 +17,7 @@ import sqlite3
 import stat
 
 from ..errors import UnknownOperation
+from .membership import STATE_KEY as ROSTER_KEY, Roster
 from .tree import ROOT_FID, ROOT_INO, Inode, name_from_json
 
 SUCCESSION_NS = 60 * 10**9
@@ -289,6 +290,15 @@ class Applying:
 
     def _op_thaw(self, op: dict) -> None:
         self.db.executemany("DELETE FROM archived WHERE block=?", [(block,) for block in op["blocks"]])
+
+    def _op_member(self, op: dict) -> None:
+        """The membership log (membership.py): only `members` commands make these ops, never a
+        mount's queue, so the roster (in `state`) is not undo-logged."""
+        roster = Roster.of(self)
+        roster.apply(op)
+        self.set_state(ROSTER_KEY, roster.to_json())
+
+    _op_revoke = _op_member
 
     def archived_class(self, block_id: str) -> str | None:
         row = self.db.execute("SELECT storage_class FROM archived WHERE block=?", (block_id,)).fetchone()

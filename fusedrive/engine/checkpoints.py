@@ -18,10 +18,12 @@ import zstandard
 
 from ..errors import IntegrityError
 from .journal import Entry, Journal, follow_chain
+from .membership import STATE_KEY as ROSTER_KEY, apply_checked
 from ..report import Progress
 from .replica import Replica
 from .tree import ROOT_FID, ROOT_INO, name_from_json, name_to_json
 from ..store import NotFound
+from ..store.members import has_members
 from ..store.volume import Volume
 
 PREFIX = "checkpoints/"
@@ -58,7 +60,7 @@ def dump_state(replica: Replica) -> dict:
     carried = [list(row) for row in db.execute("SELECT block, seq FROM carried")]
     return {"seq": replica.applied_seq, "commit": replica.get_state("applied_commit"), "inodes": inodes,
             "dentries": dentries, "xattrs": xattrs, "versions": versions, "trash": trash, "archived": archived,
-            "lineage": lineage, "departed": departed, "carried": carried}
+            "lineage": lineage, "departed": departed, "carried": carried, "roster": replica.get_state(ROSTER_KEY)}
 
 
 def load_state(replica: Replica, state: dict) -> None:
@@ -92,6 +94,7 @@ def load_state(replica: Replica, state: dict) -> None:
         db.executemany("INSERT INTO departed(parent, name, fid, t) VALUES(?, ?, ?, ?)",
                        [(parent, name_from_json(name), fid, t) for parent, name, fid, t in state.get("departed", [])])
         replica.carried_by_many(state.get("carried", []))
+        replica.set_state(ROSTER_KEY, state.get("roster"))
         replica.set_state("applied_seq", state["seq"])
         replica.set_state("applied_commit", state.get("commit"))
         replica.set_state("checkpoint_seq", state["seq"])
@@ -124,8 +127,11 @@ def newest_live_checkpoint(journal: Journal, upto: int | None = None) -> dict | 
     is the store's entry's at its seq (checkpoints without one, from older builds, are taken
     as they are). A checkpoint of a history the store lost (it went back in time below it, and
     other entries took its seq) would hand a new device a tree no reader has. The entry at
-    the checkpoint's seq is read through `journal`, so a device keeping copies keeps it."""
+    the checkpoint's seq is read through `journal`, so a device keeping copies keeps it.
+    None in a volume shared with people (membership.py): a device joins it by a replay."""
     volume = journal.volume
+    if has_members(volume.store):  # a checkpoint's writer is not checked; only a replay checks every entry
+        return None
     for seq in sorted((found for found in checkpoint_seqs(volume) if upto is None or found <= upto), reverse=True):
         state = read_checkpoint(volume, seq)
         try:
@@ -157,7 +163,7 @@ def replay_to_head(volume: Volume, replica: Replica, progress: Progress | None =
     start = replica.applied_seq
     bar = progress("reading the journal", len(journal.seqs_after(start))) if progress else None
     for entry in journal.entries_after(start, replica.get_state("applied_commit")):
-        replica.apply_remote(entry.seq, entry.ops, entry.format, entry.blocks)
+        apply_checked(replica, [entry])
         if bar is not None:
             bar.update(1)
     if bar is not None:

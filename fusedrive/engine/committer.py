@@ -24,9 +24,12 @@ from ..crashpoints import crash_point
 from ..errors import DeviceStuck, FusedriveError, StoreUnreachable
 from .events import StoreHealth
 from .journal import Entry, Journal, JournalForked, StoreWentBack
+from .membership import NotAWriter, Roster, admitted
 from .rebase import Revalidator
 from .replica import Rebased, Replica
 from ..signals import Broadcast
+from ..store.devices import DeviceKey, this_machine_key
+from ..store.volume import config_dir
 
 log = logging.getLogger(__name__)
 
@@ -179,10 +182,12 @@ class Committer:
         while entries:
             own = next((i for i, e in enumerate(entries)
                         if inflight and not e.dead and e.commit_id == inflight["commit_id"]), None)
-            others = entries if own is None else entries[:own]
+            others, refused = admitted(Roster.of(self.replica), entries if own is None else entries[:own])
             if others:
                 rebased = self.replica.rebase(others, Revalidator(self.device), self.unsaved(), self.open_files())
                 self.on_applied(others, rebased)
+            if refused is not None:
+                raise refused  # (nothing after it is applied: not even this device's own entry)
             if own is None:
                 return
             # Our own append went through before a crash or a lost answer: it is committed.
@@ -278,13 +283,14 @@ class Committer:
                     self.replica.mark_committed(last_id, self.replica.applied_seq)
                     self.committed.fire()
                     continue
+                signer = self.signer_now()
                 entry = Entry(seq=self.replica.applied_seq + 1, device=self.device, ops=ops, blocks=carried,
                               prev=self.replica.get_state("applied_commit"),
                               restores=self.replica.requeued_commits(rows[0][0], last_id))
                 self.replica.set_state("inflight", json.dumps({"commit_id": entry.commit_id, "last_id": last_id}))
                 started = trio.current_time()
                 crash_point("before-append")
-                if await self._store_call(self.journal.append, entry):
+                if await self._store_call(self.journal.append, entry, signer):
                     crash_point("after-append")
                     self.commit_seconds += trio.current_time() - started
                     with self.replica:
@@ -303,6 +309,21 @@ class Committer:
                 else:
                     self.replica.set_state("inflight", None)  # 412 and not ours: settled
                     await self._pull_locked()
+
+    def write_refusal(self) -> str | None:
+        """Why this device may not commit, by the roster it applied (membership.py); None if it may."""
+        roster, volume = Roster.of(self.replica), self.journal.volume
+        if roster.founded and volume.signer is None:  # an identity made here since the mount started
+            volume.signer = this_machine_key(config_dir())
+        return roster.may_write(volume.signer.member if volume.signer is not None else None)
+
+    def signer_now(self) -> DeviceKey | None:
+        """The key this device signs its next entry with (None: unsigned, a volume without
+        members); NotAWriter if it may write nothing."""
+        refused = self.write_refusal()
+        if refused is not None:
+            raise NotAWriter(f"This device cannot commit its changes: {refused}; they stay queued here.")
+        return self.journal.volume.signer if Roster.of(self.replica).founded else None
 
     def _batch(self, rows: list[tuple[int, list[dict]]]) -> tuple[int, list[dict], dict[str, bytes]]:
         """The queued rows one entry takes: (the last row's id, their ops, the blocks the

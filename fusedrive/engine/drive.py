@@ -421,6 +421,11 @@ class Drive:
         await self.uploads.wait_uploaded()
         await self.committer.wait_committed(self.replica.last_pending_id())
 
+    def write_refusal(self) -> str | None:
+        """Why this device may not change the volume (a reader, a removed member, no identity in
+        a volume shared with people: membership.py), as of what it applied; None if it may."""
+        return self.committer.write_refusal()
+
     def check_invariants(self) -> list[str]:
         """What does not hold in the per-file state right now (empty when all is well)."""
         return self.files.check_invariants()
@@ -461,6 +466,7 @@ class Drive:
             "needs_upgrade": self.problems.needs_upgrade,
             "integrity_problem": self.problems.integrity,
             "stuck": next(iter(self.problems.stuck.values()), None),
+            "cannot_write": self.write_refusal(),
             "errors": list(self.problems.recent),
             **self.pins.state(),
             **self.replication.status(),

@@ -187,9 +187,9 @@ class StoreHealth:
             await self.recovered.wait()
 
     def retry_now(self) -> None:
-        """Someone waits for the store (sync, fsync): retries waiting out a backoff go now."""
-        if self.offline_since is not None or self.refused is not None:
-            self.recovered.fire()
+        """Someone waits for the store (sync, fsync): retries waiting out a backoff go now (also
+        after a failure that was not the store's: what stopped it may be over, a repaired entry)."""
+        self.recovered.fire()
 
     def failed(self, error: Exception) -> None:
         self.last_error = str(error)

@@ -37,6 +37,7 @@ import zstandard
 
 from ..errors import IntegrityError, StoreRefused
 from ..store import Listed, NotFound
+from ..store.devices import DeviceKey, entry_signed_by, signer_of
 from ..store.replicated import FENCE_KEY
 from ..store.volume import FORMAT_VERSION, HEADER_KEY, Volume
 from .ops import check_entry
@@ -147,6 +148,8 @@ class Entry:
     prev: str | None = None  # the commit id of the entry before it, as its writer applied it
     dead: bool = False  # its `prev` names another history: no reader applies its ops (Journal.entries_after)
     restores: list[str] = field(default_factory=list)  # commit ids of lost entries whose changes it commits again
+    signer: dict | None = None  # who signed it (a volume with members: store/devices.py), as stored
+    signature_ok: bool = False  # whether `sig` is the signer's device's signature over it
 
     @property
     def chain_id(self) -> str | None:
@@ -182,7 +185,7 @@ class Journal:
         self.fenced = False  # the last listing found the fence: the volume moved to its promoted replica
         self.gap: JournalGap | None = None  # what the last entries_after(up_to_a_gap=True) stopped at
 
-    def _seal(self, entry: Entry) -> bytes:
+    def _seal(self, entry: Entry, signed_by: DeviceKey | None = None) -> bytes:
         fields = {"format": FORMAT_VERSION, "commit_id": entry.commit_id, "device": entry.device,
                   "time": entry.time, "ops": entry.ops}
         if entry.prev is not None:
@@ -191,6 +194,9 @@ class Journal:
             fields["restores"] = entry.restores
         if entry.blocks:
             fields["blocks"] = {block_id: base64.b64encode(blob).decode() for block_id, blob in entry.blocks.items()}
+        if signed_by is not None:
+            fields["signer"] = signed_by.signer
+            fields["sig"] = signed_by.sign_entry(self.volume.volume_id, entry.seq, fields)
         body = json.dumps(fields, separators=(",", ":")).encode()
         return self.volume.seal(entry_key(entry.seq), zstandard.compress(body))
 
@@ -205,8 +211,13 @@ class Journal:
             if prev is not None and not isinstance(prev, str):
                 raise TypeError("prev")
             restores = [str(commit_id) for commit_id in data.get("restores", [])]
+            signature = data.pop("sig", None)
+            signer = data.get("signer")
+            device = signer_of(signer) if signature is not None else None
+            signed = device is not None and entry_signed_by(device[0], signature, self.volume.volume_id, seq, data)
             entry = Entry(seq, data["device"], data["ops"], data["commit_id"], data["time"], entry_format, blocks,
-                          prev, restores=restores)
+                          prev, restores=restores, signer=signer if isinstance(signer, dict) else None,
+                          signature_ok=signed)
         except (ValueError, KeyError, TypeError, AttributeError, zstandard.ZstdError) as exc:
             raise IntegrityError(f"Journal entry {seq} is malformed.") from exc
         check_entry(seq, entry.ops, entry_format)
@@ -402,9 +413,10 @@ class Journal:
             entries.append(self.read(seq) if blob is None else self._unseal(seq, blob))
         return entries
 
-    def append(self, entry: Entry) -> bool:
-        """Try to take `entry.seq`; False if another commit already holds it."""
-        blob = self._seal(entry)
+    def append(self, entry: Entry, signed_by: DeviceKey | None = None) -> bool:
+        """Try to take `entry.seq` (signed by this device's key, in a volume with members); False
+        if another commit already holds it."""
+        blob = self._seal(entry, signed_by)
         if self.store.put_if_absent(entry_key(entry.seq), blob):
             if self.kept is not None:
                 self.kept.put(entry.seq, blob, replace=True)
@@ -414,6 +426,11 @@ class Journal:
         except NotFound:
             return False
         return existing.commit_id == entry.commit_id
+
+    def replace_with_marker(self, seq: int) -> None:
+        """Put an empty entry over entry `seq`, which every device refuses (`fsck --repair`:
+        a forged entry, membership.py); the only overwrite of an entry there is."""
+        self.store.put(entry_key(seq), self._seal(Entry(seq=seq, device=REPAIR_DEVICE, ops=[])))
 
     def check_identity(self) -> None:
         """A store that lost its header too was emptied or is another store: nothing is

@@ -47,6 +47,9 @@ OPS: dict[str, OpKind] = {
     "purge": OpKind({"fids": List}),
     "archive": OpKind({"blocks": List, "storage_class": Str}),
     "thaw": OpKind({"blocks": List}),
+    # the membership log (membership.py): a role given or taken away ("removed"), a device revoked
+    "member": OpKind({"public": Str, "name": Str, "role": Str, "t": Int}, since=5),
+    "revoke": OpKind({"key": Str, "t": Int}, since=5),
 }
 
 

@@ -75,6 +75,10 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             await drive.start(nursery)
+            refusal = drive.write_refusal()
+            if refusal is not None:  # a reader's mount (membership.py): the kernel answers EROFS to every write
+                log.info("mounted read-only: %s", refusal)
+                options.add("ro")
             await serve_beside(nursery, drive, path, commands.handlers(drive, path, sharing.clean_scratch(cache_dir)),
                                notify, metrics)
             attach(operations, path, options)

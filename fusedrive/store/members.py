@@ -255,6 +255,11 @@ def members(store: ObjectStore) -> list[str]:
     return found
 
 
+def has_members(store: ObjectStore) -> bool:
+    """Whether anyone has a key slot: the volume is shared with people."""
+    return next(iter(store.list(SLOTS)), None) is not None
+
+
 def keep_slot(config_dir: Path, volume_id: str, slot: dict | None) -> None:
     """Remember (or forget, None) this person's slot of a volume, to open it while the store
     does not answer: it is sealed for them alone, as in the volume."""

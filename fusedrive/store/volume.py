@@ -18,16 +18,20 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import (FusedriveError, IntegrityError, NewerFormat, StoreUnreachable, StoreUnsupported, UsageError,
                       VolumeExists, VolumeNotFound, WrongPassphrase)
 from . import NotFound, ObjectStore, sealing
 
+if TYPE_CHECKING:
+    from .devices import DeviceKey
+
 FORMAT = "fusedrive-volume"
 # The format this build writes and reads (docs/format.md says what each version changed), and
 # the lowest reader a volume it creates needs. A volume whose header asks for a newer reader
 # is refused with one sentence; entries say which format wrote them.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 READER_VERSION = 4
 CARRYING_VERSION = 4  # volumes readable from this format on may carry blocks in journal entries
 HEADER_KEY = "volume"
@@ -45,6 +49,7 @@ class Volume:
     reader_version: int = READER_VERSION  # the lowest format that can read it (its header says)
     master: bytes = field(default=b"", repr=False)  # what key slots wrap (members.py); b"" where not opened
     opened_by: str = "passphrase"  # or "identity": a member's key slot opened it
+    signer: DeviceKey | None = None  # this machine's key for its person, where it has one (store/devices.py)
 
     @property
     def url(self) -> str:

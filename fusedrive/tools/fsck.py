@@ -27,6 +27,7 @@ from ..engine.checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from ..errors import FusedriveError
 from ..engine.journal import REPAIR_DEVICE, Entry, Journal, KeptEntries, entry_key
 from ..engine.manifest import BlockRef, Carried, pieces
+from ..engine.membership import EntryRefused, apply_checked
 from ..report import Progress
 from ..engine.replica import Replica
 from ..engine.tree import ROOT_INO
@@ -197,6 +198,7 @@ def repair_journal(journal: Journal, kept: KeptEntries | None) -> list[str]:
         elif blob is None and journal.append(Entry(seq=seq, device=REPAIR_DEVICE, ops=[])):
             said.append(f"Journal entry {seq} was missing and no copy of it is here: marked lost, so devices read "
                         f"past it (its changes are gone unless a device that applied it puts them back).")
+    said += _replace_refused(journal)
     if kept is not None:
         for seq in held:
             mine = kept.get(seq)
@@ -204,6 +206,29 @@ def repair_journal(journal: Journal, kept: KeptEntries | None) -> list[str]:
                 said.append(f"Journal entry {seq} in the store is not the one this device applied (the journal "
                             "forked after the store went back in time); nothing was changed: mounted, this device "
                             "commits what it applied there again on top of the store's history.")
+    return said
+
+
+def _replace_refused(journal: Journal) -> list[str]:
+    """In a volume shared with people: every entry each device refuses (a forgery, a
+    reader's write: engine/membership.py) is replaced by an empty one, so devices read past
+    it; its changes were never applied anywhere."""
+    said = []
+    replica = Replica(":memory:")
+    chain = None
+    for seq in journal.seqs_after(0):
+        entry = journal.read(seq)
+        if not entry.follows(chain):
+            continue  # (dead: applied by no reader)
+        try:
+            apply_checked(replica, [entry])
+            chain = entry.chain_id
+        except EntryRefused as refused:
+            journal.replace_with_marker(seq)
+            replica.set_state("applied_seq", seq)
+            chain = None
+            said.append(f"Journal entry {seq} was refused ({refused.reason}): replaced by an empty entry, so "
+                        "devices read past it; its changes were never applied.")
     return said
 
 
@@ -224,7 +249,7 @@ def fsck(journal: Journal, blocks: BlockStore, local_replica: Path | None, verif
             entry = journal.read(seq)
             if entry.follows(chain):  # (else dead: appended on another history, applied by no reader)
                 chain = entry.chain_id
-                scratch.apply_remote(seq, entry.ops, entry.format, entry.blocks)
+                apply_checked(scratch, [entry])
                 scratch.set_state("applied_commit", chain)
         except FusedriveError as exc:
             problems.append(str(exc))

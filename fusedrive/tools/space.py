@@ -24,6 +24,7 @@ from ..engine.blocks import BLOCKS, PACKS, block_key, pack_key, stored_objects
 from ..engine.checkpoints import replay_to_head
 from ..errors import FusedriveError, UsageError
 from ..engine.journal import Entry, Journal
+from ..engine.membership import NotAWriter, Roster, apply_checked
 from ..engine.manifest import Carried, Location, known_lengths, pieces
 from ..report import Progress
 from ..engine.replica import Replica
@@ -71,19 +72,23 @@ def retention_ops(replica: Replica, policy: Retention, now: float) -> list[dict]
 
 
 def _catch_up(journal: Journal, replica: Replica) -> None:
-    for entry in journal.entries_after(replica.applied_seq):
-        replica.apply_remote(entry.seq, entry.ops, entry.format, entry.blocks)
+    apply_checked(replica, journal.entries_after(replica.applied_seq))
 
 
 def append_at_head(journal: Journal, replica: Replica, make_ops: Callable[[], list[dict]], device: str) -> list[dict]:
-    """Commit `make_ops()` as this command's journal entry at the head, deciding again
-    on the newer state whenever a device committed first. Returns what was committed."""
+    """Commit `make_ops()` as this command's journal entry at the head (signed by this
+    machine's device key where it has one), deciding again on the newer state whenever a
+    device committed first. Returns what was committed."""
     for _attempt in range(APPEND_ATTEMPTS):
         ops = make_ops()
         if not ops:
             return []
+        signer = journal.volume.signer
+        refused = Roster.of(replica).may_write(signer.member if signer is not None else None)
+        if refused is not None:
+            raise NotAWriter(f"This command cannot change the volume: {refused}.")
         entry = Entry(seq=replica.applied_seq + 1, device=device, ops=ops)
-        if journal.append(entry):
+        if journal.append(entry, signer):
             replica.apply_remote(entry.seq, ops)
             return ops
         _catch_up(journal, replica)

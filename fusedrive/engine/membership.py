@@ -1,0 +1,166 @@
+"""Who may write a volume shared with people (issue 39): the roster, and the check every
+journal entry passes before any device applies it.
+
+The roster — each member's role (admin, writer, reader) and the devices revoked — is the
+journal's membership log applied: `member` ops (a role given or taken away: "removed") and
+`revoke` ops (one device), in entries signed by an admin's device. It lives in the
+replica's state at the seq applied, so every device that applied the same entries holds
+the same roster (and a checkpoint carries it).
+
+A volume without members (every volume before one is added) has an empty roster and takes
+entries unsigned, as always. The entry that first gives roles founds the roster: it must be
+signed, and its signer's person must be one it makes admin (whoever held the passphrase
+then could do anything anyway). From then on every entry must be signed by a device
+certified by a member who may write (writer, admin; membership ops: admin; an empty
+marker of `fsck --repair` excepted): anything else is refused — not applied, and the
+device applies nothing after it (`EntryRefused`), so that no device's tree ever holds a
+forged change.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from ..errors import FusedriveError, IntegrityError
+from ..store.devices import signer_of
+from .journal import REPAIR_DEVICE, Entry
+
+ROLES = ("reader", "writer", "admin")
+REMOVED = "removed"
+MEMBERSHIP_OPS = ("member", "revoke")
+STATE_KEY = "roster"
+
+
+class EntryRefused(IntegrityError):
+    """A journal entry its writer had no right to write (or whose signature does not hold):
+    this device applies nothing from it on, and says so."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        super().__init__(f"Journal entry {seq} is refused: {reason}. This device applies nothing after it (its "
+                         "own changes stay queued); `fusedrive fsck --repair` puts an empty entry in its "
+                         "place.")
+        self.seq = seq
+        self.reason = reason
+
+
+class NotAWriter(FusedriveError):
+    """This device may not commit to the volume (a reader's, a removed member's, one without
+    an identity in a volume shared with people): its changes stay queued."""
+
+    exit_code = 5
+
+
+@dataclass
+class Roster:
+    members: dict[str, dict] = field(default_factory=dict)  # public identity (fdid1…) → {"name", "role"}
+    revoked: set[str] = field(default_factory=set)  # device public keys (base64)
+
+    @property
+    def founded(self) -> bool:
+        return bool(self.members)
+
+    def role_of(self, member: str) -> str | None:
+        found = self.members.get(member)
+        return None if found is None else found["role"]
+
+    def name_of(self, member: str) -> str:
+        found = self.members.get(member)
+        return found["name"] if found else "someone"
+
+    def apply(self, op: dict) -> None:
+        if op["op"] == "member":
+            if op["role"] == REMOVED:
+                self.members.pop(op["public"], None)
+            else:
+                self.members[op["public"]] = {"name": op["name"], "role": op["role"]}
+        elif op["op"] == "revoke":
+            self.revoked.add(op["key"])
+
+    def to_json(self) -> str:
+        return json.dumps({"members": self.members, "revoked": sorted(self.revoked)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "Roster":
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(dict(data["members"]), set(data["revoked"]))
+
+    @classmethod
+    def of(cls, replica) -> "Roster":
+        return cls.from_json(replica.get_state(STATE_KEY))
+
+    def may_write(self, member: str | None) -> str | None:
+        """Why `member` (None: a device without an identity) may not commit; None if it may."""
+        if not self.founded:
+            return None
+        if member is None:
+            return ("this volume is shared with people, and this device has no identity: make one "
+                    "(fusedrive id) and ask an admin to add you")
+        role = self.role_of(member)
+        if role is None:
+            return "you are not a member of this volume (any more)"
+        if role == "reader":
+            return "you are a reader of this volume"
+        return None
+
+
+def refusal(roster: Roster, entry: Entry) -> str | None:
+    """Why `entry` may not be applied on top of `roster` (None: it may)."""
+    membership = [op for op in entry.ops if op["op"] in MEMBERSHIP_OPS]
+    if entry.dead or not roster.founded and not membership:
+        return None
+    if entry.signer is None:
+        if entry.device == REPAIR_DEVICE and not entry.ops and not entry.blocks:
+            return None
+        return "it is not signed, and this volume is shared with people"
+    signer = signer_of(entry.signer)
+    if signer is None:
+        return "its writer's device certificate does not verify"
+    key, person = signer
+    if not entry.signature_ok:
+        return f"its signature does not verify (it claims to be from {roster.name_of(person.text)})"
+    if base64.b64encode(key).decode() in roster.revoked:
+        return f"it was written by a device of {roster.name_of(person.text)} that was revoked"
+    role = roster.role_of(person.text)
+    if not roster.founded:  # the entry that founds the roster: its writer makes themselves admin
+        founding = Roster()
+        for op in membership:
+            founding.apply(op)
+        return None if founding.role_of(person.text) == "admin" else "it gives roles without making its writer admin"
+    who = roster.name_of(person.text)
+    if role is None:
+        return "its writer is not a member of this volume"
+    if role == "reader":
+        return f"it was written by {who}, a reader of this volume"
+    if membership and role != "admin":
+        return f"it changes the volume's members, and {who} is not an admin"
+    return None
+
+
+def admitted(roster: Roster, entries: list[Entry]) -> tuple[list[Entry], EntryRefused | None]:
+    """The entries that may be applied, in order, up to the first refused one (and why it
+    is); `roster` follows their membership ops."""
+    for index, entry in enumerate(entries):
+        reason = refusal(roster, entry)
+        if reason is not None:
+            return entries[:index], EntryRefused(entry.seq, reason)
+        for op in entry.ops:
+            roster.apply(op)
+    return entries, None
+
+
+def apply_checked(replica, entries: Iterable[Entry]) -> None:
+    """Apply `entries` one by one (a replay: commands without a mount, fsck), each checked
+    first; EntryRefused at the first refused one, with everything before it applied."""
+    roster = Roster.of(replica)
+    for entry in entries:
+        reason = refusal(roster, entry)
+        if reason is not None:
+            raise EntryRefused(entry.seq, reason)
+        replica.apply_remote(entry.seq, entry.ops, entry.format, entry.blocks)
+        for op in entry.ops:
+            roster.apply(op)

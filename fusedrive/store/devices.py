@@ -1,0 +1,150 @@
+"""A person's devices and the signatures on what they write (issue 39).
+
+Each machine a person uses has its own Ed25519 key (`device.json` beside their identity in
+the config dir, owner-only), certified by their identity: the certificate is the identity's
+Ed25519 signature over CERT_CONTEXT ‖ the device's public key ‖ the identity's public
+string, so one lost laptop can be revoked (the `revoke` journal op) without the person.
+
+A journal entry in a volume with members carries `signer` — {"key": the device's public
+key, "member": its person's public string, "cert": the certificate} — and `sig`, the
+device's signature over ENTRY_CONTEXT, the volume id and the seq (an entry copied to
+another volume or seq does not verify) and the entry's other fields as canonical JSON
+(sorted keys, no spaces). Who may write what is the roster's to decide
+(engine/membership.py); here only whether the bytes are what that key signed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ..errors import UsageError
+from .members import Identity, PublicIdentity, load_identity, load_public
+
+DEVICE_FILE = "device.json"
+CERT_CONTEXT = b"fusedrive.org/v1/device-certificate\0"
+ENTRY_CONTEXT = b"fusedrive.org/v1/journal-entry\0"
+_RAW = serialization.Encoding.Raw
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _certified(device_public: bytes, member: str) -> bytes:
+    return CERT_CONTEXT + device_public + b"\0" + member.encode()
+
+
+@dataclass(frozen=True)
+class DeviceKey:
+    """This machine's signing key for a person, with the certificate their identity made."""
+
+    key: Ed25519PrivateKey
+    member: str  # the person's public identity (fdid1…)
+    name: str  # the machine's name, shown where its writes are named
+    cert: bytes
+
+    @property
+    def public(self) -> bytes:
+        return self.key.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw)
+
+    @property
+    def signer(self) -> dict:
+        """What an entry names its writer by."""
+        return {"key": _b64(self.public), "member": self.member, "cert": _b64(self.cert)}
+
+    def sign_entry(self, volume_id: str, seq: int, fields: dict) -> str:
+        return _b64(self.key.sign(_entry_message(volume_id, seq, fields)))
+
+
+def _entry_message(volume_id: str, seq: int, fields: dict) -> bytes:
+    body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    return ENTRY_CONTEXT + f"{volume_id}\0{seq}\0".encode() + body
+
+
+def certify(identity: Identity, device_public: bytes) -> bytes:
+    return identity.signing_key.sign(_certified(device_public, identity.public.text))
+
+
+def device_key(config_dir: Path, identity: Identity) -> DeviceKey:
+    """This machine's device key for `identity`, made (and certified) the first time."""
+    path = config_dir / DEVICE_FILE
+    try:
+        record = json.loads(path.read_text())
+        if record.get("member") == identity.public.text:
+            return DeviceKey(Ed25519PrivateKey.from_private_bytes(base64.b64decode(record["key"])),
+                             record["member"], record["name"], base64.b64decode(record["cert"]))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"Cannot read this device's key in {path}: {exc}.") from None
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw)
+    made = DeviceKey(key, identity.public.text, socket.gethostname(), certify(identity, public))
+    record = {"version": 1, "member": made.member, "name": made.name, "public": _b64(public),
+              "cert": _b64(made.cert),
+              "key": _b64(key.private_bytes(_RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption()))}
+    config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = path.with_name(f".{DEVICE_FILE}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f, indent=1)
+    os.replace(temporary, path)
+    return made
+
+
+def kept_device_key(config_dir: Path) -> DeviceKey | None:
+    """The device key made before, without the identity (a mount opened by passphrase)."""
+    try:
+        record = json.loads((config_dir / DEVICE_FILE).read_text())
+        return DeviceKey(Ed25519PrivateKey.from_private_bytes(base64.b64decode(record["key"])), record["member"],
+                         record["name"], base64.b64decode(record["cert"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def this_machine_key(config_dir: Path) -> DeviceKey | None:
+    """This machine's device key for the person whose identity is in `config_dir`, made the
+    first time; None without an identity (or while its passphrase is not given)."""
+    found = load_public(config_dir)
+    if found is None:
+        return None
+    kept = kept_device_key(config_dir)
+    if kept is not None and kept.member == found[1].text:
+        return kept
+    try:
+        identity = load_identity(config_dir, os.environ.get("FUSEDRIVE_IDENTITY_PASSPHRASE"))
+    except UsageError:
+        return None
+    return device_key(config_dir, identity)
+
+
+def signer_of(signer: object) -> tuple[bytes, PublicIdentity] | None:
+    """(the device's public key, its person) if `signer` is well formed and its certificate is
+    that person's signature; None otherwise."""
+    try:
+        key = base64.b64decode(signer["key"], validate=True)
+        member = PublicIdentity.parse(signer["member"])
+        cert = base64.b64decode(signer["cert"], validate=True)
+        Ed25519PublicKey.from_public_bytes(member.signing).verify(cert, _certified(key, member.text))
+    except (TypeError, KeyError, ValueError, UsageError, InvalidSignature):
+        return None
+    return key, member
+
+
+def entry_signed_by(device_public: bytes, signature: object, volume_id: str, seq: int, fields: dict) -> bool:
+    """Whether `signature` is the device's over the entry's other fields."""
+    try:
+        Ed25519PublicKey.from_public_bytes(device_public).verify(base64.b64decode(signature, validate=True),
+                                                                 _entry_message(volume_id, seq, fields))
+    except (TypeError, ValueError, InvalidSignature):
+        return False
+    return True
