@@ -16,6 +16,7 @@ another volume or seq does not verify) and the entry's other fields as canonical
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import socket
@@ -131,11 +132,20 @@ def signer_of(signer: object) -> tuple[bytes, PublicIdentity] | None:
     """(the device's public key, its person) if `signer` is well formed and its certificate is
     that person's signature; None otherwise."""
     try:
-        key = base64.b64decode(signer["key"], validate=True)
-        member = PublicIdentity.parse(signer["member"])
-        cert = base64.b64decode(signer["cert"], validate=True)
+        return _certified_signer(signer["key"], signer["member"], signer["cert"])
+    except (TypeError, KeyError):
+        return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _certified_signer(key_text: str, member_text: str, cert_text: str) -> tuple[bytes, PublicIdentity] | None:
+    """(A device signs every entry with the same certificate: checked once per process.)"""
+    try:
+        key = base64.b64decode(key_text, validate=True)
+        member = PublicIdentity.parse(member_text)
+        cert = base64.b64decode(cert_text, validate=True)
         Ed25519PublicKey.from_public_bytes(member.signing).verify(cert, _certified(key, member.text))
-    except (TypeError, KeyError, ValueError, UsageError, InvalidSignature):
+    except (TypeError, ValueError, UsageError, InvalidSignature):
         return None
     return key, member
 
