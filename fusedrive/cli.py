@@ -847,7 +847,7 @@ def cmd_cat(args) -> int:
         node = replica.inode(history.resolve(replica, _drive_path(args.path)))
         kept = history.version(replica, node.fid, args.version)
         with tempfile.TemporaryDirectory() as scratch:
-            blocks = BlockStore(volume, BlockCache(Path(scratch), 64 << 20, volume.keys.id_of))
+            blocks = BlockStore(volume, BlockCache(Path(scratch), 64 << 20, volume.keys.is_id_of))
             blocks.carried_in(replica.carried_blocks())
             for block_id in block_ids(kept.manifest):
                 history.check_not_archived(replica, block_id, volume.url)
@@ -1108,7 +1108,7 @@ def cmd_fsck(args) -> int:
         for line in repair_journal(Journal(volume), kept):
             print(line)
     with tempfile.TemporaryDirectory() as scratch:
-        blocks = BlockStore(volume, BlockCache(Path(scratch), 1 << 20, volume.keys.id_of))
+        blocks = BlockStore(volume, BlockCache(Path(scratch), 1 << 20, volume.keys.is_id_of))
         problems = fsck(Journal(volume), blocks, cache_dir / "replica.sqlite3", args.verify_blocks, progress)
     if args.replica:
         problems += _compare_replica(volume)

@@ -162,7 +162,7 @@ def main() -> int:
         volume = open_volume(open_store(url, server.endpoint), PASSPHRASE)
         replica = Replica(":memory:")
         replay_to_head(volume, replica)
-        blocks = BlockStore(volume, BlockCache(root / "verify-cache", 1 << 30, volume.keys.id_of))
+        blocks = BlockStore(volume, BlockCache(root / "verify-cache", 1 << 30, volume.keys.is_id_of))
         for (manifest,) in replica.db.execute("SELECT manifest FROM versions"):
             kept.add(sha(b"".join(contents(json.loads(manifest), blocks.fetch))))
         lost = {h: where for h, where in closed.items() if h not in live and h not in kept}

@@ -20,7 +20,7 @@ MiB = 1024 * 1024
 
 
 def _cache(directory: Path) -> BlockCache:
-    return BlockCache(directory, 1 << 30, lambda data: f"id-{len(data)}")
+    return BlockCache(directory, 1 << 30, lambda block_id, data: block_id == f"id-{len(data)}")
 
 
 def _read_once_from_disk(directory: Path) -> tuple[BlockCache, str, bytes, Path]:

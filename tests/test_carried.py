@@ -72,7 +72,7 @@ def _no_fsck_findings(device: Device, tmp_path) -> None:
     """fsck on its own replay and block store (nothing of the device's): the journal
     carries every carried block, and each decrypts to its id."""
     volume = device.drive.volume
-    blocks = BlockStore(volume, BlockCache(tmp_path / "fsck-cache", 1 << 20, volume.keys.id_of))
+    blocks = BlockStore(volume, BlockCache(tmp_path / "fsck-cache", 1 << 20, volume.keys.is_id_of))
     quiet = lambda what, total: type("Bar", (), {"update": lambda self, n: None, "close": lambda self: None})()  # noqa: E731
     assert fsck(Journal(volume), blocks, None, True, quiet) == []
 

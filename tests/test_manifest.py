@@ -119,7 +119,7 @@ def _file_volume(tmp_path):
     store_dir = tmp_path / "store"
     store_dir.mkdir()  # as `fusedrive init` makes it: a store never makes a volume's directory
     volume = create_volume(open_store(f"file://{store_dir}"), "passphrase")
-    return store_dir, volume, BlockStore(volume, BlockCache(tmp_path / "cache", 1 << 30, volume.keys.id_of))
+    return store_dir, volume, BlockStore(volume, BlockCache(tmp_path / "cache", 1 << 30, volume.keys.is_id_of))
 
 
 def test_small_edits_upload_small_blocks_until_the_manifest_is_compacted(tmp_path):

@@ -123,7 +123,7 @@ def test_a_failed_pack_put_fails_every_upload_in_it_and_marks_nothing_stored(tmp
     store_dir = tmp_path / "store"
     store_dir.mkdir()  # as `fusedrive init` makes it: a store never makes a volume's directory
     volume = create_volume(open_store(f"file://{store_dir}"), "passphrase")
-    blocks = BlockStore(volume, BlockCache(tmp_path / "cache", 1 << 30, volume.keys.id_of))
+    blocks = BlockStore(volume, BlockCache(tmp_path / "cache", 1 << 30, volume.keys.is_id_of))
     payloads = [os.urandom(1000 + i) for i in range(16)]
     ids = [volume.keys.id_of(p) for p in payloads]
 
@@ -151,7 +151,7 @@ def test_a_failed_pack_put_fails_every_upload_in_it_and_marks_nothing_stored(tmp
     (store_dir / "packs").unlink()
     locations = upload_all()
     assert len({loc.pack for loc in locations if loc is not None}) < len(payloads) // 2, locations
-    fresh = BlockStore(volume, BlockCache(tmp_path / "other-cache", 1 << 30, volume.keys.id_of))
+    fresh = BlockStore(volume, BlockCache(tmp_path / "other-cache", 1 << 30, volume.keys.is_id_of))
     manifest = [extent(i, len(p), location=loc) for i, p, loc in zip(ids, payloads, locations)]
     assert b"".join(contents(manifest, fresh.fetch)) == b"".join(payloads)
 
@@ -163,7 +163,7 @@ def test_an_urgent_block_sends_its_pack_without_waiting_out_the_linger(tmp_path,
     monkeypatch.setattr("fusedrive.engine.blocks.PACK_LINGER_SECONDS", 60)
     (tmp_path / "store").mkdir()  # as `fusedrive init` makes it
     volume = create_volume(open_store(f"file://{tmp_path / 'store'}"), "passphrase")
-    blocks = BlockStore(volume, BlockCache(tmp_path / "cache", 1 << 30, volume.keys.id_of))
+    blocks = BlockStore(volume, BlockCache(tmp_path / "cache", 1 << 30, volume.keys.is_id_of))
     payloads = [os.urandom(3000), os.urandom(3000)]
     ids = [volume.keys.id_of(p) for p in payloads]
     locations: dict[int, object] = {}
@@ -188,9 +188,9 @@ def test_fsck_checks_a_block_stored_both_alone_and_in_a_pack(tmp_path):
     volume = create_volume(open_store(f"file://{tmp_path / 'store'}"), "passphrase")
     payloads = [os.urandom(2000) for _ in range(2)]
     ids = [volume.keys.id_of(p) for p in payloads]
-    alone = BlockStore(volume, BlockCache(tmp_path / "alone", 1 << 30, volume.keys.id_of))
+    alone = BlockStore(volume, BlockCache(tmp_path / "alone", 1 << 30, volume.keys.is_id_of))
     alone.upload(ids[0], payloads[0])
-    packing = BlockStore(volume, BlockCache(tmp_path / "packing", 1 << 30, volume.keys.id_of))
+    packing = BlockStore(volume, BlockCache(tmp_path / "packing", 1 << 30, volume.keys.is_id_of))
     locations: list = [None, None]
     threads = [threading.Thread(target=lambda i=i: locations.__setitem__(i, packing.upload_packed(ids[i], payloads[i])))
                for i in range(2)]

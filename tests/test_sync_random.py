@@ -42,7 +42,7 @@ def journal_versions(volume, story: list | None = None) -> set[str]:
     from pathlib import Path
 
     with volume.opened() as vol, tempfile.TemporaryDirectory() as scratch:
-        blocks = BlockStore(vol, BlockCache(Path(scratch), 1 << 30, vol.keys.id_of))
+        blocks = BlockStore(vol, BlockCache(Path(scratch), 1 << 30, vol.keys.is_id_of))
         found = set()
         for entry in Journal(vol).entries_after(0):
             blocks.carried_in(dict.fromkeys(entry.blocks, entry.seq))  # as a device applying it notes

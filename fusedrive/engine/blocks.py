@@ -35,7 +35,6 @@ from typing import NamedTuple
 
 import zstandard
 
-from ..store import sealing
 from .cache import BlockCache
 from ..errors import BlockMissing, FusedriveError, IntegrityError
 from .journal import Journal
@@ -246,10 +245,10 @@ class BlockStore:
     def _seal(self, block_id: str, plaintext: bytes) -> bytes:
         compressed = _compressed(plaintext)
         body = bytes([RAW]) + plaintext if compressed is None else bytes([ZSTD]) + compressed
-        return sealing.seal(self.volume.keys.block_seal, body, block_key(block_id).encode())
+        return self.volume.keys.seal("block_seal", body, block_key(block_id).encode())
 
     def _unseal(self, block_id: str, blob: bytes) -> bytes:
-        body = sealing.unseal(self.volume.keys.block_seal, blob, block_key(block_id).encode(), f"Block {block_id}")
+        body = self.volume.keys.unseal("block_seal", blob, block_key(block_id).encode(), f"Block {block_id}")
         if body[0] == ZSTD:
             try:
                 plaintext = zstandard.ZstdDecompressor().decompress(body[1:])
@@ -257,7 +256,7 @@ class BlockStore:
                 raise IntegrityError(f"Block {block_id} does not decompress.") from exc
         else:
             plaintext = body[1:]
-        if self.volume.keys.id_of(plaintext) != block_id:
+        if not self.volume.keys.is_id_of(block_id, plaintext):
             raise IntegrityError(f"Block {block_id} does not match its id.")
         return plaintext
 

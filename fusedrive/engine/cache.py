@@ -115,7 +115,7 @@ class _DiskTellingWhere(diskcache.Disk):
 
 
 class BlockCache:
-    def __init__(self, directory: Path, size_limit: int, id_of: Callable[[bytes], str]) -> None:
+    def __init__(self, directory: Path, size_limit: int, is_id_of: Callable[[str, bytes], bool]) -> None:
         self._disk = diskcache.Cache(
             str(directory), size_limit=size_limit, eviction_policy="least-recently-used", cull_limit=16,
             disk=_DiskTellingWhere)
@@ -130,7 +130,7 @@ class BlockCache:
         self._pinned_opening = threading.Lock()
         if self._pinned_directory.is_dir():  # (only this device pins into its cache dir)
             self._pinned(create=True)
-        self._id_of = id_of
+        self._is_id_of = is_id_of
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._spans: OrderedDict[str, _Span] = OrderedDict()
         self._open: OrderedDict[str, int] = OrderedDict()  # cache file path → descriptor (range reads)
@@ -194,7 +194,7 @@ class BlockCache:
         else:
             with found:
                 data, path = found.read(), found.name
-        if data is not None and self._id_of(data) != block_id:
+        if data is not None and not self._is_id_of(block_id, data):
             with self._disk_lock:
                 tier.delete(block_id)
             return None
@@ -209,7 +209,7 @@ class BlockCache:
             return None
         path, start, length, crcs = found
         data = self.kept.read(path, start, length)
-        if data is None or self._id_of(data) != block_id:
+        if data is None or not self._is_id_of(block_id, data):
             self.kept.forget(block_id)
             return None
         if fitting(crcs, length) is None:

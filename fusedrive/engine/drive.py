@@ -69,7 +69,7 @@ class Drive:
         self.io_timeout = io_timeout
         self.replica = Replica(str(cache_dir / "replica.sqlite3"), in_use=lambda ino: self.files.in_use(ino))
         self.staging = Staging(cache_dir / "staging")
-        self.cache = BlockCache(cache_dir / "blocks", cache_size, volume.keys.id_of)
+        self.cache = BlockCache(cache_dir / "blocks", cache_size, volume.keys.is_id_of)
         self.files = LocalFiles(self.replica, self.staging, self.cache)
         self.blocks = BlockStore(volume, self.cache)
         self.replica.on_carried = self.blocks.carried_in

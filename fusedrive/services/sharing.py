@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import FusedriveError, IntegrityError, UsageError
-from ..store import NotFound, ShareLinks, sealing
+from ..store import NotFound, ShareLinks
 from ..store.volume import Volume
 
 RECORDS = "share-records/"
@@ -135,7 +135,7 @@ def _open_record(volume: Volume, token: str, blob: bytes) -> Share:
     try:
         data = volume.unseal(RECORDS + token, blob, what)
     except IntegrityError:  # written before format 2, whose records were bound to their key alone
-        data = sealing.unseal(volume.keys.journal_seal, blob, (RECORDS + token).encode(), what)
+        data = volume.keys.unseal("journal_seal", blob, (RECORDS + token).encode(), what)
     return Share(**json.loads(data))
 
 

@@ -44,7 +44,7 @@ class Volume:
     store: ObjectStore
     volume_id: str
     chunking: dict
-    keys: sealing.VolumeKeys
+    keys: sealing.KeyRing
     header: bytes = b""  # the `volume` object as read, kept in a cache dir for mounting offline
     reader_version: int = READER_VERSION  # the lowest format that can read it (its header says)
     master: bytes = field(default=b"", repr=False)  # what key slots wrap (members.py); b"" where not opened
@@ -65,11 +65,11 @@ class Volume:
         """Seal a metadata object (journal entry, checkpoint, settings, share record) stored
         at `key`. One convention for all: the associated data is `<key>:<volume id>`, so an
         object moved to another key or copied from another volume fails its tag."""
-        return sealing.seal(self.keys.journal_seal, body, self._aad(key))
+        return self.keys.seal("journal_seal", body, self._aad(key))
 
     def unseal(self, key: str, blob: bytes, what: str) -> bytes:
         """The body of a metadata object sealed by `seal` (IntegrityError naming `what`)."""
-        return sealing.unseal(self.keys.journal_seal, blob, self._aad(key), what)
+        return self.keys.unseal("journal_seal", blob, self._aad(key), what)
 
     def _aad(self, key: str) -> bytes:
         return f"{key}:{self.volume_id}".encode()
@@ -133,7 +133,7 @@ def create_volume(store: ObjectStore, passphrase: str) -> Volume:
     raw = json.dumps(header, indent=1).encode()
     if not store.put_if_absent(HEADER_KEY, raw):
         raise VolumeExists(f"Another device created a volume at {store.url} just now; not overwriting it.")
-    return Volume(store, volume_id, chunking, sealing.VolumeKeys.derive(master, volume_id), raw, master=master)
+    return Volume(store, volume_id, chunking, sealing.KeyRing.of_master(master, volume_id), raw, master=master)
 
 
 def open_volume(store: ObjectStore, passphrase: str | Callable[[], str],
@@ -177,7 +177,7 @@ def open_volume(store: ObjectStore, passphrase: str | Callable[[], str],
     slot = member(volume_id) if member is not None else None
     if slot is not None:
         master, checked = slot
-        volume = Volume(store, volume_id, chunking, sealing.VolumeKeys.derive(master, volume_id), raw, needed,
+        volume = Volume(store, volume_id, chunking, sealing.KeyRing.of_master(master, volume_id), raw, needed,
                         master, "identity")
         try:
             _check_master(volume)
@@ -192,7 +192,7 @@ def open_volume(store: ObjectStore, passphrase: str | Callable[[], str],
         master = sealing.unseal(wrapping, wrapped, _wrap_aad(volume_id, chunking), "volume key")
     except FusedriveError:
         raise WrongPassphrase(f"Wrong passphrase for the volume at {store.url}.") from None
-    return Volume(store, volume_id, chunking, sealing.VolumeKeys.derive(master, volume_id), raw, needed, master)
+    return Volume(store, volume_id, chunking, sealing.KeyRing.of_master(master, volume_id), raw, needed, master)
 
 
 FIRST_ENTRY = "journal/" + "1".zfill(20)  # every volume's (docs/format.md): sealed with keys from the master key

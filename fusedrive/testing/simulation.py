@@ -708,7 +708,7 @@ class Simulation:
                 if copy is not None and copy != blob:
                     return self.fail(f"{device.name} applied another journal entry {seq} than the store holds")
         with tempfile.TemporaryDirectory(prefix="fsck-") as scratch:
-            cache = BlockCache(Path(scratch) / "blocks", 1 << 30, self.keys.keys.id_of)
+            cache = BlockCache(Path(scratch) / "blocks", 1 << 30, self.keys.keys.is_id_of)
             try:
                 found = fsck(Journal(healthy), BlockStore(healthy, cache), None, False, _no_progress)
                 kept = kept_contents(replayed, BlockStore(healthy, cache))
