@@ -168,10 +168,33 @@ def open_volume_for(url: str, args, offline_header: bytes | None = None) -> volu
 
         keep_slot(volumes.config_dir(), volume.volume_id, member.opened)  # it opened the volume: kept for offline
     volume.signer = _this_device_key()
+    _hold_epoch_keys(volume, member)
     cache_dir = getattr(args, "cache_dir", None)
     attach_replica(volume, Path(cache_dir) if cache_dir else None)
     follow_move(volume)
     return volume
+
+
+def _hold_epoch_keys(volume: volumes.Volume, member: "_MemberKey | None") -> None:
+    """The volume's newer key epochs (store/epochs.py): what this person's slot opened, and
+    the others fetched when met, with the identity on this machine."""
+    from .store.epochs import EpochLoader
+    from .store.members import KEPT_SLOTS, load_identity
+
+    identity: list = []
+
+    def identity_here():
+        if not identity:
+            try:
+                identity.append(load_identity(volumes.config_dir(), os.environ.get("FUSEDRIVE_IDENTITY_PASSPHRASE")))
+            except UsageError:
+                identity.append(None)
+        return identity[0]
+
+    if member is not None:
+        volume.keys.masters.update(member.masters)
+    volume.keys.loader = EpochLoader(volume.store, volume.volume_id, identity_here, volumes.config_dir() / KEPT_SLOTS,
+                                     volume.wrapping)
 
 
 def _this_device_key():
@@ -188,9 +211,11 @@ class _MemberKey:
     def __init__(self, store) -> None:
         self.store = store
         self.opened: dict | None = None
+        self.masters: dict[int, bytes] = {}  # key epoch → master key, as the slot opened them
 
     def __call__(self, volume_id: str) -> tuple[bytes, bool] | None:
-        from .store.members import NotAMember, keep_slot, kept_slot, load_identity, read_slot, unwrap
+        from .store.epochs import open_member_slot
+        from .store.members import NotAMember, keep_slot, kept_slot, load_identity, read_slot
 
         identity = load_identity(volumes.config_dir(), os.environ.get("FUSEDRIVE_IDENTITY_PASSPHRASE"))
         try:
@@ -201,7 +226,8 @@ class _MemberKey:
                 raise
         if slot is not None:
             self.opened = None if checked else slot
-            return unwrap(slot, identity, volume_id), checked
+            self.masters = open_member_slot(self.store, slot, identity, volume_id)
+            return self.masters[0], checked
         keep_slot(volumes.config_dir(), volume_id, None)  # taken away: not opened offline either
         if sys.stdin.isatty():
             return None  # the passphrase is asked
@@ -308,7 +334,7 @@ def cmd_id(args) -> int:
 def cmd_members(args) -> int:
     """add / remove / list / revoke: the people a volume is shared with, their roles, their devices."""
     from .store.members import members
-    from .tools.people import parse_member, remove_member, revoke_device, roster_of, set_member
+    from .tools.people import parse_member, rekey, remove_member, revoke_device, roster_of, set_member
 
     volume = open_volume_for(args.volume, args)
     if args.action == "list":
@@ -319,12 +345,19 @@ def cmd_members(args) -> int:
         for text, member in sorted(roster.members.items(), key=lambda item: item[1]["name"]):
             print(f"{text}  {member['role']:<6}  {member['name']}")
         return 0
+    if args.action == "rekey":
+        epoch = rekey(volume, progress)
+        print(f"Key epoch {epoch} started: what is written from now on is sealed under a key only the volume's "
+              "members have.")
+        return 0
     if not args.identity:
         raise UsageError(f"Name it: fusedrive members {args.action} VOLUME "
                          f"{'DEVICE-KEY (fusedrive id --device on it)' if args.action == 'revoke' else 'IDENTITY'}.")
     if args.action == "revoke":
         revoke_device(volume, args.identity, progress)
-        print(f"Nothing signed by the device {args.identity} is applied by any device from now on.")
+        print(f"Nothing signed by the device {args.identity} is applied by any device from now on, and what is "
+              "written from now on is sealed under a new key. If the device held its person's identity, remove "
+              "the person and add them again with a new one.")
         return 0
     member, role = parse_member(args.identity)
     if args.action == "add":
@@ -337,9 +370,13 @@ def cmd_members(args) -> int:
     if not remove_member(volume, member, progress):
         print(f"{member.text} is not a member.")
         return 0
-    print(f"{member.text} is no longer a member of {volume.url}: their devices may not change it and their key slot "
-          "is gone. What they already had stays readable to them: this build does not change the volume's key "
-          "yet, and the bucket's own credentials must be revoked by whoever owns the bucket.")
+    print(f"{member.text} is no longer a member of {volume.url}: their devices may not change it, and what is "
+          "written from now on is sealed under a new key they were not given" +
+          (" (the volume's passphrase, given here, opens it too: if they knew the passphrase, they still can)"
+           if volume.wrapping else " (nor does the volume's passphrase open it: run this with the passphrase to "
+           "keep that)") +
+          ". What was written before stays readable to them (they had its key); the bucket's own credentials must "
+          "be revoked by whoever owns the bucket.")
     return 0
 
 
@@ -626,7 +663,8 @@ def cmd_status(args) -> int:
                 else NewerFormat.exit_code if any(s.get("needs_upgrade") for s in statuses)
                 else IntegrityError.exit_code if any(s.get("integrity_problem") for s in statuses)
                 else DeviceStuck.exit_code if any(s.get("stuck") for s in statuses)
-                else NotAWriter.exit_code if any(s.get("cannot_write") and s["ops_waiting"] for s in statuses)
+                else NotAWriter.exit_code if any(s.get("key_not_given") or s.get("cannot_write") and s["ops_waiting"]
+                                                 for s in statuses)
                 else StoreRefused.exit_code if any(s.get("store_needs_attention") for s in statuses)
                 else 1 if any(report.is_pending(s) for s in statuses) else 0)
         if args.watch and sys.stdout.isatty():
@@ -1220,14 +1258,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "`members revoke` names if this machine is lost)")
     p.set_defaults(func=cmd_id)
 
-    p = action_command("members", cmd_members, ["add", "remove", "list", "revoke"],
+    p = action_command("members", cmd_members, ["add", "remove", "list", "revoke", "rekey"],
                        help="the people a volume is shared with", description="add IDENTITY[:ROLE]: give a person "
                        "(their `fusedrive id`) the volume's key, wrapped for them alone, and a role — reader, writer "
                        "(the default) or admin; they mount it with their identity, no passphrase. The first member "
                        "added makes you the volume's admin; then only admins change members. remove IDENTITY: take "
                        "their role and key slot away (what they already had stays readable to them). revoke "
                        "DEVICE-KEY: one device of a person (`fusedrive id --device` on it) may change nothing any "
-                       "more. list: members and roles.")
+                       "more. remove and revoke start a new key epoch: what is written after is sealed under a key "
+                       "only the members then receive; rekey starts one alone. list: members and roles.")
     p.add_argument("identity", nargs="?", metavar="IDENTITY", help="fdid1…[:reader|writer|admin] (add, remove); "
                    "a device key (revoke)")
     p.add_argument("--name", default=None, help="how the member is named in listings (add)")

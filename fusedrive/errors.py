@@ -56,6 +56,13 @@ class IntegrityError(FusedriveError):
     exit_code = 8
 
 
+class KeyNotGiven(IntegrityError):
+    """An object sealed under a key epoch this device was never given (its person was
+    removed from the volume since; a passphrase opens only the volume's first key)."""
+
+    exit_code = 5
+
+
 class BlockMissing(IntegrityError):
     """A block the journal names is not in the store (lost when the store went back in time:
     a device that has it puts it back at its next pull; or never uploaded). Never wrong bytes."""

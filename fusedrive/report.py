@@ -50,6 +50,9 @@ def verdict(status: dict) -> str:
         return status["cache_dir_lost"]
     if status.get("needs_upgrade"):
         return status["needs_upgrade"]
+    if status.get("key_not_given"):
+        return (f"This device can no longer read the volume: {status['key_not_given']} It shows what it had; "
+                f"{count(status['ops_waiting'], 'change', 'changes')} made here stay queued.")
     if status.get("integrity_problem"):
         return (f"Something read from the store failed verification, so it was not applied: "
                 f"{status['integrity_problem']} Changes stay queued here; run `fusedrive fsck`.")

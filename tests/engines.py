@@ -27,6 +27,7 @@ from fusedrive.errors import FusedriveError
 from fusedrive.engine.journal import start_journal
 from fusedrive.store.memory import MemoryObjects, MemoryStore
 from fusedrive.store.replicated import VolumeStore
+from fusedrive.store.sealing import KeyRing
 from fusedrive.store.volume import HEADER_KEY, READER_VERSION, Volume, create_volume
 from fusedrive.testing.bypath import STEP_SECONDS, PathFrontEnd, tree as drive_tree
 
@@ -148,7 +149,8 @@ async def devices(*names: str, keys_of: Volume | None = None, reader_version: in
             (cache_dir / "volume-id").write_text(volume.volume_id)
             seen = store if replica is None else \
                 VolumeStore(store, {"url": REPLICA_URL}, MemoryStore(REPLICA_URL, replica))
-            drive = Drive(Volume(seen, volume.volume_id, volume.chunking, volume.keys, reader_version=reader_version),
+            keys = KeyRing(volume.volume_id, dict(volume.keys.masters))  # each device's own (key epochs learnt)
+            drive = Drive(Volume(seen, volume.volume_id, volume.chunking, keys, reader_version=reader_version),
                           cache_dir, name, 1 << 30, poll_interval=3600)
             device = Device(name, drive, store, nursery)
             await device.start()

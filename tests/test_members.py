@@ -344,14 +344,83 @@ def test_a_writer_a_reader_and_a_removal_through_real_mounts(s3_volume, tmp_path
     alice.sync()
 
     volume.cli.run("members", "remove", volume.url, ids["bob"], env=envs["alice"])
-    wait_for(lambda: "not a member" in (volume.cli.run("status", str(bob.path), check=False).stdout),
+    wait_for(lambda: "can no longer read" in (volume.cli.run("status", str(bob.path), check=False).stdout),
              timeout=30, what="bob's device learning he was removed")
     write(bob.p("after.txt"), b"written after the removal")
     stuck = volume.cli.run("sync", str(bob.path), check=False)
     assert stuck.returncode != 0
     shown = volume.cli.run("status", str(bob.path), check=False)
-    assert shown.returncode == 5 and "cannot commit: you are not a member" in shown.stdout, shown.stdout
+    assert shown.returncode == 5 and "membership was removed" in shown.stdout, shown.stdout
+    write(alice.p("later.txt"), b"after bob left")  # alice and carol go on, under the new key
+    alice.sync()
+    wait_for(lambda: os.path.exists(carol.p("later.txt")), timeout=30, what="alice's file after the removal on "
+             "carol's device")
+    assert read(carol.p("later.txt")) == b"after bob left"
     volume.cli.run("umount", str(bob.path), "--no-wait", check=False)  # his change cannot commit: left behind
     volume.mounts.remove(bob)
     assert not os.path.exists(alice.p("after.txt"))
     assert read(carol.p("plan.txt")) == b"alice's plan, v2"
+
+
+@pytest.mark.inprocess
+def test_a_removed_member_cannot_read_what_is_written_after_and_the_others_go_on(tmp_path):
+    import trio
+
+    from engines import devices, tree
+    from fusedrive.engine.membership import NotAWriter
+    from fusedrive.store.epochs import EpochLoader
+    from fusedrive.errors import KeyNotGiven
+    from fusedrive.store.sealing import KeyRing
+    from fusedrive.tools.people import remove_member, set_member
+    from fusedrive.engine.journal import Journal
+
+    keys = people(tmp_path, "alice", "bob", "carol")
+
+    async def scenario():
+        async with devices("alice", "bob", "carol") as (alice, bob, carol):
+            for device in (alice, bob, carol):
+                device.drive.volume.signer = keys[device.name][1]
+                identity = keys[device.name][0]
+                device.drive.volume.keys.loader = EpochLoader(device.store, device.drive.volume.volume_id,
+                                                              lambda identity=identity: identity)
+            await alice.save("/old.txt", b"written before bob left")
+            await alice.sync()
+            admin = as_admin(alice, keys["alice"][1])
+            admin.keys = alice.drive.volume.keys
+            set_member(admin, keys["bob"][0].public, "writer", "bob", "alice")
+            set_member(admin, keys["carol"][0].public, "reader", "carol", "alice")
+            for device in (alice, bob, carol):
+                await device.pull()
+            bobs_keys = dict(bob.drive.volume.keys.masters)  # all the key material bob's device ever held
+            before = {listed.key for listed in admin.store.list("")}
+            remove_member(admin, keys["bob"][0].public)
+            new = os.urandom(300_000)  # (not carried in an entry: a block of its own)
+            await alice.save("/new.txt", new)
+            await alice.sync()
+            for device in (alice, carol):
+                await device.pull()
+                assert (await tree(device))["/new.txt"] == new
+            assert alice.drive.volume.keys.current == 1 and carol.drive.volume.keys.current == 1
+            with pytest.raises(KeyNotGiven):
+                await bob.pull()  # his device cannot even read the entry that removed him
+            with pytest.raises((KeyNotGiven, NotAWriter)):
+                await bob.save("/bob.txt", b"too late")
+                await bob.sync()
+            # everything written since, in bob's hands with all the keys he had: nothing opens
+            after = {listed.key for listed in admin.store.list("")} - before
+            sealed = [key for key in after if key.startswith(("journal/0", "blocks/", "packs/"))]
+            assert any(key.startswith("journal/") for key in sealed) and \
+                any(key.startswith(("blocks/k1.", "packs/")) for key in sealed)
+            his = KeyRing(admin.volume_id, bobs_keys)
+            journal = Journal(type(admin)(admin.store, admin.volume_id, admin.chunking, his))
+            for key in sealed:
+                blob = admin.store.get(key)
+                with pytest.raises(KeyNotGiven):
+                    if key.startswith("journal/"):
+                        journal._unseal(int(key[len("journal/"):]), blob)
+                    else:
+                        his.unseal("block_seal", blob, key.encode(), key)
+            await carol.pull()
+            assert await carol.read("/old.txt") == b"written before bob left"
+
+    trio.run(scenario)

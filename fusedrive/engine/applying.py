@@ -298,7 +298,7 @@ class Applying:
         roster.apply(op)
         self.set_state(ROSTER_KEY, roster.to_json())
 
-    _op_revoke = _op_member
+    _op_revoke = _op_epoch = _op_member
 
     def archived_class(self, block_id: str) -> str | None:
         row = self.db.execute("SELECT storage_class FROM archived WHERE block=?", (block_id,)).fetchone()

@@ -24,7 +24,7 @@ from ..crashpoints import crash_point
 from ..errors import DeviceStuck, FusedriveError, StoreUnreachable
 from .events import StoreHealth
 from .journal import Entry, Journal, JournalForked, StoreWentBack
-from .membership import NotAWriter, Roster, admitted
+from .membership import NotAWriter, Roster, admitted, follow_epoch
 from .rebase import Revalidator
 from .replica import Rebased, Replica
 from ..signals import Broadcast
@@ -186,6 +186,7 @@ class Committer:
             if others:
                 rebased = self.replica.rebase(others, Revalidator(self.device), self.unsaved(), self.open_files())
                 self.on_applied(others, rebased)
+                follow_epoch(self.journal.volume.keys, Roster.of(self.replica))
             if refused is not None:
                 raise refused  # (nothing after it is applied: not even this device's own entry)
             if own is None:

@@ -465,6 +465,7 @@ class Drive:
             "cache_dir_lost": self.cache_dir_lost,
             "needs_upgrade": self.problems.needs_upgrade,
             "integrity_problem": self.problems.integrity,
+            "key_not_given": self.problems.key_not_given,
             "stuck": next(iter(self.problems.stuck.values()), None),
             "cannot_write": self.write_refusal(),
             "errors": list(self.problems.recent),

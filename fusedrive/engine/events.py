@@ -18,7 +18,7 @@ from typing import Iterator
 
 import trio
 
-from ..errors import FusedriveError, IntegrityError, NewerFormat, StoreRefused, StoreUnreachable
+from ..errors import FusedriveError, IntegrityError, KeyNotGiven, NewerFormat, StoreRefused, StoreUnreachable
 from ..signals import Broadcast
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ class Problems:
         self.recent: deque[str] = deque(maxlen=20)
         self.needs_upgrade: str | None = None  # why this device cannot follow the volume until upgraded
         self.integrity: str | None = None  # a journal entry or checkpoint that failed verification
+        self.key_not_given: str | None = None  # the volume moved to a key epoch this device's person was not given
         self.stuck: dict[str, str] = {}  # "apply" / "commit" → why it cannot, for a cause that is not the store
         self._said: dict[str, str] = {}  # place → the last message said from there
         self._integrity_from: str | None = None  # the part whose failure set `integrity`, if one did
@@ -114,6 +115,8 @@ class Problems:
         `place`: where it comes from; the same message from the same place (a retry) is said once."""
         if isinstance(cause, NewerFormat):
             self.needs_upgrade = str(cause)
+        elif isinstance(cause, KeyNotGiven):
+            self.key_not_given = str(cause)
         elif isinstance(cause, IntegrityError):
             self.integrity = str(cause)
         log.error(message, exc_info=cause if cause is not None and not isinstance(cause, FusedriveError) else None)
@@ -140,7 +143,7 @@ class Problems:
         self.stuck.pop(part, None)
         self._said.pop(part, None)
         if self._integrity_from == part:
-            self.integrity, self._integrity_from = None, None
+            self.integrity = self.key_not_given = self._integrity_from = None
 
 
 class StoreHealth:

@@ -26,11 +26,13 @@ from typing import Iterable
 
 from ..errors import FusedriveError, IntegrityError
 from ..store.devices import signer_of
+from ..store.epochs import check_of
+from ..store.sealing import KeyRing
 from .journal import REPAIR_DEVICE, Entry
 
 ROLES = ("reader", "writer", "admin")
 REMOVED = "removed"
-MEMBERSHIP_OPS = ("member", "revoke")
+MEMBERSHIP_OPS = ("member", "revoke", "epoch")
 STATE_KEY = "roster"
 
 
@@ -57,6 +59,7 @@ class NotAWriter(FusedriveError):
 class Roster:
     members: dict[str, dict] = field(default_factory=dict)  # public identity (fdid1…) → {"name", "role"}
     revoked: set[str] = field(default_factory=set)  # device public keys (base64)
+    epoch: dict = field(default_factory=lambda: {"n": 0})  # the key epoch writers use, with its key's check
 
     @property
     def founded(self) -> bool:
@@ -78,16 +81,19 @@ class Roster:
                 self.members[op["public"]] = {"name": op["name"], "role": op["role"]}
         elif op["op"] == "revoke":
             self.revoked.add(op["key"])
+        elif op["op"] == "epoch" and op["epoch"] > self.epoch["n"]:
+            self.epoch = {"n": op["epoch"], "check": op["check"]}
 
     def to_json(self) -> str:
-        return json.dumps({"members": self.members, "revoked": sorted(self.revoked)}, sort_keys=True)
+        return json.dumps({"members": self.members, "revoked": sorted(self.revoked), "epoch": self.epoch},
+                          sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | None) -> "Roster":
         if not text:
             return cls()
         data = json.loads(text)
-        return cls(dict(data["members"]), set(data["revoked"]))
+        return cls(dict(data["members"]), set(data["revoked"]), data.get("epoch", {"n": 0}))
 
     @classmethod
     def of(cls, replica) -> "Roster":
@@ -106,6 +112,19 @@ class Roster:
         if role == "reader":
             return "you are a reader of this volume"
         return None
+
+
+def follow_epoch(keys: KeyRing, roster: Roster) -> None:
+    """Write with the key epoch the roster names from now on (its key fetched and checked
+    against what the admin recorded: a record someone else put at its place is never used)."""
+    wanted = roster.epoch["n"]
+    if wanted <= keys.current:
+        return
+    keys.epoch(wanted)  # (fetched: KeyNotGiven if this device's person was not given it)
+    if check_of(keys.masters[wanted]) != roster.epoch["check"]:
+        raise IntegrityError(f"The volume's key epoch {wanted} is not the one its admin recorded; nothing is "
+                             "written with it.")
+    keys.advance(wanted)
 
 
 def refusal(roster: Roster, entry: Entry) -> str | None:

@@ -50,6 +50,7 @@ OPS: dict[str, OpKind] = {
     # the membership log (membership.py): a role given or taken away ("removed"), a device revoked
     "member": OpKind({"public": Str, "name": Str, "role": Str, "t": Int}, since=5),
     "revoke": OpKind({"key": Str, "t": Int}, since=5),
+    "epoch": OpKind({"epoch": Int, "check": Str, "t": Int}, since=5),
 }
 
 

@@ -230,9 +230,17 @@ def slot_key(member: PublicIdentity) -> str:
     return SLOTS + member.member_id
 
 
-def add_member(store: ObjectStore, member: PublicIdentity, master: bytes, volume_id: str) -> bool:
-    """Give `member` a key slot; False if they have one already."""
-    return store.put_if_absent(slot_key(member), json.dumps(wrap_for(member, master, volume_id)).encode())
+def slot_binding(volume_id: str, epoch: int) -> str:
+    """What a key slot of key epoch `epoch` (epochs.py) is bound to; epoch 0's: the volume id."""
+    return volume_id if epoch == 0 else f"{volume_id}#{epoch}"
+
+
+def add_member(store: ObjectStore, member: PublicIdentity, master: bytes, volume_id: str, epoch: int = 0) -> bool:
+    """Give `member` a key slot (of `master`, the key of epoch `epoch`); False if they have one already."""
+    slot = wrap_for(member, master, slot_binding(volume_id, epoch))
+    if epoch:
+        slot["epoch"] = epoch
+    return store.put_if_absent(slot_key(member), json.dumps(slot).encode())
 
 
 def read_slot(store: ObjectStore, member: PublicIdentity) -> dict | None:

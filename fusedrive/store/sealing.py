@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from ..errors import IntegrityError
+from ..errors import IntegrityError, KeyNotGiven
 
 SEAL_VERSION = 1
 EPOCH_SEAL_VERSION = 2  # format 5: the header names the key epoch
@@ -78,11 +78,6 @@ class VolumeKeys:
         return blake3.blake3(plaintext, key=self.block_id).hexdigest()
 
 
-class KeyNotGiven(IntegrityError):
-    """An object sealed under a key epoch this device was never given (a member removed
-    since, a passphrase that opens only the volume's first key)."""
-
-
 @dataclass(eq=False)
 class KeyRing:
     """A volume's keys: those of each key epoch this device holds, and the epoch it writes
@@ -113,8 +108,9 @@ class KeyRing:
             if master is None and self.loader is not None:
                 master = self.loader(epoch, dict(self.masters))
             if master is None:
-                raise KeyNotGiven(f"Something in the volume is sealed with a key this device was never given (key "
-                                  f"epoch {epoch}): was your membership removed?")
+                raise KeyNotGiven(f"What the volume holds since key epoch {epoch} is sealed with a key this device "
+                                  "was never given: its person's membership was removed, or it opened the volume "
+                                  "by passphrase, which opens only the volume's first key.")
             self.masters[epoch] = master
             keys = self._derived[epoch] = VolumeKeys.derive(master, self.volume_id)
         return keys

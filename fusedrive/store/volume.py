@@ -49,6 +49,7 @@ class Volume:
     reader_version: int = READER_VERSION  # the lowest format that can read it (its header says)
     master: bytes = field(default=b"", repr=False)  # what key slots wrap (members.py); b"" where not opened
     opened_by: str = "passphrase"  # or "identity": a member's key slot opened it
+    wrapping: bytes = field(default=b"", repr=False)  # the passphrase's scrypt key, where it opened the volume
     signer: DeviceKey | None = None  # this machine's key for its person, where it has one (store/devices.py)
 
     @property
@@ -133,7 +134,8 @@ def create_volume(store: ObjectStore, passphrase: str) -> Volume:
     raw = json.dumps(header, indent=1).encode()
     if not store.put_if_absent(HEADER_KEY, raw):
         raise VolumeExists(f"Another device created a volume at {store.url} just now; not overwriting it.")
-    return Volume(store, volume_id, chunking, sealing.KeyRing.of_master(master, volume_id), raw, master=master)
+    return Volume(store, volume_id, chunking, sealing.KeyRing.of_master(master, volume_id), raw, master=master,
+                  wrapping=wrapping)
 
 
 def open_volume(store: ObjectStore, passphrase: str | Callable[[], str],
@@ -192,7 +194,8 @@ def open_volume(store: ObjectStore, passphrase: str | Callable[[], str],
         master = sealing.unseal(wrapping, wrapped, _wrap_aad(volume_id, chunking), "volume key")
     except FusedriveError:
         raise WrongPassphrase(f"Wrong passphrase for the volume at {store.url}.") from None
-    return Volume(store, volume_id, chunking, sealing.KeyRing.of_master(master, volume_id), raw, needed, master)
+    return Volume(store, volume_id, chunking, sealing.KeyRing.of_master(master, volume_id), raw, needed, master,
+                  wrapping=wrapping)
 
 
 FIRST_ENTRY = "journal/" + "1".zfill(20)  # every volume's (docs/format.md): sealed with keys from the master key

@@ -9,6 +9,7 @@ memory, every entry checked, and the entry appended at the head.
 
 from __future__ import annotations
 
+import os
 import time
 
 from ..engine.checkpoints import replay_to_head
@@ -17,6 +18,7 @@ from ..engine.membership import REMOVED, ROLES, Roster
 from ..engine.replica import Replica
 from ..errors import UsageError
 from ..report import Progress
+from ..store.epochs import check_of, newest_epoch_written, write_epoch
 from ..store.members import PublicIdentity, add_member, read_slot, slot_key
 from ..store.volume import Volume
 from .space import append_at_head
@@ -66,9 +68,11 @@ def set_member(volume: Volume, member: PublicIdentity, role: str, name: str, me:
         made = [] if founded else [_member_op(PublicIdentity.parse(signer.member), me, "admin")]
         return made + ([_member_op(member, name, role)] if founded or member.text != signer.member else [])
 
-    if not roster.founded:  # the admin opens it by identity from now on, as every member
-        add_member(volume.store, PublicIdentity.parse(signer.member), volume.master, volume.volume_id)
-    add_member(volume.store, member, volume.master, volume.volume_id)
+    epoch = roster.epoch["n"]
+    volume.keys.epoch(epoch)  # (the newest key: what a new member's slot wraps)
+    for person in ([] if roster.founded else [PublicIdentity.parse(signer.member)]) + [member]:
+        # (the admin opens it by identity from now on, as every member)
+        add_member(volume.store, person, volume.keys.masters[epoch], volume.volume_id, epoch)
     append_at_head(Journal(volume), replica, ops, DEVICE)
     return True
 
@@ -81,10 +85,11 @@ def remove_member(volume: Volume, member: PublicIdentity, progress: Progress | N
             sum(1 for found in roster.members.values() if found["role"] == "admin") == 1:
         raise UsageError("That is the volume's last admin: make someone else admin first.")
     had = roster.role_of(member.text) is not None or read_slot(volume.store, member) is not None
-    if roster.founded and roster.role_of(member.text) is not None:
-        append_at_head(Journal(volume), replica,
-                       lambda: [_member_op(member, roster.name_of(member.text), REMOVED)], DEVICE)
     volume.store.delete(slot_key(member))
+    if roster.founded and roster.role_of(member.text) is not None:
+        removal = _member_op(member, roster.name_of(member.text), REMOVED)
+        rekeyed = new_epoch(volume, roster, without=member.text)
+        append_at_head(Journal(volume), replica, lambda: [removal, rekeyed], DEVICE)
     return had
 
 
@@ -94,4 +99,33 @@ def revoke_device(volume: Volume, key: str, progress: Progress | None = None) ->
     _as_admin(volume, roster)
     if not roster.founded:
         raise UsageError("This volume is not shared with people: it has no devices to revoke.")
-    append_at_head(Journal(volume), replica, lambda: [{"op": "revoke", "key": key, "t": time.time_ns()}], DEVICE)
+    revoked = {"op": "revoke", "key": key, "t": time.time_ns()}
+    rekeyed = new_epoch(volume, roster)
+    append_at_head(Journal(volume), replica, lambda: [revoked, rekeyed], DEVICE)
+
+
+def rekey(volume: Volume, progress: Progress | None = None) -> int:
+    """Start a new key epoch for the members there are; the epoch."""
+    roster, replica = roster_of(volume, progress)
+    _as_admin(volume, roster)
+    if not roster.founded:
+        raise UsageError("This volume is not shared with people: its key is the passphrase's.")
+    rekeyed = new_epoch(volume, roster)
+    append_at_head(Journal(volume), replica, lambda: [rekeyed], DEVICE)
+    return rekeyed["epoch"]
+
+
+def new_epoch(volume: Volume, roster: Roster, without: str | None = None) -> dict:
+    """Start a key epoch (store/epochs.py): a new master key in `epochs/<n>` for every member
+    but `without`, written with from now on (`volume.keys`); the `epoch` op that says so."""
+    keys, current = volume.keys, roster.epoch["n"]
+    keys.epoch(current)
+    members = [PublicIdentity.parse(text) for text in roster.members if text != without]
+    master = os.urandom(32)
+    epoch = max(current, newest_epoch_written(volume.store)) + 1
+    while not write_epoch(volume.store, volume.volume_id, epoch, master, current, keys.masters[current], members,
+                          volume.wrapping or None):
+        epoch += 1  # (someone put a record there first: never used, the op's check says which is ours)
+    keys.masters[epoch] = master
+    keys.advance(epoch)
+    return {"op": "epoch", "epoch": epoch, "check": check_of(master), "t": time.time_ns()}

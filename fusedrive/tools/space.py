@@ -24,7 +24,7 @@ from ..engine.blocks import BLOCKS, PACKS, block_key, pack_key, stored_objects
 from ..engine.checkpoints import replay_to_head
 from ..errors import FusedriveError, UsageError
 from ..engine.journal import Entry, Journal
-from ..engine.membership import NotAWriter, Roster, apply_checked
+from ..engine.membership import NotAWriter, Roster, apply_checked, follow_epoch
 from ..engine.manifest import Carried, Location, known_lengths, pieces
 from ..report import Progress
 from ..engine.replica import Replica
@@ -83,8 +83,9 @@ def append_at_head(journal: Journal, replica: Replica, make_ops: Callable[[], li
         ops = make_ops()
         if not ops:
             return []
-        signer = journal.volume.signer
-        refused = Roster.of(replica).may_write(signer.member if signer is not None else None)
+        signer, roster = journal.volume.signer, Roster.of(replica)
+        follow_epoch(journal.volume.keys, roster)
+        refused = roster.may_write(signer.member if signer is not None else None)
         if refused is not None:
             raise NotAWriter(f"This command cannot change the volume: {refused}.")
         entry = Entry(seq=replica.applied_seq + 1, device=device, ops=ops)
