@@ -61,12 +61,15 @@ def verdict(status: dict) -> str:
                 f"serves what it has and keeps {status['ops_waiting']} changes queued; run `fusedrive fsck "
                 f"{status['volume']}` and report the mount's log.")
     if status.get("cannot_write") and status["ops_waiting"]:
-        return (f"This device cannot commit: {status['cannot_write']}; {count(status['ops_waiting'], 'change', 'changes')} "
-                "made here stay queued, uncommitted.")
+        waiting = count(status["ops_waiting"], "change", "changes")
+        return f"This device cannot commit: {status['cannot_write']}; {waiting} made here stay queued, uncommitted."
     if not is_pending(status):
         line = f"All changes are {where_data_lives(status['volume'])}"
         if status.get("cannot_write"):
             line += f" — read-only here: {status['cannot_write']}"
+            not_uploaded = status.get("folder_changes_not_uploaded")
+            if not_uploaded:
+                line += f" (this mirror does not upload: {count(not_uploaded, 'change', 'changes')} stay in the folder)"
         if status.get("store_needs_attention"):
             line += f" — but the store needs attention: {status['store_needs_attention']}"
         elif status["store_offline_since"] is not None:

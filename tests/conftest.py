@@ -203,11 +203,12 @@ class Mirror(Mount):
     mount's path it can do here (the files are real files on the local disk)."""
 
     def start(self, cache_size: str = "2G", poll_interval: float = 2.0, hub: str | None = None,
-              args: tuple[str, ...] = (), endpoint: str | None = None, env: dict | None = None) -> None:
+              args: tuple[str, ...] = (), endpoint: str | None = None, env: dict | None = None,
+              passphrase: str | None = PASSPHRASE) -> None:
         self.volume.cli.run("mirror", self.volume.url, str(self.path), "--cache-dir", str(self.cache_dir),
                             "--device-name", self.device, "--cache-size", cache_size,
                             "--poll-interval", str(poll_interval), *(["--hub", hub] if hub else []), *args,
-                            endpoint=endpoint, env=env)
+                            endpoint=endpoint, env=env, passphrase=passphrase)
 
     def pid(self) -> int | None:
         from fusedrive.services import control

@@ -326,13 +326,21 @@ def test_a_writer_a_reader_and_a_removal_through_real_mounts(s3_volume, tmp_path
     volume.cli.run("members", "add", volume.url, ids["carol"] + ":reader", "--name", "carol", env=envs["alice"])
     bob = volume.mount("bob-laptop", passphrase=None, env=envs["bob"])
     carol = volume.mount("carol-laptop", passphrase=None, env=envs["carol"])
+    folder = volume.mirror("carol-desktop", passphrase=None, env=envs["carol"])
     write(bob.p("notes.txt"), b"bob's notes")
     os.rename(bob.p("notes.txt"), bob.p("minutes.txt"))
     os.mkdir(bob.p("drafts"))
+    os.unlink(bob.p("plan.txt"))
     bob.sync()
-    wait_for(lambda: os.path.exists(alice.p("minutes.txt")) and os.path.isdir(carol.p("drafts")), timeout=30,
-             what="bob's changes on alice's and carol's devices")
-    assert read(carol.p("minutes.txt")) == b"bob's notes"
+    wait_for(lambda: os.path.exists(alice.p("minutes.txt")) and os.path.isdir(carol.p("drafts"))
+             and os.path.exists(folder.p("minutes.txt")) and not os.path.exists(folder.p("plan.txt")), timeout=30,
+             what="bob's changes on alice's device, carol's mount and carol's mirror")
+    assert read(carol.p("minutes.txt")) == read(folder.p("minutes.txt")) == b"bob's notes"
+    write(folder.p("carol.txt"), b"written in a reader's folder")  # stays there: the mirror does not upload it
+    wait_for(lambda: "this mirror does not upload: 1 change" in volume.cli.run("status", str(folder.path),
+                                                                             check=False).stdout,
+             timeout=30, what="carol's mirror saying it does not upload")
+    assert not os.path.exists(alice.p("carol.txt"))
     for attempt in (lambda: write(carol.p("carol.txt"), b"x"), lambda: os.unlink(carol.p("plan.txt")),
                     lambda: os.mkdir(carol.p("mine"))):
         with pytest.raises(OSError) as refused:
@@ -342,6 +350,7 @@ def test_a_writer_a_reader_and_a_removal_through_real_mounts(s3_volume, tmp_path
     assert shown.returncode == 0 and "read-only here: you are a reader" in shown.stdout, shown.stdout
     write(alice.p("plan.txt"), b"alice's plan, v2")  # alice still writes (a passphrase mount, her identity)
     alice.sync()
+    wait_for(lambda: os.path.exists(folder.p("plan.txt")), timeout=30, what="alice's plan back in carol's folder")
 
     volume.cli.run("members", "remove", volume.url, ids["bob"], env=envs["alice"])
     wait_for(lambda: "can no longer read" in (volume.cli.run("status", str(bob.path), check=False).stdout),
@@ -359,7 +368,7 @@ def test_a_writer_a_reader_and_a_removal_through_real_mounts(s3_volume, tmp_path
     volume.cli.run("umount", str(bob.path), "--no-wait", check=False)  # his change cannot commit: left behind
     volume.mounts.remove(bob)
     assert not os.path.exists(alice.p("after.txt"))
-    assert read(carol.p("plan.txt")) == b"alice's plan, v2"
+    assert read(carol.p("plan.txt")) == read(folder.p("plan.txt")) == b"alice's plan, v2"
 
 
 @pytest.mark.inprocess
@@ -422,5 +431,49 @@ def test_a_removed_member_cannot_read_what_is_written_after_and_the_others_go_on
                         his.unseal("block_seal", blob, key.encode(), key)
             await carol.pull()
             assert await carol.read("/old.txt") == b"written before bob left"
+
+    trio.run(scenario)
+
+
+@pytest.mark.inprocess
+def test_one_of_a_persons_two_devices_is_revoked_alone(tmp_path):
+    import base64
+
+    import trio
+
+    from engines import devices
+    from fusedrive.engine.membership import EntryRefused
+    from fusedrive.store.devices import device_key
+    from fusedrive.store.epochs import EpochLoader
+    from fusedrive.tools.people import revoke_device, set_member
+
+    keys = people(tmp_path, "alice", "bob")
+    keys["bob-desktop"] = keys["bob"][0], device_key(tmp_path / "bob-desktop", keys["bob"][0])
+    keys["bob-laptop"] = keys.pop("bob")
+
+    async def scenario():
+        async with devices("alice", "bob-laptop", "bob-desktop") as (alice, laptop, desktop):
+            for device in (alice, laptop, desktop):
+                identity, device.drive.volume.signer = keys[device.name]
+                device.drive.volume.keys.loader = EpochLoader(device.store, device.drive.volume.volume_id,
+                                                              lambda identity=identity: identity)
+            admin = as_admin(alice, keys["alice"][1])
+            admin.keys = alice.drive.volume.keys
+            set_member(admin, keys["bob-laptop"][0].public, "writer", "bob", "alice")
+            await laptop.pull()
+            lost = base64.b64encode(keys["bob-laptop"][1].public).decode()
+            revoke_device(admin, lost)
+            for device in (laptop, desktop):
+                await device.pull()
+            assert laptop.drive.write_refusal() == "this device was revoked by an admin of the volume"
+            assert desktop.drive.write_refusal() is None
+            await desktop.save("/from-the-desktop.txt", b"bob goes on")
+            await desktop.sync()
+            await alice.pull()
+            assert await alice.read("/from-the-desktop.txt") == b"bob goes on"
+            # the lost laptop's key, used anyway (a thief with the bucket's credentials): refused
+            forge(admin, alice.drive.replica.applied_seq + 1, keys["bob-laptop"][1])
+            with pytest.raises(EntryRefused, match="revoked"):
+                await alice.pull()
 
     trio.run(scenario)

@@ -316,7 +316,7 @@ class Committer:
         roster, volume = Roster.of(self.replica), self.journal.volume
         if roster.founded and volume.signer is None:  # an identity made here since the mount started
             volume.signer = this_machine_key(config_dir())
-        return roster.may_write(volume.signer.member if volume.signer is not None else None)
+        return roster.may_write(volume.signer)
 
     def signer_now(self) -> DeviceKey | None:
         """The key this device signs its next entry with (None: unsigned, a volume without

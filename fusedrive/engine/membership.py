@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ..errors import FusedriveError, IntegrityError
-from ..store.devices import signer_of
+from ..store.devices import DeviceKey, signer_of
 from ..store.epochs import check_of
 from ..store.sealing import KeyRing
 from .journal import REPAIR_DEVICE, Entry
@@ -99,10 +99,14 @@ class Roster:
     def of(cls, replica) -> "Roster":
         return cls.from_json(replica.get_state(STATE_KEY))
 
-    def may_write(self, member: str | None) -> str | None:
-        """Why `member` (None: a device without an identity) may not commit; None if it may."""
+    def may_write(self, signer: DeviceKey | None) -> str | None:
+        """Why the device signing with `signer` (None: one without an identity) may not
+        commit; None if it may."""
         if not self.founded:
             return None
+        if signer is not None and base64.b64encode(signer.public).decode() in self.revoked:
+            return "this device was revoked by an admin of the volume"
+        member = signer.member if signer is not None else None
         if member is None:
             return ("this volume is shared with people, and this device has no identity: make one "
                     "(fusedrive id) and ask an admin to add you")

@@ -61,6 +61,7 @@ class Mirror:
         self.namespace = drive.namespace
         self.ignore = IgnoreRules(self.root)
         self.failing: set[bytes] = set()  # paths whose last transfer failed: tried again later
+        self.not_uploaded: set[bytes] = set()  # paths changed in the folder of a mirror that may not write
         self.scanned = 0  # paths looked at by the scan in progress (the first sync's progress)
         self.scanning = True
         self._due: dict[bytes, float] = {}  # path → when it is to be reconciled (trio's clock)
@@ -389,6 +390,12 @@ class Mirror:
 
     async def _push(self, path: bytes, local: LocalEntry | None, synced: Synced | None, node: Inode | None,
                     remote: RemoteEntry | None) -> None:
+        refused = self.drive.write_refusal()
+        if refused is not None:  # a reader's mirror (engine/membership.py): the folder's changes stay in it
+            if path not in self.not_uploaded:
+                self.not_uploaded.add(path)
+                log.warning("not uploading %s: %s", self._shown(path), refused)
+            return
         if local is None:
             if remote is not None:
                 await self._remove_remote(path, remote)
@@ -679,6 +686,7 @@ class Mirror:
 
     def status(self) -> dict:
         return {"folder": os.fsdecode(self.root), "folder_changes_waiting": self.waiting(),
+                "folder_changes_not_uploaded": len(self.not_uploaded),
                 "folder_paths_failing": len(self.failing), "first_scan_done": not self.scanning,
                 "scanned": self.scanned, "volume_entries": self.drive.tree.stats()["inodes"]}
 

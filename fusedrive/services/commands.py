@@ -21,6 +21,7 @@ from . import sharing
 from ..engine.drive import Drive
 from ..engine.manifest import pieces
 from ..engine.tree import Inode
+from ..engine.membership import NotAWriter
 from ..errors import UsageError
 
 Send = Callable[[dict], Awaitable[None]]
@@ -75,6 +76,9 @@ def handlers(drive: Drive, mountpoint: str, scratch: Path) -> dict:
         return {}
 
     async def share(request: dict, send: Send) -> dict:
+        refused = drive.write_refusal()
+        if refused is not None:  # (a volume shared with people: only those who may write make links)
+            raise NotAWriter(f"Only a member who may change the volume makes share links: {refused}.")
         source = Path(request["path"])
         in_drive = inside(str(source))
         # Looked up in the tree: a stat of our own mount from this thread would wait for itself.

@@ -85,7 +85,7 @@ def append_at_head(journal: Journal, replica: Replica, make_ops: Callable[[], li
             return []
         signer, roster = journal.volume.signer, Roster.of(replica)
         follow_epoch(journal.volume.keys, roster)
-        refused = roster.may_write(signer.member if signer is not None else None)
+        refused = roster.may_write(signer)
         if refused is not None:
             raise NotAWriter(f"This command cannot change the volume: {refused}.")
         entry = Entry(seq=replica.applied_seq + 1, device=device, ops=ops)
