@@ -44,16 +44,18 @@ def seed_range(text: str) -> range:
         raise argparse.ArgumentTypeError(f"{text!r} is not a seed or a range of seeds FIRST:LAST") from None
 
 
-def run_seeds(seeds: list[int], operations: int, rollbacks: bool, faults: Faults) -> list[Outcome]:
+def run_seeds(seeds: list[int], operations: int, rollbacks: bool, faults: Faults, shared: bool) -> list[Outcome]:
     logging.disable(logging.CRITICAL)  # the engine's warnings about the faults it is fed
-    return [simulate(seed, plan(seed, operations, rollbacks=rollbacks), faults, base=SCRATCH) for seed in seeds]
+    return [simulate(seed, plan(seed, operations, rollbacks=rollbacks), faults, base=SCRATCH, shared=shared)
+            for seed in seeds]
 
 
-def print_failure(outcome: Outcome, shrunk: tuple[list[Step], Faults] | None) -> None:
+def print_failure(outcome: Outcome, shrunk: tuple[list[Step], Faults] | None, shared: bool) -> None:
     print(f"\n{outcome.report()}", flush=True)
     if shrunk is not None:
         steps, faults = shrunk
-        print(f"shrunk to {len(steps)} steps (replay: simulate({outcome.seed}, STEPS, {faults!r})):\nSTEPS = [")
+        also = ", shared=True" if shared else ""
+        print(f"shrunk to {len(steps)} steps (replay: simulate({outcome.seed}, STEPS, {faults!r}{also})):\nSTEPS = [")
         for step in steps:
             print(f"    {step!r},")
         print("]", flush=True)
@@ -66,6 +68,8 @@ def main() -> int:
     parser.add_argument("--operations", type=int, default=60, help="steps per seed (default 60)")
     parser.add_argument("--rollbacks", action="store_true",
                         help="the store is also put back to an older copy now and then (goes back in time)")
+    parser.add_argument("--shared", action="store_true",
+                        help="a volume shared with people: every entry signed, everything sealed under key epoch 1")
     defaults = Faults()
     for name, what in (("fail", "a request fails"), ("lose", "a write's answer is lost"), ("hang", "a call hangs"),
                        ("crash", "the device is killed at a store call or crash point")):
@@ -87,7 +91,7 @@ def main() -> int:
         os.environ["FUSEDRIVE_SIMULATION_TRACE"] = "1"
         logging.disable(logging.CRITICAL)
         outcome = simulate(args.replay, plan(args.replay, args.operations, rollbacks=args.rollbacks), faults,
-                           base=SCRATCH)
+                           base=SCRATCH, shared=args.shared)
         print(outcome.report())
         return 0 if outcome.failure is None else 1
 
@@ -98,7 +102,8 @@ def main() -> int:
     failures: list[Outcome] = []
     with multiprocessing.get_context("fork").Pool(args.workers) as pool, \
             tqdm(total=len(seeds), unit="seed", disable=args.quiet, file=sys.stderr) as bar:
-        for outcomes in pool.imap_unordered(_run_chunk, [(chunk, args.operations, args.rollbacks, faults) for chunk in chunks]):
+        for outcomes in pool.imap_unordered(_run_chunk, [(chunk, args.operations, args.rollbacks, faults, args.shared)
+                                                      for chunk in chunks]):
             for outcome in outcomes:
                 for name in totals:
                     totals[name] += getattr(outcome, name)
@@ -116,13 +121,14 @@ def main() -> int:
           f"{totals['saves_checked']} closed saves checked", flush=True)
     for outcome in sorted(failures, key=lambda o: o.seed)[:args.shrink]:
         logging.disable(logging.CRITICAL)
-        print_failure(outcome, shrink(outcome.seed, outcome.steps, outcome.failure, faults, base=SCRATCH))
+        print_failure(outcome, shrink(outcome.seed, outcome.steps, outcome.failure, faults, base=SCRATCH,
+                                      shared=args.shared), args.shared)
     for outcome in sorted(failures, key=lambda o: o.seed)[args.shrink:]:
-        print_failure(outcome, None)
+        print_failure(outcome, None, args.shared)
     return 1 if failures else 0
 
 
-def _run_chunk(job: tuple[list[int], int, bool, Faults]) -> list[Outcome]:
+def _run_chunk(job: tuple[list[int], int, bool, Faults, bool]) -> list[Outcome]:
     return run_seeds(*job)
 
 

@@ -140,10 +140,13 @@ class Committer:
         (`restores`) — their writers, if they come back, find their history forked and drop
         what it names. Nothing they held is lost; what only the missing entries held is, unless
         a device that applied them comes back (it forks and commits them again)."""
+        if self.write_refusal() is not None:
+            return  # (a reader's device: a member who may write fills it, signing what it puts there)
+        signer = self.signer_now()
         above = await self._store_call(self.journal.stored_entries, missing[-1])
         for seq in missing:
             entry = Entry(seq=seq, device=self.device, ops=[], prev=self.replica.get_state("applied_commit"))
-            if not await self._store_call(self.journal.append, entry):
+            if not await self._store_call(self.journal.append, entry, signer):
                 return  # another device filled it (or put it back) first: the next pull reads it
             with self.replica:
                 self.replica.set_state("applied_seq", seq)
@@ -318,13 +321,23 @@ class Committer:
             volume.signer = this_machine_key(config_dir())
         return roster.may_write(volume.signer)
 
+    def follow_epoch(self) -> None:
+        """Seal with the key epoch the applied roster names (membership.follow_epoch); a key this
+        device was not given is said (status) and stops nothing else here: its pulls say it again."""
+        try:
+            follow_epoch(self.journal.volume.keys, Roster.of(self.replica))
+        except FusedriveError as exc:
+            self.on_error(exc)
+
     def signer_now(self) -> DeviceKey | None:
         """The key this device signs its next entry with (None: unsigned, a volume without
         members); NotAWriter if it may write nothing."""
         refused = self.write_refusal()
         if refused is not None:
             raise NotAWriter(f"This device cannot commit its changes: {refused}; they stay queued here.")
-        return self.journal.volume.signer if Roster.of(self.replica).founded else None
+        roster = Roster.of(self.replica)
+        follow_epoch(self.journal.volume.keys, roster)
+        return self.journal.volume.signer if roster.founded else None
 
     def _batch(self, rows: list[tuple[int, list[dict]]]) -> tuple[int, list[dict], dict[str, bytes]]:
         """The queued rows one entry takes: (the last row's id, their ops, the blocks the

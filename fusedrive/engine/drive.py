@@ -127,6 +127,7 @@ class Drive:
         # makes ours a conflicted copy) and drops the staged copy of any other file it updates.
         self.files.recover()
         self.staging.drop_prepared()  # a front end's content a crash left half handed over (take_content)
+        self.committer.follow_epoch()  # before anything is sealed: the key epoch this device's roster names
         try:
             if self.replica.inode(1) is None:
                 await self.committer.pull()

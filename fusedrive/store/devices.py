@@ -53,6 +53,13 @@ class DeviceKey:
     name: str  # the machine's name, shown where its writes are named
     cert: bytes
 
+    @classmethod
+    def new(cls, identity: Identity, name: str) -> "DeviceKey":
+        """A new device key for `identity`, certified by it."""
+        key = Ed25519PrivateKey.generate()
+        return cls(key, identity.public.text, name, certify(identity, key.public_key().public_bytes(
+            _RAW, serialization.PublicFormat.Raw)))
+
     @property
     def public(self) -> bytes:
         return self.key.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw)
@@ -87,12 +94,10 @@ def device_key(config_dir: Path, identity: Identity) -> DeviceKey:
         pass
     except (OSError, ValueError, KeyError) as exc:
         raise UsageError(f"Cannot read this device's key in {path}: {exc}.") from None
-    key = Ed25519PrivateKey.generate()
-    public = key.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw)
-    made = DeviceKey(key, identity.public.text, socket.gethostname(), certify(identity, public))
-    record = {"version": 1, "member": made.member, "name": made.name, "public": _b64(public),
-              "cert": _b64(made.cert),
-              "key": _b64(key.private_bytes(_RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption()))}
+    made = DeviceKey.new(identity, socket.gethostname())
+    record = {"version": 1, "member": made.member, "name": made.name, "public": _b64(made.public),
+              "cert": _b64(made.cert), "key": _b64(made.key.private_bytes(_RAW, serialization.PrivateFormat.Raw,
+                                                                           serialization.NoEncryption()))}
     config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     temporary = path.with_name(f".{DEVICE_FILE}.{os.getpid()}")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

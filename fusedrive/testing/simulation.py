@@ -44,6 +44,9 @@ from typing import Iterator
 
 import trio
 import trio.testing
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from .. import crashpoints
 from ..engine import blocks as blocks_module, committer as committer_module, drive as drive_module, \
@@ -51,12 +54,16 @@ from ..engine import blocks as blocks_module, committer as committer_module, dri
 from ..engine.blocks import BlockStore
 from ..engine.cache import BlockCache
 from ..engine.drive import Drive
-from ..engine.journal import Journal, JournalGap, entry_key, start_journal
+from ..engine.journal import Entry, Journal, JournalGap, entry_key, start_journal
 from ..engine.manifest import contents
 from ..engine.replica import Replica
 from ..engine.tree import Inode
 from ..errors import BlockMissing, FusedriveError, IntegrityError, StoreUnreachable
+from ..store.devices import DeviceKey, certify
+from ..store.epochs import check_of
+from ..store.members import Identity, add_member
 from ..store.memory import MemoryObjects, MemoryStore
+from ..store.sealing import KeyRing
 from ..store.volume import HEADER_KEY, Volume, create_volume
 from ..tools.fsck import fsck, snapshot
 from .bypath import PathFrontEnd, content, tree
@@ -262,16 +269,65 @@ class SimulatedStore(MemoryStore):
         return landed
 
 
+# --- a volume shared with people ------------------------------------------------------
+
+@dataclass
+class People:
+    """A run with `shared` (issue 39): each device is its own person's, signing every entry,
+    and the volume's roster was founded and rekeyed to epoch 1 before any device starts — so
+    signatures ride through lost answers, put-backs and forks, and everything is sealed under
+    an epoch key, as in a volume shared with people whose member was removed."""
+
+    identities: dict[str, Identity]
+    signers: dict[str, DeviceKey]
+    epoch_master: bytes
+
+    @classmethod
+    def of(cls, seed: int) -> "People":
+        def key(*words: object) -> bytes:  # (the same keys in every run of a seed: replayable)
+            return hashlib.sha256(" ".join(map(str, words)).encode()).digest()
+
+        identities = {name: Identity(name, X25519PrivateKey.from_private_bytes(key("x25519", name)),
+                                     Ed25519PrivateKey.from_private_bytes(key("ed25519", name))) for name in DEVICES}
+        signers = {}
+        for name, identity in identities.items():
+            device = Ed25519PrivateKey.from_private_bytes(key("device", name))
+            public = device.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            signers[name] = DeviceKey(device, identity.public.text, name, certify(identity, public))
+        return cls(identities, signers, key("epoch", seed))
+
+    def ring(self, keys: Volume) -> KeyRing:
+        """A device's keys as its process starts: epoch 0's from its slot, epoch 1's when met."""
+        return KeyRing(keys.volume_id, {0: keys.keys.masters[0]}, loader=lambda epoch, known: (
+            self.epoch_master if epoch == 1 else None))
+
+    def found(self, volume: Volume) -> None:
+        """Entry 2: the roster (the first device's person admin, the others writers) and epoch 1."""
+        for identity in self.identities.values():
+            add_member(volume.store, identity.public, volume.keys.masters[0], volume.volume_id)
+        volume.keys.masters[1] = self.epoch_master
+        volume.keys.advance(1)
+        ops = [{"op": "member", "public": identity.public.text, "name": name,
+                "role": "admin" if name == DEVICES[0] else "writer", "t": 1}
+               for name, identity in self.identities.items()]
+        ops.append({"op": "epoch", "epoch": 1, "check": check_of(self.epoch_master), "t": 1})
+        if not Journal(volume).append(Entry(seq=2, device="members", ops=ops), self.signers[DEVICES[0]]):
+            raise AssertionError("entry 2 taken")
+
+
 # --- devices --------------------------------------------------------------------------
 
 class SimDevice(PathFrontEnd):
     """One device's process: a Drive on its cache dir, killed and started again."""
 
-    def __init__(self, name: str, cache_dir: Path, objects: MemoryObjects, keys: Volume) -> None:
+    def __init__(self, name: str, cache_dir: Path, objects: MemoryObjects, keys: Volume,
+                 people: People | None = None) -> None:
         self.name = name
         self.cache_dir = cache_dir
         self.store = SimulatedStore(objects, self)
-        self.volume = Volume(self.store, keys.volume_id, keys.chunking, keys.keys, header=keys.header)
+        self.volume = Volume(self.store, keys.volume_id, keys.chunking, keys.keys, header=keys.header,
+                             signer=people.signers[name] if people is not None else None)
+        self.keys, self.people = keys, people
         self._drive: Drive | None = None
         self.up = trio.Event()  # set while the process runs (after its start)
         self._process: trio.CancelScope | None = None
@@ -304,6 +360,8 @@ class SimDevice(PathFrontEnd):
         """The process, started again (from its cache dir) after every crash."""
         _DEVICE.set(self)
         while True:
+            if self.people is not None:  # (what a process holds of the keys dies with it)
+                self.volume.keys = self.people.ring(self.keys)
             self._drive = Drive(self.volume, self.cache_dir, self.name, 1 << 30, poll_interval=POLL_SECONDS,
                                 io_timeout=60.0)
             started = False
@@ -376,7 +434,8 @@ class SimDevice(PathFrontEnd):
 # --- the run --------------------------------------------------------------------------
 
 class Simulation:
-    def __init__(self, seed: int, steps: list[Step], faults: Faults, base: Path, keys: Volume) -> None:
+    def __init__(self, seed: int, steps: list[Step], faults: Faults, base: Path, keys: Volume,
+                 people: People | None = None) -> None:
         self.rng = random.Random(f"faults {seed}")
         self.faults = faults
         self.playing = faults
@@ -384,7 +443,8 @@ class Simulation:
         self.keys = keys
         self.objects = MemoryObjects()
         self.outage = False
-        self.devices = [SimDevice(name, base / name, self.objects, keys) for name in DEVICES]
+        self.people = people
+        self.devices = [SimDevice(name, base / name, self.objects, keys, people) for name in DEVICES]
         for device in self.devices:
             device.rng = random.Random(f"faults {seed} {device.name}")
         self.required: dict[str, str] = {}  # digest of each closed save → what it was
@@ -672,7 +732,8 @@ class Simulation:
             if seen != trees[0]:
                 differ = sorted(set(seen.items()) ^ set(trees[0].items()))
                 return self.fail(f"{device.name} and {self.devices[0].name} do not agree: {differ[:6]}")
-        healthy = Volume(MemoryStore(objects=self.objects), self.keys.volume_id, self.keys.chunking, self.keys.keys)
+        healthy = Volume(MemoryStore(objects=self.objects), self.keys.volume_id, self.keys.chunking,
+                         self.keys.keys if self.people is None else self.people.ring(self.keys))
         replayed = Replica(":memory:")
         try:
             await self._check_against(healthy, replayed)
@@ -708,7 +769,7 @@ class Simulation:
                 if copy is not None and copy != blob:
                     return self.fail(f"{device.name} applied another journal entry {seq} than the store holds")
         with tempfile.TemporaryDirectory(prefix="fsck-") as scratch:
-            cache = BlockCache(Path(scratch) / "blocks", 1 << 30, self.keys.keys.is_id_of)
+            cache = BlockCache(Path(scratch) / "blocks", 1 << 30, healthy.keys.is_id_of)
             try:
                 found = fsck(Journal(healthy), BlockStore(healthy, cache), None, False, _no_progress)
                 kept = kept_contents(replayed, BlockStore(healthy, cache))
@@ -765,19 +826,24 @@ def _keys() -> Volume:
 
 
 def simulate(seed: int, steps: list[Step] | None = None, faults: Faults | None = None,
-             base: Path | None = None) -> Outcome:
-    """One run: `steps` (default: the seed's plan) with the seed's faults; its outcome."""
+             base: Path | None = None, shared: bool = False) -> Outcome:
+    """One run: `steps` (default: the seed's plan) with the seed's faults; its outcome.
+    `shared`: on a volume shared with people (People)."""
     steps = plan(seed) if steps is None else steps
     keys = _keys()
     directory = Path(tempfile.mkdtemp(prefix=f"sim-{seed}-", dir=base))
-    simulation = Simulation(seed, steps, faults or Faults(), directory, keys)
+    people = People.of(seed) if shared else None
+    simulation = Simulation(seed, steps, faults or Faults(), directory, keys, people)
     simulation.objects.data[HEADER_KEY] = (keys.header, 0.0)
     try:
         with _deterministic(seed):
             token = _SIMULATION.set(simulation)
             try:
-                start_journal(Volume(MemoryStore(objects=simulation.objects), keys.volume_id, keys.chunking,
-                                     keys.keys))
+                start = Volume(MemoryStore(objects=simulation.objects), keys.volume_id, keys.chunking,
+                               keys.keys if people is None else people.ring(keys))
+                start_journal(start)
+                if people is not None:
+                    people.found(start)
                 trio.run(simulation.run, clock=trio.testing.MockClock(autojump_threshold=0))
             except BaseException as exc:  # noqa: BLE001 - what escaped the engine is the finding
                 if isinstance(exc, KeyboardInterrupt):
@@ -791,7 +857,7 @@ def simulate(seed: int, steps: list[Step] | None = None, faults: Faults | None =
 
 
 def shrink(seed: int, steps: list[Step], failure: str, faults: Faults | None = None, base: Path | None = None,
-           runs: int = 400) -> tuple[list[Step], Faults]:
+           runs: int = 400, shared: bool = False) -> tuple[list[Step], Faults]:
     """The shortest sequence of `steps` that still fails the same way, and the faults it
     needs: without the random ones (only its own cut, outage, lose-answer and crash
     steps) when it fails so too, which makes it shrink much further. Delta debugging:
@@ -802,7 +868,7 @@ def shrink(seed: int, steps: list[Step], failure: str, faults: Faults | None = N
     def fails(candidate: list[Step], trying: Faults) -> bool:
         nonlocal runs
         runs -= 1
-        found = simulate(seed, candidate, trying, base=base).failure
+        found = simulate(seed, candidate, trying, base=base, shared=shared).failure
         return found is not None and found.split(":")[0] == kind
 
     if fails(steps, Faults.none()):
