@@ -297,6 +297,9 @@ def test_what_a_signed_entry_must_be_to_be_applied(tmp_path):
     def retouch(body):  # change the ops after signing (the volume's key seals it again)
         return zstandard.compress(zstandard.decompress(body).replace(b'"mode":16877', b'"mode":16895'))
     assert "signature does not verify" in refusal(roster, stored(keys["bob"][1], touch, tamper=retouch))
+    saved = [{"op": "update", "fid": "root", "manifest": [], "size": 0, "mtime_ns": 1, "t": 1, "device": "x"}]
+    assert refusal(roster, stored(keys["bob"][1], [dict(saved[0], by="bob")])) is None
+    assert "names alice as who saved" in refusal(roster, stored(keys["bob"][1], [dict(saved[0], by="alice")]))
     forged_cert = type(keys["bob"][1])(keys["carol"][1].key, keys["bob"][1].member, "x", keys["bob"][1].cert)
     assert "certificate does not verify" in refusal(roster, stored(forged_cert, touch))
     # one of bob's two machines is lost: revoked alone
@@ -336,6 +339,11 @@ def test_a_writer_a_reader_and_a_removal_through_real_mounts(s3_volume, tmp_path
              and os.path.exists(folder.p("minutes.txt")) and not os.path.exists(folder.p("plan.txt")), timeout=30,
              what="bob's changes on alice's device, carol's mount and carol's mirror")
     assert read(carol.p("minutes.txt")) == read(folder.p("minutes.txt")) == b"bob's notes"
+    write(bob.p("minutes.txt"), b"bob's notes, v2")
+    bob.sync()
+    wait_for(lambda: read(alice.p("minutes.txt")) == b"bob's notes, v2", timeout=30, what="bob's second save")
+    shown = volume.cli.run("history", alice.p("minutes.txt")).stdout
+    assert shown.count("bob on bob-laptop") == 2, shown  # both versions name the person and the device
     write(folder.p("carol.txt"), b"written in a reader's folder")  # stays there: the mirror does not upload it
     wait_for(lambda: "this mirror does not upload: 1 change" in volume.cli.run("status", str(folder.path),
                                                                              check=False).stdout,

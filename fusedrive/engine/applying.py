@@ -23,6 +23,13 @@ from .tree import ROOT_FID, ROOT_INO, Inode, name_from_json
 SUCCESSION_NS = 60 * 10**9
 
 
+def _saved_by(op: dict) -> str | None:
+    """Who a version is shown as saved by: the device, and in a volume shared with people the
+    person (`by`, checked against the entry's signature before it is applied: membership.py)."""
+    device, person = op.get("device"), op.get("by")
+    return f"{person} on {device}" if person and device else person or device
+
+
 class Applying:
     """The tree's operations, one `_op_<kind>` per journal op kind (docs/format.md)."""
 
@@ -267,7 +274,7 @@ class Applying:
         self.db.execute(
             "INSERT INTO versions(fid, version, manifest, size, mtime_ns, t, device) VALUES(?, "
             "(SELECT coalesce(max(version), 0) + 1 FROM versions WHERE fid=?), ?, ?, ?, ?, ?)",
-            (op["fid"], op["fid"], manifest, op["size"], op["mtime_ns"], op["t"], op.get("device")))
+            (op["fid"], op["fid"], manifest, op["size"], op["mtime_ns"], op["t"], _saved_by(op)))
         # a save of a file whose history already goes on in another (it arrived after the rename)
         self.db.execute("UPDATE lineage SET predecessor_last = max(predecessor_last, "
                         "(SELECT max(version) FROM versions WHERE fid=?)) WHERE predecessor=?",

@@ -39,6 +39,7 @@ from .events import EventBus, Problems, StoreHealth
 from .follower import FRESHNESS_WAIT_SECONDS, Follower
 from .hubclient import HubClient
 from .journal import Entry, Journal, JournalGap, KeptEntries
+from .membership import Roster
 from .localfiles import LocalFiles
 from .pins import Pins
 from .manifest import Piece
@@ -107,6 +108,7 @@ class Drive:
         self.committer.on_restarted = lambda: self.blocks.carried_anew(self.replica.carried_blocks(),
                                                                         self.replica.carrying_blocks())
         self.committer.check_ready = self._check_cache_dir
+        self.uploads.person = lambda: Roster.of(self.replica).person(self.volume.signer)
         self.cache_dir_lost: str | None = None
         self.replica.on_record = self.committer.kick  # a rename or delete commits on its own, not with the next upload
         self.namespace = Namespace(self.replica)  # what front ends change the tree through

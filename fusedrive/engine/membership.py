@@ -99,6 +99,12 @@ class Roster:
     def of(cls, replica) -> "Roster":
         return cls.from_json(replica.get_state(STATE_KEY))
 
+    def person(self, signer: DeviceKey | None) -> str | None:
+        """How `signer`'s person is named in the versions it saves (None: a volume without members)."""
+        if not self.founded or signer is None or signer.member not in self.members:
+            return None
+        return self.name_of(signer.member)
+
     def may_write(self, signer: DeviceKey | None) -> str | None:
         """Why the device signing with `signer` (None: one without an identity) may not
         commit; None if it may."""
@@ -161,6 +167,9 @@ def refusal(roster: Roster, entry: Entry) -> str | None:
         return f"it was written by {who}, a reader of this volume"
     if membership and role != "admin":
         return f"it changes the volume's members, and {who} is not an admin"
+    named = {op["by"] for op in entry.ops if "by" in op} - {who}
+    if named:
+        return f"it names {', '.join(sorted(named))} as who saved, and {who} signed it"
     return None
 
 

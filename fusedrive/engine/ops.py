@@ -40,7 +40,7 @@ OPS: dict[str, OpKind] = {
     "setattr": OpKind({"fid": Str, "t": Int}, {"mode": Int, "uid": Int, "gid": Int, "atime_ns": Int,
                                                "mtime_ns": Int}),
     "update": OpKind({"fid": Str, "manifest": List, "size": Int, "mtime_ns": Int, "t": Int},
-                     {"base": Int, "device": Str, "trash": Bool}),
+                     {"base": Int, "device": Str, "trash": Bool, "by": Str}),
     "setxattr": OpKind({"fid": Str, "name": Str, "value": Str, "t": Int}),
     "rmxattr": OpKind({"fid": Str, "name": Str, "t": Int}),
     "prune": OpKind({"fid": Str, "versions": List}),
