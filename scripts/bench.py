@@ -201,6 +201,21 @@ class FusedriveReplicated(Fusedrive):
     name = "fusedrive + replica"
 
 
+class FusedriveShared(Fusedrive):
+    """A fusedrive volume shared with people (issue 39): this device's person is its admin and
+    another person a writer, so every entry is signed and checked, and a new device joins by
+    replaying the whole journal."""
+
+    name = "fusedrive shared"
+
+    def share(self, work: Path) -> None:
+        self.cli("id", "--name", "bench")
+        other = {**self.env, "XDG_CONFIG_HOME": str(work / "other-person")}
+        found = subprocess.run([sys.executable, "-m", "fusedrive.cli", "id", "--name", "other"], env=other,
+                               check=True, capture_output=True, text=True)
+        self.cli("members", "add", self.url, found.stdout.strip())
+
+
 class JuiceFS(Target):
     name = "JuiceFS"
 
@@ -434,6 +449,23 @@ def sqlite_commits(t: Target, transactions: int) -> dict[str, float]:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     return {"SQLite WAL, one-row transactions (tx/s)": transactions / seconds}
+
+
+def join(t: Target) -> dict[str, float]:
+    """A new device of the volume (an empty cache dir) mounting it: its first pull — from the
+    newest checkpoint on, or in a volume shared with people every entry from the first, each
+    signature checked. After the other workloads, which wrote a few thousand entries."""
+    if not isinstance(t, Fusedrive):
+        return {}
+    joiner = Fusedrive(t.root / "joiner", t.url, {}, device="joiner")
+    joiner.env = t.env
+    try:
+        seconds = timed(joiner.mount)
+        applied = control.request(str(joiner.mountpoint), "status", timeout=60)["applied_seq"]
+    finally:
+        joiner.umount()
+        shutil.rmtree(joiner.root, ignore_errors=True)
+    return {"new device joins: its mount (s)": seconds, "new device joins: journal entries": applied}
 
 
 def real_tree(t: Target, source: Path) -> dict[str, float]:
@@ -769,7 +801,7 @@ def _number(value: float) -> str:
 
 
 WORKLOADS = ["sequential write and reads", "random reads", "fsync", "first writes", "sqlite", "small files", "tree", "real tree",
-             "edits", "sync", "rss", "mirror"]
+             "edits", "join", "sync", "rss", "mirror"]
 
 
 def main() -> int:
@@ -791,6 +823,8 @@ def main() -> int:
                         "(in --files files)")
     parser.add_argument("--replica", action="store_true", help="also measure a fusedrive volume with a replica "
                         "(another bucket on the same server)")
+    parser.add_argument("--shared", action="store_true", help="also measure a fusedrive volume shared with people "
+                        "(signed entries)")
     parser.add_argument("--markdown", type=Path, help="also write the table to this file")
     parser.add_argument("--only", action="append", choices=WORKLOADS,
                         help="run only this workload group (repeatable; default: all; random reads read the sequential file)")
@@ -826,6 +860,12 @@ def main() -> int:
             replicated.cli("init", replicated.url)
             replicated.cli("replica", "add", replicated.url, "s3://fusedrive-replica/volume")
             targets.append(replicated)
+        if args.shared:
+            client.create_bucket(Bucket="fusedrive-shared")
+            shared = FusedriveShared(work / "fusedrive-shared", "s3://fusedrive-shared/volume", env)
+            shared.cli("init", shared.url)
+            shared.share(work)
+            targets.append(shared)
         edit_targets.append(edited_drive)
         if args.anchors:
             targets += [JuiceFS(work / "juicefs", endpoint, "juicefs"),
@@ -844,7 +884,8 @@ def main() -> int:
                 "small files": (targets, small_files, [args.files]),
                 "tree": (targets, tree, []),
                 "real tree": (targets, real_tree, [args.real_tree]),
-                "edits": (edit_targets, edits, [proxy, args.edit_mib])}
+                "edits": (edit_targets, edits, [proxy, args.edit_mib]),
+                "join": (targets, join, [])}
         for rep in range(1, args.repeat + 1):
             print(f"repetition {rep} of {args.repeat}", file=sys.stderr)
             for workload, (on, function, extra) in runs.items():

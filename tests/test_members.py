@@ -300,6 +300,12 @@ def test_what_a_signed_entry_must_be_to_be_applied(tmp_path):
     saved = [{"op": "update", "fid": "root", "manifest": [], "size": 0, "mtime_ns": 1, "t": 1, "device": "x"}]
     assert refusal(roster, stored(keys["bob"][1], [dict(saved[0], by="bob")])) is None
     assert "names alice as who saved" in refusal(roster, stored(keys["bob"][1], [dict(saved[0], by="alice")]))
+    # a device committing again what a store that went back in time lost commits others' saves
+    recommitted = journal._unseal(5, journal._seal(Entry(seq=5, device="laptop", ops=[dict(saved[0], by="alice")],
+                                                         restores=["lost-commit"]), keys["bob"][1]))
+    assert refusal(roster, recommitted) is None
+    assert "mallory" in refusal(roster, journal._unseal(5, journal._seal(
+        Entry(seq=5, device="laptop", ops=[dict(saved[0], by="mallory")], restores=["x"]), keys["bob"][1])))
     forged_cert = type(keys["bob"][1])(keys["carol"][1].key, keys["bob"][1].member, "x", keys["bob"][1].cert)
     assert "certificate does not verify" in refusal(roster, stored(forged_cert, touch))
     # one of bob's two machines is lost: revoked alone

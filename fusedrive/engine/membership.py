@@ -167,7 +167,10 @@ def refusal(roster: Roster, entry: Entry) -> str | None:
         return f"it was written by {who}, a reader of this volume"
     if membership and role != "admin":
         return f"it changes the volume's members, and {who} is not an admin"
-    named = {op["by"] for op in entry.ops if "by" in op} - {who}
+    # `by`: who saved. The signer's own name — or, in an entry that commits again changes a store
+    # that went back in time lost (`restores`), any member's: those saves were others'.
+    allowed = {found["name"] for found in roster.members.values()} if entry.restores else {who}
+    named = {op["by"] for op in entry.ops if "by" in op} - allowed
     if named:
         return f"it names {', '.join(sorted(named))} as who saved, and {who} signed it"
     return None
