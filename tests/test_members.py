@@ -362,6 +362,25 @@ def test_a_writer_a_reader_and_a_removal_through_real_mounts(s3_volume, tmp_path
         assert refused.value.errno == errno.EROFS
     shown = volume.cli.run("status", str(carol.path), check=False)
     assert shown.returncode == 0 and "read-only here: you are a reader" in shown.stdout, shown.stdout
+    # carol holds the volume's key: an entry she puts straight into the bucket, signed by her own
+    # device, is refused by alice's and bob's devices, which stop there and say so
+    from pathlib import Path
+
+    from fusedrive.engine.journal import Journal
+    from fusedrive.store.devices import kept_device_key
+
+    carols_device = kept_device_key(Path(envs["carol"]["XDG_CONFIG_HOME"]) / "fusedrive")
+    with volume.opened() as opened:
+        forge(opened, Journal(opened).seqs_after(0)[-1] + 1, carols_device, ops=[
+            {"op": "unlink", "parent": "root", "name": "minutes.txt", "t": 1}])
+    for device in (alice, bob):
+        wait_for(lambda: volume.cli.run("status", str(device.path), check=False).returncode == 8, timeout=30,
+                 what="the forged entry refused")
+        shown = volume.cli.run("status", str(device.path), check=False).stdout
+        assert "is refused: it was written by carol, a reader" in shown, shown
+        assert os.path.exists(device.p("minutes.txt"))
+    repaired = volume.cli.run("fsck", volume.url, "--repair", check=False)
+    assert "was refused" in repaired.stdout, repaired.stdout
     write(alice.p("plan.txt"), b"alice's plan, v2")  # alice still writes (a passphrase mount, her identity)
     alice.sync()
     wait_for(lambda: os.path.exists(folder.p("plan.txt")), timeout=30, what="alice's plan back in carol's folder")
