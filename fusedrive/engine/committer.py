@@ -375,9 +375,12 @@ class Committer:
 
     async def _maybe_checkpoint(self) -> None:
         """Every CHECKPOINT_EVERY entries, save the committed state (only when nothing is
-        queued here, so the replica is exactly the committed state)."""
+        queued here, so the replica is exactly the committed state); never in a volume shared
+        with people, whose new devices do not start from checkpoints."""
         seq = self.replica.applied_seq
         if seq - self.replica.get_state("checkpoint_seq", 0) < CHECKPOINT_EVERY or self.replica.pending_count():
+            return
+        if Roster.of(self.replica).founded:  # (a new device of a volume shared with people replays every entry)
             return
         state = dump_state(self.replica)
         chain = self.replica.get_state("applied_commit")

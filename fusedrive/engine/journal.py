@@ -22,6 +22,7 @@ the entry that commits the edit, so it costs one PUT instead of two (see blocks.
 from __future__ import annotations
 
 import base64
+import functools
 import itertools
 import json
 import os
@@ -31,7 +32,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import zstandard
 
@@ -149,7 +150,13 @@ class Entry:
     dead: bool = False  # its `prev` names another history: no reader applies its ops (Journal.entries_after)
     restores: list[str] = field(default_factory=list)  # commit ids of lost entries whose changes it commits again
     signer: dict | None = None  # who signed it (a volume with members: store/devices.py), as stored
-    signature_ok: bool = False  # whether `sig` is the signer's device's signature over it
+    # whether `sig` is the signer's device's signature over it: checked when asked (a kept copy
+    # read to compare bytes never is), once
+    verify_signature: Callable[[], bool] = field(default=lambda: False, repr=False, compare=False)
+
+    @property
+    def signature_ok(self) -> bool:
+        return self.verify_signature()
 
     @property
     def chain_id(self) -> str | None:
@@ -213,15 +220,20 @@ class Journal:
             restores = [str(commit_id) for commit_id in data.get("restores", [])]
             signature = data.pop("sig", None)
             signer = data.get("signer")
-            device = signer_of(signer) if signature is not None else None
-            signed = device is not None and entry_signed_by(device[0], signature, self.volume.volume_id, seq, data)
             entry = Entry(seq, data["device"], data["ops"], data["commit_id"], data["time"], entry_format, blocks,
                           prev, restores=restores, signer=signer if isinstance(signer, dict) else None,
-                          signature_ok=signed)
+                          verify_signature=self._signature_check(seq, data, signature))
         except (ValueError, KeyError, TypeError, AttributeError, zstandard.ZstdError) as exc:
             raise IntegrityError(f"Journal entry {seq} is malformed.") from exc
         check_entry(seq, entry.ops, entry_format)
         return entry
+
+    def _signature_check(self, seq: int, fields: dict, signature: object) -> Callable[[], bool]:
+        @functools.cache
+        def verified() -> bool:
+            device = signer_of(fields.get("signer")) if signature is not None else None
+            return device is not None and entry_signed_by(device[0], signature, self.volume.volume_id, seq, fields)
+        return verified
 
     def seqs_after(self, seq: int) -> list[int]:
         """Seqs of the entries after `seq` (one list call per 1000 entries)."""
