@@ -195,7 +195,7 @@ def forge(volume, seq: int, signer, **entry_fields) -> None:
 def test_members_write_by_role_and_an_entry_a_reader_forges_is_refused_by_every_device(tmp_path):
     import trio
 
-    from engines import devices
+    from engines import devices, tree
     from fusedrive.engine.membership import EntryRefused, NotAWriter
     from fusedrive.tools.fsck import repair_journal
     from fusedrive.tools.people import set_member
@@ -220,6 +220,16 @@ def test_members_write_by_role_and_an_entry_a_reader_forges_is_refused_by_every_
             await bob.sync()
             await alice.pull()
             assert await alice.read("/bob.txt") == b"bob was here"
+            told = [event for event in alice.drive.events.recent if event.get("path") == "/bob.txt"]
+            assert told and told[-1]["by"] == "bob" and told[-1]["device"] == "bob", told
+            # both change one file at once: the copy names the person and the device
+            await alice.save("/bob.txt", b"alice's edit")
+            await bob.save("/bob.txt", b"bob's edit")
+            await alice.sync()
+            await bob.sync()
+            await alice.pull()
+            copies = [path for path in await tree(alice) if "conflicted copy from" in path]
+            assert len(copies) == 1 and "(conflicted copy from bob on bob " in copies[0], copies
             await carol.pull()
             await carol.save("/carol.txt", b"a reader's write")  # (a mount is read-only; the engine refuses too)
             with pytest.raises(NotAWriter, match="reader"):

@@ -12,6 +12,7 @@ from typing import Callable, Protocol
 
 from .events import EventBus
 from .journal import Entry
+from .membership import Roster
 from .rebase import conflict_of
 from .replica import Replica
 from .tree import name_from_json
@@ -81,7 +82,7 @@ class Changes:
                 else:
                     path = self.replica.path_of(fid)
                 self.events.publish("remote-change", path=path, change=CHANGE_WORDS.get(op["op"], "changed"),
-                                    device=entry.device)
+                                    device=entry.device, **_by(self.replica, entry))
         for conflict in conflicts:
             self.publish_conflict(conflict, self.device)
 
@@ -91,3 +92,11 @@ class Changes:
         self.events.publish("conflict", device=device,
                             path=self.replica.path_of(conflict["parent"], name_from_json(conflict["name"])),
                             copy=self.replica.path_of(conflict["parent"], name_from_json(conflict["copy"])))
+
+
+def _by(replica: Replica, entry: Entry) -> dict:
+    """`by`: the person who wrote the entry, in a volume shared with people (its signature was
+    checked before it was applied)."""
+    if entry.signer is None:
+        return {}
+    return {"by": Roster.of(replica).name_of(entry.signer.get("member"))}

@@ -189,7 +189,7 @@ class Committer:
             if others:
                 rebased = self.replica.rebase(others, Revalidator(self.device), self.unsaved(), self.open_files())
                 self.on_applied(others, rebased)
-                follow_epoch(self.journal.volume.keys, Roster.of(self.replica))
+                self.follow_roster()
             if refused is not None:
                 raise refused  # (nothing after it is applied: not even this device's own entry)
             if own is None:
@@ -321,11 +321,21 @@ class Committer:
             volume.signer = this_machine_key(config_dir())
         return roster.may_write(volume.signer)
 
-    def follow_epoch(self) -> None:
-        """Seal with the key epoch the applied roster names (membership.follow_epoch); a key this
-        device was not given is said (status) and stops nothing else here: its pulls say it again."""
+    def follow_roster(self) -> None:
+        """Take up what the applied roster says of this device: the key epoch to seal with
+        (membership.follow_epoch), and how its person is named where its saves and conflicted
+        copies are (`person` in the replica's state, this device's own)."""
+        roster = Roster.of(self.replica)
+        person = roster.person(self.journal.volume.signer)
+        if self.replica.get_state("person") != person:
+            self.replica.set_state("person", person)
+        follow_epoch(self.journal.volume.keys, roster)
+
+    def follow_roster_at_start(self) -> None:
+        """follow_roster before anything is sealed; a key this device was not given is said
+        (status) and stops nothing else here: its pulls say it again."""
         try:
-            follow_epoch(self.journal.volume.keys, Roster.of(self.replica))
+            self.follow_roster()
         except FusedriveError as exc:
             self.on_error(exc)
 

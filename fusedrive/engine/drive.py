@@ -39,7 +39,6 @@ from .events import EventBus, Problems, StoreHealth
 from .follower import FRESHNESS_WAIT_SECONDS, Follower
 from .hubclient import HubClient
 from .journal import Entry, Journal, JournalGap, KeptEntries
-from .membership import Roster
 from .localfiles import LocalFiles
 from .pins import Pins
 from .manifest import Piece
@@ -108,7 +107,7 @@ class Drive:
         self.committer.on_restarted = lambda: self.blocks.carried_anew(self.replica.carried_blocks(),
                                                                         self.replica.carrying_blocks())
         self.committer.check_ready = self._check_cache_dir
-        self.uploads.person = lambda: Roster.of(self.replica).person(self.volume.signer)
+        self.uploads.person = lambda: self.replica.get_state("person")
         self.cache_dir_lost: str | None = None
         self.replica.on_record = self.committer.kick  # a rename or delete commits on its own, not with the next upload
         self.namespace = Namespace(self.replica)  # what front ends change the tree through
@@ -129,7 +128,7 @@ class Drive:
         # makes ours a conflicted copy) and drops the staged copy of any other file it updates.
         self.files.recover()
         self.staging.drop_prepared()  # a front end's content a crash left half handed over (take_content)
-        self.committer.follow_epoch()  # before anything is sealed: the key epoch this device's roster names
+        self.committer.follow_roster_at_start()  # before anything is sealed: the key epoch its roster names
         try:
             if self.replica.inode(1) is None:
                 await self.committer.pull()

@@ -41,12 +41,15 @@ NAME_MAX = 255
 
 
 def conflict_name(replica: Replica, parent_fid: str, name: str, device: str) -> str:
-    """A free name "stem (conflicted copy from DEVICE YYYY-MM-DD HH.MM.SS).ext" in the parent."""
+    """A free name "stem (conflicted copy from DEVICE YYYY-MM-DD HH.MM.SS).ext" in the parent
+    (from PERSON on DEVICE in a volume shared with people)."""
     raw = name_from_json(name)
     stem, ext = os.path.splitext(raw)
     if not stem:  # ".hidden" has no extension
         stem, ext = ext, b""
     stamp = time.strftime("%Y-%m-%d %H.%M.%S", time.localtime())
+    person = replica.get_state("person")  # (a volume shared with people: membership.Roster.person)
+    device = f"{person} on {device}" if person else device
     parent_ino = replica.ino_of(parent_fid)
     for n in range(1, 1000):
         suffix = f" (conflicted copy from {device} {stamp}{'' if n == 1 else f' {n}'})".encode()
