@@ -102,3 +102,21 @@ def test_a_gap_filled_in_a_volume_shared_with_people_is_signed():
         Step(0, 'save', '/d/x', '', 0.593), Step(0, 'cut', '/a', '', 0.339), Step(1, 'lose-answer', '/b', '', 0.391),
         Step(0, 'setxattr', '/d/y', '', 1.29), Step(1, 'rm-r', '/d', '', 1.365),
     ], Faults(fail=0, lose=0, hang=0, crash=0, slow_mean=0.05), shared=True)
+
+
+def test_a_save_of_a_file_deleted_elsewhere_whose_place_is_unknown_goes_to_its_trash_entry():
+    """Found by `--shared --rollbacks` (seed 901, shrunk from 60 steps to 21): after a fork
+    rebuilt the laptop's tree, its queued save of /b met the phone's delete of /b; the rule
+    brings the file back where it was, but where it was was no longer known there, and the
+    save was dropped — a closed save lost. It now goes into the file's trash entry."""
+    replay(901, [
+        Step(1, 'backup', '/a', '', 0.776), Step(0, 'rename', '/b', '/b', 0.252), Step(0, 'save', '/c', '', 0.49),
+        Step(1, 'save', '/a', '', 1.433), Step(0, 'rmdir', '/e', '', 0.23), Step(1, 'delete', '/d/y', '', 1.934),
+        Step(0, 'lose-answer', '/d/y', '', 0.039), Step(0, 'fsync-save', '/b', '', 1.388),
+        Step(1, 'restore', '/d/y', '', 0.775), Step(2, 'save', '/c', '', 0.524), Step(0, 'mkdir', '/d', '', 0.82),
+        Step(2, 'restore', '/c', '', 1.128), Step(0, 'crash', '/a', '', 4.727),
+        Step(2, 'save-by-rename', '/c', '', 1.755), Step(0, 'mirror-save', '/b', '', 1.269),
+        Step(0, 'save', '/b', '', 0.041), Step(2, 'lose-answer', '/b', '', 0.591),
+        Step(0, 'mirror-save', '/d/x', '', 0.314), Step(0, 'rename', '/d/x', '/b', 0.989),
+        Step(2, 'delete', '/b', '', 1.725), Step(1, 'fsync-save', '/a', '', 2.31),
+    ], Faults(), shared=True)

@@ -293,9 +293,18 @@ class Revalidator:
         return create
 
     def _revive(self, r: Replica, op: dict) -> list[dict]:
-        """An update to a file another device deleted: the file comes back where it was."""
+        """An update to a file another device deleted: the file comes back where it was — or,
+        where that is not known here (a rebase after the store went back in time rebuilt the
+        tree), the save goes into its trash entry (or the path's history it went on in), never
+        nowhere."""
         ops = self.revive_file(r, op["fid"], r.known_locations(op["fid"]), op["t"])
-        return ops + [dict(op, base=0)] if ops else []
+        if ops:
+            return ops + [dict(op, base=0)]
+        if r.in_trash(op["fid"]) or r.successor_of(op["fid"]) is not None:
+            return [dict(op, trash=True)]
+        log.warning("a save of deleted file %s is dropped: where it was is not known here and it has no trash "
+                    "entry", op["fid"])
+        return []
 
     def revive_file(self, r: Replica, fid: str, locations: dict[str, dict], t: int | None = None) -> list[dict]:
         """Operations that recreate a deleted file or directory (same id) where `locations`
