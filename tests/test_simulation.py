@@ -120,3 +120,26 @@ def test_a_save_of_a_file_deleted_elsewhere_whose_place_is_unknown_goes_to_its_t
         Step(0, 'mirror-save', '/d/x', '', 0.314), Step(0, 'rename', '/d/x', '/b', 0.989),
         Step(2, 'delete', '/b', '', 1.725), Step(1, 'fsync-save', '/a', '', 2.31),
     ], Faults(), shared=True)
+
+
+def test_a_copy_of_an_entry_that_was_dead_here_does_not_hide_a_fork_below_it():
+    """Found by `--shared --rollbacks` (seed 1,989, shrunk to 34 steps): the phone's own entry
+    11 was lost when the store went back, the desktop committed 11 and 12 there, and the phone
+    kept a copy of 12, which was dead for it. A pull saw 11 replaced (a fork); the fork point's
+    walk stopped at 12 ("held, by another device": nothing lost), so taking the store's
+    history changed nothing and the phone forked again at every pull, for good. The walk now
+    follows the chain this device applied and passes over copies of entries dead here."""
+    replay(1989, [
+        Step(1, 'chmod', '/d/x', '', 1.059), Step(0, 'save', '/a', '', 1.457), Step(2, 'save', '/b', '', 0.955),
+        Step(1, 'edit', '/b', '', 1.167), Step(2, 'save', '/b', '', 1.683), Step(2, 'save', '/b', '', 0.96),
+        Step(2, 'heal', '/d/x', '', 1.396), Step(1, 'read', '/d/y', '', 1.707), Step(2, 'edit', '/a', '', 0.203),
+        Step(0, 'cut', '/b', '', 1.153), Step(1, 'save', '/d/y', '', 4.864), Step(2, 'rename', '/d/y', '/d/y', 3.657),
+        Step(0, 'rename', '/d/x', '/c', 2.843), Step(2, 'edit', '/d/x', '', 1.47), Step(1, 'setxattr', '/a', '', 0.586),
+        Step(1, 'save', '/a', '', 1.267), Step(2, 'save', '/b', '', 0.616), Step(1, 'truncate', '/d/y', '', 1.385),
+        Step(0, 'edit', '/d/y', '', 1.092), Step(2, 'fsync-save', '/c', '', 2.245), Step(1, 'rm-r', '/e', '', 1.102),
+        Step(0, 'truncate', '/c', '', 0.715), Step(2, 'backup', '/d/x', '', 1.058), Step(0, 'cut', '/c', '', 6.587),
+        Step(0, 'restore', '/c', '', 2.159), Step(0, 'crash', '/c', '', 0.924), Step(1, 'save', '/c', '', 0.096),
+        Step(1, 'mkdir', '/d', '', 2.978), Step(0, 'fsync-save', '/c', '', 1.491), Step(1, 'heal', '/b', '', 2.034),
+        Step(2, 'chmod', '/b', '', 1.832), Step(0, 'save-by-rename', '/d/x', '', 0.895), Step(1, 'save-by-rename', '/c', '', 3.076),
+        Step(0, 'restore', '/c', '', 0.455),
+    ], Faults(), shared=True)

@@ -342,13 +342,16 @@ class Journal:
         sizes, then the bytes). An entry this device appended counts only with the entries
         below it down to one another device wrote: it was appended on what this device had
         applied, which the store may already have lost (then it is dead in the store's
-        history, though its bytes are there). UnknownForkPoint when the two histories meet
-        below the kept copies, or the checkpoint this device started from is not the store's."""
+        history, though its bytes are there). A copy of an entry that was dead here (its chain
+        is not the one this device applied: it only read it) is passed over. UnknownForkPoint
+        when the two histories meet below the kept copies, or the checkpoint this device started
+        from is not the store's."""
         if self.kept is None:
             raise self._forked(applied)
         low = max(applied - self.kept.keep, 0)
         listed = self._listed_from(low)
         candidate = None
+        expected = chain  # the chain id of the live entry this device applied at `at` (None: any)
         for at in range(applied, low, -1):
             mine = self.kept.get(at)
             if mine is None and at == applied:  # applied from a checkpoint: is it the store's still?
@@ -359,11 +362,16 @@ class Journal:
                 return candidate
             if mine is None:
                 break
+            entry = self._unseal(at, mine)
+            if expected is not None and entry.chain_id is not None and entry.chain_id != expected:
+                continue  # a copy of an entry that was dead here (read, never applied): it says nothing
+            if entry.chain_id is not None:
+                expected = entry.prev
             if not self._holds(at, mine, listed):
                 candidate = None
                 continue
             candidate = at if candidate is None else candidate
-            if self._unseal(at, mine).device != device:
+            if entry.device != device:
                 return candidate
         else:
             if low == 0:  # every entry down to the first compared
