@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fusedrive.testing.simulation import Faults, Step
+from fusedrive.testing.simulation import Faults, Step, plan
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = os.environ.get("FUSEDRIVE_SIMULATION_SEEDS", "0:2000")
@@ -143,3 +143,11 @@ def test_a_copy_of_an_entry_that_was_dead_here_does_not_hide_a_fork_below_it():
         Step(2, 'chmod', '/b', '', 1.832), Step(0, 'save-by-rename', '/d/x', '', 0.895), Step(1, 'save-by-rename', '/c', '', 3.076),
         Step(0, 'restore', '/c', '', 0.455),
     ], Faults(), shared=True)
+
+
+def test_an_entry_lost_twice_in_two_forks_is_committed_again_once():
+    """Found by `--rollbacks` (seed 869; it does not shrink, so its whole plan): the store went
+    back twice, and the laptop's second fork queued again the entries the first had queued
+    again and no commit had taken yet — one entry then committed the same rename twice. A
+    lost entry whose row is queued already is not queued a second time."""
+    replay(869, plan(869, rollbacks=True), Faults())

@@ -115,8 +115,12 @@ def requeue(replica: Replica, lost: list[Entry], revalidate: Revalidator | None 
     them too. Their carried blocks travel again, in the entries that commit them again. (In
     the caller's transaction.)"""
     rows = replica.pending_ops(2**31)
+    # (an entry lost again, whose changes a fork before queued again and no commit took yet:
+    # its row is queued already)
+    queued = {commit_id for (commit_id,) in replica.db.execute(
+        "SELECT r.commit_id FROM requeued r JOIN pending p ON p.id = r.pending_id")}
     replica.db.execute("DELETE FROM pending")
-    lost = [entry for entry in lost if entry.ops]
+    lost = [entry for entry in lost if entry.ops and entry.commit_id not in queued]
     carried = set(replica.carried_blocks())
     for entry in lost:
         replica.carry({block: blob for block, blob in entry.blocks.items() if block not in carried})
