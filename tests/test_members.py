@@ -173,6 +173,32 @@ def people(tmp_path, *names: str) -> dict:
     return found
 
 
+def as_their_people(keys: dict, *devices) -> None:
+    """Each in-process device signs with its person's device key and fetches the key epochs
+    their slots open, as a mount opened by their identity does."""
+    from fusedrive.store.epochs import EpochLoader
+
+    for device in devices:
+        identity, device.drive.volume.signer = keys[device.name]
+        device.drive.volume.keys.loader = EpochLoader(device.store, device.drive.volume.volume_id,
+                                                      lambda identity=identity: identity)
+
+
+async def share_with_bob_and_carol(keys: dict, alice, bob, carol):
+    """Alice's volume, as her devices saved it, shared with bob (writer) and carol (reader);
+    every device has applied that. The volume as alice's `members` commands open it."""
+    from fusedrive.tools.people import set_member
+
+    as_their_people(keys, alice, bob, carol)
+    await alice.sync()
+    admin = as_admin(alice, keys["alice"][1])
+    set_member(admin, keys["bob"][0].public, "writer", "bob", "alice")
+    set_member(admin, keys["carol"][0].public, "reader", "carol", "alice")
+    for device in (alice, bob, carol):
+        await device.pull()
+    return admin
+
+
 def as_admin(device, signer):
     """The volume as a `members` command on `device`'s machine opens it (its master key is
     only wrapped into slots, which these tests do not open)."""
@@ -198,22 +224,14 @@ def test_members_write_by_role_and_an_entry_a_reader_forges_is_refused_by_every_
     from engines import devices, tree
     from fusedrive.engine.membership import EntryRefused, NotAWriter
     from fusedrive.tools.fsck import repair_journal
-    from fusedrive.tools.people import set_member
     from fusedrive.engine.journal import Journal
 
     keys = people(tmp_path, "alice", "bob", "carol")
 
     async def scenario():
         async with devices("alice", "bob", "carol") as (alice, bob, carol):
-            for device in (alice, bob, carol):
-                device.drive.volume.signer = keys[device.name][1]
             await alice.save("/plan.txt", b"alice's plan")
-            await alice.sync()
-            admin = as_admin(alice, keys["alice"][1])
-            set_member(admin, keys["bob"][0].public, "writer", "bob", "alice")
-            set_member(admin, keys["carol"][0].public, "reader", "carol", "alice")
-            for device in (alice, bob, carol):
-                await device.pull()
+            admin = await share_with_bob_and_carol(keys, alice, bob, carol)
             assert [d.drive.write_refusal() for d in (alice, bob)] == [None, None]
             assert carol.drive.write_refusal() == "you are a reader of this volume"
             await bob.save("/bob.txt", b"bob was here")
@@ -420,29 +438,17 @@ def test_a_removed_member_cannot_read_what_is_written_after_and_the_others_go_on
 
     from engines import devices, tree
     from fusedrive.engine.membership import NotAWriter
-    from fusedrive.store.epochs import EpochLoader
     from fusedrive.errors import KeyNotGiven
     from fusedrive.store.sealing import KeyRing
-    from fusedrive.tools.people import remove_member, set_member
+    from fusedrive.tools.people import remove_member
     from fusedrive.engine.journal import Journal
 
     keys = people(tmp_path, "alice", "bob", "carol")
 
     async def scenario():
         async with devices("alice", "bob", "carol") as (alice, bob, carol):
-            for device in (alice, bob, carol):
-                device.drive.volume.signer = keys[device.name][1]
-                identity = keys[device.name][0]
-                device.drive.volume.keys.loader = EpochLoader(device.store, device.drive.volume.volume_id,
-                                                              lambda identity=identity: identity)
             await alice.save("/old.txt", b"written before bob left")
-            await alice.sync()
-            admin = as_admin(alice, keys["alice"][1])
-            admin.keys = alice.drive.volume.keys
-            set_member(admin, keys["bob"][0].public, "writer", "bob", "alice")
-            set_member(admin, keys["carol"][0].public, "reader", "carol", "alice")
-            for device in (alice, bob, carol):
-                await device.pull()
+            admin = await share_with_bob_and_carol(keys, alice, bob, carol)
             bobs_keys = dict(bob.drive.volume.keys.masters)  # all the key material bob's device ever held
             before = {listed.key for listed in admin.store.list("")}
             remove_member(admin, keys["bob"][0].public)
@@ -487,7 +493,6 @@ def test_one_of_a_persons_two_devices_is_revoked_alone(tmp_path):
     from engines import devices
     from fusedrive.engine.membership import EntryRefused
     from fusedrive.store.devices import device_key
-    from fusedrive.store.epochs import EpochLoader
     from fusedrive.tools.people import revoke_device, set_member
 
     keys = people(tmp_path, "alice", "bob")
@@ -496,12 +501,8 @@ def test_one_of_a_persons_two_devices_is_revoked_alone(tmp_path):
 
     async def scenario():
         async with devices("alice", "bob-laptop", "bob-desktop") as (alice, laptop, desktop):
-            for device in (alice, laptop, desktop):
-                identity, device.drive.volume.signer = keys[device.name]
-                device.drive.volume.keys.loader = EpochLoader(device.store, device.drive.volume.volume_id,
-                                                              lambda identity=identity: identity)
+            as_their_people(keys, alice, laptop, desktop)
             admin = as_admin(alice, keys["alice"][1])
-            admin.keys = alice.drive.volume.keys
             set_member(admin, keys["bob-laptop"][0].public, "writer", "bob", "alice")
             await laptop.pull()
             lost = base64.b64encode(keys["bob-laptop"][1].public).decode()
