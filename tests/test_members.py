@@ -511,6 +511,12 @@ def test_one_of_a_persons_two_devices_is_revoked_alone(tmp_path):
                 await device.pull()
             assert laptop.drive.write_refusal() == "this device was revoked by an admin of the volume"
             assert desktop.drive.write_refusal() is None
+            set_member(admin, keys["bob-laptop"][0].public, "reader", "bob", "alice")  # a role changed
+            await desktop.pull()
+            assert desktop.drive.write_refusal() == "you are a reader of this volume"
+            set_member(admin, keys["bob-laptop"][0].public, "writer", "bob", "alice")
+            await desktop.pull()
+            assert desktop.drive.write_refusal() is None
             await desktop.save("/from-the-desktop.txt", b"bob goes on")
             await desktop.sync()
             await alice.pull()
