@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 the command ran but found work pending or problems
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import re
@@ -181,15 +182,14 @@ def _hold_epoch_keys(volume: volumes.Volume, member: "_MemberKey | None") -> Non
     from .store.epochs import EpochLoader
     from .store.members import KEPT_SLOTS, load_identity
 
-    identity: list = []
-
+    @functools.cache
     def identity_here():
-        if not identity:
-            try:
-                identity.append(load_identity(volumes.config_dir(), os.environ.get("FUSEDRIVE_IDENTITY_PASSPHRASE")))
-            except UsageError:
-                identity.append(None)
-        return identity[0]
+        if member is not None and member.identity is not None:  # (unsealed already: scrypt once)
+            return member.identity
+        try:
+            return load_identity(volumes.config_dir(), os.environ.get("FUSEDRIVE_IDENTITY_PASSPHRASE"))
+        except UsageError:
+            return None
 
     if member is not None:
         volume.keys.masters.update(member.masters)
@@ -212,12 +212,13 @@ class _MemberKey:
         self.store = store
         self.opened: dict | None = None
         self.masters: dict[int, bytes] = {}  # key epoch → master key, as the slot opened them
+        self.identity = None  # this person's, once unsealed to open the slot
 
     def __call__(self, volume_id: str) -> tuple[bytes, bool] | None:
         from .store.epochs import open_member_slot
         from .store.members import NotAMember, keep_slot, kept_slot, load_identity, read_slot
 
-        identity = load_identity(volumes.config_dir(), os.environ.get("FUSEDRIVE_IDENTITY_PASSPHRASE"))
+        identity = self.identity = load_identity(volumes.config_dir(), os.environ.get("FUSEDRIVE_IDENTITY_PASSPHRASE"))
         try:
             slot, checked = read_slot(self.store, identity.public), False
         except StoreUnreachable:  # a device that has the volume mounts offline: with the slot kept once it opened it
@@ -1432,7 +1433,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "to the standard storage class (on AWS, the restore may take hours: exit 1 until done).")
 
     p = action_command("replica", cmd_replica, ["add", "sync", "remove", "show", "promote"],
-                       help="a copy of the volume in another store, read when it fails", description="add URL: make URL (another S3 region or provider, or a directory) the volume's "
+                       help="a copy of the volume in another store, read when it fails",
+                       description="add URL: make URL (another S3 region or provider, or a directory) the volume's "
                        "replica and copy everything there; devices then copy what they write to it in the background, "
                        "and read from it when the store does not answer. sync: copy what the replica is missing "
                        "(objects from before it was added, or from devices that did not know it yet). remove: "

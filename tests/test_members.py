@@ -200,11 +200,10 @@ async def share_with_bob_and_carol(keys: dict, alice, bob, carol):
 
 
 def as_admin(device, signer):
-    """The volume as a `members` command on `device`'s machine opens it (its master key is
-    only wrapped into slots, which these tests do not open)."""
+    """The volume as a `members` command on `device`'s machine opens it."""
     import dataclasses
 
-    return dataclasses.replace(device.drive.volume, signer=signer, master=os.urandom(32))
+    return dataclasses.replace(device.drive.volume, signer=signer)
 
 
 def forge(volume, seq: int, signer, **entry_fields) -> None:

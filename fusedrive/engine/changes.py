@@ -69,6 +69,7 @@ class Changes:
         change), and one per conflicted copy, wherever it was made."""
         for entry in entries:
             seen = set()
+            by = _by(self.replica, entry)
             for op in entry.ops:
                 fid = op.get("fid")
                 if fid is None or fid in seen or op["op"] == "mkroot":
@@ -82,7 +83,7 @@ class Changes:
                 else:
                     path = self.replica.path_of(fid)
                 self.events.publish("remote-change", path=path, change=CHANGE_WORDS.get(op["op"], "changed"),
-                                    device=entry.device, **_by(self.replica, entry))
+                                    device=entry.device, **by)
         for conflict in conflicts:
             self.publish_conflict(conflict, self.device)
 

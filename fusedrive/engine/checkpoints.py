@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Iterable, Iterator
 
 import zstandard
 
@@ -162,9 +163,13 @@ def replay_to_head(volume: Volume, replica: Replica, progress: Progress | None =
         load_state(replica, state)
     start = replica.applied_seq
     bar = progress("reading the journal", len(journal.seqs_after(start))) if progress else None
-    for entry in journal.entries_after(start, replica.get_state("applied_commit")):
-        apply_checked(replica, [entry])
-        if bar is not None:
-            bar.update(1)
+
+    def counted(entries: Iterable[Entry]) -> Iterator[Entry]:
+        for entry in entries:
+            yield entry
+            if bar is not None:
+                bar.update(1)
+
+    apply_checked(replica, counted(journal.entries_after(start, replica.get_state("applied_commit"))))
     if bar is not None:
         bar.close()

@@ -140,9 +140,10 @@ class Committer:
         (`restores`) — their writers, if they come back, find their history forked and drop
         what it names. Nothing they held is lost; what only the missing entries held is, unless
         a device that applied them comes back (it forks and commits them again)."""
-        if self.write_refusal() is not None:
+        try:
+            signer = self.signer_now()
+        except NotAWriter:
             return  # (a reader's device: a member who may write fills it, signing what it puts there)
-        signer = self.signer_now()
         above = await self._store_call(self.journal.stored_entries, missing[-1])
         for seq in missing:
             entry = Entry(seq=seq, device=self.device, ops=[], prev=self.replica.get_state("applied_commit"))
@@ -321,15 +322,16 @@ class Committer:
             volume.signer = this_machine_key(config_dir())
         return roster.may_write(volume.signer)
 
-    def follow_roster(self) -> None:
+    def follow_roster(self) -> Roster:
         """Take up what the applied roster says of this device: the key epoch to seal with
         (membership.follow_epoch), and how its person is named where its saves and conflicted
-        copies are (`person` in the replica's state, this device's own)."""
+        copies are (`person` in the replica's state, this device's own). The roster."""
         roster = Roster.of(self.replica)
         person = roster.person(self.journal.volume.signer)
         if self.replica.get_state("person") != person:
             self.replica.set_state("person", person)
         follow_epoch(self.journal.volume.keys, roster)
+        return roster
 
     def follow_roster_at_start(self) -> None:
         """follow_roster before anything is sealed; a key this device was not given is said
@@ -345,9 +347,7 @@ class Committer:
         refused = self.write_refusal()
         if refused is not None:
             raise NotAWriter(f"This device cannot commit its changes: {refused}; they stay queued here.")
-        roster = Roster.of(self.replica)
-        follow_epoch(self.journal.volume.keys, roster)
-        return self.journal.volume.signer if roster.founded else None
+        return self.journal.volume.signer if self.follow_roster().founded else None
 
     def _batch(self, rows: list[tuple[int, list[dict]]]) -> tuple[int, list[dict], dict[str, bytes]]:
         """The queued rows one entry takes: (the last row's id, their ops, the blocks the

@@ -176,15 +176,24 @@ def refusal(roster: Roster, entry: Entry) -> str | None:
     return None
 
 
+def admit(roster: Roster, entry: Entry) -> None:
+    """EntryRefused if `entry` may not be applied on top of `roster`; else `roster` follows
+    its membership ops."""
+    reason = refusal(roster, entry)
+    if reason is not None:
+        raise EntryRefused(entry.seq, reason)
+    for op in entry.ops:
+        roster.apply(op)
+
+
 def admitted(roster: Roster, entries: list[Entry]) -> tuple[list[Entry], EntryRefused | None]:
     """The entries that may be applied, in order, up to the first refused one (and why it
     is); `roster` follows their membership ops."""
     for index, entry in enumerate(entries):
-        reason = refusal(roster, entry)
-        if reason is not None:
-            return entries[:index], EntryRefused(entry.seq, reason)
-        for op in entry.ops:
-            roster.apply(op)
+        try:
+            admit(roster, entry)
+        except EntryRefused as refused:
+            return entries[:index], refused
     return entries, None
 
 
@@ -193,9 +202,5 @@ def apply_checked(replica, entries: Iterable[Entry]) -> None:
     first; EntryRefused at the first refused one, with everything before it applied."""
     roster = Roster.of(replica)
     for entry in entries:
-        reason = refusal(roster, entry)
-        if reason is not None:
-            raise EntryRefused(entry.seq, reason)
+        admit(roster, entry)
         replica.apply_remote(entry.seq, entry.ops, entry.format, entry.blocks)
-        for op in entry.ops:
-            roster.apply(op)

@@ -258,10 +258,7 @@ class Revalidator:
             return [op]
         if not self._exists(r, fid):
             if op.get("trash"):  # deleted here before it uploaded: into its trash entry (or path history)
-                if r.in_trash(fid) or r.successor_of(fid) is not None:
-                    return [op]
-                log.warning("a save of deleted file %s is dropped: its trash entry is gone", fid)
-                return []
+                return self._into_its_trash_entry(r, op)
             return self._revive(r, op)
         op.pop("trash", None)  # brought back from the trash meanwhile: an ordinary save
         node = r.inode(r.ino_of(fid))
@@ -298,12 +295,15 @@ class Revalidator:
         tree), the save goes into its trash entry (or the path's history it went on in), never
         nowhere."""
         ops = self.revive_file(r, op["fid"], r.known_locations(op["fid"]), op["t"])
-        if ops:
-            return ops + [dict(op, base=0)]
+        return ops + [dict(op, base=0)] if ops else self._into_its_trash_entry(r, op)
+
+    @staticmethod
+    def _into_its_trash_entry(r: Replica, op: dict) -> list[dict]:
+        """A save of a deleted file, marked for its trash entry (or the path history it went
+        on in); dropped, said in the log, if it has neither."""
         if r.in_trash(op["fid"]) or r.successor_of(op["fid"]) is not None:
             return [dict(op, trash=True)]
-        log.warning("a save of deleted file %s is dropped: where it was is not known here and it has no trash "
-                    "entry", op["fid"])
+        log.warning("a save of deleted file %s is dropped: it has no trash entry", op["fid"])
         return []
 
     def revive_file(self, r: Replica, fid: str, locations: dict[str, dict], t: int | None = None) -> list[dict]:

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ..errors import UsageError
 from .members import Identity, PublicIdentity, load_identity, load_public
+from .volume import keep_json
 
 DEVICE_FILE = "device.json"
 CERT_CONTEXT = b"fusedrive.org/v1/device-certificate\0"
@@ -86,35 +87,33 @@ def device_key(config_dir: Path, identity: Identity) -> DeviceKey:
     """This machine's device key for `identity`, made (and certified) the first time."""
     path = config_dir / DEVICE_FILE
     try:
-        record = json.loads(path.read_text())
-        if record.get("member") == identity.public.text:
-            return DeviceKey(Ed25519PrivateKey.from_private_bytes(base64.b64decode(record["key"])),
-                             record["member"], record["name"], base64.b64decode(record["cert"]))
+        kept = _read_device_key(path)
+        if kept.member == identity.public.text:
+            return kept
     except FileNotFoundError:
         pass
     except (OSError, ValueError, KeyError) as exc:
         raise UsageError(f"Cannot read this device's key in {path}: {exc}.") from None
     made = DeviceKey.new(identity, socket.gethostname())
-    record = {"version": 1, "member": made.member, "name": made.name, "public": _b64(made.public),
-              "cert": _b64(made.cert), "key": _b64(made.key.private_bytes(_RAW, serialization.PrivateFormat.Raw,
-                                                                           serialization.NoEncryption()))}
     config_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = path.with_name(f".{DEVICE_FILE}.{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=1)
-    os.replace(temporary, path)
+    keep_json(path, {"version": 1, "member": made.member, "name": made.name, "public": _b64(made.public),
+                     "cert": _b64(made.cert), "key": _b64(made.key.private_bytes(
+                         _RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption()))})
     return made
 
 
 def kept_device_key(config_dir: Path) -> DeviceKey | None:
     """The device key made before, without the identity (a mount opened by passphrase)."""
     try:
-        record = json.loads((config_dir / DEVICE_FILE).read_text())
-        return DeviceKey(Ed25519PrivateKey.from_private_bytes(base64.b64decode(record["key"])), record["member"],
-                         record["name"], base64.b64decode(record["cert"]))
+        return _read_device_key(config_dir / DEVICE_FILE)
     except (OSError, ValueError, KeyError):
         return None
+
+
+def _read_device_key(path: Path) -> DeviceKey:
+    record = json.loads(path.read_text())
+    return DeviceKey(Ed25519PrivateKey.from_private_bytes(base64.b64decode(record["key"])), record["member"],
+                     record["name"], base64.b64decode(record["cert"]))
 
 
 def this_machine_key(config_dir: Path) -> DeviceKey | None:

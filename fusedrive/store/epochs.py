@@ -55,15 +55,19 @@ def write_epoch(store: ObjectStore, volume_id: str, epoch: int, master: bytes, p
                 previous: bytes, members: list[PublicIdentity], wrapping: bytes | None = None) -> bool:
     """Put `epochs/<epoch>`; False if something is there already. `wrapping`: the passphrase's
     key (volume.Volume.wrapping), so that the passphrase opens the new epoch too."""
-    aad = f"{epoch_key(epoch)}:{volume_id}".encode()
     record = {"version": 1, "epoch": epoch, "previous_epoch": previous_epoch,
-              "previous": base64.b64encode(sealing.seal(_chain_key(master), previous, aad)).decode(),
+              "previous": base64.b64encode(sealing.seal(_chain_key(master), previous,
+                                                        _chain_aad(volume_id, epoch))).decode(),
               "slots": {member.member_id: wrap_for(member, master, slot_binding(volume_id, epoch))
                         for member in members}}
     if wrapping:
         record["passphrase"] = base64.b64encode(sealing.seal(wrapping, master, _passphrase_aad(volume_id, epoch))
                                                 ).decode()
     return store.put_if_absent(epoch_key(epoch), json.dumps(record).encode())
+
+
+def _chain_aad(volume_id: str, epoch: int) -> bytes:
+    return f"{epoch_key(epoch)}:{volume_id}".encode()
 
 
 def _passphrase_aad(volume_id: str, epoch: int) -> bytes:
@@ -110,9 +114,8 @@ class EpochLoader:
             record = self._record(epoch)
             if record is None:
                 return None
-            aad = f"{epoch_key(epoch)}:{self.volume_id}".encode()
-            master = sealing.unseal(_chain_key(master), base64.b64decode(record["previous"]), aad,
-                                    f"The chain of key epoch {epoch}")
+            master = sealing.unseal(_chain_key(master), base64.b64decode(record["previous"]),
+                                    _chain_aad(self.volume_id, epoch), f"The chain of key epoch {epoch}")
             epoch = int(record["previous_epoch"])
         return master if epoch == wanted else None
 

@@ -47,7 +47,6 @@ class Volume:
     keys: sealing.KeyRing
     header: bytes = b""  # the `volume` object as read, kept in a cache dir for mounting offline
     reader_version: int = READER_VERSION  # the lowest format that can read it (its header says)
-    master: bytes = field(default=b"", repr=False)  # what key slots wrap (members.py); b"" where not opened
     opened_by: str = "passphrase"  # or "identity": a member's key slot opened it
     wrapping: bytes = field(default=b"", repr=False)  # the passphrase's scrypt key, where it opened the volume
     signer: DeviceKey | None = None  # this machine's key for its person, where it has one (store/devices.py)
@@ -55,6 +54,11 @@ class Volume:
     @property
     def url(self) -> str:
         return self.store.url
+
+    @property
+    def master(self) -> bytes:
+        """The volume's first master key: what its header and the first key slots wrap."""
+        return self.keys.masters[0]
 
     @property
     def carries_blocks(self) -> bool:
@@ -134,8 +138,7 @@ def create_volume(store: ObjectStore, passphrase: str) -> Volume:
     raw = json.dumps(header, indent=1).encode()
     if not store.put_if_absent(HEADER_KEY, raw):
         raise VolumeExists(f"Another device created a volume at {store.url} just now; not overwriting it.")
-    return Volume(store, volume_id, chunking, sealing.KeyRing.of_master(master, volume_id), raw, master=master,
-                  wrapping=wrapping)
+    return Volume(store, volume_id, chunking, sealing.KeyRing.of_master(master, volume_id), raw, wrapping=wrapping)
 
 
 def open_volume(store: ObjectStore, passphrase: str | Callable[[], str],
@@ -180,7 +183,7 @@ def open_volume(store: ObjectStore, passphrase: str | Callable[[], str],
     if slot is not None:
         master, checked = slot
         volume = Volume(store, volume_id, chunking, sealing.KeyRing.of_master(master, volume_id), raw, needed,
-                        master, "identity")
+                        opened_by="identity")
         try:
             _check_master(volume)
         except StoreUnreachable:
@@ -194,7 +197,7 @@ def open_volume(store: ObjectStore, passphrase: str | Callable[[], str],
         master = sealing.unseal(wrapping, wrapped, _wrap_aad(volume_id, chunking), "volume key")
     except FusedriveError:
         raise WrongPassphrase(f"Wrong passphrase for the volume at {store.url}.") from None
-    return Volume(store, volume_id, chunking, sealing.KeyRing.of_master(master, volume_id), raw, needed, master,
+    return Volume(store, volume_id, chunking, sealing.KeyRing.of_master(master, volume_id), raw, needed,
                   wrapping=wrapping)
 
 
@@ -242,13 +245,16 @@ def keep_header(cache_dir: Path, volume: Volume) -> None:
 
 def keep_json(path: Path, value: dict | None) -> None:
     """Remember `value` in an owner-only file (what a device or a person keeps to work
-    offline); None: forget it."""
+    offline), written whole then renamed: a crash leaves the old one or the new one; None:
+    forget it."""
     if value is None:
         path.unlink(missing_ok=True)
         return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(value, f)
+    os.replace(temporary, path)
 
 
 def kept_header(url: str, cache_dir: Path | None) -> bytes | None:

@@ -45,20 +45,23 @@ def _member_op(member: PublicIdentity, name: str, role: str) -> dict:
     return {"op": "member", "public": member.text, "name": name, "role": role, "t": time.time_ns()}
 
 
-def _as_admin(volume: Volume, roster: Roster) -> None:
+def _as_admin(volume: Volume, progress: Progress | None) -> tuple[Roster, Replica]:
+    """The volume's state replayed, this person checked to be its admin (or the first, the
+    volume not shared yet)."""
+    roster, replica = roster_of(volume, progress)
     signer = volume.signer
     if signer is None:
         raise UsageError("Whoever shares a volume needs an identity: make yours first (fusedrive id).")
     if roster.founded and roster.role_of(signer.member) != "admin":
         raise UsageError("Only an admin of this volume changes its members, and your identity is not one.")
+    return roster, replica
 
 
 def set_member(volume: Volume, member: PublicIdentity, role: str, name: str, me: str,
                progress: Progress | None = None) -> bool:
     """Give `member` a key slot and `role`; the first time, this person (`me`: their name)
     becomes admin too. Whether anything changed."""
-    roster, replica = roster_of(volume, progress)
-    _as_admin(volume, roster)
+    roster, replica = _as_admin(volume, progress)
     signer = volume.signer
     if roster.role_of(member.text) == role:
         return False
@@ -79,8 +82,7 @@ def set_member(volume: Volume, member: PublicIdentity, role: str, name: str, me:
 
 def remove_member(volume: Volume, member: PublicIdentity, progress: Progress | None = None) -> bool:
     """Take `member`'s role and key slot away; whether they had one."""
-    roster, replica = roster_of(volume, progress)
-    _as_admin(volume, roster)
+    roster, replica = _as_admin(volume, progress)
     if roster.role_of(member.text) == "admin" and \
             sum(1 for found in roster.members.values() if found["role"] == "admin") == 1:
         raise UsageError("That is the volume's last admin: make someone else admin first.")
@@ -95,23 +97,23 @@ def remove_member(volume: Volume, member: PublicIdentity, progress: Progress | N
 
 def revoke_device(volume: Volume, key: str, progress: Progress | None = None) -> None:
     """No entry signed by the device with public key `key` (base64) is applied from now on."""
-    roster, replica = roster_of(volume, progress)
-    _as_admin(volume, roster)
-    if not roster.founded:
-        raise UsageError("This volume is not shared with people: it has no devices to revoke.")
-    revoked = {"op": "revoke", "key": key, "t": time.time_ns()}
-    rekeyed = new_epoch(volume, roster)
-    append_at_head(Journal(volume), replica, lambda: [revoked, rekeyed], DEVICE)
+    _commit_new_epoch(volume, progress, [{"op": "revoke", "key": key, "t": time.time_ns()}],
+                      "This volume is not shared with people: it has no devices to revoke.")
 
 
 def rekey(volume: Volume, progress: Progress | None = None) -> int:
     """Start a new key epoch for the members there are; the epoch."""
-    roster, replica = roster_of(volume, progress)
-    _as_admin(volume, roster)
+    return _commit_new_epoch(volume, progress, [],
+                             "This volume is not shared with people: its key is the passphrase's.")
+
+
+def _commit_new_epoch(volume: Volume, progress: Progress | None, ops: list[dict], not_shared: str) -> int:
+    """Commit `ops` with a new key epoch after them (an admin's); the epoch."""
+    roster, replica = _as_admin(volume, progress)
     if not roster.founded:
-        raise UsageError("This volume is not shared with people: its key is the passphrase's.")
+        raise UsageError(not_shared)
     rekeyed = new_epoch(volume, roster)
-    append_at_head(Journal(volume), replica, lambda: [rekeyed], DEVICE)
+    append_at_head(Journal(volume), replica, lambda: [*ops, rekeyed], DEVICE)
     return rekeyed["epoch"]
 
 
