@@ -334,6 +334,7 @@ def cmd_id(args) -> int:
 
 def cmd_members(args) -> int:
     """add / remove / list / revoke: the people a volume is shared with, their roles, their devices."""
+    from .report import count, human_bytes
     from .store.members import members
     from .tools.people import parse_member, rekey, remove_member, revoke_device, roster_of, set_member
 
@@ -347,9 +348,19 @@ def cmd_members(args) -> int:
             print(f"{text}  {member['role']:<6}  {member['name']}")
         return 0
     if args.action == "rekey":
-        epoch = rekey(volume, progress)
+        epoch, resealed = rekey(volume, progress, args.full)
         print(f"Key epoch {epoch} started: what is written from now on is sealed under a key only the volume's "
-              "members have.")
+              "members have." + ("" if resealed else " What was written before keeps its key: "
+                                 "`members rekey --full` seals it again."))
+        if resealed:
+            print(f"{count(resealed.objects, 'object', 'objects')} sealed again under it"
+                  f" ({resealed.current} were already), {human_bytes(resealed.pack_bytes_zeroed)} of deleted "
+                  "files' blocks in packs cleared: key material of an older epoch opens none of it.")
+            if resealed.unopened:
+                print(f"{count(len(resealed.unopened), 'object', 'objects')} could not be opened and were left "
+                      f"as they are (damaged, or not this volume's; fsck names them): {', '.join(resealed.unopened[:5])}"
+                      + (" …" if len(resealed.unopened) > 5 else ""))
+                return IntegrityError.exit_code
         return 0
     if not args.identity:
         raise UsageError(f"Name it: fusedrive members {args.action} VOLUME "
@@ -376,8 +387,9 @@ def cmd_members(args) -> int:
           (" (the volume's passphrase, given here, opens it too: if they knew the passphrase, they still can)"
            if volume.wrapping else " (nor does the volume's passphrase open it: run this with the passphrase to "
            "keep that)") +
-          ". What was written before stays readable to them (they had its key); the bucket's own credentials must "
-          "be revoked by whoever owns the bucket.")
+          ". What was written before stays readable to them (they had its key) unless `fusedrive members rekey "
+          f"--full` seals it again; the credentials they were given for {volume.store.url} must be revoked by whoever "
+          "owns that bucket or directory: fusedrive cannot.")
     return 0
 
 
@@ -1140,7 +1152,7 @@ def cmd_fsck(args) -> int:
     volume = open_volume_for(args.volume, args)
     cache_dir = Path(args.cache_dir) if args.cache_dir else volumes.cache_root() / volume.volume_id
     if args.repair:
-        from .engine.journal import KeptEntries
+        from .engine.entrycopies import KeptEntries
         from .tools.fsck import repair_journal
 
         kept = KeptEntries(cache_dir / "journal") if (cache_dir / "journal").is_dir() else None
@@ -1271,6 +1283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("identity", nargs="?", metavar="IDENTITY", help="fdid1…[:reader|writer|admin] (add, remove); "
                    "a device key (revoke)")
     p.add_argument("--name", default=None, help="how the member is named in listings (add)")
+    p.add_argument("--full", action="store_true", help="rekey: also seal everything written before under the new "
+                   "key, so older key material (a removed member's) opens none of it")
 
     p = device_command("mount", "mountpoint", cmd_mount, help="mount a volume as a folder",
                        description="Mount VOLUME at MOUNTPOINT. With only MOUNTPOINT, mounts the default volume on "

@@ -8,6 +8,19 @@ from typing import Any, Callable
 Progress = Callable[[str, int], Any]  # (what, total) → a bar with update() and close(); cli.progress
 
 
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def no_progress(what: str, total: int) -> _NoBar:
+    """A Progress that shows nothing (the simulation's and the tests' commands)."""
+    return _NoBar()
+
+
 def human_bytes(n: float) -> str:
     """Binary units, as --cache-size takes them (4G is 4.0 GiB)."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

@@ -484,6 +484,75 @@ def test_a_removed_member_cannot_read_what_is_written_after_and_the_others_go_on
 
 
 @pytest.mark.inprocess
+def test_rekey_full_seals_what_was_written_before_so_a_removed_members_keys_open_nothing(tmp_path):
+    import trio
+
+    from engines import devices, tree
+    from fusedrive.engine.journal import Journal
+    from fusedrive.engine.manifest import Location
+    from fusedrive.errors import IntegrityError, KeyNotGiven
+    from fusedrive.report import no_progress
+    from fusedrive.store.sealing import KeyRing
+    from fusedrive.tools.people import rekey, remove_member
+
+    keys = people(tmp_path, "alice", "bob", "carol")
+
+    async def scenario():
+        async with devices("alice", "bob", "carol") as (alice, bob, carol):
+            await alice.save("/big.bin", os.urandom(300_000))  # a block of its own
+            alice.mkdir("/small")
+            for n in range(40):  # small files, more than an entry carries: packed
+                await alice.save(f"/small/{n}.txt", os.urandom(8_000))
+            await alice.sync()
+            admin = await share_with_bob_and_carol(keys, alice, bob, carol)
+            await bob.save("/by-bob.txt", b"bob wrote this while a member")
+            await bob.sync()
+            for device in (alice, carol):
+                await device.pull()
+            bobs_keys = dict(bob.drive.volume.keys.masters)
+            remove_member(admin, keys["bob"][0].public)
+            await alice.pull()
+            epoch, report = rekey(admin, no_progress, full=True)
+            assert epoch == 2 and report.objects >= 5 and not report.unopened
+
+            # every object the store holds, in bob's hands with every key he had: nothing opens
+            his = KeyRing(admin.volume_id, bobs_keys)
+            his_volume = type(admin)(admin.store, admin.volume_id, admin.chunking, his)
+            packed = [(block_id, where) for block_id, where in alice.drive.replica.all_block_refs()
+                      if isinstance(where, Location)]
+            sealed = [listed.key for listed in admin.store.list("")
+                      if listed.key.startswith(("journal/0", "blocks/", "packs/"))]
+            assert packed and any(key.startswith("blocks/") for key in sealed)
+            for key in sealed:
+                blob = admin.store.get(key)
+                with pytest.raises((KeyNotGiven, IntegrityError)):
+                    if key.startswith("journal/"):
+                        Journal(his_volume)._unseal(int(key[len("journal/"):]), blob)
+                    elif key.startswith("blocks/"):
+                        his.unseal("block_seal", blob, key.encode(), key)
+                    else:
+                        raise IntegrityError("a pack: its blocks are tried below")
+            for block_id, where in packed:
+                blob = admin.store.get_range(f"packs/{where.pack}", where.start, where.size)
+                with pytest.raises(IntegrityError):
+                    his.unseal("block_seal", blob, f"blocks/{block_id}".encode(), block_id)
+
+            # the members go on: their devices, and a new one of alice's, read everything
+            before = await tree(alice)
+            assert before["/by-bob.txt"] == b"bob wrote this while a member" and len(before) > 40
+            await alice.save("/after.txt", b"written after the full rekey")
+            await alice.sync()
+            await carol.pull()
+            assert await tree(carol) == {**before, "/after.txt": b"written after the full rekey"}
+            await alice.restart(afresh=True)
+            await alice.pull()
+            assert await tree(alice) == await tree(carol)
+            assert not Journal(alice.drive.volume).kept_not_held(alice.drive.replica.applied_seq)
+
+    trio.run(scenario)
+
+
+@pytest.mark.inprocess
 def test_one_of_a_persons_two_devices_is_revoked_alone(tmp_path):
     import base64
 

@@ -183,6 +183,7 @@ def test_fsck_checks_a_block_stored_both_alone_and_in_a_pack(tmp_path):
     """Two devices can store one block both ways (one packs it, the other stores it alone);
     fsck --verify-blocks checks each copy."""
     from fusedrive.tools.fsck import check_blocks
+    from fusedrive.report import no_progress
 
     (tmp_path / "store").mkdir()  # as `fusedrive init` makes it
     volume = create_volume(open_store(f"file://{tmp_path / 'store'}"), "passphrase")
@@ -200,12 +201,4 @@ def test_fsck_checks_a_block_stored_both_alone_and_in_a_pack(tmp_path):
         t.join(30)
     assert locations[0] is not None, "the two blocks did not share a pack"
     refs = {(ids[0], None), (ids[0], locations[0]), (ids[1], locations[1])}
-    assert check_blocks(refs, packing, verify=True, progress=lambda what, total: _NoBar()) == []
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    assert check_blocks(refs, packing, verify=True, progress=no_progress) == []

@@ -38,7 +38,8 @@ from .committer import GAP_FILL_SECONDS, Committer
 from .events import EventBus, Problems, StoreHealth
 from .follower import FRESHNESS_WAIT_SECONDS, Follower
 from .hubclient import HubClient
-from .journal import Entry, Journal, JournalGap, KeptEntries
+from .entrycopies import KeptEntries
+from .journal import Entry, Journal, JournalGap
 from .localfiles import LocalFiles
 from .pins import Pins
 from .manifest import Piece

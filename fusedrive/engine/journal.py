@@ -31,16 +31,16 @@ import secrets
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import zstandard
 
-from ..errors import IntegrityError, StoreRefused
+from ..errors import IntegrityError, KeyNotGiven, StoreRefused
 from ..store import Listed, NotFound
 from ..store.devices import DeviceKey, entry_signed_by, signer_of
 from ..store.replicated import FENCE_KEY
 from ..store.volume import FORMAT_VERSION, HEADER_KEY, Volume
+from .entrycopies import KeptEntries
 from .ops import check_entry
 
 PREFIX = "journal/"
@@ -48,7 +48,6 @@ FETCH_THREADS = 8
 REPAIR_DEVICE = "fsck --repair"  # the device name of the entries fsck --repair puts in place of lost ones
 WENT_BACK = "went-back-"  # journal/went-back-<seq>-<random>: a device put lost entries back (empty object)
 CHECKED_BEHIND = 16  # a pull checks that the store still holds this many of the entries it applied last
-KEEP_ENTRIES = 5000  # the newest entries a device keeps a copy of, to put back on a store that lost them
 
 
 class StoreWentBack(Exception):
@@ -83,54 +82,6 @@ class JournalForked(IntegrityError):
     this device appended on top of an entry the store had lost). The committer takes the
     store's history and commits this device's lost changes again on top (`Journal.fork_point`,
     `forks.py`); raised as is, it stops the device."""
-
-
-class KeptEntries:
-    """The sealed bytes of the newest journal entries, one file each (written whole, then
-    renamed: a crash leaves the old copy or none). Written from the fetch threads."""
-
-    def __init__(self, directory: Path, keep: int = KEEP_ENTRIES) -> None:
-        self.directory = directory
-        self.keep = keep
-        directory.mkdir(mode=0o700, exist_ok=True)
-
-    def put(self, seq: int, blob: bytes, replace: bool = False) -> None:
-        """Keep a copy of entry `seq`; `replace`: also over another copy, for an entry this
-        device had not applied (a copy there is stale: an append of its own whose outcome a
-        crash hid, committed again since as another entry)."""
-        path = self.directory / str(seq)
-        if path.exists() and (not replace or self.get(seq) == blob):
-            return
-        temporary = self.directory / f".{seq}.{uuid.uuid4().hex}"
-        temporary.write_bytes(blob)
-        now = time.time()  # (the engine's clock: a simulation's is virtual)
-        os.utime(temporary, (now, now))
-        os.replace(temporary, path)
-        (self.directory / str(seq - self.keep)).unlink(missing_ok=True)
-
-    def get(self, seq: int) -> bytes | None:
-        try:
-            return (self.directory / str(seq)).read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def size(self, seq: int) -> int | None:
-        try:
-            return (self.directory / str(seq)).stat().st_size
-        except FileNotFoundError:
-            return None
-
-    def kept_at(self, seq: int) -> float:
-        """When the copy of entry `seq` was kept (Unix seconds): after the entry was stored."""
-        try:
-            return (self.directory / str(seq)).stat().st_mtime
-        except FileNotFoundError:
-            return float("inf")
-
-    def drop(self, seqs: range) -> None:
-        """Forget the copies of entries the store's history does not hold (after a fork)."""
-        for seq in seqs:
-            (self.directory / str(seq)).unlink(missing_ok=True)
 
 
 def entry_key(seq: int) -> str:
@@ -310,15 +261,13 @@ class Journal:
 
     def _fetched(self, seq: int, seqs: list[int], listed: dict[int, Listed]) -> Iterator[Entry]:
         """Entries `seqs`, read in order; first, that the store's entry `seq` is still the one
-        this device kept (the listing's size, free; then the bytes, read beside the next entry)."""
+        this device kept (its bytes, read beside the next entry)."""
         mine = self.kept.get(seq) if self.kept is not None and seq > 0 else None
-        if mine is not None and len(mine) != listed[seq].size:
-            raise self._forked(seq)
         if mine is not None and seqs:  # what comes next must follow the entry this device applied
             with ThreadPoolExecutor(max_workers=2) as pool:
                 theirs = pool.submit(self.store.get, entry_key(seq))
                 first = pool.submit(self._read_new, seqs[0])
-                if theirs.result() != mine:
+                if not self._same_entry(seq, theirs.result(), mine):
                     raise self._forked(seq)
                 yield first.result()
             seqs = seqs[1:]
@@ -383,17 +332,17 @@ class Journal:
         return self._unseal(seq, self.store.get(entry_key(seq))).chain_id
 
     def _replaced(self, seq: int, listed: Listed) -> bool:
-        """Whether the store's entry `seq` is not the copy this device kept: its size says so
-        (free), or it was written after the copy was kept and its bytes say so (a GET). A device
+        """Whether the store's entry `seq` is not the copy this device kept: unless its size is
+        the copy's and it was not written after the copy was kept (free), its bytes say (a GET). A device
         whose last entries are its own would otherwise build on them after another device
         took a seq under them (the store went back): they are dead, and it would never see. (A
         store whose clock runs ahead costs a GET here; one that keeps whole seconds may hide a
         replacement made within the second.)"""
         if self.kept is None or (size := self.kept.size(seq)) is None:
             return False
-        if size != listed.size:
-            return True
-        return listed.modified > self.kept.kept_at(seq) and self.store.get(entry_key(seq)) != self.kept.get(seq)
+        if size == listed.size and listed.modified <= self.kept.kept_at(seq):
+            return False
+        return not self._same_entry(seq, self.store.get(entry_key(seq)), self.kept.get(seq))
 
     def _forked_below(self, applied: int, device: str, chain: str | None) -> bool:
         """Whether the store lost part of the history this device applied through `applied`."""
@@ -403,8 +352,22 @@ class Journal:
             return True
 
     def _holds(self, seq: int, mine: bytes, listed: dict[int, Listed]) -> bool:
-        """Whether the store's entry `seq` is byte for byte this device's copy."""
-        return seq in listed and listed[seq].size == len(mine) and self.store.get(entry_key(seq)) == mine
+        """Whether the store's entry `seq` is this device's copy (`_same_entry`)."""
+        return seq in listed and self._same_entry(seq, self.store.get(entry_key(seq)), mine)
+
+    def _same_entry(self, seq: int, stored: bytes, mine: bytes) -> bool:
+        """Whether the store's entry `seq` is this device's copy: byte for byte, or the same
+        entry sealed again under a newer key (`members rekey --full`; the copy kept from then
+        on is the store's, so the next check is by bytes again)."""
+        if stored == mine:
+            return True
+        try:
+            same = self.volume.unseal(entry_key(seq), stored, "") == self.volume.unseal(entry_key(seq), mine, "")
+        except (IntegrityError, KeyNotGiven):
+            return False
+        if same and self.kept is not None:
+            self.kept.put(seq, stored, replace=True)
+        return same
 
     def kept_not_held(self, applied: int) -> list[Entry]:
         """The entries this device kept copies of, from `applied` down to its oldest copy, that

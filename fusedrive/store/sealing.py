@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import blake3
 from cryptography.exceptions import InvalidTag
@@ -22,6 +22,7 @@ from ..errors import IntegrityError, KeyNotGiven
 
 SEAL_VERSION = 1
 EPOCH_SEAL_VERSION = 2  # format 5: the header names the key epoch
+IN_PLACE_SEAL_VERSION = 3  # format 5: sealed again in place by `members rekey --full`; the epoch is found by trying
 EPOCH_ID_PREFIX = "k"  # block ids of epoch n > 0: k<n>.<keyed BLAKE3>, keyed by that epoch's block-id key
 NONCE_BYTES = 12
 
@@ -40,15 +41,28 @@ def seal(key: bytes, plaintext: bytes, aad: bytes, epoch: int = 0) -> bytes:
     return head + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
 
 
-def sealed_epoch(blob: bytes) -> int:
-    """The key epoch whose keys sealed `blob` (0 for every object of a volume never rekeyed)."""
+def seal_in_place(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """`seal` to exactly the length version 1 has (one header byte, version 3), for a block
+    inside a pack, found by its byte range, sealed again under a newer epoch's key: the header
+    cannot name the epoch, so a reader tries the epochs it holds (`KeyRing.unseal`); the GCM
+    tag says which key is right, as age's recipient stanzas are tried."""
+    nonce = os.urandom(NONCE_BYTES)
+    return bytes([IN_PLACE_SEAL_VERSION]) + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def sealed_epoch(blob: bytes) -> int | None:
+    """The key epoch whose keys sealed `blob` (0 for every object of a volume never rekeyed;
+    None: sealed in place, the header does not say)."""
+    if blob[:1] == bytes([IN_PLACE_SEAL_VERSION]):
+        return None
     return int.from_bytes(blob[1:5], "big") if blob[:1] == bytes([EPOCH_SEAL_VERSION]) else 0
 
 
 def unseal(key: bytes, blob: bytes, aad: bytes, what: str) -> bytes:
     """Open a sealed blob or raise IntegrityError naming `what` failed its tag."""
     start = 5 if blob[:1] == bytes([EPOCH_SEAL_VERSION]) else 1
-    if len(blob) < start + NONCE_BYTES + 16 or blob[0] not in (SEAL_VERSION, EPOCH_SEAL_VERSION):
+    if len(blob) < start + NONCE_BYTES + 16 or blob[0] not in (SEAL_VERSION, EPOCH_SEAL_VERSION,
+                                                               IN_PLACE_SEAL_VERSION):
         raise IntegrityError(f"{what} is damaged (bad header).")
     try:
         return AESGCM(key).decrypt(blob[start:start + NONCE_BYTES], blob[start + NONCE_BYTES:], aad)
@@ -140,5 +154,31 @@ class KeyRing:
         """`purpose`: "block_seal" or "journal_seal"."""
         return seal(getattr(self.epoch(self.current), purpose), body, aad, self.current)
 
+    def seal_in_place(self, purpose: str, body: bytes, aad: bytes) -> bytes:
+        """Sealed with the writing epoch's key to the length epoch 0's sealing has (`seal_in_place`)."""
+        return seal_in_place(getattr(self.epoch(self.current), purpose), body, aad)
+
     def unseal(self, purpose: str, blob: bytes, aad: bytes, what: str) -> bytes:
-        return unseal(getattr(self.epoch(sealed_epoch(blob)), purpose), blob, aad, what)
+        epoch = sealed_epoch(blob)
+        if epoch is not None:
+            return unseal(getattr(self.epoch(epoch), purpose), blob, aad, what)
+        failed = None
+        for epoch in self._epochs_to_try():
+            try:
+                return unseal(getattr(self.epoch(epoch), purpose), blob, aad, what)
+            except IntegrityError as exc:
+                failed = exc
+        raise failed or IntegrityError(f"{what} failed its authentication tag.")
+
+    def _epochs_to_try(self) -> Iterator[int]:
+        """For an object sealed in place: the epochs held, newest first, then newer ones the
+        loader has (the rekey that sealed it may be newer than what this device follows)."""
+        yield from sorted(self.masters, reverse=True)
+        newer = max(self.masters) + 1
+        while True:
+            try:
+                self.epoch(newer)
+            except KeyNotGiven:
+                return
+            yield newer
+            newer += 1

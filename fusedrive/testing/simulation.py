@@ -59,6 +59,7 @@ from ..engine.manifest import contents
 from ..engine.replica import Replica
 from ..engine.tree import Inode
 from ..errors import BlockMissing, FusedriveError, IntegrityError, StoreUnreachable
+from ..report import no_progress
 from ..store.devices import DeviceKey, certify
 from ..store.epochs import check_of
 from ..store.members import Identity, add_member
@@ -771,7 +772,7 @@ class Simulation:
         with tempfile.TemporaryDirectory(prefix="fsck-") as scratch:
             cache = BlockCache(Path(scratch) / "blocks", 1 << 30, healthy.keys.is_id_of)
             try:
-                found = fsck(Journal(healthy), BlockStore(healthy, cache), None, False, _no_progress)
+                found = fsck(Journal(healthy), BlockStore(healthy, cache), None, False, no_progress)
                 kept = kept_contents(replayed, BlockStore(healthy, cache))
             finally:
                 cache.close()
@@ -781,18 +782,6 @@ class Simulation:
         if lost:
             return self.fail(f"closed saves lost: {lost}")
         self.outcome.saves_checked = len(self.required)
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _no_progress(what: str, total: int) -> _NoBar:
-    return _NoBar()
 
 
 def kept_contents(replica: Replica, blocks: BlockStore) -> set[str]:

@@ -25,7 +25,8 @@ from ..engine.blocks import BLOCKS, PACKS, BlockStore, object_key, stored_object
 from ..engine.pins import blocks_needed, pinned_files
 from ..engine.checkpoints import checkpoint_seqs, load_state, read_checkpoint
 from ..errors import FusedriveError
-from ..engine.journal import REPAIR_DEVICE, Entry, Journal, KeptEntries, entry_key
+from ..engine.entrycopies import KeptEntries
+from ..engine.journal import REPAIR_DEVICE, Entry, Journal, entry_key
 from ..engine.manifest import BlockRef, Carried, pieces
 from ..engine.membership import EntryRefused, apply_checked
 from ..report import Progress

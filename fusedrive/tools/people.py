@@ -21,7 +21,8 @@ from ..report import Progress
 from ..store.epochs import check_of, newest_epoch_written, write_epoch
 from ..store.members import PublicIdentity, add_member, read_slot, slot_key
 from ..store.volume import Volume
-from .space import append_at_head
+from .resealing import ResealReport, reseal_all
+from .space import catch_up, append_at_head
 
 DEVICE = "members"  # the device name of the entries these commands append
 
@@ -101,20 +102,27 @@ def revoke_device(volume: Volume, key: str, progress: Progress | None = None) ->
                       "This volume is not shared with people: it has no devices to revoke.")
 
 
-def rekey(volume: Volume, progress: Progress | None = None) -> int:
-    """Start a new key epoch for the members there are; the epoch."""
-    return _commit_new_epoch(volume, progress, [],
-                             "This volume is not shared with people: its key is the passphrase's.")
+def rekey(volume: Volume, progress: Progress, full: bool = False) -> tuple[int, ResealReport | None]:
+    """Start a new key epoch for the members there are; the epoch. `full`: then seal every
+    object the volume holds again under it (resealing.py), and say how that went."""
+    epoch, replica = _commit_new_epoch(volume, progress, [],
+                                       "This volume is not shared with people: its key is the passphrase's.")
+    if not full:
+        return epoch, None
+    catch_up(Journal(volume), replica)  # (packs other devices committed since: where their blocks are)
+    return epoch, reseal_all(volume, replica, progress)
 
 
-def _commit_new_epoch(volume: Volume, progress: Progress | None, ops: list[dict], not_shared: str) -> int:
-    """Commit `ops` with a new key epoch after them (an admin's); the epoch."""
+def _commit_new_epoch(volume: Volume, progress: Progress | None, ops: list[dict],
+                      not_shared: str) -> tuple[int, Replica]:
+    """Commit `ops` with a new key epoch after them (an admin's); the epoch, and the state
+    replayed to it."""
     roster, replica = _as_admin(volume, progress)
     if not roster.founded:
         raise UsageError(not_shared)
     rekeyed = new_epoch(volume, roster)
     append_at_head(Journal(volume), replica, lambda: [*ops, rekeyed], DEVICE)
-    return rekeyed["epoch"]
+    return rekeyed["epoch"], replica
 
 
 def new_epoch(volume: Volume, roster: Roster, without: str | None = None) -> dict:

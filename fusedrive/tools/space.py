@@ -71,7 +71,8 @@ def retention_ops(replica: Replica, policy: Retention, now: float) -> list[dict]
     return ops
 
 
-def _catch_up(journal: Journal, replica: Replica) -> None:
+def catch_up(journal: Journal, replica: Replica) -> None:
+    """Apply (checked) what devices committed since `replica` was replayed."""
     apply_checked(replica, journal.entries_after(replica.applied_seq))
 
 
@@ -92,7 +93,7 @@ def append_at_head(journal: Journal, replica: Replica, make_ops: Callable[[], li
         if journal.append(entry, signer):
             replica.apply_remote(entry.seq, ops)
             return ops
-        _catch_up(journal, replica)
+        catch_up(journal, replica)
     raise FusedriveError("Devices are committing too fast to add this command's journal entry; try again.")
 
 
@@ -174,7 +175,7 @@ def collect(volume: Volume, policy: Retention, grace_seconds: float, dry_run: bo
 
     stored = [item for prefix in (BLOCKS, PACKS) for item in volume.store.list(prefix)]
     if not dry_run:
-        _catch_up(journal, replica)
+        catch_up(journal, replica)
     referenced = stored_objects(replica.all_block_refs())
     doomed = []
     for item in stored:
