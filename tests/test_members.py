@@ -429,6 +429,17 @@ def test_a_writer_a_reader_and_a_removal_through_real_mounts(s3_volume, tmp_path
     volume.mounts.remove(bob)
     assert not os.path.exists(alice.p("after.txt"))
     assert read(carol.p("plan.txt")) == read(folder.p("plan.txt")) == b"alice's plan, v2"
+    # everything written before bob left, sealed again under a key he never had: every block
+    # still opens, and alice's and carol's devices go on
+    resealed = volume.cli.run("members", "rekey", volume.url, "--full", env=envs["alice"])
+    assert "sealed again under it" in resealed.stdout and "could not be opened" not in resealed.stdout
+    checked = volume.cli.run("fsck", volume.url, "--verify-blocks", env=envs["alice"], check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    write(alice.p("last.txt"), b"after the full rekey")
+    alice.sync()
+    wait_for(lambda: os.path.exists(carol.p("last.txt")) and os.path.exists(folder.p("last.txt")), timeout=30,
+             what="alice's file after the full rekey on carol's devices")
+    assert read(folder.p("minutes.txt")) == b"bob's notes, v2"
 
 
 @pytest.mark.inprocess
