@@ -564,6 +564,93 @@ def test_rekey_full_seals_what_was_written_before_so_a_removed_members_keys_open
 
 
 @pytest.mark.inprocess
+def test_a_new_device_of_a_shared_volume_starts_from_an_admins_checkpoint_and_no_one_elses(tmp_path, monkeypatch):
+    """A new device trusts a checkpoint only from a device of a current admin, at the newest
+    key epoch, with the roster its membership log makes; otherwise it replays every entry."""
+    import trio
+
+    from engines import devices, tree
+    from fusedrive.engine import committer
+    from fusedrive.engine.checkpoints import (checkpoint_seqs, dump_state, read_sealed_checkpoint, signed,
+                                              write_checkpoint)
+    from fusedrive.engine.journal import Journal
+    from fusedrive.engine.membership import Roster, distrust
+    from fusedrive.report import no_progress
+    from fusedrive.tools.people import rekey, set_member
+
+    monkeypatch.setattr(committer, "CHECKPOINT_EVERY", 5)
+    keys = people(tmp_path, "alice", "bob", "carol")
+
+    async def saves(device, prefix: str) -> None:
+        for n in range(6):
+            await device.save(f"/{prefix}{n}.txt", f"{prefix} {n}".encode())
+            await device.sync()
+
+    async def scenario():
+        async with devices("alice", "bob", "carol") as (alice, bob, carol):
+            admin = await share_with_bob_and_carol(keys, alice, bob, carol)
+            set_member(admin, keys["bob"][0].public, "admin", "bob", "alice")
+            await bob.pull()
+            await saves(bob, "b")  # bob, an admin now, writes a checkpoint
+            bobs = max(checkpoint_seqs(alice.drive.volume))
+            assert read_sealed_checkpoint(alice.drive.volume, bobs)[0]["signer"]["member"] == keys["bob"][0].public.text
+            set_member(admin, keys["bob"][0].public, "writer", "bob", "alice")  # an admin no more: a new epoch
+            await alice.pull()
+            await saves(alice, "a")
+            alices = max(checkpoint_seqs(alice.drive.volume))
+            assert alices > bobs
+            await carol.restart(afresh=True)  # a new device of carol's: from alice's checkpoint
+            assert carol.drive.replica.get_state("checkpoint_seq") == alices
+            assert await tree(carol) == await tree(alice)
+
+            # bob signs a checkpoint after his demotion: his roster from before it (log and all),
+            # the tree as he likes it, sealed under the newest key (he is still a member)
+            await bob.save("/one-more.txt", b"after alice's checkpoint")
+            await bob.sync()
+            journal = Journal(bob.drive.volume)
+            head = bob.drive.replica.applied_seq
+            assert head not in checkpoint_seqs(bob.drive.volume)
+            forged = dict(read_sealed_checkpoint(bob.drive.volume, bobs)[0], seq=head,
+                          commit=journal.read(head).chain_id)
+            forged.pop("sig"), forged.pop("signer")
+            assert Roster.from_json(forged["roster"]).role_of(keys["bob"][0].public.text) == "admin"
+            write_checkpoint(bob.drive.volume, forged, keys["bob"][1])
+            assert "newest key epoch" in distrust(journal, *read_sealed_checkpoint(bob.drive.volume, head))
+            # carol, a reader, signs the true state: not an admin's
+            honest = dump_state(carol.drive.replica)
+            assert "not written by an admin" in distrust(journal, signed(bob.drive.volume, honest, keys["carol"][1]),
+                                                         carol.drive.volume.keys.current)
+            await carol.restart(afresh=True)  # the newest checkpoint is bob's: not trusted, every entry replayed
+            assert carol.drive.replica.get_state("checkpoint_seq") in (None, 0)
+            await alice.pull()
+            assert await tree(carol) == await tree(alice)
+
+            # after alice's next rekey bob's roster can reach the newest epoch only by leaving out
+            # the entry that demoted him (it started epoch 1)
+            rekey(admin, no_progress)
+            await bob.save("/and-another.txt", b"after the rekey")
+            await bob.sync()
+            await alice.pull()
+            rekeyed = max(Roster.of(alice.drive.replica).log)
+            head = bob.drive.replica.applied_seq
+            roster = Roster.from_json(forged["roster"])
+            for op in journal.read(rekeyed).ops:
+                roster.apply(op)
+            roster.log.append(rekeyed)
+            write_checkpoint(bob.drive.volume, dict(forged, seq=head, commit=journal.read(head).chain_id,
+                                                    roster=roster.to_json()), keys["bob"][1])
+            assert "leaves out the entry that started key epoch 1" in distrust(
+                journal, *read_sealed_checkpoint(bob.drive.volume, head))
+            # and a log that does not start with the founder's entry is no one's
+            admin.store.delete("founder")
+            admin.store.put_if_absent("founder", json.dumps({"version": 1, "member": keys["carol"][0].public.text})
+                                      .encode())
+            assert "founder" in distrust(journal, *read_sealed_checkpoint(alice.drive.volume, alices))
+
+    trio.run(scenario)
+
+
+@pytest.mark.inprocess
 def test_one_of_a_persons_two_devices_is_revoked_alone(tmp_path):
     import base64
 

@@ -15,9 +15,10 @@ import base64
 import json
 import sqlite3
 import stat
+from typing import Iterable
 
 from ..errors import UnknownOperation
-from .membership import STATE_KEY as ROSTER_KEY, Roster
+from .membership import MEMBERSHIP_OPS, STATE_KEY as ROSTER_KEY, Roster
 from .tree import ROOT_FID, ROOT_INO, Inode, name_from_json
 
 SUCCESSION_NS = 60 * 10**9
@@ -306,6 +307,14 @@ class Applying:
         self.set_state(ROSTER_KEY, roster.to_json())
 
     _op_revoke = _op_epoch = _op_member
+
+    def note_membership_entry(self, seq: int, ops: Iterable[dict]) -> None:
+        """The roster's log names entry `seq` if it changed the roster (a checkpoint's reader
+        checks the roster by reading those entries: membership.distrust)."""
+        if any(op["op"] in MEMBERSHIP_OPS for op in ops):
+            roster = Roster.of(self)
+            roster.log.append(seq)
+            self.set_state(ROSTER_KEY, roster.to_json())
 
     def archived_class(self, block_id: str) -> str | None:
         row = self.db.execute("SELECT storage_class FROM archived WHERE block=?", (block_id,)).fetchone()

@@ -4,28 +4,34 @@ not replay the journal from the beginning.
 `checkpoints/<seq, 20 digits>`, sealed like journal entries (bound to the key name
 and volume). Any device writes one after a commit when CHECKPOINT_EVERY entries
 have passed since the newest one and its own queue is empty (so its replica is
-exactly the committed state). A device with an empty replica loads the newest
-checkpoint, then replays the entries after it. fsck checks each checkpoint
-against the replayed journal.
+exactly the committed state) — in a volume shared with people, only an admin's device,
+and signed by it. A device with an empty replica loads the newest checkpoint (in a shared
+volume, one it can trust: membership.distrust), then replays the entries after it. fsck
+checks each checkpoint against the replayed journal.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 from typing import Iterable, Iterator
 
 import zstandard
 
 from ..errors import IntegrityError
 from .journal import Entry, Journal, follow_chain
-from .membership import STATE_KEY as ROSTER_KEY, apply_checked
+from .membership import STATE_KEY as ROSTER_KEY, apply_checked, distrust
 from ..report import Progress
 from .replica import Replica
 from .tree import ROOT_FID, ROOT_INO, name_from_json, name_to_json
 from ..store import NotFound
+from ..store.devices import CHECKPOINT_CONTEXT, DeviceKey
 from ..store.members import has_members
+from ..store.sealing import sealed_epoch
 from ..store.volume import Volume
+
+log = logging.getLogger(__name__)
 
 PREFIX = "checkpoints/"
 CHECKPOINT_EVERY = 1000
@@ -101,10 +107,21 @@ def load_state(replica: Replica, state: dict) -> None:
         replica.set_state("checkpoint_seq", state["seq"])
 
 
-def write_checkpoint(volume: Volume, state: dict) -> None:
+def write_checkpoint(volume: Volume, state: dict, signed_by: DeviceKey | None = None) -> None:
+    """`signed_by`: in a volume shared with people, an admin's device (membership.distrust)."""
+    if signed_by is not None:
+        state = signed(volume, state, signed_by)
     body = zstandard.compress(json.dumps(state, separators=(",", ":")).encode())
     volume.store.put_if_absent(checkpoint_key(state["seq"]),
                                volume.seal(checkpoint_key(state["seq"]), body))
+
+
+def signed(volume: Volume, state: dict, signer: DeviceKey) -> dict:
+    """`state` with its `signer` and `sig` (Ed25519 over CHECKPOINT_CONTEXT, the volume id, the
+    seq and the rest as canonical JSON, as entries are signed)."""
+    state = {**state, "signer": signer.signer}
+    state["sig"] = signer.sign_entry(volume.volume_id, state["seq"], state, CHECKPOINT_CONTEXT)
+    return state
 
 
 def checkpoint_seqs(volume: Volume) -> list[int]:
@@ -112,6 +129,11 @@ def checkpoint_seqs(volume: Volume) -> list[int]:
 
 
 def read_checkpoint(volume: Volume, seq: int) -> dict:
+    return read_sealed_checkpoint(volume, seq)[0]
+
+
+def read_sealed_checkpoint(volume: Volume, seq: int) -> tuple[dict, int | None]:
+    """Checkpoint `seq`, and the key epoch it is sealed under."""
     try:
         blob = volume.store.get(checkpoint_key(seq))
     except NotFound:
@@ -120,7 +142,7 @@ def read_checkpoint(volume: Volume, seq: int) -> dict:
     state = json.loads(zstandard.decompress(body))
     if state.get("seq") != seq:
         raise IntegrityError(f"Checkpoint {seq} is not the state at {seq}.")
-    return state
+    return state, sealed_epoch(blob)
 
 
 def newest_live_checkpoint(journal: Journal, upto: int | None = None) -> dict | None:
@@ -129,18 +151,24 @@ def newest_live_checkpoint(journal: Journal, upto: int | None = None) -> dict | 
     as they are). A checkpoint of a history the store lost (it went back in time below it, and
     other entries took its seq) would hand a new device a tree no reader has. The entry at
     the checkpoint's seq is read through `journal`, so a device keeping copies keeps it.
-    None in a volume shared with people (membership.py): a device joins it by a replay."""
+    In a volume shared with people, only a checkpoint its reader can trust (an admin's, with
+    its roster checked: membership.distrust); None if the newest is not one: a replay checks
+    every entry."""
     volume = journal.volume
-    if has_members(volume.store):  # a checkpoint's writer is not checked; only a replay checks every entry
-        return None
+    shared = has_members(volume.store)
     for seq in sorted((found for found in checkpoint_seqs(volume) if upto is None or found <= upto), reverse=True):
-        state = read_checkpoint(volume, seq)
+        state, epoch = read_sealed_checkpoint(volume, seq)
         try:
             entry = journal.read(seq)
         except NotFound:
             continue
-        if state.get("commit") in (None, entry.chain_id):
-            return state
+        if state.get("commit") not in (None, entry.chain_id):
+            continue
+        distrusted = distrust(journal, state, epoch) if shared else None
+        if distrusted is not None:
+            log.info("checkpoint %d not used, the journal is replayed instead: %s", seq, distrusted)
+            return None
+        return state
     return None
 
 

@@ -385,12 +385,14 @@ class Committer:
 
     async def _maybe_checkpoint(self) -> None:
         """Every CHECKPOINT_EVERY entries, save the committed state (only when nothing is
-        queued here, so the replica is exactly the committed state); never in a volume shared
-        with people, whose new devices do not start from checkpoints."""
+        queued here, so the replica is exactly the committed state); in a volume shared with
+        people, only an admin's device, which signs it (new devices trust no one else's)."""
         seq = self.replica.applied_seq
         if seq - self.replica.get_state("checkpoint_seq", 0) < CHECKPOINT_EVERY or self.replica.pending_count():
             return
-        if Roster.of(self.replica).founded:  # (a new device of a volume shared with people replays every entry)
+        roster, signer = Roster.of(self.replica), self.journal.volume.signer
+        if roster.founded and (signer is None or roster.role_of(signer.member) != "admin"
+                               or roster.may_write(signer) is not None):
             return
         state = dump_state(self.replica)
         chain = self.replica.get_state("applied_commit")
@@ -399,7 +401,7 @@ class Committer:
             # the entries this device appended last may be dead (the store went back under
             # them): a checkpoint of them would hand a history no reader applies to new devices
             if self.journal.fork_point(seq, self.device, chain) == seq:
-                write_checkpoint(self.journal.volume, state)
+                write_checkpoint(self.journal.volume, state, signer if roster.founded else None)
 
         try:
             await trio.to_thread.run_sync(write_if_live)

@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ..errors import FusedriveError, IntegrityError
-from ..store.devices import DeviceKey, signer_of
-from ..store.epochs import check_of
+from ..store import NotFound
+from ..store.devices import CHECKPOINT_CONTEXT, DeviceKey, entry_signed_by, signer_of
+from ..store.epochs import check_of, newest_epoch_written, previous_epoch_of
+from ..store.members import founder
 from ..store.sealing import KeyRing
-from .journal import REPAIR_DEVICE, Entry
+from .journal import REPAIR_DEVICE, Entry, Journal
 
 ROLES = ("reader", "writer", "admin")
 REMOVED = "removed"
@@ -60,6 +62,7 @@ class Roster:
     members: dict[str, dict] = field(default_factory=dict)  # public identity (fdid1…) → {"name", "role"}
     revoked: set[str] = field(default_factory=set)  # device public keys (base64)
     epoch: dict = field(default_factory=lambda: {"n": 0})  # the key epoch writers use, with its key's check
+    log: list[int] = field(default_factory=list)  # the seqs of the entries that made it (what a checkpoint shows)
 
     @property
     def founded(self) -> bool:
@@ -85,15 +88,16 @@ class Roster:
             self.epoch = {"n": op["epoch"], "check": op["check"]}
 
     def to_json(self) -> str:
-        return json.dumps({"members": self.members, "revoked": sorted(self.revoked), "epoch": self.epoch},
-                          sort_keys=True)
+        return json.dumps({"members": self.members, "revoked": sorted(self.revoked), "epoch": self.epoch,
+                           "log": self.log}, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | None) -> "Roster":
         if not text:
             return cls()
         data = json.loads(text)
-        return cls(dict(data["members"]), set(data["revoked"]), data.get("epoch", {"n": 0}))
+        return cls(dict(data["members"]), set(data["revoked"]), data.get("epoch", {"n": 0}),
+                   [int(seq) for seq in data.get("log", [])])  # (no log: a roster from before there were logs)
 
     @classmethod
     def of(cls, replica) -> "Roster":
@@ -195,6 +199,58 @@ def admitted(roster: Roster, entries: list[Entry]) -> tuple[list[Entry], EntryRe
         except EntryRefused as refused:
             return entries[:index], refused
     return entries, None
+
+
+def distrust(journal: Journal, state: dict, sealed_epoch: int | None) -> str | None:
+    """Why a new device must not start from checkpoint `state` of a volume shared with people
+    (None: it may). A checkpoint is an admin's word on the tree at its seq: it must be signed
+    by a device of a person who is admin in its roster, and that roster must be the one its
+    membership log makes — the entries its `log` names, read and admitted in order from an
+    entry signed by the volume's founder (`store.members.founder`), each key epoch following
+    the one before as its `epochs/<n>` record says (none left out). Every removal, revocation
+    and admin's demotion starts a key epoch, so a checkpoint sealed under the newest epoch
+    whose roster is at that epoch cannot leave one out: someone who lost their rights since
+    can sign no checkpoint a new device takes. `sealed_epoch`: the epoch the checkpoint was
+    sealed under."""
+    volume, seq = journal.volume, state["seq"]
+    found = signer_of(state.get("signer"))
+    if found is None:
+        return "it is not signed by a certified device"
+    key, person = found
+    fields = {name: value for name, value in state.items() if name != "sig"}
+    if not entry_signed_by(key, state.get("sig"), volume.volume_id, seq, fields, CHECKPOINT_CONTEXT):
+        return "its signature does not verify"
+    claimed = Roster.from_json(state.get("roster"))
+    roster = Roster()
+    for at in claimed.log:
+        try:
+            entry = journal.read(at) if 0 < at <= seq else None
+        except (NotFound, FusedriveError) as exc:
+            return f"entry {at} of its membership log cannot be read ({exc})"
+        if entry is None or not any(op["op"] in MEMBERSHIP_OPS for op in entry.ops):
+            return f"its membership log names entry {at}, which changes no member"
+        if not roster.founded and (entry.signer or {}).get("member") != founder(volume.store):
+            return "its membership log does not start with the founder's entry"
+        epoch = roster.epoch["n"]
+        for op in entry.ops:
+            if op["op"] == "epoch" and op["epoch"] > epoch:
+                if previous_epoch_of(volume.store, op["epoch"]) != epoch:
+                    return f"its membership log leaves out the entry that started key epoch {epoch + 1}"
+                epoch = op["epoch"]
+        reason = refusal(roster, entry)
+        if reason is not None:
+            return f"entry {at} of its membership log is refused: {reason}"
+        for op in entry.ops:
+            roster.apply(op)
+        roster.log.append(at)
+    if roster.to_json() != claimed.to_json():
+        return "its roster is not what its membership log makes"
+    if roster.role_of(person.text) != "admin" or base64.b64encode(key).decode() in roster.revoked:
+        return "it was not written by an admin's device"
+    newest = newest_epoch_written(volume.store)
+    if sealed_epoch != roster.epoch["n"] or newest != roster.epoch["n"]:
+        return f"it is not of the newest key epoch ({newest})"
+    return None
 
 
 def apply_checked(replica, entries: Iterable[Entry]) -> None:

@@ -355,10 +355,8 @@ class Replica(Applying):
             self.take_back_queue()
             self.base_locations = {**here, **self.locations(referenced)}
             for entry in entries:
-                self._apply_entry(entry.ops, entry.format)
-                self.carried_by(entry.seq, entry.blocks)
+                self._apply_entry(entry.seq, entry.ops, entry.format, entry.blocks)
                 applied.extend(entry.ops)
-                self.set_state("applied_seq", entry.seq)
                 if not entry.dead:  # (another history's: the next entry follows the one before it)
                     self.set_state("applied_commit", entry.chain_id)
             for fid in named_here:
@@ -475,22 +473,22 @@ class Replica(Applying):
 
     def apply_remote(self, seq: int, ops: Iterable[dict], entry_format: int = PATH_HISTORY_FORMAT,
                      carried: Iterable[str] = ()) -> None:
-        """Apply one journal entry's ops (by the rules of the format that wrote it), and
-        note the blocks it carries."""
+        """Apply one journal entry (by its format's rules); note the blocks it carries."""
         with self:
-            self._apply_entry(ops, entry_format)
-            self.carried_by(seq, carried)
-            self.set_state("applied_seq", seq)
+            self._apply_entry(seq, list(ops), entry_format, carried)
 
-    def _apply_entry(self, ops: Iterable[dict], entry_format: int) -> None:
-        """One journal entry's ops, by the rules of the format that wrote it (local ops, applied
-        by `record`, follow this build's)."""
+    def _apply_entry(self, seq: int, ops: list[dict], entry_format: int, carried: Iterable[str]) -> None:
+        """Journal entry `seq`: its ops, by the rules of the format that wrote it (local ops,
+        applied by `record`, follow this build's), the blocks it carries, the roster's log."""
         self.path_history = entry_format >= PATH_HISTORY_FORMAT
         try:
             for op in ops:
                 self.apply(op)
         finally:
             self.path_history = True
+        self.carried_by(seq, carried)
+        self.note_membership_entry(seq, ops)
+        self.set_state("applied_seq", seq)
 
     # --- dirty files (staged content not yet uploaded) --------------------------------
 

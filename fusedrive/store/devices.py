@@ -34,6 +34,7 @@ from .volume import keep_json
 DEVICE_FILE = "device.json"
 CERT_CONTEXT = b"fusedrive.org/v1/device-certificate\0"
 ENTRY_CONTEXT = b"fusedrive.org/v1/journal-entry\0"
+CHECKPOINT_CONTEXT = b"fusedrive.org/v1/checkpoint\0"  # a checkpoint of a volume with members, by an admin
 _RAW = serialization.Encoding.Raw
 
 
@@ -70,13 +71,14 @@ class DeviceKey:
         """What an entry names its writer by."""
         return {"key": _b64(self.public), "member": self.member, "cert": _b64(self.cert)}
 
-    def sign_entry(self, volume_id: str, seq: int, fields: dict) -> str:
-        return _b64(self.key.sign(_entry_message(volume_id, seq, fields)))
+    def sign_entry(self, volume_id: str, seq: int, fields: dict, context: bytes = ENTRY_CONTEXT) -> str:
+        """`context`: what is signed — a journal entry, or a checkpoint (CHECKPOINT_CONTEXT)."""
+        return _b64(self.key.sign(_entry_message(context, volume_id, seq, fields)))
 
 
-def _entry_message(volume_id: str, seq: int, fields: dict) -> bytes:
+def _entry_message(context: bytes, volume_id: str, seq: int, fields: dict) -> bytes:
     body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
-    return ENTRY_CONTEXT + f"{volume_id}\0{seq}\0".encode() + body
+    return context + f"{volume_id}\0{seq}\0".encode() + body
 
 
 def certify(identity: Identity, device_public: bytes) -> bytes:
@@ -154,11 +156,12 @@ def _certified_signer(key_text: str, member_text: str, cert_text: str) -> tuple[
     return key, member
 
 
-def entry_signed_by(device_public: bytes, signature: object, volume_id: str, seq: int, fields: dict) -> bool:
-    """Whether `signature` is the device's over the entry's other fields."""
+def entry_signed_by(device_public: bytes, signature: object, volume_id: str, seq: int, fields: dict,
+                    context: bytes = ENTRY_CONTEXT) -> bool:
+    """Whether `signature` is the device's over the entry's (or checkpoint's) other fields."""
     try:
         Ed25519PublicKey.from_public_bytes(device_public).verify(base64.b64decode(signature, validate=True),
-                                                                 _entry_message(volume_id, seq, fields))
+                                                                 _entry_message(context, volume_id, seq, fields))
     except (TypeError, ValueError, InvalidSignature):
         return False
     return True

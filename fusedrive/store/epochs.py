@@ -79,6 +79,14 @@ def newest_epoch_written(store: ObjectStore) -> int:
                 if listed.key[len(PREFIX):].isdigit()), default=0)
 
 
+def previous_epoch_of(store: ObjectStore, epoch: int) -> int | None:
+    """The epoch `epochs/<epoch>` follows (None: no such record)."""
+    try:
+        return int(json.loads(store.get(epoch_key(epoch)))["previous_epoch"])
+    except (NotFound, ValueError, KeyError, TypeError):
+        return None
+
+
 class EpochLoader:
     """Gets the master key of an epoch a device does not hold yet (sealing.KeyRing.loader):
     its person's slot in `epochs/<n>` (or their `members/<id>` slot of that epoch), else down

@@ -263,6 +263,23 @@ def members(store: ObjectStore) -> list[str]:
     return found
 
 
+FOUNDER_KEY = "founder"  # plaintext JSON {"version": 1, "member": fdid1…}: who founded the roster
+
+
+def write_founder(store: ObjectStore, member: PublicIdentity) -> None:
+    """Name the person who founds the volume's roster, once (put-if-absent), before the entry
+    that founds it: a new device trusts a checkpoint's membership log only from an entry
+    signed by them (engine/membership.py), so a member cannot found a second roster."""
+    store.put_if_absent(FOUNDER_KEY, json.dumps({"version": 1, "member": member.text}).encode())
+
+
+def founder(store: ObjectStore) -> str | None:
+    try:
+        return str(json.loads(store.get(FOUNDER_KEY))["member"])
+    except (NotFound, ValueError, KeyError, TypeError):
+        return None
+
+
 def has_members(store: ObjectStore) -> bool:
     """Whether anyone has a key slot: the volume is shared with people."""
     return next(iter(store.list(SLOTS)), None) is not None

@@ -61,8 +61,8 @@ from ..engine.tree import Inode
 from ..errors import BlockMissing, FusedriveError, IntegrityError, StoreUnreachable
 from ..report import no_progress
 from ..store.devices import DeviceKey, certify
-from ..store.epochs import check_of
-from ..store.members import Identity, add_member
+from ..store.epochs import check_of, write_epoch
+from ..store.members import Identity, add_member, write_founder
 from ..store.memory import MemoryObjects, MemoryStore
 from ..store.sealing import KeyRing
 from ..store.volume import HEADER_KEY, Volume, create_volume
@@ -306,6 +306,9 @@ class People:
         """Entry 2: the roster (the first device's person admin, the others writers) and epoch 1."""
         for identity in self.identities.values():
             add_member(volume.store, identity.public, volume.keys.masters[0], volume.volume_id)
+        write_founder(volume.store, self.identities[DEVICES[0]].public)
+        write_epoch(volume.store, volume.volume_id, 1, self.epoch_master, 0, volume.keys.masters[0],
+                    [identity.public for identity in self.identities.values()])
         volume.keys.masters[1] = self.epoch_master
         volume.keys.advance(1)
         ops = [{"op": "member", "public": identity.public.text, "name": name,

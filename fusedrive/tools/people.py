@@ -19,7 +19,7 @@ from ..engine.replica import Replica
 from ..errors import UsageError
 from ..report import Progress
 from ..store.epochs import check_of, newest_epoch_written, write_epoch
-from ..store.members import PublicIdentity, add_member, read_slot, slot_key
+from ..store.members import PublicIdentity, add_member, read_slot, slot_key, write_founder
 from ..store.volume import Volume
 from .resealing import ResealReport, reseal_all
 from .space import catch_up, append_at_head
@@ -77,6 +77,13 @@ def set_member(volume: Volume, member: PublicIdentity, role: str, name: str, me:
     for person in ([] if roster.founded else [PublicIdentity.parse(signer.member)]) + [member]:
         # (the admin opens it by identity from now on, as every member)
         add_member(volume.store, person, volume.keys.masters[epoch], volume.volume_id, epoch)
+    if not roster.founded:
+        write_founder(volume.store, PublicIdentity.parse(signer.member))
+    if roster.role_of(member.text) == "admin":
+        # an admin no more: a new epoch, so that no checkpoint they sign later is trusted (membership.distrust)
+        rekeyed = new_epoch(volume, roster)
+        append_at_head(Journal(volume), replica, lambda: [*ops(), rekeyed], DEVICE)
+        return True
     append_at_head(Journal(volume), replica, ops, DEVICE)
     return True
 

@@ -23,9 +23,10 @@ from ..errors import IntegrityError, KeyNotGiven
 from ..report import Progress
 from ..store import Listed
 from ..store.sealing import sealed_epoch
+from ..store.members import FOUNDER_KEY
 from ..store.volume import Volume
 
-PLAINTEXT_KEYS = ("volume", "members/", "epochs/", "shares/", "journal/went-back-")  # nothing sealed to redo
+PLAINTEXT_KEYS = ("volume", "members/", "epochs/", "shares/", "journal/went-back-", FOUNDER_KEY)  # nothing to redo
 UNNAMED_GRACE_SECONDS = 24 * 3600  # as gc's default grace: no commit still names a pack's other blocks
 
 
