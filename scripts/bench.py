@@ -203,8 +203,8 @@ class FusedriveReplicated(Fusedrive):
 
 class FusedriveShared(Fusedrive):
     """A fusedrive volume shared with people (issue 39): this device's person is its admin and
-    another person a writer, so every entry is signed and checked, and a new device joins by
-    replaying the whole journal."""
+    another person a writer, so every entry is signed and checked, and a new device joins from
+    the checkpoint this device (an admin's) signed, its roster checked."""
 
     name = "fusedrive shared"
 
@@ -453,8 +453,8 @@ def sqlite_commits(t: Target, transactions: int) -> dict[str, float]:
 
 def join(t: Target) -> dict[str, float]:
     """A new device of the volume (an empty cache dir) mounting it: its first pull — from the
-    newest checkpoint on, or in a volume shared with people every entry from the first, each
-    signature checked. After the other workloads, which wrote a few thousand entries."""
+    newest checkpoint on (in a volume shared with people, one an admin signed, its roster
+    checked). After the other workloads, which wrote a few thousand entries."""
     if not isinstance(t, Fusedrive):
         return {}
     joiner = Fusedrive(t.root / "joiner", t.url, {}, device="joiner")
