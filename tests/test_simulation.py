@@ -104,6 +104,25 @@ def test_a_gap_filled_in_a_volume_shared_with_people_is_signed():
     ], Faults(fail=0, lose=0, hang=0, crash=0, slow_mean=0.05), shared=True)
 
 
+def test_a_gap_filler_does_not_commit_again_an_entry_its_writer_committed_again_below_the_gap():
+    """Found by `--shared --rollbacks` once checkpoints ran there (seed 1,358, shrunk from 60
+    steps to 25): the laptop appended entry 10 on a store that had gone back (a gap under
+    it), then found the fork and committed its lost entries again as entry 5 (`restores`
+    naming entry 10's commit); the phone filled the gap 6–9 and queued entry 10's changes
+    again as well — its setxattr committed twice (entries 5 and 11)."""
+    replay(1358, [
+        Step(2, 'backup', '/d/y', '', 0.618), Step(1, 'cut', '/a', '', 1.689), Step(0, 'rename', '/b', '/b', 1.108),
+        Step(0, 'lose-answer', '/a', '', 0.316), Step(0, 'mkdir', '/d', '', 2.485), Step(2, 'delete', '/b', '', 4.846),
+        Step(0, 'chmod', '/a', '', 1.365), Step(0, 'save', '/b', '', 0.85), Step(0, 'delete', '/b', '', 0.819),
+        Step(0, 'save-by-rename', '/d/y', '', 0.775), Step(2, 'rename', '/b', '/d/x', 4.823),
+        Step(1, 'save', '/b', '', 1.03), Step(0, 'save', '/a', '', 0.929), Step(2, 'save-by-rename', '/a', '', 2.122),
+        Step(0, 'lose-answer', '/a', '', 1.1), Step(2, 'restore', '/d/y', '', 0.663), Step(0, 'link', '/c', '/c', 0.321),
+        Step(0, 'pull', '/c', '', 0.255), Step(2, 'save', '/d/x', '', 1.146), Step(0, 'rm-r', '/e', '', 0.207),
+        Step(0, 'mkdir', '/e', '', 1.667), Step(0, 'fsync-save', '/c', '', 0.41), Step(2, 'read', '/d/y', '', 0.923),
+        Step(0, 'setxattr', '/c', '', 1.803), Step(0, 'save', '/b', '', 0.017),
+    ], Faults(), shared=True)
+
+
 def test_a_save_of_a_file_deleted_elsewhere_whose_place_is_unknown_goes_to_its_trash_entry():
     """Found by `--shared --rollbacks` (seed 901, shrunk from 60 steps to 21): after a fork
     rebuilt the laptop's tree, its queued save of /b met the phone's delete of /b; the rule

@@ -136,8 +136,8 @@ class Committer:
         """No device put the `missing` entries back within GAP_FILL_SECONDS: this device takes
         their seqs with entries of no operations that follow what it applied. The entries above
         the gap name a lost one before them, so they are dead for every reader: this device
-        queues their changes again, first, fitted to its tree by the conflict rules, naming them
-        (`restores`) — their writers, if they come back, find their history forked and drop
+        queues their changes again (those no entry below it commits again already), first,
+        fitted to its tree by the conflict rules, naming them (`restores`) — their writers, if they come back, find their history forked and drop
         what it names. Nothing they held is lost; what only the missing entries held is, unless
         a device that applied them comes back (it forks and commits them again)."""
         try:
@@ -145,6 +145,10 @@ class Committer:
         except NotAWriter:
             return  # (a reader's device: a member who may write fills it, signing what it puts there)
         above = await self._store_call(self.journal.stored_entries, missing[-1])
+        # (an entry above written before its device found the store had gone back, which that
+        # device then committed again below the gap: its changes are in the history already)
+        restored = await trio.to_thread.run_sync(self.journal.restored_below, missing[0])
+        above = [entry for entry in above if entry.commit_id not in restored]
         for seq in missing:
             entry = Entry(seq=seq, device=self.device, ops=[], prev=self.replica.get_state("applied_commit"))
             if not await self._store_call(self.journal.append, entry, signer):

@@ -387,6 +387,18 @@ class Journal:
         apply them; see Committer._fill_gap)."""
         return [self._unseal(seq, self.store.get(entry_key(seq))) for seq in self.seqs_after(after)]
 
+    def restored_below(self, seq: int, depth: int = 1000) -> set[str]:
+        """The commit ids that the entries this device kept copies of below `seq` (down to
+        `depth` of them) commit again (`restores`): changes of entries lost to a fork that
+        are in the history already."""
+        restored: set[str] = set()
+        for at in range(seq - 1, max(seq - 1 - depth, 0), -1):
+            blob = self.kept.get(at) if self.kept is not None else None
+            if blob is None:
+                break
+            restored.update(self._unseal(at, blob).restores)
+        return restored
+
     def kept_entries(self, first: int, last: int) -> list[Entry]:
         """Entries `first`..`last` as this device applied them, from its kept copies (the
         store's where it has none: below a fork point both histories are one)."""
