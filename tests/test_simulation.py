@@ -123,6 +123,41 @@ def test_a_gap_filler_does_not_commit_again_an_entry_its_writer_committed_again_
     ], Faults(), shared=True)
 
 
+def test_the_check_waits_for_the_device_that_alone_has_a_block_the_store_lost():
+    """Found by `--shared --rollbacks` (seed 962, shrunk from 60 steps to 56): the desktop
+    uploaded a block after a backup and the store was put back to it; when the other devices
+    found the block missing and said so (went-back marks), the desktop's pull waited behind a
+    request that hung (60–300 virtual s) — and the settle counted it done (every entry
+    applied), so the check met a block only the desktop could put back. A device is done
+    only once it has answered every went-back mark."""
+    replay(962, [
+        Step(1, 'rename', '/d/y', '/d/x', 0.64), Step(2, 'save', '/a', '', 0.046), Step(0, 'heal', '/a', '', 1.409),
+        Step(1, 'rm-r', '/e', '', 0.636), Step(2, 'save', '/c', '', 1.194), Step(1, 'save', '/c', '', 1.116),
+        Step(0, 'fsync-save', '/c', '', 1.356), Step(1, 'edit', '/d/x', '', 1.56),
+        Step(1, 'mirror-save', '/b', '', 2.399), Step(0, 'cut', '/d/x', '', 4.199),
+        Step(1, 'save', '/d/y', '', 0.074), Step(1, 'read', '/d/y', '', 1.613), Step(2, 'read', '/b', '', 0.332),
+        Step(0, 'heal', '/c', '', 2.341), Step(0, 'read', '/a', '', 0.409), Step(0, 'save', '/d/x', '', 0.331),
+        Step(1, 'save', '/d/y', '', 0.455), Step(0, 'save-by-rename', '/c', '', 0.543),
+        Step(0, 'rename', '/b', '/c', 0.188), Step(0, 'fsync-save', '/b', '', 0.685),
+        Step(2, 'mirror-save', '/a', '', 2.482), Step(2, 'edit', '/d/y', '', 0.429),
+        Step(1, 'rename', '/b', '/d/x', 0.699), Step(0, 'save', '/d/x', '', 2.18),
+        Step(0, 'fsync-save', '/c', '', 1.238), Step(1, 'link', '/c', '/c', 2.043),
+        Step(2, 'backup', '/a', '', 1.36), Step(2, 'heal', '/d/x', '', 0.594), Step(2, 'restore', '/d/x', '', 0.9),
+        Step(1, 'sync', '/b', '', 0.642), Step(0, 'mirror-save', '/a', '', 1.058),
+        Step(0, 'lose-answer', '/b', '', 1.015), Step(2, 'delete', '/c', '', 0.328),
+        Step(2, 'rmdir', '/d', '', 0.759), Step(2, 'save', '/c', '', 0.679), Step(1, 'sync', '/a', '', 0.419),
+        Step(1, 'delete', '/d/x', '', 0.789), Step(2, 'rm-r', '/d', '', 0.742), Step(2, 'delete', '/d/x', '', 1.155),
+        Step(1, 'save', '/c', '', 0.322), Step(1, 'save-by-rename', '/d/y', '', 1.999),
+        Step(0, 'crash', '/d/y', '', 1.11), Step(1, 'save-by-rename', '/b', '', 0.252),
+        Step(2, 'backup', '/d/x', '', 0.6), Step(0, 'lose-answer', '/a', '', 1.188),
+        Step(2, 'link', '/c', '/d/y', 0.724), Step(1, 'backup', '/b', '', 0.977),
+        Step(0, 'truncate', '/c', '', 0.685), Step(2, 'fsync-save', '/a', '', 0.05),
+        Step(1, 'save-by-rename', '/d/y', '', 0.693), Step(2, 'fsync-save', '/b', '', 2.539),
+        Step(2, 'rename', '/b', '/a', 0.177), Step(1, 'fsync-save', '/d/y', '', 1.017),
+        Step(0, 'mkdir', '/e', '', 5.609), Step(1, 'save', '/b', '', 1.191), Step(0, 'pull', '/b', '', 0.173),
+    ], Faults(), shared=True)
+
+
 def test_a_save_of_a_file_deleted_elsewhere_whose_place_is_unknown_goes_to_its_trash_entry():
     """Found by `--shared --rollbacks` (seed 901, shrunk from 60 steps to 21): after a fork
     rebuilt the laptop's tree, its queued save of /b met the phone's delete of /b; the rule

@@ -695,10 +695,11 @@ class Simulation:
                     with trio.move_on_after(CALL_SECONDS):
                         await device.drive.follower.pull_now()
                 head = self.journal_head()
-                if all(self._done(device, head) for device in self.devices):
+                if all(self._done(device, head, self.went_back_marks()) for device in self.devices):
                     return True
                 await trio.sleep(5)
-        stuck = [device for device in self.devices if not self._done(device, self.journal_head())]
+        stuck = [device for device in self.devices
+                 if not self._done(device, self.journal_head(), self.went_back_marks())]
         self.fail("stuck: " + "; ".join(
             f"{d.name} applied {d.drive.replica.applied_seq}, {d.drive.replica.pending_count()} changes queued, "
             f"{len(d.drive.files.unsaved)} files unsaved, says {list(d.drive.problems.recent)[-2:]}" for d in stuck))
@@ -722,11 +723,18 @@ class Simulation:
         with self.objects.lock:
             return sum(1 for key in self.objects.data if key.startswith("journal/") and key[8:].isdigit())
 
+    def went_back_marks(self) -> set[str]:
+        with self.objects.lock:
+            return {key[len("journal/"):] for key in self.objects.data if key.startswith("journal/went-back-")}
+
     @staticmethod
-    def _done(device: SimDevice, head: int) -> bool:
+    def _done(device: SimDevice, head: int, marks: set[str]) -> bool:
+        """Up, nothing waiting, every entry applied, and every went-back mark answered (a device
+        whose pull waited behind a hung request has not put back what only it has yet)."""
         drive = device.drive
         return device.up.is_set() and not drive.files.unsaved and not drive.replica.pending_count() \
-            and drive.replica.applied_seq == head and not drive.problems.stuck
+            and drive.replica.applied_seq == head and not drive.problems.stuck \
+            and marks <= set(json.loads(drive.replica.get_state("went_back_marks", "[]")))
 
     async def _check(self) -> None:
         """The oracles, once every device is done."""
