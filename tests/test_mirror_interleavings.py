@@ -212,10 +212,9 @@ async def test_a_folder_changed_at_every_await_ends_equal_to_the_volume_and_lose
     state = SyncedState(str(tmp_path / "mirror.sqlite3"))
     state.start_over_for(str(root))
     mirror = Mirror(desktop.drive, str(root), state)
-    desktop.drive.changes.front_end = mirror
     actor = Actor(rng, root, mirror)
     laptop_saves: set[str] = set()
-    with acting_at_awaits(actor, desktop):
+    with desktop.drive.changes_told_to(mirror), acting_at_awaits(actor, desktop):
         await mirror_pass(mirror)  # the first sync: the scan
         for _ in range(40):
             step = rng.choice(["act", "act", "other device", "pass", "pass", "sync", "pull"])
@@ -245,7 +244,6 @@ async def test_a_folder_changed_at_every_await_ends_equal_to_the_volume_and_lose
     lost = sorted(actor.texts[saved] for saved in required - kept)
     assert not lost, f"saves made in the folder are nowhere in the volume: {lost}; the folder: {folder_tree(root)}"
     assert laptop_saves <= kept, "a save of the other device is nowhere in the volume"
-    desktop.drive.changes.front_end = None
 
 
 @on_devices("desktop")

@@ -2,8 +2,8 @@
 
 The engine never speaks FUSE: after operations are applied (another device's commit, a
 rebase, a conflicted copy, a restore) it names the inodes and directory entries whose
-cached view is stale, and the front end that is attached (the FUSE mount, a mirror) drops
-what it cached of them. Remote changes and conflicts become events for the user.
+cached view is stale, and each front end told of changes (the FUSE mount, a mirror: each
+for as long as it serves, `Drive.changes_told_to`) drops what it cached of them. Remote changes and conflicts become events for the user.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class FrontEnd(Protocol):
 
 
 class Changes:
-    """Owns the attached front end and the count of conflicts seen."""
+    """Owns the front ends told of changes (`Drive.changes_told_to`) and the count of conflicts seen."""
 
     def __init__(self, replica: Replica, events: EventBus, device: str,
                  forget: Callable[[int], None], fire: Callable[[], None]) -> None:
@@ -38,7 +38,7 @@ class Changes:
         self.replica = replica
         self.events = events
         self.device = device
-        self.front_end: FrontEnd | None = None
+        self.front_ends: list[FrontEnd] = []
         self.conflicts_seen = 0
         self._forget = forget
         self._fire = fire
@@ -56,8 +56,9 @@ class Changes:
                 ino = self.replica.ino_of(op[parent_key]) if parent_key in op else None
                 if ino is not None and name_key in op:
                     names.add((ino, name_from_json(op[name_key])))
-        if self.front_end is not None and (inodes or names):
-            self.front_end.invalidate(inodes, names)
+        if inodes or names:
+            for front_end in self.front_ends:
+                front_end.invalidate(inodes, names)
         self._fire()
 
     def content_changed(self, fid: str) -> None:

@@ -19,6 +19,8 @@ import trio
 
 from .blocks import Transfers
 from .checkpoints import CHECKPOINT_EVERY, dump_state, write_checkpoint
+from .commitevents import (Applied, CommitFailed, Committed, CommitsWork, EntriesPutBack, GapFilled,
+                           HistoryForked, HistoryRetaken, Tell)
 from .forks import queue_first, read_forked_history, take_store_history
 from ..crashpoints import crash_point
 from ..errors import DeviceStuck, FusedriveError, StoreUnreachable
@@ -26,7 +28,7 @@ from .events import StoreHealth
 from .journal import Entry, Journal, JournalForked, StoreWentBack
 from .membership import NotAWriter, Roster, admitted, follow_epoch
 from .rebase import Revalidator
-from .replica import Rebased, Replica
+from .replica import Replica
 from ..signals import Broadcast
 from ..store.devices import DeviceKey, this_machine_key
 from ..store.volume import config_dir
@@ -42,37 +44,28 @@ IDENTITY_RECHECK_SECONDS = 300  # the store's header is read again before an app
 # open, or past every device's kept copies) no device has put back in this long is filled here
 GAP_FILL_SECONDS = 300
 
-AppliedCallback = Callable[[list[Entry], Rebased], None]
-
-
 class Committer:
-    def __init__(self, replica: Replica, journal: Journal, device: str, on_applied: AppliedCallback,
-                 health: StoreHealth, unsaved: Callable[[], set[str]] = set,
-                 open_files: Callable[[], set[str]] = set, sent: Transfers | None = None) -> None:
-        """`on_applied(entries, what the rebase did)` after each rebase;
-        `unsaved()`: ids of files with local content not yet uploaded (kept alive by rebases);
-        `open_files()`: ids of files open here (remembered if another device deletes them);
-        `sent`: where the blocks an entry carries are counted as uploaded (status, metrics)."""
+    def __init__(self, replica: Replica, journal: Journal, device: str, health: StoreHealth, tell: Tell, *,
+                 unsaved: Callable[[], set[str]] = set, open_files: Callable[[], set[str]] = set,
+                 sent: Transfers | None = None, put_back_blocks: Callable[[], list[str]] = list,
+                 check_ready: Callable[[], None] = lambda: None) -> None:
+        """`tell(event)`: what follows from a pull or a commit is the drive's to do
+        (commitevents.py); `unsaved()`: ids of files with local content not yet uploaded (kept
+        alive by rebases); `open_files()`: ids of files open here (remembered if another device
+        deletes them); `sent`: where the blocks an entry carries are counted as uploaded (status,
+        metrics); `put_back_blocks()`: after the store went back in time, put back the objects
+        this device's tree names that the store lost (blocking; the keys it could not);
+        `check_ready()`: raises FusedriveError when nothing may be committed."""
         self.sent = sent or Transfers()
         self.health = health
+        self.tell = tell
         self.unsaved = unsaved
         self.open_files = open_files
-        self.on_commit: Callable[[int], None] = lambda seq: None
-        self.on_error: Callable[[Exception], None] = lambda cause: None  # a failure not of the store: for status
-        self.on_success: Callable[[], None] = lambda: None
-        # the store had gone back in time: the objects this device's tree names that the store lost
-        # go back too (blocking; returns those it could not), and the user hears of it
-        self.put_back_blocks: Callable[[], list[str]] = lambda: []
-        self.on_put_back: Callable[[list[Entry], list[str]], None] = lambda entries, lost: None
-        # the journal had forked: the entries this device re-queues, the objects it could not put back
-        self.on_fork: Callable[[list[Entry], list[str]], None] = lambda entries, lost: None
-        self.on_restarted: Callable[[], None] = lambda: None  # the replica took another history
-        self.on_gap_filled: Callable[[range], None] = lambda missing: None  # this device filled a gap (_fill_gap)
-        self.check_ready: Callable[[], None] = lambda: None  # raises FusedriveError when nothing may be committed
+        self.put_back_blocks = put_back_blocks
+        self.check_ready = check_ready
         self.replica = replica
         self.journal = journal
         self.device = device
-        self.on_applied = on_applied
         self.lock = trio.Lock()
         # when the store was last seen to hold this volume's header (trio's clock): asked again
         # before an append after start, after a store failure and every few minutes, since a
@@ -157,9 +150,9 @@ class Committer:
                 self.replica.set_state("applied_seq", seq)
                 self.replica.set_state("applied_commit", entry.chain_id)
         queue_first(self.replica, above, Revalidator(self.device))
-        self.on_restarted()
+        self.tell(HistoryRetaken())
         await self._store_call(self.journal.mark_went_back, missing[-1])
-        self.on_gap_filled(missing)
+        self.tell(GapFilled(missing))
         self.kick()
 
     async def _pull_up_to_a_gap(self) -> None:
@@ -177,9 +170,9 @@ class Committer:
             # objects this device's tree names that the store lost go back from here, once for all.
             lost = await self._store_call(self.put_back_blocks)
             if restored:  # (empty when another device put the same entries back first)
-                self.on_put_back(restored, lost)
+                self.tell(EntriesPutBack(restored, lost))
             elif forked:
-                self.on_fork(forked, lost)
+                self.tell(HistoryForked(forked, lost))
             elif lost:
                 log.warning("the store went back in time; %d objects are not on this device to put back", len(lost))
             self.replica.set_state("went_back_marks", json.dumps(sorted(self.journal.went_back_marks)))
@@ -193,7 +186,7 @@ class Committer:
             others, refused = admitted(Roster.of(self.replica), entries if own is None else entries[:own])
             if others:
                 rebased = self.replica.rebase(others, Revalidator(self.device), self.unsaved(), self.open_files())
-                self.on_applied(others, rebased)
+                self.tell(Applied(others, rebased))
                 self.follow_roster()
             if refused is not None:
                 raise refused  # (nothing after it is applied: not even this device's own entry)
@@ -240,7 +233,7 @@ class Committer:
             # the copies of the lost entries are not the store's entries at those seqs
             first = min([entry.seq for entry in lost] + [common + 1])
             self.replica.set_state("stale_copies", json.dumps([first, applied]))
-        self.on_restarted()
+        self.tell(HistoryRetaken())
         self._drop_stale_copies()
         self.kick()  # what is queued again commits as soon as the pull has put it on top
         return lost
@@ -314,7 +307,7 @@ class Committer:
                     self.journal_head = max(self.journal_head, entry.seq)
                     await self._maybe_checkpoint()
                     self.committed.fire()
-                    self.on_commit(entry.seq)
+                    self.tell(Committed(entry.seq))
                 else:
                     self.replica.set_state("inflight", None)  # 412 and not ours: settled
                     await self._pull_locked()
@@ -343,7 +336,7 @@ class Committer:
         try:
             self.follow_roster()
         except FusedriveError as exc:
-            self.on_error(exc)
+            self.tell(CommitFailed(exc))
 
     def signer_now(self) -> DeviceKey | None:
         """The key this device signs its next entry with (None: unsigned, a volume without
@@ -428,7 +421,7 @@ class Committer:
             self._hurry = trio.Event()
             try:
                 if await self.commit_pending():
-                    self.on_success()
+                    self.tell(CommitsWork())
                 self.last_failure, delay = None, 1.0
             except Exception as exc:  # noqa: BLE001 - a commit that fails stops commits, never the mount
                 self.last_failure = exc
@@ -437,7 +430,7 @@ class Committer:
                 if isinstance(exc, StoreUnreachable):
                     log.warning("commit failed, retrying in %.0f s: %s", delay, exc)
                 else:  # an entry this device cannot apply, a lost cache dir, a bug: the user must hear of it
-                    self.on_error(exc)
+                    self.tell(CommitFailed(exc))
                 await self.health.backoff(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
                 self.kick()

@@ -19,9 +19,11 @@ See docs/concurrency.md for what runs where and what may interleave.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import Iterator
 
 import trio
 
@@ -39,6 +41,8 @@ from .events import EventBus, Problems, StoreHealth
 from .follower import FRESHNESS_WAIT_SECONDS, Follower
 from .hubclient import HubClient
 from .entrycopies import KeptEntries
+from .commitevents import (Applied, CommitFailed, Committed, CommitsWork, CommitterEvent, EntriesPutBack,
+                           GapFilled, HistoryForked, HistoryRetaken)
 from .journal import Entry, Journal, JournalGap
 from .localfiles import LocalFiles
 from .pins import Pins
@@ -68,12 +72,13 @@ class Drive:
         self.cache_dir = cache_dir
         self.cache_size = cache_size
         self.io_timeout = io_timeout
-        self.replica = Replica(str(cache_dir / "replica.sqlite3"), in_use=lambda ino: self.files.in_use(ino))
-        self.staging = Staging(cache_dir / "staging")
         self.cache = BlockCache(cache_dir / "blocks", cache_size, volume.keys.is_id_of)
-        self.files = LocalFiles(self.replica, self.staging, self.cache)
         self.blocks = BlockStore(volume, self.cache)
-        self.replica.on_carried = self.blocks.carried_in
+        self.replica = Replica(str(cache_dir / "replica.sqlite3"), in_use=lambda ino: self.files.in_use(ino),
+                               # a rename or delete commits on its own, not with the next upload
+                               on_record=lambda: self.committer.kick(), on_carried=self.blocks.carried_in)
+        self.staging = Staging(cache_dir / "staging")
+        self.files = LocalFiles(self.replica, self.staging, self.cache)
         self.blocks.carried_in(self.replica.carried_blocks())
         self.blocks.still_carrying(self.replica.carrying_blocks())
         self.journal = Journal(volume, KeptEntries(cache_dir / "journal"))
@@ -89,28 +94,18 @@ class Drive:
         self.changes = Changes(self.replica, self.events, device, self.reader.forget, self.files.changed.fire)
         self.uploads = Uploads(volume, device, self.replica, self.files, self.staging, self.blocks, self.health,
                                self.events, self.problems, self.changes)
-        self.committer = Committer(self.replica, self.journal, device,
-                                   lambda entries, rebased: self.follower.applied(entries, rebased), self.health,
-                                   unsaved=lambda: set(self.files.unsaved),
-                                   open_files=lambda: set(self.files.open_handles), sent=self.blocks.uploaded)
+        self.committer = Committer(
+            self.replica, self.journal, device, self.health, self._committer_said,
+            unsaved=lambda: set(self.files.unsaved), open_files=lambda: set(self.files.open_handles),
+            sent=self.blocks.uploaded,
+            # every block this device's tree names, not only the restored entries': what it uploaded
+            # after the older copy was made may be named by an entry the store kept
+            put_back_blocks=lambda: self.blocks.put_back(self.replica.all_block_refs()),
+            check_ready=self._check_cache_dir)
         self.follower = Follower(self.committer, self.replica, self.files, self.uploads, self.changes, self.blocks,
                                  self.problems, device, HubClient(hub_url, volume.volume_id) if hub_url else None,
                                  poll_interval, io_timeout)
-        self.committer.on_commit = self.follower.announce
-        self.committer.on_error = lambda exc: self.problems.cannot("commit", "Cannot commit its changes", exc)
-        self.committer.on_success = lambda: self.problems.resolved("commit")
-        # every block this device's tree names, not only the restored entries': what it uploaded
-        # after the older copy was made may be named by an entry the store kept
-        self.committer.put_back_blocks = lambda: self.blocks.put_back(self.replica.all_block_refs())
-        self.committer.on_put_back = self._store_went_back
-        self.committer.on_fork = self._journal_forked
-        self.committer.on_gap_filled = self._journal_gap_filled
-        self.committer.on_restarted = lambda: self.blocks.carried_anew(self.replica.carried_blocks(),
-                                                                        self.replica.carrying_blocks())
-        self.committer.check_ready = self._check_cache_dir
-        self.uploads.person = lambda: self.replica.get_state("person")
         self.cache_dir_lost: str | None = None
-        self.replica.on_record = self.committer.kick  # a rename or delete commits on its own, not with the next upload
         self.namespace = Namespace(self.replica)  # what front ends change the tree through
         self.upload_on_exit = True  # after the unmount, upload what is waiting before exiting (see services/process.drain)
 
@@ -158,6 +153,26 @@ class Drive:
         nursery.start_soon(self.replication.run)
         if self.replica.pending_count():
             self.committer.kick()
+
+    def _committer_said(self, event: CommitterEvent) -> None:
+        """What follows from each thing the committer tells (commitevents.py)."""
+        match event:
+            case Applied(entries, rebased):
+                self.follower.applied(entries, rebased)
+            case Committed(seq):
+                self.follower.announce(seq)
+            case CommitFailed(cause):
+                self.problems.cannot("commit", "Cannot commit its changes", cause)
+            case CommitsWork():
+                self.problems.resolved("commit")
+            case EntriesPutBack(restored, lost):
+                self._store_went_back(restored, lost)
+            case HistoryForked(requeued, lost):
+                self._journal_forked(requeued, lost)
+            case GapFilled(missing):
+                self._journal_gap_filled(missing)
+            case HistoryRetaken():
+                self.blocks.carried_anew(self.replica.carried_blocks(), self.replica.carrying_blocks())
 
     def _store_went_back(self, restored: list[Entry], lost: list[str]) -> None:
         """Said once, to status and events: the store lost entries and this device put them back."""
@@ -235,9 +250,14 @@ class Drive:
         """The tree's queries; changes go through `namespace` and the content calls below."""
         return self.replica
 
-    def attach(self, front_end: FrontEnd | None) -> None:
-        """The front end told what changed here (applied entries, restores): one at a time."""
-        self.changes.front_end = front_end
+    @contextlib.contextmanager
+    def changes_told_to(self, front_end: FrontEnd) -> Iterator[None]:
+        """Within the block, `front_end` is told what changed here (applied entries, restores)."""
+        self.changes.front_ends.append(front_end)
+        try:
+            yield
+        finally:
+            self.changes.front_ends.remove(front_end)
 
     def node_at(self, path: str) -> Inode:
         """The node at a path of the drive ("/docs/a.txt"); UsageError if there is none."""

@@ -40,8 +40,12 @@ class Rebased:
 
 
 class Replica(Applying):
-    def __init__(self, path: str, in_use: Callable[[int], bool] = lambda ino: False) -> None:
-        """`in_use(ino)` says whether the kernel still holds an inode whose last name is gone."""
+    def __init__(self, path: str, in_use: Callable[[int], bool] = lambda ino: False,
+                 on_record: Callable[[], None] = lambda: None,
+                 on_carried: Callable[[dict[str, int]], None] = lambda where: None) -> None:
+        """`in_use(ino)` says whether the kernel still holds an inode whose last name is gone;
+        `on_record()`: a mount commits what was queued (Committer.kick); `on_carried(where)`:
+        which entry each carried block is read from (BlockStore.carried_in)."""
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._depth = 0  # nesting of `with self:` (one SQLite transaction)
         self.db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
@@ -54,10 +58,8 @@ class Replica(Applying):
         self._undo_pending_id = 0  # the queued row whose changes the undo triggers log (0: none)
         self.db.create_function("undo_pending_id", 0, lambda: self._undo_pending_id)
         self.db.executescript(UNDO_TRIGGERS)
-        self.in_use = in_use
+        self.in_use, self.on_record, self.on_carried = in_use, on_record, on_carried
         self.base_locations: dict[str, dict] = {}  # set by rebase, see _locations
-        self.on_record: Callable[[], None] = lambda: None  # a mount commits what was queued (Committer.kick)
-        self.on_carried: Callable[[dict[str, int]], None] = lambda where: None  # BlockStore.carried_in
 
     def _renumber_undo_log(self) -> None:
         """Replicas written before numbered undo rows AUTOINCREMENT, which updates

@@ -11,7 +11,6 @@ import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from typing import Callable
 
 import trio
 
@@ -53,7 +52,6 @@ class Uploads:
         self.events = events
         self.problems = problems
         self.changes = changes
-        self.person: Callable[[], str | None] = lambda: None  # who saves, in a volume shared with people (Drive)
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="upload")
         self._upload_threads = trio.CapacityLimiter(UPLOAD_WORKERS)
         self._large_uploads = trio.Semaphore(LARGE_UPLOADS)
@@ -228,7 +226,7 @@ class Uploads:
         base = self.replica.dirty_base(fid)
         update = {"op": "update", "fid": fid, "base": node.version if base is None else base, "manifest": manifest,
                   "size": size, "mtime_ns": mtime_ns, "t": time.time_ns(), "device": self.device}
-        person = self.person()
+        person = self.replica.get_state("person")  # who saves, in a volume shared with people (Committer.follow_roster)
         if person is not None:
             update["by"] = person
         rules = Revalidator(self.device)

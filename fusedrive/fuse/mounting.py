@@ -83,16 +83,15 @@ def run_mount(volume: Volume, mountpoint: str, cache_dir: Path, device: str, cac
                                notify, metrics)
             attach(operations, path, options)
             nursery.start_soon(widen_readahead, path)
-            drive.attach(KernelCache(drive.holds, nursery))
-            signal.signal(signal.SIGTERM, lambda *_: pyfuse3.terminate())
-            signal.signal(signal.SIGINT, lambda *_: pyfuse3.terminate())
-            announce(path, volume, device, cache_dir, ready_fd, f"Mounted {volume.url} at {path} (in the "
-                     f"foreground: Ctrl-C or `fusedrive umount {path}` stops it).")
-            try:
-                await pyfuse3.main()
-            finally:
-                drive.attach(None)
-                pyfuse3.close(unmount=True)
+            with drive.changes_told_to(KernelCache(drive.holds, nursery)):
+                signal.signal(signal.SIGTERM, lambda *_: pyfuse3.terminate())
+                signal.signal(signal.SIGINT, lambda *_: pyfuse3.terminate())
+                announce(path, volume, device, cache_dir, ready_fd, f"Mounted {volume.url} at {path} (in the "
+                         f"foreground: Ctrl-C or `fusedrive umount {path}` stops it).")
+                try:
+                    await pyfuse3.main()
+                finally:
+                    pyfuse3.close(unmount=True)
             await stop_serving(drive, nursery, ready_fd, f"Unmounted {path}.")
 
     run_device(main, "mount", path, lock_fd, drive)

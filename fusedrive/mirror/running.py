@@ -88,19 +88,19 @@ def run_mirror(volume: Volume, folder: str, cache_dir: Path, device: str, cache_
         async with trio.open_nursery() as nursery:
             await drive.start(nursery)
             mirror = Mirror(drive, path, state)
-            drive.attach(mirror)
-            await serve_beside(nursery, drive, path,
-                               mirror_handlers(drive, mirror, path, sharing.clean_scratch(cache_dir), stop),
-                               notify, metrics)
-            nursery.start_soon(_stop_on_signals, stop)
-            with watching(mirror):
-                nursery.start_soon(mirror.run)
-                announce(path, volume, device, cache_dir, ready_fd, f"Mirroring {volume.url} in {path} (in the "
-                         f"foreground: Ctrl-C or `fusedrive umount {path}` stops it).", mirror=True)
-                await stop.wait()
-                # the folder's last changes, before the drain uploads them (told not to wait: briefly)
-                with trio.move_on_after(SETTLE_AT_STOP_SECONDS if drive.upload_on_exit else SETTLE_WHEN_LEAVING):
-                    await mirror.settle()
+            with drive.changes_told_to(mirror):
+                await serve_beside(nursery, drive, path,
+                                   mirror_handlers(drive, mirror, path, sharing.clean_scratch(cache_dir), stop),
+                                   notify, metrics)
+                nursery.start_soon(_stop_on_signals, stop)
+                with watching(mirror):
+                    nursery.start_soon(mirror.run)
+                    announce(path, volume, device, cache_dir, ready_fd, f"Mirroring {volume.url} in {path} (in the "
+                             f"foreground: Ctrl-C or `fusedrive umount {path}` stops it).", mirror=True)
+                    await stop.wait()
+                    # the folder's last changes, before the drain uploads them (told not to wait: briefly)
+                    with trio.move_on_after(SETTLE_AT_STOP_SECONDS if drive.upload_on_exit else SETTLE_WHEN_LEAVING):
+                        await mirror.settle()
             await stop_serving(drive, nursery, ready_fd, f"Stopped mirroring {path}.")
 
     run_device(main, "mirror", path, lock_fd, state, drive)

@@ -259,7 +259,6 @@ def announce(path: str, volume: Volume, device: str, cache_dir: Path, ready_fd: 
 async def stop_serving(drive: Drive, nursery: trio.Nursery, ready_fd: int | None, goodbye: str) -> None:
     """The front end has let go: upload what waits (see drain), say so in a terminal, and
     stop the tasks beside it."""
-    drive.attach(None)
     await drain(drive)
     if ready_fd is None:
         print(goodbye, flush=True)
