@@ -123,3 +123,16 @@ def test_front_ends_call_the_drive_never_the_parts_behind_it():
             wrong += [f"{path.relative_to(PACKAGE)} imports {target}" for target in _imports(path)
                       if target in internal or any(target.startswith(f"{name}.") for name in internal)]
     assert not wrong, "front ends reaching behind Drive:\n" + "\n".join(wrong)
+
+
+def test_the_drive_wires_no_part_after_building_it():
+    """Drive.__init__ gives each part what it asks of others when it builds it (the committer
+    its `tell` for events, the replica its hooks): no `self.part.attr = …` after — a callback
+    set after construction is one a reader of the part cannot see."""
+    tree = ast.parse((PACKAGE / "engine" / "drive.py").read_text())
+    init = next(node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name == "__init__")
+    wired = [ast.unparse(target) for node in ast.walk(init) if isinstance(node, ast.Assign)
+             for target in node.targets if isinstance(target, ast.Attribute)
+             and isinstance(target.value, ast.Attribute) and isinstance(target.value.value, ast.Name)
+             and target.value.value.id == "self"]
+    assert not wired, wired
