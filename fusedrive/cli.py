@@ -354,7 +354,8 @@ def cmd_members(args) -> int:
                                  "`members rekey --full` seals it again."))
         if resealed:
             print(f"{count(resealed.objects, 'object', 'objects')} sealed again under it"
-                  f" ({resealed.current} were already), {human_bytes(resealed.pack_bytes_zeroed)} of deleted "
+                  f" ({count(resealed.current, 'was already', 'were already')}), "
+                  f"{human_bytes(resealed.pack_bytes_zeroed)} of deleted "
                   "files' blocks in packs cleared: key material of an older epoch opens none of it.")
             if resealed.unopened:
                 print(f"{count(len(resealed.unopened), 'object', 'objects')} could not be opened and were left "
