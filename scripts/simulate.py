@@ -46,7 +46,8 @@ def seed_range(text: str) -> range:
 
 def run_seeds(seeds: list[int], operations: int, rollbacks: bool, faults: Faults, shared: bool) -> list[Outcome]:
     logging.disable(logging.CRITICAL)  # the engine's warnings about the faults it is fed
-    return [simulate(seed, plan(seed, operations, rollbacks=rollbacks), faults, base=SCRATCH, shared=shared)
+    return [simulate(seed, plan(seed, operations, rollbacks=rollbacks, shared=shared), faults, base=SCRATCH,
+                     shared=shared)
             for seed in seeds]
 
 
@@ -90,7 +91,8 @@ def main() -> int:
     if args.replay is not None:
         os.environ["FUSEDRIVE_SIMULATION_TRACE"] = "1"
         logging.disable(logging.CRITICAL)
-        outcome = simulate(args.replay, plan(args.replay, args.operations, rollbacks=args.rollbacks), faults,
+        outcome = simulate(args.replay, plan(args.replay, args.operations, rollbacks=args.rollbacks,
+                                             shared=args.shared), faults,
                            base=SCRATCH, shared=args.shared)
         print(outcome.report())
         return 0 if outcome.failure is None else 1

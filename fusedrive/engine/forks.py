@@ -7,13 +7,17 @@ queued change, and they commit as new entries (docs/format.md, "Fork")."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from .checkpoints import load_state, newest_live_checkpoint, state_at
 from .journal import Entry, Journal, UnknownForkPoint, follow_chain
+from .membership import MEMBERSHIP_OPS
 from .replica import Replica
 from .rebase import Revalidator
 from .tree import TREE_TABLES, Inode, fids_of
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -120,13 +124,22 @@ def requeue(replica: Replica, lost: list[Entry], revalidate: Revalidator | None 
     queued = {commit_id for (commit_id,) in replica.db.execute(
         "SELECT r.commit_id FROM requeued r JOIN pending p ON p.id = r.pending_id")}
     replica.db.execute("DELETE FROM pending")
-    lost = [entry for entry in lost if entry.ops and entry.commit_id not in queued]
+    again = []
+    for entry in (entry for entry in lost if entry.commit_id not in queued):
+        # a change of members is an admin's `members` command, never a device's to commit
+        # again (every device would refuse it from this one): lost with the store, it is said
+        ops = [op for op in entry.ops if op["op"] not in MEMBERSHIP_OPS]
+        if len(ops) < len(entry.ops):
+            log.warning("the store lost journal entry %d, a change of the volume's members; an admin must make it "
+                        "again (fusedrive members)", entry.seq)
+        if ops:
+            again.append((entry, ops))
     carried = set(replica.carried_blocks())
-    for entry in lost:
+    for entry, _ in again:
         replica.carry({block: blob for block, blob in entry.blocks.items() if block not in carried})
     first = rows[0][0] if rows else replica.last_pending_id() + 1
-    top = first if first - len(lost) >= 1 else min(first, 0)
-    for pending_id, entry in zip(range(top - len(lost), top), lost):
-        replica.queue_again(pending_id, entry.ops, entry.commit_id, revalidate)
+    top = first if first - len(again) >= 1 else min(first, 0)
+    for pending_id, (entry, ops) in zip(range(top - len(again), top), again):
+        replica.queue_again(pending_id, ops, entry.commit_id, revalidate)
     for pending_id, ops in rows:
         replica.queue_again(pending_id, ops, revalidate=revalidate)

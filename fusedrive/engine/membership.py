@@ -225,7 +225,7 @@ def distrust(journal: Journal, state: dict, sealed_epoch: int | None) -> str | N
     for at in claimed.log:
         try:
             entry = journal.read(at) if 0 < at <= seq else None
-        except (NotFound, FusedriveError) as exc:
+        except (NotFound, IntegrityError) as exc:  # (a store that does not answer: raised)
             return f"entry {at} of its membership log cannot be read ({exc})"
         if entry is None or not any(op["op"] in MEMBERSHIP_OPS for op in entry.ops):
             return f"its membership log names entry {at}, which changes no member"

@@ -38,7 +38,7 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -67,6 +67,7 @@ from ..store.memory import MemoryObjects, MemoryStore
 from ..store.sealing import KeyRing
 from ..store.volume import HEADER_KEY, Volume, create_volume
 from ..tools.fsck import fsck, snapshot
+from ..tools.people import rekey, roster_of, set_member
 from .bypath import PathFrontEnd, content, tree
 
 EPOCH = 1_800_000_000.0  # the virtual wall clock's start (Unix seconds)
@@ -79,8 +80,11 @@ STEP_KINDS = [("save", 20), ("save-by-rename", 8), ("mirror-save", 4), ("fsync-s
               ("setxattr", 2), ("read", 5), ("sync", 4), ("pull", 2),
               ("cut", 3), ("heal", 3), ("outage", 1), ("lose-answer", 3), ("crash", 3), ("rejoin", 1)]
 ROLLBACK_KINDS = [("backup", 2), ("restore", 1)]
+# a volume shared with people: its admin (the first device's person) starts a key epoch, or
+# makes the step's device's person admin or writer again (an admin's demotion starts an epoch)
+MEMBERSHIP_KINDS = [("rekey", 1), ("role", 1)]
 # steps that happen to the store or the network, whether or not the device's process runs
-AROUND_THE_DEVICE = {"cut", "heal", "outage", "lose-answer", "backup", "restore"}
+AROUND_THE_DEVICE = {"cut", "heal", "outage", "lose-answer", "backup", "restore", "rekey", "role"}
 SETTLE_SECONDS = 1800  # virtual: once the store is healthy, every device must be done within this
 CHECKPOINT_EVERY = 10  # entries between checkpoints (1,000 in the drive)
 POLL_SECONDS = 10.0  # virtual: how often a device lists the journal (idle devices' polls are most of a run's CPU)
@@ -120,16 +124,18 @@ class Faults:
         return cls(0, 0, 0, 0, 0.05)
 
 
-def plan(seed: int, operations: int = 60, devices: int = len(DEVICES), rollbacks: bool = False) -> list[Step]:
+def plan(seed: int, operations: int = 60, devices: int = len(DEVICES), rollbacks: bool = False,
+         shared: bool = False) -> list[Step]:
     """The steps of the run `seed`: `operations` of them over `devices` devices. `rollbacks`:
     the store is also copied now and then and put back to its last copy (a bucket restored
-    from a backup: the store goes back in time), and no device's cache dir is wiped."""
+    from a backup: the store goes back in time), and no device's cache dir is wiped.
+    `shared`: the volume's admin also changes roles and key epochs (MEMBERSHIP_KINDS)."""
     rng = random.Random(f"plan {seed}")
     # (with rollbacks, no device loses its cache dir: one that does between a copy and its
     # restore held the only copy of what it uploaded meanwhile — a double loss nothing can
     # undo; the device that meets the missing blocks names them)
     kinds, weights = zip(*([kind for kind in STEP_KINDS if kind[0] != "rejoin"] + ROLLBACK_KINDS if rollbacks
-                           else STEP_KINDS))
+                           else STEP_KINDS) + (MEMBERSHIP_KINDS if shared else []))
     steps = []
     for _ in range(operations):
         kind = rng.choices(kinds, weights)[0]
@@ -282,6 +288,7 @@ class People:
     identities: dict[str, Identity]
     signers: dict[str, DeviceKey]
     epoch_master: bytes
+    masters: dict[int, bytes] = field(default_factory=dict)  # every epoch's key the admin made (1 and on)
 
     @classmethod
     def of(cls, seed: int) -> "People":
@@ -298,9 +305,33 @@ class People:
         return cls(identities, signers, key("epoch", seed))
 
     def ring(self, keys: Volume) -> KeyRing:
-        """A device's keys as its process starts: epoch 0's from its slot, epoch 1's when met."""
+        """A device's keys as its process starts: epoch 0's from its slot, each later one when
+        met (every person is a member of every epoch: its slot would open it)."""
         return KeyRing(keys.volume_id, {0: keys.keys.masters[0]}, loader=lambda epoch, known: (
-            self.epoch_master if epoch == 1 else None))
+            self.epoch_master if epoch == 1 else self.masters.get(epoch)))
+
+    def change(self, objects: MemoryObjects, keys: Volume, kind: str, device: int) -> bool | None:
+        """The admin's `members` command, on a machine of its own (the store answers it): a new
+        key epoch ("rekey"), or the step's device's person made admin or writer again ("role";
+        the first device's person stays admin). False when it could not run (the store's
+        journal has a gap, a fork, a refused entry: the admin would try again later)."""
+        admin = DEVICES[0]
+        ring = KeyRing(keys.volume_id, {0: keys.keys.masters[0], 1: self.epoch_master, **self.masters})
+        volume = Volume(MemoryStore(objects=objects), keys.volume_id, keys.chunking, ring,
+                        signer=self.signers[admin])
+        try:
+            if kind == "rekey":
+                rekey(volume, no_progress)
+            else:
+                name = DEVICES[device] if device else DEVICES[1]
+                role = roster_of(volume)[0].role_of(self.identities[name].public.text)
+                set_member(volume, self.identities[name].public, "writer" if role == "admin" else "admin", name,
+                           admin)
+        except FusedriveError:
+            return False
+        finally:
+            self.masters.update({epoch: master for epoch, master in ring.masters.items() if epoch > 1})
+        return None
 
     def found(self, volume: Volume) -> None:
         """Entry 2: the roster (the first device's person admin, the others writers) and epoch 1."""
@@ -626,6 +657,9 @@ class Simulation:
 
     def _around(self, device: SimDevice, kind: str) -> bool | None:
         """A step that happens to the store or the network (the device's process may be down)."""
+        if kind in ("rekey", "role"):
+            return self.people.change(self.objects, self.keys, kind, DEVICES.index(device.name)) \
+                if self.people is not None else False
         if kind == "cut":
             device.cut = True
         elif kind == "heal":
@@ -829,7 +863,7 @@ def simulate(seed: int, steps: list[Step] | None = None, faults: Faults | None =
              base: Path | None = None, shared: bool = False) -> Outcome:
     """One run: `steps` (default: the seed's plan) with the seed's faults; its outcome.
     `shared`: on a volume shared with people (People)."""
-    steps = plan(seed) if steps is None else steps
+    steps = plan(seed, shared=shared) if steps is None else steps
     keys = _keys()
     directory = Path(tempfile.mkdtemp(prefix=f"sim-{seed}-", dir=base))
     people = People.of(seed) if shared else None

@@ -13,12 +13,13 @@ import os
 import time
 
 from ..engine.checkpoints import replay_to_head
-from ..engine.journal import Journal
+from ..engine.journal import Journal, entry_key
 from ..engine.membership import REMOVED, ROLES, Roster
 from ..engine.replica import Replica
 from ..errors import UsageError
 from ..report import Progress
 from ..store.epochs import check_of, newest_epoch_written, write_epoch
+from ..store.sealing import sealed_epoch
 from ..store.members import PublicIdentity, add_member, read_slot, slot_key, write_founder
 from ..store.volume import Volume
 from .resealing import ResealReport, reseal_all
@@ -132,6 +133,15 @@ def _commit_new_epoch(volume: Volume, progress: Progress | None, ops: list[dict]
     return rekeyed["epoch"], replica
 
 
+def newest_epoch_sealed(volume: Volume, depth: int = 64) -> int:
+    """The newest key epoch the store's last `depth` journal entries are sealed under (their
+    headers, 5 bytes each). A store that went back in time may have lost an epoch's record
+    and entry while devices still seal with its key: a new epoch must not take its number
+    again (two keys for one epoch would leave entries no one can open)."""
+    seqs = Journal(volume).seqs_after(0)[-depth:]
+    return max((sealed_epoch(volume.store.get_range(entry_key(seq), 0, 5)) or 0 for seq in seqs), default=0)
+
+
 def new_epoch(volume: Volume, roster: Roster, without: str | None = None) -> dict:
     """Start a key epoch (store/epochs.py): a new master key in `epochs/<n>` for every member
     but `without`, written with from now on (`volume.keys`); the `epoch` op that says so."""
@@ -139,7 +149,7 @@ def new_epoch(volume: Volume, roster: Roster, without: str | None = None) -> dic
     keys.epoch(current)
     members = [PublicIdentity.parse(text) for text in roster.members if text != without]
     master = os.urandom(32)
-    epoch = max(current, newest_epoch_written(volume.store)) + 1
+    epoch = max(current, newest_epoch_written(volume.store), newest_epoch_sealed(volume)) + 1
     while not write_epoch(volume.store, volume.volume_id, epoch, master, current, keys.masters[current], members,
                           volume.wrapping or None):
         epoch += 1  # (someone put a record there first: never used, the op's check says which is ours)
