@@ -359,7 +359,8 @@ def cmd_members(args) -> int:
                   "files' blocks in packs cleared: key material of an older epoch opens none of it.")
             if resealed.unopened:
                 print(f"{count(len(resealed.unopened), 'object', 'objects')} could not be opened and were left "
-                      f"as they are (damaged, or not this volume's; fsck names them): {', '.join(resealed.unopened[:5])}"
+                      "as they are (damaged, or not this volume's; fsck names them): "
+                      f"{', '.join(resealed.unopened[:5])}"
                       + (" …" if len(resealed.unopened) > 5 else ""))
                 return IntegrityError.exit_code
         return 0
@@ -1280,7 +1281,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "their role and key slot away (what they already had stays readable to them). revoke "
                        "DEVICE-KEY: one device of a person (`fusedrive id --device` on it) may change nothing any "
                        "more. remove and revoke start a new key epoch: what is written after is sealed under a key "
-                       "only the members then receive; rekey starts one alone. list: members and roles.")
+                       "only the members then receive; rekey starts one alone (--full: and seals everything "
+                       "written before under it). list: members and roles.")
     p.add_argument("identity", nargs="?", metavar="IDENTITY", help="fdid1…[:reader|writer|admin] (add, remove); "
                    "a device key (revoke)")
     p.add_argument("--name", default=None, help="how the member is named in listings (add)")

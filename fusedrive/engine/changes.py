@@ -3,7 +3,8 @@
 The engine never speaks FUSE: after operations are applied (another device's commit, a
 rebase, a conflicted copy, a restore) it names the inodes and directory entries whose
 cached view is stale, and each front end told of changes (the FUSE mount, a mirror: each
-for as long as it serves, `Drive.changes_told_to`) drops what it cached of them. Remote changes and conflicts become events for the user.
+for as long as it serves, `Drive.changes_told_to`) drops what it cached of them. Remote
+changes and conflicts become events for the user.
 """
 
 from __future__ import annotations

@@ -130,9 +130,10 @@ class Committer:
         their seqs with entries of no operations that follow what it applied. The entries above
         the gap name a lost one before them, so they are dead for every reader: this device
         queues their changes again (those no entry below it commits again already), first,
-        fitted to its tree by the conflict rules, naming them (`restores`) — their writers, if they come back, find their history forked and drop
-        what it names. Nothing they held is lost; what only the missing entries held is, unless
-        a device that applied them comes back (it forks and commits them again)."""
+        fitted to its tree by the conflict rules, naming them (`restores`) — their writers, if
+        they come back, find their history forked and drop what it names. Nothing they held is
+        lost; what only the missing entries held is, unless a device that applied them comes
+        back (it forks and commits them again)."""
         try:
             signer = self.signer_now()
         except NotAWriter:
