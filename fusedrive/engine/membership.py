@@ -237,11 +237,10 @@ def distrust(journal: Journal, state: dict, sealed_epoch: int | None) -> str | N
                 if previous_epoch_of(volume.store, op["epoch"]) != epoch:
                     return f"its membership log leaves out the entry that started key epoch {epoch + 1}"
                 epoch = op["epoch"]
-        reason = refusal(roster, entry)
-        if reason is not None:
-            return f"entry {at} of its membership log is refused: {reason}"
-        for op in entry.ops:
-            roster.apply(op)
+        try:
+            admit(roster, entry)
+        except EntryRefused as refused:
+            return f"entry {at} of its membership log is refused: {refused.reason}"
         roster.log.append(at)
     if roster.to_json() != claimed.to_json():
         return "its roster is not what its membership log makes"
